@@ -1,0 +1,140 @@
+//! The admin API (unix socket `/run/ferry/admin.sock`, JSON).
+//!
+//! Routes: `GET /v1/nodes`, `GET /v1/nodes/{name}[?merged=true]`, `POST /v1/nodes`
+//! (add, all or nothing), `PATCH /v1/nodes` (set/unset on many), `DELETE /v1/nodes`;
+//! the same under `/v1/profiles`.
+
+use crate::Secret;
+use ferry_core::merge::MergedField;
+use ferry_core::patch::SettingsPatch;
+use ferry_core::{NodeName, ProfileName, Settings};
+use serde::{Deserialize, Serialize};
+
+/// Whether a secret is stored. The value itself is never returned by any route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretState {
+    Set,
+    Unset,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: NodeName,
+    pub profiles: Vec<ProfileName>,
+    pub settings: Settings,
+    pub asset_tag: SecretState,
+    pub revision: i64,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MergedNodeView {
+    pub name: NodeName,
+    /// Every profile that applies, in application order (parents first).
+    pub profiles: Vec<ProfileName>,
+    pub settings: Settings,
+    pub fields: Vec<MergedField>,
+    pub asset_tag: SecretState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileView {
+    pub name: ProfileName,
+    pub profiles: Vec<ProfileName>,
+    pub settings: Settings,
+    pub revision: i64,
+    pub updated_at: String,
+    /// How many nodes list this profile directly.
+    pub nodes: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNode {
+    pub name: NodeName,
+    #[serde(default)]
+    pub profiles: Vec<ProfileName>,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_tag: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNodes {
+    pub nodes: Vec<NewNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssetTagChange {
+    Set(Secret),
+    Unset,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodePatch {
+    /// Replaces the node's profile list when present.
+    pub profiles: Option<Vec<ProfileName>>,
+    pub settings: SettingsPatch,
+    pub asset_tag: Option<AssetTagChange>,
+}
+
+impl NodePatch {
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_none() && self.settings.is_empty() && self.asset_tag.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNodes {
+    pub names: Vec<NodeName>,
+    pub patch: NodePatch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProfile {
+    pub name: ProfileName,
+    #[serde(default)]
+    pub profiles: Vec<ProfileName>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddProfiles {
+    pub profiles: Vec<NewProfile>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfilePatch {
+    pub profiles: Option<Vec<ProfileName>>,
+    pub settings: SettingsPatch,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetProfiles {
+    pub names: Vec<ProfileName>,
+    pub patch: ProfilePatch,
+}
+
+/// Names to delete (nodes or profiles, by route).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Names {
+    pub names: Vec<String>,
+}
+
+/// How many records a write changed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Changed {
+    pub changed: usize,
+}

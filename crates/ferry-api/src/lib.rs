@@ -1,0 +1,16 @@
+//! Wire types of ferry's HTTP APIs. The server, the CLI and (later) the node agent all
+//! speak these, so a field renamed here is renamed everywhere at compile time.
+
+pub mod admin;
+mod secret;
+
+pub use secret::Secret;
+
+use serde::{Deserialize, Serialize};
+
+/// The body of every error response: a message for people and a stable kind for scripts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    pub kind: String,
+}

@@ -1,0 +1,429 @@
+//! The inventory model. `Settings` is what both a profile and a node may carry; a node's
+//! effective settings are its profiles' settings merged in order, then its own
+//! (see [`crate::merge`]).
+
+use crate::net::{check_interface_name, check_netmask, MacAddr};
+use crate::{CoreError, NodeName, ProfileName};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Largest template or document a profile/node may carry (user-data, vendor-data,
+/// network-config). cloud-init documents are small; this stops accidental binaries.
+pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
+/// Bounds for a tunnel's time to live, in seconds.
+pub const TUNNEL_TTL_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+
+/// How the node's root file system is provided. SELinux needs `tmpfs`: ramfs has no
+/// extended attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootMode {
+    Initramfs,
+    Ramfs,
+    Tmpfs,
+}
+
+impl std::str::FromStr for RootMode {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .map_err(|_| CoreError::invalid("root", s, "expected initramfs, ramfs or tmpfs"))
+    }
+}
+
+/// A factor a node must prove at enrollment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdentityFactor {
+    Network,
+    AssetTag,
+    Tpm,
+}
+
+impl std::str::FromStr for IdentityFactor {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .map_err(|_| CoreError::invalid("identity factor", s, "expected network, asset-tag or tpm"))
+    }
+}
+
+/// One network interface. Every field is optional so that a profile can carry the
+/// shared parts (netmask, gateway, MTU) and the node the rest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Interface {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub primary: Option<bool>,
+}
+
+/// cloud-init material. Templates are rendered per node at delivery time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CloudInit {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta_data: BTreeMap<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor_data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_config: Option<String>,
+}
+
+impl CloudInit {
+    fn is_empty(&self) -> bool {
+        *self == CloudInit::default()
+    }
+}
+
+/// What a profile or a node sets. In a *layer* (one profile's or one node's own
+/// settings) list entries and map keys written `~x` remove `x` inherited from earlier
+/// layers; in merged settings no `~` remains.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A kernel version (`6.1.0-28-amd64`) or an absolute path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootMode>,
+    /// Factors (`network`, `asset-tag`, `tpm`; `~x` in a layer removes one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub identity: Vec<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub interfaces: BTreeMap<String, Interface>,
+    #[serde(skip_serializing_if = "CloudInit::is_empty")]
+    pub cloud_init: CloudInit,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_ttl_secs: Option<u64>,
+}
+
+/// A profile: named settings, optionally inheriting from parent profiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: ProfileName,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileName>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+/// A node: its ordered profiles and its own settings. The asset tag is not here: it is
+/// a secret the store keeps sealed and only reports as set or unset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: NodeName,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<ProfileName>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+/// Which kind of layer is being validated: profiles may not carry per-node identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    Profile,
+    Node,
+}
+
+fn check_text(kind: &'static str, s: &str, max: usize) -> Result<(), CoreError> {
+    if s.len() > max {
+        return Err(CoreError::invalid(kind, truncate(s), format!("longer than {max} bytes")));
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
+        return Err(CoreError::invalid(kind, truncate(s), "contains control characters"));
+    }
+    Ok(())
+}
+
+/// A single-line token that ends up in kernel command lines and boot scripts, where a
+/// space, quote or newline would inject something else.
+fn check_token(kind: &'static str, s: &str) -> Result<(), CoreError> {
+    if s.is_empty() || s.len() > 512 {
+        return Err(CoreError::invalid(kind, truncate(s), "must be 1 to 512 characters"));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '$' | '\\' | ';')) {
+        return Err(CoreError::invalid(kind, s, format!("character {c:?} not allowed")));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// A map key (tag, meta-data): printable, no '~' except the leading removal marker.
+fn check_key(kind: &'static str, key: &str) -> Result<(), CoreError> {
+    let bare = key.strip_prefix('~').unwrap_or(key);
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    if bare.is_empty() || bare.len() > 128 || !bare.chars().all(ok) {
+        return Err(CoreError::invalid(kind, key, "keys are 1 to 128 characters of letters, digits, '-', '_', '.', '/'"));
+    }
+    Ok(())
+}
+
+impl Interface {
+    fn validate(&self, name: &str, layer: LayerKind) -> Result<(), CoreError> {
+        check_interface_name(name)?;
+        if let Some(mask) = self.netmask {
+            check_netmask(mask)?;
+        }
+        if let Some(p) = self.ipv6_prefix {
+            if p > 128 {
+                return Err(CoreError::invalid("IPv6 prefix", p.to_string(), "must be 0 to 128"));
+            }
+        }
+        if let Some(v) = self.vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(CoreError::invalid("VLAN", v.to_string(), "must be 1 to 4094"));
+            }
+        }
+        if let Some(m) = self.mtu {
+            if !(576..=65_535).contains(&m) {
+                return Err(CoreError::invalid("MTU", m.to_string(), "must be 576 to 65535"));
+            }
+        }
+        if layer == LayerKind::Profile && (self.mac.is_some() || self.ipv4.is_some() || self.ipv6.is_some()) {
+            return Err(CoreError::invalid(
+                "profile interface",
+                name,
+                "MAC and IP addresses identify one node: set them on the node, not a profile",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Validates one layer (a profile's or node's own settings).
+    pub fn validate(&self, layer: LayerKind) -> Result<(), CoreError> {
+        if let Some(c) = &self.comment {
+            check_text("comment", c, 1024)?;
+            if c.contains('\n') {
+                return Err(CoreError::invalid("comment", truncate(c), "must be one line"));
+            }
+        }
+        if let Some(i) = &self.image {
+            check_token("image", i)?;
+        }
+        if let Some(k) = &self.kernel {
+            check_token("kernel", k)?;
+        }
+        for a in &self.kernel_args {
+            check_token("kernel argument", a)?;
+        }
+        for f in &self.identity {
+            f.strip_prefix('~').unwrap_or(f).parse::<IdentityFactor>()?;
+        }
+        for (k, v) in &self.tags {
+            check_key("tag", k)?;
+            check_text("tag value", v, 1024)?;
+        }
+        let mut primaries = 0;
+        for (name, iface) in &self.interfaces {
+            match name.strip_prefix('~') {
+                Some(bare) => check_interface_name(bare)?,
+                None => iface.validate(name, layer)?,
+            }
+            primaries += usize::from(iface.primary == Some(true));
+        }
+        if primaries > 1 {
+            return Err(CoreError::invalid("interfaces", "primary", "at most one interface may be primary"));
+        }
+        for k in self.cloud_init.meta_data.keys() {
+            check_key("meta-data key", k)?;
+        }
+        let meta_len = serde_json::to_string(&self.cloud_init.meta_data).map(|s| s.len()).unwrap_or(usize::MAX);
+        if meta_len > MAX_DOCUMENT_BYTES {
+            return Err(CoreError::invalid("meta-data", "", format!("longer than {MAX_DOCUMENT_BYTES} bytes")));
+        }
+        for (kind, doc) in [
+            ("user-data", &self.cloud_init.user_data),
+            ("vendor-data", &self.cloud_init.vendor_data),
+            ("network-config", &self.cloud_init.network_config),
+        ] {
+            if let Some(d) = doc {
+                check_text(kind, d, MAX_DOCUMENT_BYTES)?;
+            }
+        }
+        if let Some(ttl) = self.tunnel_ttl_secs {
+            if !TUNNEL_TTL_RANGE.contains(&ttl) {
+                return Err(CoreError::invalid(
+                    "tunnel TTL",
+                    format!("{ttl}s"),
+                    format!("must be {} to {} seconds", TUNNEL_TTL_RANGE.start(), TUNNEL_TTL_RANGE.end()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The addresses that identify this node and must be unique across all nodes.
+    pub fn unique_addresses(&self) -> Vec<(AddressKind, String)> {
+        let mut out = Vec::new();
+        for iface in self.interfaces.values() {
+            if let Some(m) = iface.mac {
+                out.push((AddressKind::Mac, m.to_string()));
+            }
+            if let Some(ip) = iface.ipv4 {
+                out.push((AddressKind::Ip, ip.to_string()));
+            }
+            if let Some(ip) = iface.ipv6 {
+                out.push((AddressKind::Ip, ip.to_string()));
+            }
+        }
+        out
+    }
+
+    /// The primary interface: the one marked primary, else the first by name.
+    pub fn primary_interface(&self) -> Option<(&str, &Interface)> {
+        self.interfaces
+            .iter()
+            .find(|(_, i)| i.primary == Some(true))
+            .or_else(|| self.interfaces.iter().next())
+            .map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// The identity factors in effect (merged settings), with ferry's default when none
+    /// is configured: `network`, plus `asset-tag` when the node has one.
+    pub fn identity_policy(&self, has_asset_tag: bool) -> Vec<IdentityFactor> {
+        let mut factors: Vec<IdentityFactor> = self.identity.iter().filter_map(|f| f.parse().ok()).collect();
+        if factors.is_empty() {
+            factors.push(IdentityFactor::Network);
+            if has_asset_tag {
+                factors.push(IdentityFactor::AssetTag);
+            }
+        }
+        factors.sort();
+        factors.dedup();
+        factors
+    }
+}
+
+/// Which unique index an address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressKind {
+    Mac,
+    Ip,
+}
+
+impl AddressKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressKind::Mac => "mac",
+            AddressKind::Ip => "ip",
+        }
+    }
+}
+
+/// Checks that no address appears twice within one node (two interfaces, same MAC).
+pub fn check_node_addresses(node: &Node) -> Result<(), CoreError> {
+    let mut seen = std::collections::HashSet::new();
+    for (kind, value) in node.settings.unique_addresses() {
+        if !seen.insert((kind, value.clone())) {
+            return Err(CoreError::invalid(
+                if kind == AddressKind::Mac { "MAC address" } else { "IP address" },
+                value,
+                format!("used twice on node {}", node.name),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(json: serde_json::Value) -> Interface {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let mut s = Settings::default();
+        s.kernel_args = vec!["console=ttyS0".into()];
+        assert!(s.validate(LayerKind::Node).is_ok());
+        s.kernel_args = vec!["a b".into()];
+        assert!(s.validate(LayerKind::Node).is_err());
+        let mut s = Settings::default();
+        s.identity = vec!["fingerprint".into()];
+        assert!(s.validate(LayerKind::Node).is_err());
+        let mut s = Settings::default();
+        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mtu": 10})));
+        assert!(s.validate(LayerKind::Node).is_err());
+        let mut s = Settings::default();
+        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mac": "52:54:00:00:00:01"})));
+        assert!(s.validate(LayerKind::Node).is_ok());
+        assert!(s.validate(LayerKind::Profile).is_err(), "profiles must not carry MACs");
+        let mut s = Settings::default();
+        s.tunnel_ttl_secs = Some(5);
+        assert!(s.validate(LayerKind::Node).is_err());
+        assert!(serde_json::from_value::<Interface>(serde_json::json!({"mac": "nope"})).is_err());
+        assert!(serde_json::from_value::<Settings>(serde_json::json!({"colour": "red"})).is_err());
+    }
+
+    #[test]
+    fn identity_defaults() {
+        let s = Settings::default();
+        assert_eq!(s.identity_policy(false), [IdentityFactor::Network]);
+        assert_eq!(s.identity_policy(true), [IdentityFactor::Network, IdentityFactor::AssetTag]);
+        let s = Settings {
+            identity: vec!["tpm".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.identity_policy(true), [IdentityFactor::Tpm]);
+    }
+
+    #[test]
+    fn duplicate_address_within_node() {
+        let mut node = Node {
+            name: NodeName::parse("n1").unwrap(),
+            profiles: vec![],
+            settings: Settings::default(),
+        };
+        node.settings.interfaces.insert("eth0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
+        node.settings.interfaces.insert("ib0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
+        assert!(check_node_addresses(&node).is_err());
+    }
+}
+
+/// Checks an asset tag before it is sealed. The error never contains the value: it is
+/// a secret, and errors end up in terminals and logs.
+pub fn check_asset_tag(tag: &str) -> Result<(), CoreError> {
+    if tag.is_empty() || tag.len() > 256 {
+        return Err(CoreError::invalid("asset tag", "<redacted>", "must be 1 to 256 bytes"));
+    }
+    if tag.chars().any(|c| c.is_control()) {
+        return Err(CoreError::invalid("asset tag", "<redacted>", "must not contain control characters or newlines"));
+    }
+    Ok(())
+}

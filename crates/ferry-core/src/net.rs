@@ -1,0 +1,134 @@
+//! Network newtypes and address arithmetic.
+
+use crate::CoreError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// An Ethernet MAC address, normalised to lowercase colon form. Accepts `:` or `-`
+/// separators, as printed by `ip link` and by Windows/BMC tools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr([u8; 6]);
+
+impl MacAddr {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        let err = |why: &str| CoreError::invalid("MAC address", s, format!("{why} (expected six hex pairs like 52:54:00:12:34:56)"));
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(err("wrong number of parts"));
+        }
+        let mut out = [0u8; 6];
+        for (slot, part) in out.iter_mut().zip(&parts) {
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err("each part must be two hexadecimal digits"));
+            }
+            *slot = u8::from_str_radix(part, 16).map_err(|_| err("not hexadecimal"))?;
+        }
+        Ok(MacAddr(out))
+    }
+    pub fn octets(&self) -> [u8; 6] {
+        self.0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+impl TryFrom<String> for MacAddr {
+    type Error = CoreError;
+    fn try_from(s: String) -> Result<Self, CoreError> {
+        Self::parse(&s)
+    }
+}
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+impl std::str::FromStr for MacAddr {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, CoreError> {
+        Self::parse(s)
+    }
+}
+
+/// Checks a Linux interface name (IFNAMSIZ - 1 = 15 bytes, no '/', whitespace or ':').
+pub fn check_interface_name(s: &str) -> Result<(), CoreError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if s.is_empty() || s.len() > 15 || !s.chars().all(ok) || s.starts_with('.') {
+        return Err(CoreError::invalid(
+            "interface name",
+            s,
+            "must be 1 to 15 characters of letters, digits, '-', '_', '.'",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a netmask is a contiguous run of ones (255.255.252.0, not 255.0.255.0).
+pub fn check_netmask(mask: Ipv4Addr) -> Result<(), CoreError> {
+    let bits = u32::from(mask);
+    if bits.leading_ones() + bits.trailing_zeros() != 32 {
+        return Err(CoreError::invalid("netmask", mask.to_string(), "ones must be contiguous, like 255.255.255.0"));
+    }
+    Ok(())
+}
+
+/// `count` consecutive addresses from `start`, for `--ip` over a hostlist. Fails rather
+/// than wrapping past the end of the address space.
+pub fn ip_sequence(start: IpAddr, count: usize) -> Result<Vec<IpAddr>, CoreError> {
+    let overflow = || CoreError::invalid("IP address", start.to_string(), format!("{count} consecutive addresses run past the end of the address space"));
+    let n = u128::try_from(count).map_err(|_| overflow())?;
+    match start {
+        IpAddr::V4(v4) => {
+            let base = u32::from(v4) as u128;
+            if n > 0 && base + n - 1 > u32::MAX as u128 {
+                return Err(overflow());
+            }
+            Ok((0..n).map(|i| IpAddr::V4(Ipv4Addr::from((base + i) as u32))).collect())
+        }
+        IpAddr::V6(v6) => {
+            let base = u128::from(v6);
+            if n > 0 && base.checked_add(n - 1).is_none() {
+                return Err(overflow());
+            }
+            Ok((0..n).map(|i| IpAddr::V6(Ipv6Addr::from(base + i))).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parse_and_normalise() {
+        let m = MacAddr::parse("52-54-00-AB-cd-01").unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "5:54:00:ab:cd:01", "zz:54:00:ab:cd:01", "525400abcd01", "52:54:00:ab:cd:+1"] {
+            assert!(MacAddr::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn ip_sequences() {
+        let s = ip_sequence("10.0.0.254".parse().unwrap(), 3).unwrap();
+        assert_eq!(s.iter().map(|a| a.to_string()).collect::<Vec<_>>(), ["10.0.0.254", "10.0.0.255", "10.0.1.0"]);
+        assert!(ip_sequence("255.255.255.254".parse().unwrap(), 3).is_err());
+        assert_eq!(ip_sequence("fd00::ffff".parse().unwrap(), 2).unwrap()[1].to_string(), "fd00::1:0");
+        assert!(ip_sequence("10.0.0.1".parse().unwrap(), 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn netmasks_and_ifnames() {
+        assert!(check_netmask("255.255.252.0".parse().unwrap()).is_ok());
+        assert!(check_netmask("255.0.255.0".parse().unwrap()).is_err());
+        assert!(check_interface_name("eth0.100").is_ok());
+        assert!(check_interface_name("this-name-is-too-long").is_err());
+        assert!(check_interface_name("eth/0").is_err());
+    }
+}

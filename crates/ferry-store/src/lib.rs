@@ -1,0 +1,88 @@
+//! ferry's storage. The [`Store`] trait is what the server needs; [`SqliteStore`] is the
+//! embedded default (PostgreSQL comes later behind the same trait, so SQL here stays
+//! portable: plain types, no SQLite-only functions in queries).
+//!
+//! Every write is one transaction: a batch of 128 nodes is added completely or not at all.
+
+pub mod sealing;
+mod sqlite;
+
+pub use sealing::{SealError, Sealer};
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use ferry_api::admin::{
+    AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView,
+};
+use ferry_api::Secret;
+use ferry_core::{CoreError, NodeName, ProfileName};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Invalid(#[from] CoreError),
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored record {0} is unreadable: {1}")]
+    Corrupt(String, String),
+}
+
+/// Who made a change, for the audit log (`uid:0`, later a token name).
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+/// One audit log entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError>;
+    async fn set_nodes(&self, names: &[NodeName], patch: &NodePatch, actor: &Actor) -> Result<usize, StoreError>;
+    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError>;
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError>;
+    async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError>;
+    async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError>;
+    /// The node's asset tag in clear, for enrollment proofs only. Never return it to
+    /// an API caller.
+    async fn node_asset_tag(&self, name: &NodeName) -> Result<Option<Secret>, StoreError>;
+
+    async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError>;
+    async fn set_profiles(&self, names: &[ProfileName], patch: &ProfilePatch, actor: &Actor) -> Result<usize, StoreError>;
+    async fn delete_profiles(&self, names: &[ProfileName], actor: &Actor) -> Result<usize, StoreError>;
+    async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError>;
+    async fn get_profile(&self, name: &ProfileName) -> Result<ProfileView, StoreError>;
+
+    /// The newest `limit` audit entries (optionally about one subject), oldest first.
+    async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+pub(crate) fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn format_time(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}

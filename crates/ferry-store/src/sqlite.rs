@@ -1,0 +1,497 @@
+//! The embedded SQLite store: WAL, one writer connection (SQLite allows one writer at a
+//! time anyway; a single connection turns contention into an orderly queue instead of
+//! SQLITE_BUSY retries), several readers.
+
+use crate::{format_time, now_secs, Actor, AuditEntry, Sealer, Store, StoreError};
+use async_trait::async_trait;
+use ferry_api::admin::{
+    AddNodes, AddProfiles, AssetTagChange, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView, SecretState,
+};
+use ferry_api::Secret;
+use ferry_core::merge::{check_profile_graph, merge_node};
+use ferry_core::model::{check_asset_tag, check_node_addresses, LayerKind};
+use ferry_core::{patch, CoreError, Node, NodeName, Profile, ProfileName, Settings};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+    sealer: Sealer,
+}
+
+struct StoredNode {
+    node: Node,
+    asset_tag: Option<Vec<u8>>,
+    revision: i64,
+    updated_at: i64,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies pending migrations.
+    pub async fn open(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        MIGRATOR.run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
+        Ok(SqliteStore { read, write, sealer })
+    }
+
+    fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
+        check_asset_tag(tag.expose())?;
+        Ok(self.sealer.seal(tag.expose().as_bytes(), aad(node).as_bytes()))
+    }
+}
+
+fn aad(node: &NodeName) -> String {
+    format!("ferry/asset-tag/{node}")
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(what.to_owned(), e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+fn parse_name<T: std::str::FromStr<Err = CoreError>>(what: &str, s: &str) -> Result<T, StoreError> {
+    s.parse().map_err(|e: CoreError| StoreError::Corrupt(what.to_owned(), e.to_string()))
+}
+
+async fn load_profiles(conn: &mut SqliteConnection) -> Result<BTreeMap<ProfileName, (Profile, i64, i64)>, StoreError> {
+    let mut out = BTreeMap::new();
+    for row in sqlx::query("SELECT name, settings, revision, updated_at FROM profiles").fetch_all(&mut *conn).await? {
+        let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
+        let settings: Settings = parse_json(&format!("profile {name}"), row.get(1))?;
+        let profile = Profile { name: name.clone(), profiles: vec![], settings };
+        out.insert(name, (profile, row.get(2), row.get(3)));
+    }
+    for row in sqlx::query("SELECT profile, parent FROM profile_parents ORDER BY profile, position").fetch_all(&mut *conn).await? {
+        let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
+        let parent: ProfileName = parse_name("profile", row.get::<&str, _>(1))?;
+        if let Some((p, _, _)) = out.get_mut(&name) {
+            p.profiles.push(parent);
+        }
+    }
+    Ok(out)
+}
+
+fn profile_map(loaded: &BTreeMap<ProfileName, (Profile, i64, i64)>) -> BTreeMap<ProfileName, Profile> {
+    loaded.iter().map(|(k, (p, _, _))| (k.clone(), p.clone())).collect()
+}
+
+async fn load_nodes(conn: &mut SqliteConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
+    let (filter, name) = match only {
+        Some(n) => (" WHERE name = ?", n.as_str()),
+        None => ("", ""),
+    };
+    let sql = format!("SELECT name, settings, asset_tag, revision, updated_at FROM nodes{filter} ORDER BY name");
+    let mut q = sqlx::query_as::<_, (String, String, Option<Vec<u8>>, i64, i64)>(&sql);
+    if only.is_some() {
+        q = q.bind(name);
+    }
+    let mut nodes = Vec::new();
+    for (n, settings, asset_tag, revision, updated_at) in q.fetch_all(&mut *conn).await? {
+        let name: NodeName = parse_name("node", &n)?;
+        let settings = parse_json(&format!("node {name}"), &settings)?;
+        nodes.push(StoredNode { node: Node { name, profiles: vec![], settings }, asset_tag, revision, updated_at });
+    }
+    let sql = format!("SELECT node, profile FROM node_profiles{} ORDER BY node, position", filter.replace("name", "node"));
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    if only.is_some() {
+        q = q.bind(name);
+    }
+    let mut by_name: BTreeMap<String, Vec<ProfileName>> = BTreeMap::new();
+    for (node, profile) in q.fetch_all(&mut *conn).await? {
+        by_name.entry(node).or_default().push(parse_name("profile", &profile)?);
+    }
+    for n in &mut nodes {
+        n.node.profiles = by_name.remove(n.node.name.as_str()).unwrap_or_default();
+    }
+    Ok(nodes)
+}
+
+async fn load_node(conn: &mut SqliteConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
+    load_nodes(conn, Some(name)).await?.pop().ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
+}
+
+fn node_view(s: StoredNode) -> NodeView {
+    NodeView {
+        name: s.node.name,
+        profiles: s.node.profiles,
+        settings: s.node.settings,
+        asset_tag: if s.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        revision: s.revision,
+        updated_at: format_time(s.updated_at),
+    }
+}
+
+/// Validates a node against the current profiles and writes it with its relations.
+async fn write_node(
+    conn: &mut SqliteConnection,
+    node: &Node,
+    asset_tag: Option<&[u8]>,
+    profiles: &BTreeMap<ProfileName, Profile>,
+    existing_revision: Option<i64>,
+) -> Result<(), StoreError> {
+    node.settings.validate(LayerKind::Node)?;
+    check_node_addresses(node)?;
+    merge_node(node, profiles)?;
+    let now = now_secs();
+    let settings = to_json(&node.settings);
+    match existing_revision {
+        None => {
+            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = ?").bind(node.name.as_str()).fetch_optional(&mut *conn).await?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict(format!("node {} already exists; use `ferry node set` to change it", node.name)));
+            }
+            sqlx::query("INSERT INTO nodes (name, settings, asset_tag, revision, updated_at) VALUES (?, ?, ?, 1, ?)")
+                .bind(node.name.as_str())
+                .bind(&settings)
+                .bind(asset_tag)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Some(rev) => {
+            sqlx::query("UPDATE nodes SET settings = ?, asset_tag = ?, revision = ?, updated_at = ? WHERE name = ?")
+                .bind(&settings)
+                .bind(asset_tag)
+                .bind(rev + 1)
+                .bind(now)
+                .bind(node.name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM node_profiles WHERE node = ?").bind(node.name.as_str()).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM node_addresses WHERE node = ?").bind(node.name.as_str()).execute(&mut *conn).await?;
+        }
+    }
+    for (pos, p) in node.profiles.iter().enumerate() {
+        sqlx::query("INSERT INTO node_profiles (node, position, profile) VALUES (?, ?, ?)")
+            .bind(node.name.as_str())
+            .bind(pos as i64)
+            .bind(p.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (kind, value) in node.settings.unique_addresses() {
+        let owner: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = ? AND value = ?")
+            .bind(kind.as_str())
+            .bind(&value)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((owner,)) = owner {
+            let what = if kind == ferry_core::model::AddressKind::Mac { "MAC address" } else { "IP address" };
+            return Err(StoreError::Conflict(format!(
+                "{what} {value} of node {} is already used by node {owner}; each node needs its own",
+                node.name
+            )));
+        }
+        sqlx::query("INSERT INTO node_addresses (kind, value, node) VALUES (?, ?, ?)")
+            .bind(kind.as_str())
+            .bind(&value)
+            .bind(node.name.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn audit(conn: &mut SqliteConnection, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
+        .bind(now_secs())
+        .bind(&actor.0)
+        .bind(action)
+        .bind(subject)
+        .bind(detail)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn check_unique<T: std::hash::Hash + Eq + std::fmt::Display>(names: impl IntoIterator<Item = T>) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    for n in names {
+        if seen.contains(&n) {
+            return Err(StoreError::BadRequest(format!("{n} is listed twice in one request")));
+        }
+        seen.insert(n);
+    }
+    Ok(())
+}
+
+/// What an audit entry says about a patch: the fields touched, never their values
+/// (a template may embed credentials).
+fn describe_patch(patch: &patch::SettingsPatch, profiles_changed: bool, asset: Option<&AssetTagChange>) -> String {
+    let mut parts: Vec<String> = serde_json::to_value(&patch.set)
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.keys().map(|k| format!("set {k}")).collect()))
+        .unwrap_or_default();
+    parts.extend(patch.unset.iter().map(|p| format!("unset {}", p.join("."))));
+    if profiles_changed {
+        parts.push("set profiles".into());
+    }
+    match asset {
+        Some(AssetTagChange::Set(_)) => parts.push("set asset_tag".into()),
+        Some(AssetTagChange::Unset) => parts.push("unset asset_tag".into()),
+        None => {}
+    }
+    parts.join(", ")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError> {
+        check_unique(req.nodes.iter().map(|n| n.name.clone()))?;
+        let mut tx = self.write.begin().await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        for new in &req.nodes {
+            let node = Node { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() };
+            let sealed = new.asset_tag.as_ref().map(|t| self.seal_tag(&node.name, t)).transpose()?;
+            write_node(&mut tx, &node, sealed.as_deref(), &profiles, None).await?;
+            let detail = if new.asset_tag.is_some() { "with asset tag" } else { "" };
+            audit(&mut tx, actor, "node.add", &format!("node/{}", node.name), detail).await?;
+        }
+        tx.commit().await?;
+        Ok(req.nodes.len())
+    }
+
+    async fn set_nodes(&self, names: &[NodeName], patch: &NodePatch, actor: &Actor) -> Result<usize, StoreError> {
+        if patch.is_empty() {
+            return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
+        }
+        check_unique(names.iter())?;
+        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), patch.asset_tag.as_ref());
+        let mut tx = self.write.begin().await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        for name in names {
+            let mut stored = load_node(&mut tx, name).await?;
+            stored.node.settings = patch::apply(&stored.node.settings, &patch.settings, LayerKind::Node)?;
+            if let Some(p) = &patch.profiles {
+                stored.node.profiles = p.clone();
+            }
+            let asset = match &patch.asset_tag {
+                None => stored.asset_tag.take(),
+                Some(AssetTagChange::Unset) => None,
+                Some(AssetTagChange::Set(t)) => Some(self.seal_tag(name, t)?),
+            };
+            write_node(&mut tx, &stored.node, asset.as_deref(), &profiles, Some(stored.revision)).await?;
+            audit(&mut tx, actor, "node.set", &format!("node/{name}"), &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(names.len())
+    }
+
+    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError> {
+        check_unique(names.iter())?;
+        let mut tx = self.write.begin().await?;
+        for name in names {
+            let done = sqlx::query("DELETE FROM nodes WHERE name = ?").bind(name.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { kind: "node", name: name.to_string() });
+            }
+            audit(&mut tx, actor, "node.delete", &format!("node/{name}"), "").await?;
+        }
+        tx.commit().await?;
+        Ok(names.len())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        Ok(load_nodes(&mut conn, None).await?.into_iter().map(node_view).collect())
+    }
+
+    async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        Ok(node_view(load_node(&mut conn, name).await?))
+    }
+
+    async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError> {
+        // One read transaction, so node and profiles come from the same snapshot.
+        let mut tx = self.read.begin().await?;
+        let stored = load_node(&mut tx, name).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        tx.commit().await?;
+        let merged = merge_node(&stored.node, &profiles)?;
+        Ok(MergedNodeView {
+            name: stored.node.name,
+            profiles: merged.profiles,
+            settings: merged.settings,
+            fields: merged.fields,
+            asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        })
+    }
+
+    async fn node_asset_tag(&self, name: &NodeName) -> Result<Option<Secret>, StoreError> {
+        let mut conn = self.read.acquire().await?;
+        let stored = load_node(&mut conn, name).await?;
+        let Some(sealed) = stored.asset_tag else { return Ok(None) };
+        let clear = self.sealer.open(&sealed, aad(name).as_bytes())?;
+        let text = String::from_utf8(clear.to_vec()).map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
+        Ok(Some(Secret::new(text)))
+    }
+
+    async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError> {
+        check_unique(req.profiles.iter().map(|p| p.name.clone()))?;
+        let mut tx = self.write.begin().await?;
+        let mut all = profile_map(&load_profiles(&mut tx).await?);
+        let now = now_secs();
+        for new in &req.profiles {
+            new.settings.validate(LayerKind::Profile)?;
+            if all.contains_key(&new.name) {
+                return Err(StoreError::Conflict(format!("profile {} already exists; use `ferry profile set` to change it", new.name)));
+            }
+            all.insert(new.name.clone(), Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() });
+            sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES (?, ?, 1, ?)")
+                .bind(new.name.as_str())
+                .bind(to_json(&new.settings))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Parents may be added in the same batch, so links go in after all profiles.
+        check_profile_graph(&all)?;
+        for new in &req.profiles {
+            write_parents(&mut tx, &new.name, &new.profiles).await?;
+            audit(&mut tx, actor, "profile.add", &format!("profile/{}", new.name), "").await?;
+        }
+        tx.commit().await?;
+        Ok(req.profiles.len())
+    }
+
+    async fn set_profiles(&self, names: &[ProfileName], patch: &ProfilePatch, actor: &Actor) -> Result<usize, StoreError> {
+        if patch.profiles.is_none() && patch.settings.is_empty() {
+            return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
+        }
+        check_unique(names.iter())?;
+        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), None);
+        let mut tx = self.write.begin().await?;
+        let loaded = load_profiles(&mut tx).await?;
+        let mut all = profile_map(&loaded);
+        let now = now_secs();
+        for name in names {
+            let (_, revision, _) = loaded.get(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+            let p = all.get_mut(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+            p.settings = patch::apply(&p.settings, &patch.settings, LayerKind::Profile)?;
+            if let Some(parents) = &patch.profiles {
+                p.profiles = parents.clone();
+            }
+            sqlx::query("UPDATE profiles SET settings = ?, revision = ?, updated_at = ? WHERE name = ?")
+                .bind(to_json(&p.settings))
+                .bind(revision + 1)
+                .bind(now)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if patch.profiles.is_some() {
+                let parents = p.profiles.clone();
+                write_parents(&mut tx, name, &parents).await?;
+            }
+            audit(&mut tx, actor, "profile.set", &format!("profile/{name}"), &detail).await?;
+        }
+        check_profile_graph(&all)?;
+        tx.commit().await?;
+        Ok(names.len())
+    }
+
+    async fn delete_profiles(&self, names: &[ProfileName], actor: &Actor) -> Result<usize, StoreError> {
+        check_unique(names.iter())?;
+        let mut tx = self.write.begin().await?;
+        for name in names {
+            let users: Vec<(String,)> = sqlx::query_as(
+                "SELECT node FROM node_profiles WHERE profile = ? UNION SELECT profile FROM profile_parents WHERE parent = ? ORDER BY 1 LIMIT 6",
+            )
+            .bind(name.as_str())
+            .bind(name.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+            if !users.is_empty() {
+                let mut list: Vec<String> = users.into_iter().map(|(u,)| u).collect();
+                if list.len() > 5 {
+                    list.truncate(5);
+                    list.push("...".into());
+                }
+                return Err(StoreError::Conflict(format!(
+                    "profile {name} is still used by {}; remove it from them first",
+                    list.join(", ")
+                )));
+            }
+            let done = sqlx::query("DELETE FROM profiles WHERE name = ?").bind(name.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { kind: "profile", name: name.to_string() });
+            }
+            audit(&mut tx, actor, "profile.delete", &format!("profile/{name}"), "").await?;
+        }
+        tx.commit().await?;
+        Ok(names.len())
+    }
+
+    async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError> {
+        let mut tx = self.read.begin().await?;
+        let loaded = load_profiles(&mut tx).await?;
+        let counts: Vec<(String, i64)> = sqlx::query_as("SELECT profile, COUNT(*) FROM node_profiles GROUP BY profile").fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let counts: BTreeMap<String, i64> = counts.into_iter().collect();
+        Ok(loaded
+            .into_values()
+            .map(|(p, revision, updated_at)| ProfileView {
+                nodes: counts.get(p.name.as_str()).copied().unwrap_or(0),
+                name: p.name,
+                profiles: p.profiles,
+                settings: p.settings,
+                revision,
+                updated_at: format_time(updated_at),
+            })
+            .collect())
+    }
+
+    async fn get_profile(&self, name: &ProfileName) -> Result<ProfileView, StoreError> {
+        self.list_profiles()
+            .await?
+            .into_iter()
+            .find(|p| &p.name == name)
+            .ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })
+    }
+
+    async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let sql = format!(
+            "SELECT id, at, actor, action, subject, detail FROM audit {} ORDER BY id DESC LIMIT ?",
+            if subject.is_some() { "WHERE subject = ?" } else { "" }
+        );
+        let mut q = sqlx::query_as::<_, (i64, i64, String, String, String, String)>(&sql);
+        if let Some(s) = subject {
+            q = q.bind(s);
+        }
+        let rows = q.bind(limit.clamp(1, 100_000)).fetch_all(&self.read).await?;
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|(id, at, actor, action, subject, detail)| AuditEntry { id, at: format_time(at), actor, action, subject, detail })
+            .collect())
+    }
+}
+
+async fn write_parents(conn: &mut SqliteConnection, name: &ProfileName, parents: &[ProfileName]) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM profile_parents WHERE profile = ?").bind(name.as_str()).execute(&mut *conn).await?;
+    for (pos, parent) in parents.iter().enumerate() {
+        sqlx::query("INSERT INTO profile_parents (profile, position, parent) VALUES (?, ?, ?)")
+            .bind(name.as_str())
+            .bind(pos as i64)
+            .bind(parent.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

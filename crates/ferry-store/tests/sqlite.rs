@@ -1,0 +1,152 @@
+//! The SQLite store against a real database file in a temporary directory.
+
+use ferry_api::admin::{AddNodes, AddProfiles, AssetTagChange, NewNode, NewProfile, NodePatch, ProfilePatch, SecretState};
+use ferry_api::Secret;
+use ferry_core::patch::SettingsPatch;
+use ferry_core::{NodeName, ProfileName, Settings};
+use ferry_store::{Actor, Sealer, SqliteStore, Store, StoreError};
+use serde_json::json;
+use std::sync::Arc;
+
+async fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    (dir, s)
+}
+
+fn actor() -> Actor {
+    Actor("uid:0".into())
+}
+
+fn n(name: &str) -> NodeName {
+    NodeName::parse(name).unwrap()
+}
+
+fn p(name: &str) -> ProfileName {
+    ProfileName::parse(name).unwrap()
+}
+
+fn new_node(name: &str, settings: serde_json::Value) -> NewNode {
+    NewNode { name: n(name), profiles: vec![], settings: serde_json::from_value(settings).unwrap(), asset_tag: None }
+}
+
+fn eth0(mac: &str, ip: &str) -> serde_json::Value {
+    json!({"interfaces": {"eth0": {"mac": mac, "ipv4": ip}}})
+}
+
+#[tokio::test]
+async fn duplicate_mac_or_ip_across_nodes_is_rejected() {
+    let (_d, s) = store().await;
+    s.add_nodes(AddNodes { nodes: vec![new_node("n1", eth0("52:54:00:00:00:01", "10.0.0.1"))] }, &actor()).await.unwrap();
+    let e = s
+        .add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:01", "10.0.0.2"))] }, &actor())
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict(m) if m.contains("52:54:00:00:00:01") && m.contains("n1")), "{e}");
+    let e = s
+        .add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:02", "10.0.0.1"))] }, &actor())
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict(m) if m.contains("10.0.0.1")), "{e}");
+    // The same via `set`, on an existing node.
+    s.add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:02", "10.0.0.2"))] }, &actor()).await.unwrap();
+    let patch = NodePatch {
+        settings: SettingsPatch { set: serde_json::from_value(json!({"interfaces": {"ib0": {"ipv4": "10.0.0.1"}}})).unwrap(), unset: vec![] },
+        ..Default::default()
+    };
+    assert!(matches!(s.set_nodes(&[n("n2")], &patch, &actor()).await, Err(StoreError::Conflict(_))));
+    assert!(!s.get_node(&n("n2")).await.unwrap().settings.interfaces.contains_key("ib0"), "failed set changed nothing");
+    // Case and separator differences are still the same MAC.
+    let e = s.add_nodes(AddNodes { nodes: vec![new_node("n3", eth0("52-54-00-00-00-0A", "10.0.0.3"))] }, &actor()).await;
+    assert!(e.is_ok());
+    let e = s.add_nodes(AddNodes { nodes: vec![new_node("n4", eth0("52:54:00:00:00:0a", "10.0.0.4"))] }, &actor()).await;
+    assert!(matches!(e, Err(StoreError::Conflict(_))));
+}
+
+#[tokio::test]
+async fn a_batch_is_all_or_nothing() {
+    let (_d, s) = store().await;
+    let mut nodes: Vec<NewNode> = (1..=10).map(|i| new_node(&format!("n{i}"), eth0(&format!("52:54:00:00:00:{i:02x}"), &format!("10.0.0.{i}")))).collect();
+    nodes.push(new_node("n11", eth0("52:54:00:00:00:01", "10.0.0.11"))); // MAC of n1
+    assert!(s.add_nodes(AddNodes { nodes }, &actor()).await.is_err());
+    assert!(s.list_nodes().await.unwrap().is_empty());
+    let e = s.add_nodes(AddNodes { nodes: vec![new_node("a", json!({})), new_node("a", json!({}))] }, &actor()).await.unwrap_err();
+    assert!(matches!(e, StoreError::BadRequest(_)), "{e}");
+}
+
+#[tokio::test]
+async fn profiles_unknown_cycles_and_in_use() {
+    let (_d, s) = store().await;
+    let mut node = new_node("n1", json!({}));
+    node.profiles = vec![p("ghost")];
+    let e = s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap_err();
+    assert!(e.to_string().contains("unknown profile \"ghost\""), "{e}");
+
+    let prof = |name: &str, parents: &[&str]| NewProfile { name: p(name), profiles: parents.iter().map(|x| p(x)).collect(), settings: Settings::default() };
+    s.add_profiles(AddProfiles { profiles: vec![prof("b", &["a"]), prof("a", &[])] }, &actor()).await.unwrap();
+    let e = s
+        .set_profiles(&[p("a")], &ProfilePatch { profiles: Some(vec![p("b")]), ..Default::default() }, &actor())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("cycle"), "{e}");
+    assert!(s.get_profile(&p("a")).await.unwrap().profiles.is_empty(), "failed set changed nothing");
+
+    let mut node = new_node("n1", json!({}));
+    node.profiles = vec![p("b")];
+    s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap();
+    let e = s.delete_profiles(&[p("b")], &actor()).await.unwrap_err();
+    assert!(e.to_string().contains("used by n1"), "{e}");
+    let e = s.delete_profiles(&[p("a")], &actor()).await.unwrap_err();
+    assert!(e.to_string().contains("used by b"), "{e}");
+    let merged = s.merged_node(&n("n1")).await.unwrap();
+    assert_eq!(merged.profiles, [p("a"), p("b")]);
+}
+
+#[tokio::test]
+async fn asset_tag_is_sealed_at_rest_and_never_in_views() {
+    let (dir, s) = store().await;
+    let mut node = new_node("n1", json!({}));
+    node.asset_tag = Some(Secret::new("ASSET-TAG-7f3a9".into()));
+    s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap();
+    let view = s.get_node(&n("n1")).await.unwrap();
+    assert_eq!(view.asset_tag, SecretState::Set);
+    assert!(!serde_json::to_string(&view).unwrap().contains("ASSET-TAG-7f3a9"));
+    assert!(!serde_json::to_string(&s.merged_node(&n("n1")).await.unwrap()).unwrap().contains("ASSET-TAG-7f3a9"));
+    assert!(!format!("{:?}", s.audit(None, 100).await.unwrap()).contains("ASSET-TAG-7f3a9"));
+    assert_eq!(s.node_asset_tag(&n("n1")).await.unwrap().unwrap().expose(), "ASSET-TAG-7f3a9");
+    drop(s);
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(!bytes.windows(15).any(|w| w == b"ASSET-TAG-7f3a9"), "clear asset tag on disk");
+    }
+    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    assert!(s.node_asset_tag(&n("n1")).await.is_err(), "another key cannot open it");
+    let patch = NodePatch { asset_tag: Some(AssetTagChange::Unset), ..Default::default() };
+    s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();
+    assert_eq!(s.get_node(&n("n1")).await.unwrap().asset_tag, SecretState::Unset);
+}
+
+#[tokio::test]
+async fn concurrent_writers_lose_no_update() {
+    let (_d, s) = store().await;
+    let s = Arc::new(s);
+    s.add_nodes(AddNodes { nodes: vec![new_node("n1", json!({}))] }, &actor()).await.unwrap();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let patch = NodePatch {
+                    settings: SettingsPatch { set: serde_json::from_value(json!({"tags": {format!("w{i}"): "x"}})).unwrap(), unset: vec![] },
+                    ..Default::default()
+                };
+                s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let view = s.get_node(&n("n1")).await.unwrap();
+    assert_eq!(view.settings.tags.len(), 20);
+    assert_eq!(view.revision, 21);
+}
