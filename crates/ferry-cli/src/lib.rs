@@ -1,1 +1,284 @@
+//! ferry's command line. The binary crate only calls [`main`].
 
+pub mod args;
+mod client;
+mod output;
+mod settings;
+
+use anyhow::Context;
+use args::{Cli, Command, LogFormatArg, NodeCommand, ProfileCommand, ServeArgs};
+use clap::{CommandFactory, Parser};
+use client::AdminClient;
+use ferry_api::admin::{
+    AddNodes, AddProfiles, AssetTagChange, Changed, MergedNodeView, Names, NewNode, NewProfile, NodePatch, NodeView,
+    ProfilePatch, ProfileView, SetNodes, SetProfiles,
+};
+use ferry_core::model::LayerKind;
+use ferry_core::patch::{parse_field, Field, SettingsPatch};
+use ferry_core::{hostlist, NodeName, ProfileName};
+use hyper::Method;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Runs the command line; errors print as one clear message and exit 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli.socket.clone().unwrap_or_else(|| ferry_server::config::DEFAULT_ADMIN_SOCKET.into());
+    let client = AdminClient::new(socket);
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.socket).await,
+        Command::Node(cmd) => node(&client, cmd).await,
+        Command::Profile(cmd) => profile(&client, cmd).await,
+        Command::Audit { node, limit, json } => {
+            let mut path = format!("/v1/audit?limit={limit}");
+            if let Some(n) = node {
+                path.push_str(&format!("&subject=node/{}", NodeName::parse(&n)?));
+            }
+            let entries: Vec<serde_json::Value> = client.get(&path).await?;
+            if json {
+                println!("{}", output::json(&entries));
+            } else {
+                let s = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                let rows = entries
+                    .iter()
+                    .map(|e| vec![s(e, "at"), s(e, "actor"), s(e, "action"), s(e, "subject"), s(e, "detail")])
+                    .collect();
+                println!("{}", output::table(&["time", "actor", "action", "subject", "detail"], rows));
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => ferry_server::Config::from_file(path)?,
+        None => ferry_server::Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(s) = socket {
+        config.admin_socket = s;
+    }
+    if let Some(f) = args.log_format {
+        config.log_format = match f {
+            LogFormatArg::Text => ferry_server::LogFormat::Text,
+            LogFormatArg::Json => ferry_server::LogFormat::Json,
+        };
+    }
+    init_logging(config.log_format);
+    ferry_server::Server::build(config).await?.run_until_stopped().await
+}
+
+fn init_logging(format: ferry_server::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        ferry_server::LogFormat::Json => builder.json().init(),
+        ferry_server::LogFormat::Text => builder.init(),
+    }
+}
+
+fn node_names(list: &str) -> anyhow::Result<Vec<NodeName>> {
+    hostlist::expand(list)?.iter().map(|n| NodeName::parse(n).map_err(Into::into)).collect()
+}
+
+fn profile_names(list: &str) -> anyhow::Result<Vec<ProfileName>> {
+    hostlist::expand(list)?.iter().map(|n| ProfileName::parse(n).map_err(Into::into)).collect()
+}
+
+/// Splits `unset` fields into settings paths, and whether profiles / asset tag go.
+fn unset_fields(fields: &[String]) -> anyhow::Result<(Vec<Vec<String>>, bool, bool)> {
+    let (mut paths, mut profiles, mut asset) = (Vec::new(), false, false);
+    for f in fields {
+        match parse_field(f)? {
+            Field::Settings(p) => paths.push(p),
+            Field::Profiles => profiles = true,
+            Field::AssetTag => asset = true,
+        }
+    }
+    Ok((paths, profiles, asset))
+}
+
+fn report(verb: &str, what: &str, changed: Changed) {
+    println!("{verb} {} {what}{}", changed.changed, if changed.changed == 1 { "" } else { "s" });
+}
+
+async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Add { hostlist, settings, node } => {
+            let names = node_names(&hostlist)?;
+            let resolved = settings::resolve(&settings, names.len(), LayerKind::Node)?;
+            let tag = settings::asset_tag(&node)?;
+            if tag.is_some() && names.len() > 1 {
+                anyhow::bail!("an asset tag belongs to one node; set it per node");
+            }
+            let nodes = names
+                .into_iter()
+                .zip(resolved.per_target)
+                .map(|(name, settings)| NewNode {
+                    name,
+                    profiles: resolved.profiles.clone().unwrap_or_default(),
+                    settings,
+                    asset_tag: tag.clone(),
+                })
+                .collect();
+            report("added", "node", client.call(Method::POST, "/v1/nodes", Some(&AddNodes { nodes })).await?);
+        }
+        NodeCommand::Set { hostlist, settings, node } => {
+            let names = node_names(&hostlist)?;
+            let resolved = settings::resolve(&settings, names.len(), LayerKind::Node)?;
+            let asset_tag = settings::asset_tag(&node)?.map(AssetTagChange::Set);
+            let per_node_ip = settings.netdev.ipv4.is_some() || settings.netdev.ipv6.is_some();
+            if per_node_ip && names.len() > 1 {
+                // Each node gets its own address: one request per node, still validated by the server.
+                for (name, set) in names.into_iter().zip(resolved.per_target) {
+                    let patch = NodePatch {
+                        profiles: resolved.profiles.clone(),
+                        settings: SettingsPatch { set, unset: vec![] },
+                        asset_tag: asset_tag.clone(),
+                    };
+                    client
+                        .call::<Changed>(Method::PATCH, "/v1/nodes", Some(&SetNodes { names: vec![name], patch }))
+                        .await?;
+                }
+                println!("changed nodes");
+            } else {
+                let set = resolved.per_target.into_iter().next().unwrap_or_default();
+                let patch = NodePatch {
+                    profiles: resolved.profiles,
+                    settings: SettingsPatch { set, unset: vec![] },
+                    asset_tag,
+                };
+                report(
+                    "changed",
+                    "node",
+                    client.call(Method::PATCH, "/v1/nodes", Some(&SetNodes { names, patch })).await?,
+                );
+            }
+        }
+        NodeCommand::Unset { hostlist, fields } => {
+            let names = node_names(&hostlist)?;
+            let (unset, profiles, asset) = unset_fields(&fields)?;
+            let patch = NodePatch {
+                profiles: profiles.then(Vec::new),
+                settings: SettingsPatch { set: Default::default(), unset },
+                asset_tag: asset.then_some(AssetTagChange::Unset),
+            };
+            report("changed", "node", client.call(Method::PATCH, "/v1/nodes", Some(&SetNodes { names, patch })).await?);
+        }
+        NodeCommand::List { hostlist, json } => {
+            let mut nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+            if let Some(list) = hostlist {
+                let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
+                nodes.retain(|n| wanted.contains(&n.name));
+            }
+            println!("{}", if json { output::json(&nodes) } else { output::node_list(&nodes) });
+        }
+        NodeCommand::Show { name, merged, json } => {
+            let name = NodeName::parse(&name)?;
+            if merged {
+                let view: MergedNodeView = client.get(&format!("/v1/nodes/{name}?merged=true")).await?;
+                println!("{}", if json { output::json(&view) } else { output::node_merged(&view) });
+            } else {
+                let view: NodeView = client.get(&format!("/v1/nodes/{name}")).await?;
+                println!("{}", if json { output::json(&view) } else { output::node_show(&view) });
+            }
+        }
+        NodeCommand::Delete { hostlist } => {
+            let names = node_names(&hostlist)?.into_iter().map(String::from).collect();
+            report("deleted", "node", client.call(Method::DELETE, "/v1/nodes", Some(&Names { names })).await?);
+        }
+    }
+    Ok(())
+}
+
+async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProfileCommand::Add { names, settings } => {
+            let names = profile_names(&names)?;
+            let resolved = settings::resolve(&settings, names.len(), LayerKind::Profile)?;
+            let profiles = names
+                .into_iter()
+                .zip(resolved.per_target)
+                .map(|(name, settings)| NewProfile {
+                    name,
+                    profiles: resolved.profiles.clone().unwrap_or_default(),
+                    settings,
+                })
+                .collect();
+            report(
+                "added",
+                "profile",
+                client.call(Method::POST, "/v1/profiles", Some(&AddProfiles { profiles })).await?,
+            );
+        }
+        ProfileCommand::Set { names, settings } => {
+            let names = profile_names(&names)?;
+            let resolved = settings::resolve(&settings, 1, LayerKind::Profile)?;
+            let set = resolved.per_target.into_iter().next().unwrap_or_default();
+            let patch = ProfilePatch { profiles: resolved.profiles, settings: SettingsPatch { set, unset: vec![] } };
+            report(
+                "changed",
+                "profile",
+                client.call(Method::PATCH, "/v1/profiles", Some(&SetProfiles { names, patch })).await?,
+            );
+        }
+        ProfileCommand::Unset { names, fields } => {
+            let names = profile_names(&names)?;
+            let (unset, profiles, asset) = unset_fields(&fields)?;
+            if asset {
+                anyhow::bail!("profiles have no asset tag (it belongs to one node)");
+            }
+            let patch = ProfilePatch {
+                profiles: profiles.then(Vec::new),
+                settings: SettingsPatch { set: Default::default(), unset },
+            };
+            report(
+                "changed",
+                "profile",
+                client.call(Method::PATCH, "/v1/profiles", Some(&SetProfiles { names, patch })).await?,
+            );
+        }
+        ProfileCommand::List { json } => {
+            let profiles: Vec<ProfileView> = client.get("/v1/profiles").await?;
+            println!("{}", if json { output::json(&profiles) } else { output::profile_list(&profiles) });
+        }
+        ProfileCommand::Show { name, json } => {
+            let view: ProfileView =
+                client.get(&format!("/v1/profiles/{}", ProfileName::parse(&name)?)).await.context("profile show")?;
+            println!("{}", if json { output::json(&view) } else { output::profile_show(&view) });
+        }
+        ProfileCommand::Delete { names } => {
+            let names = profile_names(&names)?.into_iter().map(String::from).collect();
+            report("deleted", "profile", client.call(Method::DELETE, "/v1/profiles", Some(&Names { names })).await?);
+        }
+    }
+    Ok(())
+}

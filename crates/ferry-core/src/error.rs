@@ -5,11 +5,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum CoreError {
     #[error("invalid {kind} {value:?}: {reason}")]
-    Invalid {
-        kind: &'static str,
-        value: String,
-        reason: String,
-    },
+    Invalid { kind: &'static str, value: String, reason: String },
     #[error("invalid hostlist {input:?}: {reason}")]
     Hostlist { input: String, reason: String },
     #[error("profile cycle: {0}; remove one of these parent links")]
@@ -22,10 +18,6 @@ pub enum CoreError {
 
 impl CoreError {
     pub(crate) fn invalid(kind: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
-        CoreError::Invalid {
-            kind,
-            value: value.into(),
-            reason: reason.into(),
-        }
+        CoreError::Invalid { kind, value: value.into(), reason: reason.into() }
     }
 }

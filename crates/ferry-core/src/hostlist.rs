@@ -10,10 +10,7 @@ pub const MAX_HOSTS: usize = 65_536;
 
 /// Expands a hostlist into names, in order, without duplicates.
 pub fn expand(input: &str) -> Result<Vec<String>, CoreError> {
-    let err = |reason: &str| CoreError::Hostlist {
-        input: input.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let err = |reason: &str| CoreError::Hostlist { input: input.to_owned(), reason: reason.to_owned() };
     let mut out: Vec<String> = Vec::new();
     for item in split_top_level(input).map_err(|r| err(&r))? {
         if item.is_empty() {
@@ -40,10 +37,7 @@ pub fn expand(input: &str) -> Result<Vec<String>, CoreError> {
                     if names.len().saturating_mul(values.len()) > MAX_HOSTS {
                         return Err(err(&format!("more than {MAX_HOSTS} names")));
                     }
-                    names = names
-                        .iter()
-                        .flat_map(|n| values.iter().map(move |v| format!("{n}{prefix}{v}")))
-                        .collect();
+                    names = names.iter().flat_map(|n| values.iter().map(move |v| format!("{n}{prefix}{v}"))).collect();
                     rest = &rest[close + 1..];
                 }
             }
@@ -126,7 +120,24 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", " ", "n[", "n]", "n[1-", "n[4-1]", "n[a-b]", "n[]", "n[1-2", "n[[1]]", "a,,b", "n[1-100000]", "n[1-300]m[1-300]", "n[-3]", "n[1--3]", "n[9999999999]"] {
+        for bad in [
+            "",
+            " ",
+            "n[",
+            "n]",
+            "n[1-",
+            "n[4-1]",
+            "n[a-b]",
+            "n[]",
+            "n[1-2",
+            "n[[1]]",
+            "a,,b",
+            "n[1-100000]",
+            "n[1-300]m[1-300]",
+            "n[-3]",
+            "n[1--3]",
+            "n[9999999999]",
+        ] {
             assert!(expand(bad).is_err(), "{bad:?} accepted");
         }
     }

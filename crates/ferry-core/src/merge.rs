@@ -103,11 +103,7 @@ pub fn merge_node(node: &Node, all: &BTreeMap<ProfileName, Profile>) -> Result<M
         // Layers are validated on write, so this means stored data is inconsistent.
         CoreError::invalid("merged settings", node.name.to_string(), e.to_string())
     })?;
-    Ok(Merged {
-        profiles: layers.iter().map(|p| p.name.clone()).collect(),
-        settings,
-        fields,
-    })
+    Ok(Merged { profiles: layers.iter().map(|p| p.name.clone()).collect(), settings, fields })
 }
 
 fn to_json(s: &Settings) -> Value {
@@ -164,11 +160,7 @@ impl Tree {
 
     fn flatten(&self, path: &str, out: &mut Vec<MergedField>) {
         match self {
-            Tree::Scalar(v, s) => out.push(MergedField {
-                field: path.to_owned(),
-                value: v.clone(),
-                source: s.clone(),
-            }),
+            Tree::Scalar(v, s) => out.push(MergedField { field: path.to_owned(), value: v.clone(), source: s.clone() }),
             Tree::List(items) => out.extend(items.iter().map(|(v, s)| MergedField {
                 field: path.to_owned(),
                 value: v.clone(),
@@ -236,13 +228,22 @@ mod tests {
     #[test]
     fn lists_append_and_tilde_removes() {
         let all = BTreeMap::from([
-            profile("base", &[], json!({"kernel_args": ["quiet", "console=tty0"], "identity": ["network", "asset-tag"]})),
+            profile(
+                "base",
+                &[],
+                json!({"kernel_args": ["quiet", "console=tty0"], "identity": ["network", "asset-tag"]}),
+            ),
             profile("serial", &["base"], json!({"kernel_args": ["~console=tty0", "console=ttyS0"]})),
         ]);
-        let m = merge_node(&node(&["serial"], json!({"kernel_args": ["quiet", "debug"], "identity": ["~network", "tpm"]})), &all).unwrap();
+        let m = merge_node(
+            &node(&["serial"], json!({"kernel_args": ["quiet", "debug"], "identity": ["~network", "tpm"]})),
+            &all,
+        )
+        .unwrap();
         assert_eq!(m.settings.kernel_args, ["quiet", "console=ttyS0", "debug"]);
         assert_eq!(m.settings.identity, ["asset-tag", "tpm"]);
-        let srcs: Vec<String> = m.fields.iter().filter(|f| f.field == "kernel_args").map(|f| f.source.to_string()).collect();
+        let srcs: Vec<String> =
+            m.fields.iter().filter(|f| f.field == "kernel_args").map(|f| f.source.to_string()).collect();
         assert_eq!(srcs, ["profile base", "profile serial", "node"]);
     }
 
@@ -253,7 +254,10 @@ mod tests {
             &[],
             json!({"tags": {"rack": "r1", "room": "a"}, "interfaces": {"eth0": {"mtu": 9000, "netmask": "255.255.255.0"}, "ib0": {"mtu": 2044}}}),
         )]);
-        let n = node(&["base"], json!({"tags": {"rack": "r7", "~room": ""}, "interfaces": {"eth0": {"ipv4": "10.0.0.5"}, "~ib0": {}}}));
+        let n = node(
+            &["base"],
+            json!({"tags": {"rack": "r7", "~room": ""}, "interfaces": {"eth0": {"ipv4": "10.0.0.5"}, "~ib0": {}}}),
+        );
         let m = merge_node(&n, &all).unwrap();
         assert_eq!(m.settings.tags, BTreeMap::from([("rack".to_string(), "r7".to_string())]));
         let eth0 = &m.settings.interfaces["eth0"];

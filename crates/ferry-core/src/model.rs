@@ -170,7 +170,9 @@ fn check_token(kind: &'static str, s: &str) -> Result<(), CoreError> {
     if s.is_empty() || s.len() > 512 {
         return Err(CoreError::invalid(kind, truncate(s), "must be 1 to 512 characters"));
     }
-    if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '$' | '\\' | ';')) {
+    if let Some(c) =
+        s.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '`' | '$' | '\\' | ';'))
+    {
         return Err(CoreError::invalid(kind, s, format!("character {c:?} not allowed")));
     }
     Ok(())
@@ -185,7 +187,11 @@ fn check_key(kind: &'static str, key: &str) -> Result<(), CoreError> {
     let bare = key.strip_prefix('~').unwrap_or(key);
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
     if bare.is_empty() || bare.len() > 128 || !bare.chars().all(ok) {
-        return Err(CoreError::invalid(kind, key, "keys are 1 to 128 characters of letters, digits, '-', '_', '.', '/'"));
+        return Err(CoreError::invalid(
+            kind,
+            key,
+            "keys are 1 to 128 characters of letters, digits, '-', '_', '.', '/'",
+        ));
     }
     Ok(())
 }
@@ -359,63 +365,6 @@ pub fn check_node_addresses(node: &Node) -> Result<(), CoreError> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn iface(json: serde_json::Value) -> Interface {
-        serde_json::from_value(json).unwrap()
-    }
-
-    #[test]
-    fn validation_rejects_bad_values() {
-        let mut s = Settings::default();
-        s.kernel_args = vec!["console=ttyS0".into()];
-        assert!(s.validate(LayerKind::Node).is_ok());
-        s.kernel_args = vec!["a b".into()];
-        assert!(s.validate(LayerKind::Node).is_err());
-        let mut s = Settings::default();
-        s.identity = vec!["fingerprint".into()];
-        assert!(s.validate(LayerKind::Node).is_err());
-        let mut s = Settings::default();
-        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mtu": 10})));
-        assert!(s.validate(LayerKind::Node).is_err());
-        let mut s = Settings::default();
-        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mac": "52:54:00:00:00:01"})));
-        assert!(s.validate(LayerKind::Node).is_ok());
-        assert!(s.validate(LayerKind::Profile).is_err(), "profiles must not carry MACs");
-        let mut s = Settings::default();
-        s.tunnel_ttl_secs = Some(5);
-        assert!(s.validate(LayerKind::Node).is_err());
-        assert!(serde_json::from_value::<Interface>(serde_json::json!({"mac": "nope"})).is_err());
-        assert!(serde_json::from_value::<Settings>(serde_json::json!({"colour": "red"})).is_err());
-    }
-
-    #[test]
-    fn identity_defaults() {
-        let s = Settings::default();
-        assert_eq!(s.identity_policy(false), [IdentityFactor::Network]);
-        assert_eq!(s.identity_policy(true), [IdentityFactor::Network, IdentityFactor::AssetTag]);
-        let s = Settings {
-            identity: vec!["tpm".into()],
-            ..Default::default()
-        };
-        assert_eq!(s.identity_policy(true), [IdentityFactor::Tpm]);
-    }
-
-    #[test]
-    fn duplicate_address_within_node() {
-        let mut node = Node {
-            name: NodeName::parse("n1").unwrap(),
-            profiles: vec![],
-            settings: Settings::default(),
-        };
-        node.settings.interfaces.insert("eth0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
-        node.settings.interfaces.insert("ib0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
-        assert!(check_node_addresses(&node).is_err());
-    }
-}
-
 /// Checks an asset tag before it is sealed. The error never contains the value: it is
 /// a secret, and errors end up in terminals and logs.
 pub fn check_asset_tag(tag: &str) -> Result<(), CoreError> {
@@ -426,4 +375,51 @@ pub fn check_asset_tag(tag: &str) -> Result<(), CoreError> {
         return Err(CoreError::invalid("asset tag", "<redacted>", "must not contain control characters or newlines"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(json: serde_json::Value) -> Interface {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let mut s = Settings { kernel_args: vec!["console=ttyS0".into()], ..Default::default() };
+        assert!(s.validate(LayerKind::Node).is_ok());
+        s.kernel_args = vec!["a b".into()];
+        assert!(s.validate(LayerKind::Node).is_err());
+        let s = Settings { identity: vec!["fingerprint".into()], ..Default::default() };
+        assert!(s.validate(LayerKind::Node).is_err());
+        let mut s = Settings::default();
+        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mtu": 10})));
+        assert!(s.validate(LayerKind::Node).is_err());
+        let mut s = Settings::default();
+        s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mac": "52:54:00:00:00:01"})));
+        assert!(s.validate(LayerKind::Node).is_ok());
+        assert!(s.validate(LayerKind::Profile).is_err(), "profiles must not carry MACs");
+        let s = Settings { tunnel_ttl_secs: Some(5), ..Default::default() };
+        assert!(s.validate(LayerKind::Node).is_err());
+        assert!(serde_json::from_value::<Interface>(serde_json::json!({"mac": "nope"})).is_err());
+        assert!(serde_json::from_value::<Settings>(serde_json::json!({"colour": "red"})).is_err());
+    }
+
+    #[test]
+    fn identity_defaults() {
+        let s = Settings::default();
+        assert_eq!(s.identity_policy(false), [IdentityFactor::Network]);
+        assert_eq!(s.identity_policy(true), [IdentityFactor::Network, IdentityFactor::AssetTag]);
+        let s = Settings { identity: vec!["tpm".into()], ..Default::default() };
+        assert_eq!(s.identity_policy(true), [IdentityFactor::Tpm]);
+    }
+
+    #[test]
+    fn duplicate_address_within_node() {
+        let mut node = Node { name: NodeName::parse("n1").unwrap(), profiles: vec![], settings: Settings::default() };
+        node.settings.interfaces.insert("eth0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
+        node.settings.interfaces.insert("ib0".into(), iface(serde_json::json!({"ipv4": "10.0.0.1"})));
+        assert!(check_node_addresses(&node).is_err());
+    }
 }

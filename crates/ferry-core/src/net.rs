@@ -13,7 +13,9 @@ pub struct MacAddr([u8; 6]);
 
 impl MacAddr {
     pub fn parse(s: &str) -> Result<Self, CoreError> {
-        let err = |why: &str| CoreError::invalid("MAC address", s, format!("{why} (expected six hex pairs like 52:54:00:12:34:56)"));
+        let err = |why: &str| {
+            CoreError::invalid("MAC address", s, format!("{why} (expected six hex pairs like 52:54:00:12:34:56)"))
+        };
         let parts: Vec<&str> = s.split([':', '-']).collect();
         if parts.len() != 6 {
             return Err(err("wrong number of parts"));
@@ -81,7 +83,13 @@ pub fn check_netmask(mask: Ipv4Addr) -> Result<(), CoreError> {
 /// `count` consecutive addresses from `start`, for `--ip` over a hostlist. Fails rather
 /// than wrapping past the end of the address space.
 pub fn ip_sequence(start: IpAddr, count: usize) -> Result<Vec<IpAddr>, CoreError> {
-    let overflow = || CoreError::invalid("IP address", start.to_string(), format!("{count} consecutive addresses run past the end of the address space"));
+    let overflow = || {
+        CoreError::invalid(
+            "IP address",
+            start.to_string(),
+            format!("{count} consecutive addresses run past the end of the address space"),
+        )
+    };
     let n = u128::try_from(count).map_err(|_| overflow())?;
     match start {
         IpAddr::V4(v4) => {
@@ -109,7 +117,15 @@ mod tests {
     fn mac_parse_and_normalise() {
         let m = MacAddr::parse("52-54-00-AB-cd-01").unwrap();
         assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "5:54:00:ab:cd:01", "zz:54:00:ab:cd:01", "525400abcd01", "52:54:00:ab:cd:+1"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:01:02",
+            "5:54:00:ab:cd:01",
+            "zz:54:00:ab:cd:01",
+            "525400abcd01",
+            "52:54:00:ab:cd:+1",
+        ] {
             assert!(MacAddr::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -20,7 +20,8 @@ pub enum Field {
     AssetTag,
 }
 
-const INTERFACE_FIELDS: &[&str] = &["mac", "ipv4", "netmask", "gateway", "ipv6", "ipv6_prefix", "vlan", "mtu", "primary"];
+const INTERFACE_FIELDS: &[&str] =
+    &["mac", "ipv4", "netmask", "gateway", "ipv6", "ipv6_prefix", "vlan", "mtu", "primary"];
 const SCALARS: &[&str] = &["comment", "image", "kernel", "kernel_args", "root", "identity", "tunnel_ttl_secs"];
 
 /// The field names `unset` accepts, for help texts.
@@ -150,8 +151,14 @@ mod tests {
         let f = |s: &str| parse_field(s).unwrap();
         assert_eq!(f("kernel-args"), Field::Settings(vec!["kernel_args".into()]));
         assert_eq!(f("tag.rack-row"), Field::Settings(vec!["tags".into(), "rack-row".into()]));
-        assert_eq!(f("netdev.eth-0.ipv6-prefix"), Field::Settings(vec!["interfaces".into(), "eth-0".into(), "ipv6_prefix".into()]));
-        assert_eq!(f("meta-data.region"), Field::Settings(vec!["cloud_init".into(), "meta_data".into(), "region".into()]));
+        assert_eq!(
+            f("netdev.eth-0.ipv6-prefix"),
+            Field::Settings(vec!["interfaces".into(), "eth-0".into(), "ipv6_prefix".into()])
+        );
+        assert_eq!(
+            f("meta-data.region"),
+            Field::Settings(vec!["cloud_init".into(), "meta_data".into(), "region".into()])
+        );
         assert_eq!(f("tunnel-ttl"), Field::Settings(vec!["tunnel_ttl_secs".into()]));
         assert_eq!(f("asset-tag"), Field::AssetTag);
         assert_eq!(f("profiles"), Field::Profiles);
@@ -162,7 +169,9 @@ mod tests {
 
     #[test]
     fn set_merges_maps_and_replaces_lists() {
-        let layer = settings(json!({"kernel_args": ["a"], "tags": {"x": "1"}, "interfaces": {"eth0": {"mtu": 1500, "ipv4": "10.0.0.1"}}}));
+        let layer = settings(
+            json!({"kernel_args": ["a"], "tags": {"x": "1"}, "interfaces": {"eth0": {"mtu": 1500, "ipv4": "10.0.0.1"}}}),
+        );
         let patch = SettingsPatch {
             set: settings(json!({"kernel_args": ["b"], "tags": {"y": "2"}, "interfaces": {"eth0": {"mtu": 9000}}})),
             unset: vec![],
@@ -176,7 +185,8 @@ mod tests {
 
     #[test]
     fn unset_removes_paths_first() {
-        let layer = settings(json!({"comment": "c", "tags": {"x": "1", "y": "2"}, "interfaces": {"eth0": {"mtu": 1500}}}));
+        let layer =
+            settings(json!({"comment": "c", "tags": {"x": "1", "y": "2"}, "interfaces": {"eth0": {"mtu": 1500}}}));
         let unset = ["comment", "tag.x", "netdev.eth0.mtu"]
             .iter()
             .map(|f| match parse_field(f).unwrap() {
@@ -193,10 +203,7 @@ mod tests {
     #[test]
     fn invalid_results_are_rejected() {
         let layer = settings(json!({"interfaces": {"eth0": {"primary": true}}}));
-        let patch = SettingsPatch {
-            set: settings(json!({"interfaces": {"ib0": {"primary": true}}})),
-            unset: vec![],
-        };
+        let patch = SettingsPatch { set: settings(json!({"interfaces": {"ib0": {"primary": true}}})), unset: vec![] };
         assert!(apply(&layer, &patch, LayerKind::Node).is_err(), "two primaries");
     }
 }

@@ -11,9 +11,7 @@ pub use sealing::{SealError, Sealer};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
-use ferry_api::admin::{
-    AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView,
-};
+use ferry_api::admin::{AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView};
 use ferry_api::Secret;
 use ferry_core::{CoreError, NodeName, ProfileName};
 use serde::Serialize;
@@ -66,7 +64,12 @@ pub trait Store: Send + Sync + 'static {
     async fn node_asset_tag(&self, name: &NodeName) -> Result<Option<Secret>, StoreError>;
 
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError>;
-    async fn set_profiles(&self, names: &[ProfileName], patch: &ProfilePatch, actor: &Actor) -> Result<usize, StoreError>;
+    async fn set_profiles(
+        &self,
+        names: &[ProfileName],
+        patch: &ProfilePatch,
+        actor: &Actor,
+    ) -> Result<usize, StoreError>;
     async fn delete_profiles(&self, names: &[ProfileName], actor: &Actor) -> Result<usize, StoreError>;
     async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError>;
     async fn get_profile(&self, name: &ProfileName) -> Result<ProfileView, StoreError>;
@@ -76,10 +79,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub(crate) fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 pub(crate) fn format_time(secs: i64) -> String {

@@ -43,7 +43,8 @@ impl Sealer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = Zeroizing::new(vec![0u8; 32]);
                 rand::rngs::OsRng.fill_bytes(&mut key);
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
                 f.write_all(&key).and_then(|_| f.sync_all()).map_err(io)?;
                 key
             }
@@ -60,19 +61,14 @@ impl Sealer {
     pub fn ephemeral() -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(key.as_mut());
-        Sealer {
-            cipher: XChaCha20Poly1305::new(key.as_ref().into()),
-        }
+        Sealer { cipher: XChaCha20Poly1305::new(key.as_ref().into()) }
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         // Encryption only fails for inputs over ~256 GiB; our values are bounded far below.
-        let ct = self
-            .cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .unwrap_or_default();
+        let ct = self.cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).unwrap_or_default();
         [nonce.as_slice(), &ct].concat()
     }
 

@@ -78,7 +78,10 @@ async fn load_profiles(conn: &mut SqliteConnection) -> Result<BTreeMap<ProfileNa
         let profile = Profile { name: name.clone(), profiles: vec![], settings };
         out.insert(name, (profile, row.get(2), row.get(3)));
     }
-    for row in sqlx::query("SELECT profile, parent FROM profile_parents ORDER BY profile, position").fetch_all(&mut *conn).await? {
+    for row in sqlx::query("SELECT profile, parent FROM profile_parents ORDER BY profile, position")
+        .fetch_all(&mut *conn)
+        .await?
+    {
         let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
         let parent: ProfileName = parse_name("profile", row.get::<&str, _>(1))?;
         if let Some((p, _, _)) = out.get_mut(&name) {
@@ -108,7 +111,8 @@ async fn load_nodes(conn: &mut SqliteConnection, only: Option<&NodeName>) -> Res
         let settings = parse_json(&format!("node {name}"), &settings)?;
         nodes.push(StoredNode { node: Node { name, profiles: vec![], settings }, asset_tag, revision, updated_at });
     }
-    let sql = format!("SELECT node, profile FROM node_profiles{} ORDER BY node, position", filter.replace("name", "node"));
+    let sql =
+        format!("SELECT node, profile FROM node_profiles{} ORDER BY node, position", filter.replace("name", "node"));
     let mut q = sqlx::query_as::<_, (String, String)>(&sql);
     if only.is_some() {
         q = q.bind(name);
@@ -124,7 +128,10 @@ async fn load_nodes(conn: &mut SqliteConnection, only: Option<&NodeName>) -> Res
 }
 
 async fn load_node(conn: &mut SqliteConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
-    load_nodes(conn, Some(name)).await?.pop().ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
+    load_nodes(conn, Some(name))
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
 }
 
 fn node_view(s: StoredNode) -> NodeView {
@@ -153,9 +160,15 @@ async fn write_node(
     let settings = to_json(&node.settings);
     match existing_revision {
         None => {
-            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = ?").bind(node.name.as_str()).fetch_optional(&mut *conn).await?;
+            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = ?")
+                .bind(node.name.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
             if taken.is_some() {
-                return Err(StoreError::Conflict(format!("node {} already exists; use `ferry node set` to change it", node.name)));
+                return Err(StoreError::Conflict(format!(
+                    "node {} already exists; use `ferry node set` to change it",
+                    node.name
+                )));
             }
             sqlx::query("INSERT INTO nodes (name, settings, asset_tag, revision, updated_at) VALUES (?, ?, ?, 1, ?)")
                 .bind(node.name.as_str())
@@ -174,8 +187,14 @@ async fn write_node(
                 .bind(node.name.as_str())
                 .execute(&mut *conn)
                 .await?;
-            sqlx::query("DELETE FROM node_profiles WHERE node = ?").bind(node.name.as_str()).execute(&mut *conn).await?;
-            sqlx::query("DELETE FROM node_addresses WHERE node = ?").bind(node.name.as_str()).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM node_profiles WHERE node = ?")
+                .bind(node.name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM node_addresses WHERE node = ?")
+                .bind(node.name.as_str())
+                .execute(&mut *conn)
+                .await?;
         }
     }
     for (pos, p) in node.profiles.iter().enumerate() {
@@ -209,7 +228,13 @@ async fn write_node(
     Ok(())
 }
 
-async fn audit(conn: &mut SqliteConnection, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+async fn audit(
+    conn: &mut SqliteConnection,
+    actor: &Actor,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
         .bind(now_secs())
         .bind(&actor.0)
@@ -221,7 +246,9 @@ async fn audit(conn: &mut SqliteConnection, actor: &Actor, action: &str, subject
     Ok(())
 }
 
-fn check_unique<T: std::hash::Hash + Eq + std::fmt::Display>(names: impl IntoIterator<Item = T>) -> Result<(), StoreError> {
+fn check_unique<T: std::hash::Hash + Eq + std::fmt::Display>(
+    names: impl IntoIterator<Item = T>,
+) -> Result<(), StoreError> {
     let mut seen = HashSet::new();
     for n in names {
         if seen.contains(&n) {
@@ -339,7 +366,8 @@ impl Store for SqliteStore {
         let stored = load_node(&mut conn, name).await?;
         let Some(sealed) = stored.asset_tag else { return Ok(None) };
         let clear = self.sealer.open(&sealed, aad(name).as_bytes())?;
-        let text = String::from_utf8(clear.to_vec()).map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
+        let text = String::from_utf8(clear.to_vec())
+            .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
         Ok(Some(Secret::new(text)))
     }
 
@@ -351,9 +379,15 @@ impl Store for SqliteStore {
         for new in &req.profiles {
             new.settings.validate(LayerKind::Profile)?;
             if all.contains_key(&new.name) {
-                return Err(StoreError::Conflict(format!("profile {} already exists; use `ferry profile set` to change it", new.name)));
+                return Err(StoreError::Conflict(format!(
+                    "profile {} already exists; use `ferry profile set` to change it",
+                    new.name
+                )));
             }
-            all.insert(new.name.clone(), Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() });
+            all.insert(
+                new.name.clone(),
+                Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() },
+            );
             sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES (?, ?, 1, ?)")
                 .bind(new.name.as_str())
                 .bind(to_json(&new.settings))
@@ -371,7 +405,12 @@ impl Store for SqliteStore {
         Ok(req.profiles.len())
     }
 
-    async fn set_profiles(&self, names: &[ProfileName], patch: &ProfilePatch, actor: &Actor) -> Result<usize, StoreError> {
+    async fn set_profiles(
+        &self,
+        names: &[ProfileName],
+        patch: &ProfilePatch,
+        actor: &Actor,
+    ) -> Result<usize, StoreError> {
         if patch.profiles.is_none() && patch.settings.is_empty() {
             return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
         }
@@ -382,8 +421,10 @@ impl Store for SqliteStore {
         let mut all = profile_map(&loaded);
         let now = now_secs();
         for name in names {
-            let (_, revision, _) = loaded.get(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
-            let p = all.get_mut(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+            let (_, revision, _) =
+                loaded.get(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+            let p =
+                all.get_mut(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
             p.settings = patch::apply(&p.settings, &patch.settings, LayerKind::Profile)?;
             if let Some(parents) = &patch.profiles {
                 p.profiles = parents.clone();
@@ -441,7 +482,8 @@ impl Store for SqliteStore {
     async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError> {
         let mut tx = self.read.begin().await?;
         let loaded = load_profiles(&mut tx).await?;
-        let counts: Vec<(String, i64)> = sqlx::query_as("SELECT profile, COUNT(*) FROM node_profiles GROUP BY profile").fetch_all(&mut *tx).await?;
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT profile, COUNT(*) FROM node_profiles GROUP BY profile").fetch_all(&mut *tx).await?;
         tx.commit().await?;
         let counts: BTreeMap<String, i64> = counts.into_iter().collect();
         Ok(loaded
@@ -478,12 +520,23 @@ impl Store for SqliteStore {
         Ok(rows
             .into_iter()
             .rev()
-            .map(|(id, at, actor, action, subject, detail)| AuditEntry { id, at: format_time(at), actor, action, subject, detail })
+            .map(|(id, at, actor, action, subject, detail)| AuditEntry {
+                id,
+                at: format_time(at),
+                actor,
+                action,
+                subject,
+                detail,
+            })
             .collect())
     }
 }
 
-async fn write_parents(conn: &mut SqliteConnection, name: &ProfileName, parents: &[ProfileName]) -> Result<(), StoreError> {
+async fn write_parents(
+    conn: &mut SqliteConnection,
+    name: &ProfileName,
+    parents: &[ProfileName],
+) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM profile_parents WHERE profile = ?").bind(name.as_str()).execute(&mut *conn).await?;
     for (pos, parent) in parents.iter().enumerate() {
         sqlx::query("INSERT INTO profile_parents (profile, position, parent) VALUES (?, ?, ?)")

@@ -1,6 +1,8 @@
 //! The SQLite store against a real database file in a temporary directory.
 
-use ferry_api::admin::{AddNodes, AddProfiles, AssetTagChange, NewNode, NewProfile, NodePatch, ProfilePatch, SecretState};
+use ferry_api::admin::{
+    AddNodes, AddProfiles, AssetTagChange, NewNode, NewProfile, NodePatch, ProfilePatch, SecretState,
+};
 use ferry_api::Secret;
 use ferry_core::patch::SettingsPatch;
 use ferry_core::{NodeName, ProfileName, Settings};
@@ -37,7 +39,9 @@ fn eth0(mac: &str, ip: &str) -> serde_json::Value {
 #[tokio::test]
 async fn duplicate_mac_or_ip_across_nodes_is_rejected() {
     let (_d, s) = store().await;
-    s.add_nodes(AddNodes { nodes: vec![new_node("n1", eth0("52:54:00:00:00:01", "10.0.0.1"))] }, &actor()).await.unwrap();
+    s.add_nodes(AddNodes { nodes: vec![new_node("n1", eth0("52:54:00:00:00:01", "10.0.0.1"))] }, &actor())
+        .await
+        .unwrap();
     let e = s
         .add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:01", "10.0.0.2"))] }, &actor())
         .await
@@ -49,28 +53,40 @@ async fn duplicate_mac_or_ip_across_nodes_is_rejected() {
         .unwrap_err();
     assert!(matches!(&e, StoreError::Conflict(m) if m.contains("10.0.0.1")), "{e}");
     // The same via `set`, on an existing node.
-    s.add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:02", "10.0.0.2"))] }, &actor()).await.unwrap();
+    s.add_nodes(AddNodes { nodes: vec![new_node("n2", eth0("52:54:00:00:00:02", "10.0.0.2"))] }, &actor())
+        .await
+        .unwrap();
     let patch = NodePatch {
-        settings: SettingsPatch { set: serde_json::from_value(json!({"interfaces": {"ib0": {"ipv4": "10.0.0.1"}}})).unwrap(), unset: vec![] },
+        settings: SettingsPatch {
+            set: serde_json::from_value(json!({"interfaces": {"ib0": {"ipv4": "10.0.0.1"}}})).unwrap(),
+            unset: vec![],
+        },
         ..Default::default()
     };
     assert!(matches!(s.set_nodes(&[n("n2")], &patch, &actor()).await, Err(StoreError::Conflict(_))));
     assert!(!s.get_node(&n("n2")).await.unwrap().settings.interfaces.contains_key("ib0"), "failed set changed nothing");
     // Case and separator differences are still the same MAC.
-    let e = s.add_nodes(AddNodes { nodes: vec![new_node("n3", eth0("52-54-00-00-00-0A", "10.0.0.3"))] }, &actor()).await;
+    let e =
+        s.add_nodes(AddNodes { nodes: vec![new_node("n3", eth0("52-54-00-00-00-0A", "10.0.0.3"))] }, &actor()).await;
     assert!(e.is_ok());
-    let e = s.add_nodes(AddNodes { nodes: vec![new_node("n4", eth0("52:54:00:00:00:0a", "10.0.0.4"))] }, &actor()).await;
+    let e =
+        s.add_nodes(AddNodes { nodes: vec![new_node("n4", eth0("52:54:00:00:00:0a", "10.0.0.4"))] }, &actor()).await;
     assert!(matches!(e, Err(StoreError::Conflict(_))));
 }
 
 #[tokio::test]
 async fn a_batch_is_all_or_nothing() {
     let (_d, s) = store().await;
-    let mut nodes: Vec<NewNode> = (1..=10).map(|i| new_node(&format!("n{i}"), eth0(&format!("52:54:00:00:00:{i:02x}"), &format!("10.0.0.{i}")))).collect();
+    let mut nodes: Vec<NewNode> = (1..=10)
+        .map(|i| new_node(&format!("n{i}"), eth0(&format!("52:54:00:00:00:{i:02x}"), &format!("10.0.0.{i}"))))
+        .collect();
     nodes.push(new_node("n11", eth0("52:54:00:00:00:01", "10.0.0.11"))); // MAC of n1
     assert!(s.add_nodes(AddNodes { nodes }, &actor()).await.is_err());
     assert!(s.list_nodes().await.unwrap().is_empty());
-    let e = s.add_nodes(AddNodes { nodes: vec![new_node("a", json!({})), new_node("a", json!({}))] }, &actor()).await.unwrap_err();
+    let e = s
+        .add_nodes(AddNodes { nodes: vec![new_node("a", json!({})), new_node("a", json!({}))] }, &actor())
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::BadRequest(_)), "{e}");
 }
 
@@ -82,7 +98,11 @@ async fn profiles_unknown_cycles_and_in_use() {
     let e = s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap_err();
     assert!(e.to_string().contains("unknown profile \"ghost\""), "{e}");
 
-    let prof = |name: &str, parents: &[&str]| NewProfile { name: p(name), profiles: parents.iter().map(|x| p(x)).collect(), settings: Settings::default() };
+    let prof = |name: &str, parents: &[&str]| NewProfile {
+        name: p(name),
+        profiles: parents.iter().map(|x| p(x)).collect(),
+        settings: Settings::default(),
+    };
     s.add_profiles(AddProfiles { profiles: vec![prof("b", &["a"]), prof("a", &[])] }, &actor()).await.unwrap();
     let e = s
         .set_profiles(&[p("a")], &ProfilePatch { profiles: Some(vec![p("b")]), ..Default::default() }, &actor())
@@ -136,7 +156,10 @@ async fn concurrent_writers_lose_no_update() {
             let s = s.clone();
             tokio::spawn(async move {
                 let patch = NodePatch {
-                    settings: SettingsPatch { set: serde_json::from_value(json!({"tags": {format!("w{i}"): "x"}})).unwrap(), unset: vec![] },
+                    settings: SettingsPatch {
+                        set: serde_json::from_value(json!({"tags": {format!("w{i}"): "x"}})).unwrap(),
+                        unset: vec![],
+                    },
                     ..Default::default()
                 };
                 s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();

@@ -1,0 +1,222 @@
+//! The command line, as clap parses it. Values are validated into domain types in
+//! `settings.rs`, not here.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Secure bootstrap of stateless HPC nodes over ephemeral WireGuard tunnels")]
+pub struct Cli {
+    /// The admin socket [default: /run/ferry/admin.sock]; for `serve`, where to listen.
+    #[arg(long, global = true, env = "FERRY_ADMIN_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (no config file needed; state under --data-dir).
+    Serve(ServeArgs),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage profiles (settings shared by nodes, Warewulf-style).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+    /// Show the audit log.
+    Audit {
+        /// Only entries about this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// How many entries, newest last.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML configuration file (see docs/ferry.example.toml).
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// State directory [default: /var/lib/ferry].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Add nodes: `ferry node add n[001-128] --profile compute --ip 10.0.1.1` (IPs count up).
+    Add {
+        hostlist: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        node: NodeOnlyArgs,
+    },
+    /// Change nodes' own settings (maps merge by key, lists are replaced).
+    Set {
+        hostlist: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[command(flatten)]
+        node: NodeOnlyArgs,
+    },
+    /// Remove fields from nodes: `ferry node unset n001 comment tag.rack netdev.ib0`.
+    Unset {
+        hostlist: String,
+        /// Fields to remove; see FIELDS below.
+        #[arg(required = true, help = format!("Fields: {}", ferry_core::patch::FIELD_HELP))]
+        fields: Vec<String>,
+    },
+    /// List nodes (all, or those of a hostlist).
+    List {
+        hostlist: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one node; --merged shows effective values and where each came from.
+    Show {
+        name: String,
+        #[arg(long)]
+        merged: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete nodes.
+    Delete { hostlist: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Add profiles.
+    Add {
+        /// Profile names (a hostlist-style list also works: `rack[1-4]`).
+        names: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Change profiles.
+    Set {
+        names: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Remove fields from profiles.
+    Unset {
+        names: String,
+        #[arg(required = true, help = format!("Fields: {}", ferry_core::patch::FIELD_HELP))]
+        fields: Vec<String>,
+    },
+    /// List profiles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one profile.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete profiles (refused while a node or profile uses them).
+    Delete { names: String },
+}
+
+/// Settings shared by nodes and profiles.
+#[derive(Args, Debug, Default)]
+pub struct SettingsArgs {
+    /// Profiles to apply, in order (for a profile: its parents). Replaces the list.
+    #[arg(short = 'P', long = "profile", value_delimiter = ',')]
+    pub profiles: Option<Vec<String>>,
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Image name.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kernel version or absolute path.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Kernel arguments, comma-separated (`~arg` removes an inherited one). Replaces the list.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub kernel_args: Option<Vec<String>>,
+    /// Root file system: initramfs, ramfs or tmpfs (tmpfs for SELinux).
+    #[arg(long)]
+    pub root: Option<String>,
+    /// Identity factors required at enrollment: network, asset-tag, tpm (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub identity: Option<Vec<String>>,
+    /// A tag KEY=VALUE (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// A cloud-init meta-data entry KEY=VALUE (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    pub meta: Vec<String>,
+    /// cloud-init user-data template file.
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// cloud-init vendor-data template file.
+    #[arg(long, value_name = "FILE")]
+    pub vendor_data: Option<PathBuf>,
+    /// cloud-init network-config file.
+    #[arg(long, value_name = "FILE")]
+    pub network_config: Option<PathBuf>,
+    /// Tunnel time to live, e.g. 10m, 1h.
+    #[arg(long, value_name = "DURATION")]
+    pub tunnel_ttl: Option<String>,
+    #[command(flatten)]
+    pub netdev: NetdevArgs,
+}
+
+/// One interface's settings; `--netdev` names it (default eth0).
+#[derive(Args, Debug, Default)]
+pub struct NetdevArgs {
+    #[arg(long, value_name = "NAME")]
+    pub netdev: Option<String>,
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// IPv4 address; with a hostlist, the first node's, counting up.
+    #[arg(long = "ip")]
+    pub ipv4: Option<String>,
+    #[arg(long)]
+    pub netmask: Option<String>,
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// IPv6 address; with a hostlist, the first node's, counting up.
+    #[arg(long = "ip6")]
+    pub ipv6: Option<String>,
+    #[arg(long = "ip6-prefix")]
+    pub ipv6_prefix: Option<u8>,
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Mark this interface as the node's primary one.
+    #[arg(long)]
+    pub primary: bool,
+}
+
+/// Node-only settings.
+#[derive(Args, Debug, Default)]
+pub struct NodeOnlyArgs {
+    /// Read the node's asset tag from a file (kept off the command line, where `ps` shows it).
+    #[arg(long, value_name = "FILE", conflicts_with = "asset_tag_stdin")]
+    pub asset_tag_file: Option<PathBuf>,
+    /// Read the node's asset tag from standard input.
+    #[arg(long)]
+    pub asset_tag_stdin: bool,
+}

@@ -1,0 +1,125 @@
+//! Tables for people, JSON for scripts.
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, Table};
+use ferry_api::admin::{MergedNodeView, NodeView, ProfileView, SecretState};
+use serde_json::Value;
+
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(NOTHING).set_header(header.iter().map(|h| Cell::new(h.to_uppercase())));
+    for r in rows {
+        t.add_row(r);
+    }
+    // comfy-table pads the last column; trailing spaces only get in the way of grep.
+    t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
+}
+
+pub fn json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn secret_state(s: SecretState) -> String {
+    match s {
+        SecretState::Set => "set".into(),
+        SecretState::Unset => "unset".into(),
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+pub fn node_list(nodes: &[NodeView]) -> String {
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            let primary = n.settings.primary_interface();
+            let mac = primary.and_then(|(_, i)| i.mac).map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+            let ip = primary.and_then(|(_, i)| i.ipv4).map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+            vec![
+                n.name.to_string(),
+                join(&n.profiles),
+                mac,
+                ip,
+                secret_state(n.asset_tag),
+                n.settings.comment.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["name", "profiles", "mac", "ipv4", "asset tag", "comment"], rows)
+}
+
+pub fn profile_list(profiles: &[ProfileView]) -> String {
+    let rows = profiles
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.to_string(),
+                join(&p.profiles),
+                p.nodes.to_string(),
+                p.settings.comment.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(&["name", "parents", "nodes", "comment"], rows)
+}
+
+/// Flattens a JSON document into `a.b.c = value` rows; list elements get one row each.
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&p, v, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| flatten(prefix, i, out)),
+        other => out.push((prefix.to_owned(), scalar(other))),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::String(s) if s.contains('\n') => format!("<{} lines>", s.lines().count()),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn node_show(n: &NodeView) -> String {
+    let mut rows = vec![
+        ("name".to_string(), n.name.to_string()),
+        ("profiles".into(), join(&n.profiles)),
+        ("asset_tag".into(), secret_state(n.asset_tag)),
+    ];
+    flatten("", &serde_json::to_value(&n.settings).unwrap_or(Value::Null), &mut rows);
+    rows.push(("revision".into(), n.revision.to_string()));
+    rows.push(("updated_at".into(), n.updated_at.clone()));
+    table(&["field", "value"], rows.into_iter().map(|(a, b)| vec![a, b]).collect())
+}
+
+pub fn node_merged(m: &MergedNodeView) -> String {
+    let mut rows = vec![
+        vec!["name".to_string(), m.name.to_string(), "node".into()],
+        vec!["profiles".into(), join(&m.profiles), "node".into()],
+        vec!["asset_tag".into(), secret_state(m.asset_tag), "node".into()],
+    ];
+    rows.extend(m.fields.iter().map(|f| vec![f.field.clone(), scalar(&f.value), f.source.to_string()]));
+    table(&["field", "value", "source"], rows)
+}
+
+pub fn profile_show(p: &ProfileView) -> String {
+    let mut rows = vec![
+        ("name".to_string(), p.name.to_string()),
+        ("parents".into(), join(&p.profiles)),
+        ("nodes".into(), p.nodes.to_string()),
+    ];
+    flatten("", &serde_json::to_value(&p.settings).unwrap_or(Value::Null), &mut rows);
+    rows.push(("revision".into(), p.revision.to_string()));
+    table(&["field", "value"], rows.into_iter().map(|(a, b)| vec![a, b]).collect())
+}

@@ -1,0 +1,152 @@
+//! Turns command-line settings into domain values, validating each at the edge.
+
+use crate::args::{NetdevArgs, NodeOnlyArgs, SettingsArgs};
+use anyhow::{bail, Context};
+use ferry_api::Secret;
+use ferry_core::model::{check_asset_tag, Interface, LayerKind};
+use ferry_core::net::{ip_sequence, MacAddr};
+use ferry_core::{ProfileName, Settings};
+use std::io::Read;
+use std::net::IpAddr;
+
+/// Settings for each of `count` targets (IPs counting up), and the profile list if given.
+pub struct Resolved {
+    pub profiles: Option<Vec<ProfileName>>,
+    pub per_target: Vec<Settings>,
+}
+
+pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::Result<Resolved> {
+    let profiles = args
+        .profiles
+        .as_ref()
+        .map(|ps| ps.iter().filter(|p| !p.is_empty()).map(|p| ProfileName::parse(p)).collect::<Result<Vec<_>, _>>())
+        .transpose()?;
+    let mut base = Settings {
+        comment: args.comment.clone(),
+        image: args.image.clone(),
+        kernel: args.kernel.clone(),
+        kernel_args: args.kernel_args.clone().unwrap_or_default(),
+        root: args.root.as_deref().map(str::parse).transpose()?,
+        identity: args.identity.clone().unwrap_or_default(),
+        tunnel_ttl_secs: args
+            .tunnel_ttl
+            .as_deref()
+            .map(|t| {
+                humantime::parse_duration(t)
+                    .with_context(|| format!("invalid --tunnel-ttl {t:?} (examples: 90s, 10m, 1h)"))
+            })
+            .transpose()?
+            .map(|d| d.as_secs()),
+        ..Default::default()
+    };
+    for t in &args.tags {
+        let (k, v) = split_kv("--tag", t)?;
+        base.tags.insert(k, v);
+    }
+    for m in &args.meta {
+        let (k, v) = split_kv("--meta", m)?;
+        base.cloud_init.meta_data.insert(k, serde_json::Value::String(v));
+    }
+    base.cloud_init.user_data = args.user_data.as_deref().map(read_document).transpose()?;
+    base.cloud_init.vendor_data = args.vendor_data.as_deref().map(read_document).transpose()?;
+    base.cloud_init.network_config = args.network_config.as_deref().map(read_document).transpose()?;
+
+    let (iface_name, iface) = interface(&args.netdev)?;
+    let v4 = sequence("--ip", args.netdev.ipv4.as_deref(), count)?;
+    let v6 = sequence("--ip6", args.netdev.ipv6.as_deref(), count)?;
+    if iface.mac.is_some() && count > 1 {
+        bail!("--mac names one interface of one node; give it per node (`ferry node set NAME --mac ...`)");
+    }
+    let mut per_target = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut s = base.clone();
+        if let Some(name) = &iface_name {
+            let mut iface = iface.clone();
+            iface.ipv4 = v4.as_ref().and_then(|v| match v[i] {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            });
+            iface.ipv6 = v6.as_ref().and_then(|v| match v[i] {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            });
+            s.interfaces.insert(name.clone(), iface);
+        }
+        s.validate(layer)?;
+        per_target.push(s);
+    }
+    Ok(Resolved { profiles, per_target })
+}
+
+fn split_kv(flag: &str, s: &str) -> anyhow::Result<(String, String)> {
+    if let Some(key) = s.strip_prefix('~') {
+        return Ok((format!("~{key}"), String::new()));
+    }
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => bail!("{flag} takes KEY=VALUE (or ~KEY to remove an inherited key), got {s:?}"),
+    }
+}
+
+fn read_document(path: &std::path::Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > ferry_core::model::MAX_DOCUMENT_BYTES as u64 {
+        bail!("{} is larger than {} bytes", path.display(), ferry_core::model::MAX_DOCUMENT_BYTES);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8 text", path.display()))
+}
+
+fn sequence(flag: &str, start: Option<&str>, count: usize) -> anyhow::Result<Option<Vec<IpAddr>>> {
+    let Some(start) = start else { return Ok(None) };
+    let ip: IpAddr = start.parse().with_context(|| format!("{flag} {start:?} is not an IP address"))?;
+    match (flag, ip) {
+        ("--ip", IpAddr::V6(_)) => bail!("--ip takes an IPv4 address; use --ip6 for {start}"),
+        ("--ip6", IpAddr::V4(_)) => bail!("--ip6 takes an IPv6 address; use --ip for {start}"),
+        _ => Ok(Some(ip_sequence(ip, count)?)),
+    }
+}
+
+/// The interface the netdev flags describe, if any flag was given.
+fn interface(a: &NetdevArgs) -> anyhow::Result<(Option<String>, Interface)> {
+    let iface = Interface {
+        mac: a.mac.as_deref().map(MacAddr::parse).transpose()?,
+        ipv4: None,
+        netmask: a
+            .netmask
+            .as_deref()
+            .map(|m| m.parse().with_context(|| format!("--netmask {m:?} is not like 255.255.255.0")))
+            .transpose()?,
+        gateway: a
+            .gateway
+            .as_deref()
+            .map(|g| g.parse().with_context(|| format!("--gateway {g:?} is not an IP address")))
+            .transpose()?,
+        ipv6: None,
+        ipv6_prefix: a.ipv6_prefix,
+        vlan: a.vlan,
+        mtu: a.mtu,
+        primary: a.primary.then_some(true),
+    };
+    let any = iface != Interface::default() || a.ipv4.is_some() || a.ipv6.is_some();
+    match (&a.netdev, any) {
+        (Some(n), _) => Ok((Some(n.clone()), iface)),
+        (None, true) => Ok((Some("eth0".into()), iface)),
+        (None, false) => Ok((None, iface)),
+    }
+}
+
+/// The asset tag from a file or standard input (trailing newline removed).
+pub fn asset_tag(args: &NodeOnlyArgs) -> anyhow::Result<Option<Secret>> {
+    let raw = if let Some(path) = &args.asset_tag_file {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read asset tag file {}", path.display()))?
+    } else if args.asset_tag_stdin {
+        let mut s = String::new();
+        std::io::stdin().take(4096).read_to_string(&mut s).context("cannot read the asset tag from standard input")?;
+        s
+    } else {
+        return Ok(None);
+    };
+    let tag = Secret::new(raw.trim_end_matches(['\n', '\r']).to_owned());
+    check_asset_tag(tag.expose())?;
+    Ok(Some(tag))
+}

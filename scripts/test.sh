@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages, as root), builds, and runs every test.
+# Usage: sudo scripts/test.sh        (CI runs exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "scripts/test.sh: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and builds network namespaces): sudo scripts/test.sh"
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) so that cargo is on PATH"
+
+# System packages the test suite uses. Only missing ones are installed.
+PACKAGES=(pkg-config iproute2 util-linux)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Build products live outside the checkout so CI runs reuse them; a clean machine
+# simply builds from nothing.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
+export CARGO_TERM_COLOR=never
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --all-targets --locked 2>&1 | tee /tmp/ferry-test.$$.log
+passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/ferry-test.$$.log | awk '{s+=$4} END {print s+0}')
+rm -f /tmp/ferry-test.$$.log
+echo "==> all tests passed ($passed tests)"
