@@ -2,6 +2,7 @@
 //! speak these, so a field renamed here is renamed everywhere at compile time.
 
 pub mod admin;
+pub mod enroll;
 mod secret;
 
 pub use secret::Secret;

@@ -4,13 +4,16 @@
 //! This crate performs no I/O: everything here is a pure function of its inputs, so every
 //! rule can be unit-tested and reused by the server, the store and the CLI alike.
 
+pub mod enroll;
 pub mod error;
 pub mod hostlist;
+pub mod identity;
 pub mod merge;
 pub mod model;
 pub mod names;
 pub mod net;
 pub mod patch;
+pub mod tunnel;
 
 pub use error::CoreError;
 pub use model::{IdentityFactor, Interface, Node, Profile, RootMode, Settings};

@@ -6,15 +6,20 @@
 
 pub mod sealing;
 mod sqlite;
+mod sqlite_tunnels;
+pub mod tunnels;
 
 pub use sealing::{SealError, Sealer};
 pub use sqlite::SqliteStore;
+pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 
 use async_trait::async_trait;
 use ferry_api::admin::{AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView};
 use ferry_api::Secret;
-use ferry_core::{CoreError, NodeName, ProfileName};
+use ferry_core::tunnel::TunnelNetwork;
+use ferry_core::{CoreError, MacAddr, NodeName, ProfileName};
 use serde::Serialize;
+use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +37,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the tunnel address pool {0} is exhausted")]
+    PoolExhausted(String),
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, String),
 }
@@ -73,6 +80,37 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_profiles(&self, names: &[ProfileName], actor: &Actor) -> Result<usize, StoreError>;
     async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError>;
     async fn get_profile(&self, name: &ProfileName) -> Result<ProfileView, StoreError>;
+
+    /// The node whose interface has this MAC.
+    async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError>;
+    /// Opens a tunnel for a node, replacing its current one, in one transaction.
+    async fn open_tunnel(
+        &self,
+        node: &NodeName,
+        public_key: &str,
+        network: &TunnelNetwork,
+        ttl_secs: u64,
+        actor: &Actor,
+    ) -> Result<OpenedTunnel, StoreError>;
+    /// Closes a node's tunnel; None if it had none.
+    async fn close_tunnel(
+        &self,
+        node: &NodeName,
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Option<TunnelRecord>, StoreError>;
+    /// Closes every tunnel whose expiry is at or before `now` (unix seconds).
+    async fn expire_tunnels(&self, now: i64) -> Result<Vec<TunnelRecord>, StoreError>;
+    async fn list_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError>;
+    async fn tunnel_by_address(&self, address: IpAddr) -> Result<Option<TunnelRecord>, StoreError>;
+    /// Records a completed boot and closes the tunnel it came through, atomically.
+    /// Returns the closed tunnel, or None if `tunnel` is no longer active.
+    async fn phone_home(&self, tunnel: &TunnelRecord, report: &BootReport) -> Result<Option<TunnelRecord>, StoreError>;
+    async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
+    /// Every node's recorded SSH host keys: `(node, "type key")`.
+    async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
+    /// Appends an audit entry outside any other change (enrollment refusals, deliveries).
+    async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;

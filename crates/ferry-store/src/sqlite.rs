@@ -20,8 +20,8 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    read: SqlitePool,
-    write: SqlitePool,
+    pub(crate) read: SqlitePool,
+    pub(crate) write: SqlitePool,
     sealer: Sealer,
 }
 
@@ -66,7 +66,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
-fn parse_name<T: std::str::FromStr<Err = CoreError>>(what: &str, s: &str) -> Result<T, StoreError> {
+pub(crate) fn parse_name<T: std::str::FromStr<Err = CoreError>>(what: &str, s: &str) -> Result<T, StoreError> {
     s.parse().map_err(|e: CoreError| StoreError::Corrupt(what.to_owned(), e.to_string()))
 }
 
@@ -228,7 +228,7 @@ async fn write_node(
     Ok(())
 }
 
-async fn audit(
+pub(crate) async fn audit(
     conn: &mut SqliteConnection,
     actor: &Actor,
     action: &str,
@@ -505,6 +505,53 @@ impl Store for SqliteStore {
             .into_iter()
             .find(|p| &p.name == name)
             .ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })
+    }
+
+    async fn node_by_mac(&self, mac: &ferry_core::MacAddr) -> Result<Option<NodeName>, StoreError> {
+        self.node_by_mac_impl(mac).await
+    }
+    async fn open_tunnel(
+        &self,
+        node: &NodeName,
+        public_key: &str,
+        network: &ferry_core::tunnel::TunnelNetwork,
+        ttl_secs: u64,
+        actor: &Actor,
+    ) -> Result<crate::OpenedTunnel, StoreError> {
+        self.open_tunnel_impl(node, public_key, network, ttl_secs, actor).await
+    }
+    async fn close_tunnel(
+        &self,
+        node: &NodeName,
+        reason: crate::CloseReason,
+        actor: &Actor,
+    ) -> Result<Option<crate::TunnelRecord>, StoreError> {
+        self.close_tunnel_impl(node, reason, actor).await
+    }
+    async fn expire_tunnels(&self, now: i64) -> Result<Vec<crate::TunnelRecord>, StoreError> {
+        self.expire_tunnels_impl(now).await
+    }
+    async fn list_tunnels(&self) -> Result<Vec<crate::TunnelRecord>, StoreError> {
+        self.list_tunnels_impl().await
+    }
+    async fn tunnel_by_address(&self, address: std::net::IpAddr) -> Result<Option<crate::TunnelRecord>, StoreError> {
+        self.tunnel_by_address_impl(address).await
+    }
+    async fn phone_home(
+        &self,
+        tunnel: &crate::TunnelRecord,
+        report: &crate::BootReport,
+    ) -> Result<Option<crate::TunnelRecord>, StoreError> {
+        self.phone_home_impl(tunnel, report).await
+    }
+    async fn boot_info(&self, node: &NodeName) -> Result<Option<crate::BootInfo>, StoreError> {
+        self.boot_info_impl(node).await
+    }
+    async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError> {
+        self.host_keys_impl().await
+    }
+    async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
+        self.record_event_impl(actor, action, subject, detail).await
     }
 
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {

@@ -1,0 +1,240 @@
+//! Tunnel, boot and host-key queries of the SQLite store (the `Store` trait methods
+//! delegate here to keep each file about one subject).
+
+use crate::sqlite::{audit, parse_name, SqliteStore};
+use crate::{format_time, now_secs, Actor, BootInfo, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord};
+use ferry_core::tunnel::TunnelNetwork;
+use ferry_core::{MacAddr, NodeName};
+use sqlx::SqliteConnection;
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+type TunnelRow = (String, String, String, i64, i64);
+const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at";
+
+fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
+    let (node, public_key, address, created_at, expires_at) = row;
+    Ok(TunnelRecord {
+        node: parse_name("tunnel node", &node)?,
+        public_key,
+        address: address.parse().map_err(|_| StoreError::Corrupt(format!("tunnel of {node}"), "bad address".into()))?,
+        created_at,
+        expires_at,
+    })
+}
+
+async fn delete_tunnel(
+    conn: &mut SqliteConnection,
+    node: &NodeName,
+    reason: CloseReason,
+    actor: &Actor,
+) -> Result<Option<TunnelRecord>, StoreError> {
+    let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE node = ?"))
+        .bind(node.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let t = tunnel(row)?;
+    sqlx::query("DELETE FROM tunnels WHERE node = ?").bind(node.as_str()).execute(&mut *conn).await?;
+    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
+    audit(conn, actor, "tunnel.close", &format!("node/{node}"), &detail).await?;
+    Ok(Some(t))
+}
+
+impl SqliteStore {
+    pub(crate) async fn node_by_mac_impl(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|(n,)| parse_name("node", &n)).transpose()
+    }
+
+    pub(crate) async fn open_tunnel_impl(
+        &self,
+        node: &NodeName,
+        public_key: &str,
+        network: &TunnelNetwork,
+        ttl_secs: u64,
+        actor: &Actor,
+    ) -> Result<OpenedTunnel, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let replaced = delete_tunnel(&mut tx, node, CloseReason::Replaced, actor).await?;
+        // A key already bound to another node's tunnel is never moved silently.
+        let key_owner: Option<(String,)> = sqlx::query_as("SELECT node FROM tunnels WHERE public_key = ?")
+            .bind(public_key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some((owner,)) = key_owner {
+            return Err(StoreError::Conflict(format!("WireGuard key already in use by the tunnel of {owner}")));
+        }
+        let used: Vec<(String,)> = sqlx::query_as("SELECT address FROM tunnels").fetch_all(&mut *tx).await?;
+        let used: HashSet<IpAddr> = used.iter().filter_map(|(a,)| a.parse().ok()).collect();
+        let address = network.allocate(&used).ok_or_else(|| StoreError::PoolExhausted(network.to_string()))?;
+        let now = now_secs();
+        let t = TunnelRecord {
+            node: node.clone(),
+            public_key: public_key.to_owned(),
+            address,
+            created_at: now,
+            expires_at: now + ttl_secs as i64,
+        };
+        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES (?, ?, ?, ?, ?)"))
+            .bind(node.as_str())
+            .bind(public_key)
+            .bind(address.to_string())
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .execute(&mut *tx)
+            .await?;
+        let detail = format!("address={address} key={public_key} ttl={ttl_secs}s");
+        audit(&mut tx, actor, "tunnel.open", &format!("node/{node}"), &detail).await?;
+        tx.commit().await?;
+        Ok(OpenedTunnel { tunnel: t, replaced })
+    }
+
+    pub(crate) async fn close_tunnel_impl(
+        &self,
+        node: &NodeName,
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Option<TunnelRecord>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let closed = delete_tunnel(&mut tx, node, reason, actor).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    pub(crate) async fn expire_tunnels_impl(&self, now: i64) -> Result<Vec<TunnelRecord>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        let rows: Vec<TunnelRow> =
+            sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE expires_at <= ?"))
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut closed = Vec::with_capacity(rows.len());
+        let reaper = Actor("ferry:reaper".into());
+        for row in rows {
+            let t = tunnel(row)?;
+            if let Some(t) = delete_tunnel(&mut tx, &t.node, CloseReason::Expired, &reaper).await? {
+                closed.push(t);
+            }
+        }
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    pub(crate) async fn list_tunnels_impl(&self) -> Result<Vec<TunnelRecord>, StoreError> {
+        let rows: Vec<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels ORDER BY node"))
+            .fetch_all(&self.read)
+            .await?;
+        rows.into_iter().map(tunnel).collect()
+    }
+
+    pub(crate) async fn tunnel_by_address_impl(&self, address: IpAddr) -> Result<Option<TunnelRecord>, StoreError> {
+        let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE address = ?"))
+            .bind(address.to_string())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(tunnel).transpose()
+    }
+
+    pub(crate) async fn phone_home_impl(
+        &self,
+        t: &TunnelRecord,
+        report: &BootReport,
+    ) -> Result<Option<TunnelRecord>, StoreError> {
+        let mut tx = self.write.begin().await?;
+        // Only the tunnel the request came through, and only while it is still the
+        // node's current one (a replaced tunnel cannot close its successor).
+        let current: Option<(String,)> =
+            sqlx::query_as("SELECT public_key FROM tunnels WHERE node = ? AND address = ?")
+                .bind(t.node.as_str())
+                .bind(t.address.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.map(|(k,)| k) != Some(t.public_key.clone()) {
+            return Ok(None);
+        }
+        let now = now_secs();
+        let previous: Option<(i64,)> = sqlx::query_as("SELECT boot_count FROM boots WHERE node = ?")
+            .bind(t.node.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM boots WHERE node = ?").bind(t.node.as_str()).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.node.as_str())
+        .bind(now)
+        .bind(t.address.to_string())
+        .bind(&report.instance_id)
+        .bind(&report.hostname)
+        .bind(&report.fqdn)
+        .bind(previous.map(|(c,)| c).unwrap_or(0) + 1)
+        .execute(&mut *tx)
+        .await?;
+        if !report.host_keys.is_empty() {
+            sqlx::query("DELETE FROM host_keys WHERE node = ?").bind(t.node.as_str()).execute(&mut *tx).await?;
+            for (kind, key) in &report.host_keys {
+                sqlx::query("INSERT INTO host_keys (node, key_type, key_text) VALUES (?, ?, ?)")
+                    .bind(t.node.as_str())
+                    .bind(kind)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let node_actor = Actor(format!("node:{}", t.node));
+        let detail = format!(
+            "host_keys={} instance_id={}",
+            report.host_keys.len(),
+            report.instance_id.as_deref().unwrap_or("-")
+        );
+        audit(&mut tx, &node_actor, "node.booted", &format!("node/{}", t.node), &detail).await?;
+        let closed = delete_tunnel(&mut tx, &t.node, CloseReason::PhoneHome, &node_actor).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    pub(crate) async fn boot_info_impl(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {
+        let row: Option<(i64, String, Option<String>, Option<String>, i64)> =
+            sqlx::query_as("SELECT booted_at, address, instance_id, hostname, boot_count FROM boots WHERE node = ?")
+                .bind(node.as_str())
+                .fetch_optional(&self.read)
+                .await?;
+        let Some((at, address, instance_id, hostname, boot_count)) = row else { return Ok(None) };
+        let keys: Vec<(String,)> = sqlx::query_as("SELECT key_text FROM host_keys WHERE node = ? ORDER BY key_type")
+            .bind(node.as_str())
+            .fetch_all(&self.read)
+            .await?;
+        Ok(Some(BootInfo {
+            node: node.clone(),
+            booted_at: format_time(at),
+            address,
+            instance_id,
+            hostname,
+            boot_count,
+            host_keys: keys.into_iter().map(|(k,)| k).collect(),
+        }))
+    }
+
+    pub(crate) async fn host_keys_impl(&self) -> Result<Vec<(NodeName, String)>, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT node, key_text FROM host_keys ORDER BY node, key_type")
+                .fetch_all(&self.read)
+                .await?;
+        rows.into_iter().map(|(n, k)| Ok((parse_name("node", &n)?, k))).collect()
+    }
+
+    pub(crate) async fn record_event_impl(
+        &self,
+        actor: &Actor,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.write.acquire().await?;
+        audit(&mut conn, actor, action, subject, detail).await
+    }
+}

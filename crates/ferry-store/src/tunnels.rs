@@ -1,0 +1,63 @@
+//! Tunnel, boot and host-key records: the types the `Store` trait speaks.
+
+use ferry_core::NodeName;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelRecord {
+    pub node: NodeName,
+    /// The node's WireGuard public key, base64.
+    pub public_key: String,
+    pub address: IpAddr,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// Why a tunnel ended (audit log and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    PhoneHome,
+    Expired,
+    Replaced,
+    Revoked,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::PhoneHome => "phone-home",
+            CloseReason::Expired => "expired",
+            CloseReason::Replaced => "replaced",
+            CloseReason::Revoked => "revoked",
+        }
+    }
+}
+
+/// A new tunnel and the one it replaced, if the node had one.
+#[derive(Debug, Clone)]
+pub struct OpenedTunnel {
+    pub tunnel: TunnelRecord,
+    pub replaced: Option<TunnelRecord>,
+}
+
+/// What a node reported when it phoned home.
+#[derive(Debug, Clone, Default)]
+pub struct BootReport {
+    pub instance_id: Option<String>,
+    pub hostname: Option<String>,
+    pub fqdn: Option<String>,
+    /// `(type, "ssh-ed25519 AAAA...")` pairs.
+    pub host_keys: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootInfo {
+    pub node: NodeName,
+    pub booted_at: String,
+    pub address: String,
+    pub instance_id: Option<String>,
+    pub hostname: Option<String>,
+    pub boot_count: i64,
+    pub host_keys: Vec<String>,
+}
