@@ -10,7 +10,7 @@ die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) so that cargo is on PATH"
 
 # System packages the test suite uses. Only missing ones are installed.
-PACKAGES=(pkg-config iproute2 util-linux)
+PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+[ -c /dev/net/tun ] || die "/dev/net/tun is missing: the WireGuard tests need TUN (modprobe tun)"
 
 # Build products live outside the checkout so CI runs reuse them; a clean machine
 # simply builds from nothing.

@@ -24,6 +24,22 @@ pub enum Command {
     /// Manage profiles (settings shared by nodes, Warewulf-style).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// The node side (runs on the booting node): enroll, open the tunnel, fetch the
+    /// cloud-init seed, phone home. `ferry agent teardown` removes a held tunnel.
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        command: Option<AgentCommand>,
+        #[command(flatten)]
+        args: Box<ferry_agent::AgentArgs>,
+    },
+    /// Active tunnels: list them, or revoke one.
+    #[command(subcommand)]
+    Tunnel(TunnelCommand),
+    /// Print the server's WireGuard public key (for `ferry.pubkey=` on the kernel command line).
+    ServerKey,
+    /// Print an ssh known_hosts file of the host keys nodes reported at phone-home.
+    KnownHosts,
     /// Show the audit log.
     Audit {
         /// Only entries about this node.
@@ -37,6 +53,23 @@ pub enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
+    /// Remove the tunnel a `--mode cloud-init` agent holds (after cloud-init finished).
+    Teardown(ferry_agent::TeardownArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TunnelCommand {
+    /// List active tunnels (node, address, age, last handshake, expiry).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a node's tunnel now and remove its peer.
+    Revoke { node: String },
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ mod output;
 mod settings;
 
 use anyhow::Context;
-use args::{Cli, Command, LogFormatArg, NodeCommand, ProfileCommand, ServeArgs};
+use args::{Cli, Command, LogFormatArg, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
 use clap::{CommandFactory, Parser};
 use client::AdminClient;
 use ferry_api::admin::{
@@ -30,6 +30,22 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Agent { command, args } = cli.command {
+        init_logging(ferry_server::LogFormat::Text);
+        let result = rt.block_on(async move {
+            match command {
+                Some(args::AgentCommand::Teardown(t)) => ferry_agent::teardown(t).await,
+                None => ferry_agent::run(*args).await.map(|_| ()),
+            }
+        });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -64,6 +80,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Tunnel(TunnelCommand::List { json }) => {
+            let tunnels: Vec<serde_json::Value> = client.get("/v1/tunnels").await?;
+            println!("{}", if json { output::json(&tunnels) } else { output::tunnel_list(&tunnels) });
+            Ok(())
+        }
+        Command::Tunnel(TunnelCommand::Revoke { node }) => {
+            let node = NodeName::parse(&node)?;
+            let changed: Changed = client.call(Method::DELETE, &format!("/v1/tunnels/{node}"), None::<&()>).await?;
+            if changed.changed == 0 {
+                println!("{node} had no active tunnel");
+            } else {
+                println!("revoked the tunnel of {node}");
+            }
+            Ok(())
+        }
+        Command::ServerKey => {
+            let info: serde_json::Value = client.get("/v1/server").await?;
+            println!("{}", info["public_key"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::KnownHosts => {
+            let keys: Vec<(String, String)> = client.get("/v1/known-hosts").await?;
+            for (node, key) in keys {
+                println!("{node} {key}");
+            }
+            Ok(())
+        }
+        Command::Agent { .. } => unreachable!("handled in main"),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(())
@@ -208,7 +252,14 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 println!("{}", if json { output::json(&view) } else { output::node_merged(&view) });
             } else {
                 let view: NodeView = client.get(&format!("/v1/nodes/{name}")).await?;
-                println!("{}", if json { output::json(&view) } else { output::node_show(&view) });
+                let boot: Option<serde_json::Value> = client.get(&format!("/v1/nodes/{name}/boot")).await?;
+                if json {
+                    let mut v = serde_json::to_value(&view)?;
+                    v["boot"] = boot.unwrap_or_default();
+                    println!("{}", output::json(&v));
+                } else {
+                    println!("{}", output::node_show(&view, boot.as_ref()));
+                }
             }
         }
         NodeCommand::Delete { hostlist } => {

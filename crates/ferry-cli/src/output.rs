@@ -91,7 +91,7 @@ fn scalar(v: &Value) -> String {
     }
 }
 
-pub fn node_show(n: &NodeView) -> String {
+pub fn node_show(n: &NodeView, boot: Option<&Value>) -> String {
     let mut rows = vec![
         ("name".to_string(), n.name.to_string()),
         ("profiles".into(), join(&n.profiles)),
@@ -100,6 +100,17 @@ pub fn node_show(n: &NodeView) -> String {
     flatten("", &serde_json::to_value(&n.settings).unwrap_or(Value::Null), &mut rows);
     rows.push(("revision".into(), n.revision.to_string()));
     rows.push(("updated_at".into(), n.updated_at.clone()));
+    match boot {
+        Some(b) => {
+            for k in ["booted_at", "boot_count", "address", "hostname"] {
+                rows.push((format!("boot.{k}"), scalar(&b[k])));
+            }
+            for key in b["host_keys"].as_array().into_iter().flatten() {
+                rows.push(("boot.host_key".into(), scalar(key)));
+            }
+        }
+        None => rows.push(("boot".into(), "never".into())),
+    }
     table(&["field", "value"], rows.into_iter().map(|(a, b)| vec![a, b]).collect())
 }
 
@@ -122,4 +133,21 @@ pub fn profile_show(p: &ProfileView) -> String {
     flatten("", &serde_json::to_value(&p.settings).unwrap_or(Value::Null), &mut rows);
     rows.push(("revision".into(), p.revision.to_string()));
     table(&["field", "value"], rows.into_iter().map(|(a, b)| vec![a, b]).collect())
+}
+
+pub fn tunnel_list(tunnels: &[Value]) -> String {
+    let secs = |v: &Value| v.as_i64().map(|s| format!("{s}s")).unwrap_or_default();
+    let rows = tunnels
+        .iter()
+        .map(|t| {
+            vec![
+                scalar(&t["node"]),
+                scalar(&t["address"]),
+                secs(&t["age_secs"]),
+                t["last_handshake"].as_str().unwrap_or("never").to_owned(),
+                secs(&t["expires_in_secs"]),
+            ]
+        })
+        .collect();
+    table(&["node", "address", "age", "last handshake", "expires in"], rows)
 }

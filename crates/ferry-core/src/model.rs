@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// network-config). cloud-init documents are small; this stops accidental binaries.
 pub const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Bounds for a tunnel's time to live, in seconds.
-pub const TUNNEL_TTL_RANGE: std::ops::RangeInclusive<u64> = 30..=86_400;
+pub const TUNNEL_TTL_RANGE: std::ops::RangeInclusive<u64> = 5..=86_400;
 
 /// How the node's root file system is provided. SELinux needs `tmpfs`: ramfs has no
 /// extended attributes.
@@ -400,7 +400,7 @@ mod tests {
         s.interfaces.insert("eth0".into(), iface(serde_json::json!({"mac": "52:54:00:00:00:01"})));
         assert!(s.validate(LayerKind::Node).is_ok());
         assert!(s.validate(LayerKind::Profile).is_err(), "profiles must not carry MACs");
-        let s = Settings { tunnel_ttl_secs: Some(5), ..Default::default() };
+        let s = Settings { tunnel_ttl_secs: Some(4), ..Default::default() };
         assert!(s.validate(LayerKind::Node).is_err());
         assert!(serde_json::from_value::<Interface>(serde_json::json!({"mac": "nope"})).is_err());
         assert!(serde_json::from_value::<Settings>(serde_json::json!({"colour": "red"})).is_err());

@@ -49,7 +49,7 @@ impl TunnelNetwork {
         }
     }
 
-    fn from_offset(&self, off: u128) -> IpAddr {
+    fn at_offset(&self, off: u128) -> IpAddr {
         let v = Self::to_u128(self.base) + off;
         match self.base {
             IpAddr::V4(_) => IpAddr::V4((v as u32).into()),
@@ -80,14 +80,14 @@ impl TunnelNetwork {
 
     /// The server's own tunnel address: the first host.
     pub fn server_address(&self) -> IpAddr {
-        self.from_offset(1)
+        self.at_offset(1)
     }
 
     /// The lowest free node address, or None when the pool is exhausted.
     pub fn allocate(&self, used: &HashSet<IpAddr>) -> Option<IpAddr> {
         // IPv4 excludes the broadcast address; the IPv6 range is clamped to something sane.
         let last = if self.base.is_ipv4() { self.size() - 2 } else { self.size().min(1 << 24) - 1 };
-        (2..=last).map(|o| self.from_offset(o)).find(|a| !used.contains(a))
+        (2..=last).map(|o| self.at_offset(o)).find(|a| !used.contains(a))
     }
 }
 

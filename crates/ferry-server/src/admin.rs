@@ -43,6 +43,8 @@ impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
 pub struct AdminState {
     pub store: Arc<dyn Store>,
     pub allowed_uids: Arc<HashSet<u32>>,
+    pub tunnels: Arc<crate::tunnels::TunnelManager>,
+    pub server_public_key: ferry_wg::PublicKey,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -51,6 +53,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/nodes/{name}", get(get_node))
         .route("/v1/profiles", get(list_profiles).post(add_profiles).patch(set_profiles).delete(delete_profiles))
         .route("/v1/profiles/{name}", get(get_profile))
+        .route("/v1/nodes/{name}/boot", get(boot_info))
+        .route("/v1/tunnels", get(list_tunnels))
+        .route("/v1/tunnels/{node}", axum::routing::delete(revoke_tunnel))
+        .route("/v1/known-hosts", get(known_hosts))
+        .route("/v1/server", get(server_info))
         .route("/v1/audit", get(audit))
         .route("/v1/status", get(status))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
@@ -196,4 +203,72 @@ async fn status(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value
     let nodes = s.store.list_nodes().await?.len();
     let profiles = s.store.list_profiles().await?.len();
     Ok(ApiJson(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "profiles": profiles })))
+}
+
+async fn boot_info(
+    State(s): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<Option<ferry_store::BootInfo>>, HttpError> {
+    Ok(ApiJson(s.store.boot_info(&NodeName::parse(&name)?).await?))
+}
+
+async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelView>>, HttpError> {
+    let handshakes = s.tunnels.handshakes().await;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let views = s
+        .store
+        .list_tunnels()
+        .await?
+        .into_iter()
+        .map(|t| TunnelView {
+            last_handshake: handshakes
+                .get(&t.public_key)
+                .copied()
+                .flatten()
+                .map(|h| humantime::format_rfc3339_seconds(h).to_string()),
+            on_device: handshakes.contains_key(&t.public_key),
+            age_secs: now - t.created_at,
+            expires_in_secs: t.expires_at - now,
+            node: t.node.to_string(),
+            address: t.address.to_string(),
+            public_key: t.public_key,
+        })
+        .collect();
+    Ok(ApiJson(views))
+}
+
+async fn revoke_tunnel(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    let node = NodeName::parse(&node)?;
+    s.store.get_node(&node).await?;
+    let closed = s.tunnels.close(&node, ferry_store::CloseReason::Revoked, &actor).await?;
+    Ok(ApiJson(Changed { changed: usize::from(closed.is_some()) }))
+}
+
+async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<(NodeName, String)>>, HttpError> {
+    Ok(ApiJson(s.store.host_keys().await?))
+}
+
+async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value>, HttpError> {
+    Ok(ApiJson(serde_json::json!({
+        "public_key": s.server_public_key.to_base64(),
+        "tunnel_network": s.tunnels.network.to_string(),
+        "server_address": s.tunnels.network.server_address().to_string(),
+    })))
+}
+
+/// One active tunnel as `ferry tunnel list` shows it.
+#[derive(serde::Serialize)]
+struct TunnelView {
+    node: String,
+    address: String,
+    public_key: String,
+    age_secs: i64,
+    expires_in_secs: i64,
+    last_handshake: Option<String>,
+    on_device: bool,
 }

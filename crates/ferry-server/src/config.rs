@@ -1,7 +1,9 @@
 //! Server configuration: built-in defaults, then an optional TOML file, then `FERRY_*`
 //! environment variables and command-line flags (applied by the CLI).
 
+use ferry_core::tunnel::TunnelNetwork;
 use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/ferry";
@@ -10,7 +12,7 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/ferry/admin.sock";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Where ferry keeps its state: the database, the secrets key, later the WireGuard key.
+    /// Where ferry keeps its state: the database, the secrets key, the WireGuard key.
     pub data_dir: PathBuf,
     /// The admin API's unix socket (mode 0600).
     pub admin_socket: PathBuf,
@@ -19,6 +21,9 @@ pub struct Config {
     pub admin_users: Vec<String>,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
+    pub provisioning: ProvisioningConfig,
+    pub wireguard: WireGuardConfig,
+    pub datasource: DatasourceConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -29,6 +34,56 @@ pub enum LogFormat {
     Json,
 }
 
+/// The provisioning network listener: enrollment (and boot scripts, later).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvisioningConfig {
+    pub listen: SocketAddr,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (the right-most untrusted hop
+    /// is the client). Empty: proxy headers are ignored.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// How long an enrollment nonce stays valid, seconds.
+    pub nonce_ttl_secs: u64,
+    /// Most nonces outstanding at once; beyond it challenges answer 503.
+    pub max_pending_nonces: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WgBackend {
+    /// Kernel module if present, else in-process userspace (boringtun).
+    #[default]
+    Auto,
+    Kernel,
+    Userspace,
+    /// Attach to an interface run by wireguard-go (its UAPI socket).
+    Uapi,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WireGuardConfig {
+    pub interface: String,
+    pub backend: WgBackend,
+    pub listen_port: u16,
+    /// `host:port` nodes dial. Default: the address the node reached the provisioning
+    /// listener on, with `listen_port`.
+    pub endpoint: Option<String>,
+    /// Tunnel addresses; the server takes the first host address.
+    pub network: TunnelNetwork,
+    /// Tunnel time to live when the node's settings do not say, seconds.
+    pub tunnel_ttl_secs: u64,
+    /// How often the device is reconciled with the store and expired tunnels reaped.
+    pub reconcile_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasourceConfig {
+    /// Port of the tunnel-only datasource; it listens on the server's tunnel address only.
+    pub port: u16,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -36,7 +91,41 @@ impl Default for Config {
             admin_socket: DEFAULT_ADMIN_SOCKET.into(),
             admin_users: Vec::new(),
             log_format: LogFormat::Text,
+            provisioning: ProvisioningConfig::default(),
+            wireguard: WireGuardConfig::default(),
+            datasource: DatasourceConfig::default(),
         }
+    }
+}
+
+impl Default for ProvisioningConfig {
+    fn default() -> Self {
+        ProvisioningConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8470)),
+            trusted_proxies: Vec::new(),
+            nonce_ttl_secs: 60,
+            max_pending_nonces: 65_536,
+        }
+    }
+}
+
+impl Default for WireGuardConfig {
+    fn default() -> Self {
+        WireGuardConfig {
+            interface: "ferry0".into(),
+            backend: WgBackend::Auto,
+            listen_port: 51820,
+            endpoint: None,
+            network: TunnelNetwork::parse("100.64.0.0/16").expect("default network is valid"),
+            tunnel_ttl_secs: 600,
+            reconcile_interval_secs: 5,
+        }
+    }
+}
+
+impl Default for DatasourceConfig {
+    fn default() -> Self {
+        DatasourceConfig { port: 8471 }
     }
 }
 
@@ -63,6 +152,10 @@ impl Config {
     pub fn secrets_key_path(&self) -> PathBuf {
         self.data_dir.join("secrets.key")
     }
+
+    pub fn wireguard_key_path(&self) -> PathBuf {
+        self.data_dir.join("wireguard.key")
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +168,6 @@ mod tests {
         let c: Config = toml::from_str(example).unwrap();
         assert_eq!(c, Config { admin_users: vec!["ferryadm".into()], ..Config::default() });
         assert!(toml::from_str::<Config>("data_dri = \"/x\"").is_err());
+        assert!(toml::from_str::<Config>("[wireguard]\nnetwork = \"100.64.0.1/16\"").is_err(), "host bits set");
     }
 }

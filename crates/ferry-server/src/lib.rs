@@ -1,10 +1,21 @@
 //! ferry's server: configuration, start-up and the HTTP APIs, one module per audience.
-//! Today: the admin API on a unix socket. Boot, enrollment and the tunnel datasource
-//! join as their own routers.
+//! - admin API: unix socket, peer credentials (`admin`);
+//! - provisioning network: enrollment (`enroll`);
+//! - tunnel-only datasource and phone-home, bound to the server's tunnel address
+//!   (`datasource`).
+//!
+//! All WireGuard device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
+mod client_addr;
 pub mod config;
+pub mod datasource;
+pub mod enroll;
 pub mod error;
+mod nonces;
+pub mod render;
+pub mod tunnels;
+mod wgkey;
 
 pub use config::{Config, LogFormat};
 
@@ -14,13 +25,28 @@ use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::net::UnixListener;
+use tokio::net::{TcpListener, UnixListener};
+use tunnels::TunnelManager;
 
-/// A server that has opened its store and bound its sockets, ready to run.
+/// A server that has opened its store, brought up its device and bound its sockets.
 pub struct Server {
     admin_listener: UnixListener,
+    provisioning_listener: TcpListener,
+    datasource_listener: TcpListener,
     admin: admin::AdminState,
-    config: Config,
+    provisioning: enroll::ProvisioningState,
+    datasource: datasource::DatasourceState,
+    tunnels: Arc<TunnelManager>,
+    config: Arc<Config>,
+}
+
+fn backend_choice(b: config::WgBackend) -> ferry_wg::BackendChoice {
+    match b {
+        config::WgBackend::Auto => ferry_wg::BackendChoice::Auto,
+        config::WgBackend::Kernel => ferry_wg::BackendChoice::Kernel,
+        config::WgBackend::Userspace => ferry_wg::BackendChoice::Userspace,
+        config::WgBackend::Uapi => ferry_wg::BackendChoice::Uapi,
+    }
 }
 
 impl Server {
@@ -33,29 +59,131 @@ impl Server {
         let store = SqliteStore::open(&config.database_path(), sealer)
             .await
             .with_context(|| format!("cannot open the database {}", config.database_path().display()))?;
-        let admin_listener = bind_admin_socket(&config.admin_socket)?;
-        let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let store: Arc<dyn Store> = Arc::new(store);
-        Ok(Server { admin_listener, admin: admin::AdminState { store, allowed_uids }, config })
+        let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
+        // First of the sockets: a second server on the same socket stops here, before
+        // touching the WireGuard device.
+        let admin_listener = bind_admin_socket(&config.admin_socket)?;
+
+        let wg = &config.wireguard;
+        let key = wgkey::load_or_create(&config.wireguard_key_path())?;
+        let server_public_key = key.public_key();
+        let server_address = wg.network.server_address();
+        let setup = ferry_wg::InterfaceSetup {
+            addresses: vec![ferry_wg::IpNet::new(server_address, wg.network.prefix_len())?],
+            private_key: Some(key),
+            listen_port: Some(wg.listen_port),
+            ..Default::default()
+        };
+        let device = ferry_wg::open_device(&wg.interface, backend_choice(wg.backend), &setup)
+            .await
+            .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
+        tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
+        let tunnels = Arc::new(TunnelManager::new(store.clone(), device, wg.network));
+        // The store is the truth: restore active tunnels, drop orphans and expired ones.
+        let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
+        tracing::info!(?report, "device reconciled at start-up");
+
+        let datasource_addr = std::net::SocketAddr::new(server_address, config.datasource.port);
+        let datasource_listener = TcpListener::bind(datasource_addr)
+            .await
+            .with_context(|| format!("cannot listen on the tunnel address {datasource_addr}"))?;
+        let provisioning_listener = TcpListener::bind(config.provisioning.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (set [provisioning] listen)", config.provisioning.listen))?;
+
+        let config = Arc::new(config);
+        let nonces = Arc::new(nonces::NonceStore::new(
+            std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
+            config.provisioning.max_pending_nonces,
+        ));
+        Ok(Server {
+            admin_listener,
+            provisioning_listener,
+            datasource_listener,
+            admin: admin::AdminState { store, allowed_uids, tunnels: tunnels.clone(), server_public_key },
+            provisioning: enroll::ProvisioningState {
+                tunnels: tunnels.clone(),
+                nonces,
+                config: config.clone(),
+                server_public_key,
+            },
+            datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
+            tunnels,
+            config,
+        })
     }
 
     /// Serves until SIGINT or SIGTERM, then removes the admin socket.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         tracing::info!(
             admin_socket = %self.config.admin_socket.display(),
+            provisioning = %self.config.provisioning.listen,
+            datasource = %self.datasource_listener.local_addr()?,
             data_dir = %self.config.data_dir.display(),
             "ferry server ready"
         );
-        let app = admin::router(self.admin)
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let timeout = || {
+            tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
-                std::time::Duration::from_secs(60),
-            ))
-            .into_make_service_with_connect_info::<admin::PeerCred>();
-        let result = axum::serve(self.admin_listener, app).with_graceful_shutdown(shutdown_signal()).await;
+                std::time::Duration::from_secs(30),
+            )
+        };
+        let admin = axum::serve(
+            self.admin_listener,
+            admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
+        )
+        .with_graceful_shutdown(stopped());
+        let provisioning = axum::serve(
+            self.provisioning_listener,
+            enroll::router(self.provisioning).layer(timeout()).into_make_service_with_connect_info::<enroll::TcpConn>(),
+        )
+        .with_graceful_shutdown(stopped());
+        let datasource = axum::serve(
+            self.datasource_listener,
+            datasource::router(self.datasource)
+                .layer(timeout())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped());
+        let reconciler = reconcile_loop(self.tunnels.clone(), self.config.wireguard.reconcile_interval_secs, stopped());
+        let signal = async move {
+            shutdown_signal().await;
+            tracing::info!("stopping");
+            let _ = stop_tx.send(true);
+        };
+        let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
+        self.tunnels.shutdown().await;
         let _ = std::fs::remove_file(&self.config.admin_socket);
         tracing::info!("ferry server stopped");
-        result.context("admin API failed")
+        a.context("admin API failed")?;
+        p.context("provisioning API failed")?;
+        d.context("datasource failed")?;
+        Ok(())
+    }
+}
+
+/// Reaps expired tunnels and repairs the device every `interval` seconds.
+async fn reconcile_loop(tunnels: Arc<TunnelManager>, interval: u64, stopped: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(interval.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {
+                if let Err(e) = tunnels.reconcile().await {
+                    tracing::error!(error = %e, "reconcile failed");
+                }
+            }
+        }
     }
 }
 

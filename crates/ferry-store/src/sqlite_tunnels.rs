@@ -10,6 +10,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 type TunnelRow = (String, String, String, i64, i64);
+/// booted_at, address, instance_id, hostname, boot_count
+type BootRow = (i64, String, Option<String>, Option<String>, i64);
 const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at";
 
 fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
@@ -198,7 +200,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn boot_info_impl(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {
-        let row: Option<(i64, String, Option<String>, Option<String>, i64)> =
+        let row: Option<BootRow> =
             sqlx::query_as("SELECT booted_at, address, instance_id, hostname, boot_count FROM boots WHERE node = ?")
                 .bind(node.as_str())
                 .fetch_optional(&self.read)

@@ -10,7 +10,12 @@ async fn store_with(nodes: &[&str]) -> (tempfile::TempDir, SqliteStore) {
     let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
     let nodes = nodes
         .iter()
-        .map(|n| NewNode { name: NodeName::parse(n).unwrap(), profiles: vec![], settings: Default::default(), asset_tag: None })
+        .map(|n| NewNode {
+            name: NodeName::parse(n).unwrap(),
+            profiles: vec![],
+            settings: Default::default(),
+            asset_tag: None,
+        })
         .collect();
     s.add_nodes(AddNodes { nodes }, &actor()).await.unwrap();
     (dir, s)
@@ -61,7 +66,8 @@ async fn expiry_and_phone_home_close_only_their_tunnel() {
     s.open_tunnel(&n("c"), "KC", &net, 600, &actor()).await.unwrap();
     let expired = s.expire_tunnels(a.expires_at).await.unwrap();
     assert_eq!(expired.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(), ["a"]);
-    let report = BootReport { host_keys: vec![("ed25519".into(), "ssh-ed25519 AAAAC3Nza b".into())], ..Default::default() };
+    let report =
+        BootReport { host_keys: vec![("ed25519".into(), "ssh-ed25519 AAAAC3Nza b".into())], ..Default::default() };
     assert_eq!(s.phone_home(&b, &report).await.unwrap().map(|t| t.node), Some(n("b")));
     assert!(s.phone_home(&b, &report).await.unwrap().is_none(), "a closed tunnel cannot phone home twice");
     let left: Vec<_> = s.list_tunnels().await.unwrap().into_iter().map(|t| t.node).collect();
@@ -73,7 +79,10 @@ async fn expiry_and_phone_home_close_only_their_tunnel() {
     let c1 = s.list_tunnels().await.unwrap().remove(0);
     s.open_tunnel(&n("c"), "KC2", &net, 600, &actor()).await.unwrap();
     assert!(s.phone_home(&c1, &report).await.unwrap().is_none());
-    assert_eq!(s.close_tunnel(&n("c"), CloseReason::Revoked, &actor()).await.unwrap().map(|t| t.public_key), Some("KC2".into()));
+    assert_eq!(
+        s.close_tunnel(&n("c"), CloseReason::Revoked, &actor()).await.unwrap().map(|t| t.public_key),
+        Some("KC2".into())
+    );
     assert!(s.list_tunnels().await.unwrap().is_empty());
     let audit = s.audit(Some("node/a"), 10).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "tunnel.close" && e.detail.contains("reason=expired")), "{audit:?}");

@@ -168,10 +168,7 @@ fn admin_socket_refuses_non_root_peers() {
 #[test]
 fn admin_users_from_config_may_connect() {
     require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ferry.toml");
-    std::fs::write(&cfg, "admin_users = [\"65534\"]\nlog_format = \"json\"\n").unwrap();
-    let s = TestServer::start_with(&["--config", cfg.to_str().unwrap()]);
+    let s = TestServer::start_with("admin_users = [\"65534\"]\nlog_format = \"json\"", "127.0.0.1:8470");
     for dir in [s.dir.path(), s.socket.parent().unwrap()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }

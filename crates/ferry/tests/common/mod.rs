@@ -1,53 +1,147 @@
-//! A real `ferry serve` process in a temporary directory, and a way to run the CLI
-//! against it.
+//! Test harness: real `ferry serve` processes, each in a network namespace of its own
+//! (the server brings up a real WireGuard device and binds real ports), and node
+//! namespaces joined to it by a bridge.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails (never skips) when a test needs root.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run it through `sudo scripts/test.sh`");
+}
+
+/// A short name unique to this process and call: `{prefix}{pid}x{n}` (≤ 15 chars).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command, asserts success, returns stdout.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        require_root();
+        let name = unique(prefix);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    /// A command to run inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    pub fn sh(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub log: PathBuf,
+    pub config: PathBuf,
+    pub netns: Netns,
+    pub interface: String,
     child: Option<Child>,
 }
 
 impl TestServer {
     pub fn start() -> TestServer {
-        Self::start_with(&[])
+        Self::start_with("", "127.0.0.1:8470")
     }
 
-    /// Starts `ferry serve` with extra arguments and waits until its socket answers.
-    pub fn start_with(extra: &[&str]) -> TestServer {
+    /// Starts `ferry serve` in a new namespace. `top` is extra top-level TOML;
+    /// `listen` the provisioning address.
+    pub fn start_with(top: &str, listen: &str) -> TestServer {
+        let netns = Netns::new("fys");
+        Self::start_in(netns, top, listen, "backend = \"userspace\"\n", None)
+    }
+
+    /// `interface`: attach to this existing interface instead of creating a new one.
+    pub fn start_in(netns: Netns, top: &str, listen: &str, wireguard: &str, interface: Option<String>) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("run/admin.sock");
-        let log = dir.path().join("server.log");
-        let child = Command::new(FERRY)
+        let interface = interface.unwrap_or_else(|| unique("fy"));
+        let config = dir.path().join("ferry.toml");
+        let toml = format!(
+            "{top}\n[provisioning]\nlisten = \"{listen}\"\n[wireguard]\ninterface = \"{interface}\"\nreconcile_interval_secs = 1\n{wireguard}\n"
+        );
+        std::fs::write(&config, toml).expect("config");
+        let mut server = TestServer {
+            socket: dir.path().join("run/admin.sock"),
+            log: dir.path().join("server.log"),
+            config,
+            dir,
+            netns,
+            interface,
+            child: None,
+        };
+        server.launch();
+        server
+    }
+
+    /// (Re)starts the server process with the same data directory.
+    pub fn launch(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = self
+            .netns
+            .cmd(FERRY)
             .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(self.dir.path().join("data"))
             .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .env("FERRY_LOG", "debug")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(&self.config)
+            .env("FERRY_LOG", "debug,sqlx=warn,boringtun=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
+            .stderr(log)
             .spawn()
             .expect("spawn ferry serve");
-        let mut server = TestServer { dir, socket, log, child: Some(child) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&server.socket).is_err() {
-            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("ferry serve exited with {status}: {}", server.log_text());
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("ferry serve exited with {status}: {}", self.log_text());
             }
-            assert!(Instant::now() < deadline, "ferry serve did not start: {}", server.log_text());
+            assert!(Instant::now() < deadline, "ferry serve did not start: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        server
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn cmd(&self) -> Command {
@@ -83,20 +177,29 @@ impl TestServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Stops the server with SIGTERM and waits for it.
+    /// The peers `wg show` lists on the server's device (the real tool).
+    pub fn wg_peers(&self) -> Vec<String> {
+        self.netns.sh(&["wg", "show", &self.interface, "peers"]).lines().map(str::to_owned).collect()
+    }
+
+    pub fn public_key(&self) -> String {
+        self.ok(&["server-key"]).trim().to_owned()
+    }
+
+    /// Stops the server with SIGTERM and waits for it; panics if it does not stop.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let _ = child.wait();
+            signal(&child, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().ok().flatten().is_none() {
+                assert!(Instant::now() < deadline, "ferry serve ignored SIGTERM");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
-}
 
-impl Drop for TestServer {
-    fn drop(&mut self) {
+    /// Kills the server with SIGKILL (a crash).
+    pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -104,7 +207,22 @@ impl Drop for TestServer {
     }
 }
 
-/// Fails (never skips) when a test needs root.
-pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test needs root: run it through `sudo scripts/test.sh`");
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(Path::new("/var/run/wireguard").join(format!("{}.sock", self.interface)));
+    }
+}
+
+/// Waits until `f` holds, up to `secs`.
+pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

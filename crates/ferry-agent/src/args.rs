@@ -1,0 +1,158 @@
+//! Command line flags of `ferry agent` and `ferry agent teardown`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What the agent does once the tunnel is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Fetch the seed into --seed-dir, phone home, remove the tunnel, print
+    /// `ds=nocloud;s=file://SEED_DIR/`.
+    Fetch,
+    /// Keep the tunnel up for cloud-init, print `ds=nocloud;s=DATASOURCE_URL`, and run
+    /// until SIGTERM/SIGINT (or `ferry agent teardown`).
+    CloudInit,
+}
+
+/// Which WireGuard implementation carries the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WgBackendArg {
+    /// Kernel WireGuard if the module is available, else userspace.
+    Auto,
+    /// The kernel module.
+    Kernel,
+    /// boringtun inside this process (the tunnel lives as long as the agent).
+    Userspace,
+}
+
+/// `ferry agent`: enroll this node, fetch its cloud-init seed through an ephemeral
+/// WireGuard tunnel, phone home and tear the tunnel down.
+///
+/// Configuration comes from the kernel command line (`ferry.server=URL[,URL...]`,
+/// `ferry.pubkey=KEY`, optional `ferry.node=NAME`); flags override it. Only the
+/// datasource line is printed on standard output; logs go to standard error.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Enrollment server URL(s), comma-separated (overrides ferry.server=). Only the
+    /// first is used for now.
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub server: Option<String>,
+
+    /// The ferry server's WireGuard public key, base64 (overrides ferry.pubkey=). The
+    /// agent refuses any server that presents another key.
+    #[arg(long, value_name = "KEY")]
+    pub pubkey: Option<String>,
+
+    /// This node's name in the ferry inventory (overrides ferry.node=). Needed to prove
+    /// the asset tag; without it no asset-tag proof is sent.
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// fetch: write the seed and tear down; cloud-init: keep the tunnel for cloud-init.
+    #[arg(long, value_enum, default_value_t = Mode::Fetch)]
+    pub mode: Mode,
+
+    /// The MAC to present (default: the MAC of the interface that routes to the server).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+
+    /// The WireGuard interface to create.
+    #[arg(long, value_name = "NAME", default_value = "ferry-node0")]
+    pub interface: String,
+
+    /// WireGuard implementation.
+    #[arg(long, value_enum, default_value_t = WgBackendArg::Auto)]
+    pub wg_backend: WgBackendArg,
+
+    /// In cloud-init mode with kernel WireGuard, keep running until SIGTERM instead of
+    /// exiting and leaving the interface for `ferry agent teardown`.
+    #[arg(long)]
+    pub hold: bool,
+
+    /// Give up enrolling (and fetching) after this long: "300", "90s", "5m".
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// How long to wait for the datasource to answer through a new tunnel.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub tunnel_timeout: Duration,
+
+    /// Where the seed is written in fetch mode (created 0700, files 0600).
+    #[arg(long, value_name = "DIR", default_value = "/run/ferry/seed")]
+    pub seed_dir: PathBuf,
+
+    /// Where the cloud-init mode state file (agent.json) is written.
+    #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
+    pub state_dir: PathBuf,
+
+    /// Where the SSH host public keys reported at phone-home are read from.
+    #[arg(long, value_name = "DIR", default_value = "/etc/ssh")]
+    pub ssh_dir: PathBuf,
+
+    /// The kernel command line to read ferry.* parameters from.
+    #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
+    pub cmdline: PathBuf,
+
+    /// The file holding the chassis asset tag.
+    #[arg(long, value_name = "FILE", default_value = "/sys/class/dmi/id/chassis_asset_tag")]
+    pub asset_tag_file: PathBuf,
+}
+
+/// `ferry agent teardown`: stop a cloud-init mode agent and remove its tunnel.
+/// Idempotent: succeeds when there is nothing to tear down.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TeardownArgs {
+    /// The directory holding the agent's state file (agent.json).
+    #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
+    pub state_dir: PathBuf,
+
+    /// How long to wait for the agent to exit after SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub wait: Duration,
+}
+
+/// Parses "300" (seconds) or a humantime duration ("90s", "5m", "1h 30m").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string());
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use seconds like 300, or 90s, 5m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["agent"]).expect("defaults parse");
+        let a = cli.args;
+        assert_eq!(a.mode, Mode::Fetch);
+        assert_eq!(a.interface, "ferry-node0");
+        assert_eq!(a.timeout, Duration::from_secs(300));
+        assert_eq!(a.seed_dir, PathBuf::from("/run/ferry/seed"));
+        let cli = Cli::try_parse_from(["agent", "--mode", "cloud-init", "--wg-backend", "userspace", "--timeout", "2"])
+            .expect("parse");
+        assert_eq!(cli.args.mode, Mode::CloudInit);
+        assert_eq!(cli.args.wg_backend, WgBackendArg::Userspace);
+        assert_eq!(cli.args.timeout, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,392 @@
+//! The agent's validated configuration: flags over kernel command line parameters,
+//! plus the asset tag read from DMI.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_core::{MacAddr, NodeName};
+use ferry_wg::{BackendChoice, PublicKey};
+use hyper::Uri;
+use zeroize::Zeroizing;
+
+use crate::args::{AgentArgs, Mode, WgBackendArg};
+use crate::cmdline::{split_list, FerryParams};
+use crate::error::AgentError;
+
+/// Placeholders firmware puts in DMI strings when nobody set a value (compared
+/// case-insensitively after trimming). Such a tag is treated as no tag at all.
+const PLACEHOLDERS: &[&str] = &[
+    "not specified",
+    "default string",
+    "to be filled by o.e.m.",
+    "to be filled by oem",
+    "none",
+    "n/a",
+    "na",
+    "not available",
+    "not applicable",
+    "unknown",
+    "no asset tag",
+    "no asset information",
+    "asset tag",
+    "asset tag:",
+    "chassis asset tag",
+    "system asset tag",
+    "0",
+    "0000000000",
+    "0123456789",
+    "1234567890",
+    "invalid",
+    "empty",
+];
+
+/// Longest asset tag file read (the server accepts at most 256 bytes).
+const MAX_TAG_FILE: u64 = 4096;
+
+/// An enrollment server: where the challenge and enroll paths are appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    /// `http://host[:port][/prefix]`, without a trailing slash.
+    pub base: String,
+    /// The host as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl ServerUrl {
+    /// Parses `http://host[:port][/prefix]`; a missing scheme means `http://`.
+    pub fn parse(s: &str) -> Result<Self, AgentError> {
+        let bad = |why: &str| AgentError::Config(format!("invalid ferry server URL {s:?}: {why}"));
+        let with_scheme = if s.contains("://") { s.to_string() } else { format!("http://{s}") };
+        let uri: Uri = with_scheme.parse().map_err(|_| bad("not a URL (expected http://HOST:PORT)"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad("https is not supported yet: use http:// (enrollment is protected by nonce-bound \
+                     proofs and the pinned WireGuard key, not by TLS)"))
+            }
+            _ => return Err(bad("only http:// URLs are supported")),
+        }
+        if uri.query().is_some() {
+            return Err(bad("a server URL takes no query string"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("user names in the URL are not supported"));
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let path = uri.path().trim_end_matches('/');
+        Ok(ServerUrl { base: format!("http://{authority}{path}"), host, port })
+    }
+
+    /// The URL of an API path (which starts with '/').
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Internal timings; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// First back-off delay for enrollment retries (doubles up to `retry_max`).
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// First delay between datasource probes through a new tunnel.
+    pub probe_initial: Duration,
+    /// Time limit of one enrollment request.
+    pub request_timeout: Duration,
+    /// Time limit of one probe through the tunnel (the first one waits for the handshake).
+    pub probe_timeout: Duration,
+    /// How long past the tunnel's TTL a holding agent keeps the (dead) interface.
+    pub ttl_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
+            probe_initial: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(3),
+            ttl_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything the agent needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Enrollment servers (at least one; only the first is used for now).
+    pub servers: Vec<ServerUrl>,
+    /// The server's WireGuard key, pinned.
+    pub pinned: PublicKey,
+    pub node: Option<NodeName>,
+    /// The asset tag, if the machine has a real one. Never logged.
+    pub asset_tag: Option<Zeroizing<String>>,
+    /// `--mac`; when `None` it is discovered from the route to the server.
+    pub mac: Option<MacAddr>,
+    pub mode: Mode,
+    pub interface: String,
+    pub backend: BackendChoice,
+    pub hold: bool,
+    pub timeout: Duration,
+    pub tunnel_timeout: Duration,
+    pub seed_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub ssh_dir: PathBuf,
+    /// Persistent keepalive of the server peer, seconds.
+    pub keepalive: u16,
+    /// The kernel's hostname (phone-home report).
+    pub hostname_file: PathBuf,
+    /// Where interface MACs are read (`/sys/class/net`).
+    pub sys_class_net: PathBuf,
+    pub tuning: Tuning,
+}
+
+impl Config {
+    /// Builds the configuration from flags, the kernel command line and the asset tag file.
+    pub fn from_args(args: &AgentArgs) -> Result<Self, AgentError> {
+        let params = match FerryParams::read(&args.cmdline) {
+            Ok(p) => p,
+            // With everything on the command line, a missing /proc/cmdline does not matter.
+            Err(e) if args.server.is_some() && args.pubkey.is_some() => {
+                tracing::debug!("ignoring the kernel command line: {e}");
+                FerryParams::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let asset_tag = read_asset_tag(&args.asset_tag_file)?;
+        Self::build(args, params, asset_tag)
+    }
+
+    /// Combines flags and kernel parameters (flags win).
+    pub fn build(
+        args: &AgentArgs,
+        params: FerryParams,
+        asset_tag: Option<Zeroizing<String>>,
+    ) -> Result<Self, AgentError> {
+        let servers = args.server.as_deref().map(split_list).unwrap_or(params.servers);
+        if servers.is_empty() {
+            return Err(AgentError::Config(
+                "no ferry server configured: add ferry.server=http://SERVER:PORT to the kernel command \
+                 line, or pass --server"
+                    .into(),
+            ));
+        }
+        let servers = servers.iter().map(|s| ServerUrl::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let pubkey = args.pubkey.clone().or(params.pubkey).ok_or_else(|| {
+            AgentError::Config(
+                "no server key pinned: add ferry.pubkey=KEY (the server's WireGuard public key, as \
+                 `wg show ferry0 public-key` prints it on the server) to the kernel command line, or pass --pubkey"
+                    .into(),
+            )
+        })?;
+        let pinned: PublicKey = pubkey
+            .parse()
+            .map_err(|e| AgentError::Config(format!("invalid server key in ferry.pubkey= / --pubkey: {e}")))?;
+        let node = match args.node.clone().or(params.node) {
+            Some(n) => Some(
+                NodeName::parse(&n)
+                    .map_err(|e| AgentError::Config(format!("invalid node name in ferry.node= / --node: {e}")))?,
+            ),
+            None => None,
+        };
+        let mac = match &args.mac {
+            Some(m) => Some(MacAddr::parse(m).map_err(|e| AgentError::Config(format!("invalid --mac: {e}")))?),
+            None => None,
+        };
+        ferry_core::net::check_interface_name(&args.interface)
+            .map_err(|e| AgentError::Config(format!("invalid --interface: {e}")))?;
+        if asset_tag.is_some() && node.is_none() {
+            tracing::warn!(
+                "this machine has an asset tag, but no node name is known, so no asset-tag proof is sent \
+                 (the proof binds the node name): add ferry.node=NAME to the kernel command line if this \
+                 node's policy requires the asset tag"
+            );
+        }
+        let backend = match args.wg_backend {
+            WgBackendArg::Auto => BackendChoice::Auto,
+            WgBackendArg::Kernel => BackendChoice::Kernel,
+            WgBackendArg::Userspace => BackendChoice::Userspace,
+        };
+        if args.timeout.is_zero() {
+            return Err(AgentError::Config("--timeout must be more than 0".into()));
+        }
+        Ok(Config {
+            servers,
+            pinned,
+            node,
+            asset_tag,
+            mac,
+            mode: args.mode,
+            interface: args.interface.clone(),
+            backend,
+            hold: args.hold,
+            timeout: args.timeout,
+            tunnel_timeout: args.tunnel_timeout,
+            seed_dir: args.seed_dir.clone(),
+            state_dir: args.state_dir.clone(),
+            ssh_dir: args.ssh_dir.clone(),
+            keepalive: 5,
+            hostname_file: PathBuf::from("/proc/sys/kernel/hostname"),
+            sys_class_net: PathBuf::from("/sys/class/net"),
+            tuning: Tuning::default(),
+        })
+    }
+
+    /// The server in use.
+    pub fn server(&self) -> &ServerUrl {
+        // `build` guarantees at least one; index 0 of a non-empty Vec.
+        &self.servers[0]
+    }
+}
+
+/// Reads the asset tag; a missing file, an empty one or a firmware placeholder mean "no tag".
+pub fn read_asset_tag(path: &Path) -> Result<Option<Zeroizing<String>>, AgentError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(path = %path.display(), "no asset tag file");
+            return Ok(None);
+        }
+        Err(e) => return Err(AgentError::io_path("read the asset tag file", path, e)),
+    };
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.take(MAX_TAG_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| AgentError::io_path("read the asset tag file", path, e))?;
+    let text = Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned());
+    let tag = clean_asset_tag(&text).map(|t| Zeroizing::new(t.to_string()));
+    if tag.is_none() {
+        tracing::info!(path = %path.display(), "the asset tag is empty or a firmware placeholder: sending no asset-tag proof");
+    }
+    Ok(tag)
+}
+
+/// The tag without surrounding whitespace, or `None` for an empty tag, a firmware
+/// placeholder, or a value the server could never hold (over 256 bytes, control characters).
+pub fn clean_asset_tag(raw: &str) -> Option<&str> {
+    let tag = raw.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    if tag.is_empty() || tag.len() > 256 || tag.chars().any(char::is_control) {
+        return None;
+    }
+    let lower = tag.to_lowercase();
+    if PLACEHOLDERS.contains(&lower.as_str()) {
+        return None;
+    }
+    Some(tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const KEY: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
+    }
+
+    #[test]
+    fn asset_tag_placeholders_mean_no_tag() {
+        for raw in [
+            "",
+            "\n",
+            "   \t \n",
+            "Not Specified\n",
+            "Default string",
+            "To Be Filled By O.E.M.",
+            "  to be filled by o.e.m.  ",
+            "NONE",
+            "0123456789",
+            "\0\0\0",
+            "tab\tinside",
+        ] {
+            assert_eq!(clean_asset_tag(raw), None, "{raw:?}");
+        }
+        assert_eq!(clean_asset_tag("ASSET-0042\n"), Some("ASSET-0042"));
+        assert_eq!(clean_asset_tag("  rack 7 slot 3 "), Some("rack 7 slot 3"));
+        assert_eq!(clean_asset_tag(&"x".repeat(257)), None);
+    }
+
+    #[test]
+    fn asset_tag_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tag");
+        assert!(read_asset_tag(&path).expect("missing is fine").is_none());
+        std::fs::write(&path, "Default string\n").expect("write");
+        assert!(read_asset_tag(&path).expect("read").is_none());
+        std::fs::write(&path, "T-1000\n").expect("write");
+        assert_eq!(read_asset_tag(&path).expect("read").as_deref().map(String::as_str), Some("T-1000"));
+    }
+
+    #[test]
+    fn server_urls() {
+        let s = ServerUrl::parse("http://10.0.0.1:8080/").expect("valid");
+        assert_eq!((s.base.as_str(), s.host.as_str(), s.port), ("http://10.0.0.1:8080", "10.0.0.1", 8080));
+        assert_eq!(s.url("/v1/enroll"), "http://10.0.0.1:8080/v1/enroll");
+        let s = ServerUrl::parse("boot.example:9000").expect("scheme optional");
+        assert_eq!(s.base, "http://boot.example:9000");
+        let s = ServerUrl::parse("http://[fd00::1]/ferry").expect("v6 with prefix");
+        assert_eq!((s.host.as_str(), s.port), ("fd00::1", 80));
+        assert_eq!(s.url("/v1/enroll"), "http://[fd00::1]/ferry/v1/enroll");
+        for bad in ["https://x", "ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y"] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_override_kernel_parameters() {
+        let params = FerryParams {
+            servers: vec!["http://a:1".into(), "http://b:2".into()],
+            pubkey: Some(KEY.into()),
+            node: Some("n1".into()),
+        };
+        let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.server().host, "a");
+        assert_eq!(c.node.as_ref().map(NodeName::as_str), Some("n1"));
+        let c = Config::build(
+            &args(&["--server", "http://c:3", "--node", "n2", "--mac", "52-54-00-12-34-56"]),
+            params,
+            None,
+        )
+        .expect("valid");
+        assert_eq!(c.server().host, "c");
+        assert_eq!(c.node.as_ref().map(NodeName::as_str), Some("n2"));
+        assert_eq!(c.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:12:34:56"));
+    }
+
+    #[test]
+    fn missing_or_bad_values_are_usage_errors() {
+        let none = FerryParams::default();
+        let err = Config::build(&args(&[]), none.clone(), None).expect_err("no server");
+        assert!(err.to_string().contains("ferry.server="), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let err = Config::build(&args(&["--server", "http://a"]), none.clone(), None).expect_err("no key");
+        assert!(err.to_string().contains("ferry.pubkey="), "{err}");
+        for bad in [
+            vec!["--server", "http://a", "--pubkey", "nope"],
+            vec!["--server", "http://a", "--pubkey", KEY, "--node", "Bad Name!"],
+            vec!["--server", "http://a", "--pubkey", KEY, "--mac", "zz"],
+            vec!["--server", "http://a", "--pubkey", KEY, "--interface", "much-too-long-name0"],
+            vec!["--server", "http://a", "--pubkey", KEY, "--timeout", "0"],
+        ] {
+            let err = Config::build(&args(&bad), none.clone(), None).expect_err("invalid");
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The HTTP calls the agent makes, behind a trait so the state machine can be tested
+//! with a fake server. The real transport is a minimal HTTP/1.1 client over TCP (hyper),
+//! one connection per request.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::Uri;
+use hyper_util::rt::TokioIo;
+
+/// Largest response body accepted (cloud-init documents included).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Longest Retry-After honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// One request. `json` is sent with `Content-Type: application/json`; a POST without
+/// it has an empty body.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub json: Option<Vec<u8>>,
+    pub timeout: Duration,
+}
+
+impl Request {
+    pub fn get(url: String, timeout: Duration) -> Self {
+        Request { method: Method::Get, url, json: None, timeout }
+    }
+    pub fn post(url: String, json: Option<Vec<u8>>, timeout: Duration) -> Self {
+        Request { method: Method::Post, url, json, timeout }
+    }
+}
+
+/// A complete response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    /// The `Retry-After` header, if present and valid.
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+    /// The error text of a ferry error body, or the start of the body.
+    pub fn error_text(&self) -> String {
+        match serde_json::from_slice::<ferry_api::ApiError>(&self.body) {
+            Ok(e) => e.error,
+            Err(_) => String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).trim().to_string(),
+        }
+    }
+}
+
+/// The request did not complete (no route, refused, timed out, reset, oversized body).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(pub String);
+
+/// Sends HTTP requests.
+#[async_trait]
+pub trait Transport: Send + Sync {
+    async fn send(&self, req: Request) -> Result<Response, TransportError>;
+}
+
+/// HTTP/1.1 over plain TCP.
+#[derive(Debug, Clone, Default)]
+pub struct HyperTransport;
+
+#[async_trait]
+impl Transport for HyperTransport {
+    async fn send(&self, req: Request) -> Result<Response, TransportError> {
+        let url = req.url.clone();
+        match tokio::time::timeout(req.timeout, send(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError(format!("no answer from {url} (timed out)"))),
+        }
+    }
+}
+
+async fn send(req: Request) -> Result<Response, TransportError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
+    let uri: Uri = req.url.parse().map_err(|e| err("invalid URL", &e))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(TransportError(format!("only http:// URLs are supported, not {}", req.url)));
+    }
+    let authority = uri.authority().ok_or_else(|| TransportError(format!("no host in {}", req.url)))?.clone();
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| err("cannot connect to", &e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| err("HTTP handshake with", &e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!("HTTP connection ended: {e}");
+        }
+    });
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let method = match req.method {
+        Method::Get => hyper::Method::GET,
+        Method::Post => hyper::Method::POST,
+    };
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::USER_AGENT, concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
+        .header(hyper::header::CONNECTION, "close");
+    if req.json.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let body = Full::new(Bytes::from(req.json.clone().unwrap_or_default()));
+    let request = builder.body(body).map_err(|e| err("cannot build a request for", &e))?;
+    let resp = sender.send_request(request).await.map_err(|e| err("request failed:", &e))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| err("cannot read the answer of", &format!("{e} (limit {MAX_BODY} bytes)")))?
+        .to_bytes()
+        .to_vec();
+    Ok(Response { status, retry_after, body })
+}
+
+/// Parses a `Retry-After` value: delay seconds, or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let when = httpdate::parse_http_date(value).ok()?;
+        when.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Joins a document name to a datasource base URL (`http://h/ds` or `http://h/ds/`).
+pub fn join(base: &str, name: &str) -> String {
+    if base.ends_with('/') {
+        format!("{base}{name}")
+    } else {
+        format!("{base}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("99999999999999999999999", now), Some(MAX_RETRY_AFTER));
+        // 1994-11-06 08:49:37 GMT is 784111777; one minute later:
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now), Some(Duration::from_secs(60)));
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn joins_document_names() {
+        assert_eq!(join("http://10.1.0.1/ds/", "meta-data"), "http://10.1.0.1/ds/meta-data");
+        assert_eq!(join("http://10.1.0.1/ds", "meta-data"), "http://10.1.0.1/ds/meta-data");
+    }
+
+    /// A one-shot HTTP server on loopback that records the request and sends `reply`.
+    async fn one_shot(reply: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.expect("read");
+            s.write_all(reply.as_bytes()).await.expect("write");
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn real_transport_round_trip() {
+        let (base, server) =
+            one_shot("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy").await;
+        let resp = HyperTransport
+            .send(Request::post(format!("{base}/v1/enroll"), Some(b"{}".to_vec()), Duration::from_secs(5)))
+            .await
+            .expect("answer");
+        assert_eq!(
+            (resp.status, resp.retry_after, resp.body.as_slice()),
+            (503, Some(Duration::from_secs(7)), &b"busy"[..])
+        );
+        let seen = server.await.expect("server");
+        assert!(seen.starts_with("POST /v1/enroll HTTP/1.1\r\n"), "{seen}");
+        assert!(seen.to_ascii_lowercase().contains("content-type: application/json"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_a_transport_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let err = HyperTransport
+            .send(Request::get(format!("http://{addr}/x"), Duration::from_secs(5)))
+            .await
+            .expect_err("nothing listens");
+        assert!(err.0.contains("cannot connect"), "{err}");
+    }
+}

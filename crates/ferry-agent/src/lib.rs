@@ -1,0 +1,109 @@
+//! ferry's node agent (`ferry agent`): the node side of enrollment, the tunnel-only
+//! datasource and phone-home.
+//!
+//! 1. Read `ferry.server=`, `ferry.pubkey=` (the server's WireGuard key, pinned) and
+//!    `ferry.node=` from the kernel command line (flags override them), and the chassis
+//!    asset tag from DMI.
+//! 2. Generate a WireGuard key pair in memory; ask the server for a nonce; send the MAC
+//!    of the interface that routes to the server, the public key, the nonce and, when
+//!    the node name is known, the asset-tag proof (an HMAC keyed by the tag over the
+//!    nonce, the public key and the node name: the tag itself never leaves the node).
+//! 3. Refuse a server whose key is not the pinned one; otherwise bring up the tunnel
+//!    (peer = the pinned key, allowed IPs = the server's tunnel address only).
+//! 4. Fetch mode: fetch the NoCloud documents through the tunnel into a private seed
+//!    directory, phone home, remove the tunnel, print `ds=nocloud;s=file://SEED/`.
+//!    cloud-init mode: print `ds=nocloud;s=DATASOURCE_URL` and hold the tunnel until
+//!    SIGTERM (`ferry agent teardown`).
+//!
+//! **Node name and the asset tag.** The server identifies the node by its MAC and checks
+//! the proof with that node's name, so the agent must know its name to prove the tag: it
+//! takes it from `--node`, else `ferry.node=`. With neither, no asset-tag proof is sent,
+//! and the server refuses a node whose policy requires the asset tag.
+//!
+//! Standard output carries only the `ds=` line, which [`run`] prints itself (in
+//! cloud-init mode it must appear before the agent starts holding the tunnel); logs go
+//! to standard error via `tracing` (the caller installs the subscriber).
+//!
+//! `--timeout` bounds everything before the tunnel is released: MAC discovery,
+//! enrollment retries, the tunnel probe, fetching and phone-home.
+//!
+//! Exit codes ([`AgentError::exit_code`]): 0 ok, 2 usage or configuration, 3 refused by
+//! the server, 4 server key mismatch, 5 server unreachable or timed out, 6 tunnel or
+//! fetch failure, 1 anything else.
+
+mod args;
+mod cmdline;
+mod config;
+mod enroll;
+mod error;
+mod http;
+mod mac;
+mod machine;
+mod netlink;
+mod phone_home;
+mod retry;
+mod seed;
+mod session;
+mod state;
+mod tunnel;
+
+#[cfg(test)]
+mod machine_tests;
+#[cfg(test)]
+mod session_tests;
+#[cfg(test)]
+mod test_fakes;
+
+pub use args::{AgentArgs, Mode, TeardownArgs, WgBackendArg};
+pub use error::AgentError;
+pub use machine::Outcome;
+pub use state::{AgentState, STATE_FILE};
+pub use tunnel::Backend;
+
+use config::Config;
+use mac::MacError;
+use retry::{Backoff, Deadline};
+
+/// Runs the agent. In fetch mode it returns once the seed is written and the tunnel is
+/// removed; in cloud-init mode once the tunnel is released (SIGTERM/SIGINT, TTL) or,
+/// with kernel WireGuard and no `--hold`, right after the datasource line is printed.
+pub async fn run(args: AgentArgs) -> Result<Outcome, AgentError> {
+    let cfg = Config::from_args(&args)?;
+    let deadline = Deadline::after(cfg.timeout);
+    let mac = match cfg.mac {
+        Some(mac) => mac,
+        None => discover_mac(&cfg, &deadline).await?,
+    };
+    let mut agent = machine::Agent::new(cfg, mac, http::HyperTransport, tunnel::WgTunnels, Box::new(std::io::stdout()));
+    agent.deadline = deadline;
+    agent.run().await
+}
+
+/// `ferry agent teardown`: stops a holding cloud-init mode agent (SIGTERM, then waits),
+/// or removes the kernel interface a detached one left, and removes the state file.
+/// Succeeds when there is nothing to do.
+pub async fn teardown(args: TeardownArgs) -> Result<(), AgentError> {
+    state::teardown(args).await
+}
+
+/// Finds the MAC, retrying while the network is not ready, within `--timeout`.
+async fn discover_mac(cfg: &Config, deadline: &Deadline) -> Result<ferry_core::MacAddr, AgentError> {
+    let mut backoff = Backoff::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
+    loop {
+        match mac::discover(cfg.server(), &cfg.sys_class_net).await {
+            Ok(mac) => return Ok(mac),
+            Err(MacError::Fatal(e)) => return Err(e),
+            Err(MacError::NotYet(why)) => {
+                let wait = backoff.next_delay();
+                tracing::warn!("network not ready: {why}; retrying in {:.1} s", wait.as_secs_f64());
+                if !deadline.sleep_within(wait).await {
+                    return Err(AgentError::Unreachable {
+                        server: cfg.server().base.clone(),
+                        secs: deadline.total().as_secs(),
+                        last: why,
+                    });
+                }
+            }
+        }
+    }
+}

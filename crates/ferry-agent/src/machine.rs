@@ -1,0 +1,262 @@
+//! The agent's protocol as an explicit state machine.
+//!
+//! ```text
+//!            transient error (unreachable, 429, 5xx): back off, retry until --timeout
+//!           ┌──────┐          ┌──────────────────────────┐
+//!           ▼      │          ▼                          │
+//!         Start ───┴──▶ Challenged ──▶ Enrolled ──▶ TunnelUp ──┬─(fetch)──▶ Fetched ──▶ PhonedHome ──▶ TornDown
+//!           │               │  │           │           │       ├─(cloud-init)──▶ Holding ──(SIGTERM, TTL)──▶ TornDown
+//!           │        401 ───┘  └─ key      │           │       └─(cloud-init, kernel, no --hold)──▶ Detached
+//!           ▼                    mismatch  ▼           ▼
+//!         Failed ◀──────────────────────────────────────  (a tunnel that is up is removed first)
+//! ```
+//!
+//! Each transition is one call of [`Agent::step`]; [`Agent::run`] steps until a final
+//! state (`TornDown`, `Detached`, `Failed`). HTTP goes through a [`Transport`] and the
+//! tunnel through a [`TunnelFactory`], so every transition is tested with fakes.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use ferry_core::MacAddr;
+use ferry_wg::{PrivateKey, PublicKey};
+
+use crate::config::Config;
+use crate::error::AgentError;
+use crate::http::{Response, Transport};
+use crate::retry::{Backoff, Deadline};
+use crate::tunnel::{Tunnel, TunnelFactory};
+
+/// A future that resolves when the agent should stop holding the tunnel.
+pub type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The tunnel parameters of an accepted enrollment, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub node: String,
+    pub endpoint: SocketAddr,
+    pub node_address: IpAddr,
+    pub server_address: IpAddr,
+    pub expires_in: Duration,
+    pub expires_at: String,
+    pub datasource_url: String,
+    pub phone_home_url: String,
+}
+
+/// Where the agent is in the protocol.
+pub enum State {
+    /// Nothing done yet (or a retry after a transient failure): ask for a nonce.
+    Start,
+    /// Holding a fresh single-use nonce (base64, as received; and decoded).
+    Challenged { nonce: String, nonce_bytes: Vec<u8> },
+    /// The server accepted the node and the pinned key matched.
+    Enrolled { lease: Lease },
+    /// The interface is up and the datasource answered through it.
+    TunnelUp { lease: Lease, tunnel: Box<dyn Tunnel> },
+    /// The seed is written (fetch mode); meta-data is kept for the phone-home report.
+    Fetched { lease: Lease, tunnel: Box<dyn Tunnel>, meta_data: Vec<u8> },
+    /// The server was told (or, after retries, could not be told) that the node is done.
+    PhonedHome { lease: Lease, tunnel: Box<dyn Tunnel> },
+    /// cloud-init mode: state file written, datasource line printed, tunnel held.
+    Holding { lease: Lease, tunnel: Box<dyn Tunnel>, stop: StopFuture },
+    /// cloud-init mode with kernel WireGuard: the agent exits leaving the interface.
+    Detached { lease: Lease },
+    /// The interface is gone: done.
+    TornDown { lease: Lease },
+    /// Stopped with an error (nothing of the tunnel is left).
+    Failed(AgentError),
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Start => "start",
+            State::Challenged { .. } => "challenged",
+            State::Enrolled { .. } => "enrolled",
+            State::TunnelUp { .. } => "tunnel-up",
+            State::Fetched { .. } => "fetched",
+            State::PhonedHome { .. } => "phoned-home",
+            State::Holding { .. } => "holding",
+            State::Detached { .. } => "detached",
+            State::TornDown { .. } => "torn-down",
+            State::Failed(_) => "failed",
+        }
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            State::Failed(e) => write!(f, "Failed({e})"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+/// What a successful run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The node name the server enrolled.
+    pub node: String,
+    /// The line printed on standard output (`ds=nocloud;s=...`).
+    pub ds: String,
+    pub interface: String,
+    /// Whether phone-home was acknowledged (fetch mode; cloud-init phones home itself).
+    pub phoned_home: bool,
+    /// cloud-init mode with kernel WireGuard: the interface was left up for `teardown`.
+    pub detached: bool,
+}
+
+/// How a server answer is handled.
+pub(crate) enum Verdict {
+    Ok(Response),
+    /// Worth retrying after a delay (the server's Retry-After, if any).
+    Retry {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    Fail(AgentError),
+}
+
+/// The agent: configuration, identity, transport and tunnel factory.
+pub struct Agent<T, F> {
+    pub(crate) cfg: Config,
+    pub(crate) mac: MacAddr,
+    pub(crate) transport: T,
+    pub(crate) tunnels: F,
+    /// The WireGuard private key: in memory only, moved into the device, zeroized on drop.
+    pub(crate) key: Option<PrivateKey>,
+    pub(crate) public_key: PublicKey,
+    pub(crate) deadline: Deadline,
+    pub(crate) backoff: Backoff,
+    out: Box<dyn Write + Send>,
+    /// Replaces SIGTERM/SIGINT as the end of holding (tests).
+    pub(crate) stop_override: Option<StopFuture>,
+    pub(crate) ds: Option<String>,
+    pub(crate) phoned_home: bool,
+}
+
+impl<T: Transport, F: TunnelFactory> Agent<T, F> {
+    /// A new agent with a fresh WireGuard key; the `--timeout` clock starts now.
+    pub fn new(cfg: Config, mac: MacAddr, transport: T, tunnels: F, out: Box<dyn Write + Send>) -> Self {
+        let key = PrivateKey::generate();
+        let public_key = key.public_key();
+        let deadline = Deadline::after(cfg.timeout);
+        let backoff = Backoff::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
+        Agent {
+            cfg,
+            mac,
+            transport,
+            tunnels,
+            key: Some(key),
+            public_key,
+            deadline,
+            backoff,
+            out,
+            stop_override: None,
+            ds: None,
+            phoned_home: false,
+        }
+    }
+
+    /// Ends holding when `stop` resolves instead of on SIGTERM/SIGINT.
+    #[cfg(test)]
+    pub fn with_stop(mut self, stop: StopFuture) -> Self {
+        self.stop_override = Some(stop);
+        self
+    }
+
+    /// Steps from `Start` to a final state.
+    pub async fn run(mut self) -> Result<Outcome, AgentError> {
+        let mut state = State::Start;
+        loop {
+            tracing::debug!(state = state.name(), "agent state");
+            state = match state {
+                State::TornDown { lease } => return Ok(self.outcome(lease, false)),
+                State::Detached { lease } => return Ok(self.outcome(lease, true)),
+                State::Failed(e) => return Err(e),
+                other => self.step(other).await,
+            };
+        }
+    }
+
+    fn outcome(&self, lease: Lease, detached: bool) -> Outcome {
+        Outcome {
+            node: lease.node,
+            ds: self.ds.clone().unwrap_or_default(),
+            interface: self.cfg.interface.clone(),
+            phoned_home: self.phoned_home,
+            detached,
+        }
+    }
+
+    /// Performs one transition.
+    pub async fn step(&mut self, state: State) -> State {
+        match state {
+            State::Start => self.challenge().await,
+            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes).await,
+            State::Enrolled { lease } => self.bring_up(lease).await,
+            State::TunnelUp { lease, tunnel } => self.use_tunnel(lease, tunnel).await,
+            State::Fetched { lease, tunnel, meta_data } => self.phone_home(lease, tunnel, &meta_data).await,
+            State::PhonedHome { lease, tunnel } => self.finish(lease, tunnel).await,
+            State::Holding { lease, tunnel, stop } => self.hold(lease, tunnel, stop).await,
+            done @ (State::Detached { .. } | State::TornDown { .. } | State::Failed(_)) => done,
+        }
+    }
+
+    /// Classifies an enrollment-side answer.
+    pub(crate) fn judge(&self, resp: Response, what: &str) -> Verdict {
+        match resp.status {
+            200..=299 => Verdict::Ok(resp),
+            401 | 403 => Verdict::Fail(AgentError::Refused {
+                mac: self.mac.to_string(),
+                node: self.cfg.node.as_ref().map(|n| format!(", node {n}")).unwrap_or_default(),
+            }),
+            429 | 500..=599 => Verdict::Retry {
+                why: format!("the server answered {} to the {what}: {}", resp.status, resp.error_text()),
+                retry_after: resp.retry_after,
+            },
+            404 => Verdict::Fail(AgentError::Protocol(format!(
+                "the {what} path was not found (404) on {}: is it a ferry server with enrollment enabled?",
+                self.cfg.server().base
+            ))),
+            s => Verdict::Fail(AgentError::Protocol(format!("the {what} got HTTP {s}: {}", resp.error_text()))),
+        }
+    }
+
+    /// Waits before retrying enrollment from `next`, or fails when `--timeout` would pass.
+    pub(crate) async fn retry_enrollment(&mut self, why: String, retry_after: Option<Duration>) -> State {
+        let wait = self.backoff.delay(retry_after);
+        tracing::warn!("enrollment not done yet: {why}; retrying in {:.1} s", wait.as_secs_f64());
+        if self.deadline.sleep_within(wait).await {
+            State::Start
+        } else {
+            State::Failed(AgentError::Unreachable {
+                server: self.cfg.server().base.clone(),
+                secs: self.deadline.total().as_secs(),
+                last: why,
+            })
+        }
+    }
+
+    /// Prints the machine-readable line on standard output.
+    pub(crate) fn emit(&mut self, line: String) -> Result<(), AgentError> {
+        writeln!(self.out, "{line}")
+            .and_then(|()| self.out.flush())
+            .map_err(|e| AgentError::io("cannot write the datasource line to standard output", e))?;
+        self.ds = Some(line);
+        Ok(())
+    }
+}
+
+/// Removes a tunnel on the way to `Failed`.
+pub(crate) async fn abort(tunnel: Box<dyn Tunnel>, err: AgentError) -> State {
+    let name = tunnel.interface().to_string();
+    if let Err(e) = tunnel.close().await {
+        tracing::warn!(interface = %name, "{e}");
+    }
+    State::Failed(err)
+}

@@ -1,0 +1,85 @@
+//! The two rtnetlink operations ferry-wg does not offer: a host route to the server's
+//! tunnel address (the node's own address is a /32 or /128, which brings no route), and
+//! deleting a kernel WireGuard link left behind by an earlier run or a detached agent.
+
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+const ENODEV: i32 = 19;
+
+fn connect() -> Result<Handle, String> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| format!("cannot open a netlink socket: {e} (run as root)"))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(m.raw_code().abs()),
+        _ => None,
+    }
+}
+
+/// The index of `name` and whether it is a (kernel) WireGuard link, if it exists.
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<(u32, bool)>, String> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(link)) => {
+            let wireguard = link.attributes.iter().any(|a| match a {
+                LinkAttribute::LinkInfo(infos) => {
+                    infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Wireguard)))
+                }
+                _ => false,
+            });
+            Ok(Some((link.header.index, wireguard)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+        Err(e) => Err(format!("cannot look up interface {name}: {e}")),
+    }
+}
+
+/// Routes `dest`/32 (or /128) through `interface`, with `src` as the source address.
+pub async fn add_host_route(interface: &str, dest: IpAddr, src: IpAddr) -> Result<(), String> {
+    let handle = connect()?;
+    let (index, _) = find_link(&handle, interface).await?.ok_or_else(|| format!("interface {interface} vanished"))?;
+    let prefix = if dest.is_ipv4() { 32 } else { 128 };
+    let route = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dest, prefix)
+        .map_err(|e| format!("invalid route to {dest}: {e}"))?
+        .pref_source(src)
+        .map_err(|e| format!("invalid source {src} for the route to {dest}: {e}"))?
+        .output_interface(index)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| format!("cannot add a route to {dest} via {interface}: {e} (run as root)"))
+}
+
+/// Deletes `interface` if it is a kernel WireGuard link. Returns whether it existed as
+/// one; another kind of link of that name is left alone (and reported).
+pub async fn delete_wireguard_link(interface: &str) -> Result<bool, String> {
+    let handle = connect()?;
+    match find_link(&handle, interface).await? {
+        None => Ok(false),
+        Some((_, false)) => Err(format!(
+            "interface {interface} exists but is not a kernel WireGuard link: not removing it \
+             (pick another --interface, or remove it with `ip link del {interface}`)"
+        )),
+        Some((index, true)) => match handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(format!("cannot remove interface {interface}: {e} (run as root)")),
+        },
+    }
+}

@@ -1,0 +1,265 @@
+//! Transitions once enrolled: `Enrolled → TunnelUp → Fetched → PhonedHome → TornDown`
+//! (fetch mode) or `TunnelUp → Holding → TornDown` / `TunnelUp → Detached` (cloud-init).
+
+use std::time::Duration;
+
+use ferry_api::enroll::PhoneHome;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::args::Mode;
+use crate::error::AgentError;
+use crate::http::{join, Request, Transport};
+use crate::machine::{abort, Agent, Lease, State, StopFuture};
+use crate::phone_home;
+use crate::retry::{Backoff, Deadline};
+use crate::seed::{file_ds_line, url_ds_line, write_seed, DOCUMENTS};
+use crate::state::{self, AgentState};
+use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
+
+/// Longest delay between datasource probes or fetch retries.
+const PROBE_MAX: Duration = Duration::from_secs(2);
+
+/// The result of fetching one document.
+enum Fetched {
+    Body(Vec<u8>),
+    Absent,
+}
+
+impl<T: Transport, F: TunnelFactory> Agent<T, F> {
+    /// `Enrolled → TunnelUp`: the key goes into the device, and the datasource must answer
+    /// through the tunnel within `--tunnel-timeout`.
+    pub(crate) async fn bring_up(&mut self, lease: Lease) -> State {
+        let Some(private_key) = self.key.take() else {
+            return State::Failed(AgentError::Tunnel("the WireGuard key was already used: restart the agent".into()));
+        };
+        let spec = TunnelSpec {
+            interface: self.cfg.interface.clone(),
+            backend: self.cfg.backend,
+            private_key,
+            node_address: lease.node_address,
+            server_address: lease.server_address,
+            server_key: self.cfg.pinned,
+            endpoint: lease.endpoint,
+            keepalive: self.cfg.keepalive,
+        };
+        let tunnel = match self.tunnels.open(spec).await {
+            Ok(t) => t,
+            Err(e) => return State::Failed(e),
+        };
+        match self.wait_for_datasource(&lease).await {
+            Ok(()) => State::TunnelUp { lease, tunnel },
+            Err(e) => abort(tunnel, e).await,
+        }
+    }
+
+    async fn wait_for_datasource(&self, lease: &Lease) -> Result<(), AgentError> {
+        let limit = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
+        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        let url = join(&lease.datasource_url, "meta-data");
+        loop {
+            let timeout = limit.cap(self.cfg.tuning.probe_timeout);
+            let last = match self.transport.send(Request::get(url.clone(), timeout)).await {
+                Ok(r) if r.is_success() => {
+                    tracing::info!("the datasource answers through the tunnel");
+                    return Ok(());
+                }
+                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
+                Ok(r) => {
+                    return Err(AgentError::Tunnel(format!(
+                        "the datasource answered HTTP {} ({}) through the tunnel: the server does not serve \
+                         this tunnel (expired? check `ferry audit` on the server)",
+                        r.status,
+                        r.error_text()
+                    )))
+                }
+                Err(e) => e.0,
+            };
+            tracing::debug!("datasource not reachable through the tunnel yet: {last}");
+            if !limit.sleep_within(backoff.next_delay()).await {
+                return Err(AgentError::Tunnel(format!(
+                    "the datasource {url} did not answer through the tunnel within {} s (last error: {last}): \
+                     check that UDP reaches the server's WireGuard endpoint {} from this node, and that \
+                     ferry.pubkey= is the server's key (with a wrong key the handshake fails silently)",
+                    limit.total().as_secs(),
+                    lease.endpoint
+                )));
+            }
+        }
+    }
+
+    /// `TunnelUp → Fetched` (fetch mode), `→ Holding` or `→ Detached` (cloud-init mode).
+    pub(crate) async fn use_tunnel(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
+        if self.cfg.mode == Mode::CloudInit {
+            return self.serve_cloud_init(lease, tunnel).await;
+        }
+        let mut docs = Vec::new();
+        for (name, required) in DOCUMENTS {
+            match self.fetch(&lease, name, required).await {
+                Ok(Fetched::Body(body)) => docs.push((name, body)),
+                Ok(Fetched::Absent) => tracing::info!("{name} is absent (404): not written"),
+                Err(e) => return abort(tunnel, e).await,
+            }
+        }
+        if let Err(e) = write_seed(&self.cfg.seed_dir, &docs) {
+            return abort(tunnel, e).await;
+        }
+        tracing::info!(dir = %self.cfg.seed_dir.display(), documents = docs.len(), "seed written");
+        let meta_data = docs.into_iter().find(|(n, _)| *n == "meta-data").map(|(_, b)| b).unwrap_or_default();
+        State::Fetched { lease, tunnel, meta_data }
+    }
+
+    async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, AgentError> {
+        let url = join(&lease.datasource_url, name);
+        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        loop {
+            let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
+            let last = match self.transport.send(Request::get(url.clone(), timeout)).await {
+                Ok(r) if r.is_success() => return Ok(Fetched::Body(r.body)),
+                Ok(r) if r.status == 404 && !required => return Ok(Fetched::Absent),
+                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
+                Ok(r) => {
+                    return Err(AgentError::Fetch(format!(
+                        "{url} answered HTTP {} ({}){}",
+                        r.status,
+                        r.error_text(),
+                        if r.status == 404 { ": the server has no such document for this node" } else { "" }
+                    )))
+                }
+                Err(e) => e.0,
+            };
+            if !self.deadline.sleep_within(backoff.next_delay()).await {
+                return Err(AgentError::Fetch(format!(
+                    "{url}: {last} (gave up at the --timeout of {} s)",
+                    self.deadline.total().as_secs()
+                )));
+            }
+        }
+    }
+
+    /// `Fetched → PhonedHome`. A failed phone-home is logged, not fatal: the seed is
+    /// written, and the server expires an unconfirmed tunnel at its TTL.
+    pub(crate) async fn phone_home(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>, meta_data: &[u8]) -> State {
+        let hostname = phone_home::kernel_hostname(&self.cfg.hostname_file);
+        let report = phone_home::build(meta_data, hostname, &self.cfg.ssh_dir);
+        match self.post_phone_home(&lease, &report).await {
+            Ok(()) => {
+                self.phoned_home = true;
+                tracing::info!("phoned home");
+            }
+            Err(why) => tracing::warn!(
+                "phone-home to {} failed: {why}; the seed is written anyway and the server will drop the \
+                 tunnel at its TTL ({})",
+                lease.phone_home_url,
+                lease.expires_at
+            ),
+        }
+        State::PhonedHome { lease, tunnel }
+    }
+
+    async fn post_phone_home(&self, lease: &Lease, report: &PhoneHome) -> Result<(), String> {
+        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        loop {
+            let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
+            let req = Request::post(lease.phone_home_url.clone(), Some(body.clone()), timeout);
+            let last = match self.transport.send(req).await {
+                Ok(r) if r.is_success() => return Ok(()),
+                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
+                Ok(r) => return Err(format!("HTTP {}: {}", r.status, r.error_text())),
+                Err(e) => e.0,
+            };
+            if !self.deadline.sleep_within(backoff.next_delay()).await {
+                return Err(last);
+            }
+        }
+    }
+
+    /// `PhonedHome → TornDown`: remove the interface, then print the seed's `ds=` line.
+    pub(crate) async fn finish(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
+        let name = tunnel.interface().to_string();
+        if let Err(e) = tunnel.close().await {
+            tracing::warn!(interface = %name, "{e}");
+        }
+        match self.emit(file_ds_line(&self.cfg.seed_dir)) {
+            Ok(()) => State::TornDown { lease },
+            Err(e) => State::Failed(e),
+        }
+    }
+
+    /// cloud-init mode: write the state file, print the datasource line, then hold the
+    /// tunnel (userspace, or `--hold`) or leave a kernel interface behind.
+    async fn serve_cloud_init(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
+        let detach = tunnel.backend() == Backend::Kernel && !self.cfg.hold;
+        // Listen for SIGTERM/SIGINT before announcing anything, so a prompt teardown is not lost.
+        let stop = match (detach, self.stop_override.take()) {
+            (true, _) => None,
+            (false, Some(stop)) => Some(stop),
+            (false, None) => match stop_signals() {
+                Ok(stop) => Some(stop),
+                Err(e) => return abort(tunnel, e).await,
+            },
+        };
+        let ds = url_ds_line(&lease.datasource_url);
+        let record = AgentState {
+            interface: tunnel.interface().to_string(),
+            backend: tunnel.backend(),
+            pid: std::process::id(),
+            held: !detach,
+            node: lease.node.clone(),
+            ds: ds.clone(),
+            datasource_url: lease.datasource_url.clone(),
+            phone_home_url: lease.phone_home_url.clone(),
+            expires_at: lease.expires_at.clone(),
+        };
+        if let Err(e) = state::write(&self.cfg.state_dir, &record) {
+            return abort(tunnel, e).await;
+        }
+        if let Err(e) = self.emit(ds) {
+            let _ = state::remove(&self.cfg.state_dir);
+            return abort(tunnel, e).await;
+        }
+        match stop {
+            None => {
+                tunnel.detach();
+                State::Detached { lease }
+            }
+            Some(stop) => {
+                tracing::info!(interface = %record.interface, "holding the tunnel for cloud-init until SIGTERM");
+                State::Holding { lease, tunnel, stop }
+            }
+        }
+    }
+
+    /// `Holding → TornDown` on SIGTERM/SIGINT, or once the server's TTL has passed.
+    pub(crate) async fn hold(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>, stop: StopFuture) -> State {
+        let ttl = async {
+            if lease.expires_in.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(lease.expires_in + self.cfg.tuning.ttl_grace).await;
+        };
+        tokio::select! {
+            () = stop => tracing::info!("stop requested: removing the tunnel"),
+            () = ttl => tracing::warn!("the tunnel's TTL has passed (the server dropped the peer): removing the interface"),
+        }
+        let name = tunnel.interface().to_string();
+        if let Err(e) = tunnel.close().await {
+            tracing::warn!(interface = %name, "{e}");
+        }
+        if let Err(e) = state::remove(&self.cfg.state_dir) {
+            tracing::warn!("{e}");
+        }
+        State::TornDown { lease }
+    }
+}
+
+fn stop_signals() -> Result<StopFuture, AgentError> {
+    let mut term = signal(SignalKind::terminate()).map_err(|e| AgentError::io("cannot handle SIGTERM", e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| AgentError::io("cannot handle SIGINT", e))?;
+    Ok(Box::pin(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }))
+}

@@ -1,0 +1,277 @@
+//! The transitions once enrolled, with the fakes of `machine_tests`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_api::enroll::PhoneHome;
+
+use crate::args::Mode;
+use crate::http::Method;
+use crate::machine::{State, StopFuture};
+use crate::state::{state_path, AgentState};
+use crate::test_fakes::*;
+use crate::tunnel::{Backend, TunnelFactory, TunnelSpec};
+
+fn doc(name: &str) -> String {
+    format!("{DS}{name}")
+}
+
+fn serve_documents(server: &FakeServer) {
+    server.on(Method::Get, &doc("meta-data"), reply(200, b"instance-id: i-n1-7\nlocal-hostname: n1\n"));
+    server.on(Method::Get, &doc("user-data"), reply(200, b"#cloud-config\n"));
+    server.on(Method::Get, &doc("vendor-data"), reply(200, b"#cloud-config\n{}\n"));
+    server.on(Method::Get, &doc("network-config"), reply(404, br#"{"error":"not found","kind":"not-found"}"#));
+    server.on(Method::Post, PHONE, reply(200, b"{}"));
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
+}
+
+/// A tunnel from the fake factory, as `bring_up` would have opened it.
+async fn open(tunnels: &FakeTunnels) -> Box<dyn crate::tunnel::Tunnel> {
+    let spec = TunnelSpec {
+        interface: "ferry-test0".into(),
+        backend: ferry_wg::BackendChoice::Userspace,
+        private_key: ferry_wg::PrivateKey::generate(),
+        node_address: "100.64.0.2".parse().expect("ip"),
+        server_address: "100.64.0.1".parse().expect("ip"),
+        server_key: server_key(),
+        endpoint: "192.0.2.1:51820".parse().expect("addr"),
+        keepalive: 5,
+    };
+    tunnels.open(spec).await.expect("fake open")
+}
+
+#[tokio::test(start_paused = true)]
+async fn enrolled_to_tunnel_up_with_the_pinned_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Get, &doc("meta-data"), unreachable_reply("handshake pending"));
+    server.on(Method::Get, &doc("meta-data"), reply(200, b"instance-id: x\n"));
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
+    let public = a.public_key;
+    assert!(matches!(a.step(State::Enrolled { lease: lease() }).await, State::TunnelUp { .. }));
+    assert!(a.key.is_none(), "the private key left the agent");
+    let log = tunnels.log.lock().expect("lock");
+    let (spec, key) = &log.opened[0];
+    assert_eq!(*key, public, "the device got the enrolled key");
+    assert_eq!(spec.server_key, server_key(), "peer = the pinned key");
+    assert_eq!(spec.node_address.to_string(), "100.64.0.2");
+    assert_eq!(spec.server_address.to_string(), "100.64.0.1");
+    assert_eq!(spec.endpoint.to_string(), "192.0.2.1:51820");
+    assert_eq!((spec.keepalive, spec.interface.as_str()), (5, "ferry-test0"));
+    assert_eq!(server.requests(Method::Get, &doc("meta-data")).len(), 2, "probed until it answered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn enrolled_tunnel_that_never_answers_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.tunnel_timeout = Duration::from_secs(2);
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (mut a, _) = agent(cfg, &FakeServer::default(), &tunnels);
+    let State::Failed(err) = a.step(State::Enrolled { lease: lease() }).await else { panic!("expected failure") };
+    assert_eq!(err.exit_code(), 6);
+    assert!(err.to_string().contains("ferry.pubkey="), "hints at the key: {err}");
+    assert_eq!(tunnels.counts(), (1, 1, 0), "opened and removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn enrolled_tunnel_that_cannot_be_created_fails() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut tunnels = FakeTunnels::new(Backend::Userspace);
+    tunnels.fail = Some("cannot create interface ferry-test0: permission denied".into());
+    let (mut a, _) = agent(test_config(dir.path()), &FakeServer::default(), &tunnels);
+    let State::Failed(err) = a.step(State::Enrolled { lease: lease() }).await else { panic!("expected failure") };
+    assert_eq!(err.exit_code(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tunnel_up_to_fetched_skips_absent_documents() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    serve_documents(&server);
+    server.on(Method::Get, &doc("user-data"), busy(0)); // first a 503, then the document
+    server.on(Method::Get, &doc("user-data"), reply(200, b"#cloud-config\n"));
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let cfg = test_config(dir.path());
+    let seed = cfg.seed_dir.clone();
+    let (mut a, _) = agent(cfg, &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let State::Fetched { meta_data, .. } = a.step(State::TunnelUp { lease: lease(), tunnel }).await else {
+        panic!("expected fetched")
+    };
+    assert_eq!(meta_data, b"instance-id: i-n1-7\nlocal-hostname: n1\n");
+    assert_eq!(mode(&seed), 0o700);
+    for name in ["meta-data", "user-data", "vendor-data"] {
+        assert_eq!(mode(&seed.join(name)), 0o600, "{name}");
+    }
+    assert!(!seed.join("network-config").exists(), "404 means absent");
+    assert_eq!(std::fs::read(seed.join("user-data")).expect("read"), b"#cloud-config\n");
+    assert_eq!(tunnels.counts(), (1, 0, 0), "the tunnel stays up for phone-home");
+}
+
+#[tokio::test(start_paused = true)]
+async fn tunnel_up_missing_required_document_fails_and_removes_the_tunnel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for missing in ["meta-data", "user-data"] {
+        let server = FakeServer::default();
+        server.on(Method::Get, &doc(missing), reply(404, b"{}"));
+        for name in ["meta-data", "user-data", "vendor-data"].iter().filter(|n| **n != missing) {
+            server.on(Method::Get, &doc(name), reply(200, b"x"));
+        }
+        let tunnels = FakeTunnels::new(Backend::Userspace);
+        let cfg = test_config(dir.path());
+        let seed = cfg.seed_dir.clone();
+        let (mut a, _) = agent(cfg, &server, &tunnels);
+        let tunnel = open(&tunnels).await;
+        let State::Failed(err) = a.step(State::TunnelUp { lease: lease(), tunnel }).await else {
+            panic!("expected failure")
+        };
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert!(err.to_string().contains(missing), "{err}");
+        assert_eq!(tunnels.counts(), (1, 1, 0));
+        assert!(!seed.exists(), "no partial seed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetched_to_phoned_home_reports_instance_and_host_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = test_config(dir.path());
+    std::fs::create_dir_all(&cfg.ssh_dir).expect("mkdir");
+    std::fs::write(cfg.ssh_dir.join("ssh_host_ed25519_key.pub"), "ssh-ed25519 AAAAED root@n1\n").expect("w");
+    std::fs::write(cfg.ssh_dir.join("ssh_host_ecdsa_key.pub"), "ecdsa-sha2-nistp256 AAAAEC root@n1\n").expect("w");
+    std::fs::write(cfg.ssh_dir.join("ssh_host_ed25519_key"), "-----BEGIN OPENSSH PRIVATE KEY-----").expect("w");
+    let server = FakeServer::default();
+    serve_documents(&server);
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (mut a, _) = agent(cfg, &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let meta_data = b"instance-id: i-n1-7\nlocal-hostname: n1\n".to_vec();
+    let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data }).await;
+    assert!(matches!(next, State::PhonedHome { .. }), "{next:?}");
+    assert!(a.phoned_home);
+    let sent = server.requests(Method::Post, PHONE);
+    let body = sent[0].json.clone().expect("json body");
+    assert!(!String::from_utf8_lossy(&body).contains("PRIVATE"), "private keys are never sent");
+    let report: PhoneHome = serde_json::from_slice(&body).expect("PhoneHome JSON");
+    assert_eq!(report.instance_id.as_deref(), Some("i-n1-7"));
+    assert_eq!(report.hostname.as_deref(), Some("n1"), "meta-data's name while the kernel has none");
+    assert_eq!(report.pub_key_ed25519.as_deref(), Some("ssh-ed25519 AAAAED root@n1"));
+    assert_eq!(report.pub_key_ecdsa.as_deref(), Some("ecdsa-sha2-nistp256 AAAAEC root@n1"));
+    assert_eq!((report.pub_key_rsa, report.pub_key_dsa), (None, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetched_phone_home_failure_is_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Post, PHONE, reply(403, br#"{"error":"forbidden","kind":"forbidden"}"#));
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data: Vec::new() }).await;
+    assert!(matches!(next, State::PhonedHome { .. }), "{next:?}");
+    assert!(!a.phoned_home);
+}
+
+#[tokio::test(start_paused = true)]
+async fn phoned_home_to_torn_down_prints_the_seed_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let cfg = test_config(dir.path());
+    let seed = cfg.seed_dir.display().to_string();
+    let (mut a, out) = agent(cfg, &FakeServer::default(), &tunnels);
+    let tunnel = open(&tunnels).await;
+    assert!(matches!(a.step(State::PhonedHome { lease: lease(), tunnel }).await, State::TornDown { .. }));
+    assert_eq!(tunnels.counts(), (1, 1, 0));
+    assert_eq!(out.text(), format!("ds=nocloud;s=file://{seed}/\n"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloud_init_holds_until_stopped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.mode = Mode::CloudInit;
+    let state_dir = cfg.state_dir.clone();
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let stop: StopFuture = Box::pin(async move {
+        let _ = rx.await;
+    });
+    let (a, out) = agent(cfg, &FakeServer::default(), &tunnels);
+    let mut a = a.with_stop(stop);
+    let tunnel = open(&tunnels).await;
+    let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
+    assert!(matches!(held, State::Holding { .. }), "{held:?}");
+    assert_eq!(out.text(), format!("ds=nocloud;s={DS}\n"));
+    let record: AgentState =
+        serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
+    assert!(record.held);
+    assert_eq!((record.pid, record.interface.as_str()), (std::process::id(), "ferry-test0"));
+    assert_eq!((record.backend, record.datasource_url.as_str()), (Backend::Userspace, DS));
+    assert_eq!(mode(&state_path(&state_dir)), 0o600);
+    assert_eq!(tunnels.counts(), (1, 0, 0), "still up while holding");
+    tx.send(()).expect("stop");
+    assert!(matches!(a.step(held).await, State::TornDown { .. }));
+    assert_eq!(tunnels.counts(), (1, 1, 0));
+    assert!(!state_path(&state_dir).exists(), "state file removed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn holding_ends_after_the_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.mode = Mode::CloudInit;
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (a, _) = agent(cfg, &FakeServer::default(), &tunnels);
+    let mut a = a.with_stop(Box::pin(std::future::pending()));
+    let tunnel = open(&tunnels).await;
+    let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
+    let began = tokio::time::Instant::now();
+    assert!(matches!(a.step(held).await, State::TornDown { .. }));
+    assert!(began.elapsed() >= Duration::from_secs(600), "held for the TTL");
+    assert_eq!(tunnels.counts(), (1, 1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloud_init_with_kernel_wireguard_detaches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.mode = Mode::CloudInit;
+    let state_dir = cfg.state_dir.clone();
+    let tunnels = FakeTunnels::new(Backend::Kernel);
+    let (mut a, out) = agent(cfg, &FakeServer::default(), &tunnels);
+    let tunnel = open(&tunnels).await;
+    assert!(matches!(a.step(State::TunnelUp { lease: lease(), tunnel }).await, State::Detached { .. }));
+    assert_eq!(tunnels.counts(), (1, 0, 1), "left up");
+    assert_eq!(out.text(), format!("ds=nocloud;s={DS}\n"));
+    let record: AgentState =
+        serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
+    assert!(!record.held);
+    assert_eq!(record.backend, Backend::Kernel);
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_fetch_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Post, CHALLENGE, busy(2));
+    server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+    server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+    serve_documents(&server);
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let cfg = test_config(dir.path());
+    let seed = cfg.seed_dir.display().to_string();
+    let (a, out) = agent(cfg, &server, &tunnels);
+    let outcome = a.run().await.expect("success");
+    assert_eq!(outcome.node, "n1");
+    assert!(outcome.phoned_home && !outcome.detached);
+    assert_eq!(outcome.ds, format!("ds=nocloud;s=file://{seed}/"));
+    assert_eq!(out.text(), format!("{}\n", outcome.ds), "stdout carries only the ds line");
+    assert_eq!(tunnels.counts(), (1, 1, 0));
+}

@@ -1,0 +1,256 @@
+//! Test fakes: a scripted HTTP server, a recording tunnel factory, captured stdout, and
+//! the canned configuration, enrollment answer and lease they go with.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use ferry_api::enroll::EnrollResponse;
+use ferry_core::{MacAddr, NodeName};
+use ferry_wg::{BackendChoice, PrivateKey, PublicKey};
+use zeroize::Zeroizing;
+
+use crate::args::Mode;
+use crate::config::{Config, ServerUrl, Tuning};
+use crate::error::AgentError;
+use crate::http::{Method, Request, Response, Transport, TransportError};
+use crate::machine::{Agent, Lease};
+use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
+
+pub const CHALLENGE: &str = "http://192.0.2.1:8080/v1/enroll/challenge";
+pub const ENROLL: &str = "http://192.0.2.1:8080/v1/enroll";
+pub const DS: &str = "http://100.64.0.1:8081/";
+pub const PHONE: &str = "http://100.64.0.1:8081/phone-home";
+pub const TAG: &str = "TAG-0001";
+pub const NONCE: [u8; 32] = [9; 32];
+
+type Reply = Result<Response, TransportError>;
+type Routes = HashMap<(Method, String), VecDeque<Reply>>;
+
+/// A scripted server: per (method, URL) a queue of replies; the last one repeats.
+#[derive(Clone, Default)]
+pub struct FakeServer {
+    routes: Arc<Mutex<Routes>>,
+    log: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeServer {
+    pub fn on(&self, method: Method, url: &str, reply: Reply) -> &Self {
+        self.routes.lock().expect("lock").entry((method, url.to_string())).or_default().push_back(reply);
+        self
+    }
+    pub fn requests(&self, method: Method, url: &str) -> Vec<Request> {
+        self.log.lock().expect("lock").iter().filter(|r| r.method == method && r.url == url).cloned().collect()
+    }
+}
+
+#[async_trait]
+impl Transport for FakeServer {
+    async fn send(&self, req: Request) -> Result<Response, TransportError> {
+        self.log.lock().expect("lock").push(req.clone());
+        let mut routes = self.routes.lock().expect("lock");
+        match routes.get_mut(&(req.method, req.url.clone())) {
+            Some(q) if q.len() > 1 => q.pop_front().unwrap_or_else(|| unreachable_reply(&req.url)),
+            Some(q) => q.front().cloned().unwrap_or_else(|| unreachable_reply(&req.url)),
+            None => unreachable_reply(&req.url),
+        }
+    }
+}
+
+pub fn unreachable_reply(url: &str) -> Reply {
+    Err(TransportError(format!("cannot connect to {url}: Connection refused")))
+}
+
+pub fn reply(status: u16, body: &[u8]) -> Reply {
+    Ok(Response { status, retry_after: None, body: body.to_vec() })
+}
+
+pub fn busy(retry_after_secs: u64) -> Reply {
+    Ok(Response {
+        status: 503,
+        retry_after: Some(Duration::from_secs(retry_after_secs)),
+        body: br#"{"error":"busy","kind":"unavailable"}"#.to_vec(),
+    })
+}
+
+pub fn challenge_body() -> Vec<u8> {
+    format!(r#"{{"nonce":"{}","expires_in_secs":60}}"#, STANDARD.encode(NONCE)).into_bytes()
+}
+
+pub fn server_key() -> PublicKey {
+    PrivateKey::from_bytes([7; 32]).public_key()
+}
+
+pub fn answer(key: &PublicKey) -> EnrollResponse {
+    EnrollResponse {
+        node: "n1".into(),
+        server_public_key: key.to_base64(),
+        endpoint: "192.0.2.1:51820".into(),
+        node_address: "100.64.0.2".into(),
+        prefix_len: 16,
+        server_address: "100.64.0.1".into(),
+        expires_in_secs: 600,
+        expires_at: "2030-01-01T00:10:00Z".into(),
+        datasource_url: DS.into(),
+        phone_home_url: PHONE.into(),
+    }
+}
+
+pub fn answer_body(a: &EnrollResponse) -> Vec<u8> {
+    serde_json::to_vec(a).expect("json")
+}
+
+pub fn lease() -> Lease {
+    Lease {
+        node: "n1".into(),
+        endpoint: "192.0.2.1:51820".parse().expect("addr"),
+        node_address: "100.64.0.2".parse().expect("ip"),
+        server_address: "100.64.0.1".parse().expect("ip"),
+        expires_in: Duration::from_secs(600),
+        expires_at: "2030-01-01T00:10:00Z".into(),
+        datasource_url: DS.into(),
+        phone_home_url: PHONE.into(),
+    }
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    Config {
+        servers: vec![ServerUrl::parse("http://192.0.2.1:8080").expect("url")],
+        pinned: server_key(),
+        node: Some(NodeName::parse("n1").expect("name")),
+        asset_tag: Some(Zeroizing::new(TAG.to_string())),
+        mac: None,
+        mode: Mode::Fetch,
+        interface: "ferry-test0".into(),
+        backend: BackendChoice::Userspace,
+        hold: false,
+        timeout: Duration::from_secs(60),
+        tunnel_timeout: Duration::from_secs(10),
+        seed_dir: dir.join("run/ferry/seed"),
+        state_dir: dir.join("run/ferry"),
+        ssh_dir: dir.join("etc/ssh"),
+        keepalive: 5,
+        hostname_file: dir.join("hostname"),
+        sys_class_net: dir.join("sys/class/net"),
+        tuning: Tuning {
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(2),
+            probe_initial: Duration::from_millis(10),
+            request_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(1),
+            ttl_grace: Duration::from_secs(1),
+        },
+    }
+}
+
+/// What the fake tunnel factory saw.
+#[derive(Default)]
+pub struct TunnelLog {
+    pub opened: Vec<(TunnelSpecSeen, PublicKey)>,
+    pub closed: usize,
+    pub detached: usize,
+}
+
+/// A `TunnelSpec` without the private key (kept: only its public half).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpecSeen {
+    pub interface: String,
+    pub node_address: std::net::IpAddr,
+    pub server_address: std::net::IpAddr,
+    pub server_key: PublicKey,
+    pub endpoint: std::net::SocketAddr,
+    pub keepalive: u16,
+}
+
+#[derive(Clone)]
+pub struct FakeTunnels {
+    pub log: Arc<Mutex<TunnelLog>>,
+    pub backend: Backend,
+    pub fail: Option<String>,
+}
+
+impl FakeTunnels {
+    pub fn new(backend: Backend) -> Self {
+        FakeTunnels { log: Arc::default(), backend, fail: None }
+    }
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let l = self.log.lock().expect("lock");
+        (l.opened.len(), l.closed, l.detached)
+    }
+}
+
+#[async_trait]
+impl TunnelFactory for FakeTunnels {
+    async fn open(&self, spec: TunnelSpec) -> Result<Box<dyn Tunnel>, AgentError> {
+        if let Some(why) = &self.fail {
+            return Err(AgentError::Tunnel(why.clone()));
+        }
+        let seen = TunnelSpecSeen {
+            interface: spec.interface.clone(),
+            node_address: spec.node_address,
+            server_address: spec.server_address,
+            server_key: spec.server_key,
+            endpoint: spec.endpoint,
+            keepalive: spec.keepalive,
+        };
+        self.log.lock().expect("lock").opened.push((seen, spec.private_key.public_key()));
+        Ok(Box::new(FakeTunnel { name: spec.interface, backend: self.backend, log: self.log.clone() }))
+    }
+}
+
+struct FakeTunnel {
+    name: String,
+    backend: Backend,
+    log: Arc<Mutex<TunnelLog>>,
+}
+
+#[async_trait]
+impl Tunnel for FakeTunnel {
+    fn interface(&self) -> &str {
+        &self.name
+    }
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+    async fn close(self: Box<Self>) -> Result<(), AgentError> {
+        self.log.lock().expect("lock").closed += 1;
+        Ok(())
+    }
+    fn detach(self: Box<Self>) {
+        self.log.lock().expect("lock").detached += 1;
+    }
+}
+
+/// Standard output, captured.
+#[derive(Clone, Default)]
+pub struct Out(pub Arc<Mutex<Vec<u8>>>);
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Out {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+    }
+}
+
+pub fn mac() -> MacAddr {
+    MacAddr::parse("52:54:00:12:34:56").expect("mac")
+}
+
+pub fn agent(cfg: Config, server: &FakeServer, tunnels: &FakeTunnels) -> (Agent<FakeServer, FakeTunnels>, Out) {
+    let out = Out::default();
+    (Agent::new(cfg, mac(), server.clone(), tunnels.clone(), Box::new(out.clone())), out)
+}

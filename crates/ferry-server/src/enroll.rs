@@ -1,0 +1,209 @@
+//! The provisioning listener: enrollment. Whoever is on the provisioning network may
+//! ask; only a node that satisfies every factor of its identity policy gets a tunnel.
+//! Refusals are a bare 401 to the caller and a precise reason in the audit log.
+
+use crate::client_addr::client_address;
+use crate::error::{ApiJson, HttpError};
+use crate::nonces::NonceStore;
+use crate::tunnels::TunnelManager;
+use crate::Config;
+use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::serve::IncomingStream;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH};
+use ferry_core::enroll::verify_asset_tag_proof;
+use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
+use ferry_core::{MacAddr, NodeName};
+use ferry_store::{Actor, StoreError};
+use ferry_wg::PublicKey;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Enrollment requests are small; anything bigger is not one.
+pub const ENROLL_BODY_LIMIT: usize = 16 * 1024;
+
+/// Both ends of a TCP connection: the remote is the caller, the local address is the
+/// one the node reached us on (the default WireGuard endpoint to hand back).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpConn {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for TcpConn {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        let remote = *stream.remote_addr();
+        let local = stream.io().local_addr().unwrap_or(remote);
+        TcpConn { local, remote }
+    }
+}
+
+#[derive(Clone)]
+pub struct ProvisioningState {
+    pub tunnels: Arc<TunnelManager>,
+    pub nonces: Arc<NonceStore>,
+    pub config: Arc<Config>,
+    pub server_public_key: PublicKey,
+}
+
+pub fn router(state: ProvisioningState) -> Router {
+    Router::new()
+        .route(CHALLENGE_PATH, post(challenge))
+        .route(ENROLL_PATH, post(enroll))
+        .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn challenge(State(s): State<ProvisioningState>) -> Result<ApiJson<Challenge>, HttpError> {
+    let nonce = s.nonces.issue().map_err(|_| {
+        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many enrollments in progress; retry shortly")
+    })?;
+    Ok(ApiJson(Challenge { nonce: B64.encode(nonce), expires_in_secs: s.nonces.ttl().as_secs() }))
+}
+
+fn refused() -> HttpError {
+    HttpError::new(StatusCode::UNAUTHORIZED, "refused", "refused")
+}
+
+/// The format of an address inside a URL (IPv6 in brackets).
+pub fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn decode32(what: &str, s: &str) -> Result<[u8; 32], HttpError> {
+    B64.decode(s.trim())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| HttpError::bad_request(format!("{what} must be 32 bytes, base64-encoded")))
+}
+
+async fn enroll(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<ApiJson<EnrollResponse>, HttpError> {
+    let req: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid enrollment request: {e}")))?;
+    let key: PublicKey = req
+        .public_key
+        .trim()
+        .parse()
+        .map_err(|_| HttpError::bad_request("public_key is not a WireGuard public key"))?;
+    let nonce = decode32("nonce", &req.nonce)?;
+    let mac = MacAddr::parse(&req.mac)?;
+    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
+    let audit_refusal = |subject: String, reason: String| {
+        let store = s.tunnels.store.clone();
+        async move {
+            tracing::warn!(%subject, %client, %reason, "enrollment refused");
+            let detail = format!("from={client} reason={reason}");
+            if let Err(e) =
+                store.record_event(&Actor(format!("client:{client}")), "enroll.refused", &subject, &detail).await
+            {
+                tracing::error!(error = %e, "cannot write the audit log");
+            }
+        }
+    };
+    // Consume the nonce first: a refused attempt cannot be retried with it.
+    if !s.nonces.take(&nonce) {
+        audit_refusal(format!("mac/{mac}"), "unknown, used or expired nonce".into()).await;
+        return Err(refused());
+    }
+    let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
+        audit_refusal(format!("mac/{mac}"), "no node has this MAC".into()).await;
+        return Err(refused());
+    };
+    let subject = format!("node/{node}");
+    let (policy, ttl) = match check_identity(&s, &node, &req, &key, &nonce, client).await? {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            audit_refusal(subject, refusal.to_string()).await;
+            return Err(refused());
+        }
+    };
+    let actor = Actor(format!("node:{node}@{client}"));
+    let tunnel = match s.tunnels.open(&node, &key, ttl, &actor).await {
+        Ok(t) => t,
+        Err(StoreError::PoolExhausted(net)) => {
+            tracing::error!(%net, "tunnel address pool exhausted");
+            return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "no tunnel address free; retry later"));
+        }
+        Err(StoreError::Conflict(why)) => {
+            audit_refusal(subject, why).await;
+            return Err(refused());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let factors: Vec<String> = policy.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+    let detail = format!("from={client} factors={} address={}", factors.join(","), tunnel.address);
+    s.tunnels.store.record_event(&actor, "enroll.accepted", &subject, &detail).await?;
+    tracing::info!(%node, %client, address = %tunnel.address, "node enrolled");
+
+    let wg = &s.config.wireguard;
+    let server_address = s.tunnels.network.server_address();
+    let endpoint = wg.endpoint.clone().unwrap_or_else(|| format!("{}:{}", url_host(conn.local.ip()), wg.listen_port));
+    let base = format!("http://{}:{}", url_host(server_address), s.config.datasource.port);
+    Ok(ApiJson(EnrollResponse {
+        node: node.to_string(),
+        server_public_key: s.server_public_key.to_base64(),
+        endpoint,
+        node_address: tunnel.address.to_string(),
+        prefix_len: s.tunnels.network.prefix_len(),
+        server_address: server_address.to_string(),
+        expires_in_secs: (tunnel.expires_at - tunnel.created_at).max(0) as u64,
+        expires_at: humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(tunnel.expires_at as u64),
+        )
+        .to_string(),
+        datasource_url: format!("{base}/"),
+        phone_home_url: format!("{base}/phone-home"),
+    }))
+}
+
+type Decision = Result<(Vec<ferry_core::IdentityFactor>, u64), Refusal>;
+
+/// Gathers the evidence for the node's policy and evaluates it.
+async fn check_identity(
+    s: &ProvisioningState,
+    node: &NodeName,
+    req: &EnrollRequest,
+    key: &PublicKey,
+    nonce: &[u8; 32],
+    client: IpAddr,
+) -> Result<Decision, HttpError> {
+    let merged = s.tunnels.store.merged_node(node).await?;
+    let tag = s.tunnels.store.node_asset_tag(node).await?;
+    let policy = merged.settings.identity_policy(tag.is_some());
+    let network = merged.settings.interfaces.values().any(|i| {
+        i.ipv4.map(IpAddr::V4) == Some(client) || i.ipv6.map(IpAddr::V6) == Some(client) || is_mapped(client, i.ipv4)
+    });
+    let asset_tag = match (&tag, &req.proofs.asset_tag) {
+        (None, None) => AssetTagEvidence::NotConfigured,
+        // A proof for a tag the inventory does not know proves nothing; it is ignored.
+        (None, Some(_)) => AssetTagEvidence::NotConfigured,
+        (Some(_), None) => AssetTagEvidence::Missing,
+        (Some(tag), Some(proof)) => match B64.decode(proof.trim()) {
+            Ok(p) if verify_asset_tag_proof(tag.expose().as_bytes(), nonce, &key.0, node, &p) => {
+                AssetTagEvidence::Valid
+            }
+            _ => AssetTagEvidence::Invalid,
+        },
+    };
+    let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
+    Ok(evaluate(&policy, &Evidence { network, asset_tag }, &client.to_string()).map(|()| (policy, ttl)))
+}
+
+/// An IPv4 client seen on a dual-stack socket as `::ffff:a.b.c.d`.
+fn is_mapped(client: IpAddr, v4: Option<std::net::Ipv4Addr>) -> bool {
+    matches!((client, v4), (IpAddr::V6(c), Some(v4)) if c.to_ipv4_mapped() == Some(v4))
+}

@@ -1,0 +1,187 @@
+//! Renders a node's cloud-init NoCloud documents from its merged settings.
+
+use ferry_api::admin::MergedNodeView;
+use minijinja::Environment;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    MetaData,
+    UserData,
+    VendorData,
+    NetworkConfig,
+}
+
+impl Document {
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "meta-data" => Document::MetaData,
+            "user-data" => Document::UserData,
+            "vendor-data" => Document::VendorData,
+            "network-config" => Document::NetworkConfig,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Document::MetaData => "meta-data",
+            Document::UserData => "user-data",
+            Document::VendorData => "vendor-data",
+            Document::NetworkConfig => "network-config",
+        }
+    }
+}
+
+/// What templates see: `node.*`, plus `tags`, `interfaces`, `meta` and `ferry.*`.
+#[derive(Serialize)]
+struct Context<'a> {
+    node: NodeContext<'a>,
+    tags: &'a BTreeMap<String, String>,
+    interfaces: &'a BTreeMap<String, ferry_core::Interface>,
+    meta: &'a BTreeMap<String, serde_json::Value>,
+    ferry: FerryContext<'a>,
+}
+
+#[derive(Serialize)]
+struct NodeContext<'a> {
+    name: &'a str,
+    hostname: &'a str,
+    profiles: Vec<&'a str>,
+    comment: Option<&'a str>,
+    image: Option<&'a str>,
+    kernel: Option<&'a str>,
+    tags: &'a BTreeMap<String, String>,
+    interfaces: &'a BTreeMap<String, ferry_core::Interface>,
+}
+
+#[derive(Serialize)]
+pub struct FerryContext<'a> {
+    pub tunnel_address: String,
+    pub server_address: String,
+    pub datasource_url: &'a str,
+    pub phone_home_url: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the {doc} template of node {node} does not render: {source}")]
+    Template { doc: &'static str, node: String, source: minijinja::Error },
+}
+
+/// The rendered document, or None when the node has none (network-config only).
+pub fn render(doc: Document, node: &MergedNodeView, ferry: FerryContext<'_>) -> Result<Option<String>, RenderError> {
+    let s = &node.settings;
+    match doc {
+        Document::MetaData => {
+            let mut meta = serde_json::Map::new();
+            meta.insert("instance-id".into(), node.name.as_str().into());
+            meta.insert("local-hostname".into(), node.name.as_str().into());
+            for (k, v) in &s.cloud_init.meta_data {
+                meta.insert(k.clone(), v.clone());
+            }
+            // JSON is YAML: cloud-init's NoCloud parser reads it as is.
+            Ok(Some(serde_json::to_string_pretty(&meta).unwrap_or_default() + "\n"))
+        }
+        Document::UserData => Ok(Some(match &s.cloud_init.user_data {
+            Some(t) => template(doc, node, t, ferry)?,
+            None => "#cloud-config\n{}\n".into(),
+        })),
+        Document::VendorData => Ok(Some(match &s.cloud_init.vendor_data {
+            Some(t) => template(doc, node, t, ferry)?,
+            None => default_vendor_data(ferry.phone_home_url),
+        })),
+        Document::NetworkConfig => {
+            s.cloud_init.network_config.as_ref().map(|t| template(doc, node, t, ferry)).transpose()
+        }
+    }
+}
+
+/// Without a vendor-data of its own, a node gets cloud-init's phone_home pointed at
+/// ferry, which closes the tunnel when configuration is done.
+fn default_vendor_data(phone_home_url: &str) -> String {
+    format!("#cloud-config\nphone_home:\n  url: {phone_home_url}/$INSTANCE_ID\n  post: all\n  tries: 10\n")
+}
+
+fn template(
+    doc: Document,
+    node: &MergedNodeView,
+    source: &str,
+    ferry: FerryContext<'_>,
+) -> Result<String, RenderError> {
+    let err = |source| RenderError::Template { doc: doc.name(), node: node.name.to_string(), source };
+    let s = &node.settings;
+    let env = Environment::new();
+    let tmpl = env.template_from_str(source).map_err(err)?;
+    let ctx = Context {
+        node: NodeContext {
+            name: node.name.as_str(),
+            hostname: node.name.as_str(),
+            profiles: node.profiles.iter().map(|p| p.as_str()).collect(),
+            comment: s.comment.as_deref(),
+            image: s.image.as_deref(),
+            kernel: s.kernel.as_deref(),
+            tags: &s.tags,
+            interfaces: &s.interfaces,
+        },
+        tags: &s.tags,
+        interfaces: &s.interfaces,
+        meta: &s.cloud_init.meta_data,
+        ferry,
+    };
+    let mut out = tmpl.render(ctx).map_err(err)?;
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::admin::SecretState;
+
+    fn node(settings: serde_json::Value) -> MergedNodeView {
+        MergedNodeView {
+            name: ferry_core::NodeName::parse("n001").unwrap(),
+            profiles: vec![ferry_core::ProfileName::parse("compute").unwrap()],
+            settings: serde_json::from_value(settings).unwrap(),
+            fields: vec![],
+            asset_tag: SecretState::Unset,
+        }
+    }
+
+    fn ctx() -> FerryContext<'static> {
+        FerryContext {
+            tunnel_address: "100.64.0.2".into(),
+            server_address: "100.64.0.1".into(),
+            datasource_url: "http://100.64.0.1:8471/",
+            phone_home_url: "http://100.64.0.1:8471/phone-home",
+        }
+    }
+
+    #[test]
+    fn documents_render_per_node() {
+        let n = node(serde_json::json!({
+            "tags": {"rack": "r7"},
+            "cloud_init": {
+                "meta_data": {"region": "hq"},
+                "user_data": "#cloud-config\nhostname: {{ node.name }}\nwrite_files:\n- path: /etc/rack\n  content: \"{{ tags.rack }} {{ ferry.tunnel_address }}\"",
+            }
+        }));
+        let meta = render(Document::MetaData, &n, ctx()).unwrap().unwrap();
+        let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+        assert_eq!((meta["instance-id"].as_str(), meta["region"].as_str()), (Some("n001"), Some("hq")));
+        let user = render(Document::UserData, &n, ctx()).unwrap().unwrap();
+        assert!(user.contains("hostname: n001") && user.contains("\"r7 100.64.0.2\""), "{user}");
+        let vendor = render(Document::VendorData, &n, ctx()).unwrap().unwrap();
+        assert!(vendor.contains("url: http://100.64.0.1:8471/phone-home/$INSTANCE_ID"), "{vendor}");
+        assert!(render(Document::NetworkConfig, &n, ctx()).unwrap().is_none());
+    }
+
+    #[test]
+    fn broken_templates_are_errors() {
+        let n = node(serde_json::json!({"cloud_init": {"user_data": "{% if %}"}}));
+        assert!(render(Document::UserData, &n, ctx()).is_err());
+    }
+}

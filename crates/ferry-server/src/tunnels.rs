@@ -1,0 +1,192 @@
+//! The one place that changes the WireGuard device. Every change is made in the store
+//! first (one transaction) and applied to the device after the commit; a reconcile pass
+//! (at start-up and periodically) makes the device equal to the store's active tunnels,
+//! so a missed or failed device update is repaired rather than trusted.
+
+use ferry_core::tunnel::TunnelNetwork;
+use ferry_core::NodeName;
+use ferry_store::{Actor, BootReport, CloseReason, Store, StoreError, TunnelRecord};
+use ferry_wg::{DeviceUpdate, IpNet, PeerConfig, PublicKey, WgDevice};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How long a phoned-home node's peer stays on the device after the store closed its
+/// tunnel, so the "200 OK" can still travel back through it.
+pub const PHONE_HOME_GRACE: Duration = Duration::from_millis(1500);
+
+pub struct TunnelManager {
+    pub store: Arc<dyn Store>,
+    /// The device, behind a lock that also serialises store-then-device sequences
+    /// against reconcile (which would otherwise see a committed tunnel whose peer is not
+    /// yet added, or the reverse, and undo it). `None` once shut down.
+    device: Mutex<Option<Box<dyn WgDevice>>>,
+    pub network: TunnelNetwork,
+}
+
+type DeviceGuard<'a> = tokio::sync::MutexGuard<'a, Option<Box<dyn WgDevice>>>;
+
+async fn apply(device: &DeviceGuard<'_>, update: DeviceUpdate) -> Result<(), anyhow::Error> {
+    match device.as_ref() {
+        Some(d) => Ok(d.apply(update).await?),
+        None => anyhow::bail!("the WireGuard device is shut down"),
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub expired: usize,
+    pub added: usize,
+    pub removed: usize,
+}
+
+fn host_net(t: &TunnelRecord) -> IpNet {
+    IpNet::from(t.address)
+}
+
+fn peer_of(t: &TunnelRecord) -> Option<PeerConfig> {
+    let key: PublicKey = t.public_key.parse().ok()?;
+    Some(PeerConfig::new(key).allowed_ip(host_net(t)))
+}
+
+impl TunnelManager {
+    pub fn new(store: Arc<dyn Store>, device: Box<dyn WgDevice>, network: TunnelNetwork) -> Self {
+        TunnelManager { store, device: Mutex::new(Some(device)), network }
+    }
+
+    /// Removes the interface (userspace, kernel) or detaches (uapi). Peers come back
+    /// from the store at the next start.
+    pub async fn shutdown(&self) {
+        if let Some(d) = self.device.lock().await.take() {
+            if let Err(e) = d.close().await {
+                tracing::warn!(error = %e, "closing the WireGuard device failed");
+            }
+        }
+    }
+
+    /// Opens (or replaces) a node's tunnel and adds its peer.
+    pub async fn open(
+        &self,
+        node: &NodeName,
+        key: &PublicKey,
+        ttl_secs: u64,
+        actor: &Actor,
+    ) -> Result<TunnelRecord, StoreError> {
+        let device = self.device.lock().await;
+        let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, actor).await?;
+        let mut update = DeviceUpdate::new();
+        if let Some(old) = opened.replaced.as_ref().and_then(|t| t.public_key.parse::<PublicKey>().ok()) {
+            update = update.remove_peer(old);
+        }
+        update = update.add_peer(PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel)));
+        if let Err(e) = apply(&device, update).await {
+            tracing::error!(node = %node, error = %e, "could not add the peer; closing the tunnel again");
+            self.store.close_tunnel(node, CloseReason::Revoked, &Actor("ferry:device-error".into())).await?;
+            return Err(StoreError::BadRequest(format!("the WireGuard device refused the peer: {e}")));
+        }
+        Ok(opened.tunnel)
+    }
+
+    /// Closes a node's tunnel (revocation) and removes its peer at once.
+    pub async fn close(
+        &self,
+        node: &NodeName,
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Option<TunnelRecord>, StoreError> {
+        let device = self.device.lock().await;
+        let closed = self.store.close_tunnel(node, reason, actor).await?;
+        if let Some(t) = &closed {
+            remove_peers(&device, std::slice::from_ref(t)).await;
+        }
+        Ok(closed)
+    }
+
+    /// Records the boot and closes the tunnel in the store now; the peer goes after
+    /// [`PHONE_HOME_GRACE`] so the answer reaches the node.
+    pub async fn phone_home(self: &Arc<Self>, tunnel: &TunnelRecord, report: &BootReport) -> Result<bool, StoreError> {
+        let closed = {
+            let _device = self.device.lock().await;
+            self.store.phone_home(tunnel, report).await?
+        };
+        let Some(closed) = closed else { return Ok(false) };
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PHONE_HOME_GRACE).await;
+            let device = this.device.lock().await;
+            // Only if the node has not re-enrolled with the same key meanwhile.
+            let still_closed = this
+                .store
+                .tunnel_by_address(closed.address)
+                .await
+                .map(|t| t.map(|t| t.public_key) != Some(closed.public_key.clone()));
+            if still_closed.unwrap_or(true) {
+                remove_peers(&device, std::slice::from_ref(&closed)).await;
+            }
+        });
+        Ok(true)
+    }
+
+    /// Reaps expired tunnels, then makes the device's peers equal to the active tunnels.
+    pub async fn reconcile(&self) -> Result<ReconcileReport, anyhow::Error> {
+        let device = self.device.lock().await;
+        let Some(dev) = device.as_ref() else { anyhow::bail!("the WireGuard device is shut down") };
+        let expired = self.store.expire_tunnels(ferry_store_now()).await?;
+        for t in &expired {
+            tracing::info!(node = %t.node, address = %t.address, "tunnel expired");
+        }
+        let wanted: HashMap<PublicKey, TunnelRecord> = self
+            .store
+            .list_tunnels()
+            .await?
+            .into_iter()
+            .filter_map(|t| Some((t.public_key.parse().ok()?, t)))
+            .collect();
+        let status = dev.status().await?;
+        let present: HashMap<PublicKey, Vec<IpNet>> =
+            status.peers.into_iter().map(|p| (p.public_key, p.allowed_ips)).collect();
+        let remove: Vec<PublicKey> = present.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let add: Vec<PeerConfig> = wanted
+            .iter()
+            .filter(|(k, t)| {
+                present.get(k).map(|ips| ips.iter().copied().collect::<HashSet<_>>())
+                    != Some(HashSet::from([host_net(t)]))
+            })
+            .filter_map(|(_, t)| peer_of(t))
+            .collect();
+        let report = ReconcileReport { expired: expired.len(), added: add.len(), removed: remove.len() };
+        if !remove.is_empty() || !add.is_empty() {
+            dev.apply(DeviceUpdate::new().remove_peers(remove).add_peers(add)).await?;
+            tracing::info!(?report, "device reconciled with the store");
+        }
+        Ok(report)
+    }
+
+    /// The device's view of each peer (last handshake), by public key.
+    pub async fn handshakes(&self) -> HashMap<String, Option<std::time::SystemTime>> {
+        let device = self.device.lock().await;
+        let Some(dev) = device.as_ref() else { return HashMap::new() };
+        match dev.status().await {
+            Ok(s) => s.peers.into_iter().map(|p| (p.public_key.to_base64(), p.last_handshake)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the WireGuard device");
+                HashMap::new()
+            }
+        }
+    }
+}
+
+async fn remove_peers(device: &DeviceGuard<'_>, tunnels: &[TunnelRecord]) {
+    let keys: Vec<PublicKey> = tunnels.iter().filter_map(|t| t.public_key.parse().ok()).collect();
+    if keys.is_empty() {
+        return;
+    }
+    if let Err(e) = apply(device, DeviceUpdate::new().remove_peers(keys)).await {
+        tracing::error!(error = %e, "could not remove peers; the next reconcile retries");
+    }
+}
+
+fn ferry_store_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

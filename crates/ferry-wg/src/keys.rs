@@ -1,0 +1,246 @@
+//! WireGuard (Curve25519) keys.
+//!
+//! Keys are written in base64 (as `wg(8)` does) and sent to a UAPI socket in hex.
+//! A [`PrivateKey`] is zeroized when dropped, prints as `PrivateKey(<redacted>)`
+//! and has no `Display`: exporting it needs an explicit [`PrivateKey::to_base64`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
+
+/// Length of a WireGuard key in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Why a key could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyParseError {
+    /// Not valid base64.
+    #[error("WireGuard key is not valid base64 (expected 44 characters like the output of `wg genkey`)")]
+    Base64,
+    /// Not valid hex.
+    #[error("WireGuard key is not valid hex (expected 64 hex digits)")]
+    Hex,
+    /// Decoded to the wrong number of bytes.
+    #[error("WireGuard key has {0} bytes, expected 32 (44 base64 characters ending in '=')")]
+    Length(usize),
+}
+
+/// A WireGuard public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; KEY_LEN]);
+
+impl PublicKey {
+    /// The key in base64, as `wg(8)` prints it.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+
+    /// The key in lowercase hex, as the UAPI protocol wants it.
+    pub fn to_hex(&self) -> String {
+        hex_encode(&self.0)
+    }
+
+    /// Parses 64 hex digits (UAPI form).
+    pub fn from_hex(s: &str) -> Result<Self, KeyParseError> {
+        let mut out = [0u8; KEY_LEN];
+        hex_decode(s, &mut out)?;
+        Ok(PublicKey(out))
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; KEY_LEN];
+        base64_decode(s, &mut out)?;
+        Ok(PublicKey(out))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.to_base64())
+    }
+}
+
+/// A WireGuard private key. Zeroized on drop; `Debug` is redacted; no `Display`.
+#[derive(Clone)]
+pub struct PrivateKey(StaticSecret);
+
+impl PrivateKey {
+    /// Generates a new random key from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        PrivateKey(StaticSecret::random_from_rng(rand::rngs::OsRng))
+    }
+
+    /// Builds a key from raw bytes (clamped as X25519 requires when used).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        let bytes = Zeroizing::new(bytes);
+        PrivateKey(StaticSecret::from(*bytes))
+    }
+
+    /// The matching public key.
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(*x25519_dalek::PublicKey::from(&self.0).as_bytes())
+    }
+
+    /// The key in base64 (the `wg genkey` format). Handle the result as a secret.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.0.as_bytes()))
+    }
+
+    /// The key in hex, as the UAPI protocol wants it. Handle the result as a secret.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex_encode(self.0.as_bytes()))
+    }
+
+    /// Parses 64 hex digits (UAPI form).
+    pub fn from_hex(s: &str) -> Result<Self, KeyParseError> {
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        hex_decode(s, &mut out)?;
+        Ok(PrivateKey::from_bytes(*out))
+    }
+
+    /// The raw key bytes. Handle them as a secret.
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        self.0.as_bytes()
+    }
+}
+
+impl FromStr for PrivateKey {
+    type Err = KeyParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = Zeroizing::new([0u8; KEY_LEN]);
+        base64_decode(s.trim_end_matches('\n'), &mut out)?;
+        Ok(PrivateKey::from_bytes(*out))
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(<redacted>)")
+    }
+}
+
+fn base64_decode(s: &str, out: &mut [u8; KEY_LEN]) -> Result<(), KeyParseError> {
+    // 32 bytes are 44 base64 characters; anything longer cannot be a key, so do not
+    // decode unbounded input.
+    if s.len() > 64 {
+        return Err(KeyParseError::Length(s.len() * 3 / 4));
+    }
+    let bytes = Zeroizing::new(STANDARD.decode(s).map_err(|_| KeyParseError::Base64)?);
+    if bytes.len() != KEY_LEN {
+        return Err(KeyParseError::Length(bytes.len()));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn hex_decode(s: &str, out: &mut [u8; KEY_LEN]) -> Result<(), KeyParseError> {
+    let s = s.as_bytes();
+    if s.len() != KEY_LEN * 2 {
+        return Err(KeyParseError::Length(s.len() / 2));
+    }
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let hi = hex_val(pair[0]).ok_or(KeyParseError::Hex)?;
+        let lo = hex_val(pair[1]).ok_or(KeyParseError::Hex)?;
+        out[i] = (hi << 4) | lo;
+    }
+    Ok(())
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Test vectors: private key of all 0x01 bytes and its public key as printed by
+    // `echo AQEB...AQE= | wg pubkey` (wireguard-tools 1.0.20210914).
+    const PRIV_B64: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    const PUB_B64: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+    // A random `wg genkey` / `wg pubkey` pair.
+    const GEN_PRIV: &str = "cDCvSTMd22eKne9uQd1m1pHpVQJ4ByICIxhad6qhFHI=";
+    const GEN_PUB: &str = "FzeJOnf4t3aCrzheo5yu5abP2nAoAH0thpfeYI8U/UA=";
+
+    #[test]
+    fn public_key_matches_wg_pubkey() {
+        let k: PrivateKey = PRIV_B64.parse().expect("valid key");
+        assert_eq!(k.public_key().to_base64(), PUB_B64);
+        let k: PrivateKey = GEN_PRIV.parse().expect("valid key");
+        assert_eq!(k.public_key().to_string(), GEN_PUB);
+    }
+
+    #[test]
+    fn parse_and_roundtrip() {
+        let k: PrivateKey = PRIV_B64.parse().expect("valid key");
+        assert_eq!(k.to_base64().as_str(), PRIV_B64);
+        assert_eq!(k.to_hex().as_str(), "01".repeat(32));
+        let pk = k.public_key();
+        let back: PublicKey = pk.to_base64().parse().expect("roundtrip");
+        assert_eq!(pk, back);
+        assert_eq!(PublicKey::from_hex(&pk.to_hex()), Ok(pk));
+        // a trailing newline (as in a key file) is accepted for private keys
+        let k2: PrivateKey = format!("{PRIV_B64}\n").parse().expect("newline");
+        assert_eq!(k2.public_key(), pk);
+    }
+
+    #[test]
+    fn generated_keys_differ_and_derive() {
+        let a = PrivateKey::generate();
+        let b = PrivateKey::generate();
+        assert_ne!(a.public_key(), b.public_key());
+        let a2: PrivateKey = a.to_base64().parse().expect("roundtrip");
+        assert_eq!(a.public_key(), a2.public_key());
+    }
+
+    #[test]
+    fn bad_keys_are_rejected() {
+        assert_eq!("not base64!".parse::<PublicKey>(), Err(KeyParseError::Base64));
+        assert_eq!("AQID".parse::<PublicKey>(), Err(KeyParseError::Length(3)));
+        let long = "A".repeat(400);
+        assert!(matches!(long.parse::<PublicKey>(), Err(KeyParseError::Length(_))));
+        assert_eq!(PublicKey::from_hex(&"zz".repeat(32)), Err(KeyParseError::Hex));
+        assert_eq!(PublicKey::from_hex("abcd"), Err(KeyParseError::Length(2)));
+        assert!(matches!("".parse::<PrivateKey>(), Err(KeyParseError::Length(0))));
+        // multi-byte UTF-8 must not panic the hex parser
+        assert!(PublicKey::from_hex(&"é".repeat(32)).is_err());
+        let msg = KeyParseError::Length(3).to_string();
+        assert!(msg.contains("expected 32"), "{msg}");
+    }
+
+    #[test]
+    fn private_key_debug_is_redacted() {
+        let k: PrivateKey = PRIV_B64.parse().expect("valid key");
+        let dbg = format!("{k:?}");
+        assert_eq!(dbg, "PrivateKey(<redacted>)");
+        assert!(!dbg.contains("AQEB"));
+    }
+}

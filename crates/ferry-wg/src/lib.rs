@@ -1,0 +1,252 @@
+//! WireGuard device management for ferry.
+//!
+//! The ferry server owns one WireGuard interface (default `ferry0`) and adds or removes
+//! one peer per booting node. This crate gives it one interface, [`WgDevice`], over
+//! three backends:
+//!
+//! - **kernel** ([`kernel::KernelDevice`], feature `kernel`): rtnetlink + the kernel's
+//!   WireGuard generic netlink family;
+//! - **userspace** ([`userspace::UserspaceDevice`]): boringtun in this process, over
+//!   TUN, serving the standard UAPI socket so `wg show` works;
+//! - **uapi** ([`uapi::UapiDevice`]): attach to an interface run by another process
+//!   (wireguard-go) through `/var/run/wireguard/NAME.sock`.
+//!
+//! Every [`DeviceUpdate`] is applied as one request (one UAPI `set=1`), however many
+//! peers it adds or removes.
+//!
+//! Devices are created in the network namespace of the calling thread.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ferry_wg::WgError> {
+//! use ferry_wg::{open_device, BackendChoice, DeviceUpdate, InterfaceSetup, PeerConfig, PrivateKey};
+//! let setup = InterfaceSetup {
+//!     addresses: vec!["100.64.0.1/16".parse().expect("literal")],
+//!     private_key: Some(PrivateKey::generate()),
+//!     listen_port: Some(51820),
+//!     ..InterfaceSetup::default()
+//! };
+//! let dev = open_device("ferry0", BackendChoice::Auto, &setup).await?;
+//! let node = PrivateKey::generate().public_key();
+//! dev.apply(DeviceUpdate::new().add_peer(
+//!     PeerConfig::new(node).allowed_ip("100.64.0.2/32".parse().expect("literal")),
+//! )).await?;
+//! println!("{} peers", dev.status().await?.peers.len());
+//! dev.close().await
+//! # }
+//! ```
+
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+#[cfg(feature = "kernel")]
+pub mod kernel;
+pub mod keys;
+mod netlink;
+pub mod uapi;
+pub mod userspace;
+mod userspace_api;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+
+pub use config::{DeviceStatus, DeviceUpdate, PeerConfig, PeerStatus};
+pub use error::WgError;
+pub use ipnet::IpNet;
+pub use keys::{KeyParseError, PrivateKey, PublicKey};
+
+/// The interface name ferry uses by default.
+pub const DEFAULT_INTERFACE: &str = "ferry0";
+/// The default MTU: 1500 minus the largest WireGuard overhead (IPv6 outer header).
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// Which implementation runs a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The Linux kernel module.
+    Kernel,
+    /// boringtun, in this process.
+    Userspace,
+    /// Another process, reached over its UAPI socket.
+    Uapi,
+}
+
+/// Which backend [`open_device`] should use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// Kernel if [`kernel_module_available`] (and the `kernel` feature is built), else userspace.
+    #[default]
+    Auto,
+    /// Kernel only.
+    Kernel,
+    /// boringtun in this process.
+    Userspace,
+    /// Attach to an interface already run by another process.
+    Uapi,
+}
+
+/// How to set up an interface that [`open_device`] creates.
+#[derive(Debug, Clone)]
+pub struct InterfaceSetup {
+    /// Addresses to assign, e.g. `100.64.0.1/16` (the prefix gives the route).
+    pub addresses: Vec<IpNet>,
+    /// Link MTU.
+    pub mtu: u16,
+    /// The device key; a random one is generated when `None`.
+    pub private_key: Option<PrivateKey>,
+    /// UDP listen port; a free one is picked when `None`.
+    pub listen_port: Option<u16>,
+}
+
+impl Default for InterfaceSetup {
+    fn default() -> Self {
+        InterfaceSetup { addresses: Vec::new(), mtu: DEFAULT_MTU, private_key: None, listen_port: None }
+    }
+}
+
+/// A WireGuard device.
+#[async_trait]
+pub trait WgDevice: Send + Sync + std::fmt::Debug {
+    /// The interface name.
+    fn name(&self) -> &str;
+    /// The backend running it.
+    fn backend(&self) -> BackendKind;
+    /// Applies a batch of changes as one request.
+    async fn apply(&self, update: DeviceUpdate) -> Result<(), WgError>;
+    /// Reads the device's key, port and peers.
+    async fn status(&self) -> Result<DeviceStatus, WgError>;
+    /// Removes the interface (kernel, userspace) or just disconnects (uapi).
+    async fn close(self: Box<Self>) -> Result<(), WgError>;
+}
+
+/// Opens the interface `name` with the chosen backend.
+///
+/// Kernel and userspace create the interface and apply `setup`. `Uapi` attaches to a
+/// running one: of `setup` it applies only `private_key` and `listen_port`, if set
+/// (addresses and MTU belong to whoever created the interface).
+pub async fn open_device(
+    name: &str,
+    choice: BackendChoice,
+    setup: &InterfaceSetup,
+) -> Result<Box<dyn WgDevice>, WgError> {
+    validate_interface_name(name)?;
+    match choice {
+        BackendChoice::Auto if cfg!(feature = "kernel") && kernel_module_available() => open_kernel(name, setup).await,
+        BackendChoice::Auto | BackendChoice::Userspace => {
+            Ok(Box::new(userspace::UserspaceDevice::create(name, setup).await?))
+        }
+        BackendChoice::Kernel => open_kernel(name, setup).await,
+        BackendChoice::Uapi => {
+            let dev = uapi::UapiDevice::attach(name).await?;
+            let mut update = DeviceUpdate::new();
+            if let Some(key) = &setup.private_key {
+                update = update.private_key(key.clone());
+            }
+            if let Some(port) = setup.listen_port {
+                update = update.listen_port(port);
+            }
+            if !update.is_empty() {
+                dev.apply(update).await?;
+            }
+            Ok(Box::new(dev))
+        }
+    }
+}
+
+#[cfg(feature = "kernel")]
+async fn open_kernel(name: &str, setup: &InterfaceSetup) -> Result<Box<dyn WgDevice>, WgError> {
+    Ok(Box::new(kernel::KernelDevice::create(name, setup).await?))
+}
+
+#[cfg(not(feature = "kernel"))]
+async fn open_kernel(_: &str, _: &InterfaceSetup) -> Result<Box<dyn WgDevice>, WgError> {
+    Err(WgError::KernelUnavailable("ferry-wg was built without its `kernel` feature".into()))
+}
+
+/// Whether the kernel WireGuard module is loaded, built in, or loadable on demand.
+///
+/// Cheap: reads `/sys/module/wireguard` and the running kernel's `modules.dep` /
+/// `modules.builtin`; it creates nothing.
+pub fn kernel_module_available() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    module_available(Path::new("/sys/module"), &Path::new("/lib/modules").join(release.trim()))
+}
+
+fn module_available(sys_module: &Path, modules_dir: &Path) -> bool {
+    if sys_module.join("wireguard").exists() {
+        return true;
+    }
+    ["modules.dep", "modules.builtin"].iter().any(|f| {
+        std::fs::read_to_string(modules_dir.join(f)).is_ok_and(|text| {
+            text.lines().any(|l| {
+                l.split(':').next().is_some_and(|m| m.ends_with("/wireguard.ko") || m.contains("/wireguard.ko."))
+            })
+        })
+    })
+}
+
+/// Checks an interface name: 1 to 15 characters from `A-Z a-z 0-9 _ . -`, not `.` or `..`.
+pub fn validate_interface_name(name: &str) -> Result<(), WgError> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 15 {
+        Some("it is longer than 15 characters")
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        Some("it contains a character outside A-Z a-z 0-9 _ . -")
+    } else if name == "." || name == ".." {
+        Some("it is a path component")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(WgError::InvalidName { name: name.chars().take(32).collect(), reason }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        for ok in ["ferry0", "wg-a.b_c", "a", "123456789012345"] {
+            assert!(validate_interface_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1234567890123456", "wg 0", "wg/0", "wg:0", "wé", ".", "..", "a\n"] {
+            let err = validate_interface_name(bad).expect_err(bad);
+            assert!(err.to_string().contains("invalid interface name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn kernel_module_detection() {
+        let root = std::env::temp_dir().join(format!("ferry-wg-mod-{}", std::process::id()));
+        let sys = root.join("sys");
+        let lib = root.join("lib");
+        std::fs::create_dir_all(&sys).expect("mkdir");
+        std::fs::create_dir_all(&lib).expect("mkdir");
+        assert!(!module_available(&sys, &lib), "nothing there");
+        std::fs::write(lib.join("modules.dep"), "kernel/net/tun.ko:\n").expect("write");
+        assert!(!module_available(&sys, &lib), "other modules only");
+        std::fs::write(
+            lib.join("modules.dep"),
+            "kernel/drivers/net/wireguard/wireguard.ko.xz: kernel/net/ipv4/udp_tunnel.ko.xz\n",
+        )
+        .expect("write");
+        assert!(module_available(&sys, &lib), "loadable module");
+        std::fs::remove_file(lib.join("modules.dep")).expect("rm");
+        std::fs::create_dir_all(sys.join("wireguard")).expect("mkdir");
+        assert!(module_available(&sys, &lib), "loaded module");
+        std::fs::remove_dir_all(&root).expect("cleanup");
+        // This machine has no WireGuard module (see RECIPES.md): a cheap `false`.
+        if !Path::new("/sys/module/wireguard").exists() {
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+            let dep = Path::new("/lib/modules").join(kernel.trim()).join("modules.dep");
+            if !dep.exists() {
+                assert!(!kernel_module_available());
+            }
+        }
+    }
+}

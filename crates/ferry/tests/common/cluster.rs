@@ -1,0 +1,162 @@
+//! A namespace cluster: the server's namespace holds a bridge on the provisioning
+//! network 198.18.0.0/24 (server 198.18.0.1); each node namespace is joined to it by a
+//! veth pair and has address 198.18.0.(10+i) and MAC 52:54:00:00:01:(i).
+
+use super::{sh, unique, Netns, TestServer, FERRY};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+pub const SERVER_IP: &str = "198.18.0.1";
+pub const DATASOURCE: &str = "http://100.64.0.1:8471";
+
+pub struct Node {
+    pub ns: Netns,
+    pub name: String,
+    pub ip: String,
+    pub mac: String,
+    pub dir: tempfile::TempDir,
+    pub interface: String,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub server: TestServer,
+}
+
+impl Node {
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// curl inside the node's namespace; returns (status code, body).
+    pub fn curl(&self, args: &[&str]) -> (u16, String) {
+        let out = self
+            .ns
+            .cmd("curl")
+            .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    pub fn has_interface(&self) -> bool {
+        Command::new("ip")
+            .args(["-n", &self.ns.name, "link", "show", "dev", &self.interface])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+impl Cluster {
+    pub fn new(nodes: usize) -> Cluster {
+        Self::with_wireguard(nodes, "backend = \"userspace\"\n", |_| None)
+    }
+
+    /// `prepare` runs in the server namespace before the server starts (e.g. to start
+    /// wireguard-go for the uapi backend) and may name the interface to attach to.
+    pub fn with_wireguard(count: usize, wireguard: &str, prepare: impl FnOnce(&Netns) -> Option<String>) -> Cluster {
+        let srv = Netns::new("fcs");
+        let bridge = "br0";
+        srv.sh(&["ip", "link", "add", bridge, "type", "bridge"]);
+        srv.sh(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", bridge]);
+        srv.sh(&["ip", "link", "set", bridge, "up"]);
+        let mut nodes = Vec::new();
+        for i in 1..=count {
+            let ns = Netns::new("fcn");
+            let (a, b) = (unique("fva"), unique("fvb"));
+            sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+            sh(&["ip", "link", "set", &a, "netns", &srv.name]);
+            sh(&["ip", "link", "set", &b, "netns", &ns.name]);
+            srv.sh(&["ip", "link", "set", &a, "master", bridge, "up"]);
+            let ip = format!("198.18.0.{}", 10 + i);
+            let mac = format!("52:54:00:00:01:{i:02x}");
+            ns.sh(&["ip", "link", "set", &b, "address", &mac]);
+            ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &b]);
+            ns.sh(&["ip", "link", "set", &b, "up"]);
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(dir.path().join("ssh")).expect("ssh dir");
+            let name = format!("n{i}");
+            std::fs::write(
+                dir.path().join("ssh/ssh_host_ed25519_key.pub"),
+                format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} root@{name}\n"),
+            )
+            .expect("host key");
+            nodes.push(Node { ns, name, ip, mac, dir, interface: unique("fyn") });
+        }
+        let interface = prepare(&srv);
+        let server = TestServer::start_in(srv, "", &format!("{SERVER_IP}:8470"), wireguard, interface);
+        Cluster { nodes, server }
+    }
+
+    /// Registers every node (MAC and IP on eth0), with extra `node add` flags.
+    pub fn add_nodes(&self, extra: &[&str]) {
+        for n in &self.nodes {
+            let mut args = vec!["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip];
+            args.extend_from_slice(extra);
+            self.server.ok(&args);
+        }
+    }
+
+    /// `ferry agent` for node `i` (0-based) with the usual flags, in its namespace.
+    pub fn agent(&self, i: usize, mode: &str) -> Command {
+        let n = &self.nodes[i];
+        let pubkey = self.server.public_key();
+        let mut c = n.ns.cmd(FERRY);
+        c.args(["agent", "--server", &format!("http://{SERVER_IP}:8470"), "--pubkey", &pubkey, "--node", &n.name])
+            .args(["--mode", mode, "--interface", &n.interface, "--timeout", "60s", "--cmdline", "/dev/null"])
+            .arg("--seed-dir")
+            .arg(n.path("seed"))
+            .arg("--state-dir")
+            .arg(n.path("state"))
+            .arg("--ssh-dir")
+            .arg(n.path("ssh"))
+            .arg("--asset-tag-file")
+            .arg(n.path("asset-tag"))
+            .env("FERRY_LOG", "debug")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Starts a `--mode cloud-init` agent that holds node `i`'s tunnel, and waits for
+    /// its `ds=` line (the tunnel answers by then).
+    pub fn hold(&self, i: usize) -> Holder {
+        use std::io::BufRead;
+        let mut child =
+            self.agent(i, "cloud-init").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("read ds line");
+        if !line.starts_with("ds=nocloud;s=http://100.64.0.1:8471/") {
+            let out = child.wait_with_output().expect("agent output");
+            panic!("agent did not hold a tunnel: {line:?} {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Holder { child: Some(child) }
+    }
+}
+
+/// A running cloud-init-mode agent; killed on drop.
+pub struct Holder {
+    child: Option<std::process::Child>,
+}
+
+impl Holder {
+    /// SIGTERM, then the agent's exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let child = self.child.take()?;
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        child.wait_with_output().ok().and_then(|o| o.status.code())
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
