@@ -30,27 +30,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Agent { command, args } = cli.command {
-        init_logging(ferry_server::LogFormat::Text);
-        let result = rt.block_on(async move {
-            match command {
-                Some(args::AgentCommand::Teardown(t)) => ferry_agent::teardown(t).await,
-                None => ferry_agent::run(*args).await.map(|_| ()),
-            }
-        });
-        return match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        };
-    }
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // The agent's failures have documented exit codes (refused, key mismatch, ...).
+            ExitCode::from(e.downcast_ref::<ferry_agent::AgentError>().map_or(1, |a| a.exit_code()))
         }
     }
 }
@@ -107,7 +92,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Agent { .. } => unreachable!("handled in main"),
+        Command::Agent { command, args } => {
+            init_logging(ferry_server::LogFormat::Text);
+            match command {
+                Some(args::AgentCommand::Teardown(t)) => ferry_agent::teardown(t).await?,
+                None => {
+                    ferry_agent::run(*args).await?;
+                }
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(())

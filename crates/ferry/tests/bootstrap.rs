@@ -333,3 +333,28 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+#[test]
+fn re_enrolling_replaces_the_old_peer_and_an_impostor_key_is_refused() {
+    let c = Cluster::new(1);
+    c.add_nodes(&[]);
+    let first = Attempt::new(&c, 0);
+    assert_eq!(enroll(&c, 0, &first.body(&c.nodes[0].mac, &first.key.public_key(), None)).0, 200);
+    let second = Attempt::new(&c, 0);
+    assert_eq!(enroll(&c, 0, &second.body(&c.nodes[0].mac, &second.key.public_key(), None)).0, 200);
+    assert_eq!(c.server.wg_peers(), [second.key.public_key().to_base64()], "one tunnel per node: the old peer is gone");
+    assert_eq!(active_tunnels(&c), 1);
+    assert!(audit(&c, "n1").contains("reason=replaced"));
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+
+    // The agent pins the server's key: another key (an impostor server) is refused
+    // before any interface exists.
+    let impostor = ferry_wg::PrivateKey::generate().public_key().to_base64();
+    let out = c.agent_pinning(0, "fetch", &impostor).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!c.nodes[0].has_interface());
+    assert!(!c.nodes[0].path("seed/user-data").exists(), "nothing fetched");
+    // The server granted a tunnel the node never used; revoke it (the TTL would too).
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+    assert_all_closed(&c);
+}

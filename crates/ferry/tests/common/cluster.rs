@@ -102,10 +102,14 @@ impl Cluster {
 
     /// `ferry agent` for node `i` (0-based) with the usual flags, in its namespace.
     pub fn agent(&self, i: usize, mode: &str) -> Command {
+        self.agent_pinning(i, mode, &self.server.public_key())
+    }
+
+    /// `ferry agent` pinning `pubkey` as the server's key.
+    pub fn agent_pinning(&self, i: usize, mode: &str, pubkey: &str) -> Command {
         let n = &self.nodes[i];
-        let pubkey = self.server.public_key();
         let mut c = n.ns.cmd(FERRY);
-        c.args(["agent", "--server", &format!("http://{SERVER_IP}:8470"), "--pubkey", &pubkey, "--node", &n.name])
+        c.args(["agent", "--server", &format!("http://{SERVER_IP}:8470"), "--pubkey", pubkey, "--node", &n.name])
             .args(["--mode", mode, "--interface", &n.interface, "--timeout", "60s", "--cmdline", "/dev/null"])
             .arg("--seed-dir")
             .arg(n.path("seed"))
