@@ -10,7 +10,8 @@ die() { echo "scripts/test.sh: $*" >&2; exit 1; }
 command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs) so that cargo is on PATH"
 
 # System packages the test suite uses. Only missing ones are installed.
-PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go)
+PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
+  qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,6 +29,13 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ferry-target}"
 export CARGO_TERM_COLOR=never
 
+# The root file system of the cloud-init tests' nodes (Debian 12 with its real
+# cloud-init), built once and cached outside the checkout, keyed by its versions.
+echo "==> cloud-init node root file system"
+FERRY_CLOUD_INIT_ROOTFS=$(scripts/cloud-init-chroot.sh) || die "building the cloud-init node root failed (see above)"
+export FERRY_CLOUD_INIT_ROOTFS
+echo "    $FERRY_CLOUD_INIT_ROOTFS"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
@@ -36,4 +44,6 @@ echo "==> cargo test"
 cargo test --workspace --all-targets --locked 2>&1 | tee /tmp/ferry-test.$$.log
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/ferry-test.$$.log | awk '{s+=$4} END {print s+0}')
 rm -f /tmp/ferry-test.$$.log
+# The QEMU network boot test's time split (tests/netboot.rs writes it).
+[ -f "$CARGO_TARGET_DIR/tmp/netboot-times.txt" ] && cat "$CARGO_TARGET_DIR/tmp/netboot-times.txt"
 echo "==> all tests passed ($passed tests)"

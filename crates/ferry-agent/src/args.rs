@@ -9,7 +9,7 @@ pub enum Mode {
     /// Fetch the seed into --seed-dir, phone home, remove the tunnel, print
     /// `ds=nocloud;s=file://SEED_DIR/`.
     Fetch,
-    /// Keep the tunnel up for cloud-init, print `ds=nocloud;s=DATASOURCE_URL`, and run
+    /// Keep the tunnel up for cloud-init, print `ds=nocloud-net;s=DATASOURCE_URL`, and run
     /// until SIGTERM/SIGINT (or `ferry agent teardown`).
     CloudInit,
 }

@@ -12,7 +12,7 @@
 //!    (peer = the pinned key, allowed IPs = the server's tunnel address only).
 //! 4. Fetch mode: fetch the NoCloud documents through the tunnel into a private seed
 //!    directory, phone home, remove the tunnel, print `ds=nocloud;s=file://SEED/`.
-//!    cloud-init mode: print `ds=nocloud;s=DATASOURCE_URL` and hold the tunnel until
+//!    cloud-init mode: print `ds=nocloud-net;s=DATASOURCE_URL` and hold the tunnel until
 //!    SIGTERM (`ferry agent teardown`).
 //!
 //! **Node name and the asset tag.** The server identifies the node by its MAC and checks

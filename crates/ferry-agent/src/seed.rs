@@ -25,9 +25,11 @@ pub fn file_ds_line(seed_dir: &Path) -> String {
 }
 
 /// The `ds=` line for a datasource URL (with the trailing slash cloud-init needs).
+/// `nocloud-net`: cloud-init 22.4 (Debian 12) reads plain `ds=nocloud` as local mode and
+/// then applies nothing it fetched over the network; later versions accept both.
 pub fn url_ds_line(url: &str) -> String {
     let slash = if url.ends_with('/') { "" } else { "/" };
-    format!("ds=nocloud;s={url}{slash}")
+    format!("ds=nocloud-net;s={url}{slash}")
 }
 
 /// Creates `dir` and missing parents with mode 0700.
@@ -144,7 +146,7 @@ mod tests {
     fn ds_lines() {
         assert_eq!(file_ds_line(Path::new("/run/ferry/seed")), "ds=nocloud;s=file:///run/ferry/seed/");
         assert_eq!(file_ds_line(Path::new("/run/ferry/seed/")), "ds=nocloud;s=file:///run/ferry/seed/");
-        assert_eq!(url_ds_line("http://10.1.0.1:8081/"), "ds=nocloud;s=http://10.1.0.1:8081/");
-        assert_eq!(url_ds_line("http://10.1.0.1:8081"), "ds=nocloud;s=http://10.1.0.1:8081/");
+        assert_eq!(url_ds_line("http://10.1.0.1:8081/"), "ds=nocloud-net;s=http://10.1.0.1:8081/");
+        assert_eq!(url_ds_line("http://10.1.0.1:8081"), "ds=nocloud-net;s=http://10.1.0.1:8081/");
     }
 }

@@ -208,7 +208,7 @@ async fn cloud_init_holds_until_stopped() {
     let tunnel = open(&tunnels).await;
     let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
     assert!(matches!(held, State::Holding { .. }), "{held:?}");
-    assert_eq!(out.text(), format!("ds=nocloud;s={DS}\n"));
+    assert_eq!(out.text(), format!("ds=nocloud-net;s={DS}\n"));
     let record: AgentState =
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
     assert!(record.held);
@@ -249,7 +249,7 @@ async fn cloud_init_with_kernel_wireguard_detaches() {
     let tunnel = open(&tunnels).await;
     assert!(matches!(a.step(State::TunnelUp { lease: lease(), tunnel }).await, State::Detached { .. }));
     assert_eq!(tunnels.counts(), (1, 0, 1), "left up");
-    assert_eq!(out.text(), format!("ds=nocloud;s={DS}\n"));
+    assert_eq!(out.text(), format!("ds=nocloud-net;s={DS}\n"));
     let record: AgentState =
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
     assert!(!record.held);

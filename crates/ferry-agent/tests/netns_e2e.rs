@@ -264,12 +264,12 @@ fn fetch_and_cloud_init_modes_through_a_real_tunnel() {
     let record: AgentState = serde_json::from_slice(&std::fs::read(&state_file).expect("state")).expect("json");
     assert!(record.held);
     assert_eq!((record.pid, record.interface.as_str()), (pid, node_if.as_str()));
-    assert_eq!(record.ds, "ds=nocloud;s=http://100.64.0.1:8081/");
+    assert_eq!(record.ds, "ds=nocloud-net;s=http://100.64.0.1:8081/");
     run(&["ip", "-n", &node_ns, "link", "show", "dev", &node_if]);
     // The handler is installed before the state file is written, so this does not kill us.
     nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let outcome = agent.join().expect("agent thread").expect("clean stop");
-    assert_eq!(outcome.ds, "ds=nocloud;s=http://100.64.0.1:8081/");
+    assert_eq!(outcome.ds, "ds=nocloud-net;s=http://100.64.0.1:8081/");
     assert!(!outcome.detached && !outcome.phoned_home);
     assert!(!state_file.exists(), "state file removed");
     let gone = Command::new("ip").args(["-n", &node_ns, "link", "show", "dev", &node_if]).output().expect("ip");

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod enroll;
+pub mod image;
 mod secret;
 
 pub use secret::Secret;

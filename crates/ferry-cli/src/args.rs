@@ -33,6 +33,12 @@ pub enum Command {
         #[command(flatten)]
         args: Box<ferry_agent::AgentArgs>,
     },
+    /// Boot images: import, list, show, delete.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Print configuration for the tools around ferry.
+    #[command(subcommand)]
+    Configure(ConfigureCommand),
     /// Active tunnels: list them, or revoke one.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -51,8 +57,99 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// A boot storm: N simulated nodes through enrollment, the four documents and
+    /// phone-home against a real server in its own network namespace.
+    Storm(crate::bench::StormArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Import a kernel, an initrd and optionally a root file system (a directory or a
+    /// tar archive, packed as zstd and gzip cpio) into the data directory.
+    Import {
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        kernel: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        initrd: PathBuf,
+        #[arg(long, value_name = "DIR|TAR")]
+        rootfs: Option<PathBuf>,
+    },
+    /// List images.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one image.
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an image (refused while a node or profile uses it).
+    Delete { name: String },
+    /// Build a node initramfs: busybox, this ferry binary and its libraries, the kernel's
+    /// network and WireGuard modules, and an /init that runs `ferry agent` (DHCP, enroll,
+    /// fetch through the tunnel, phone home) and then switches to the image (root=tmpfs).
+    Initramfs(InitramfsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitramfsArgs {
+    /// The archive to write (gzip-compressed cpio).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The nodes' kernel [default: the running kernel if its modules are installed,
+    /// else the only one in /lib/modules].
+    #[arg(long, value_name = "KVER")]
+    pub kernel_version: Option<String>,
+    /// The kernel's module tree [default: /lib/modules/KVER].
+    #[arg(long, value_name = "DIR")]
+    pub modules_dir: Option<PathBuf>,
+    /// More kernel modules to load at boot (the nodes' network drivers, e.g. mlx5_core),
+    /// with their dependencies; comma-separated or repeated. Always loaded: virtio_pci,
+    /// virtio_net, wireguard.
+    #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
+    pub modules: Vec<String>,
+    /// A static busybox.
+    #[arg(long, value_name = "FILE", default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+    /// The ferry binary to include [default: this one].
+    #[arg(long, value_name = "FILE")]
+    pub ferry: Option<PathBuf>,
+    /// Keep the ferry binary's symbols and debug information (by default they are
+    /// stripped).
+    #[arg(long)]
+    pub no_strip: bool,
+    /// gzip compression level: 1 fastest, 9 smallest.
+    #[arg(long, value_name = "0-9", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub gzip_level: u32,
+    /// Print what was built as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigureCommand {
+    /// dnsmasq: static leases for every node interface and iPXE chain-loading to ferry.
+    Dnsmasq {
+        /// The URL nodes reach ferry's provisioning listener at [default: the server's
+        /// `public_url`].
+        #[arg(long)]
+        url: Option<String>,
+        /// Where dnsmasq's TFTP server finds undionly.kpxe / ipxe.efi.
+        #[arg(long, default_value = "/srv/tftp")]
+        tftp_root: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -184,8 +281,9 @@ pub struct SettingsArgs {
     /// Kernel version or absolute path.
     #[arg(long)]
     pub kernel: Option<String>,
-    /// Kernel arguments, comma-separated (`~arg` removes an inherited one). Replaces the list.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    /// Kernel arguments, space-separated as on a kernel command line (commas stay inside
+    /// an argument: `console=ttyS0,115200`); `~arg` removes an inherited one. Replaces the list.
+    #[arg(long, allow_hyphen_values = true, value_name = "\"ARG ARG ...\"")]
     pub kernel_args: Option<Vec<String>>,
     /// Root file system: initramfs, ramfs or tmpfs (tmpfs for SELinux).
     #[arg(long)]
@@ -211,6 +309,10 @@ pub struct SettingsArgs {
     /// Tunnel time to live, e.g. 10m, 1h.
     #[arg(long, value_name = "DURATION")]
     pub tunnel_ttl: Option<String>,
+    /// Serve boot artifacts only with the node's asset tag (iPXE `${asset}`; Warewulf
+    /// compatibility, weak: the tag travels in clear).
+    #[arg(long, value_name = "true|false")]
+    pub boot_asset_gate: Option<bool>,
     #[command(flatten)]
     pub netdev: NetdevArgs,
 }

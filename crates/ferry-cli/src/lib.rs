@@ -1,7 +1,10 @@
 //! ferry's command line. The binary crate only calls [`main`].
 
 pub mod args;
+mod bench;
 mod client;
+mod image;
+mod images;
 mod output;
 mod settings;
 
@@ -80,6 +83,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Image(cmd) => images::image(&client, cmd).await,
+        Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
+        Command::Configure(cmd) => images::configure(&client, cmd).await,
         Command::ServerKey => {
             let info: serde_json::Value = client.get("/v1/server").await?;
             println!("{}", info["public_key"].as_str().unwrap_or_default());

@@ -25,7 +25,7 @@ pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::R
         comment: args.comment.clone(),
         image: args.image.clone(),
         kernel: args.kernel.clone(),
-        kernel_args: args.kernel_args.clone().unwrap_or_default(),
+        kernel_args: args.kernel_args.iter().flatten().flat_map(|a| a.split_whitespace().map(str::to_owned)).collect(),
         root: args.root.as_deref().map(str::parse).transpose()?,
         identity: args.identity.clone().unwrap_or_default(),
         tunnel_ttl_secs: args
@@ -37,6 +37,7 @@ pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::R
             })
             .transpose()?
             .map(|d| d.as_secs()),
+        boot_asset_gate: args.boot_asset_gate,
         ..Default::default()
     };
     for t in &args.tags {

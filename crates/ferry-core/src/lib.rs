@@ -4,6 +4,7 @@
 //! This crate performs no I/O: everything here is a pure function of its inputs, so every
 //! rule can be unit-tested and reused by the server, the store and the CLI alike.
 
+pub mod boot;
 pub mod enroll;
 pub mod error;
 pub mod hostlist;

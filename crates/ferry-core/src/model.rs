@@ -122,6 +122,11 @@ pub struct Settings {
     pub cloud_init: CloudInit,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tunnel_ttl_secs: Option<u64>,
+    /// Warewulf-compatible gating: boot artifacts only for a request carrying the node's
+    /// asset tag (iPXE `${asset}`). Weak (the tag travels in clear); secrets never come
+    /// from images anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_asset_gate: Option<bool>,
 }
 
 /// A profile: named settings, optionally inheriting from parent profiles.
@@ -238,7 +243,7 @@ impl Settings {
             }
         }
         if let Some(i) = &self.image {
-            check_token("image", i)?;
+            check_image_name(i)?;
         }
         if let Some(k) = &self.kernel {
             check_token("kernel", k)?;
@@ -361,6 +366,19 @@ pub fn check_node_addresses(node: &Node) -> Result<(), CoreError> {
                 format!("used twice on node {}", node.name),
             ));
         }
+    }
+    Ok(())
+}
+
+/// Checks an image name: it becomes a URL path segment and a file-system name.
+pub fn check_image_name(s: &str) -> Result<(), CoreError> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if s.is_empty() || s.len() > 64 || !s.chars().all(ok) || s.starts_with('.') {
+        return Err(CoreError::invalid(
+            "image name",
+            s,
+            "must be 1 to 64 characters of letters, digits, '.', '_', '-', not starting with '.'",
+        ));
     }
     Ok(())
 }

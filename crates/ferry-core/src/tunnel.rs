@@ -83,11 +83,22 @@ impl TunnelNetwork {
         self.at_offset(1)
     }
 
+    /// The offsets of node addresses: the server has offset 1, nodes 2 to the last
+    /// (IPv4 excludes broadcast; IPv6 is capped at 2^24 addresses).
+    pub fn node_offsets(&self) -> std::ops::RangeInclusive<u128> {
+        let last = if self.base.is_ipv4() { self.size() - 2 } else { self.size().min(1 << 24) - 1 };
+        2..=last
+    }
+
+    /// The address at `offset` from the network address.
+    pub fn address_at(&self, offset: u128) -> IpAddr {
+        self.at_offset(offset)
+    }
+
     /// The lowest free node address, or None when the pool is exhausted.
     pub fn allocate(&self, used: &HashSet<IpAddr>) -> Option<IpAddr> {
         // IPv4 excludes the broadcast address; the IPv6 range is clamped to something sane.
-        let last = if self.base.is_ipv4() { self.size() - 2 } else { self.size().min(1 << 24) - 1 };
-        (2..=last).map(|o| self.at_offset(o)).find(|a| !used.contains(a))
+        self.node_offsets().map(|o| self.at_offset(o)).find(|a| !used.contains(a))
     }
 }
 

@@ -13,6 +13,7 @@ use axum::{Extension, Router};
 use ferry_api::admin::{
     AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SetNodes, SetProfiles,
 };
+use ferry_api::image::ImageRecord;
 use ferry_core::{NodeName, ProfileName};
 use ferry_store::{Actor, AuditEntry, Store};
 use serde::Deserialize;
@@ -45,6 +46,8 @@ pub struct AdminState {
     pub allowed_uids: Arc<HashSet<u32>>,
     pub tunnels: Arc<crate::tunnels::TunnelManager>,
     pub server_public_key: ferry_wg::PublicKey,
+    pub data_dir: std::path::PathBuf,
+    pub public_url: Option<String>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -58,6 +61,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tunnels/{node}", axum::routing::delete(revoke_tunnel))
         .route("/v1/known-hosts", get(known_hosts))
         .route("/v1/server", get(server_info))
+        .route("/v1/images", get(list_images).post(add_image))
+        .route("/v1/images/{name}", get(get_image).delete(delete_image))
         .route("/v1/audit", get(audit))
         .route("/v1/status", get(status))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
@@ -258,6 +263,8 @@ async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<serde_json::
         "public_key": s.server_public_key.to_base64(),
         "tunnel_network": s.tunnels.network.to_string(),
         "server_address": s.tunnels.network.server_address().to_string(),
+        "data_dir": s.data_dir.display().to_string(),
+        "public_url": s.public_url,
     })))
 }
 
@@ -271,4 +278,52 @@ struct TunnelView {
     expires_in_secs: i64,
     last_handshake: Option<String>,
     on_device: bool,
+}
+
+async fn list_images(State(s): State<AdminState>) -> Result<ApiJson<Vec<ImageRecord>>, HttpError> {
+    Ok(ApiJson(s.store.list_images().await?))
+}
+
+async fn get_image(State(s): State<AdminState>, Path(name): Path<String>) -> Result<ApiJson<ImageRecord>, HttpError> {
+    s.store
+        .get_image(&name)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("image {name:?} not found")))
+}
+
+/// Registers an image whose artifacts `ferry image import` put in the object store;
+/// each must be there with the size the record says.
+async fn add_image(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(image): ApiJson<ImageRecord>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    let artifacts = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];
+    for a in artifacts.into_iter().flatten() {
+        if !a.valid() {
+            return Err(HttpError::bad_request("artifact digests must be 64 lowercase hex characters"));
+        }
+        let path = crate::boot::object_path(&s.data_dir, &a.sha256);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == a.size => {}
+            _ => {
+                return Err(HttpError::bad_request(format!(
+                    "artifact {} is not in the object store with size {}",
+                    a.sha256, a.size
+                )))
+            }
+        }
+    }
+    s.store.add_image(&image, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
+}
+
+async fn delete_image(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    s.store.delete_image(&name, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
 }

@@ -39,6 +39,9 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct ProvisioningConfig {
     pub listen: SocketAddr,
+    /// The URL nodes reach this listener at, for boot scripts and `ferry.server=`
+    /// (e.g. `http://10.0.0.1:8470`). Default: from each request's Host header.
+    pub public_url: Option<String>,
     /// Reverse proxies whose `X-Forwarded-For` is believed (the right-most untrusted hop
     /// is the client). Empty: proxy headers are ignored.
     pub trusted_proxies: Vec<IpAddr>,
@@ -102,6 +105,7 @@ impl Default for ProvisioningConfig {
     fn default() -> Self {
         ProvisioningConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8470)),
+            public_url: None,
             trusted_proxies: Vec::new(),
             nonce_ttl_secs: 60,
             max_pending_nonces: 65_536,

@@ -7,6 +7,8 @@
 //! All WireGuard device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
+mod artifacts;
+pub mod boot;
 mod client_addr;
 pub mod config;
 pub mod datasource;
@@ -35,6 +37,7 @@ pub struct Server {
     datasource_listener: TcpListener,
     admin: admin::AdminState,
     provisioning: enroll::ProvisioningState,
+    boot: boot::BootState,
     datasource: datasource::DatasourceState,
     tunnels: Arc<TunnelManager>,
     config: Arc<Config>,
@@ -101,7 +104,14 @@ impl Server {
             admin_listener,
             provisioning_listener,
             datasource_listener,
-            admin: admin::AdminState { store, allowed_uids, tunnels: tunnels.clone(), server_public_key },
+            admin: admin::AdminState {
+                store,
+                allowed_uids,
+                tunnels: tunnels.clone(),
+                server_public_key,
+                data_dir: config.data_dir.clone(),
+                public_url: config.provisioning.public_url.clone(),
+            },
             provisioning: enroll::ProvisioningState {
                 tunnels: tunnels.clone(),
                 nonces,
@@ -109,6 +119,7 @@ impl Server {
                 server_public_key,
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
+            boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),
             tunnels,
             config,
         })
@@ -143,7 +154,10 @@ impl Server {
         .with_graceful_shutdown(stopped());
         let provisioning = axum::serve(
             self.provisioning_listener,
-            enroll::router(self.provisioning).layer(timeout()).into_make_service_with_connect_info::<enroll::TcpConn>(),
+            enroll::router(self.provisioning)
+                .merge(boot::router(self.boot))
+                .layer(timeout())
+                .into_make_service_with_connect_info::<enroll::TcpConn>(),
         )
         .with_graceful_shutdown(stopped());
         let datasource = axum::serve(

@@ -10,7 +10,7 @@ use ferry_wg::{DeviceUpdate, IpNet, PeerConfig, PublicKey, WgDevice};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
 
 /// How long a phoned-home node's peer stays on the device after the store closed its
 /// tunnel, so the "200 OK" can still travel back through it.
@@ -18,19 +18,61 @@ pub const PHONE_HOME_GRACE: Duration = Duration::from_millis(1500);
 
 pub struct TunnelManager {
     pub store: Arc<dyn Store>,
-    /// The device, behind a lock that also serialises store-then-device sequences
-    /// against reconcile (which would otherwise see a committed tunnel whose peer is not
-    /// yet added, or the reverse, and undo it). `None` once shut down.
-    device: Mutex<Option<Box<dyn WgDevice>>>,
     pub network: TunnelNetwork,
+    /// Store-then-device sequences hold it shared (many at once); reconcile holds it
+    /// exclusively, so it never sees a committed tunnel whose peer is still on its way
+    /// to the device (or the reverse) and undoes it.
+    order: RwLock<()>,
+    /// The device; `None` once shut down.
+    device: Arc<Mutex<Option<Box<dyn WgDevice>>>>,
+    batches: mpsc::UnboundedSender<Change>,
 }
 
-type DeviceGuard<'a> = tokio::sync::MutexGuard<'a, Option<Box<dyn WgDevice>>>;
+/// Peer changes waiting for the device; concurrent changes are applied as one update.
+struct Change {
+    add: Vec<PeerConfig>,
+    remove: Vec<PublicKey>,
+    done: oneshot::Sender<Result<(), String>>,
+}
 
-async fn apply(device: &DeviceGuard<'_>, update: DeviceUpdate) -> Result<(), anyhow::Error> {
-    match device.as_ref() {
-        Some(d) => Ok(d.apply(update).await?),
-        None => anyhow::bail!("the WireGuard device is shut down"),
+/// Applies queued changes: whatever accumulated while the previous update was being
+/// applied goes to the device as one UAPI request (a boot storm's enrollments coalesce;
+/// an idle server adds no delay).
+async fn batch_loop(device: Arc<Mutex<Option<Box<dyn WgDevice>>>>, mut rx: mpsc::UnboundedReceiver<Change>) {
+    while let Some(first) = rx.recv().await {
+        let mut changes = vec![first];
+        while changes.len() < 8192 {
+            match rx.try_recv() {
+                Ok(c) => changes.push(c),
+                Err(_) => break,
+            }
+        }
+        // The last change for a key wins (an add then a remove in one batch is a remove).
+        let mut last: HashMap<PublicKey, Option<PeerConfig>> = HashMap::new();
+        for c in &changes {
+            for k in &c.remove {
+                last.insert(*k, None);
+            }
+            for p in &c.add {
+                last.insert(p.public_key, Some(p.clone()));
+            }
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for (k, p) in last {
+            match p {
+                Some(p) => add.push(p),
+                None => remove.push(k),
+            }
+        }
+        let result = match device.lock().await.as_ref() {
+            Some(d) => {
+                d.apply(DeviceUpdate::new().remove_peers(remove).add_peers(add)).await.map_err(|e| e.to_string())
+            }
+            None => Err("the WireGuard device is shut down".into()),
+        };
+        for c in changes {
+            let _ = c.done.send(result.clone());
+        }
     }
 }
 
@@ -51,13 +93,24 @@ fn peer_of(t: &TunnelRecord) -> Option<PeerConfig> {
 }
 
 impl TunnelManager {
+    /// Takes the device over; must be called inside a tokio runtime.
     pub fn new(store: Arc<dyn Store>, device: Box<dyn WgDevice>, network: TunnelNetwork) -> Self {
-        TunnelManager { store, device: Mutex::new(Some(device)), network }
+        let device = Arc::new(Mutex::new(Some(device)));
+        let (batches, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(device.clone(), rx));
+        TunnelManager { store, network, order: RwLock::new(()), device, batches }
+    }
+
+    async fn submit(&self, add: Vec<PeerConfig>, remove: Vec<PublicKey>) -> Result<(), String> {
+        let (done, wait) = oneshot::channel();
+        self.batches.send(Change { add, remove, done }).map_err(|_| "the device writer stopped".to_string())?;
+        wait.await.map_err(|_| "the device writer stopped".to_string())?
     }
 
     /// Removes the interface (userspace, kernel) or detaches (uapi). Peers come back
     /// from the store at the next start.
     pub async fn shutdown(&self) {
+        let _order = self.order.write().await;
         if let Some(d) = self.device.lock().await.take() {
             if let Err(e) = d.close().await {
                 tracing::warn!(error = %e, "closing the WireGuard device failed");
@@ -73,14 +126,11 @@ impl TunnelManager {
         ttl_secs: u64,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
-        let device = self.device.lock().await;
+        let _order = self.order.read().await;
         let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, actor).await?;
-        let mut update = DeviceUpdate::new();
-        if let Some(old) = opened.replaced.as_ref().and_then(|t| t.public_key.parse::<PublicKey>().ok()) {
-            update = update.remove_peer(old);
-        }
-        update = update.add_peer(PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel)));
-        if let Err(e) = apply(&device, update).await {
+        let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
+        let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
+        if let Err(e) = self.submit(add, remove).await {
             tracing::error!(node = %node, error = %e, "could not add the peer; closing the tunnel again");
             self.store.close_tunnel(node, CloseReason::Revoked, &Actor("ferry:device-error".into())).await?;
             return Err(StoreError::BadRequest(format!("the WireGuard device refused the peer: {e}")));
@@ -95,10 +145,10 @@ impl TunnelManager {
         reason: CloseReason,
         actor: &Actor,
     ) -> Result<Option<TunnelRecord>, StoreError> {
-        let device = self.device.lock().await;
+        let _order = self.order.read().await;
         let closed = self.store.close_tunnel(node, reason, actor).await?;
         if let Some(t) = &closed {
-            remove_peers(&device, std::slice::from_ref(t)).await;
+            self.remove_peers(std::slice::from_ref(t)).await;
         }
         Ok(closed)
     }
@@ -107,29 +157,36 @@ impl TunnelManager {
     /// [`PHONE_HOME_GRACE`] so the answer reaches the node.
     pub async fn phone_home(self: &Arc<Self>, tunnel: &TunnelRecord, report: &BootReport) -> Result<bool, StoreError> {
         let closed = {
-            let _device = self.device.lock().await;
+            let _order = self.order.read().await;
             self.store.phone_home(tunnel, report).await?
         };
         let Some(closed) = closed else { return Ok(false) };
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(PHONE_HOME_GRACE).await;
-            let device = this.device.lock().await;
+            let _order = this.order.read().await;
             // Only if the node has not re-enrolled with the same key meanwhile.
-            let still_closed = this
-                .store
-                .tunnel_by_address(closed.address)
-                .await
-                .map(|t| t.map(|t| t.public_key) != Some(closed.public_key.clone()));
-            if still_closed.unwrap_or(true) {
-                remove_peers(&device, std::slice::from_ref(&closed)).await;
+            let current = this.store.tunnel_by_address(closed.address).await.map(|t| t.map(|t| t.public_key));
+            if current.map(|k| k != Some(closed.public_key.clone())).unwrap_or(true) {
+                this.remove_peers(std::slice::from_ref(&closed)).await;
             }
         });
         Ok(true)
     }
 
+    async fn remove_peers(&self, tunnels: &[TunnelRecord]) {
+        let keys: Vec<PublicKey> = tunnels.iter().filter_map(|t| t.public_key.parse().ok()).collect();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.submit(Vec::new(), keys).await {
+            tracing::error!(error = %e, "could not remove peers; the next reconcile retries");
+        }
+    }
+
     /// Reaps expired tunnels, then makes the device's peers equal to the active tunnels.
     pub async fn reconcile(&self) -> Result<ReconcileReport, anyhow::Error> {
+        let _order = self.order.write().await;
         let device = self.device.lock().await;
         let Some(dev) = device.as_ref() else { anyhow::bail!("the WireGuard device is shut down") };
         let expired = self.store.expire_tunnels(ferry_store_now()).await?;
@@ -174,16 +231,6 @@ impl TunnelManager {
                 HashMap::new()
             }
         }
-    }
-}
-
-async fn remove_peers(device: &DeviceGuard<'_>, tunnels: &[TunnelRecord]) {
-    let keys: Vec<PublicKey> = tunnels.iter().filter_map(|t| t.public_key.parse().ok()).collect();
-    if keys.is_empty() {
-        return;
-    }
-    if let Err(e) = apply(device, DeviceUpdate::new().remove_peers(keys)).await {
-        tracing::error!(error = %e, "could not remove peers; the next reconcile retries");
     }
 }
 

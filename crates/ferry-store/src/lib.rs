@@ -6,6 +6,7 @@
 
 pub mod sealing;
 mod sqlite;
+mod sqlite_images;
 mod sqlite_tunnels;
 pub mod tunnels;
 
@@ -111,6 +112,13 @@ pub trait Store: Send + Sync + 'static {
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
     /// Appends an audit entry outside any other change (enrollment refusals, deliveries).
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
+
+    /// Registers an image whose artifacts are already in the object store.
+    async fn add_image(&self, image: &ferry_api::image::ImageRecord, actor: &Actor) -> Result<(), StoreError>;
+    async fn list_images(&self) -> Result<Vec<ferry_api::image::ImageRecord>, StoreError>;
+    async fn get_image(&self, name: &str) -> Result<Option<ferry_api::image::ImageRecord>, StoreError>;
+    /// Deletes an image; refused while a node or profile names it.
+    async fn delete_image(&self, name: &str, actor: &Actor) -> Result<(), StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;

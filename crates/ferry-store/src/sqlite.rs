@@ -23,6 +23,9 @@ pub struct SqliteStore {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
     sealer: Sealer,
+    /// Where the next address search starts (an offset into the tunnel network), so
+    /// allocation costs a few indexed look-ups instead of a scan of every tunnel.
+    pub(crate) next_address: std::sync::Mutex<u128>,
 }
 
 struct StoredNode {
@@ -45,7 +48,7 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
-        Ok(SqliteStore { read, write, sealer })
+        Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0) })
     }
 
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
@@ -552,6 +555,19 @@ impl Store for SqliteStore {
     }
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
         self.record_event_impl(actor, action, subject, detail).await
+    }
+
+    async fn add_image(&self, image: &ferry_api::image::ImageRecord, actor: &Actor) -> Result<(), StoreError> {
+        self.add_image_impl(image, actor).await
+    }
+    async fn list_images(&self) -> Result<Vec<ferry_api::image::ImageRecord>, StoreError> {
+        self.list_images_impl(None).await
+    }
+    async fn get_image(&self, name: &str) -> Result<Option<ferry_api::image::ImageRecord>, StoreError> {
+        Ok(self.list_images_impl(Some(name)).await?.pop())
+    }
+    async fn delete_image(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
+        self.delete_image_impl(name, actor).await
     }
 
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {

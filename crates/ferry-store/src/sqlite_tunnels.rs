@@ -6,7 +6,6 @@ use crate::{format_time, now_secs, Actor, BootInfo, BootReport, CloseReason, Ope
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{MacAddr, NodeName};
 use sqlx::SqliteConnection;
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 type TunnelRow = (String, String, String, i64, i64);
@@ -70,9 +69,7 @@ impl SqliteStore {
         if let Some((owner,)) = key_owner {
             return Err(StoreError::Conflict(format!("WireGuard key already in use by the tunnel of {owner}")));
         }
-        let used: Vec<(String,)> = sqlx::query_as("SELECT address FROM tunnels").fetch_all(&mut *tx).await?;
-        let used: HashSet<IpAddr> = used.iter().filter_map(|(a,)| a.parse().ok()).collect();
-        let address = network.allocate(&used).ok_or_else(|| StoreError::PoolExhausted(network.to_string()))?;
+        let address = self.free_address(&mut tx, network).await?;
         let now = now_secs();
         let t = TunnelRecord {
             node: node.clone(),
@@ -93,6 +90,30 @@ impl SqliteStore {
         audit(&mut tx, actor, "tunnel.open", &format!("node/{node}"), &detail).await?;
         tx.commit().await?;
         Ok(OpenedTunnel { tunnel: t, replaced })
+    }
+
+    /// The next free address at or after the hint, wrapping around once. The unique
+    /// index on `tunnels.address` backs this up against any other writer.
+    async fn free_address(&self, conn: &mut SqliteConnection, network: &TunnelNetwork) -> Result<IpAddr, StoreError> {
+        let range = network.node_offsets();
+        let (first, last) = (*range.start(), *range.end());
+        let hint = *self.next_address.lock().unwrap_or_else(|p| p.into_inner());
+        let mut offset = hint.clamp(first, last);
+        // Bounded: a pool this full is exhausted for any practical purpose.
+        for _ in 0..(last - first + 1).min(1 << 20) {
+            let candidate = network.address_at(offset);
+            let taken = sqlx::query("SELECT 1 FROM tunnels WHERE address = ?")
+                .bind(candidate.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+            let next = if offset == last { first } else { offset + 1 };
+            if taken.is_none() {
+                *self.next_address.lock().unwrap_or_else(|p| p.into_inner()) = next;
+                return Ok(candidate);
+            }
+            offset = next;
+        }
+        Err(StoreError::PoolExhausted(network.to_string()))
     }
 
     pub(crate) async fn close_tunnel_impl(

@@ -18,7 +18,7 @@ fn add_128_nodes_list_and_show_merged() {
         "--image",
         "rocky9",
         "--kernel-args",
-        "quiet,console=tty0",
+        "quiet console=tty0",
         "--netdev",
         "eth0",
         "--netmask",
@@ -26,7 +26,7 @@ fn add_128_nodes_list_and_show_merged() {
         "--mtu",
         "9000",
     ]);
-    s.ok(&["profile", "add", "serial", "-P", "compute", "--kernel-args", "~console=tty0,console=ttyS0"]);
+    s.ok(&["profile", "add", "serial", "-P", "compute", "--kernel-args", "~console=tty0 console=ttyS0,115200"]);
     let out = s.ok(&["node", "add", "n[001-128]", "--profile", "serial", "--ip", "10.0.1.250"]);
     assert_eq!(out.trim(), "added 128 nodes");
 
@@ -43,7 +43,7 @@ fn add_128_nodes_list_and_show_merged() {
 
     s.ok(&["node", "set", "n001", "--kernel-args", "debug", "--image", "rocky9-debug"]);
     let merged = s.json(&["node", "show", "n001", "--merged", "--json"]);
-    assert_eq!(merged["settings"]["kernel_args"], serde_json::json!(["quiet", "console=ttyS0", "debug"]));
+    assert_eq!(merged["settings"]["kernel_args"], serde_json::json!(["quiet", "console=ttyS0,115200", "debug"]));
     let source = |field: &str, value: &str| {
         merged["fields"]
             .as_array()
@@ -53,7 +53,7 @@ fn add_128_nodes_list_and_show_merged() {
             .map(|f| f["source"].clone())
     };
     assert_eq!(source("kernel_args", "quiet").unwrap()["name"], "compute");
-    assert_eq!(source("kernel_args", "console=ttyS0").unwrap()["name"], "serial");
+    assert_eq!(source("kernel_args", "console=ttyS0,115200").unwrap()["name"], "serial");
     assert_eq!(source("kernel_args", "debug").unwrap()["kind"], "node");
     assert_eq!(source("image", "rocky9-debug").unwrap()["kind"], "node");
     let text = s.ok(&["node", "show", "n001", "--merged"]);

@@ -128,14 +128,16 @@ impl Cluster {
     /// its `ds=` line (the tunnel answers by then).
     pub fn hold(&self, i: usize) -> Holder {
         use std::io::BufRead;
-        let mut child =
-            self.agent(i, "cloud-init").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("agent");
+        // stderr to a file: a pipe nobody reads could fill up during a long hold.
+        let log = std::fs::File::create(self.nodes[i].path("agent.log")).expect("agent log");
+        let mut child = self.agent(i, "cloud-init").stdout(Stdio::piped()).stderr(log).spawn().expect("agent");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         std::io::BufReader::new(stdout).read_line(&mut line).expect("read ds line");
-        if !line.starts_with("ds=nocloud;s=http://100.64.0.1:8471/") {
-            let out = child.wait_with_output().expect("agent output");
-            panic!("agent did not hold a tunnel: {line:?} {}", String::from_utf8_lossy(&out.stderr));
+        if !line.starts_with("ds=nocloud-net;s=http://100.64.0.1:8471/") {
+            let _ = child.wait();
+            let log = std::fs::read_to_string(self.nodes[i].path("agent.log")).unwrap_or_default();
+            panic!("agent did not hold a tunnel: {line:?} {log}");
         }
         Holder { child: Some(child) }
     }

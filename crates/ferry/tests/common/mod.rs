@@ -9,7 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod chroot;
 pub mod cluster;
+pub mod qemu;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -90,11 +92,23 @@ impl TestServer {
 
     /// `interface`: attach to this existing interface instead of creating a new one.
     pub fn start_in(netns: Netns, top: &str, listen: &str, wireguard: &str, interface: Option<String>) -> TestServer {
+        Self::start_in_with(netns, top, listen, "", wireguard, interface)
+    }
+
+    /// [`TestServer::start_in`] with extra `[provisioning]` keys (e.g. `public_url = "..."`).
+    pub fn start_in_with(
+        netns: Netns,
+        top: &str,
+        listen: &str,
+        provisioning: &str,
+        wireguard: &str,
+        interface: Option<String>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let interface = interface.unwrap_or_else(|| unique("fy"));
         let config = dir.path().join("ferry.toml");
         let toml = format!(
-            "{top}\n[provisioning]\nlisten = \"{listen}\"\n[wireguard]\ninterface = \"{interface}\"\nreconcile_interval_secs = 1\n{wireguard}\n"
+            "{top}\n[provisioning]\nlisten = \"{listen}\"\n{provisioning}\n[wireguard]\ninterface = \"{interface}\"\nreconcile_interval_secs = 1\n{wireguard}\n"
         );
         std::fs::write(&config, toml).expect("config");
         let mut server = TestServer {

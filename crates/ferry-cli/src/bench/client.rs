@@ -1,0 +1,181 @@
+//! One simulated node: challenge, enroll (real X25519 key, real asset-tag proof), the
+//! four documents from its own tunnel address, phone-home.
+
+use super::report::{Stats, Step};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, Proofs};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const PROVISIONING: &str = "127.0.0.1:8470";
+
+pub fn node_name(i: usize) -> String {
+    format!("s{i:05}")
+}
+pub fn node_mac(i: usize) -> String {
+    let b = (i as u32).to_be_bytes();
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+pub fn node_tag(i: usize) -> String {
+    format!("storm-asset-{i}")
+}
+
+/// A node that enrolled and has not finished.
+pub struct Session {
+    address: IpAddr,
+    server: SocketAddr,
+    started: Instant,
+}
+
+async fn request(
+    local: Option<IpAddr>,
+    server: SocketAddr,
+    method: Method,
+    path: &str,
+    json: Option<Vec<u8>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let sock = if server.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|_| "socket")?;
+    if let Some(l) = local {
+        sock.bind(SocketAddr::new(l, 0)).map_err(|_| "bind")?;
+    }
+    let stream = sock.connect(server).await.map_err(|_| "connect")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| "handshake")?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", server.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json.unwrap_or_default())))
+        .map_err(|_| "request")?;
+    let resp = sender.send_request(req).await.map_err(|_| "send")?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.map_err(|_| "body")?.to_bytes();
+    Ok((status, body))
+}
+
+fn expect_ok(step: Step, r: Result<(StatusCode, Bytes), String>, stats: &Stats) -> Option<Bytes> {
+    match r {
+        Ok((s, b)) if s.is_success() => Some(b),
+        Ok((s, _)) => {
+            stats.error(format!("{} HTTP {}", step.name(), s.as_u16()));
+            None
+        }
+        Err(kind) => {
+            stats.error(format!("{} {kind}", step.name()));
+            None
+        }
+    }
+}
+
+pub async fn enroll_only(i: usize, server_key: String, stats: Arc<Stats>) -> Option<Session> {
+    let prov: SocketAddr = PROVISIONING.parse().ok()?;
+    let started = Instant::now();
+    let t = Instant::now();
+    let body = expect_ok(
+        Step::Challenge,
+        request(None, prov, Method::POST, ferry_api::enroll::CHALLENGE_PATH, None).await,
+        &stats,
+    )?;
+    stats.record(Step::Challenge, t.elapsed());
+    let challenge: Challenge = serde_json::from_slice(&body).ok()?;
+    let nonce = B64.decode(&challenge.nonce).ok()?;
+    let key = ferry_wg::PrivateKey::generate();
+    let public = key.public_key();
+    let node = ferry_core::NodeName::parse(&node_name(i)).ok()?;
+    let proof = ferry_core::enroll::asset_tag_proof(node_tag(i).as_bytes(), &nonce, &public.0, &node);
+    let req = EnrollRequest {
+        mac: node_mac(i),
+        public_key: public.to_base64(),
+        nonce: challenge.nonce,
+        proofs: Proofs { asset_tag: Some(B64.encode(proof)) },
+    };
+    let t = Instant::now();
+    let body = expect_ok(
+        Step::Enroll,
+        request(None, prov, Method::POST, ferry_api::enroll::ENROLL_PATH, serde_json::to_vec(&req).ok()).await,
+        &stats,
+    )?;
+    stats.record(Step::Enroll, t.elapsed());
+    let resp: EnrollResponse = serde_json::from_slice(&body).ok()?;
+    if resp.server_public_key != server_key {
+        stats.error("enroll: server key mismatch".into());
+        return None;
+    }
+    let address: IpAddr = resp.node_address.parse().ok()?;
+    let server = SocketAddr::new(resp.server_address.parse().ok()?, 8471);
+    Some(Session { address, server, started })
+}
+
+pub async fn finish(session: Option<Session>, stats: Arc<Stats>) {
+    let Some(s) = session else { return };
+    for doc in ["meta-data", "user-data", "vendor-data", "network-config"] {
+        let t = Instant::now();
+        if expect_ok(
+            Step::Document,
+            request(Some(s.address), s.server, Method::GET, &format!("/{doc}"), None).await,
+            &stats,
+        )
+        .is_none()
+        {
+            return;
+        }
+        stats.record(Step::Document, t.elapsed());
+    }
+    let report = ferry_api::enroll::PhoneHome { instance_id: Some("storm".into()), ..Default::default() };
+    let t = Instant::now();
+    if expect_ok(
+        Step::PhoneHome,
+        request(Some(s.address), s.server, Method::POST, "/phone-home", serde_json::to_vec(&report).ok()).await,
+        &stats,
+    )
+    .is_some()
+    {
+        stats.record(Step::PhoneHome, t.elapsed());
+        stats.record(Step::Node, s.started.elapsed());
+        stats.completed();
+    }
+}
+
+pub async fn full_boot(i: usize, server_key: String, stats: Arc<Stats>) {
+    let s = enroll_only(i, server_key, stats.clone()).await;
+    finish(s, stats).await;
+}
+
+/// Runs the futures with at most `sem` permits in flight, in order of creation.
+pub async fn run_all<Fut, T>(
+    futs: impl IntoIterator<Item = Fut>,
+    sem: &Arc<tokio::sync::Semaphore>,
+    progress: &indicatif::ProgressBar,
+) -> Vec<T>
+where
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static + Default,
+{
+    let handles: Vec<_> = futs
+        .into_iter()
+        .map(|f| {
+            let (sem, pb) = (sem.clone(), progress.clone());
+            tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = f.await;
+                pb.inc(1);
+                r
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap_or_default());
+    }
+    out
+}

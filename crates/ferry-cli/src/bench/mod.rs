@@ -1,0 +1,101 @@
+//! `ferry bench storm`: a boot storm against a real `ferry serve` (its own process, its
+//! own network namespace, SQLite store, real WireGuard device), through the complete
+//! node protocol for N simulated nodes.
+//!
+//! To reach the datasource from N tunnel addresses without N WireGuard clients, the
+//! namespace routes the tunnel network to loopback (`ip route add local 100.64.0.0/16
+//! dev lo`) and each simulated node binds its socket to its own tunnel address: the
+//! server sees exactly the source address a real tunnel would deliver.
+
+mod churn;
+mod client;
+mod lab;
+mod report;
+
+use anyhow::Context;
+use clap::Args;
+use report::Report;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct StormArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    pub nodes: usize,
+    /// Nodes in flight at once.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Enroll every node before any fetches or phones home (peak tunnels = nodes).
+    #[arg(long)]
+    pub hold: bool,
+    /// WireGuard backend of the server under test: userspace or wireguard-go.
+    #[arg(long, default_value = "userspace", value_parser = ["userspace", "wireguard-go"])]
+    pub backend: String,
+    /// Peers for the side-by-side churn comparison (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    pub churn_peers: usize,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::geteuid().is_root(),
+        "ferry bench storm needs root (network namespaces): sudo ferry bench storm"
+    );
+    anyhow::ensure!(args.nodes > 0 && args.concurrency > 0, "--nodes and --concurrency must be positive");
+    let lab = lab::Lab::start(&args).await?;
+    eprintln!(
+        "storm: {} nodes, concurrency {}, server pid {} in namespace {} ({} backend); tunnel network routed to lo, \
+         simulated nodes bind their tunnel addresses",
+        args.nodes, args.concurrency, lab.server_pid, lab.netns, args.backend
+    );
+    lab.add_nodes(args.nodes).await?;
+    let pubkey = lab.server_public_key().await?;
+    let stats = Arc::new(report::Stats::default());
+    let started = Instant::now();
+    let cpu_before = lab.server_cpu_secs();
+    let nodes = args.nodes;
+    let (concurrency, hold) = (args.concurrency, args.hold);
+    let stats2 = stats.clone();
+    let pk = pubkey.clone();
+    let peak_tunnels = lab
+        .in_netns(move || async move {
+            let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
+            progress.set_style(
+                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            progress.set_message("nodes");
+            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+            let mut peak = 0;
+            if hold {
+                let enroll = (0..nodes).map(|i| client::enroll_only(i, pk.clone(), stats2.clone()));
+                let sessions = client::run_all(enroll, &sem, &progress).await;
+                peak = sessions.iter().filter(|s| s.is_some()).count();
+                let finish = sessions.into_iter().map(|s| client::finish(s, stats2.clone()));
+                client::run_all(finish, &sem, &progress).await;
+            } else {
+                let boots = (0..nodes).map(|i| client::full_boot(i, pk.clone(), stats2.clone()));
+                client::run_all(boots, &sem, &progress).await;
+            }
+            progress.finish_and_clear();
+            peak
+        })
+        .await?;
+    let elapsed = started.elapsed();
+    let cpu = lab.server_cpu_secs() - cpu_before;
+    let rss_peak = lab.server_peak_rss_kib();
+    let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
+    let churn = if args.churn_peers > 0 { Some(churn::compare(&lab, args.churn_peers).await?) } else { None };
+    let report = Report::new(&args, &stats, elapsed, cpu, rss_peak, peak_tunnels, leaks, churn);
+    lab.stop().await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    report.ok().then_some(()).context("the storm had errors or leaks (see above)")
+}

@@ -1,0 +1,175 @@
+//! `ferry image ...` and `ferry configure dnsmasq`.
+
+use crate::args::{ConfigureCommand, ImageCommand};
+use crate::client::AdminClient;
+use crate::output;
+use anyhow::Context;
+use ferry_api::admin::{Changed, NodeView};
+use ferry_api::image::{Artifact, ImageRecord};
+use ferry_image::store::{ObjectStore, Stored};
+use hyper::Method;
+use std::path::Path;
+
+fn artifact(s: Stored) -> Artifact {
+    Artifact { sha256: s.sha256, size: s.size }
+}
+
+fn bar(what: &str, total: Option<u64>) -> indicatif::ProgressBar {
+    let pb = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let style = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn put(store: &ObjectStore, what: &str, file: &Path) -> anyhow::Result<Artifact> {
+    let size = std::fs::metadata(file).with_context(|| format!("cannot read {what} {}", file.display()))?.len();
+    let pb = bar(what, Some(size));
+    let stored = store.put_file(file, &mut |n| pb.set_position(n))?;
+    pb.finish();
+    Ok(artifact(stored))
+}
+
+pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Import { name, kernel, initrd, rootfs } => {
+            ferry_core::model::check_image_name(&name)?;
+            let server: serde_json::Value = client.get("/v1/server").await?;
+            let data_dir = server["data_dir"].as_str().context("the server did not say where its data directory is")?;
+            let store = ObjectStore::new(Path::new(data_dir));
+            let kernel = put(&store, "kernel", &kernel)?;
+            let initrd = put(&store, "initrd", &initrd)?;
+            let (rootfs_zst, rootfs_gz) = match rootfs {
+                Some(src) => {
+                    let pb = bar("rootfs", None);
+                    let (zst, gz) = store.put_rootfs(&src, &mut |n| {
+                        pb.set_message(format!("rootfs {} MiB packed", n >> 20));
+                        pb.tick();
+                    })?;
+                    pb.finish_with_message(format!("rootfs: {} bytes (zstd), {} bytes (gzip)", zst.size, gz.size));
+                    (Some(artifact(zst)), Some(artifact(gz)))
+                }
+                None => (None, None),
+            };
+            let record =
+                ImageRecord { name: name.clone(), kernel, initrd, rootfs_zst, rootfs_gz, created_at: String::new() };
+            client.call::<Changed>(Method::POST, "/v1/images", Some(&record)).await?;
+            println!("imported image {name}");
+        }
+        ImageCommand::List { json } => {
+            let images: Vec<ImageRecord> = client.get("/v1/images").await?;
+            if json {
+                println!("{}", output::json(&images));
+            } else {
+                let mib = |a: &Artifact| format!("{:.1} MiB", a.size as f64 / 1048576.0);
+                let rows = images
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.name.clone(),
+                            mib(&i.kernel),
+                            mib(&i.initrd),
+                            i.rootfs_zst.as_ref().map(mib).unwrap_or("-".into()),
+                            i.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                println!("{}", output::table(&["name", "kernel", "initrd", "rootfs (zstd)", "created"], rows));
+            }
+        }
+        ImageCommand::Show { name, json } => {
+            let i: ImageRecord = client.get(&format!("/v1/images/{name}")).await?;
+            if json {
+                println!("{}", output::json(&i));
+            } else {
+                let mut rows = vec![vec!["name".into(), i.name.clone()], vec!["created".into(), i.created_at.clone()]];
+                for (what, a) in [
+                    ("kernel", Some(&i.kernel)),
+                    ("initrd", Some(&i.initrd)),
+                    ("rootfs.zst", i.rootfs_zst.as_ref()),
+                    ("rootfs.gz", i.rootfs_gz.as_ref()),
+                ] {
+                    if let Some(a) = a {
+                        rows.push(vec![what.into(), format!("sha256:{} ({} bytes)", a.sha256, a.size)]);
+                    }
+                }
+                println!("{}", output::table(&["field", "value"], rows));
+            }
+        }
+        ImageCommand::Initramfs(args) => crate::image::initramfs(args)?,
+        ImageCommand::Delete { name } => {
+            client.call::<Changed>(Method::DELETE, &format!("/v1/images/{name}"), None::<&()>).await?;
+            println!("deleted image {name}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn configure(client: &AdminClient, cmd: ConfigureCommand) -> anyhow::Result<()> {
+    match cmd {
+        ConfigureCommand::Dnsmasq { url, tftp_root } => {
+            let url = match url {
+                Some(u) => u,
+                None => {
+                    let server: serde_json::Value = client.get("/v1/server").await?;
+                    server["public_url"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .context("the server has no provisioning.public_url: pass --url http://ADDRESS:8470")?
+                }
+            };
+            let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+            print!("{}", dnsmasq_config(&url, &tftp_root, &nodes));
+        }
+    }
+    Ok(())
+}
+
+/// A dnsmasq configuration: a static lease per node interface with a MAC (and IPv4),
+/// iPXE over TFTP for firmware without it, and iPXE chain-loading to ferry.
+pub fn dnsmasq_config(url: &str, tftp_root: &str, nodes: &[NodeView]) -> String {
+    let url = url.trim_end_matches('/');
+    let mut s = format!(
+        "# dnsmasq configuration generated by `ferry configure dnsmasq`.\n\
+         # Firmware without iPXE gets iPXE over TFTP; iPXE chain-loads ferry's per-node script.\n\
+         enable-tftp\n\
+         tftp-root={tftp_root}\n\
+         dhcp-match=set:ipxe,175\n\
+         dhcp-match=set:efi64,option:client-arch,7\n\
+         dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n\
+         dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi\n\
+         dhcp-boot=tag:ipxe,{url}/boot/ipxe\n"
+    );
+    for n in nodes {
+        for (ifname, iface) in &n.settings.interfaces {
+            let Some(mac) = iface.mac else { continue };
+            match iface.ipv4 {
+                Some(ip) => s += &format!("dhcp-host={mac},{ip},{} # {ifname}\n", n.name),
+                None => s += &format!("dhcp-host={mac},{} # {ifname}\n", n.name),
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dnsmasq_golden() {
+        let node: NodeView = serde_json::from_value(serde_json::json!({
+            "name": "n001", "profiles": [], "asset_tag": "unset", "revision": 1, "updated_at": "",
+            "settings": {"interfaces": {"eth0": {"mac": "52:54:00:00:00:01", "ipv4": "10.0.1.1"}, "ib0": {"ipv4": "10.1.1.1"}}}
+        }))
+        .unwrap();
+        let cfg = dnsmasq_config("http://10.0.0.1:8470/", "/srv/tftp", &[node]);
+        assert!(cfg.contains("dhcp-boot=tag:ipxe,http://10.0.0.1:8470/boot/ipxe\n"), "{cfg}");
+        assert!(cfg.contains("dhcp-host=52:54:00:00:00:01,10.0.1.1,n001 # eth0\n"), "{cfg}");
+        assert!(!cfg.contains("ib0"), "interfaces without a MAC get no lease");
+    }
+}

@@ -1,0 +1,187 @@
+#!/bin/sh
+# /init of a ferry node initramfs (written by `ferry image initramfs`; busybox sh).
+#
+# 1. mounts /proc, /sys, /dev (devtmpfs), /run; loads the kernel modules listed in
+#    /lib/ferry/modules (network driver, WireGuard and their dependencies, in order);
+# 2. configures the first network interface (or ferry.netdev=NAME) with DHCP (udhcpc);
+# 3. runs `ferry agent --mode fetch --wg-backend kernel`: enroll, open the WireGuard
+#    tunnel, fetch the cloud-init seed into /run/ferry/seed through it, phone home,
+#    remove the tunnel (ferry.server=, ferry.pubkey=, ferry.node= come from the kernel
+#    command line);
+# 4. prints `FERRY-RESULT: ok 0` or `FERRY-RESULT: fail <code> (<step>)`, then
+#    - ferry.test=poweroff: powers off (tests);
+#    - root=tmpfs (or ramfs, initramfs) with an image tree in /rootfs (the image's root
+#      file system, unpacked from a second initrd): copies it into a tmpfs (ramfs) and
+#      switches root to its init (init=PATH, default /sbin/init), with /run (and the
+#      seed) moved along;
+#    - otherwise (or when a step fails): the seed is removed and the node reboots after
+#      30 s to try again (ferry.rescue: a shell on the console instead).
+# Every step prints a `ferry-init: ...` line with the time since the kernel started.
+# Kernel command line: ferry.log=FILTER (agent log filter), ferry.timeout=DURATION
+# (agent's enrollment deadline), ferry.netdev=NAME, ferry.rescue, ferry.debug (trace
+# this script).
+
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+umask 022
+
+mount -t devtmpfs -o nosuid,mode=0755 devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /run
+mkdir -p /run/ferry /tmp
+
+uptime_s() {
+	read -r up _ </proc/uptime
+	echo "$up"
+}
+say() {
+	echo "ferry-init: $* [$(uptime_s) s]"
+}
+
+ROOT=
+TEST=
+NEWINIT=/sbin/init
+NETDEV=
+AGENT_TIMEOUT=
+RESCUE=
+export FERRY_LOG=info
+set -f
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	root=*) ROOT=${arg#root=} ;;
+	init=*) NEWINIT=${arg#init=} ;;
+	ferry.test=*) TEST=${arg#ferry.test=} ;;
+	ferry.netdev=*) NETDEV=${arg#ferry.netdev=} ;;
+	ferry.timeout=*) AGENT_TIMEOUT=${arg#ferry.timeout=} ;;
+	ferry.log=*) FERRY_LOG=${arg#ferry.log=} ;;
+	ferry.rescue) RESCUE=1 ;;
+	ferry.debug) set -x ;;
+	esac
+done
+set +f
+
+KVER=$(uname -r)
+say "start: kernel $KVER, $(cat /etc/ferry-initramfs 2>/dev/null)"
+
+# Tests: power off once the result is printed.
+halt_if_test() {
+	if [ "$TEST" = poweroff ]; then
+		say "powering off (ferry.test=poweroff)"
+		sync
+		poweroff -f
+		while :; do sleep 60; done
+	fi
+}
+
+# The boot cannot go on: never leave the seed (it may hold secrets) to a console;
+# reboot to try again, or give a shell with ferry.rescue.
+rescue() {
+	rm -rf /run/ferry/seed
+	echo "ferry-init: $*"
+	if [ -n "$RESCUE" ]; then
+		echo "ferry-init: rescue shell (ferry.rescue); leaving it reboots the node"
+		setsid cttyhack sh
+	else
+		echo "ferry-init: rebooting in 30 s to try again (ferry.rescue on the kernel command line gives a shell instead)"
+		sleep 30
+	fi
+	reboot -f
+	while :; do sleep 60; done
+}
+
+fail() {
+	step=$1
+	code=$2
+	shift 2
+	say "$step failed: $*"
+	echo "FERRY-RESULT: fail $code ($step)"
+	halt_if_test
+	rescue "boot stopped: $step failed"
+}
+
+# Kernel modules, in dependency order.
+BUILT_FOR=$(cat /lib/ferry/kernel-version 2>/dev/null)
+if [ "$BUILT_FOR" != "$KVER" ]; then
+	fail modules 1 "this initramfs holds modules for kernel $BUILT_FOR but kernel $KVER is running: rebuild it with \`ferry image initramfs --kernel-version $KVER\`"
+fi
+loaded=0
+while read -r m; do
+	[ -n "$m" ] || continue
+	insmod "/lib/modules/$KVER/$m" || fail modules 1 "insmod /lib/modules/$KVER/$m"
+	loaded=$((loaded + 1))
+done </lib/ferry/modules
+say "modules loaded ($loaded)"
+
+# Network: the first interface that appears (or ferry.netdev=), configured by DHCP.
+IF=$NETDEV
+tries=0
+while [ -z "$IF" ] || [ ! -e "/sys/class/net/$IF" ]; do
+	if [ -z "$NETDEV" ]; then
+		for dev in /sys/class/net/*; do
+			name=${dev##*/}
+			[ "$name" = lo ] || [ ! -e "$dev/device" ] || {
+				IF=$name
+				break
+			}
+		done
+		[ -n "$IF" ] && break
+	fi
+	tries=$((tries + 1))
+	[ "$tries" -le 100 ] || fail dhcp 1 "no network interface${NETDEV:+ named $NETDEV} appeared within 10 s"
+	sleep 0.1
+done
+ip link set lo up
+ip link set "$IF" up
+udhcpc -i "$IF" -f -q -n -t 30 -T 1 -s /usr/share/udhcpc/default.script >/run/ferry/udhcpc.log 2>&1 ||
+	fail dhcp 1 "no DHCP lease on $IF: $(tail -n 3 /run/ferry/udhcpc.log)"
+ADDR=$(ip -4 -o addr show dev "$IF" | while read -r _ _ fam a _; do [ "$fam" = inet ] && echo "$a"; done)
+GW=$(ip -4 route show | while read -r to _ gw _; do [ "$to" = default ] && echo "$gw"; done)
+say "dhcp ok: $IF $ADDR, router ${GW:-none}"
+
+# Enroll, tunnel, fetch, phone home, tear down. Agent logs go to the console through a
+# pipe (plain text); its standard output (the datasource line) to /run/ferry/datasource.
+say "agent: enrolling (ferry agent --mode fetch --wg-backend kernel)"
+(
+	/usr/bin/ferry agent --mode fetch --wg-backend kernel ${AGENT_TIMEOUT:+--timeout "$AGENT_TIMEOUT"} >/run/ferry/datasource
+	echo $? >/run/ferry/agent.rc
+) 2>&1 | cat
+rc=$(cat /run/ferry/agent.rc 2>/dev/null)
+[ -n "$rc" ] || rc=1
+[ "$rc" = 0 ] || fail agent "$rc" "ferry agent exited with $rc (3 refused, 4 server key mismatch, 5 server unreachable, 6 tunnel or fetch failure)"
+say "agent ok: $(cat /run/ferry/datasource)"
+if [ -f /run/ferry/seed/meta-data ]; then
+	say "meta-data: $(tr '\n' ' ' </run/ferry/seed/meta-data | head -c 400)"
+fi
+echo "FERRY-RESULT: ok 0"
+halt_if_test
+
+# The image: copy /rootfs into a tmpfs (SELinux needs its extended attributes) or a
+# ramfs, and switch to it.
+case "$ROOT" in
+tmpfs) FSTYPE=tmpfs ;;
+ramfs | initramfs) FSTYPE=ramfs ;;
+*) rescue "no root=tmpfs|ramfs|initramfs on the kernel command line: nothing to switch to" ;;
+esac
+[ -d /rootfs ] || rescue "root=$ROOT but this boot carries no image root file system (/rootfs): give the image one (ferry image import --rootfs)"
+mkdir -p /newroot
+if [ "$FSTYPE" = tmpfs ]; then
+	mount -t tmpfs -o mode=0755 tmpfs /newroot || fail root 1 "cannot mount a tmpfs on /newroot"
+else
+	mount -t ramfs -o mode=0755 ramfs /newroot || fail root 1 "cannot mount a ramfs on /newroot"
+fi
+say "copying the image into a $FSTYPE"
+cp -a /rootfs/. /newroot/ || fail root 1 "cannot copy the image into /newroot"
+rm -rf /rootfs
+[ -x "/newroot$NEWINIT" ] || [ -L "/newroot$NEWINIT" ] || fail root 1 "the image has no $NEWINIT"
+# cloud-init's NoCloud also looks in /var/lib/cloud/seed/nocloud.
+if [ -d /newroot/etc/cloud ] && [ -d /run/ferry/seed ]; then
+	mkdir -p /newroot/var/lib/cloud/seed/nocloud
+	cp -a /run/ferry/seed/. /newroot/var/lib/cloud/seed/nocloud/
+fi
+for m in run dev proc sys; do
+	mkdir -p "/newroot/$m"
+	mount --move "/$m" "/newroot/$m"
+done
+echo "ferry-init: switching root to $FSTYPE, exec $NEWINIT [$(cut -d' ' -f1 /newroot/proc/uptime) s]"
+exec switch_root /newroot "$NEWINIT"

@@ -1,0 +1,225 @@
+//! Network boot on the provisioning listener: per-node iPXE and GRUB scripts, and the
+//! image artifacts they load. Scripts name no secret; an unknown MAC gets a retry
+//! script that names nothing from the inventory.
+
+use crate::artifacts;
+use crate::enroll::url_host;
+use crate::tunnels::TunnelManager;
+use crate::Config;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use ferry_core::boot::{grub_config, ipxe_chain, ipxe_retry, ipxe_script, BootTarget};
+use ferry_core::merge::merge_node;
+use ferry_core::{MacAddr, Node};
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where an artifact with this digest lives.
+pub fn object_path(data_dir: &std::path::Path, sha256: &str) -> PathBuf {
+    data_dir.join("objects").join("sha256").join(sha256)
+}
+
+#[derive(Clone)]
+pub struct BootState {
+    pub tunnels: Arc<TunnelManager>,
+    pub config: Arc<Config>,
+    pub server_public_key: String,
+    /// Images used by at least one asset-gated node, recomputed every few seconds.
+    gated: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
+}
+
+impl BootState {
+    pub fn new(tunnels: Arc<TunnelManager>, config: Arc<Config>, server_public_key: String) -> Self {
+        BootState { tunnels, config, server_public_key, gated: Arc::new(Mutex::new((None, HashSet::new()))) }
+    }
+}
+
+pub fn router(state: BootState) -> Router {
+    Router::new()
+        .route("/boot/ipxe", get(ipxe_by_query))
+        .route("/boot/ipxe/{mac}", get(ipxe_by_path))
+        .route("/boot/grub", get(grub_by_query))
+        .route("/boot/grub/{mac}", get(grub_by_path))
+        .route("/boot/images/{image}/{artifact}", get(image_artifact))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+    asset: Option<String>,
+}
+
+/// The URL nodes use for us: configured, else from the request's Host header.
+fn base_url(s: &BootState, headers: &HeaderMap) -> String {
+    if let Some(u) = &s.config.provisioning.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']')))
+        .map(str::to_owned)
+        .unwrap_or_else(|| s.config.provisioning.listen.to_string());
+    format!("http://{host}")
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+enum Script {
+    Ipxe,
+    Grub,
+}
+
+async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Script) -> Response {
+    let base = base_url(s, headers);
+    let retry = |why: &str| match kind {
+        Script::Ipxe => text(ipxe_retry(&base, why)),
+        Script::Grub => text(format!("echo 'ferry: {why}'\nsleep 30\nreboot\n")),
+    };
+    let Some(mac) = mac else {
+        return match kind {
+            Script::Ipxe => text(ipxe_chain(&base)),
+            Script::Grub => (StatusCode::BAD_REQUEST, "give ?mac=\n").into_response(),
+        };
+    };
+    let Ok(mac) = MacAddr::parse(mac) else { return retry("that is not a MAC address") };
+    let store = &s.tunnels.store;
+    let node = match store.node_by_mac(&mac).await {
+        Ok(Some(n)) => n,
+        Ok(None) => {
+            tracing::info!(%mac, "boot request from an unknown MAC");
+            return retry("no node has this MAC");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "boot lookup failed");
+            return retry("server error");
+        }
+    };
+    let (merged, tag) = match (store.merged_node(&node).await, store.node_asset_tag(&node).await) {
+        (Ok(m), Ok(t)) => (m, t.is_some()),
+        _ => return retry("server error"),
+    };
+    let Some(image_name) = merged.settings.image.clone() else { return retry("this node has no image") };
+    let image = match store.get_image(&image_name).await {
+        Ok(Some(i)) => i,
+        _ => return retry("this node's image is not imported"),
+    };
+    let server_addr = s.tunnels.network.server_address();
+    let datasource_url = format!("http://{}:{}/", url_host(server_addr), s.config.datasource.port);
+    let target = BootTarget {
+        node: &node,
+        image: &image.name,
+        base_url: &base,
+        server_public_key: &s.server_public_key,
+        datasource_url: &datasource_url,
+        has_rootfs: image.rootfs_gz.is_some(),
+        asset_gate: merged.settings.boot_asset_gate == Some(true) && tag,
+    };
+    let actor = ferry_store::Actor(format!("mac:{mac}"));
+    let _ = store.record_event(&actor, "boot.script", &format!("node/{node}"), &format!("image={image_name}")).await;
+    text(match kind {
+        Script::Ipxe => ipxe_script(&merged.settings, &target),
+        Script::Grub => grub_config(&merged.settings, &target),
+    })
+}
+
+async fn ipxe_by_query(State(s): State<BootState>, headers: HeaderMap, Query(q): Query<MacQuery>) -> Response {
+    script(&s, &headers, q.mac.as_deref(), Script::Ipxe).await
+}
+async fn ipxe_by_path(State(s): State<BootState>, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+    script(&s, &headers, Some(&mac), Script::Ipxe).await
+}
+async fn grub_by_query(State(s): State<BootState>, headers: HeaderMap, Query(q): Query<MacQuery>) -> Response {
+    script(&s, &headers, q.mac.as_deref(), Script::Grub).await
+}
+async fn grub_by_path(State(s): State<BootState>, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+    script(&s, &headers, Some(&mac), Script::Grub).await
+}
+
+/// Images that at least one gated node (with an asset tag) boots.
+async fn gated_images(s: &BootState) -> HashSet<String> {
+    {
+        let cache = s.gated.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.0.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+            return cache.1.clone();
+        }
+    }
+    let store = &s.tunnels.store;
+    let (Ok(nodes), Ok(profiles)) = (store.list_nodes().await, store.list_profiles().await) else {
+        return HashSet::new();
+    };
+    let profiles = profiles
+        .into_iter()
+        .map(|p| (p.name.clone(), ferry_core::Profile { name: p.name, profiles: p.profiles, settings: p.settings }))
+        .collect();
+    let mut gated = HashSet::new();
+    for n in nodes.into_iter().filter(|n| n.asset_tag == ferry_api::admin::SecretState::Set) {
+        let node = Node { name: n.name, profiles: n.profiles, settings: n.settings };
+        if let Ok(m) = merge_node(&node, &profiles) {
+            if let (Some(true), Some(image)) = (m.settings.boot_asset_gate, m.settings.image) {
+                gated.insert(image);
+            }
+        }
+    }
+    *s.gated.lock().unwrap_or_else(|p| p.into_inner()) = (Some(Instant::now()), gated.clone());
+    gated
+}
+
+/// Warewulf-style gating: a gated image is served only to a request naming a node that
+/// boots it, with that node's asset tag. Weak by design (the tag travels in clear).
+async fn gate_allows(s: &BootState, image: &str, q: &MacQuery) -> bool {
+    if !gated_images(s).await.contains(image) {
+        return true;
+    }
+    let (Some(mac), Some(asset)) = (q.mac.as_deref(), q.asset.as_deref()) else { return false };
+    let Ok(mac) = MacAddr::parse(mac) else { return false };
+    let store = &s.tunnels.store;
+    let Ok(Some(node)) = store.node_by_mac(&mac).await else { return false };
+    let Ok(merged) = store.merged_node(&node).await else { return false };
+    if merged.settings.image.as_deref() != Some(image) {
+        return false;
+    }
+    match store.node_asset_tag(&node).await {
+        Ok(Some(tag)) => subtle::ConstantTimeEq::ct_eq(tag.expose().as_bytes(), asset.as_bytes()).into(),
+        _ => merged.settings.boot_asset_gate != Some(true),
+    }
+}
+
+async fn image_artifact(
+    State(s): State<BootState>,
+    Path((image, artifact)): Path<(String, String)>,
+    Query(q): Query<MacQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such image artifact\n").into_response();
+    let Ok(Some(record)) = s.tunnels.store.get_image(&image).await else { return not_found() };
+    if !gate_allows(&s, &image, &q).await {
+        tracing::warn!(%image, mac = ?q.mac, "gated artifact requested without the node's asset tag");
+        return (StatusCode::FORBIDDEN, "this image needs the node's asset tag\n").into_response();
+    }
+    let accepts_zstd = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("zstd")));
+    let chosen = match artifact.as_str() {
+        "kernel" => Some(&record.kernel),
+        "initrd" => Some(&record.initrd),
+        // The kernel unpacks either; zstd is smaller and faster where the client says so.
+        "rootfs" if accepts_zstd => record.rootfs_zst.as_ref(),
+        "rootfs" => record.rootfs_gz.as_ref(),
+        _ => None,
+    };
+    let Some(a) = chosen else { return not_found() };
+    let vary: &[(header::HeaderName, &'static str)] =
+        if artifact == "rootfs" { &[(header::VARY, "accept-encoding")] } else { &[] };
+    artifacts::serve(&object_path(&s.config.data_dir, &a.sha256), &a.sha256, &headers, vary).await
+}

@@ -1,0 +1,155 @@
+//! Network boot over HTTP against a real server: per-node scripts, unknown MACs,
+//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating.
+
+mod common;
+
+use common::TestServer;
+
+struct Fixture {
+    s: TestServer,
+    kernel: Vec<u8>,
+}
+
+/// curl inside the server's namespace: (status, headers, body).
+fn curl(s: &TestServer, args: &[&str]) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h");
+    let out =
+        s.netns.cmd("curl").args(["-s", "-m", "10", "-D"]).arg(&headers).args(["-o", "-"]).args(args).output().unwrap();
+    let h = std::fs::read_to_string(&headers).unwrap_or_default();
+    let code = h.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, h.to_lowercase(), out.stdout)
+}
+
+const BASE: &str = "http://127.0.0.1:8470";
+
+fn fixture() -> Fixture {
+    let s = TestServer::start();
+    let dir = s.dir.path();
+    let kernel: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
+    std::fs::write(dir.join("initrd.img"), b"initrd bytes").unwrap();
+    std::fs::create_dir_all(dir.join("root/etc")).unwrap();
+    std::fs::write(dir.join("root/etc/hostname"), b"image\n").unwrap();
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let out = s.ok(&[
+        "image",
+        "import",
+        "rocky9",
+        "--kernel",
+        &p("vmlinuz"),
+        "--initrd",
+        &p("initrd.img"),
+        "--rootfs",
+        &p("root"),
+    ]);
+    assert!(out.contains("imported image rocky9"), "{out}");
+    s.ok(&["image", "import", "plain", "--kernel", &p("vmlinuz"), "--initrd", &p("initrd.img")]);
+    s.ok(&["profile", "add", "compute", "--image", "rocky9", "--kernel-args", "console=ttyS0", "--root", "tmpfs"]);
+    s.ok(&["node", "add", "n1", "-P", "compute", "--mac", "52:54:00:00:00:01"]);
+    Fixture { s, kernel }
+}
+
+#[test]
+fn scripts_per_node_and_unknown_macs() {
+    let f = fixture();
+    let key = f.s.public_key();
+    let (code, _, body) = curl(&f.s, &[&format!("{BASE}/boot/ipxe")]);
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).as_ref()),
+        (200, "#!ipxe\nchain http://127.0.0.1:8470/boot/ipxe?mac=${net0/mac}\n")
+    );
+    let (code, _, body) = curl(&f.s, &[&format!("{BASE}/boot/ipxe?mac=52-54-00-00-00-01")]);
+    let script = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(code, 200);
+    assert_eq!(
+        script,
+        format!(
+            "#!ipxe\necho ferry: booting n1 (image rocky9)\n\
+             kernel {BASE}/boot/images/rocky9/kernel initrd=initrd initrd=rootfs console=ttyS0 root=tmpfs \
+             ferry.server={BASE} ferry.pubkey={key} ferry.node=n1 ds=nocloud-net;s=http://100.64.0.1:8471/\n\
+             initrd --name initrd {BASE}/boot/images/rocky9/initrd\n\
+             initrd --name rootfs {BASE}/boot/images/rocky9/rootfs\nboot\n"
+        )
+    );
+    let (_, _, by_path) = curl(&f.s, &[&format!("{BASE}/boot/ipxe/52:54:00:00:00:01")]);
+    assert_eq!(String::from_utf8_lossy(&by_path), script, "path form");
+    let (code, _, grub) = curl(&f.s, &[&format!("{BASE}/boot/grub?mac=52:54:00:00:00:01")]);
+    let grub = String::from_utf8_lossy(&grub);
+    assert!(
+        code == 200
+            && grub.contains("linux (http,127.0.0.1:8470)/boot/images/rocky9/kernel 'console=ttyS0'")
+            && grub.contains("'ds=nocloud-net;s=http://100.64.0.1:8471/'"),
+        "{grub}"
+    );
+    for unknown in ["52:54:00:99:99:99", "nonsense"] {
+        let (code, _, body) = curl(&f.s, &[&format!("{BASE}/boot/ipxe?mac={unknown}")]);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200);
+        assert!(body.contains("sleep 30") && body.contains("chain "), "{body}");
+        assert!(
+            !body.contains("n1") && !body.contains("rocky9") && !body.contains("ferry.pubkey"),
+            "no inventory leak: {body}"
+        );
+    }
+    // A node without an image is told so, and retries.
+    f.s.ok(&["node", "add", "n2", "--mac", "52:54:00:00:00:02"]);
+    let (_, _, body) = curl(&f.s, &[&format!("{BASE}/boot/ipxe?mac=52:54:00:00:00:02")]);
+    assert!(String::from_utf8_lossy(&body).contains("has no image"));
+    assert!(f.s.fails(&["image", "delete", "rocky9"]).contains("used by profile compute"));
+}
+
+#[test]
+fn artifacts_stream_with_range_and_etag() {
+    let f = fixture();
+    let url = format!("{BASE}/boot/images/rocky9/kernel");
+    let (code, h, body) = curl(&f.s, &[&url]);
+    assert_eq!(code, 200);
+    assert_eq!(body, f.kernel);
+    assert!(h.contains(&format!("content-length: {}", f.kernel.len())), "{h}");
+    let etag = h.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap().trim().to_owned();
+    assert_eq!(etag.len(), 66, "etag is the quoted sha256: {etag}");
+    let (code, _, body) = curl(&f.s, &["-H", &format!("If-None-Match: {etag}"), &url]);
+    assert_eq!((code, body.len()), (304, 0));
+    let (code, h, body) = curl(&f.s, &["-H", "Range: bytes=1000-1009", &url]);
+    assert_eq!(code, 206);
+    assert_eq!(body, &f.kernel[1000..1010]);
+    assert!(h.contains(&format!("content-range: bytes 1000-1009/{}", f.kernel.len())), "{h}");
+    let (code, _, body) = curl(&f.s, &["-H", "Range: bytes=-5", &url]);
+    assert_eq!((code, body.as_slice()), (206, &f.kernel[f.kernel.len() - 5..]));
+    let (code, h, _) = curl(&f.s, &["-H", "Range: bytes=999999-", &url]);
+    assert!(code == 416 && h.contains(&format!("content-range: bytes */{}", f.kernel.len())), "{h}");
+    let (code, _, body) =
+        curl(&f.s, &["-H", &format!("If-Range: \"{}\"", "0".repeat(64)), "-H", "Range: bytes=0-9", &url]);
+    assert_eq!((code, body.len()), (200, f.kernel.len()), "a stale If-Range gets the whole file");
+    // rootfs: zstd when the client accepts it, gzip otherwise.
+    let rootfs = format!("{BASE}/boot/images/rocky9/rootfs");
+    let (_, h, zst) = curl(&f.s, &["-H", "Accept-Encoding: zstd, gzip", &rootfs]);
+    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
+    assert!(h.contains("vary: accept-encoding"));
+    let (_, _, gz) = curl(&f.s, &[&rootfs]);
+    assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/nosuch/kernel")]).0, 404);
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/rootfs")]).0, 404);
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/rocky9/etc-passwd")]).0, 404);
+}
+
+#[test]
+fn asset_tag_gating_on_and_off() {
+    let f = fixture();
+    let tag = f.s.dir.path().join("tag");
+    std::fs::write(&tag, "GATE-TAG 7").unwrap();
+    f.s.ok(&["node", "set", "n1", "--asset-tag-file", tag.to_str().unwrap()]);
+    let url = format!("{BASE}/boot/images/rocky9/kernel");
+    assert_eq!(curl(&f.s, &[&url]).0, 200, "gating off: served");
+    f.s.ok(&["profile", "set", "compute", "--boot-asset-gate", "true"]);
+    let (_, _, script) = curl(&f.s, &[&format!("{BASE}/boot/ipxe?mac=52:54:00:00:00:01")]);
+    assert!(String::from_utf8_lossy(&script)
+        .contains("/boot/images/rocky9/kernel?mac=${net0/mac}&asset=${asset:uristring}"));
+    std::thread::sleep(std::time::Duration::from_secs(6)); // the gated-image cache lives 5 s
+    assert_eq!(curl(&f.s, &[&url]).0, 403, "gating on: no tag, no kernel");
+    assert_eq!(curl(&f.s, &[&format!("{url}?mac=52:54:00:00:00:01&asset=WRONG")]).0, 403);
+    assert_eq!(curl(&f.s, &[&format!("{url}?mac=52:54:00:00:00:01&asset=GATE-TAG%207")]).0, 200);
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/kernel")]).0, 200, "other images are not gated");
+    assert!(!f.s.log_text().contains("GATE-TAG"), "the tag is never logged");
+}

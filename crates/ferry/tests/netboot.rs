@@ -1,0 +1,343 @@
+//! Issue 5's proof: a real network boot. In a namespace that has only loopback, QEMU
+//! (TCG, `-cpu max`, the iPXE ROM of ipxe-qemu, user networking) boots a node from
+//! ferry: iPXE fetches ferry's script, the Debian kernel and ferry's own initramfs over
+//! HTTP; the initramfs loads the Debian kernel's wireguard.ko, gets an address by DHCP,
+//! and `ferry agent` enrolls (asset-tag factor), opens a kernel WireGuard tunnel,
+//! fetches the node's meta-data through it, phones home and removes the tunnel. The
+//! serial log proves each step; ferry shows the node booted and no peer left.
+//!
+//! QEMU's user networking maps 10.0.2.2 to the namespace's loopback, where `ferry serve`
+//! listens (provisioning 127.0.0.1:8470, WireGuard UDP 51820). The guest's TCP source
+//! as ferry sees it is 127.0.0.1 (slirp NAT), so the node proves itself with its asset
+//! tag (`-smbios type=3,asset=...` → /sys/class/dmi/id/chassis_asset_tag).
+//!
+//! The first test leaves its boot time split and its serial log (each line with the
+//! time since QEMU started) in `$CARGO_TARGET_DIR/tmp/netboot-{times.txt,serial.log}`; the
+//! second its serial log in `netboot-tmpfs-serial.log` there.
+
+mod common;
+
+use common::qemu::{self, Qemu, SerialLine};
+use common::{eventually, unique, Netns, TestServer};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const MAC: &str = "52:54:00:12:34:56";
+/// The whole test's budget (issue 5: under 90 s); QEMU's own `timeout` is below it.
+const BUDGET: Duration = Duration::from_secs(90);
+const QEMU_LIMIT: Duration = Duration::from_secs(75);
+
+/// The QEMU tests run one at a time: each is CPU-bound (TCG) and measures boot times.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+/// A server as the QEMU guest sees it: provisioning and WireGuard on the namespace's
+/// loopback, announced as 10.0.2.2.
+fn server() -> TestServer {
+    TestServer::start_in_with(
+        Netns::new("fyq"),
+        "",
+        "127.0.0.1:8470",
+        "public_url = \"http://10.0.2.2:8470\"",
+        "backend = \"userspace\"\nendpoint = \"10.0.2.2:51820\"",
+        None,
+    )
+}
+
+/// Builds the node initramfs with this ferry binary and imports it with the Debian
+/// kernel as image `name` (with `rootfs` as its root file system, if given).
+fn import_image(s: &TestServer, kver: &str, name: &str, rootfs: Option<&Path>) -> Duration {
+    let initrd = s.dir.path().join("initrd.img");
+    let started = Instant::now();
+    let built = s.json(&[
+        "image",
+        "initramfs",
+        "--output",
+        initrd.to_str().unwrap(),
+        "--kernel-version",
+        kver,
+        "--gzip-level",
+        "1",
+        "--json",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(built["ferry_stripped"], true, "strip (binutils) makes the initramfs smaller: {built}");
+    let modules: Vec<&str> = built["modules"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    assert!(modules.last().is_some_and(|m| m.ends_with("/wireguard.ko")), "wireguard loads last: {modules:?}");
+    for m in ["virtio_net.ko", "failover.ko", "net_failover.ko", "udp_tunnel.ko", "libchacha20poly1305.ko"] {
+        assert!(modules.iter().any(|x| x.ends_with(&format!("/{m}"))), "{m} in {modules:?}");
+    }
+    let kernel = format!("/boot/vmlinuz-{kver}");
+    let mut args = vec!["image", "import", name, "--kernel", &kernel, "--initrd", initrd.to_str().unwrap()];
+    if let Some(r) = rootfs {
+        args.extend(["--rootfs", r.to_str().unwrap()]);
+    }
+    s.ok(&args);
+    took
+}
+
+/// Adds node `name` with our MAC, an asset tag (its only identity factor) and `extra`
+/// settings; returns the tag for QEMU's SMBIOS table.
+fn add_node(s: &TestServer, name: &str, extra: &[&str]) -> String {
+    let tag = format!("FERRY-QEMU-{}", unique("t"));
+    let tag_file = s.dir.path().join("asset-tag");
+    std::fs::write(&tag_file, &tag).unwrap();
+    let mut args = vec![
+        "node",
+        "add",
+        name,
+        "--mac",
+        MAC,
+        "--identity",
+        "asset-tag",
+        "--asset-tag-file",
+        tag_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    s.ok(&args);
+    tag
+}
+
+/// Network-boots the guest (SeaBIOS → iPXE ROM → DHCP → ferry's /boot/ipxe) and waits
+/// until it powers off.
+fn netboot(s: &TestServer, tag: &str) -> Qemu {
+    let args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "512",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        // SeaBIOS's serial console carries the BIOS and iPXE text (`-device sga` is deprecated).
+        "-machine",
+        "graphics=off",
+        "-boot",
+        "n",
+        "-netdev",
+        "user,id=n0,bootfile=http://10.0.2.2:8470/boot/ipxe",
+        "-device",
+        &format!("virtio-net-pci,netdev=n0,mac={MAC}"),
+        "-smbios",
+        &format!("type=3,asset={tag}"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    let mut vm = Qemu::spawn(&s.netns, s.dir.path(), QEMU_LIMIT, &args);
+    let status = vm.wait(QEMU_LIMIT + Duration::from_secs(5));
+    let tail = vm.tail(80);
+    match status {
+        Some(st) => assert!(st.success(), "QEMU exited with {st}; serial log:\n{tail}"),
+        None => panic!("the guest did not power off within {QEMU_LIMIT:?}; serial log:\n{tail}"),
+    }
+    vm
+}
+
+/// Finds each step's line, each after the previous one; panics with the log otherwise.
+fn steps<'a>(vm: &Qemu, lines: &'a [SerialLine], steps: &[(&str, &str)]) -> Vec<&'a SerialLine> {
+    let mut from = 0;
+    let mut found = Vec::new();
+    for (what, needle) in steps {
+        let Some(i) = lines[from..].iter().position(|l| l.text.contains(needle)) else {
+            panic!("serial log: no {what} ({needle:?}) after line {from}:\n{}", vm.tail(120));
+        };
+        found.push(&lines[from + i]);
+        from += i + 1;
+    }
+    found
+}
+
+/// Seconds in the day of an RFC 3339 time stamp in a log line (`...T14:46:12.762018Z`).
+fn clock_of(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().find(|w| w.len() > 20 && w.as_bytes().get(10) == Some(&b'T'))?;
+    let hms = t.get(11..)?.trim_end_matches('Z');
+    let mut parts = hms.split(':');
+    let (h, m, s) = (parts.next()?.parse::<f64>().ok()?, parts.next()?.parse::<f64>().ok()?, parts.next()?);
+    Some(h * 3600.0 + m * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// The guest's uptime that `ferry-init:` lines end with (`[4.14 s]`).
+fn uptime_of(line: &str) -> Option<f64> {
+    line.rsplit_once('[')?.1.strip_suffix(" s]")?.parse().ok()
+}
+
+#[test]
+fn qemu_network_boots_a_node_with_kernel_wireguard_and_phones_home() {
+    common::require_root();
+    qemu::require_qemu();
+    let kver = qemu::debian_kernel();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let test_started = Instant::now();
+
+    let s = server();
+    let build = import_image(&s, &kver, "netboot", None);
+    let tag = add_node(
+        &s,
+        "n1",
+        &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff ferry.timeout=60"],
+    );
+    let script = s.netns.sh(&["curl", "-s", "-m", "5", &format!("http://127.0.0.1:8470/boot/ipxe?mac={MAC}")]);
+    assert!(script.contains("kernel http://10.0.2.2:8470/boot/images/netboot/kernel"), "{script}");
+
+    let vm = netboot(&s, &tag);
+    let lines = vm.lines();
+    let at = steps(
+        &vm,
+        &lines,
+        &[
+            ("iPXE ROM", "iPXE initialising devices"),
+            ("iPXE DHCP", "Configuring (net0 52:54:00:12:34:56)"),
+            ("ferry's chain script", "http://10.0.2.2:8470/boot/ipxe... ok"),
+            // iPXE shows the chained URL without its query (?mac=...).
+            ("ferry's per-node script", "http://10.0.2.2:8470/boot/ipxe... ok"),
+            ("the per-node script running", "booting n1"),
+            ("the kernel over HTTP", "http://10.0.2.2:8470/boot/images/netboot/kernel... ok"),
+            ("the initramfs over HTTP", "http://10.0.2.2:8470/boot/images/netboot/initrd... ok"),
+            ("the Debian kernel", &format!("Linux version {kver}")),
+            ("the kernel command line", "ferry.node=n1"),
+            ("/init", "ferry-init: start"),
+            ("the Debian kernel's wireguard.ko", "wireguard: WireGuard "),
+            ("the modules", "ferry-init: modules loaded ("),
+            ("DHCP in the guest", "ferry-init: dhcp ok: eth0 10.0.2.15/24, router 10.0.2.2"),
+            ("the agent", "ferry-init: agent: enrolling"),
+            ("enrollment", "enrolled node=n1 address=100.64."),
+            ("the kernel WireGuard tunnel", "tunnel interface up interface=ferry-node0 backend=Kernel"),
+            ("the datasource through the tunnel", "the datasource answers through the tunnel"),
+            ("the seed", "seed written dir=/run/ferry/seed"),
+            ("phone-home", "phoned home"),
+            ("the tunnel's removal", "tunnel interface removed"),
+            ("the agent's success", "ferry-init: agent ok: ds=nocloud;s=file:///run/ferry/seed/"),
+            ("the meta-data fetched", "ferry-init: meta-data: {"),
+            ("the result", "FERRY-RESULT: ok 0"),
+            ("power-off", "reboot: Power down"),
+        ],
+    );
+    let meta = &at[21].text;
+    assert!(meta.contains("\"instance-id\": \"n1\"") && meta.contains("\"local-hostname\": \"n1\""), "{meta}");
+    assert!(!lines.iter().any(|l| l.text.contains("FERRY-RESULT: fail")));
+
+    // ferry's side: booted once, no tunnel, no peer on the device.
+    let shown = s.json(&["node", "show", "n1", "--json"]);
+    assert_eq!(shown["boot"]["boot_count"], 1, "{shown}");
+    assert!(shown["boot"]["address"].as_str().unwrap_or_default().starts_with("100.64."), "{shown}");
+    eventually(10, "no tunnel and no peer after phone-home", || {
+        s.json(&["tunnel", "list", "--json"]).as_array().is_some_and(|a| a.is_empty()) && s.wg_peers().is_empty()
+    });
+    let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert!(audit.contains("reason=phone-home"), "{audit}");
+
+    // The boot time split, from the host's clock at each serial line (and the guest's).
+    let t = |i: usize| at[i].at.as_secs_f64();
+    let init_uptime = uptime_of(&at[9].text).unwrap_or(f64::NAN);
+    let agent_clock = clock_of(&at[18].text).zip(
+        lines.iter().find(|l| l.text.contains("enrolling with http://10.0.2.2:8470")).and_then(|l| clock_of(&l.text)),
+    );
+    let agent_guest = agent_clock.map_or(f64::NAN, |(end, start)| (end - start).rem_euclid(86_400.0));
+    let kernel_entry = t(9) - init_uptime; // the guest clock starts after decompression
+    let report = format!(
+        "network boot of n1 under QEMU TCG (seconds, host clock from QEMU's start; guest clock in brackets)\n\
+         \x20 initramfs build (ferry image initramfs, debug binary)  {:6.2}\n\
+         \x20 firmware + iPXE: SeaBIOS, iPXE DHCP, script, kernel + initrd over HTTP  {:6.2}  (iPXE ROM at {:.2}, script at {:.2})\n\
+         \x20 kernel until /init                                      {:6.2}  (decompression {:.2}, boot {:.2} [uptime at /init])\n\
+         \x20 /init: modules + DHCP                                   {:6.2}\n\
+         \x20 enroll -> phone-home (ferry agent, kernel WireGuard)    {:6.2}  (agent start-up included; [{:.2}] from the agent's first to its phone-home line)\n\
+         \x20 tunnel removal + result + power-off                     {:6.2}\n\
+         \x20 QEMU start to power-off                                 {:6.2}\n\
+         \x20 whole test                                              {:6.2}\n",
+        build.as_secs_f64(),
+        t(6),
+        t(0),
+        t(2),
+        t(9) - t(6),
+        kernel_entry - t(6),
+        init_uptime,
+        t(13) - t(9),
+        t(18) - t(13),
+        agent_guest,
+        t(23) - t(18),
+        t(23),
+        test_started.elapsed().as_secs_f64(),
+    );
+    println!("{report}");
+    let keep = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::write(keep.join("netboot-times.txt"), &report);
+    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(keep.join("netboot-serial.log"), serial);
+    assert!(test_started.elapsed() < BUDGET, "the network boot test took over {BUDGET:?}:\n{report}");
+}
+
+/// The image's own init: proves it runs as PID 1 on a tmpfs root, with the seed the
+/// initramfs fetched, then powers the guest off.
+const IMAGE_INIT: &str = r#"#!/bin/busybox sh
+bb=/bin/busybox
+echo "IMAGE-INIT: pid $$ root $($bb stat -f -c %T /) image $($bb cat /etc/image-id)"
+echo "IMAGE-INIT: seed $($bb tr '\n' ' ' </run/ferry/seed/meta-data)"
+[ -e /rootfs ] || [ -e /init ] || echo "IMAGE-INIT: the initramfs is gone"
+$bb sync
+$bb poweroff -f
+"#;
+
+#[test]
+fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
+    use std::os::unix::fs::PermissionsExt;
+    common::require_root();
+    qemu::require_qemu();
+    let kver = qemu::debian_kernel();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let test_started = Instant::now();
+
+    let s = server();
+    // A tiny image: busybox and an init that reports where it runs.
+    let root = s.dir.path().join("image-root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("sbin")).unwrap();
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
+    std::fs::write(root.join("sbin/init"), IMAGE_INIT).unwrap();
+    std::fs::set_permissions(root.join("sbin/init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("etc/image-id"), "tiny-1\n").unwrap();
+    import_image(&s, &kver, "tiny", Some(&root));
+    let tag = add_node(
+        &s,
+        "n2",
+        &["--image", "tiny", "--root", "tmpfs", "--kernel-args", "console=ttyS0,115200 ferry.timeout=60"],
+    );
+
+    let vm = netboot(&s, &tag);
+    let lines = vm.lines();
+    steps(
+        &vm,
+        &lines,
+        &[
+            ("the image's root file system over HTTP", "http://10.0.2.2:8470/boot/images/tiny/rootfs... ok"),
+            ("root=tmpfs on the command line", "root=tmpfs"),
+            ("enrollment", "enrolled node=n2"),
+            ("phone-home", "phoned home"),
+            ("the result", "FERRY-RESULT: ok 0"),
+            ("the copy into tmpfs", "ferry-init: copying the image into a tmpfs"),
+            ("switch_root", "ferry-init: switching root to tmpfs, exec /sbin/init"),
+            ("the image's init as PID 1 on tmpfs", "IMAGE-INIT: pid 1 root tmpfs image tiny-1"),
+            ("the seed carried into the image", "IMAGE-INIT: seed {   \"instance-id\": \"n2\""),
+            ("the initramfs freed", "IMAGE-INIT: the initramfs is gone"),
+            ("power-off", "reboot: Power down"),
+        ],
+    );
+    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("netboot-tmpfs-serial.log"), serial);
+    let shown = s.json(&["node", "show", "n2", "--json"]);
+    assert_eq!(shown["boot"]["boot_count"], 1, "{shown}");
+    eventually(10, "no tunnel and no peer after phone-home", || {
+        s.json(&["tunnel", "list", "--json"]).as_array().is_some_and(|a| a.is_empty()) && s.wg_peers().is_empty()
+    });
+    println!(
+        "root=tmpfs boot: QEMU start to power-off {:.2} s, whole test {:.2} s",
+        lines.last().map_or(0.0, |l| l.at.as_secs_f64()),
+        test_started.elapsed().as_secs_f64()
+    );
+    assert!(test_started.elapsed() < BUDGET);
+}

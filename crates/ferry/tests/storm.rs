@@ -1,0 +1,26 @@
+//! The boot-storm benchmark's CI smoke variant: 500 simulated nodes through the whole
+//! protocol against a real server; any error or leak fails.
+
+mod common;
+
+use common::{require_root, FERRY};
+
+#[test]
+fn storm_smoke_500_nodes_no_errors_no_leaks() {
+    require_root();
+    let out = std::process::Command::new(FERRY)
+        .args(["bench", "storm", "--nodes", "500", "--concurrency", "50", "--churn-peers", "200", "--json"])
+        .output()
+        .expect("run ferry bench storm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "storm failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    assert_eq!(r["completed"], 500);
+    assert!(r["errors"].as_object().is_some_and(|e| e.is_empty()), "errors: {}", r["errors"]);
+    assert_eq!((r["leaks"]["active_tunnels"].as_u64(), r["leaks"]["device_peers"].as_u64()), (Some(0), Some(0)));
+    for step in ["challenge", "enroll", "document", "phone-home"] {
+        assert!(r["steps"][step]["count"].as_u64().unwrap_or(0) >= 500, "{step} measured");
+    }
+    assert!(r["churn"]["ratio"].as_f64().unwrap_or(0.0) > 1.0, "batched churn beats one process per peer");
+}
