@@ -175,6 +175,9 @@ impl Server {
         };
         let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
         self.tunnels.shutdown().await;
+        if let Err(e) = self.tunnels.store.flush().await {
+            tracing::error!(error = %e, "could not write the last audit entries");
+        }
         let _ = std::fs::remove_file(&self.config.admin_socket);
         tracing::info!("ferry server stopped");
         a.context("admin API failed")?;

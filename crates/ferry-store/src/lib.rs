@@ -4,6 +4,7 @@
 //!
 //! Every write is one transaction: a batch of 128 nodes is added completely or not at all.
 
+mod audit_buffer;
 pub mod sealing;
 mod sqlite;
 mod sqlite_images;
@@ -110,7 +111,8 @@ pub trait Store: Send + Sync + 'static {
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
     /// Every node's recorded SSH host keys: `(node, "type key")`.
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
-    /// Appends an audit entry outside any other change (enrollment refusals, deliveries).
+    /// Appends an audit entry outside any other change (enrollment verdicts, deliveries).
+    /// Such entries are written in batches shortly after; [`Store::audit`] sees them.
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
 
     /// Registers an image whose artifacts are already in the object store.
@@ -119,6 +121,9 @@ pub trait Store: Send + Sync + 'static {
     async fn get_image(&self, name: &str) -> Result<Option<ferry_api::image::ImageRecord>, StoreError>;
     /// Deletes an image; refused while a node or profile names it.
     async fn delete_image(&self, name: &str, actor: &Actor) -> Result<(), StoreError>;
+
+    /// Writes every queued audit entry (at shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;

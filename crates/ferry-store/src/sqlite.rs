@@ -26,6 +26,7 @@ pub struct SqliteStore {
     /// Where the next address search starts (an offset into the tunnel network), so
     /// allocation costs a few indexed look-ups instead of a scan of every tunnel.
     pub(crate) next_address: std::sync::Mutex<u128>,
+    pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<crate::audit_buffer::Item>,
 }
 
 struct StoredNode {
@@ -48,7 +49,8 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
-        Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0) })
+        let audit_queue = crate::audit_buffer::spawn(write.clone());
+        Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0), audit_queue })
     }
 
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
@@ -570,7 +572,17 @@ impl Store for SqliteStore {
         self.delete_image_impl(name, actor).await
     }
 
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.audit_queue.send(crate::audit_buffer::Item::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+        Ok(())
+    }
+
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        // Read your writes: queued events land first.
+        self.flush().await?;
         let sql = format!(
             "SELECT id, at, actor, action, subject, detail FROM audit {} ORDER BY id DESC LIMIT ?",
             if subject.is_some() { "WHERE subject = ?" } else { "" }

@@ -257,7 +257,8 @@ impl SqliteStore {
         subject: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let mut conn = self.write.acquire().await?;
-        audit(&mut conn, actor, action, subject, detail).await
+        self.audit_queue
+            .send(crate::audit_buffer::entry(&actor.0, action, subject, detail))
+            .map_err(|_| StoreError::Corrupt("audit log".into(), "the audit writer stopped".into()))
     }
 }

@@ -145,7 +145,9 @@ impl TestServer {
             .expect("spawn ferry serve");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        // Ready = the admin API answers (the socket is bound before the device is
+        // reconciled, so a connect alone is too early).
+        while !self.run(&["server-key"]).status.success() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("ferry serve exited with {status}: {}", self.log_text());
             }

@@ -1,0 +1,67 @@
+//! Audit entries that are not part of another change (enrollment verdicts, document
+//! deliveries) are queued and written in batches: one transaction for everything that
+//! arrived while the previous batch was being written. Under a boot storm this turns
+//! thousands of one-row transactions through SQLite's single writer into a few.
+//! Readers of the log flush first, so `ferry audit` always sees every event that
+//! happened before it asked.
+
+use crate::now_secs;
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) enum Item {
+    Entry { at: i64, actor: String, action: String, subject: String, detail: String },
+    Flush(oneshot::Sender<()>),
+}
+
+pub(crate) fn entry(actor: &str, action: &str, subject: &str, detail: &str) -> Item {
+    Item::Entry {
+        at: now_secs(),
+        actor: actor.into(),
+        action: action.into(),
+        subject: subject.into(),
+        detail: detail.into(),
+    }
+}
+
+/// Starts the writer; it ends when every sender is gone, after writing what it holds.
+pub(crate) fn spawn(write: SqlitePool) -> mpsc::UnboundedSender<Item> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < 10_000 {
+                match rx.try_recv() {
+                    Ok(i) => batch.push(i),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = write_batch(&write, &batch).await {
+                tracing::error!(error = %e, entries = batch.len(), "cannot write audit entries");
+            }
+            for item in batch {
+                if let Item::Flush(done) = item {
+                    let _ = done.send(());
+                }
+            }
+        }
+    });
+    tx
+}
+
+async fn write_batch(write: &SqlitePool, batch: &[Item]) -> Result<(), sqlx::Error> {
+    let mut tx = write.begin().await?;
+    for item in batch {
+        if let Item::Entry { at, actor, action, subject, detail } = item {
+            sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
+                .bind(at)
+                .bind(actor)
+                .bind(action)
+                .bind(subject)
+                .bind(detail)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await
+}
