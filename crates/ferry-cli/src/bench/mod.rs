@@ -89,7 +89,11 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
     let cpu = lab.server_cpu_secs() - cpu_before;
     let rss_peak = lab.server_peak_rss_kib();
     let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
-    let churn = if args.churn_peers > 0 { Some(churn::compare(&lab, args.churn_peers).await?) } else { None };
+    let churn = if args.churn_peers > 0 {
+        Some(churn::compare(&lab, args.churn_peers, args.backend == "wireguard-go").await?)
+    } else {
+        None
+    };
     let report = Report::new(&args, &stats, elapsed, cpu, rss_peak, peak_tunnels, leaks, churn);
     lab.stop().await;
     if args.json {
