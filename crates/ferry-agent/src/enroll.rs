@@ -66,6 +66,10 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             public_key: self.public_key.to_base64(),
             nonce,
             proofs: Proofs { asset_tag: proof },
+            mode: Some(match self.cfg.mode {
+                crate::args::Mode::Fetch => "fetch".into(),
+                crate::args::Mode::CloudInit => "cloud-init".into(),
+            }),
         };
         let body = match serde_json::to_vec(&request) {
             Ok(b) => b,

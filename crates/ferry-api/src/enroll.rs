@@ -25,6 +25,11 @@ pub struct EnrollRequest {
     pub nonce: String,
     #[serde(default)]
     pub proofs: Proofs,
+    /// What the node does with its tunnel: `fetch` (the agent fetches the seed and
+    /// phones home itself) or `cloud-init` (cloud-init fetches and phones home). Absent:
+    /// `cloud-init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -101,6 +101,11 @@ async fn enroll(
         .map_err(|_| HttpError::bad_request("public_key is not a WireGuard public key"))?;
     let nonce = decode32("nonce", &req.nonce)?;
     let mac = MacAddr::parse(&req.mac)?;
+    let mode = match req.mode.as_deref() {
+        None | Some("cloud-init") => "cloud-init",
+        Some("fetch") => "fetch",
+        Some(_) => return Err(HttpError::bad_request("mode must be fetch or cloud-init")),
+    };
     let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
     let audit_refusal = |subject: String, reason: String| {
         let store = s.tunnels.store.clone();
@@ -132,7 +137,7 @@ async fn enroll(
         }
     };
     let actor = Actor(format!("node:{node}@{client}"));
-    let tunnel = match s.tunnels.open(&node, &key, ttl, &actor).await {
+    let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), &actor).await {
         Ok(t) => t,
         Err(StoreError::PoolExhausted(net)) => {
             tracing::error!(%net, "tunnel address pool exhausted");

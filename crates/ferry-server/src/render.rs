@@ -61,6 +61,8 @@ pub struct FerryContext<'a> {
     pub server_address: String,
     pub datasource_url: &'a str,
     pub phone_home_url: &'a str,
+    /// The node's agent fetches the seed and phones home itself (fetch mode).
+    pub fetch_mode: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +91,7 @@ pub fn render(doc: Document, node: &MergedNodeView, ferry: FerryContext<'_>) -> 
         })),
         Document::VendorData => Ok(Some(match &s.cloud_init.vendor_data {
             Some(t) => template(doc, node, t, ferry)?,
-            None => default_vendor_data(ferry.phone_home_url),
+            None => default_vendor_data(ferry.phone_home_url, ferry.fetch_mode),
         })),
         Document::NetworkConfig => {
             s.cloud_init.network_config.as_ref().map(|t| template(doc, node, t, ferry)).transpose()
@@ -98,8 +100,12 @@ pub fn render(doc: Document, node: &MergedNodeView, ferry: FerryContext<'_>) -> 
 }
 
 /// Without a vendor-data of its own, a node gets cloud-init's phone_home pointed at
-/// ferry, which closes the tunnel when configuration is done.
-fn default_vendor_data(phone_home_url: &str) -> String {
+/// ferry, which closes the tunnel when configuration is done. In fetch mode the agent
+/// has phoned home and the tunnel is gone before cloud-init runs: nothing to add.
+fn default_vendor_data(phone_home_url: &str, fetch_mode: bool) -> String {
+    if fetch_mode {
+        return "#cloud-config\n{}\n".into();
+    }
     format!("#cloud-config\nphone_home:\n  url: {phone_home_url}/$INSTANCE_ID\n  post: all\n  tries: 10\n")
 }
 
@@ -157,6 +163,7 @@ mod tests {
             server_address: "100.64.0.1".into(),
             datasource_url: "http://100.64.0.1:8471/",
             phone_home_url: "http://100.64.0.1:8471/phone-home",
+            fetch_mode: false,
         }
     }
 
@@ -176,6 +183,8 @@ mod tests {
         assert!(user.contains("hostname: n001") && user.contains("\"r7 100.64.0.2\""), "{user}");
         let vendor = render(Document::VendorData, &n, ctx()).unwrap().unwrap();
         assert!(vendor.contains("url: http://100.64.0.1:8471/phone-home/$INSTANCE_ID"), "{vendor}");
+        let fetch = render(Document::VendorData, &n, FerryContext { fetch_mode: true, ..ctx() }).unwrap().unwrap();
+        assert!(!fetch.contains("phone_home"), "fetch-mode nodes have phoned home already: {fetch}");
         assert!(render(Document::NetworkConfig, &n, ctx()).unwrap().is_none());
     }
 

@@ -124,10 +124,11 @@ impl TunnelManager {
         node: &NodeName,
         key: &PublicKey,
         ttl_secs: u64,
+        mode: Option<&str>,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
-        let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, actor).await?;
+        let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, actor).await?;
         let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {

@@ -92,6 +92,7 @@ pub trait Store: Send + Sync + 'static {
         public_key: &str,
         network: &TunnelNetwork,
         ttl_secs: u64,
+        mode: Option<&str>,
         actor: &Actor,
     ) -> Result<OpenedTunnel, StoreError>;
     /// Closes a node's tunnel; None if it had none.

@@ -521,9 +521,10 @@ impl Store for SqliteStore {
         public_key: &str,
         network: &ferry_core::tunnel::TunnelNetwork,
         ttl_secs: u64,
+        mode: Option<&str>,
         actor: &Actor,
     ) -> Result<crate::OpenedTunnel, StoreError> {
-        self.open_tunnel_impl(node, public_key, network, ttl_secs, actor).await
+        self.open_tunnel_impl(node, public_key, network, ttl_secs, mode, actor).await
     }
     async fn close_tunnel(
         &self,

@@ -8,19 +8,20 @@ use ferry_core::{MacAddr, NodeName};
 use sqlx::SqliteConnection;
 use std::net::IpAddr;
 
-type TunnelRow = (String, String, String, i64, i64);
+type TunnelRow = (String, String, String, i64, i64, Option<String>);
 /// booted_at, address, instance_id, hostname, boot_count
 type BootRow = (i64, String, Option<String>, Option<String>, i64);
-const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at";
+const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at, mode";
 
 fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
-    let (node, public_key, address, created_at, expires_at) = row;
+    let (node, public_key, address, created_at, expires_at, mode) = row;
     Ok(TunnelRecord {
         node: parse_name("tunnel node", &node)?,
         public_key,
         address: address.parse().map_err(|_| StoreError::Corrupt(format!("tunnel of {node}"), "bad address".into()))?,
         created_at,
         expires_at,
+        mode,
     })
 }
 
@@ -57,6 +58,7 @@ impl SqliteStore {
         public_key: &str,
         network: &TunnelNetwork,
         ttl_secs: u64,
+        mode: Option<&str>,
         actor: &Actor,
     ) -> Result<OpenedTunnel, StoreError> {
         let mut tx = self.write.begin().await?;
@@ -77,13 +79,15 @@ impl SqliteStore {
             address,
             created_at: now,
             expires_at: now + ttl_secs as i64,
+            mode: mode.map(str::to_owned),
         };
-        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES (?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
             .bind(node.as_str())
             .bind(public_key)
             .bind(address.to_string())
             .bind(t.created_at)
             .bind(t.expires_at)
+            .bind(&t.mode)
             .execute(&mut *tx)
             .await?;
         let detail = format!("address={address} key={public_key} ttl={ttl_secs}s");

@@ -12,6 +12,9 @@ pub struct TunnelRecord {
     pub address: IpAddr,
     pub created_at: i64,
     pub expires_at: i64,
+    /// `fetch` or `cloud-init` (None: not declared).
+    #[serde(default)]
+    pub mode: Option<String>,
 }
 
 /// Why a tunnel ended (audit log and metrics).

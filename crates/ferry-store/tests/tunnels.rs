@@ -32,18 +32,19 @@ fn n(s: &str) -> NodeName {
 async fn one_tunnel_per_node_and_unique_addresses() {
     let (_d, s) = store_with(&["a", "b"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
-    let a1 = s.open_tunnel(&n("a"), "KEYA1", &net, 600, &actor()).await.unwrap();
+    let a1 = s.open_tunnel(&n("a"), "KEYA1", &net, 600, Some("fetch"), &actor()).await.unwrap();
+    assert_eq!(s.tunnel_by_address(a1.tunnel.address).await.unwrap().unwrap().mode.as_deref(), Some("fetch"));
     assert_eq!(a1.tunnel.address.to_string(), "100.64.0.2");
     assert!(a1.replaced.is_none());
-    let b = s.open_tunnel(&n("b"), "KEYB", &net, 600, &actor()).await.unwrap();
+    let b = s.open_tunnel(&n("b"), "KEYB", &net, 600, None, &actor()).await.unwrap();
     assert_eq!(b.tunnel.address.to_string(), "100.64.0.3");
-    let a2 = s.open_tunnel(&n("a"), "KEYA2", &net, 600, &actor()).await.unwrap();
+    let a2 = s.open_tunnel(&n("a"), "KEYA2", &net, 600, None, &actor()).await.unwrap();
     assert_eq!(a2.replaced.as_ref().map(|t| t.public_key.as_str()), Some("KEYA1"));
     let tunnels = s.list_tunnels().await.unwrap();
     assert_eq!(tunnels.len(), 2);
     assert!(tunnels.iter().any(|t| t.public_key == "KEYA2") && !tunnels.iter().any(|t| t.public_key == "KEYA1"));
     // B's key cannot be enrolled for A.
-    assert!(matches!(s.open_tunnel(&n("a"), "KEYB", &net, 600, &actor()).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.open_tunnel(&n("a"), "KEYB", &net, 600, None, &actor()).await, Err(StoreError::Conflict(_))));
     assert_eq!(s.list_tunnels().await.unwrap().len(), 2, "the failed attempt changed nothing (A keeps KEYA2)");
     assert!(s.list_tunnels().await.unwrap().iter().any(|t| t.public_key == "KEYA2"));
 }
@@ -52,8 +53,8 @@ async fn one_tunnel_per_node_and_unique_addresses() {
 async fn exhausted_pool_allocates_nothing() {
     let (_d, s) = store_with(&["a", "b"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/30").unwrap();
-    s.open_tunnel(&n("a"), "KA", &net, 600, &actor()).await.unwrap();
-    assert!(matches!(s.open_tunnel(&n("b"), "KB", &net, 600, &actor()).await, Err(StoreError::PoolExhausted(_))));
+    s.open_tunnel(&n("a"), "KA", &net, 600, None, &actor()).await.unwrap();
+    assert!(matches!(s.open_tunnel(&n("b"), "KB", &net, 600, None, &actor()).await, Err(StoreError::PoolExhausted(_))));
     assert_eq!(s.list_tunnels().await.unwrap().len(), 1);
 }
 
@@ -61,9 +62,9 @@ async fn exhausted_pool_allocates_nothing() {
 async fn expiry_and_phone_home_close_only_their_tunnel() {
     let (_d, s) = store_with(&["a", "b", "c"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-    let a = s.open_tunnel(&n("a"), "KA", &net, 30, &actor()).await.unwrap().tunnel;
-    let b = s.open_tunnel(&n("b"), "KB", &net, 600, &actor()).await.unwrap().tunnel;
-    s.open_tunnel(&n("c"), "KC", &net, 600, &actor()).await.unwrap();
+    let a = s.open_tunnel(&n("a"), "KA", &net, 30, None, &actor()).await.unwrap().tunnel;
+    let b = s.open_tunnel(&n("b"), "KB", &net, 600, None, &actor()).await.unwrap().tunnel;
+    s.open_tunnel(&n("c"), "KC", &net, 600, None, &actor()).await.unwrap();
     let expired = s.expire_tunnels(a.expires_at).await.unwrap();
     assert_eq!(expired.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(), ["a"]);
     let report =
@@ -77,7 +78,7 @@ async fn expiry_and_phone_home_close_only_their_tunnel() {
     assert_eq!(s.host_keys().await.unwrap(), [(n("b"), "ssh-ed25519 AAAAC3Nza b".to_string())]);
     // A replaced tunnel's record cannot close its successor.
     let c1 = s.list_tunnels().await.unwrap().remove(0);
-    s.open_tunnel(&n("c"), "KC2", &net, 600, &actor()).await.unwrap();
+    s.open_tunnel(&n("c"), "KC2", &net, 600, None, &actor()).await.unwrap();
     assert!(s.phone_home(&c1, &report).await.unwrap().is_none());
     assert_eq!(
         s.close_tunnel(&n("c"), CloseReason::Revoked, &actor()).await.unwrap().map(|t| t.public_key),

@@ -73,7 +73,7 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
         for other in c.nodes.iter().filter(|o| o.name != n.name) {
             assert!(!user.contains(&format!("hostname: {}", other.name)), "{} got {}'s data", n.name, other.name);
         }
-        assert!(read("vendor-data").contains("phone_home"));
+        assert!(!read("vendor-data").contains("phone_home"), "fetch mode: the agent phones home, cloud-init must not");
         assert!(read("network-config").contains("version: 2"));
         assert!(!n.has_interface(), "{}: the agent removed its interface", n.name);
         let shown = c.server.json(&["node", "show", &n.name, "--json"]);

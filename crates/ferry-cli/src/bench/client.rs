@@ -98,6 +98,8 @@ pub async fn enroll_only(i: usize, server_key: String, stats: Arc<Stats>) -> Opt
         public_key: public.to_base64(),
         nonce: challenge.nonce,
         proofs: Proofs { asset_tag: Some(B64.encode(proof)) },
+        // Like the agent in fetch mode: the node fetches and phones home itself.
+        mode: Some("fetch".into()),
     };
     let t = Instant::now();
     let body = expect_ok(
