@@ -139,13 +139,14 @@ impl Cluster {
             let log = std::fs::read_to_string(self.nodes[i].path("agent.log")).unwrap_or_default();
             panic!("agent did not hold a tunnel: {line:?} {log}");
         }
-        Holder { child: Some(child) }
+        Holder { child: Some(child), interface: self.nodes[i].interface.clone() }
     }
 }
 
 /// A running cloud-init-mode agent; killed on drop.
 pub struct Holder {
     child: Option<std::process::Child>,
+    interface: String,
 }
 
 impl Holder {
@@ -159,10 +160,19 @@ impl Holder {
 }
 
 impl Drop for Holder {
+    /// SIGTERM first, so the agent removes its interface and UAPI socket itself;
+    /// SIGKILL only if it does not stop, then the socket file by hand.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.interface));
     }
 }
