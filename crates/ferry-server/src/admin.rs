@@ -219,8 +219,7 @@ async fn boot_info(
 
 async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelView>>, HttpError> {
     let handshakes = s.tunnels.handshakes().await;
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = ferry_store::now_secs();
     let views = s
         .store
         .list_tunnels()

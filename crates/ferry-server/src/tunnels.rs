@@ -190,7 +190,7 @@ impl TunnelManager {
         let _order = self.order.write().await;
         let device = self.device.lock().await;
         let Some(dev) = device.as_ref() else { anyhow::bail!("the WireGuard device is shut down") };
-        let expired = self.store.expire_tunnels(ferry_store_now()).await?;
+        let expired = self.store.expire_tunnels(ferry_store::now_secs()).await?;
         for t in &expired {
             tracing::info!(node = %t.node, address = %t.address, "tunnel expired");
         }
@@ -233,8 +233,4 @@ impl TunnelManager {
             }
         }
     }
-}
-
-fn ferry_store_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

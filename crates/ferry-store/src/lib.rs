@@ -130,7 +130,8 @@ pub trait Store: Send + Sync + 'static {
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-pub(crate) fn now_secs() -> i64 {
+/// Now, in unix seconds (the store's unit of time).
+pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -180,6 +180,21 @@ pub struct DeviceStatus {
     pub peers: Vec<PeerStatus>,
 }
 
+impl PeerStatus {
+    /// A peer with this key and nothing known about it yet.
+    pub fn new(public_key: PublicKey) -> Self {
+        PeerStatus {
+            public_key,
+            allowed_ips: Vec::new(),
+            endpoint: None,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: None,
+        }
+    }
+}
+
 impl DeviceStatus {
     /// The peer with this key, if present.
     pub fn peer(&self, key: &PublicKey) -> Option<&PeerStatus> {

@@ -223,15 +223,7 @@ fn merge(status: &mut DeviceStatus, attrs: Vec<Attr>) {
 }
 
 fn peer_status(attrs: Vec<PeerAttr>) -> PeerStatus {
-    let mut p = PeerStatus {
-        public_key: PublicKey([0; 32]),
-        allowed_ips: Vec::new(),
-        endpoint: None,
-        last_handshake: None,
-        rx_bytes: 0,
-        tx_bytes: 0,
-        persistent_keepalive: None,
-    };
+    let mut p = PeerStatus::new(PublicKey([0; 32]));
     for attr in attrs {
         match attr {
             PeerAttr::PublicKey(k) => p.public_key = PublicKey(k),

@@ -168,19 +168,7 @@ struct PeerBuilder {
 
 impl PeerBuilder {
     fn new(public_key: PublicKey) -> Self {
-        PeerBuilder {
-            status: PeerStatus {
-                public_key,
-                allowed_ips: Vec::new(),
-                endpoint: None,
-                last_handshake: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-                persistent_keepalive: None,
-            },
-            handshake_sec: 0,
-            handshake_nsec: 0,
-        }
+        PeerBuilder { status: PeerStatus::new(public_key), handshake_sec: 0, handshake_nsec: 0 }
     }
 
     fn line(&mut self, key: &str, value: &str) -> Result<(), ReplyError> {
