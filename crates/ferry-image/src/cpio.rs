@@ -29,7 +29,7 @@ pub const S_IFIFO: u32 = 0o010000;
 
 /// Owner and permission bits of an entry (the file type comes from the entry kind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Meta {
+pub struct Meta {
     /// Permission bits (`0o7777` at most).
     pub perm: u32,
     pub uid: u32,
@@ -38,7 +38,7 @@ struct Meta {
 
 impl Meta {
     /// Owned by root with these permissions.
-    fn root(perm: u32) -> Meta {
+    pub fn root(perm: u32) -> Meta {
         Meta { perm, uid: 0, gid: 0 }
     }
 }
@@ -101,7 +101,8 @@ impl<W: Write> CpioWriter<W> {
         self.dir_meta(path, Meta::root(perm))
     }
 
-    fn dir_meta(&mut self, path: &str, meta: Meta) -> io::Result<()> {
+    /// A directory with this owner (an existing one is left as it is).
+    pub fn dir_meta(&mut self, path: &str, meta: Meta) -> io::Result<()> {
         let path = normalize(path)?;
         if self.names.contains(&path) {
             return Ok(());
@@ -125,7 +126,8 @@ impl<W: Write> CpioWriter<W> {
         self.file_from_meta(path, Meta::root(perm), size, reader)
     }
 
-    fn file_from_meta(&mut self, path: &str, meta: Meta, size: u64, reader: &mut dyn Read) -> io::Result<()> {
+    /// Like [`CpioWriter::file_from`], with this owner.
+    pub fn file_from_meta(&mut self, path: &str, meta: Meta, size: u64, reader: &mut dyn Read) -> io::Result<()> {
         let path = self.new_name(path)?;
         self.header(&path, S_IFREG, meta, 1, (0, 0), size)?;
         let copied = io::copy(&mut reader.take(size), &mut self.out)?;
@@ -141,8 +143,13 @@ impl<W: Write> CpioWriter<W> {
 
     /// A symbolic link to `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
+        self.symlink_meta(path, target, Meta::root(0o777))
+    }
+
+    /// A symbolic link with this owner.
+    pub fn symlink_meta(&mut self, path: &str, target: &str, meta: Meta) -> io::Result<()> {
         let path = self.new_name(path)?;
-        self.entry(&path, S_IFLNK, Meta::root(0o777), 1, (0, 0), target.as_bytes())
+        self.entry(&path, S_IFLNK, meta, 1, (0, 0), target.as_bytes())
     }
 
     /// A character device node owned by root (e.g. `dev/console`, 5:1).

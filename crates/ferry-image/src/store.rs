@@ -2,7 +2,7 @@
 //! import: artifacts are written under a temporary name while hashed, then renamed to
 //! their digest, so a reader never sees a partial file and an artifact never changes.
 
-use crate::cpio::CpioWriter;
+use crate::cpio::{CpioWriter, Meta};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -100,7 +100,8 @@ impl ObjectStore {
         let mut cpio = CpioWriter::new(Tee { a: zst, b: gz, written: 0, progress });
         cpio.dir("rootfs", 0o755).map_err(io_err(src))?;
         if src.is_dir() {
-            pack_dir(src, &mut cpio)?;
+            // Owners, permissions, links and device nodes as they are on disk.
+            cpio.append_tree(src, "rootfs").map_err(io_err(src))?;
         } else if src.is_file() {
             pack_tar(src, &mut cpio)?;
         } else {
@@ -139,32 +140,6 @@ impl<A: Write, B: Write> Write for Tee<'_, A, B> {
     }
 }
 
-fn pack_dir<W: Write>(src: &Path, cpio: &mut CpioWriter<W>) -> Result<(), ImportError> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| ImportError::Io { path: src.display().to_string(), source: e.into() })?;
-        let path = entry.path();
-        let rel = path.strip_prefix(src).unwrap_or(path).to_string_lossy();
-        let name = format!("rootfs/{rel}");
-        let meta = entry.path().symlink_metadata().map_err(io_err(path))?;
-        let perm = meta.permissions().mode();
-        let ft = meta.file_type();
-        let res = if ft.is_dir() {
-            cpio.dir(&name, perm)
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(path).map_err(io_err(path))?;
-            cpio.symlink(&name, &target.to_string_lossy())
-        } else if ft.is_file() {
-            let mut f = File::open(path).map_err(io_err(path))?;
-            cpio.file_from(&name, perm, meta.len(), &mut f)
-        } else {
-            continue; // devices, sockets, fifos: devtmpfs provides what a node needs
-        };
-        res.map_err(io_err(path))?;
-    }
-    Ok(())
-}
-
 fn pack_tar<W: Write>(src: &Path, cpio: &mut CpioWriter<W>) -> Result<(), ImportError> {
     let file = File::open(src).map_err(io_err(src))?;
     let mut archive = tar::Archive::new(file);
@@ -172,15 +147,20 @@ fn pack_tar<W: Write>(src: &Path, cpio: &mut CpioWriter<W>) -> Result<(), Import
         let mut entry = entry.map_err(io_err(src))?;
         let path = entry.path().map_err(io_err(src))?.to_string_lossy().into_owned();
         let name = format!("rootfs/{}", path.trim_start_matches("./").trim_end_matches('/'));
-        let mode = entry.header().mode().unwrap_or(0o644);
-        let size = entry.header().size().unwrap_or(0);
-        let res = match entry.header().entry_type() {
-            tar::EntryType::Directory => cpio.dir(&name, mode),
-            tar::EntryType::Regular | tar::EntryType::Continuous => cpio.file_from(&name, mode, size, &mut entry),
+        let h = entry.header();
+        let meta = Meta {
+            perm: h.mode().unwrap_or(0o644) & 0o7777,
+            uid: h.uid().ok().and_then(|u| u32::try_from(u).ok()).unwrap_or(0),
+            gid: h.gid().ok().and_then(|g| u32::try_from(g).ok()).unwrap_or(0),
+        };
+        let size = h.size().unwrap_or(0);
+        let res = match h.entry_type() {
+            tar::EntryType::Directory => cpio.dir_meta(&name, meta),
+            tar::EntryType::Regular | tar::EntryType::Continuous => cpio.file_from_meta(&name, meta, size, &mut entry),
             tar::EntryType::Symlink => {
                 let target =
                     entry.link_name().ok().flatten().map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
-                cpio.symlink(&name, &target)
+                cpio.symlink_meta(&name, &target, meta)
             }
             _ => continue,
         };
@@ -230,5 +210,43 @@ mod tests {
             .into_owned();
         assert!(raw2.contains("rootfs/etc/os-release\0") && raw2.contains("ID=ferrytest"));
         assert!(store.put_rootfs(&dir.path().join("missing"), &mut |_| {}).is_err());
+    }
+
+    /// A node boots its image with the owners it was built with (a user's home is not
+    /// root's), from a directory and from a tar archive alike.
+    #[test]
+    fn rootfs_keeps_owners_and_modes() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let store = ObjectStore::new(dir.path());
+        let unpack = |s: &Stored| {
+            let raw = zstd::decode_all(File::open(store.path(&s.sha256)).unwrap()).unwrap();
+            crate::cpio::read_archive(&raw).unwrap()
+        };
+
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("home/alice")).unwrap();
+        std::fs::write(root.join("home/alice/.profile"), b"x").unwrap();
+        std::fs::set_permissions(root.join("home/alice/.profile"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let on_disk = std::fs::metadata(root.join("home/alice/.profile")).unwrap();
+        let (zst, _) = store.put_rootfs(&root, &mut |_| {}).unwrap();
+        let e = unpack(&zst).into_iter().find(|e| e.name == "rootfs/home/alice/.profile").unwrap();
+        assert_eq!((e.uid, e.gid, e.perm()), (on_disk.uid(), on_disk.gid(), 0o600));
+
+        let tar_path = dir.path().join("owned.tar");
+        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
+        let mut h = tar::Header::new_gnu();
+        h.set_path("home/alice/notes").unwrap();
+        h.set_size(2);
+        h.set_mode(0o640);
+        h.set_uid(1000);
+        h.set_gid(1001);
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        let (zst, _) = store.put_rootfs(&tar_path, &mut |_| {}).unwrap();
+        let e = unpack(&zst).into_iter().find(|e| e.name == "rootfs/home/alice/notes").unwrap();
+        assert_eq!((e.uid, e.gid, e.perm(), e.data.as_slice()), (1000, 1001, 0o640, &b"hi"[..]));
     }
 }
