@@ -33,7 +33,7 @@ pub enum Command {
         #[command(flatten)]
         args: Box<ferry_agent::AgentArgs>,
     },
-    /// Boot images: import, list, show, delete.
+    /// Boot images: import, list, show, delete, and build the node initramfs.
     #[command(subcommand)]
     Image(ImageCommand),
     /// Print configuration for the tools around ferry.

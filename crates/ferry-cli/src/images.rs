@@ -1,11 +1,12 @@
-//! `ferry image ...` and `ferry configure dnsmasq`.
+//! `ferry image ...` (import, list, show, delete, initramfs) and `ferry configure dnsmasq`.
 
-use crate::args::{ConfigureCommand, ImageCommand};
+use crate::args::{ConfigureCommand, ImageCommand, InitramfsArgs};
 use crate::client::AdminClient;
 use crate::output;
 use anyhow::Context;
 use ferry_api::admin::{Changed, NodeView};
 use ferry_api::image::{Artifact, ImageRecord};
+use ferry_image::initramfs::{build_initramfs_with_progress, InitramfsOptions};
 use ferry_image::store::{ObjectStore, Stored};
 use hyper::Method;
 use std::path::Path;
@@ -100,11 +101,50 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
                 println!("{}", output::table(&["field", "value"], rows));
             }
         }
-        ImageCommand::Initramfs(args) => crate::image::initramfs(args)?,
+        ImageCommand::Initramfs(args) => initramfs(args)?,
         ImageCommand::Delete { name } => {
             client.call::<Changed>(Method::DELETE, &format!("/v1/images/{name}"), None::<&()>).await?;
             println!("deleted image {name}");
         }
+    }
+    Ok(())
+}
+
+/// `ferry image initramfs`: builds a node initramfs (no server needed).
+pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
+    let mut opts = InitramfsOptions::new(args.output);
+    opts.kernel_version = args.kernel_version;
+    opts.modules_dir = args.modules_dir;
+    opts.modules.extend(args.modules);
+    opts.busybox = args.busybox;
+    opts.ferry = args.ferry;
+    opts.strip = !args.no_strip;
+    opts.compression = args.gzip_level;
+    let summary = build_initramfs_with_progress(&opts, &mut |step| eprintln!("{step}"))?;
+    if args.json {
+        let v = serde_json::json!({
+            "output": summary.output,
+            "kernel_version": summary.kernel_version,
+            "modules": summary.modules,
+            "builtin_modules": summary.builtin,
+            "libraries": summary.libraries,
+            "ferry": summary.ferry,
+            "ferry_stripped": summary.ferry_stripped,
+            "entries": summary.entries,
+            "uncompressed_bytes": summary.uncompressed_bytes,
+            "compressed_bytes": summary.compressed_bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "wrote {} for kernel {} ({:.1} MiB): busybox, ferry{}, {} libraries, {} modules",
+            summary.output.display(),
+            summary.kernel_version,
+            summary.compressed_bytes as f64 / 1048576.0,
+            if summary.ferry_stripped { " (stripped)" } else { "" },
+            summary.libraries.len(),
+            summary.modules.len()
+        );
     }
     Ok(())
 }

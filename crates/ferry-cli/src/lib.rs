@@ -3,7 +3,6 @@
 pub mod args;
 mod bench;
 mod client;
-mod image;
 mod images;
 mod output;
 mod settings;

@@ -2,7 +2,6 @@
 
 use crate::CoreError;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 /// A tunnel network such as `100.64.0.0/16` or `fd42:ferry::/64`.
@@ -94,12 +93,6 @@ impl TunnelNetwork {
     pub fn address_at(&self, offset: u128) -> IpAddr {
         self.at_offset(offset)
     }
-
-    /// The lowest free node address, or None when the pool is exhausted.
-    pub fn allocate(&self, used: &HashSet<IpAddr>) -> Option<IpAddr> {
-        // IPv4 excludes the broadcast address; the IPv6 range is clamped to something sane.
-        self.node_offsets().map(|o| self.at_offset(o)).find(|a| !used.contains(a))
-    }
 }
 
 impl std::fmt::Display for TunnelNetwork {
@@ -127,16 +120,14 @@ mod tests {
     fn allocation() {
         let n = TunnelNetwork::parse("100.64.0.0/30").unwrap();
         assert_eq!(n.server_address().to_string(), "100.64.0.1");
-        let mut used = HashSet::new();
-        let a = n.allocate(&used).unwrap();
-        assert_eq!(a.to_string(), "100.64.0.2");
-        used.insert(a);
-        assert_eq!(n.allocate(&used), None, "/30 has one node address (no broadcast)");
+        assert_eq!(n.node_offsets(), 2..=2, "/30 has one node address (no broadcast)");
+        assert_eq!(n.address_at(2).to_string(), "100.64.0.2");
         let n = TunnelNetwork::parse("100.64.0.0/16").unwrap();
         assert!(n.contains("100.64.255.1".parse().unwrap()) && !n.contains("100.65.0.1".parse().unwrap()));
         let v6 = TunnelNetwork::parse("fd42::/64").unwrap();
         assert_eq!(v6.server_address().to_string(), "fd42::1");
-        assert_eq!(v6.allocate(&HashSet::new()).unwrap().to_string(), "fd42::2");
+        assert_eq!(v6.address_at(*v6.node_offsets().start()).to_string(), "fd42::2");
+        assert_eq!(*TunnelNetwork::parse("100.64.0.0/16").unwrap().node_offsets().end(), 65_534);
         assert!(!v6.contains("100.64.0.1".parse().unwrap()));
     }
 
