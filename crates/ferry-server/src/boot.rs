@@ -104,10 +104,8 @@ async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Scr
             return retry("server error");
         }
     };
-    let (merged, tag) = match (store.merged_node(&node).await, store.node_asset_tag(&node).await) {
-        (Ok(m), Ok(t)) => (m, t.is_some()),
-        _ => return retry("server error"),
-    };
+    let Ok(merged) = store.merged_node(&node).await else { return retry("server error") };
+    let tag = merged.asset_tag == ferry_api::admin::SecretState::Set;
     let Some(image_name) = merged.settings.image.clone() else { return retry("this node has no image") };
     let image = match store.get_image(&image_name).await {
         Ok(Some(i)) => i,
@@ -184,13 +182,13 @@ async fn gate_allows(s: &BootState, image: &str, q: &MacQuery) -> bool {
     let Ok(mac) = MacAddr::parse(mac) else { return false };
     let store = &s.tunnels.store;
     let Ok(Some(node)) = store.node_by_mac(&mac).await else { return false };
-    let Ok(merged) = store.merged_node(&node).await else { return false };
+    let Ok((merged, tag)) = store.node_identity(&node).await else { return false };
     if merged.settings.image.as_deref() != Some(image) {
         return false;
     }
-    match store.node_asset_tag(&node).await {
-        Ok(Some(tag)) => subtle::ConstantTimeEq::ct_eq(tag.expose().as_bytes(), asset.as_bytes()).into(),
-        _ => merged.settings.boot_asset_gate != Some(true),
+    match tag {
+        Some(tag) => subtle::ConstantTimeEq::ct_eq(tag.expose().as_bytes(), asset.as_bytes()).into(),
+        None => merged.settings.boot_asset_gate != Some(true),
     }
 }
 

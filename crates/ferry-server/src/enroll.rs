@@ -186,8 +186,7 @@ async fn check_identity(
     nonce: &[u8; 32],
     client: IpAddr,
 ) -> Result<Decision, HttpError> {
-    let merged = s.tunnels.store.merged_node(node).await?;
-    let tag = s.tunnels.store.node_asset_tag(node).await?;
+    let (merged, tag) = s.tunnels.store.node_identity(node).await?;
     let policy = merged.settings.identity_policy(tag.is_some());
     let network = merged.settings.interfaces.values().any(|i| {
         i.ipv4.map(IpAddr::V4) == Some(client) || i.ipv6.map(IpAddr::V6) == Some(client) || is_mapped(client, i.ipv4)

@@ -68,9 +68,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError>;
     async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError>;
     async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError>;
-    /// The node's asset tag in clear, for enrollment proofs only. Never return it to
-    /// an API caller.
-    async fn node_asset_tag(&self, name: &NodeName) -> Result<Option<Secret>, StoreError>;
+    /// The node's merged settings and its asset tag in clear, from one snapshot, for
+    /// identity checks only (enrollment, boot gating). Never return the tag to an API
+    /// caller.
+    async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError>;
 
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError>;
     async fn set_profiles(

@@ -53,6 +53,23 @@ impl SqliteStore {
         Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0), audit_queue })
     }
 
+    /// A node merged with its profiles, and its sealed tag, from one read snapshot.
+    async fn merged_and_sealed(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Vec<u8>>), StoreError> {
+        let mut tx = self.read.begin().await?;
+        let stored = load_node(&mut tx, name).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        tx.commit().await?;
+        let merged = merge_node(&stored.node, &profiles)?;
+        let view = MergedNodeView {
+            name: stored.node.name,
+            profiles: merged.profiles,
+            settings: merged.settings,
+            fields: merged.fields,
+            asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        };
+        Ok((view, stored.asset_tag))
+    }
+
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
         check_asset_tag(tag.expose())?;
         Ok(self.sealer.seal(tag.expose().as_bytes(), aad(node).as_bytes()))
@@ -351,29 +368,16 @@ impl Store for SqliteStore {
     }
 
     async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError> {
-        // One read transaction, so node and profiles come from the same snapshot.
-        let mut tx = self.read.begin().await?;
-        let stored = load_node(&mut tx, name).await?;
-        let profiles = profile_map(&load_profiles(&mut tx).await?);
-        tx.commit().await?;
-        let merged = merge_node(&stored.node, &profiles)?;
-        Ok(MergedNodeView {
-            name: stored.node.name,
-            profiles: merged.profiles,
-            settings: merged.settings,
-            fields: merged.fields,
-            asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
-        })
+        Ok(self.merged_and_sealed(name).await?.0)
     }
 
-    async fn node_asset_tag(&self, name: &NodeName) -> Result<Option<Secret>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        let stored = load_node(&mut conn, name).await?;
-        let Some(sealed) = stored.asset_tag else { return Ok(None) };
+    async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError> {
+        let (merged, sealed) = self.merged_and_sealed(name).await?;
+        let Some(sealed) = sealed else { return Ok((merged, None)) };
         let clear = self.sealer.open(&sealed, aad(name).as_bytes())?;
         let text = String::from_utf8(clear.to_vec())
             .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
-        Ok(Some(Secret::new(text)))
+        Ok((merged, Some(Secret::new(text))))
     }
 
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError> {

@@ -133,14 +133,14 @@ async fn asset_tag_is_sealed_at_rest_and_never_in_views() {
     assert!(!serde_json::to_string(&view).unwrap().contains("ASSET-TAG-7f3a9"));
     assert!(!serde_json::to_string(&s.merged_node(&n("n1")).await.unwrap()).unwrap().contains("ASSET-TAG-7f3a9"));
     assert!(!format!("{:?}", s.audit(None, 100).await.unwrap()).contains("ASSET-TAG-7f3a9"));
-    assert_eq!(s.node_asset_tag(&n("n1")).await.unwrap().unwrap().expose(), "ASSET-TAG-7f3a9");
+    assert_eq!(s.node_identity(&n("n1")).await.unwrap().1.unwrap().expose(), "ASSET-TAG-7f3a9");
     drop(s);
     for f in std::fs::read_dir(dir.path()).unwrap() {
         let bytes = std::fs::read(f.unwrap().path()).unwrap();
         assert!(!bytes.windows(15).any(|w| w == b"ASSET-TAG-7f3a9"), "clear asset tag on disk");
     }
     let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
-    assert!(s.node_asset_tag(&n("n1")).await.is_err(), "another key cannot open it");
+    assert!(s.node_identity(&n("n1")).await.is_err(), "another key cannot open it");
     let patch = NodePatch { asset_tag: Some(AssetTagChange::Unset), ..Default::default() };
     s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();
     assert_eq!(s.get_node(&n("n1")).await.unwrap().asset_tag, SecretState::Unset);
