@@ -65,7 +65,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             mac: self.mac.to_string(),
             public_key: self.public_key.to_base64(),
             nonce,
-            proofs: Proofs { asset_tag: proof },
+            proofs: Proofs { asset_tag: proof, tpm: None },
             mode: Some(match self.cfg.mode {
                 crate::args::Mode::Fetch => "fetch".into(),
                 crate::args::Mode::CloudInit => "cloud-init".into(),

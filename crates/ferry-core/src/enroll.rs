@@ -11,6 +11,8 @@ use sha2::Sha256;
 
 /// Domain-separation label: a proof for anything else never verifies here.
 pub const ASSET_TAG_LABEL: &[u8] = b"ferry enrollment asset-tag proof v1";
+/// Domain-separation label of a TPM quote's qualifying data.
+pub const TPM_QUOTE_LABEL: &[u8] = b"ferry enrollment tpm quote v1";
 /// Length of server nonces, bytes.
 pub const NONCE_LEN: usize = 32;
 
@@ -41,9 +43,32 @@ pub fn verify_asset_tag_proof(
     mac(asset_tag, nonce, wg_public_key, node).verify_slice(proof).is_ok()
 }
 
+/// The qualifying data of the TPM quote an enrollment carries: it binds the quote to
+/// this nonce (no replay), this WireGuard key (no hijack) and this node.
+pub fn tpm_qualifying_data(nonce: &[u8], wg_public_key: &[u8; 32], node: &NodeName) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for part in [TPM_QUOTE_LABEL, nonce, wg_public_key.as_slice(), node.as_str().as_bytes()] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tpm_qualifying_data_binds_every_input() {
+        let n1 = NodeName::parse("n1").unwrap();
+        let n2 = NodeName::parse("n2").unwrap();
+        let base = tpm_qualifying_data(&[1; 32], &[2; 32], &n1);
+        assert_eq!(base, tpm_qualifying_data(&[1; 32], &[2; 32], &n1));
+        assert_ne!(base, tpm_qualifying_data(&[9; 32], &[2; 32], &n1));
+        assert_ne!(base, tpm_qualifying_data(&[1; 32], &[9; 32], &n1));
+        assert_ne!(base, tpm_qualifying_data(&[1; 32], &[2; 32], &n2));
+    }
 
     #[test]
     fn proof_binds_every_input() {

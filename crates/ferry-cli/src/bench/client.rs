@@ -97,7 +97,7 @@ pub async fn enroll_only(i: usize, server_key: String, stats: Arc<Stats>) -> Opt
         mac: node_mac(i),
         public_key: public.to_base64(),
         nonce: challenge.nonce,
-        proofs: Proofs { asset_tag: Some(B64.encode(proof)) },
+        proofs: Proofs { asset_tag: Some(B64.encode(proof)), tpm: None },
         // Like the agent in fetch mode: the node fetches and phones home itself.
         mode: Some("fetch".into()),
     };
