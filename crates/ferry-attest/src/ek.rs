@@ -65,7 +65,7 @@ impl EkIdentity {
 
 fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, AttestError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(AttestError::malformed("certificate", "trailing bytes after the DER")),
         Err(e) => Err(AttestError::malformed("certificate", e.to_string())),
     }

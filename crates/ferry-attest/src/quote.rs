@@ -142,8 +142,10 @@ mod tests {
         std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
+    type Parts = (TpmPublic, Vec<u8>, Vec<u8>, Vec<u8>, BTreeMap<u8, Vec<u8>>);
+
     /// The fixture: `tpm2_quote -l sha256:0,7 -q 00112233…` on a fresh swtpm.
-    fn parts() -> (TpmPublic, Vec<u8>, Vec<u8>, Vec<u8>, BTreeMap<u8, Vec<u8>>) {
+    fn parts() -> Parts {
         let ak = TpmPublic::parse(strip_tpm2b(&fixture("ak.pub")).unwrap()).unwrap();
         let attest = fixture("quote.msg");
         // TPMT_SIGNATURE: scheme, hash, then the TPM2B signature.
