@@ -8,11 +8,14 @@ mod audit_buffer;
 pub mod sealing;
 mod sqlite;
 mod sqlite_images;
+mod sqlite_tpm;
 mod sqlite_tunnels;
+pub mod tpm;
 pub mod tunnels;
 
 pub use sealing::{SealError, Sealer};
 pub use sqlite::SqliteStore;
+pub use tpm::{TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 
 use async_trait::async_trait;
@@ -126,6 +129,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes every queued audit entry (at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Registers (`Some`) or clears (`None`) a node's TPM; the EK must not identify
+    /// another node.
+    async fn set_node_tpm(&self, node: &NodeName, tpm: Option<&TpmRegistration>, actor: &Actor)
+        -> Result<(), StoreError>;
+    /// TPM records, of one node or all.
+    async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError>;
+    /// Trust on first use: records an EK seen at enrollment as pending, unless the node
+    /// has a registered one or another node holds it. True if recorded.
+    async fn record_pending_tpm(&self, node: &NodeName, tpm: &TpmRegistration, actor: &Actor)
+        -> Result<bool, StoreError>;
+    /// Pending → registered.
+    async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;

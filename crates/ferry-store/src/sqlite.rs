@@ -585,6 +585,32 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_node_tpm(
+        &self,
+        node: &NodeName,
+        tpm: Option<&crate::TpmRegistration>,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        self.set_node_tpm_impl(node, tpm, actor).await
+    }
+
+    async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, crate::TpmRecord)>, StoreError> {
+        self.node_tpms_impl(only).await
+    }
+
+    async fn record_pending_tpm(
+        &self,
+        node: &NodeName,
+        tpm: &crate::TpmRegistration,
+        actor: &Actor,
+    ) -> Result<bool, StoreError> {
+        self.record_pending_tpm_impl(node, tpm, actor).await
+    }
+
+    async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<crate::TpmRecord, StoreError> {
+        self.approve_tpm_impl(node, actor).await
+    }
+
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
         // Read your writes: queued events land first.
         self.flush().await?;

@@ -173,3 +173,49 @@ async fn concurrent_writers_lose_no_update() {
     assert_eq!(view.settings.tags.len(), 20);
     assert_eq!(view.revision, 21);
 }
+
+fn tpm(fingerprint: &str) -> ferry_store::TpmRegistration {
+    ferry_store::TpmRegistration {
+        ek_spki: fingerprint.as_bytes().to_vec(),
+        ek_certificate: None,
+        fingerprint: fingerprint.into(),
+    }
+}
+
+#[tokio::test]
+async fn tpm_identity_register_discover_approve() {
+    use ferry_store::TpmState;
+    let (_d, s) = store().await;
+    let nodes = vec![new_node("n1", json!({})), new_node("n2", json!({}))];
+    s.add_nodes(AddNodes { nodes }, &actor()).await.unwrap();
+
+    s.set_node_tpm(&n("n1"), Some(&tpm("sha256:aa")), &actor()).await.unwrap();
+    // One TPM identifies one node, whatever state it is in.
+    let err = s.set_node_tpm(&n("n2"), Some(&tpm("sha256:aa")), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("already registered for node n1"), "{err}");
+    assert!(!s.record_pending_tpm(&n("n2"), &tpm("sha256:aa"), &actor()).await.unwrap());
+    assert!(s.node_tpms(Some(&n("n2"))).await.unwrap().is_empty(), "nothing changed");
+    // Discovery never replaces a registered EK.
+    assert!(!s.record_pending_tpm(&n("n1"), &tpm("sha256:bb"), &actor()).await.unwrap());
+    assert_eq!(s.node_tpms(Some(&n("n1"))).await.unwrap()[0].1.registration.fingerprint, "sha256:aa");
+
+    assert!(s.approve_tpm(&n("n2"), &actor()).await.is_err(), "nothing pending");
+    assert!(s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap());
+    assert!(!s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap(), "already pending");
+    assert_eq!(s.node_tpms(Some(&n("n2"))).await.unwrap()[0].1.state, TpmState::Pending);
+    let approved = s.approve_tpm(&n("n2"), &actor()).await.unwrap();
+    assert_eq!((approved.state, approved.registration.fingerprint.as_str()), (TpmState::Registered, "sha256:cc"));
+    assert!(matches!(
+        s.approve_tpm(&n("nope"), &actor()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    s.set_node_tpm(&n("n1"), None, &actor()).await.unwrap();
+    assert_eq!(s.node_tpms(None).await.unwrap().len(), 1);
+    s.delete_nodes(&[n("n2")], &actor()).await.unwrap();
+    assert!(s.node_tpms(None).await.unwrap().is_empty(), "deleting the node deletes its TPM");
+    let actions: Vec<String> = s.audit(None, 100).await.unwrap().into_iter().map(|e| e.action).collect();
+    for a in ["tpm.register", "tpm.pending", "tpm.approve", "tpm.clear"] {
+        assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
+    }
+}
