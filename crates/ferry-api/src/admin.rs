@@ -138,3 +138,28 @@ pub struct Names {
 pub struct Changed {
     pub changed: usize,
 }
+
+/// A node's TPM identity (`GET /v1/tpm`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmView {
+    pub node: NodeName,
+    /// `registered` or `pending` (discovered, awaiting `ferry node approve`).
+    pub state: String,
+    /// `sha256:` + hex of the EK's SubjectPublicKeyInfo DER.
+    pub fingerprint: String,
+    /// Whether an EK certificate vouched for the key.
+    pub certified: bool,
+    pub updated_at: String,
+}
+
+/// `PUT /v1/nodes/{name}/tpm`: exactly one of the two.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmRegister {
+    /// The EK public key, PEM (`tpm2_createek -f pem`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_pem: Option<String>,
+    /// The EK certificate, DER in standard base64; verified against the CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_certificate: Option<String>,
+}

@@ -205,6 +205,16 @@ pub enum NodeCommand {
         settings: SettingsArgs,
         #[command(flatten)]
         node: NodeOnlyArgs,
+        #[command(flatten)]
+        tpm: TpmArgs,
+    },
+    /// Approve the TPMs that trust-on-first-use discovery holds as pending.
+    Approve { hostlist: String },
+    /// List nodes' TPM identities (state, EK fingerprint, whether a certificate vouched).
+    Tpm {
+        hostlist: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove fields from nodes: `ferry node unset n001 comment tag.rack netdev.ib0`.
     Unset {
@@ -294,6 +304,10 @@ pub struct SettingsArgs {
     /// A tag KEY=VALUE (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
+    /// The tpm factor's PCR policy: INDEX=SHA256HEX of the SHA-256 bank (repeatable;
+    /// `~INDEX` removes an inherited one), e.g. 7=$(tpm2_pcrread … ) for Secure Boot state.
+    #[arg(long = "tpm-pcr", value_name = "INDEX=HEX")]
+    pub tpm_pcrs: Vec<String>,
     /// A cloud-init meta-data entry KEY=VALUE (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
@@ -343,6 +357,22 @@ pub struct NetdevArgs {
     /// Mark this interface as the node's primary one.
     #[arg(long)]
     pub primary: bool,
+}
+
+/// A node's TPM registration (one node at a time; not combined with other changes).
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct TpmArgs {
+    /// Register the node's TPM by its EK public key, PEM (`tpm2_createek -G rsa -f pem -u ek.pem`).
+    #[arg(long, value_name = "FILE")]
+    pub tpm_ek: Option<PathBuf>,
+    /// Register the node's TPM by its EK certificate, DER (`tpm2_nvread 0x01c00002 -C o`);
+    /// it must verify against the server's [tpm] ek_ca_bundle.
+    #[arg(long, value_name = "FILE")]
+    pub tpm_ek_cert: Option<PathBuf>,
+    /// Forget the node's TPM (registered or pending).
+    #[arg(long)]
+    pub tpm_clear: bool,
 }
 
 /// Node-only settings.

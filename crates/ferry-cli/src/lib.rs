@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser};
 use client::AdminClient;
 use ferry_api::admin::{
     AddNodes, AddProfiles, AssetTagChange, Changed, MergedNodeView, Names, NewNode, NewProfile, NodePatch, NodeView,
-    ProfilePatch, ProfileView, SetNodes, SetProfiles,
+    ProfilePatch, ProfileView, SetNodes, SetProfiles, TpmView,
 };
 use ferry_core::model::LayerKind;
 use ferry_core::patch::{parse_field, Field, SettingsPatch};
@@ -194,7 +194,42 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 .collect();
             report("added", "node", client.call(Method::POST, "/v1/nodes", Some(&AddNodes { nodes })).await?);
         }
-        NodeCommand::Set { hostlist, settings, node } => {
+        NodeCommand::Set { hostlist, settings, node, tpm }
+            if tpm.tpm_ek.is_some() || tpm.tpm_ek_cert.is_some() || tpm.tpm_clear =>
+        {
+            let names = node_names(&hostlist)?;
+            let [name] = names.as_slice() else {
+                anyhow::bail!(
+                    "a TPM identifies one node: give one node name with --tpm-ek, --tpm-ek-cert or --tpm-clear"
+                );
+            };
+            let resolved = settings::resolve(&settings, 1, LayerKind::Node)?;
+            let unchanged = resolved.profiles.is_none()
+                && resolved.per_target.iter().all(|s| *s == Default::default())
+                && settings::asset_tag(&node)?.is_none();
+            if !unchanged {
+                anyhow::bail!(
+                    "TPM options change the TPM registration only; make other changes with a separate `ferry node set`"
+                );
+            }
+            settings::set_tpm(client, name, &tpm).await?;
+        }
+        NodeCommand::Approve { hostlist } => {
+            for name in node_names(&hostlist)? {
+                let view: TpmView =
+                    client.call(Method::POST, &format!("/v1/nodes/{name}/tpm/approve"), None::<&()>).await?;
+                println!("approved TPM {} for node {}", view.fingerprint, view.node);
+            }
+        }
+        NodeCommand::Tpm { hostlist, json } => {
+            let mut tpms: Vec<TpmView> = client.get("/v1/tpm").await?;
+            if let Some(list) = hostlist {
+                let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
+                tpms.retain(|t| wanted.contains(&t.node));
+            }
+            println!("{}", if json { output::json(&tpms) } else { output::tpm_list(&tpms) });
+        }
+        NodeCommand::Set { hostlist, settings, node, tpm: _ } => {
             let names = node_names(&hostlist)?;
             let resolved = settings::resolve(&settings, names.len(), LayerKind::Node)?;
             let asset_tag = settings::asset_tag(&node)?.map(AssetTagChange::Set);

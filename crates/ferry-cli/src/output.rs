@@ -2,7 +2,7 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
-use ferry_api::admin::{MergedNodeView, NodeView, ProfileView, SecretState};
+use ferry_api::admin::{MergedNodeView, NodeView, ProfileView, SecretState, TpmView};
 use serde_json::Value;
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -150,4 +150,15 @@ pub fn tunnel_list(tunnels: &[Value]) -> String {
         })
         .collect();
     table(&["node", "address", "age", "last handshake", "expires in"], rows)
+}
+
+pub fn tpm_list(tpms: &[TpmView]) -> String {
+    let rows = tpms
+        .iter()
+        .map(|t| {
+            let certified = if t.certified { "yes" } else { "no" };
+            vec![t.node.to_string(), t.state.clone(), t.fingerprint.clone(), certified.into(), t.updated_at.clone()]
+        })
+        .collect();
+    table(&["node", "state", "ek fingerprint", "certificate", "updated"], rows)
 }

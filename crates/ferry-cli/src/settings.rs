@@ -1,7 +1,8 @@
 //! Turns command-line settings into domain values, validating each at the edge.
 
-use crate::args::{NetdevArgs, NodeOnlyArgs, SettingsArgs};
+use crate::args::{NetdevArgs, NodeOnlyArgs, SettingsArgs, TpmArgs};
 use anyhow::{bail, Context};
+use ferry_api::admin::{TpmRegister, TpmView};
 use ferry_api::Secret;
 use ferry_core::model::{check_asset_tag, Interface, LayerKind};
 use ferry_core::net::{ip_sequence, MacAddr};
@@ -43,6 +44,10 @@ pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::R
     for t in &args.tags {
         let (k, v) = split_kv("--tag", t)?;
         base.tags.insert(k, v);
+    }
+    for p in &args.tpm_pcrs {
+        let (k, v) = split_kv("--tpm-pcr", p)?;
+        base.tpm_pcrs.insert(k, v.to_ascii_lowercase());
     }
     for m in &args.meta {
         let (k, v) = split_kv("--meta", m)?;
@@ -150,4 +155,34 @@ pub fn asset_tag(args: &NodeOnlyArgs) -> anyhow::Result<Option<Secret>> {
     let tag = Secret::new(raw.trim_end_matches(['\n', '\r']).to_owned());
     check_asset_tag(tag.expose())?;
     Ok(Some(tag))
+}
+
+/// Registers or clears one node's TPM (`node set --tpm-ek / --tpm-ek-cert / --tpm-clear`).
+pub async fn set_tpm(
+    client: &crate::client::AdminClient,
+    node: &ferry_core::NodeName,
+    tpm: &TpmArgs,
+) -> anyhow::Result<()> {
+    use base64::Engine;
+    use hyper::Method;
+    let path = format!("/v1/nodes/{node}/tpm");
+    let request = if let Some(file) = &tpm.tpm_ek {
+        let pem =
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {} as PEM text", file.display()))?;
+        TpmRegister { ek_pem: Some(pem), ek_certificate: None }
+    } else if let Some(file) = &tpm.tpm_ek_cert {
+        let der = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        TpmRegister { ek_pem: None, ek_certificate: Some(base64::engine::general_purpose::STANDARD.encode(der)) }
+    } else {
+        client.call::<ferry_api::admin::Changed>(Method::DELETE, &path, None::<&()>).await?;
+        println!("cleared the TPM of node {node}");
+        return Ok(());
+    };
+    client.call::<ferry_api::admin::Changed>(Method::PUT, &path, Some(&request)).await?;
+    let tpms: Vec<TpmView> = client.get(&format!("/v1/tpm?node={node}")).await?;
+    match tpms.first() {
+        Some(t) => println!("registered TPM {} for node {node}", t.fingerprint),
+        None => println!("registered the TPM of node {node}"),
+    }
+    Ok(())
 }

@@ -127,6 +127,10 @@ pub struct Settings {
     /// from images anyway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_asset_gate: Option<bool>,
+    /// The `tpm` factor's PCR policy: SHA-256 bank index (`"7"`) → expected value (hex).
+    /// Empty: the TPM proves identity only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tpm_pcrs: BTreeMap<String, String>,
 }
 
 /// A profile: named settings, optionally inheriting from parent profiles.
@@ -258,6 +262,20 @@ impl Settings {
             check_key("tag", k)?;
             check_text("tag value", v, 1024)?;
         }
+        for (k, v) in &self.tpm_pcrs {
+            let index = k.strip_prefix('~').unwrap_or(k);
+            if !matches!(index.parse::<u8>(), Ok(i) if i < 24 && i.to_string() == index) {
+                return Err(CoreError::invalid("TPM PCR index", k, "must be 0 to 23"));
+            }
+            let sha256_hex = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
+            if !k.starts_with('~') && !sha256_hex {
+                return Err(CoreError::invalid(
+                    "TPM PCR value",
+                    truncate(v),
+                    "must be a SHA-256 value: 64 hex digits (tpm2_pcrread sha256:7)",
+                ));
+            }
+        }
         let mut primaries = 0;
         for (name, iface) in &self.interfaces {
             match name.strip_prefix('~') {
@@ -325,6 +343,11 @@ impl Settings {
 
     /// The identity factors in effect (merged settings), with ferry's default when none
     /// is configured: `network`, plus `asset-tag` when the node has one.
+    /// The merged PCR policy, index → expected SHA-256 value.
+    pub fn pcr_policy(&self) -> BTreeMap<u8, Vec<u8>> {
+        self.tpm_pcrs.iter().filter_map(|(k, v)| Some((k.parse().ok()?, decode_hex(v)?))).collect()
+    }
+
     pub fn identity_policy(&self, has_asset_tag: bool) -> Vec<IdentityFactor> {
         let mut factors: Vec<IdentityFactor> = self.identity.iter().filter_map(|f| f.parse().ok()).collect();
         if factors.is_empty() {
@@ -337,6 +360,14 @@ impl Settings {
         factors.dedup();
         factors
     }
+}
+
+/// Even-length hex (either case) to bytes.
+pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Which unique index an address belongs to.
@@ -422,6 +453,25 @@ mod tests {
         assert!(s.validate(LayerKind::Node).is_err());
         assert!(serde_json::from_value::<Interface>(serde_json::json!({"mac": "nope"})).is_err());
         assert!(serde_json::from_value::<Settings>(serde_json::json!({"colour": "red"})).is_err());
+    }
+
+    #[test]
+    fn pcr_policy_is_validated_and_decoded() {
+        let pcrs = |k: &str, v: &str| Settings {
+            tpm_pcrs: [(k.to_owned(), v.to_owned())].into_iter().collect(),
+            ..Default::default()
+        };
+        let good = pcrs("7", &"ab".repeat(32));
+        assert!(good.validate(LayerKind::Profile).is_ok());
+        assert_eq!(good.pcr_policy(), BTreeMap::from([(7u8, vec![0xab; 32])]));
+        assert!(pcrs("~7", "").validate(LayerKind::Profile).is_ok(), "removing an inherited PCR");
+        for (k, v) in [("24", "00".repeat(32)), ("07", "00".repeat(32)), ("x", "00".repeat(32)), ("7", "00".into())] {
+            assert!(pcrs(k, &v).validate(LayerKind::Node).is_err(), "{k}={v}");
+        }
+        assert!(pcrs("7", &"zz".repeat(32)).validate(LayerKind::Node).is_err());
+        assert_eq!(decode_hex("0aFF"), Some(vec![0x0a, 0xff]));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex("é1"), None);
     }
 
     #[test]

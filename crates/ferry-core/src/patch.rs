@@ -28,7 +28,8 @@ const SCALARS: &[&str] =
 /// The field names `unset` accepts, for help texts.
 pub const FIELD_HELP: &str = "comment, image, kernel, kernel-args, root, identity, tunnel-ttl, tags, tag.KEY, \
     netdev.NAME, netdev.NAME.FIELD (mac, ipv4, netmask, gateway, ipv6, ipv6-prefix, vlan, mtu, primary), \
-    meta-data, meta-data.KEY, user-data, vendor-data, network-config, boot-asset-gate, profiles, asset-tag";
+    meta-data, meta-data.KEY, user-data, vendor-data, network-config, boot-asset-gate, tpm-pcrs, tpm-pcr.INDEX, \
+    profiles, asset-tag";
 
 /// Resolves `kernel-args`, `tag.rack`, `netdev.eth0.mtu`, `meta-data.region`, … to a
 /// canonical field, or says which names exist.
@@ -49,6 +50,11 @@ pub fn parse_field(input: &str) -> Result<Field, CoreError> {
         s if SCALARS.contains(&s) && parts.len() == 1 => parts,
         "tag" | "tags" if parts.len() <= 2 => {
             let mut p = vec!["tags".to_owned()];
+            p.extend(original.get(1).map(|s| s.to_string()));
+            p
+        }
+        "tpm_pcr" | "tpm_pcrs" if parts.len() <= 2 => {
+            let mut p = vec!["tpm_pcrs".to_owned()];
             p.extend(original.get(1).map(|s| s.to_string()));
             p
         }

@@ -11,7 +11,8 @@ use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::{Extension, Router};
 use ferry_api::admin::{
-    AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SetNodes, SetProfiles,
+    AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SetNodes, SetProfiles, TpmRegister,
+    TpmView,
 };
 use ferry_api::image::ImageRecord;
 use ferry_core::{NodeName, ProfileName};
@@ -48,6 +49,7 @@ pub struct AdminState {
     pub server_public_key: ferry_wg::PublicKey,
     pub data_dir: std::path::PathBuf,
     pub public_url: Option<String>,
+    pub tpm: Arc<crate::tpm::TpmPolicy>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -63,6 +65,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/server", get(server_info))
         .route("/v1/images", get(list_images).post(add_image))
         .route("/v1/images/{name}", get(get_image).delete(delete_image))
+        .route("/v1/tpm", get(list_tpms))
+        .route("/v1/nodes/{name}/tpm", axum::routing::put(register_tpm).delete(clear_tpm))
+        .route("/v1/nodes/{name}/tpm/approve", axum::routing::post(approve_tpm))
         .route("/v1/audit", get(audit))
         .route("/v1/status", get(status))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
@@ -325,4 +330,68 @@ async fn delete_image(
 ) -> Result<ApiJson<Changed>, HttpError> {
     s.store.delete_image(&name, &actor).await?;
     Ok(ApiJson(Changed { changed: 1 }))
+}
+
+fn tpm_view(node: NodeName, r: ferry_store::TpmRecord) -> TpmView {
+    TpmView {
+        node,
+        state: r.state.as_str().into(),
+        fingerprint: r.registration.fingerprint,
+        certified: r.registration.ek_certificate.is_some(),
+        updated_at: ferry_store::format_time(r.updated_at),
+    }
+}
+
+#[derive(Deserialize)]
+struct TpmQuery {
+    node: Option<String>,
+}
+
+async fn list_tpms(State(s): State<AdminState>, q: Query<TpmQuery>) -> Result<ApiJson<Vec<TpmView>>, HttpError> {
+    let only = q.node.as_deref().map(NodeName::parse).transpose()?;
+    let rows = s.store.node_tpms(only.as_ref()).await?;
+    Ok(ApiJson(rows.into_iter().map(|(n, r)| tpm_view(n, r)).collect()))
+}
+
+async fn register_tpm(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    body: Result<axum::Json<TpmRegister>, axum::extract::rejection::JsonRejection>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    use base64::Engine;
+    let node = NodeName::parse(&name)?;
+    let axum::Json(req) = body?;
+    let reg = match (&req.ek_pem, &req.ek_certificate) {
+        (Some(pem), None) => s.tpm.registration_from_pem(pem)?,
+        (None, Some(cert)) => {
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(cert.trim())
+                .map_err(|_| HttpError::bad_request("ek_certificate is not standard base64"))?;
+            s.tpm.registration_from_certificate(&der)?
+        }
+        _ => return Err(HttpError::bad_request("give exactly one of ek_pem and ek_certificate")),
+    };
+    s.store.set_node_tpm(&node, Some(&reg), &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
+}
+
+async fn clear_tpm(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    let node = NodeName::parse(&name)?;
+    s.store.set_node_tpm(&node, None, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
+}
+
+async fn approve_tpm(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<TpmView>, HttpError> {
+    let node = NodeName::parse(&name)?;
+    let rec = s.store.approve_tpm(&node, &actor).await?;
+    Ok(ApiJson(tpm_view(node, rec)))
 }

@@ -24,6 +24,21 @@ pub struct Config {
     pub provisioning: ProvisioningConfig,
     pub wireguard: WireGuardConfig,
     pub datasource: DatasourceConfig,
+    pub tpm: TpmConfig,
+}
+
+/// The `tpm` identity factor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TpmConfig {
+    /// PEM file of the CAs that sign EK certificates (the TPM manufacturers' roots and
+    /// intermediates). Unset: EK certificates cannot be checked, so `--tpm-ek-cert` is
+    /// refused and nodes are registered by EK public key only.
+    pub ek_ca_bundle: Option<PathBuf>,
+    /// Trust on first use: a node whose policy needs `tpm` but that has no registered
+    /// TPM has the EK it presents held as pending until `ferry node approve`. With a CA
+    /// bundle, only TPMs whose EK certificate verifies are held.
+    pub discovery: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -97,6 +112,7 @@ impl Default for Config {
             provisioning: ProvisioningConfig::default(),
             wireguard: WireGuardConfig::default(),
             datasource: DatasourceConfig::default(),
+            tpm: TpmConfig::default(),
         }
     }
 }

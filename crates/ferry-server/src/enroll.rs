@@ -16,7 +16,7 @@ use axum::serve::IncomingStream;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH};
+use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
 use ferry_core::enroll::verify_asset_tag_proof;
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
 use ferry_core::{MacAddr, NodeName};
@@ -47,15 +47,17 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for TcpConn {
 #[derive(Clone)]
 pub struct ProvisioningState {
     pub tunnels: Arc<TunnelManager>,
-    pub nonces: Arc<NonceStore>,
+    pub nonces: Arc<NonceStore<crate::tpm::PendingTpm>>,
     pub config: Arc<Config>,
     pub server_public_key: PublicKey,
+    pub tpm: Arc<crate::tpm::TpmPolicy>,
 }
 
 pub fn router(state: ProvisioningState) -> Router {
     Router::new()
         .route(CHALLENGE_PATH, post(challenge))
         .route(ENROLL_PATH, post(enroll))
+        .route(TPM_CREDENTIAL_PATH, post(crate::tpm::credential))
         .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT))
         .with_state(state)
 }
@@ -69,6 +71,23 @@ async fn challenge(State(s): State<ProvisioningState>) -> Result<ApiJson<Challen
 
 fn refused() -> HttpError {
     HttpError::new(StatusCode::UNAUTHORIZED, "refused", "refused")
+}
+
+/// Records why an attempt was refused (audit log and server log) and returns the bare
+/// refusal the caller gets.
+pub(crate) async fn refuse(
+    s: &ProvisioningState,
+    client: IpAddr,
+    subject: String,
+    reason: impl std::fmt::Display,
+) -> HttpError {
+    tracing::warn!(%subject, %client, %reason, "enrollment refused");
+    let detail = format!("from={client} reason={reason}");
+    let actor = Actor(format!("client:{client}"));
+    if let Err(e) = s.tunnels.store.record_event(&actor, "enroll.refused", &subject, &detail).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    refused()
 }
 
 /// The format of an address inside a URL (IPv6 in brackets).
@@ -107,34 +126,17 @@ async fn enroll(
         Some(_) => return Err(HttpError::bad_request("mode must be fetch or cloud-init")),
     };
     let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
-    let audit_refusal = |subject: String, reason: String| {
-        let store = s.tunnels.store.clone();
-        async move {
-            tracing::warn!(%subject, %client, %reason, "enrollment refused");
-            let detail = format!("from={client} reason={reason}");
-            if let Err(e) =
-                store.record_event(&Actor(format!("client:{client}")), "enroll.refused", &subject, &detail).await
-            {
-                tracing::error!(error = %e, "cannot write the audit log");
-            }
-        }
-    };
     // Consume the nonce first: a refused attempt cannot be retried with it.
-    if !s.nonces.take(&nonce) {
-        audit_refusal(format!("mac/{mac}"), "unknown, used or expired nonce".into()).await;
-        return Err(refused());
-    }
+    let Some(tpm_challenge) = s.nonces.take(&nonce) else {
+        return Err(refuse(&s, client, format!("mac/{mac}"), "unknown, used or expired nonce").await);
+    };
     let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
-        audit_refusal(format!("mac/{mac}"), "no node has this MAC".into()).await;
-        return Err(refused());
+        return Err(refuse(&s, client, format!("mac/{mac}"), "no node has this MAC").await);
     };
     let subject = format!("node/{node}");
-    let (policy, ttl) = match check_identity(&s, &node, &req, &key, &nonce, client).await? {
+    let (policy, ttl) = match check_identity(&s, &node, &req, &key, &nonce, client, tpm_challenge).await? {
         Ok(ok) => ok,
-        Err(refusal) => {
-            audit_refusal(subject, refusal.to_string()).await;
-            return Err(refused());
-        }
+        Err(refusal) => return Err(refuse(&s, client, subject, refusal).await),
     };
     let actor = Actor(format!("node:{node}@{client}"));
     let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), &actor).await {
@@ -143,10 +145,7 @@ async fn enroll(
             tracing::error!(%net, "tunnel address pool exhausted");
             return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "no tunnel address free; retry later"));
         }
-        Err(StoreError::Conflict(why)) => {
-            audit_refusal(subject, why).await;
-            return Err(refused());
-        }
+        Err(StoreError::Conflict(why)) => return Err(refuse(&s, client, subject, why).await),
         Err(e) => return Err(e.into()),
     };
     let factors: Vec<String> = policy.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
@@ -185,6 +184,7 @@ async fn check_identity(
     key: &PublicKey,
     nonce: &[u8; 32],
     client: IpAddr,
+    tpm_challenge: Option<crate::tpm::PendingTpm>,
 ) -> Result<Decision, HttpError> {
     let (merged, tag) = s.tunnels.store.node_identity(node).await?;
     let policy = merged.settings.identity_policy(tag.is_some());
@@ -203,8 +203,16 @@ async fn check_identity(
             _ => AssetTagEvidence::Invalid,
         },
     };
+    let tpm = crate::tpm::evidence(
+        tpm_challenge,
+        req.proofs.tpm.as_ref(),
+        nonce,
+        &key.0,
+        node,
+        &merged.settings.pcr_policy(),
+    );
     let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
-    Ok(evaluate(&policy, &Evidence { network, asset_tag }, &client.to_string()).map(|()| (policy, ttl)))
+    Ok(evaluate(&policy, &Evidence { network, asset_tag, tpm }, &client.to_string()).map(|()| (policy, ttl)))
 }
 
 /// An IPv4 client seen on a dual-stack socket as `::ffff:a.b.c.d`.

@@ -16,6 +16,7 @@ pub mod enroll;
 pub mod error;
 mod nonces;
 pub mod render;
+mod tpm;
 pub mod tunnels;
 mod wgkey;
 
@@ -64,6 +65,7 @@ impl Server {
             .with_context(|| format!("cannot open the database {}", config.database_path().display()))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
+        let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
         // First of the sockets: a second server on the same socket stops here, before
         // touching the WireGuard device.
         let admin_listener = bind_admin_socket(&config.admin_socket)?;
@@ -111,12 +113,14 @@ impl Server {
                 server_public_key,
                 data_dir: config.data_dir.clone(),
                 public_url: config.provisioning.public_url.clone(),
+                tpm: tpm.clone(),
             },
             provisioning: enroll::ProvisioningState {
                 tunnels: tunnels.clone(),
                 nonces,
                 config: config.clone(),
                 server_public_key,
+                tpm: tpm.clone(),
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
             boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),

@@ -132,14 +132,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers (`Some`) or clears (`None`) a node's TPM; the EK must not identify
     /// another node.
-    async fn set_node_tpm(&self, node: &NodeName, tpm: Option<&TpmRegistration>, actor: &Actor)
-        -> Result<(), StoreError>;
+    async fn set_node_tpm(
+        &self,
+        node: &NodeName,
+        tpm: Option<&TpmRegistration>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
     /// TPM records, of one node or all.
     async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError>;
     /// Trust on first use: records an EK seen at enrollment as pending, unless the node
     /// has a registered one or another node holds it. True if recorded.
-    async fn record_pending_tpm(&self, node: &NodeName, tpm: &TpmRegistration, actor: &Actor)
-        -> Result<bool, StoreError>;
+    async fn record_pending_tpm(
+        &self,
+        node: &NodeName,
+        tpm: &TpmRegistration,
+        actor: &Actor,
+    ) -> Result<bool, StoreError>;
     /// Pending → registered.
     async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError>;
 
@@ -152,7 +160,7 @@ pub fn now_secs() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
-pub(crate) fn format_time(secs: i64) -> String {
+pub fn format_time(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }

@@ -98,7 +98,10 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(crate) async fn node_tpms_impl(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
+    pub(crate) async fn node_tpms_impl(
+        &self,
+        only: Option<&NodeName>,
+    ) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM node_tpm {} ORDER BY node",
             if only.is_some() { "WHERE node = ?" } else { "" }
@@ -142,12 +145,14 @@ impl SqliteStore {
         let mut tx = self.write.begin().await?;
         node_exists(&mut tx, node).await?;
         let now = now_secs();
-        let done = sqlx::query("UPDATE node_tpm SET state = 'registered', updated_at = ? WHERE node = ? AND state = 'pending'")
-            .bind(now)
-            .bind(node.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let done = sqlx::query(
+            "UPDATE node_tpm SET state = 'registered', updated_at = ? WHERE node = ? AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(node.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if done == 0 {
             return Err(StoreError::Conflict(format!(
                 "node {node} has no pending TPM to approve (see ferry node tpm {node})"

@@ -205,10 +205,7 @@ async fn tpm_identity_register_discover_approve() {
     assert_eq!(s.node_tpms(Some(&n("n2"))).await.unwrap()[0].1.state, TpmState::Pending);
     let approved = s.approve_tpm(&n("n2"), &actor()).await.unwrap();
     assert_eq!((approved.state, approved.registration.fingerprint.as_str()), (TpmState::Registered, "sha256:cc"));
-    assert!(matches!(
-        s.approve_tpm(&n("nope"), &actor()).await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(s.approve_tpm(&n("nope"), &actor()).await, Err(StoreError::NotFound { .. })));
 
     s.set_node_tpm(&n("n1"), None, &actor()).await.unwrap();
     assert_eq!(s.node_tpms(None).await.unwrap().len(), 1);

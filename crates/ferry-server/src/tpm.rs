@@ -1,0 +1,275 @@
+//! The `tpm` identity factor: registration of a node's EK (admin side), the credential
+//! challenge (provisioning side, between the nonce and the enrollment) and the verdict
+//! on the proof an enrollment carries.
+//!
+//! The server holds no TPM: MakeCredential, quote and certificate checks are
+//! `ferry-attest`'s pure functions. What a challenge needs at enrollment time (the AK,
+//! the secret, the WireGuard key it was issued for) rides on the nonce, so it is
+//! single-use, expires with the nonce and is bounded by the nonce cap.
+
+use crate::client_addr::client_address;
+use crate::enroll::{refuse, ProvisioningState, TcpConn};
+use crate::error::{ApiJson, HttpError};
+use crate::nonces::NonceError;
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ferry_api::enroll::{TpmCredentialChallenge, TpmCredentialRequest, TpmProof};
+use ferry_attest::{check_pcr_policy, make_credential, verify_quote, CaBundle, EkIdentity, TpmPublic};
+use ferry_core::enroll::tpm_qualifying_data;
+use ferry_core::identity::TpmEvidence;
+use ferry_core::{IdentityFactor, MacAddr, NodeName};
+use ferry_store::{Actor, TpmRegistration, TpmState};
+use rand::RngCore;
+use std::collections::BTreeMap;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// The server's TPM settings, loaded once.
+pub struct TpmPolicy {
+    ca: Option<CaBundle>,
+    discovery: bool,
+}
+
+impl TpmPolicy {
+    pub fn load(config: &crate::config::TpmConfig) -> anyhow::Result<Self> {
+        let ca = match &config.ek_ca_bundle {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("cannot read [tpm] ek_ca_bundle {}", path.display()))?;
+                let bundle = CaBundle::from_pem(&pem).with_context(|| {
+                    format!("[tpm] ek_ca_bundle {} is not a PEM certificate bundle", path.display())
+                })?;
+                tracing::info!(certificates = bundle.len(), path = %path.display(), "EK CA bundle loaded");
+                Some(bundle)
+            }
+        };
+        Ok(TpmPolicy { ca, discovery: config.discovery })
+    }
+
+    /// An admin vouches for this EK public key (PEM).
+    pub fn registration_from_pem(&self, pem: &str) -> Result<TpmRegistration, HttpError> {
+        let ek = EkIdentity::from_pem(pem).map_err(|e| HttpError::bad_request(e.to_string()))?;
+        Ok(registration(&ek, None))
+    }
+
+    /// An EK certificate (DER) that must verify against the CA bundle.
+    pub fn registration_from_certificate(&self, der: &[u8]) -> Result<TpmRegistration, HttpError> {
+        let Some(ca) = &self.ca else {
+            return Err(HttpError::bad_request(
+                "no EK CA bundle is configured ([tpm] ek_ca_bundle), so EK certificates cannot be verified; \
+                 configure one or register the EK public key with --tpm-ek",
+            ));
+        };
+        let ek = ca
+            .verify_ek_certificate(der, ferry_store::now_secs())
+            .map_err(|e| HttpError::bad_request(e.to_string()))?;
+        Ok(registration(&ek, Some(der.to_vec())))
+    }
+}
+
+fn registration(ek: &EkIdentity, certificate: Option<Vec<u8>>) -> TpmRegistration {
+    TpmRegistration { ek_spki: ek.spki_der().to_vec(), ek_certificate: certificate, fingerprint: ek.fingerprint() }
+}
+
+/// What the credential challenge leaves for the enrollment, attached to the nonce.
+pub struct PendingTpm {
+    node: NodeName,
+    wg_key: [u8; 32],
+    ak: TpmPublic,
+    secret: Zeroizing<[u8; 32]>,
+    pcrs: Vec<u8>,
+    fingerprint: String,
+    registered: bool,
+}
+
+fn decode(what: &str, s: &str) -> Result<Vec<u8>, HttpError> {
+    B64.decode(s.trim()).map_err(|_| HttpError::bad_request(format!("{what} is not standard base64")))
+}
+
+/// `POST /v1/enroll/tpm`.
+pub async fn credential(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<ApiJson<TpmCredentialChallenge>, HttpError> {
+    let req: TpmCredentialRequest = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid TPM credential request: {e}")))?;
+    let key: ferry_wg::PublicKey = req
+        .public_key
+        .trim()
+        .parse()
+        .map_err(|_| HttpError::bad_request("public_key is not a WireGuard public key"))?;
+    let nonce: [u8; 32] = decode("nonce", &req.nonce)?
+        .try_into()
+        .map_err(|_| HttpError::bad_request("nonce must be 32 bytes, base64-encoded"))?;
+    let mac = MacAddr::parse(&req.mac)?;
+    let ek =
+        TpmPublic::parse(&decode("ek_public", &req.ek_public)?).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let ak =
+        TpmPublic::parse(&decode("ak_public", &req.ak_public)?).map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let certificate = req.ek_certificate.as_deref().map(|c| decode("ek_certificate", c)).transpose()?;
+    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
+
+    if !s.nonces.is_live(&nonce) {
+        return Err(refuse(&s, client, format!("mac/{mac}"), "tpm challenge: unknown, used or expired nonce").await);
+    }
+    let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
+        return Err(refuse(&s, client, format!("mac/{mac}"), "tpm challenge: no node has this MAC").await);
+    };
+    let subject = format!("node/{node}");
+    let ek_id = match ek.check_endorsement_key().and_then(|()| EkIdentity::from_tpm_public(&ek)) {
+        Ok(id) => id,
+        Err(e) => return Err(refuse(&s, client, subject, format!("tpm factor: {e}")).await),
+    };
+    let fp = ek_id.fingerprint();
+    if let Err(e) = ak.check_attestation_key() {
+        return Err(refuse(&s, client, subject, format!("tpm factor: {e} (ek {fp})")).await);
+    }
+    // An EK certificate, when sent and checkable, must verify and certify this EK.
+    let certified = match (&certificate, &s.tpm.ca) {
+        (Some(der), Some(ca)) => match ca.verify_ek_certificate(der, ferry_store::now_secs()) {
+            Ok(certified) if certified == ek_id => true,
+            Ok(other) => {
+                let why = format!("tpm factor: the EK certificate certifies {} (ek {fp})", other.fingerprint());
+                return Err(refuse(&s, client, subject, why).await);
+            }
+            Err(e) => return Err(refuse(&s, client, subject, format!("tpm factor: {e} (ek {fp})")).await),
+        },
+        _ => false,
+    };
+
+    let (merged, tag) = s.tunnels.store.node_identity(&node).await?;
+    let required = merged.settings.identity_policy(tag.is_some()).contains(&IdentityFactor::Tpm);
+    let registered = match s.tunnels.store.node_tpms(Some(&node)).await?.pop() {
+        Some((_, r)) if r.state == TpmState::Registered && r.registration.fingerprint == fp => true,
+        Some((_, r)) if r.state == TpmState::Registered => {
+            let why = format!(
+                "tpm factor: TPM {fp} is not the one registered for this node ({})",
+                r.registration.fingerprint
+            );
+            return Err(refuse(&s, client, subject, why).await);
+        }
+        _ => false,
+    };
+    if required && !registered {
+        let why = discover(&s, &node, &ek_id, certificate, certified).await?;
+        return Err(refuse(&s, client, subject, why).await);
+    }
+
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(secret.as_mut());
+    let name = ak.name().map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let made = make_credential(&ek, &name, secret.as_ref(), &mut rand::rngs::OsRng)
+        .map_err(|e| HttpError::bad_request(e.to_string()))?;
+    let pcrs: Vec<u8> = merged.settings.pcr_policy().keys().copied().collect();
+    let pending = PendingTpm {
+        node: node.clone(),
+        wg_key: key.0,
+        ak,
+        secret,
+        pcrs: pcrs.clone(),
+        fingerprint: fp.clone(),
+        registered,
+    };
+    match s.nonces.attach(&nonce, pending) {
+        Ok(()) => {}
+        Err(NonceError::AlreadyAttached) => {
+            return Err(refuse(&s, client, subject, "tpm challenge: one was already issued for this nonce").await);
+        }
+        Err(_) => return Err(refuse(&s, client, subject, "tpm challenge: the nonce expired meanwhile").await),
+    }
+    tracing::debug!(%node, ek = %fp, "TPM credential challenge issued");
+    Ok(ApiJson(TpmCredentialChallenge {
+        node: node.to_string(),
+        credential_blob: B64.encode(&made.id_object),
+        encrypted_secret: B64.encode(&made.encrypted_secret),
+        pcrs,
+    }))
+}
+
+/// Trust on first use for a node whose policy needs a TPM it has not got: holds the EK
+/// for approval when the configuration allows it. Returns the refusal reason.
+async fn discover(
+    s: &ProvisioningState,
+    node: &NodeName,
+    ek: &EkIdentity,
+    certificate: Option<Vec<u8>>,
+    certified: bool,
+) -> Result<String, HttpError> {
+    let fp = ek.fingerprint();
+    if !s.tpm.discovery {
+        return Ok(format!(
+            "tpm factor: no TPM is registered for this node (it presented {fp}; ferry node set {node} --tpm-ek …)"
+        ));
+    }
+    if s.tpm.ca.is_some() && !certified {
+        return Ok(format!(
+            "tpm factor: TPM {fp} not held for approval: discovery with a CA bundle needs an EK certificate that verifies"
+        ));
+    }
+    let reg = registration(ek, certificate.filter(|_| certified));
+    let actor = Actor(format!("node:{node}"));
+    if s.tunnels.store.record_pending_tpm(node, &reg, &actor).await? {
+        Ok(format!("tpm factor: TPM {fp} is new; held pending (approve with: ferry node approve {node})"))
+    } else {
+        Ok(format!("tpm factor: TPM {fp} is pending approval or belongs to another node (ferry node tpm)"))
+    }
+}
+
+/// The verdict on an enrollment's TPM proof, given what its nonce carried.
+pub fn evidence(
+    pending: Option<PendingTpm>,
+    proof: Option<&TpmProof>,
+    nonce: &[u8; 32],
+    wg_key: &[u8; 32],
+    node: &NodeName,
+    pcr_policy: &BTreeMap<u8, Vec<u8>>,
+) -> TpmEvidence {
+    let (pending, proof) = match (pending, proof) {
+        (_, None) => return TpmEvidence::NotPresented,
+        (None, Some(_)) => return TpmEvidence::Invalid("a TPM proof without a TPM challenge for this nonce".into()),
+        (Some(p), Some(proof)) => (p, proof),
+    };
+    let fp = &pending.fingerprint;
+    match check(&pending, proof, nonce, wg_key, node, pcr_policy) {
+        Err(why) => TpmEvidence::Invalid(format!("{why} (ek {fp})")),
+        Ok(()) if pending.registered => TpmEvidence::Valid,
+        Ok(()) => TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),
+    }
+}
+
+fn check(
+    pending: &PendingTpm,
+    proof: &TpmProof,
+    nonce: &[u8; 32],
+    wg_key: &[u8; 32],
+    node: &NodeName,
+    pcr_policy: &BTreeMap<u8, Vec<u8>>,
+) -> Result<(), String> {
+    if &pending.node != node {
+        return Err(format!("the TPM challenge was issued for node {}", pending.node));
+    }
+    if !bool::from(pending.wg_key.ct_eq(wg_key)) {
+        return Err("the WireGuard key is not the one the TPM challenge was issued for".into());
+    }
+    let secret = B64.decode(proof.secret.trim()).unwrap_or_default();
+    if !bool::from(secret.as_slice().ct_eq(pending.secret.as_slice())) {
+        return Err("credential activation failed: wrong secret (the AK is not in the EK's TPM)".into());
+    }
+    let attest = B64.decode(proof.attest.trim()).map_err(|_| "the quote is not base64".to_string())?;
+    let signature = B64.decode(proof.signature.trim()).map_err(|_| "the quote signature is not base64".to_string())?;
+    let mut values = BTreeMap::new();
+    for (index, hex) in &proof.pcr_values {
+        let value = ferry_core::model::decode_hex(hex).filter(|v| v.len() == 32);
+        values.insert(*index, value.ok_or_else(|| format!("PCR {index}: not a SHA-256 value in hex"))?);
+    }
+    let expected = tpm_qualifying_data(nonce, wg_key, node);
+    verify_quote(&pending.ak, &attest, &signature, &expected, &pending.pcrs, &values).map_err(|e| e.to_string())?;
+    check_pcr_policy(pcr_policy, &values).map_err(|index| format!("PCR {index} differs from the policy"))
+}
