@@ -140,7 +140,7 @@ pub fn build_initramfs_with_progress(
         None => std::env::current_exe().map_err(io_err("find the running program", Path::new("ferry")))?,
     };
     check_executable(&ferry, "the ferry binary", "build it (cargo build --release) or name it with --ferry")?;
-    let libraries = shared_libraries(&ferry)?;
+    let libraries = with_loaded_plugins(shared_libraries(&ferry)?)?;
     progress(&format!(
         "ferry {}: {} shared librar{} ({})",
         ferry.display(),
@@ -492,6 +492,27 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>, InitramfsError> {
     Ok(applets)
 }
 
+/// Libraries loaded with `dlopen`, which `ldd` cannot see: the TPM's TCTI loader opens
+/// the device TCTI at run time (`ferry.tpm` on a node), so it and its own libraries go
+/// in when the loader does.
+fn with_loaded_plugins(mut libraries: Vec<PathBuf>) -> Result<Vec<PathBuf>, InitramfsError> {
+    let loaders: Vec<PathBuf> = libraries
+        .iter()
+        .filter(|l| l.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libtss2-tctildr.so")))
+        .cloned()
+        .collect();
+    for loader in loaders {
+        let device = loader.with_file_name("libtss2-tcti-device.so.0");
+        if device.exists() {
+            libraries.extend(shared_libraries(&device)?);
+            libraries.push(device);
+        }
+    }
+    libraries.sort();
+    libraries.dedup();
+    Ok(libraries)
+}
+
 fn busybox_libraries(busybox: &Path) -> Result<Vec<PathBuf>, InitramfsError> {
     shared_libraries(busybox)
 }
@@ -646,6 +667,19 @@ kernel/net/core/failover.ko.xz:
         assert_eq!(read_module(&plain).unwrap(), elf);
         std::fs::write(&plain, b"not elf").unwrap();
         assert!(read_module(&plain).unwrap_err().to_string().contains("not a kernel module"));
+    }
+
+    #[test]
+    fn the_tpm_device_tcti_goes_in_with_its_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let loader = dir.path().join("libtss2-tctildr.so.0");
+        let device = dir.path().join("libtss2-tcti-device.so.0");
+        std::fs::write(&loader, b"not really a library").unwrap();
+        assert_eq!(with_loaded_plugins(vec![loader.clone()]).unwrap(), vec![loader.clone()], "no device TCTI there");
+        std::fs::write(&device, b"not really a library").unwrap();
+        assert_eq!(with_loaded_plugins(vec![loader.clone()]).unwrap(), vec![device, loader]);
+        let libc = PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6");
+        assert_eq!(with_loaded_plugins(vec![libc.clone()]).unwrap(), vec![libc], "no loader, nothing added");
     }
 
     #[test]
