@@ -48,6 +48,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub node: Option<String>,
 
+    /// Prove the TPM factor with this TPM (overrides ferry.tpm): a TCTI such as
+    /// device:/dev/tpm0 or swtpm:host=127.0.0.1,port=2321; `--tpm` alone (or `device`)
+    /// means device:/dev/tpmrm0. Without it (and ferry.tpm) no TPM is used.
+    #[arg(long, value_name = "TCTI", num_args = 0..=1, default_missing_value = "device")]
+    pub tpm: Option<String>,
+
     /// fetch: write the seed and tear down; cloud-init: keep the tunnel for cloud-init.
     #[arg(long, value_enum, default_value_t = Mode::Fetch)]
     pub mode: Mode,
@@ -154,5 +160,10 @@ mod tests {
         assert_eq!(cli.args.mode, Mode::CloudInit);
         assert_eq!(cli.args.wg_backend, WgBackendArg::Userspace);
         assert_eq!(cli.args.timeout, Duration::from_secs(2));
+        assert_eq!(cli.args.tpm, None);
+        let cli = Cli::try_parse_from(["agent", "--tpm", "--mode", "fetch"]).expect("bare --tpm");
+        assert_eq!(cli.args.tpm.as_deref(), Some("device"));
+        let cli = Cli::try_parse_from(["agent", "--tpm", "swtpm:port=2321"]).expect("--tpm TCTI");
+        assert_eq!(cli.args.tpm.as_deref(), Some("swtpm:port=2321"));
     }
 }

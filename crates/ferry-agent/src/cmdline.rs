@@ -72,11 +72,15 @@ pub struct FerryParams {
     pub pubkey: Option<String>,
     /// `ferry.node=NAME`.
     pub node: Option<String>,
+    /// `ferry.tpm[=TCTI]`: the TCTI as written; a bare `ferry.tpm` (or `ferry.tpm=`)
+    /// is `"device"`, the kernel's resource manager.
+    pub tpm: Option<String>,
 }
 
 impl FerryParams {
     /// Extracts the ferry parameters; the last occurrence of each wins, and a parameter
-    /// given without a value (`ferry.node` or `ferry.node=`) unsets it.
+    /// given without a value (`ferry.node` or `ferry.node=`) unsets it — except
+    /// `ferry.tpm`, a flag whose value is optional.
     pub fn from_params(params: &[Param]) -> Self {
         let mut out = FerryParams::default();
         for p in params {
@@ -85,6 +89,7 @@ impl FerryParams {
                 "ferry.server" => out.servers = split_list(value.as_deref().unwrap_or("")),
                 "ferry.pubkey" => out.pubkey = value,
                 "ferry.node" => out.node = value,
+                "ferry.tpm" => out.tpm = Some(value.unwrap_or_else(|| "device".into())),
                 _ => {}
             }
         }
@@ -164,6 +169,20 @@ mod tests {
         assert!(f.servers.is_empty());
         let f = FerryParams::from_params(&parse("ferry.node=a ferry.node ferry.pubkey"));
         assert_eq!(f, FerryParams::default());
+    }
+
+    #[test]
+    fn tpm_flag_with_optional_tcti() {
+        assert_eq!(FerryParams::from_params(&parse("quiet")).tpm, None);
+        for (line, want) in [
+            ("ferry.tpm", "device"),
+            ("ferry.tpm=", "device"),
+            ("ferry.tpm=device", "device"),
+            ("ferry.tpm=swtpm:host=127.0.0.1,port=2321", "swtpm:host=127.0.0.1,port=2321"),
+            ("ferry.tpm=device:/dev/tpm0 ferry.tpm", "device"),
+        ] {
+            assert_eq!(FerryParams::from_params(&parse(line)).tpm.as_deref(), Some(want), "{line}");
+        }
     }
 
     #[test]

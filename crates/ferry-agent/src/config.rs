@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 use crate::args::{AgentArgs, Mode, WgBackendArg};
 use crate::cmdline::{split_list, FerryParams};
 use crate::error::AgentError;
+use crate::tcti::Tcti;
 
 /// Placeholders firmware puts in DMI strings when nobody set a value (compared
 /// case-insensitively after trimming). Such a tag is treated as no tag at all.
@@ -129,6 +130,8 @@ pub struct Config {
     pub node: Option<NodeName>,
     /// The asset tag, if the machine has a real one. Never logged.
     pub asset_tag: Option<Zeroizing<String>>,
+    /// The TPM to prove the `tpm` factor with (`--tpm`, `ferry.tpm`); `None`: no TPM.
+    pub tpm: Option<Tcti>,
     /// `--mac`; when `None` it is discovered from the route to the server.
     pub mac: Option<MacAddr>,
     pub mode: Mode,
@@ -197,13 +200,17 @@ impl Config {
             ),
             None => None,
         };
+        let tpm = match args.tpm.as_deref().or(params.tpm.as_deref()) {
+            Some(tcti) => Some(tpm_tcti(tcti)?),
+            None => None,
+        };
         let mac = match &args.mac {
             Some(m) => Some(MacAddr::parse(m).map_err(|e| AgentError::Config(format!("invalid --mac: {e}")))?),
             None => None,
         };
         ferry_core::net::check_interface_name(&args.interface)
             .map_err(|e| AgentError::Config(format!("invalid --interface: {e}")))?;
-        if asset_tag.is_some() && node.is_none() {
+        if asset_tag.is_some() && node.is_none() && tpm.is_none() {
             tracing::warn!(
                 "this machine has an asset tag, but no node name is known, so no asset-tag proof is sent \
                  (the proof binds the node name): add ferry.node=NAME to the kernel command line if this \
@@ -223,6 +230,7 @@ impl Config {
             pinned,
             node,
             asset_tag,
+            tpm,
             mac,
             mode: args.mode,
             interface: args.interface.clone(),
@@ -244,6 +252,20 @@ impl Config {
     pub fn server(&self) -> &ServerUrl {
         // `build` guarantees at least one; index 0 of a non-empty Vec.
         &self.servers[0]
+    }
+}
+
+/// Why `ferry.tpm` cannot work in a build without the `tpm` feature.
+pub const NO_TPM_SUPPORT: &str = "this ferry was built without TPM support (cargo feature `tpm`, which needs \
+     libtss2-dev): rebuild it with the feature, or remove ferry.tpm / --tpm";
+
+/// The TCTI of `ferry.tpm` / `--tpm`, validated.
+fn tpm_tcti(tcti: &str) -> Result<Tcti, AgentError> {
+    let tcti = Tcti::parse(tcti).map_err(AgentError::Config)?;
+    if cfg!(feature = "tpm") {
+        Ok(tcti)
+    } else {
+        Err(AgentError::Config(format!("cannot use the TPM at {tcti}: {NO_TPM_SUPPORT}")))
     }
 }
 
@@ -354,6 +376,7 @@ mod tests {
             servers: vec!["http://a:1".into(), "http://b:2".into()],
             pubkey: Some(KEY.into()),
             node: Some("n1".into()),
+            tpm: None,
         };
         let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
         assert_eq!(c.servers.len(), 2);
@@ -368,6 +391,30 @@ mod tests {
         assert_eq!(c.server().host, "c");
         assert_eq!(c.node.as_ref().map(NodeName::as_str), Some("n2"));
         assert_eq!(c.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:12:34:56"));
+    }
+
+    #[test]
+    fn tpm_from_the_command_line_or_the_flag() {
+        let params = FerryParams { pubkey: Some(KEY.into()), servers: vec!["http://a".into()], ..Default::default() };
+        let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
+        assert_eq!(c.tpm, None, "no ferry.tpm: no TPM");
+        let with_tpm = FerryParams { tpm: Some("device".into()), ..params.clone() };
+        let result = Config::build(&args(&[]), with_tpm.clone(), None);
+        let flag = Config::build(&args(&["--tpm", "swtpm:host=127.0.0.1,port=2321"]), with_tpm, None);
+        let bad = Config::build(&args(&["--tpm", "tpm0"]), params, None).expect_err("invalid TCTI");
+        assert_eq!(bad.exit_code(), 2);
+        assert!(bad.to_string().contains("invalid TPM TCTI"), "{bad}");
+        if cfg!(feature = "tpm") {
+            assert_eq!(result.expect("valid").tpm.map(|t| t.to_string()).as_deref(), Some("device:/dev/tpmrm0"));
+            assert_eq!(
+                flag.expect("valid").tpm.map(|t| t.to_string()).as_deref(),
+                Some("swtpm:host=127.0.0.1,port=2321"),
+                "the flag wins"
+            );
+        } else {
+            let err = result.expect_err("no TPM support");
+            assert!(err.to_string().contains("without TPM support"), "{err}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Transitions `Start → Challenged → Enrolled`: get a nonce, prove identity, check the
-//! server's key against the pinned one and validate the tunnel parameters.
+//! server's key against the pinned one and validate the tunnel parameters. (With a TPM,
+//! `Challenged → Attested → Enrolled`: see `attest.rs`.)
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -10,7 +11,10 @@ use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, Proofs, CHALLE
 use ferry_core::enroll::{asset_tag_proof, NONCE_LEN};
 use ferry_wg::PublicKey;
 use hyper::Uri;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::attest::TpmEvidence;
 use crate::error::AgentError;
 use crate::http::{Request, Transport};
 use crate::machine::{Agent, Lease, State, Verdict};
@@ -19,20 +23,9 @@ use crate::tunnel::TunnelFactory;
 impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// `Start → Challenged`, or back to `Start` after a back-off, or `Failed`.
     pub(crate) async fn challenge(&mut self) -> State {
-        let url = self.cfg.server().url(CHALLENGE_PATH);
-        let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
-        let resp = match self.transport.send(Request::post(url, None, timeout)).await {
-            Ok(r) => r,
-            Err(e) => return self.retry_enrollment(e.0, None).await,
-        };
-        let resp = match self.judge(resp, "challenge request") {
-            Verdict::Ok(r) => r,
-            Verdict::Retry { why, retry_after } => return self.retry_enrollment(why, retry_after).await,
-            Verdict::Fail(e) => return State::Failed(e),
-        };
-        let challenge: Challenge = match serde_json::from_slice(&resp.body) {
+        let challenge: Challenge = match self.post(CHALLENGE_PATH, None::<&()>, "challenge request").await {
             Ok(c) => c,
-            Err(e) => return State::Failed(AgentError::Protocol(format!("the challenge is not valid JSON: {e}"))),
+            Err(next) => return next,
         };
         match STANDARD.decode(challenge.nonce.as_bytes()) {
             Ok(bytes) if bytes.len() == NONCE_LEN => {
@@ -45,10 +38,42 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
     }
 
-    /// `Challenged → Enrolled`; `Start` after a back-off (a fresh nonce is needed);
-    /// `Failed` on refusal (no retry: policy), key mismatch or a malformed answer.
-    pub(crate) async fn enroll(&mut self, nonce: String, nonce_bytes: &[u8]) -> State {
-        let proof = match (&self.cfg.asset_tag, &self.cfg.node) {
+    /// POSTs `body` as JSON to an enrollment API path and decodes the answer. `Err` is
+    /// the next state: `Start` after a back-off (transient failure), or `Failed`.
+    pub(crate) async fn post<A: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: Option<&impl Serialize>,
+        what: &str,
+    ) -> Result<A, State> {
+        let json = match body.map(serde_json::to_vec).transpose() {
+            Ok(json) => json,
+            Err(e) => return Err(State::Failed(AgentError::Protocol(format!("cannot encode the {what}: {e}")))),
+        };
+        let url = self.cfg.server().url(path);
+        let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
+        let resp = match self.transport.send(Request::post(url, json, timeout)).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.retry_enrollment(e.0, None).await),
+        };
+        let resp = match self.judge(resp, what) {
+            Verdict::Ok(r) => r,
+            Verdict::Retry { why, retry_after } => return Err(self.retry_enrollment(why, retry_after).await),
+            Verdict::Fail(e) => return Err(State::Failed(e)),
+        };
+        serde_json::from_slice(&resp.body).map_err(|e| {
+            State::Failed(AgentError::Protocol(format!("the answer to the {what} is not valid JSON: {e}")))
+        })
+    }
+
+    /// `Challenged → Enrolled` (or `Attested → Enrolled` with the TPM's evidence); `Start`
+    /// after a back-off (a fresh nonce is needed); `Failed` on refusal (no retry: policy),
+    /// key mismatch or a malformed answer.
+    pub(crate) async fn enroll(&mut self, nonce: String, nonce_bytes: &[u8], tpm: Option<TpmEvidence>) -> State {
+        // The asset-tag proof binds the node name: the configured one, else the one the
+        // server recognised in the TPM round trip.
+        let node = self.cfg.node.as_ref().or(tpm.as_ref().map(|t| &t.node));
+        let proof = match (&self.cfg.asset_tag, node) {
             (Some(tag), Some(node)) => {
                 Some(STANDARD.encode(asset_tag_proof(tag.as_bytes(), nonce_bytes, &self.public_key.0, node)))
             }
@@ -56,8 +81,9 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         };
         tracing::info!(
             mac = %self.mac,
-            node = self.cfg.node.as_ref().map_or("(unknown)", |n| n.as_str()),
+            node = node.map_or("(unknown)", |n| n.as_str()),
             asset_tag_proof = proof.is_some(),
+            tpm_proof = tpm.is_some(),
             "enrolling with {}",
             self.cfg.server().base
         );
@@ -65,36 +91,21 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             mac: self.mac.to_string(),
             public_key: self.public_key.to_base64(),
             nonce,
-            proofs: Proofs { asset_tag: proof, tpm: None },
+            proofs: Proofs { asset_tag: proof, tpm: tpm.map(|t| t.proof) },
             mode: Some(match self.cfg.mode {
                 crate::args::Mode::Fetch => "fetch".into(),
                 crate::args::Mode::CloudInit => "cloud-init".into(),
             }),
         };
-        let body = match serde_json::to_vec(&request) {
-            Ok(b) => b,
-            Err(e) => return State::Failed(AgentError::Protocol(format!("cannot encode the request: {e}"))),
-        };
-        let url = self.cfg.server().url(ENROLL_PATH);
-        let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
-        let resp = match self.transport.send(Request::post(url, Some(body), timeout)).await {
-            Ok(r) => r,
-            Err(e) => return self.retry_enrollment(e.0, None).await,
-        };
-        let resp = match self.judge(resp, "enrollment request") {
-            Verdict::Ok(r) => r,
-            Verdict::Retry { why, retry_after } => return self.retry_enrollment(why, retry_after).await,
-            Verdict::Fail(e) => return State::Failed(e),
-        };
-        let answer: EnrollResponse = match serde_json::from_slice(&resp.body) {
+        let answer: EnrollResponse = match self.post(ENROLL_PATH, Some(&request), "enrollment request").await {
             Ok(a) => a,
-            Err(e) => {
-                return State::Failed(AgentError::Protocol(format!("the enrollment answer is not valid JSON: {e}")))
-            }
+            Err(next) => return next,
         };
         match self.validate(answer).await {
             Ok(lease) => {
                 tracing::info!(node = %lease.node, address = %lease.node_address, ttl_secs = lease.expires_in.as_secs(), "enrolled");
+                // Enrollment is not retried from here on: release the TPM.
+                self.tpm = None;
                 State::Enrolled { lease }
             }
             Err(e) => State::Failed(e),

@@ -73,6 +73,10 @@ pub enum AgentError {
         source: io::Error,
     },
 
+    /// The TPM failed (opening it, reading the EK, activating the credential, quoting).
+    #[error("{0}")]
+    Tpm(String),
+
     /// `ferry agent teardown` could not finish.
     #[error("teardown: {0}")]
     Teardown(String),
@@ -88,7 +92,7 @@ impl AgentError {
             AgentError::KeyMismatch { .. } => 4,
             AgentError::Unreachable { .. } => 5,
             AgentError::Tunnel(_) | AgentError::Fetch(_) => 6,
-            AgentError::Protocol(_) | AgentError::Io { .. } | AgentError::Teardown(_) => 1,
+            AgentError::Protocol(_) | AgentError::Io { .. } | AgentError::Tpm(_) | AgentError::Teardown(_) => 1,
         }
     }
 
@@ -119,6 +123,7 @@ mod tests {
         assert_eq!(AgentError::Tunnel("t".into()).exit_code(), 6);
         assert_eq!(AgentError::Fetch("f".into()).exit_code(), 6);
         assert_eq!(AgentError::Protocol("p".into()).exit_code(), 1);
+        assert_eq!(AgentError::Tpm("t".into()).exit_code(), 1);
         assert_eq!(AgentError::io("c", io::Error::other("e")).exit_code(), 1);
     }
 }

@@ -8,6 +8,11 @@
 //!    of the interface that routes to the server, the public key, the nonce and, when
 //!    the node name is known, the asset-tag proof (an HMAC keyed by the tag over the
 //!    nonce, the public key and the node name: the tag itself never leaves the node).
+//!    With a TPM (`ferry.tpm[=TCTI]`, `--tpm`), a round trip comes first: the EK, its
+//!    certificate and a fresh AK go to the server, which answers with a credential
+//!    bound to both and the PCRs to quote; the activated secret and the quote (its
+//!    qualifying data binds the nonce, the public key and the node) join the proofs.
+//!    See the `tpm` module and `attest.rs`.
 //! 3. Refuse a server whose key is not the pinned one; otherwise bring up the tunnel
 //!    (peer = the pinned key, allowed IPs = the server's tunnel address only).
 //! 4. Fetch mode: fetch the NoCloud documents through the tunnel into a private seed
@@ -18,7 +23,8 @@
 //! **Node name and the asset tag.** The server identifies the node by its MAC and checks
 //! the proof with that node's name, so the agent must know its name to prove the tag: it
 //! takes it from `--node`, else `ferry.node=`. With neither, no asset-tag proof is sent,
-//! and the server refuses a node whose policy requires the asset tag.
+//! and the server refuses a node whose policy requires the asset tag — unless the TPM
+//! round trip told the agent the name the server recognised (then that name is used).
 //!
 //! Standard output carries only the `ds=` line, which [`run`] prints itself (in
 //! cloud-init mode it must appear before the agent starts holding the tunnel); logs go
@@ -32,6 +38,7 @@
 //! fetch failure, 1 anything else.
 
 mod args;
+mod attest;
 mod cmdline;
 mod config;
 mod enroll;
@@ -45,6 +52,9 @@ mod retry;
 mod seed;
 mod session;
 mod state;
+pub mod tcti;
+#[cfg(feature = "tpm")]
+pub mod tpm;
 mod tunnel;
 
 #[cfg(test)]
@@ -70,11 +80,19 @@ use retry::{Backoff, Deadline};
 pub async fn run(args: AgentArgs) -> Result<Outcome, AgentError> {
     let cfg = Config::from_args(&args)?;
     let deadline = Deadline::after(cfg.timeout);
+    // Opened first, so a missing or broken TPM is reported at once.
+    let tpm = match &cfg.tpm {
+        Some(tcti) => Some(attest::open(tcti).await?),
+        None => None,
+    };
     let mac = match cfg.mac {
         Some(mac) => mac,
         None => discover_mac(&cfg, &deadline).await?,
     };
     let mut agent = machine::Agent::new(cfg, mac, http::HyperTransport, tunnel::WgTunnels, Box::new(std::io::stdout()));
+    if let Some(tpm) = tpm {
+        agent = agent.with_tpm(tpm);
+    }
     agent.deadline = deadline;
     agent.run().await
 }

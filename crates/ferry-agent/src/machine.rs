@@ -11,6 +11,10 @@
 //!         Failed ◀──────────────────────────────────────  (a tunnel that is up is removed first)
 //! ```
 //!
+//! With a TPM configured, `Challenged → Attested` is the credential round trip
+//! (`attest.rs`), with the same failures and retries as the other requests;
+//! `Attested → Enrolled` is the enrollment carrying the TPM's evidence.
+//!
 //! Each transition is one call of [`Agent::step`]; [`Agent::run`] steps until a final
 //! state (`TornDown`, `Detached`, `Failed`). HTTP goes through a [`Transport`] and the
 //! tunnel through a [`TunnelFactory`], so every transition is tested with fakes.
@@ -24,6 +28,7 @@ use std::time::Duration;
 use ferry_core::MacAddr;
 use ferry_wg::{PrivateKey, PublicKey};
 
+use crate::attest::{TpmBackend, TpmEvidence};
 use crate::config::Config;
 use crate::error::AgentError;
 use crate::http::{Response, Transport};
@@ -52,6 +57,8 @@ pub enum State {
     Start,
     /// Holding a fresh single-use nonce (base64, as received; and decoded).
     Challenged { nonce: String, nonce_bytes: Vec<u8> },
+    /// With a TPM: the credential is activated and the PCRs quoted for this nonce.
+    Attested { nonce: String, nonce_bytes: Vec<u8>, evidence: Box<TpmEvidence> },
     /// The server accepted the node and the pinned key matched.
     Enrolled { lease: Lease },
     /// The interface is up and the datasource answered through it.
@@ -75,6 +82,7 @@ impl State {
         match self {
             State::Start => "start",
             State::Challenged { .. } => "challenged",
+            State::Attested { .. } => "attested",
             State::Enrolled { .. } => "enrolled",
             State::TunnelUp { .. } => "tunnel-up",
             State::Fetched { .. } => "fetched",
@@ -130,6 +138,8 @@ pub struct Agent<T, F> {
     /// The WireGuard private key: in memory only, moved into the device, zeroized on drop.
     pub(crate) key: Option<PrivateKey>,
     pub(crate) public_key: PublicKey,
+    /// The TPM, when one is configured; released once enrolled.
+    pub(crate) tpm: Option<Box<dyn TpmBackend>>,
     pub(crate) deadline: Deadline,
     pub(crate) backoff: Backoff,
     out: Box<dyn Write + Send>,
@@ -153,6 +163,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             tunnels,
             key: Some(key),
             public_key,
+            tpm: None,
             deadline,
             backoff,
             out,
@@ -160,6 +171,12 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             ds: None,
             phoned_home: false,
         }
+    }
+
+    /// Proves the `tpm` factor with this TPM.
+    pub(crate) fn with_tpm(mut self, tpm: Box<dyn TpmBackend>) -> Self {
+        self.tpm = Some(tpm);
+        self
     }
 
     /// Ends holding when `stop` resolves instead of on SIGTERM/SIGINT.
@@ -197,7 +214,9 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     pub async fn step(&mut self, state: State) -> State {
         match state {
             State::Start => self.challenge().await,
-            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes).await,
+            State::Challenged { nonce, nonce_bytes } if self.tpm.is_some() => self.attest(nonce, nonce_bytes).await,
+            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes, None).await,
+            State::Attested { nonce, nonce_bytes, evidence } => self.enroll(nonce, &nonce_bytes, Some(*evidence)).await,
             State::Enrolled { lease } => self.bring_up(lease).await,
             State::TunnelUp { lease, tunnel } => self.use_tunnel(lease, tunnel).await,
             State::Fetched { lease, tunnel, meta_data } => self.phone_home(lease, tunnel, &meta_data).await,

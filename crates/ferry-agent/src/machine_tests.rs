@@ -1,10 +1,11 @@
 //! The enrollment transitions: `Start → Challenged → Enrolled` and their failures.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ferry_api::enroll::EnrollRequest;
+use ferry_api::enroll::{EnrollRequest, TpmCredentialRequest};
 use ferry_core::NodeName;
 use ferry_wg::PrivateKey;
 
@@ -186,4 +187,131 @@ async fn unspecified_endpoint_means_the_enrollment_host() {
     let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
     let State::Enrolled { lease } = a.step(challenged()).await else { panic!("expected enrolled") };
     assert_eq!(lease.endpoint, "192.0.2.1:51999".parse().expect("addr"));
+}
+
+fn tpm_server() -> FakeServer {
+    let server = FakeServer::default();
+    server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+    server.on(Method::Post, TPM, reply(200, &tpm_challenge_body()));
+    server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+    server
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_tpm_the_credential_round_trip_comes_before_enrolling() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.node = None; // the node name comes from the TPM challenge
+    let server = tpm_server();
+    let tpm = FakeTpm::default();
+    let (a, _) = agent(cfg, &server, &FakeTunnels::new(Backend::Userspace));
+    let mut a = a.with_tpm(Box::new(tpm.clone()));
+
+    let State::Attested { nonce, nonce_bytes, evidence } = a.step(challenged()).await else {
+        panic!("expected attested")
+    };
+    assert_eq!((nonce.as_str(), nonce_bytes.as_slice()), (STANDARD.encode(NONCE).as_str(), &NONCE[..]));
+    let sent = server.requests(Method::Post, TPM);
+    assert_eq!(sent.len(), 1);
+    let req: TpmCredentialRequest = serde_json::from_slice(sent[0].json.as_deref().expect("body")).expect("json");
+    assert_eq!(req.mac, "52:54:00:12:34:56");
+    assert_eq!(req.public_key, a.public_key.to_base64());
+    assert_eq!(req.nonce, STANDARD.encode(NONCE));
+    assert_eq!(STANDARD.decode(&req.ek_public).expect("b64"), b"EK-PUBLIC");
+    assert_eq!(STANDARD.decode(req.ek_certificate.expect("cert")).expect("b64"), b"EK-CERT");
+    assert_eq!(STANDARD.decode(&req.ak_public).expect("b64"), b"AK-PUBLIC");
+    let n1 = NodeName::parse("n1").expect("name");
+    let qualifying = ferry_core::enroll::tpm_qualifying_data(&NONCE, &a.public_key.0, &n1);
+    {
+        let log = tpm.log.lock().expect("lock");
+        assert_eq!(log.challenges.len(), 1);
+        let c = &log.challenges[0];
+        assert_eq!((c.credential_blob.as_slice(), c.encrypted_secret.as_slice()), (&b"BLOB"[..], &b"ENCRYPTED"[..]));
+        assert_eq!(c.qualifying, qualifying, "bound to the nonce, the WireGuard key and the challenge's node");
+        assert_eq!(c.pcrs, vec![7, 0]);
+    }
+    assert!(server.requests(Method::Post, ENROLL).is_empty(), "not enrolled yet");
+
+    let State::Enrolled { lease: l } = a.step(State::Attested { nonce, nonce_bytes, evidence }).await else {
+        panic!("expected enrolled")
+    };
+    assert_eq!(l, lease());
+    let req: EnrollRequest =
+        serde_json::from_slice(server.requests(Method::Post, ENROLL)[0].json.as_deref().expect("body")).expect("json");
+    assert_eq!(req.nonce, STANDARD.encode(NONCE), "the same nonce as the credential request");
+    let proof = req.proofs.tpm.expect("tpm proof");
+    assert_eq!(STANDARD.decode(&proof.secret).expect("b64"), b"BOLB", "the activated secret");
+    assert_eq!(STANDARD.decode(&proof.attest).expect("b64"), qualifying.to_vec());
+    assert_eq!(STANDARD.decode(&proof.signature).expect("b64"), b"SIGNATURE");
+    assert_eq!(
+        proof.pcr_values,
+        BTreeMap::from([(0, "00".repeat(32)), (7, "07".repeat(32))]),
+        "PCR index → lowercase hex"
+    );
+    // The asset tag is proven too, for the node the TPM challenge named.
+    let tag_proof = STANDARD.decode(req.proofs.asset_tag.expect("asset-tag proof")).expect("b64");
+    assert!(ferry_core::enroll::verify_asset_tag_proof(TAG.as_bytes(), &NONCE, &a.public_key.0, &n1, &tag_proof));
+    assert!(a.tpm.is_none(), "the TPM is released once enrolled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_run_with_a_tpm_and_retries_reuse_the_attestation_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+    server.on(Method::Post, TPM, busy(1));
+    server.on(Method::Post, TPM, reply(200, &tpm_challenge_body()));
+    server.on(Method::Post, ENROLL, busy(1));
+    server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+    serve_documents(&server);
+    let tpm = FakeTpm::default();
+    let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let outcome = a.with_tpm(Box::new(tpm.clone())).run().await.expect("enrolled");
+    assert_eq!(outcome.node, "n1");
+    let enrollment: Vec<String> = server.urls().into_iter().filter(|u| u.contains("/v1/enroll")).collect();
+    assert_eq!(enrollment, [CHALLENGE, TPM, CHALLENGE, TPM, ENROLL, CHALLENGE, TPM, ENROLL], "a fresh nonce each time");
+    let log = tpm.log.lock().expect("lock");
+    assert_eq!(log.identities, 3, "asked each round (the real TPM keeps its EK and AK)");
+    assert_eq!(log.challenges.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tpm_refusal_tpm_failure_and_bad_challenges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |server: FakeServer, tpm: FakeTpm| {
+        let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+        let mut a = a.with_tpm(Box::new(tpm));
+        async move { a.step(challenged()).await }
+    };
+    let server = FakeServer::default();
+    server.on(Method::Post, TPM, reply(401, br#"{"error":"refused","kind":"refused"}"#));
+    let State::Failed(err) = run(server.clone(), FakeTpm::default()).await else { panic!("expected failure") };
+    assert_eq!(err.exit_code(), 3, "refused: {err}");
+    assert!(server.requests(Method::Post, ENROLL).is_empty());
+
+    let server = FakeServer::default();
+    server.on(Method::Post, TPM, busy(1));
+    assert!(matches!(run(server, FakeTpm::default()).await, State::Start), "busy: a fresh nonce");
+
+    let failing = FakeTpm { fail: Some("TPM: cannot activate the credential".into()), ..Default::default() };
+    let State::Failed(err) = run(tpm_server(), failing).await else { panic!("expected failure") };
+    assert_eq!(err.exit_code(), 1);
+    assert!(err.to_string().contains("activate the credential"), "{err}");
+
+    let server = FakeServer::default();
+    server.on(Method::Post, TPM, reply(200, br#"{"node":"n1","credential_blob":"%","encrypted_secret":"","pcrs":[]}"#));
+    let State::Failed(err) = run(server, FakeTpm::default()).await else { panic!("expected failure") };
+    assert!(err.to_string().contains("credential_blob is not base64"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_tpm_there_is_no_credential_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = tpm_server();
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    assert!(matches!(a.step(challenged()).await, State::Enrolled { .. }));
+    assert!(server.requests(Method::Post, TPM).is_empty());
+    let req: EnrollRequest =
+        serde_json::from_slice(server.requests(Method::Post, ENROLL)[0].json.as_deref().expect("body")).expect("json");
+    assert!(req.proofs.tpm.is_none());
 }

@@ -17,14 +17,6 @@ fn doc(name: &str) -> String {
     format!("{DS}{name}")
 }
 
-fn serve_documents(server: &FakeServer) {
-    server.on(Method::Get, &doc("meta-data"), reply(200, b"instance-id: i-n1-7\nlocal-hostname: n1\n"));
-    server.on(Method::Get, &doc("user-data"), reply(200, b"#cloud-config\n"));
-    server.on(Method::Get, &doc("vendor-data"), reply(200, b"#cloud-config\n{}\n"));
-    server.on(Method::Get, &doc("network-config"), reply(404, br#"{"error":"not found","kind":"not-found"}"#));
-    server.on(Method::Post, PHONE, reply(200, b"{}"));
-}
-
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).expect("stat").permissions().mode() & 0o777
 }

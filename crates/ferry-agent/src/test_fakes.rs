@@ -16,6 +16,7 @@ use ferry_wg::{BackendChoice, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
 use crate::args::Mode;
+use crate::attest::{CredentialChallenge, TpmAnswer, TpmBackend, TpmIdentity};
 use crate::config::{Config, ServerUrl, Tuning};
 use crate::error::AgentError;
 use crate::http::{Method, Request, Response, Transport, TransportError};
@@ -23,6 +24,7 @@ use crate::machine::{Agent, Lease};
 use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
 
 pub const CHALLENGE: &str = "http://192.0.2.1:8080/v1/enroll/challenge";
+pub const TPM: &str = "http://192.0.2.1:8080/v1/enroll/tpm";
 pub const ENROLL: &str = "http://192.0.2.1:8080/v1/enroll";
 pub const DS: &str = "http://100.64.0.1:8081/";
 pub const PHONE: &str = "http://100.64.0.1:8081/phone-home";
@@ -43,6 +45,10 @@ impl FakeServer {
     pub fn on(&self, method: Method, url: &str, reply: Reply) -> &Self {
         self.routes.lock().expect("lock").entry((method, url.to_string())).or_default().push_back(reply);
         self
+    }
+    /// The URLs requested, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.log.lock().expect("lock").iter().map(|r| r.url.clone()).collect()
     }
     pub fn requests(&self, method: Method, url: &str) -> Vec<Request> {
         self.log.lock().expect("lock").iter().filter(|r| r.method == method && r.url == url).cloned().collect()
@@ -76,6 +82,16 @@ pub fn busy(retry_after_secs: u64) -> Reply {
         retry_after: Some(Duration::from_secs(retry_after_secs)),
         body: br#"{"error":"busy","kind":"unavailable"}"#.to_vec(),
     })
+}
+
+/// The datasource documents (network-config absent) and phone-home.
+pub fn serve_documents(server: &FakeServer) {
+    let doc = |name: &str| format!("{DS}{name}");
+    server.on(Method::Get, &doc("meta-data"), reply(200, b"instance-id: i-n1-7\nlocal-hostname: n1\n"));
+    server.on(Method::Get, &doc("user-data"), reply(200, b"#cloud-config\n"));
+    server.on(Method::Get, &doc("vendor-data"), reply(200, b"#cloud-config\n{}\n"));
+    server.on(Method::Get, &doc("network-config"), reply(404, br#"{"error":"not found","kind":"not-found"}"#));
+    server.on(Method::Post, PHONE, reply(200, b"{}"));
 }
 
 pub fn challenge_body() -> Vec<u8> {
@@ -124,6 +140,7 @@ pub fn test_config(dir: &Path) -> Config {
         pinned: server_key(),
         node: Some(NodeName::parse("n1").expect("name")),
         asset_tag: Some(Zeroizing::new(TAG.to_string())),
+        tpm: None,
         mac: None,
         mode: Mode::Fetch,
         interface: "ferry-test0".into(),
@@ -253,4 +270,60 @@ pub fn mac() -> MacAddr {
 pub fn agent(cfg: Config, server: &FakeServer, tunnels: &FakeTunnels) -> (Agent<FakeServer, FakeTunnels>, Out) {
     let out = Out::default();
     (Agent::new(cfg, mac(), server.clone(), tunnels.clone(), Box::new(out.clone())), out)
+}
+
+/// What the fake TPM was asked.
+#[derive(Default)]
+pub struct TpmLog {
+    pub identities: usize,
+    pub challenges: Vec<CredentialChallenge>,
+}
+
+/// A TPM that answers with recognisable bytes: the secret is the credential blob
+/// reversed, the "attest" is the qualifying data, PCR i has value [i; 32].
+#[derive(Clone, Default)]
+pub struct FakeTpm {
+    pub log: Arc<Mutex<TpmLog>>,
+    pub fail: Option<String>,
+}
+
+impl FakeTpm {
+    pub fn identity() -> TpmIdentity {
+        TpmIdentity {
+            ek_public: b"EK-PUBLIC".to_vec(),
+            ek_certificate: Some(b"EK-CERT".to_vec()),
+            ak_public: b"AK-PUBLIC".to_vec(),
+        }
+    }
+}
+
+#[async_trait]
+impl TpmBackend for FakeTpm {
+    async fn identity(&mut self) -> Result<TpmIdentity, AgentError> {
+        self.log.lock().expect("lock").identities += 1;
+        Ok(Self::identity())
+    }
+    async fn prove(&mut self, c: CredentialChallenge) -> Result<TpmAnswer, AgentError> {
+        if let Some(why) = &self.fail {
+            return Err(AgentError::Tpm(why.clone()));
+        }
+        self.log.lock().expect("lock").challenges.push(c.clone());
+        Ok(TpmAnswer {
+            secret: c.credential_blob.iter().rev().copied().collect(),
+            attest: c.qualifying.to_vec(),
+            signature: b"SIGNATURE".to_vec(),
+            pcr_values: c.pcrs.iter().map(|&i| (i, vec![i; 32])).collect(),
+        })
+    }
+}
+
+/// The server's TPM credential challenge for node n1, PCRs 0 and 7.
+pub fn tpm_challenge_body() -> Vec<u8> {
+    serde_json::to_vec(&ferry_api::enroll::TpmCredentialChallenge {
+        node: "n1".into(),
+        credential_blob: STANDARD.encode(b"BLOB"),
+        encrypted_secret: STANDARD.encode(b"ENCRYPTED"),
+        pcrs: vec![7, 0],
+    })
+    .expect("json")
 }

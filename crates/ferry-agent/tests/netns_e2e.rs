@@ -139,6 +139,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         server: Some("http://10.99.0.1:8080".into()),
         pubkey: Some(pubkey.into()),
         node: Some("n1".into()),
+        tpm: None,
         mode: Mode::Fetch,
         mac: None,
         interface: interface.into(),

@@ -41,6 +41,16 @@ pub enum IdentityFactor {
     Tpm,
 }
 
+impl std::fmt::Display for IdentityFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IdentityFactor::Network => "network",
+            IdentityFactor::AssetTag => "asset-tag",
+            IdentityFactor::Tpm => "tpm",
+        })
+    }
+}
+
 impl std::str::FromStr for IdentityFactor {
     type Err = CoreError;
     fn from_str(s: &str) -> Result<Self, CoreError> {

@@ -148,7 +148,7 @@ async fn enroll(
         Err(StoreError::Conflict(why)) => return Err(refuse(&s, client, subject, why).await),
         Err(e) => return Err(e.into()),
     };
-    let factors: Vec<String> = policy.iter().map(|f| format!("{f:?}").to_lowercase()).collect();
+    let factors: Vec<String> = policy.iter().map(|f| f.to_string()).collect();
     let detail = format!("from={client} factors={} address={}", factors.join(","), tunnel.address);
     s.tunnels.store.record_event(&actor, "enroll.accepted", &subject, &detail).await?;
     tracing::info!(%node, %client, address = %tunnel.address, "node enrolled");

@@ -55,9 +55,18 @@ impl Cluster {
         Self::with_wireguard(nodes, "backend = \"userspace\"\n", |_| None)
     }
 
+    /// A cluster whose server config has `top` (TOML, e.g. a `[tpm]` table) added.
+    pub fn with_config(nodes: usize, top: &str) -> Cluster {
+        Self::build(nodes, top, "backend = \"userspace\"\n", |_| None)
+    }
+
     /// `prepare` runs in the server namespace before the server starts (e.g. to start
     /// wireguard-go for the uapi backend) and may name the interface to attach to.
     pub fn with_wireguard(count: usize, wireguard: &str, prepare: impl FnOnce(&Netns) -> Option<String>) -> Cluster {
+        Self::build(count, "", wireguard, prepare)
+    }
+
+    fn build(count: usize, top: &str, wireguard: &str, prepare: impl FnOnce(&Netns) -> Option<String>) -> Cluster {
         let srv = Netns::new("fcs");
         let bridge = "br0";
         srv.sh(&["ip", "link", "add", bridge, "type", "bridge"]);
@@ -87,7 +96,7 @@ impl Cluster {
             nodes.push(Node { ns, name, ip, mac, dir, interface: unique("fyn") });
         }
         let interface = prepare(&srv);
-        let server = TestServer::start_in(srv, "", &format!("{SERVER_IP}:8470"), wireguard, interface);
+        let server = TestServer::start_in(srv, top, &format!("{SERVER_IP}:8470"), wireguard, interface);
         Cluster { nodes, server }
     }
 
