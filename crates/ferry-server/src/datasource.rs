@@ -5,7 +5,7 @@
 use crate::enroll::url_host;
 use crate::error::HttpError;
 use crate::render::{render, Document, FerryContext};
-use crate::tunnels::TunnelManager;
+use crate::tunnels::{ActiveTunnel, TunnelManager};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ferry_api::enroll::PhoneHome;
-use ferry_store::{Actor, BootReport, TunnelRecord};
+use ferry_store::{Actor, BootReport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,12 +37,12 @@ fn forbidden() -> HttpError {
 }
 
 /// The caller's active tunnel, from the source address alone.
-async fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<TunnelRecord, HttpError> {
+fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
     let ip = match peer.ip() {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
         v4 => v4,
     };
-    s.tunnels.store.tunnel_by_address(ip).await?.ok_or_else(|| {
+    s.tunnels.active(ip).ok_or_else(|| {
         tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
         forbidden()
     })
@@ -58,7 +58,8 @@ async fn document(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
 ) -> Result<Response, HttpError> {
-    let tunnel = caller(&s, peer).await?;
+    let active = caller(&s, peer)?;
+    let tunnel = &active.record;
     let name = path.rsplit('/').next().unwrap_or_default();
     let Some(doc) = Document::from_name(name) else {
         return Err(HttpError::new(
@@ -67,7 +68,7 @@ async fn document(
             "no such document (meta-data, user-data, vendor-data, network-config)",
         ));
     };
-    let node = s.tunnels.store.merged_node(&tunnel.node).await?;
+    let node = active.merged(s.tunnels.store.as_ref()).await?;
     let (datasource_url, phone_home_url) = urls(&s);
     let ctx = FerryContext {
         tunnel_address: tunnel.address.to_string(),
@@ -137,7 +138,8 @@ async fn phone_home(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let tunnel = caller(&s, peer).await?;
+    let active = caller(&s, peer)?;
+    let tunnel = &active.record;
     if path.split('/').next() != Some("phone-home") {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", "POST goes to /phone-home"));
     }
@@ -152,7 +154,7 @@ async fn phone_home(
             .map_err(|e| HttpError::bad_request(format!("invalid phone-home form: {e}")))?
     };
     let report = boot_report(form);
-    if !s.tunnels.phone_home(&tunnel, &report).await? {
+    if !s.tunnels.phone_home(tunnel, &report).await? {
         return Err(forbidden());
     }
     tracing::info!(node = %tunnel.node, host_keys = report.host_keys.len(), "node phoned home; tunnel closed");

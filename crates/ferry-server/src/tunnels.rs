@@ -3,11 +3,13 @@
 //! (at start-up and periodically) makes the device equal to the store's active tunnels,
 //! so a missed or failed device update is repaired rather than trusted.
 
+use ferry_api::admin::MergedNodeView;
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::NodeName;
 use ferry_store::{Actor, BootReport, CloseReason, Store, StoreError, TunnelRecord};
 use ferry_wg::{DeviceUpdate, IpNet, PeerConfig, PublicKey, WgDevice};
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
@@ -26,6 +28,29 @@ pub struct TunnelManager {
     /// The device; `None` once shut down.
     device: Arc<Mutex<Option<Box<dyn WgDevice>>>>,
     batches: mpsc::UnboundedSender<Change>,
+    /// This server's active tunnels by address: who is calling the datasource. Changed
+    /// only right after the store (under `order`), and replaced by the store's list at
+    /// every reconcile, so it never outlives a closed tunnel by more than that.
+    active: std::sync::RwLock<HashMap<IpAddr, Arc<ActiveTunnel>>>,
+}
+
+/// An active tunnel as the datasource sees it, with the node's merged settings read
+/// once per tunnel: the four documents of one boot render from one snapshot (and a boot
+/// storm does not merge profiles four times per node).
+pub struct ActiveTunnel {
+    pub record: TunnelRecord,
+    merged: tokio::sync::OnceCell<Arc<MergedNodeView>>,
+}
+
+impl ActiveTunnel {
+    fn new(record: TunnelRecord) -> Arc<Self> {
+        Arc::new(ActiveTunnel { record, merged: tokio::sync::OnceCell::new() })
+    }
+
+    /// The node's merged settings as of the first document of this tunnel.
+    pub async fn merged(&self, store: &dyn Store) -> Result<Arc<MergedNodeView>, StoreError> {
+        self.merged.get_or_try_init(|| async { store.merged_node(&self.record.node).await.map(Arc::new) }).await.cloned()
+    }
 }
 
 /// Peer changes waiting for the device; concurrent changes are applied as one update.
@@ -98,7 +123,22 @@ impl TunnelManager {
         let device = Arc::new(Mutex::new(Some(device)));
         let (batches, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(device.clone(), rx));
-        TunnelManager { store, network, order: RwLock::new(()), device, batches }
+        TunnelManager { store, network, order: RwLock::new(()), device, batches, active: Default::default() }
+    }
+
+    /// The active tunnel that owns `address`, if any.
+    pub fn active(&self, address: IpAddr) -> Option<Arc<ActiveTunnel>> {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).get(&address).cloned()
+    }
+
+    /// Forgets closed tunnels (only if the address still belongs to that tunnel).
+    fn forget(&self, closed: &[TunnelRecord]) {
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        for t in closed {
+            if active.get(&t.address).is_some_and(|a| a.record.public_key == t.public_key) {
+                active.remove(&t.address);
+            }
+        }
     }
 
     async fn submit(&self, add: Vec<PeerConfig>, remove: Vec<PublicKey>) -> Result<(), String> {
@@ -129,10 +169,16 @@ impl TunnelManager {
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
         let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, actor).await?;
+        self.forget(opened.replaced.as_slice());
+        self.active
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone()));
         let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {
             tracing::error!(node = %node, error = %e, "could not add the peer; closing the tunnel again");
+            self.forget(std::slice::from_ref(&opened.tunnel));
             self.store.close_tunnel(node, CloseReason::Revoked, &Actor("ferry:device-error".into())).await?;
             return Err(StoreError::BadRequest(format!("the WireGuard device refused the peer: {e}")));
         }
@@ -149,6 +195,7 @@ impl TunnelManager {
         let _order = self.order.read().await;
         let closed = self.store.close_tunnel(node, reason, actor).await?;
         if let Some(t) = &closed {
+            self.forget(std::slice::from_ref(t));
             self.remove_peers(std::slice::from_ref(t)).await;
         }
         Ok(closed)
@@ -159,7 +206,9 @@ impl TunnelManager {
     pub async fn phone_home(self: &Arc<Self>, tunnel: &TunnelRecord, report: &BootReport) -> Result<bool, StoreError> {
         let closed = {
             let _order = self.order.read().await;
-            self.store.phone_home(tunnel, report).await?
+            let closed = self.store.phone_home(tunnel, report).await?;
+            self.forget(closed.as_slice());
+            closed
         };
         let Some(closed) = closed else { return Ok(false) };
         let this = self.clone();
@@ -167,8 +216,8 @@ impl TunnelManager {
             tokio::time::sleep(PHONE_HOME_GRACE).await;
             let _order = this.order.read().await;
             // Only if the node has not re-enrolled with the same key meanwhile.
-            let current = this.store.tunnel_by_address(closed.address).await.map(|t| t.map(|t| t.public_key));
-            if current.map(|k| k != Some(closed.public_key.clone())).unwrap_or(true) {
+            let current = this.active(closed.address).map(|t| t.record.public_key.clone());
+            if current != Some(closed.public_key.clone()) {
                 this.remove_peers(std::slice::from_ref(&closed)).await;
             }
         });
@@ -213,6 +262,19 @@ impl TunnelManager {
             })
             .filter_map(|(_, t)| peer_of(t))
             .collect();
+        {
+            // The store's list is the truth; entries that did not change keep their snapshot.
+            let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+            let mut next = HashMap::with_capacity(wanted.len());
+            for t in wanted.values() {
+                let entry = match active.remove(&t.address) {
+                    Some(a) if a.record == *t => a,
+                    _ => ActiveTunnel::new(t.clone()),
+                };
+                next.insert(t.address, entry);
+            }
+            *active = next;
+        }
         let report = ReconcileReport { expired: expired.len(), added: add.len(), removed: remove.len() };
         if !remove.is_empty() || !add.is_empty() {
             dev.apply(DeviceUpdate::new().remove_peers(remove).add_peers(add)).await?;
