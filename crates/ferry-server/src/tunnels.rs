@@ -49,7 +49,10 @@ impl ActiveTunnel {
 
     /// The node's merged settings as of the first document of this tunnel.
     pub async fn merged(&self, store: &dyn Store) -> Result<Arc<MergedNodeView>, StoreError> {
-        self.merged.get_or_try_init(|| async { store.merged_node(&self.record.node).await.map(Arc::new) }).await.cloned()
+        self.merged
+            .get_or_try_init(|| async { store.merged_node(&self.record.node).await.map(Arc::new) })
+            .await
+            .cloned()
     }
 }
 
