@@ -124,6 +124,13 @@ impl Session {
     }
 }
 
+/// TPM2_ActivateCredential on the server's challenge.
+fn activate(tpm: &mut Tpm, ak: &AttestationKey, ch: &TpmCredentialChallenge) -> Vec<u8> {
+    let blob = B64.decode(&ch.credential_blob).unwrap();
+    let secret = B64.decode(&ch.encrypted_secret).unwrap();
+    tpm.activate_credential(ak, &blob, &secret).expect("activate the credential")
+}
+
 fn proof(secret: &[u8], quote: &ferry_agent::tpm::Quote) -> TpmProof {
     TpmProof {
         secret: B64.encode(secret),
@@ -291,13 +298,7 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
         let old_quote = mine.quote(&ak, &old.qualifying("n1", &old.key), &old_ch.pcrs).unwrap();
         let s = Session { key: old.key, ..Session::start(&mac) };
         let ch = s.credential(&ek, &ak).unwrap();
-        let secret = mine
-            .activate_credential(
-                &ak,
-                &B64.decode(&ch.credential_blob).unwrap(),
-                &B64.decode(&ch.encrypted_secret).unwrap(),
-            )
-            .unwrap();
+        let secret = activate(&mut mine, &ak, &ch);
         let r = s.enroll(&proof(&secret, &old_quote));
         results.push(("replayed quote", r.0, "qualifying data is not bound".into()));
         // ... and the whole earlier enrollment request, replayed, dies on its used nonce.
@@ -305,13 +306,7 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
         // 6. The right nonce, but the quote binds another WireGuard key (a hijack).
         let s = Session::start(&mac);
         let ch = s.credential(&ek, &ak).unwrap();
-        let secret = mine
-            .activate_credential(
-                &ak,
-                &B64.decode(&ch.credential_blob).unwrap(),
-                &B64.decode(&ch.encrypted_secret).unwrap(),
-            )
-            .unwrap();
+        let secret = activate(&mut mine, &ak, &ch);
         let attacker_key = ferry_wg::PrivateKey::generate().public_key();
         let q = mine.quote(&ak, &s.qualifying("n1", &attacker_key), &ch.pcrs).unwrap();
         let r = s.enroll(&proof(&secret, &q));
@@ -321,13 +316,7 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
         //    is granted: it is the node itself.) Revoked below.
         let s = Session::start(&mac);
         let ch = s.credential(&ek, &ak).unwrap();
-        let secret = mine
-            .activate_credential(
-                &ak,
-                &B64.decode(&ch.credential_blob).unwrap(),
-                &B64.decode(&ch.encrypted_secret).unwrap(),
-            )
-            .unwrap();
+        let secret = activate(&mut mine, &ak, &ch);
         let q = mine.quote(&ak, &s.qualifying("n1", &s.key), &ch.pcrs).unwrap();
         let good = proof(&secret, &q);
         assert_eq!(s.enroll(&good).0, 200, "the genuine enrollment");
@@ -438,13 +427,7 @@ fn tpm_enrollment_latency() {
             ak_times.push(ak_began.elapsed());
             let s = Session::start(&mac1);
             let ch = s.credential(&ek, &ak).unwrap();
-            let secret = tpm
-                .activate_credential(
-                    &ak,
-                    &B64.decode(&ch.credential_blob).unwrap(),
-                    &B64.decode(&ch.encrypted_secret).unwrap(),
-                )
-                .unwrap();
+            let secret = activate(&mut tpm, &ak, &ch);
             let q = tpm.quote(&ak, &s.qualifying("n1", &s.key), &ch.pcrs).unwrap();
             assert_eq!(s.enroll(&proof(&secret, &q)).0, 200);
             began.elapsed()
