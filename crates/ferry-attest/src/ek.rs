@@ -32,14 +32,24 @@ impl EkIdentity {
         Self::from_rsa(&ek.rsa_key()?)
     }
 
-    /// A `-----BEGIN PUBLIC KEY-----` file (`tpm2_createek -f pem`, `tpm2_readpublic -f pem`).
+    /// A `-----BEGIN PUBLIC KEY-----` file (`tpm2_createek -f pem`, `tpm2_readpublic -f pem`);
+    /// line breaks inside the base64 do not matter (a pasted one-line key works).
     pub fn from_pem(pem: &str) -> Result<Self, AttestError> {
-        let key = RsaPublicKey::from_public_key_pem(pem.trim()).map_err(|e| {
+        let malformed = |why: String| {
             AttestError::malformed(
                 "EK public key",
-                format!("{e}; expected an RSA public key in PEM (tpm2_createek -f pem)"),
+                format!("{why}; expected an RSA public key in PEM (tpm2_createek -f pem)"),
             )
-        })?;
+        };
+        let body = pem
+            .trim()
+            .strip_prefix("-----BEGIN PUBLIC KEY-----")
+            .and_then(|rest| rest.strip_suffix("-----END PUBLIC KEY-----"))
+            .ok_or_else(|| malformed("no PUBLIC KEY block".into()))?;
+        let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+            .map_err(|e| malformed(format!("bad base64: {e}")))?;
+        let key = RsaPublicKey::from_public_key_der(&der).map_err(|e| malformed(e.to_string()))?;
         Self::from_rsa(&key)
     }
 
@@ -165,6 +175,12 @@ mod tests {
         assert_eq!(from_tpm, from_cert);
         assert!(from_tpm.fingerprint().starts_with("sha256:") && from_tpm.fingerprint().len() == 71);
         assert!(EkIdentity::from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+        assert!(EkIdentity::from_pem("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----").is_err());
+        let pem = String::from_utf8(fixture("ek.pem")).unwrap();
+        let mut lines: Vec<&str> = pem.lines().collect();
+        let one_line =
+            format!("{}\n{}\n{}", lines.remove(0), lines[..lines.len() - 1].concat(), lines[lines.len() - 1]);
+        assert_eq!(EkIdentity::from_pem(&one_line).unwrap(), from_tpm, "line breaks do not matter");
     }
 
     #[test]

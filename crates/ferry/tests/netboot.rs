@@ -13,7 +13,8 @@
 //!
 //! The first test leaves its boot time split and its serial log (each line with the
 //! time since QEMU started) in `$CARGO_TARGET_DIR/tmp/netboot-{times.txt,serial.log}`; the
-//! second its serial log in `netboot-tmpfs-serial.log` there.
+//! second its serial log in `netboot-tmpfs-serial.log` there; the third (a TPM 2.0 from
+//! swtpm, the node enrolling with the `tpm` factor) in `netboot-tpm-serial.log`.
 
 mod common;
 
@@ -101,7 +102,12 @@ fn add_node(s: &TestServer, name: &str, extra: &[&str]) -> String {
 /// Network-boots the guest (SeaBIOS → iPXE ROM → DHCP → ferry's /boot/ipxe) and waits
 /// until it powers off.
 fn netboot(s: &TestServer, tag: &str) -> Qemu {
-    let args: Vec<String> = [
+    netboot_with(s, tag, &[])
+}
+
+/// [`netboot`] with extra QEMU arguments (a TPM).
+fn netboot_with(s: &TestServer, tag: &str, extra: &[String]) -> Qemu {
+    let mut args: Vec<String> = [
         "-accel",
         "tcg",
         "-cpu",
@@ -127,6 +133,7 @@ fn netboot(s: &TestServer, tag: &str) -> Qemu {
     .iter()
     .map(|a| a.to_string())
     .collect();
+    args.extend_from_slice(extra);
     let mut vm = Qemu::spawn(&s.netns, s.dir.path(), QEMU_LIMIT, &args);
     let status = vm.wait(QEMU_LIMIT + Duration::from_secs(5));
     let tail = vm.tail(80);
@@ -340,4 +347,86 @@ fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
         test_started.elapsed().as_secs_f64()
     );
     assert!(test_started.elapsed() < BUDGET);
+}
+
+#[path = "../../ferry-agent/tests/common/swtpm.rs"]
+mod swtpm;
+
+/// The `tpm` factor on a real boot path: QEMU's TPM 2.0 (TIS) backed by swtpm, the
+/// Debian kernel's built-in driver making /dev/tpmrm0, and the initramfs's agent
+/// (`ferry.tpm`) proving the node's registered EK through the device TCTI that the
+/// initramfs builder added beside the TCTI loader.
+#[test]
+fn qemu_node_proves_its_tpm_from_the_initramfs() {
+    common::require_root();
+    qemu::require_qemu();
+    let kver = qemu::debian_kernel();
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+
+    let s = server();
+    import_image(&s, &kver, "netboot", None);
+    // Manufacture the node's TPM and read its EK (over swtpm's TCP socket), then hand
+    // the same TPM state to QEMU (over swtpm's control socket).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = swtpm::LocalCa::new(&dir.path().join("ca"));
+    let mut tpm = swtpm::Swtpm::manufacture(&dir.path().join("tpm"), &ca);
+    let tcti = tpm.start();
+    let ek = ferry_agent::tpm::Tpm::open(&tcti).unwrap().endorsement().unwrap();
+    tpm.stop();
+    let public = ferry_attest::TpmPublic::parse(&ek.public).unwrap();
+    let spki = ferry_attest::EkIdentity::from_tpm_public(&public).unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki.spki_der());
+    let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+    let pem_file = dir.path().join("ek.pem");
+    std::fs::write(&pem_file, pem).unwrap();
+
+    let tag = add_node(
+        &s,
+        "n1",
+        &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff ferry.timeout=60 ferry.tpm"],
+    );
+    s.ok(&["node", "set", "n1", "--identity", "tpm"]);
+    s.ok(&["node", "set", "n1", "--tpm-ek", pem_file.to_str().unwrap()]);
+
+    let sock = dir.path().join("tpm/qemu.sock");
+    let mut emulator = std::process::Command::new(swtpm::require("swtpm"))
+        .args(["socket", "--tpm2", "--tpmstate"])
+        .arg(format!("dir={}", dir.path().join("tpm/state").display()))
+        .args(["--ctrl", &format!("type=unixio,path={}", sock.display())])
+        .arg("--log")
+        .arg(format!("file={},level=1", dir.path().join("tpm/qemu-swtpm.log").display()))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("swtpm for QEMU");
+    eventually(10, "swtpm's control socket", || sock.exists());
+    let vm = netboot_with(
+        &s,
+        &tag,
+        &[
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", sock.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ],
+    );
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let lines = vm.lines();
+    steps(
+        &vm,
+        &lines,
+        &[
+            ("the kernel command line", "ferry.tpm"),
+            ("the agent", "ferry-init: agent: enrolling"),
+            ("enrollment", "enrolled node=n1 address=100.64."),
+            ("phone-home", "phoned home"),
+            ("the result", "FERRY-RESULT: ok 0"),
+        ],
+    );
+    let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert!(audit.contains("factors=tpm ") && audit.contains("reason=phone-home"), "{audit}");
+    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("netboot-tpm-serial.log"), serial);
 }
