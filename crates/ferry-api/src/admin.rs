@@ -163,3 +163,25 @@ pub struct TpmRegister {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ek_certificate: Option<String>,
 }
+
+/// `PUT /v1/secrets/{name}`: the value (standard base64, any bytes) and its scope
+/// (neither: global; at most one of node and profile).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSet {
+    pub value: Secret,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileName>,
+}
+
+/// A secret as listed: never its value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretView {
+    pub name: String,
+    /// `global`, `profile/NAME` or `node/NAME`.
+    pub scope: String,
+    pub size: u64,
+    pub updated_at: String,
+}

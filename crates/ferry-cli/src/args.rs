@@ -42,6 +42,10 @@ pub enum Command {
     /// Active tunnels: list them, or revoke one.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Secrets for cloud-init templates (`{{ secret("munge.key") }}`), delivered only
+    /// through a node's tunnel; values are write-only.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Print the server's WireGuard public key (for `ferry.pubkey=` on the kernel command line).
     ServerKey,
     /// Print an ssh known_hosts file of the host keys nodes reported at phone-home.
@@ -186,6 +190,44 @@ pub struct ServeArgs {
 pub enum LogFormatArg {
     Text,
     Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a secret (global, or for one node or profile); the value never goes on the
+    /// command line.
+    Set {
+        name: String,
+        /// Read the value from this file (any bytes, up to 64 KiB).
+        #[arg(long, value_name = "FILE", required_unless_present = "value_stdin", conflicts_with = "value_stdin")]
+        from_file: Option<PathBuf>,
+        /// Read the value from standard input.
+        #[arg(long)]
+        value_stdin: bool,
+        #[command(flatten)]
+        scope: SecretScopeArgs,
+    },
+    /// List secrets: names, scopes, sizes, times — never values.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        scope: SecretScopeArgs,
+    },
+}
+
+/// Where a secret applies: one node, one profile, or (neither) every node.
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct SecretScopeArgs {
+    #[arg(long)]
+    pub node: Option<String>,
+    #[arg(long)]
+    pub profile: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

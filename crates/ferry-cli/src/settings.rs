@@ -186,3 +186,72 @@ pub async fn set_tpm(
     }
     Ok(())
 }
+
+/// `ferry secret set | list | rm`.
+pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::SecretCommand) -> anyhow::Result<()> {
+    use crate::args::{SecretCommand, SecretScopeArgs};
+    use base64::Engine;
+    use ferry_api::admin::{Changed, SecretSet, SecretView};
+    use hyper::Method;
+    let scope = |s: &SecretScopeArgs| -> anyhow::Result<(Option<ferry_core::NodeName>, Option<ProfileName>)> {
+        Ok((
+            s.node.as_deref().map(ferry_core::NodeName::parse).transpose()?,
+            s.profile.as_deref().map(ProfileName::parse).transpose()?,
+        ))
+    };
+    match cmd {
+        SecretCommand::Set { name, from_file, value_stdin: _, scope: s } => {
+            ferry_core::model::check_secret_name(&name)?;
+            let max = ferry_core::model::MAX_SECRET_BYTES;
+            let mut value = zeroize::Zeroizing::new(Vec::new());
+            match &from_file {
+                Some(f) => {
+                    let file = std::fs::File::open(f).with_context(|| format!("cannot read {}", f.display()))?;
+                    file.take(max as u64 + 1)
+                        .read_to_end(&mut value)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                }
+                None => std::io::stdin()
+                    .take(max as u64 + 1)
+                    .read_to_end(&mut value)
+                    .context("cannot read standard input")?,
+            };
+            if value.len() > max {
+                bail!("the secret is larger than {max} bytes");
+            }
+            let (node, profile) = scope(&s)?;
+            let body = SecretSet {
+                value: Secret::new(base64::engine::general_purpose::STANDARD.encode(value.as_slice())),
+                node,
+                profile,
+            };
+            client.call::<Changed>(Method::PUT, &format!("/v1/secrets/{name}"), Some(&body)).await?;
+            println!("set secret {name} ({} bytes)", value.len());
+        }
+        SecretCommand::List { json } => {
+            let list: Vec<SecretView> = client.get("/v1/secrets").await?;
+            if json {
+                println!("{}", crate::output::json(&list));
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.scope.clone(), s.size.to_string(), s.updated_at.clone()])
+                    .collect();
+                println!("{}", crate::output::table(&["name", "scope", "bytes", "updated"], rows));
+            }
+        }
+        SecretCommand::Rm { name, scope: s } => {
+            ferry_core::model::check_secret_name(&name)?;
+            let (node, profile) = scope(&s)?;
+            let mut path = format!("/v1/secrets/{name}");
+            if let Some(n) = node {
+                path.push_str(&format!("?node={n}"));
+            } else if let Some(p) = profile {
+                path.push_str(&format!("?profile={p}"));
+            }
+            client.call::<Changed>(Method::DELETE, &path, None::<&()>).await?;
+            println!("removed secret {name}");
+        }
+    }
+    Ok(())
+}

@@ -372,6 +372,26 @@ impl Settings {
     }
 }
 
+/// Most bytes a template secret may hold (a munge key is 1 KiB, a TLS key a few).
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// A secret's name: what templates pass to `secret()`.
+pub fn check_secret_name(name: &str) -> Result<(), CoreError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::invalid(
+            "secret name",
+            truncate(name),
+            "1 to 128 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+        ))
+    }
+}
+
 /// Even-length hex (either case) to bytes.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
@@ -482,6 +502,16 @@ mod tests {
         assert_eq!(decode_hex("0aFF"), Some(vec![0x0a, 0xff]));
         assert_eq!(decode_hex("0"), None);
         assert_eq!(decode_hex("é1"), None);
+    }
+
+    #[test]
+    fn secret_names() {
+        for good in ["munge.key", "a", "ssh_host-key.2"] {
+            assert!(check_secret_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".hidden", "a b", "x/y", "é", &"a".repeat(129), "{{x}}"] {
+            assert!(check_secret_name(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

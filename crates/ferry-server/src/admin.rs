@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::{Extension, Router};
 use ferry_api::admin::{
-    AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SetNodes, SetProfiles, TpmRegister,
-    TpmView,
+    AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SecretSet, SecretView, SetNodes,
+    SetProfiles, TpmRegister, TpmView,
 };
 use ferry_api::image::ImageRecord;
 use ferry_core::{NodeName, ProfileName};
@@ -65,6 +65,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/server", get(server_info))
         .route("/v1/images", get(list_images).post(add_image))
         .route("/v1/images/{name}", get(get_image).delete(delete_image))
+        .route("/v1/secrets", get(list_secrets))
+        .route("/v1/secrets/{name}", axum::routing::put(set_secret).delete(delete_secret))
         .route("/v1/tpm", get(list_tpms))
         .route("/v1/nodes/{name}/tpm", axum::routing::put(register_tpm).delete(clear_tpm))
         .route("/v1/nodes/{name}/tpm/approve", axum::routing::post(approve_tpm))
@@ -394,4 +396,61 @@ async fn approve_tpm(
     let node = NodeName::parse(&name)?;
     let rec = s.store.approve_tpm(&node, &actor).await?;
     Ok(ApiJson(tpm_view(node, rec)))
+}
+
+#[derive(Deserialize)]
+struct ScopeQuery {
+    node: Option<String>,
+    profile: Option<String>,
+}
+
+fn secret_scope(node: Option<NodeName>, profile: Option<ProfileName>) -> Result<ferry_store::SecretScope, HttpError> {
+    use ferry_store::SecretScope;
+    match (node, profile) {
+        (None, None) => Ok(SecretScope::Global),
+        (Some(n), None) => Ok(SecretScope::Node(n)),
+        (None, Some(p)) => Ok(SecretScope::Profile(p)),
+        (Some(_), Some(_)) => Err(HttpError::bad_request("a secret belongs to a node or a profile, not both")),
+    }
+}
+
+async fn list_secrets(State(s): State<AdminState>) -> Result<ApiJson<Vec<SecretView>>, HttpError> {
+    let listed = s.store.list_secrets().await?;
+    Ok(ApiJson(
+        listed
+            .into_iter()
+            .map(|i| SecretView { name: i.name, scope: i.scope, size: i.size, updated_at: i.updated_at })
+            .collect(),
+    ))
+}
+
+async fn set_secret(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    body: Result<axum::Json<SecretSet>, axum::extract::rejection::JsonRejection>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    use base64::Engine;
+    let axum::Json(req) = body?;
+    let scope = secret_scope(req.node.clone(), req.profile.clone())?;
+    let value = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(req.value.expose().trim())
+            .map_err(|_| HttpError::bad_request("the secret value must be standard base64"))?,
+    );
+    s.store.set_secret(&name, &scope, &value, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
+}
+
+async fn delete_secret(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    q: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    let Query(q) = q?;
+    let node = q.node.as_deref().map(NodeName::parse).transpose()?;
+    let profile = q.profile.as_deref().map(ProfileName::parse).transpose()?;
+    s.store.delete_secret(&name, &secret_scope(node, profile)?, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
 }

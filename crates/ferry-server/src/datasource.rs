@@ -4,7 +4,7 @@
 
 use crate::enroll::url_host;
 use crate::error::HttpError;
-use crate::render::{render, Document, FerryContext};
+use crate::render::{mentions_secrets, render, Document, FerryContext, TemplateSecrets};
 use crate::tunnels::{ActiveTunnel, TunnelManager};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
@@ -79,8 +79,17 @@ async fn document(
     };
     let actor = Actor(format!("node:{}", tunnel.node));
     let subject = format!("node/{}", tunnel.node);
-    match render(doc, &node, ctx) {
+    let secrets = if mentions_secrets(&node) {
+        TemplateSecrets::new(s.tunnels.store.secrets_for(&node.name, &node.profiles).await?)
+    } else {
+        TemplateSecrets::new(Default::default())
+    };
+    match render(doc, &node, ctx, &secrets) {
         Ok(Some(text)) => {
+            for name in secrets.used() {
+                let detail = format!("name={name} document={}", doc.name());
+                s.tunnels.store.record_event(&actor, "secret.delivered", &subject, &detail).await?;
+            }
             s.tunnels.store.record_event(&actor, "document.served", &subject, doc.name()).await?;
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }

@@ -1,9 +1,50 @@
 //! Renders a node's cloud-init NoCloud documents from its merged settings.
 
 use ferry_api::admin::MergedNodeView;
-use minijinja::Environment;
+use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// The secrets a node's templates may use (`{{ secret("munge.key") }}`,
+/// `{{ secret_base64("munge.key") }}`), and the names a rendering used, for the audit.
+/// Only the tunnel datasource renders templates, so secrets never leave the tunnel.
+#[derive(Default)]
+pub struct TemplateSecrets {
+    values: BTreeMap<String, Zeroizing<Vec<u8>>>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+impl TemplateSecrets {
+    pub fn new(values: BTreeMap<String, Zeroizing<Vec<u8>>>) -> Arc<Self> {
+        Arc::new(TemplateSecrets { values, used: Mutex::default() })
+    }
+
+    /// Names the templates asked for (each once).
+    pub fn used(&self) -> Vec<String> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&[u8], minijinja::Error> {
+        let value = self.values.get(name).ok_or_else(|| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("no secret {name:?} for this node (see ferry secret list; set it with ferry secret set)"),
+            )
+        })?;
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned());
+        Ok(value)
+    }
+}
+
+/// Whether any of the node's templates may call `secret()` (saves opening them).
+pub fn mentions_secrets(node: &MergedNodeView) -> bool {
+    let ci = &node.settings.cloud_init;
+    [&ci.user_data, &ci.vendor_data, &ci.network_config]
+        .iter()
+        .any(|t| t.as_deref().is_some_and(|t| t.contains("secret")))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Document {
@@ -72,7 +113,12 @@ pub enum RenderError {
 }
 
 /// The rendered document, or None when the node has none (network-config only).
-pub fn render(doc: Document, node: &MergedNodeView, ferry: FerryContext<'_>) -> Result<Option<String>, RenderError> {
+pub fn render(
+    doc: Document,
+    node: &MergedNodeView,
+    ferry: FerryContext<'_>,
+    secrets: &Arc<TemplateSecrets>,
+) -> Result<Option<String>, RenderError> {
     let s = &node.settings;
     match doc {
         Document::MetaData => {
@@ -86,15 +132,15 @@ pub fn render(doc: Document, node: &MergedNodeView, ferry: FerryContext<'_>) -> 
             Ok(Some(serde_json::to_string_pretty(&meta).unwrap_or_default() + "\n"))
         }
         Document::UserData => Ok(Some(match &s.cloud_init.user_data {
-            Some(t) => template(doc, node, t, ferry)?,
+            Some(t) => template(doc, node, t, ferry, secrets)?,
             None => "#cloud-config\n{}\n".into(),
         })),
         Document::VendorData => Ok(Some(match &s.cloud_init.vendor_data {
-            Some(t) => template(doc, node, t, ferry)?,
+            Some(t) => template(doc, node, t, ferry, secrets)?,
             None => default_vendor_data(ferry.phone_home_url, ferry.fetch_mode),
         })),
         Document::NetworkConfig => {
-            s.cloud_init.network_config.as_ref().map(|t| template(doc, node, t, ferry)).transpose()
+            s.cloud_init.network_config.as_ref().map(|t| template(doc, node, t, ferry, secrets)).transpose()
         }
     }
 }
@@ -114,10 +160,25 @@ fn template(
     node: &MergedNodeView,
     source: &str,
     ferry: FerryContext<'_>,
+    secrets: &Arc<TemplateSecrets>,
 ) -> Result<String, RenderError> {
     let err = |source| RenderError::Template { doc: doc.name(), node: node.name.to_string(), source };
     let s = &node.settings;
-    let env = Environment::new();
+    let mut env = Environment::new();
+    let text = secrets.clone();
+    env.add_function("secret", move |name: &str| -> Result<String, minijinja::Error> {
+        String::from_utf8(text.get(name)?.to_vec()).map_err(|_| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("secret {name:?} is not UTF-8 text; use secret_base64({name:?})"),
+            )
+        })
+    });
+    let binary = secrets.clone();
+    env.add_function("secret_base64", move |name: &str| -> Result<String, minijinja::Error> {
+        use base64::Engine;
+        Ok(base64::engine::general_purpose::STANDARD.encode(binary.get(name)?))
+    });
     let tmpl = env.template_from_str(source).map_err(err)?;
     let ctx = Context {
         node: NodeContext {
@@ -157,6 +218,10 @@ mod tests {
         }
     }
 
+    fn none() -> Arc<TemplateSecrets> {
+        TemplateSecrets::new(BTreeMap::new())
+    }
+
     fn ctx() -> FerryContext<'static> {
         FerryContext {
             tunnel_address: "100.64.0.2".into(),
@@ -176,21 +241,45 @@ mod tests {
                 "user_data": "#cloud-config\nhostname: {{ node.name }}\nwrite_files:\n- path: /etc/rack\n  content: \"{{ tags.rack }} {{ ferry.tunnel_address }}\"",
             }
         }));
-        let meta = render(Document::MetaData, &n, ctx()).unwrap().unwrap();
+        let meta = render(Document::MetaData, &n, ctx(), &none()).unwrap().unwrap();
         let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
         assert_eq!((meta["instance-id"].as_str(), meta["region"].as_str()), (Some("n001"), Some("hq")));
-        let user = render(Document::UserData, &n, ctx()).unwrap().unwrap();
+        let user = render(Document::UserData, &n, ctx(), &none()).unwrap().unwrap();
         assert!(user.contains("hostname: n001") && user.contains("\"r7 100.64.0.2\""), "{user}");
-        let vendor = render(Document::VendorData, &n, ctx()).unwrap().unwrap();
+        let vendor = render(Document::VendorData, &n, ctx(), &none()).unwrap().unwrap();
         assert!(vendor.contains("url: http://100.64.0.1:8471/phone-home/$INSTANCE_ID"), "{vendor}");
-        let fetch = render(Document::VendorData, &n, FerryContext { fetch_mode: true, ..ctx() }).unwrap().unwrap();
+        let fetch =
+            render(Document::VendorData, &n, FerryContext { fetch_mode: true, ..ctx() }, &none()).unwrap().unwrap();
         assert!(!fetch.contains("phone_home"), "fetch-mode nodes have phoned home already: {fetch}");
-        assert!(render(Document::NetworkConfig, &n, ctx()).unwrap().is_none());
+        assert!(render(Document::NetworkConfig, &n, ctx(), &none()).unwrap().is_none());
+    }
+
+    #[test]
+    fn secrets_render_as_text_or_base64_and_are_recorded() {
+        let n = node(serde_json::json!({"cloud_init": {
+            "user_data": "#cloud-config\npassword: {{ secret('root.pw') }}\nkey: {{ secret_base64('munge.key') }}",
+            "vendor_data": "{{ secret('missing') }}",
+            "network_config": "{{ secret('munge.key') }}",
+        }}));
+        assert!(mentions_secrets(&n));
+        let values = BTreeMap::from([
+            ("root.pw".to_string(), Zeroizing::new(b"s3cret".to_vec())),
+            ("munge.key".to_string(), Zeroizing::new(vec![0xff, 0x00, 0x10])),
+        ]);
+        let secrets = TemplateSecrets::new(values);
+        let user = render(Document::UserData, &n, ctx(), &secrets).unwrap().unwrap();
+        assert!(user.contains("password: s3cret") && user.contains("key: /wAQ"), "{user}");
+        assert_eq!(secrets.used(), ["munge.key", "root.pw"]);
+        let missing = render(Document::VendorData, &n, ctx(), &secrets).unwrap_err().to_string();
+        assert!(missing.contains("no secret \"missing\""), "{missing}");
+        let binary = render(Document::NetworkConfig, &n, ctx(), &secrets).unwrap_err().to_string();
+        assert!(binary.contains("not UTF-8") && !binary.contains('\u{ff}'), "{binary}");
+        assert!(!mentions_secrets(&node(serde_json::json!({}))));
     }
 
     #[test]
     fn broken_templates_are_errors() {
         let n = node(serde_json::json!({"cloud_init": {"user_data": "{% if %}"}}));
-        assert!(render(Document::UserData, &n, ctx()).is_err());
+        assert!(render(Document::UserData, &n, ctx(), &none()).is_err());
     }
 }

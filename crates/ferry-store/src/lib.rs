@@ -6,14 +6,17 @@
 
 mod audit_buffer;
 pub mod sealing;
+pub mod secrets;
 mod sqlite;
 mod sqlite_images;
+mod sqlite_secrets;
 mod sqlite_tpm;
 mod sqlite_tunnels;
 pub mod tpm;
 pub mod tunnels;
 
 pub use sealing::{SealError, Sealer};
+pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
 pub use sqlite::SqliteStore;
 pub use tpm::{TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
@@ -150,6 +153,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Pending → registered.
     async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError>;
+
+    /// Sets (replaces) a template secret; sealed at rest, audited without its value.
+    async fn set_secret(&self, name: &str, scope: &SecretScope, value: &[u8], actor: &Actor) -> Result<(), StoreError>;
+    async fn delete_secret(&self, name: &str, scope: &SecretScope, actor: &Actor) -> Result<(), StoreError>;
+    /// Names, scopes, sizes and times; never values.
+    async fn list_secrets(&self) -> Result<Vec<SecretInfo>, StoreError>;
+    /// The secrets a node's templates see (node over profiles over global), opened.
+    async fn secrets_for(
+        &self,
+        node: &NodeName,
+        profiles: &[ProfileName],
+    ) -> Result<std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>, StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;

@@ -22,7 +22,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
-    sealer: Sealer,
+    pub(crate) sealer: Sealer,
     /// Where the next address search starts (an offset into the tunnel network), so
     /// allocation costs a few indexed look-ups instead of a scan of every tunnel.
     pub(crate) next_address: std::sync::Mutex<u128>,
@@ -609,6 +609,32 @@ impl Store for SqliteStore {
 
     async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<crate::TpmRecord, StoreError> {
         self.approve_tpm_impl(node, actor).await
+    }
+
+    async fn set_secret(
+        &self,
+        name: &str,
+        scope: &crate::SecretScope,
+        value: &[u8],
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        self.set_secret_impl(name, scope, value, actor).await
+    }
+
+    async fn delete_secret(&self, name: &str, scope: &crate::SecretScope, actor: &Actor) -> Result<(), StoreError> {
+        self.delete_secret_impl(name, scope, actor).await
+    }
+
+    async fn list_secrets(&self) -> Result<Vec<crate::SecretInfo>, StoreError> {
+        self.list_secrets_impl().await
+    }
+
+    async fn secrets_for(
+        &self,
+        node: &NodeName,
+        profiles: &[ProfileName],
+    ) -> Result<std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>, StoreError> {
+        self.secrets_for_impl(node, profiles).await
     }
 
     async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {

@@ -216,3 +216,71 @@ async fn tpm_identity_register_discover_approve() {
         assert!(actions.iter().any(|x| x == a), "{a} audited: {actions:?}");
     }
 }
+
+#[tokio::test]
+async fn secrets_are_sealed_scoped_and_listed_without_values() {
+    use ferry_store::SecretScope;
+    let (dir, s) = store().await;
+    s.add_profiles(
+        AddProfiles {
+            profiles: vec![
+                NewProfile { name: p("base"), profiles: vec![], settings: Settings::default() },
+                NewProfile { name: p("gpu"), profiles: vec![], settings: Settings::default() },
+            ],
+        },
+        &actor(),
+    )
+    .await
+    .unwrap();
+    let mut n1 = new_node("n1", json!({}));
+    n1.profiles = vec![p("base"), p("gpu")];
+    s.add_nodes(AddNodes { nodes: vec![n1, new_node("n2", json!({}))] }, &actor()).await.unwrap();
+
+    let set = |name: &'static str, scope: SecretScope, value: &'static str| {
+        let s = &s;
+        async move { s.set_secret(name, &scope, value.as_bytes(), &actor()).await }
+    };
+    set("munge.key", SecretScope::Global, "GLOBAL-MUNGE-9a1").await.unwrap();
+    set("munge.key", SecretScope::Profile(p("base")), "BASE-MUNGE-4c2").await.unwrap();
+    set("munge.key", SecretScope::Profile(p("gpu")), "GPU-MUNGE-77e").await.unwrap();
+    set("token", SecretScope::Global, "GLOBAL-TOKEN-0f0").await.unwrap();
+    set("token", SecretScope::Node(n("n1")), "N1-TOKEN-5b5").await.unwrap();
+
+    let open = |m: &std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>, k: &str| {
+        String::from_utf8(m[k].to_vec()).unwrap()
+    };
+    let n1 = s.secrets_for(&n("n1"), &[p("base"), p("gpu")]).await.unwrap();
+    assert_eq!(open(&n1, "munge.key"), "GPU-MUNGE-77e", "the later profile wins");
+    assert_eq!(open(&n1, "token"), "N1-TOKEN-5b5", "the node's own wins");
+    let n2 = s.secrets_for(&n("n2"), &[]).await.unwrap();
+    assert_eq!((open(&n2, "munge.key"), open(&n2, "token")), ("GLOBAL-MUNGE-9a1".into(), "GLOBAL-TOKEN-0f0".into()));
+
+    // Bad input: clear errors, nothing changed.
+    assert!(set("bad name", SecretScope::Global, "x").await.is_err());
+    assert!(set("ok", SecretScope::Global, "").await.is_err(), "empty");
+    let big = vec![b'x'; ferry_store::MAX_SECRET_BYTES + 1];
+    assert!(s.set_secret("ok", &SecretScope::Global, &big, &actor()).await.is_err(), "too big");
+    assert!(matches!(set("ok", SecretScope::Node(n("n9")), "x").await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(s.delete_secret("nope", &SecretScope::Global, &actor()).await, Err(StoreError::NotFound { .. })));
+    let listed = s.list_secrets().await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(
+        listed.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>(),
+        ["global", "profile/base", "profile/gpu", "global", "node/n1"]
+    );
+
+    // Values appear in no listing, audit entry or file.
+    let values = ["GLOBAL-MUNGE-9a1", "BASE-MUNGE-4c2", "GPU-MUNGE-77e", "GLOBAL-TOKEN-0f0", "N1-TOKEN-5b5"];
+    let shown = format!("{listed:?} {:?}", s.audit(None, 100).await.unwrap());
+    assert!(values.iter().all(|v| !shown.contains(v)), "{shown}");
+    s.delete_nodes(&[n("n1")], &actor()).await.unwrap();
+    assert_eq!(s.list_secrets().await.unwrap().len(), 4, "the node's secrets go with it");
+    s.delete_secret("token", &SecretScope::Global, &actor()).await.unwrap();
+    drop(s);
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        for v in values {
+            assert!(!bytes.windows(v.len()).any(|w| w == v.as_bytes()), "{v} in clear on disk");
+        }
+    }
+}
