@@ -58,6 +58,14 @@ pub enum Command {
         /// How many entries, newest last.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Only entries since a time (RFC 3339, e.g. 2026-11-23T10:00:00Z) or for a
+        /// duration back from now (e.g. 10m, 2h).
+        #[arg(long, value_name = "TIME|DURATION")]
+        since: Option<String>,
+        /// Keep printing new entries as they are written (Ctrl-C to stop).
+        #[arg(long)]
+        follow: bool,
+        /// JSON (with --follow: one object per line).
         #[arg(long)]
         json: bool,
     },

@@ -49,23 +49,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args, cli.socket).await,
         Command::Node(cmd) => node(&client, cmd).await,
         Command::Profile(cmd) => profile(&client, cmd).await,
-        Command::Audit { node, limit, json } => {
-            let mut path = format!("/v1/audit?limit={limit}");
+        Command::Audit { node, limit, since, follow, json } => {
+            let mut query = format!("limit={limit}");
             if let Some(n) = node {
-                path.push_str(&format!("&subject=node/{}", NodeName::parse(&n)?));
+                query.push_str(&format!("&subject=node/{}", NodeName::parse(&n)?));
             }
-            let entries: Vec<serde_json::Value> = client.get(&path).await?;
-            if json {
-                println!("{}", output::json(&entries));
-            } else {
-                let s = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
-                let rows = entries
-                    .iter()
-                    .map(|e| vec![s(e, "at"), s(e, "actor"), s(e, "action"), s(e, "subject"), s(e, "detail")])
-                    .collect();
-                println!("{}", output::table(&["time", "actor", "action", "subject", "detail"], rows));
+            if let Some(t) = since {
+                query.push_str(&format!("&since={}", since_secs(&t)?));
             }
-            Ok(())
+            let mut entries: Vec<serde_json::Value> = client.get(&format!("/v1/audit?{query}")).await?;
+            let s = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            let row = |e: &serde_json::Value| {
+                vec![s(e, "at"), s(e, "actor"), s(e, "action"), s(e, "subject"), s(e, "detail")]
+            };
+            let header = ["time", "actor", "action", "subject", "detail"];
+            if !follow {
+                if json {
+                    println!("{}", output::json(&entries));
+                } else {
+                    println!("{}", output::table(&header, entries.iter().map(row).collect()));
+                }
+                return Ok(());
+            }
+            let mut last = 0;
+            loop {
+                for e in &entries {
+                    last = e["id"].as_i64().unwrap_or(last);
+                    if json {
+                        println!("{e}");
+                    } else {
+                        println!("{}", row(e).join("  "));
+                    }
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                entries = client.get(&format!("/v1/audit?{query}&after={last}")).await?;
+            }
         }
         Command::Secret(cmd) => settings::secret(&client, cmd).await,
         Command::Tunnel(TunnelCommand::List { json }) => {
@@ -147,6 +167,20 @@ fn init_logging(format: ferry_server::LogFormat) {
         ferry_server::LogFormat::Json => builder.json().init(),
         ferry_server::LogFormat::Text => builder.init(),
     }
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now.
+fn since_secs(text: &str) -> anyhow::Result<i64> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => t,
+        Err(_) => {
+            let back = humantime::parse_duration(text).with_context(|| {
+                format!("--since {text:?}: give a time (2026-11-23T10:00:00Z) or a duration (10m, 2h)")
+            })?;
+            std::time::SystemTime::now() - back
+        }
+    };
+    Ok(at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0))
 }
 
 fn node_names(list: &str) -> anyhow::Result<Vec<NodeName>> {

@@ -201,6 +201,10 @@ async fn delete_profiles(
 struct AuditQuery {
     subject: Option<String>,
     limit: Option<i64>,
+    /// Unix seconds.
+    since: Option<i64>,
+    /// Entries after this id (following the log).
+    after: Option<i64>,
 }
 
 async fn audit(
@@ -208,7 +212,13 @@ async fn audit(
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ApiJson<Vec<AuditEntry>>, HttpError> {
     let Query(q) = q?;
-    Ok(ApiJson(s.store.audit(q.subject.as_deref(), q.limit.unwrap_or(100)).await?))
+    let filter = ferry_store::AuditFilter {
+        subject: q.subject,
+        since: q.since,
+        after_id: q.after,
+        limit: q.limit.unwrap_or(100),
+    };
+    Ok(ApiJson(s.store.audit_query(&filter).await?))
 }
 
 async fn status(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value>, HttpError> {

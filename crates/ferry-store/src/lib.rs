@@ -55,6 +55,17 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
+/// Which audit entries to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub subject: Option<String>,
+    /// Entries at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Entries after this id, oldest first.
+    pub after_id: Option<i64>,
+    pub limit: i64,
+}
+
 /// One audit log entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEntry {
@@ -167,7 +178,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<std::collections::BTreeMap<String, zeroize::Zeroizing<Vec<u8>>>, StoreError>;
 
     /// The newest `limit` audit entries (optionally about one subject), oldest first.
-    async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_query(&AuditFilter { subject: subject.map(str::to_owned), limit, ..Default::default() }).await
+    }
+    /// Audit entries: the newest `limit` matching ones (oldest first), or with
+    /// `after_id` the next `limit` after it (for following the log).
+    async fn audit_query(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Now, in unix seconds (the store's unit of time).

@@ -637,21 +637,42 @@ impl Store for SqliteStore {
         self.secrets_for_impl(node, profiles).await
     }
 
-    async fn audit(&self, subject: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    async fn audit_query(&self, filter: &crate::AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
         // Read your writes: queued events land first.
         self.flush().await?;
+        let mut conditions = Vec::new();
+        if filter.subject.is_some() {
+            conditions.push("subject = ?");
+        }
+        if filter.since.is_some() {
+            conditions.push("at >= ?");
+        }
+        if filter.after_id.is_some() {
+            conditions.push("id > ?");
+        }
+        let filter_sql =
+            if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        // Following (after an id): the oldest new entries first; otherwise the newest.
+        let order = if filter.after_id.is_some() { "ASC" } else { "DESC" };
         let sql = format!(
-            "SELECT id, at, actor, action, subject, detail FROM audit {} ORDER BY id DESC LIMIT ?",
-            if subject.is_some() { "WHERE subject = ?" } else { "" }
+            "SELECT id, at, actor, action, subject, detail FROM audit {filter_sql} ORDER BY id {order} LIMIT ?"
         );
         let mut q = sqlx::query_as::<_, (i64, i64, String, String, String, String)>(&sql);
-        if let Some(s) = subject {
+        if let Some(s) = &filter.subject {
             q = q.bind(s);
         }
-        let rows = q.bind(limit.clamp(1, 100_000)).fetch_all(&self.read).await?;
+        if let Some(t) = filter.since {
+            q = q.bind(t);
+        }
+        if let Some(id) = filter.after_id {
+            q = q.bind(id);
+        }
+        let mut rows = q.bind(filter.limit.clamp(1, 100_000)).fetch_all(&self.read).await?;
+        if filter.after_id.is_none() {
+            rows.reverse();
+        }
         Ok(rows
             .into_iter()
-            .rev()
             .map(|(id, at, actor, action, subject, detail)| AuditEntry {
                 id,
                 at: format_time(at),

@@ -284,3 +284,40 @@ fn shell_completions() {
     let script = String::from_utf8_lossy(&out.stdout);
     assert!(script.contains("_ferry") && script.contains("node"), "bash completion script");
 }
+
+#[test]
+fn audit_since_and_follow() {
+    use std::io::BufRead;
+    let s = TestServer::start();
+    s.ok(&["node", "add", "a1"]);
+    let recent = s.json(&["audit", "--since", "1h", "--json"]);
+    assert!(recent.as_array().unwrap().iter().any(|e| e["subject"] == "node/a1"), "{recent}");
+    let future = s.json(&["audit", "--since", "2099-01-01T00:00:00Z", "--json"]);
+    assert_eq!(future.as_array().unwrap().len(), 0, "{future}");
+    assert!(s.fails(&["audit", "--since", "yesterday-ish"]).contains("--since"));
+
+    // --follow prints what was there, then each new entry as a JSON line.
+    let mut follow = s.cmd().args(["audit", "--follow", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    // A watchdog: if --follow stopped printing, the reads below end instead of hanging.
+    let pid = nix::unistd::Pid::from_raw(follow.id() as i32);
+    let (done, stop) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if stop.recv_timeout(std::time::Duration::from_secs(20)).is_err() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    });
+    let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["subject"], "node/a1");
+    s.ok(&["node", "add", "a2"]);
+    s.ok(&["node", "delete", "a2"]);
+    let next: Vec<serde_json::Value> =
+        (0..2).map(|_| serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap()).collect();
+    let _ = done.send(());
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!((next[0]["action"].as_str(), next[0]["subject"].as_str()), (Some("node.add"), Some("node/a2")));
+    assert_eq!(next[1]["action"], "node.delete");
+    assert!(next[1]["id"].as_i64() > next[0]["id"].as_i64(), "in order, none twice");
+    assert!(next[0]["actor"].as_str().unwrap().starts_with("uid:"), "admin changes name their actor");
+}
