@@ -72,6 +72,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/nodes/{name}/tpm/approve", axum::routing::post(approve_tpm))
         .route("/v1/audit", get(audit))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(state)
@@ -463,4 +466,27 @@ async fn delete_secret(
     let profile = q.profile.as_deref().map(ProfileName::parse).transpose()?;
     s.store.delete_secret(&name, &secret_scope(node, profile)?, &actor).await?;
     Ok(ApiJson(Changed { changed: 1 }))
+}
+
+/// Prometheus/OpenMetrics text.
+async fn metrics(State(s): State<AdminState>) -> Response {
+    use axum::response::IntoResponse;
+    s.tunnels.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], s.tunnels.metrics.encode()).into_response()
+}
+
+/// The process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready to provision: the store answers and the WireGuard device is up.
+async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> {
+    let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why);
+    s.store.audit(None, 1).await.map_err(|e| unavailable(format!("the store does not answer: {e}")))?;
+    if !s.tunnels.device_up().await {
+        return Err(unavailable("the WireGuard device is down".into()));
+    }
+    Ok("ready\n")
 }

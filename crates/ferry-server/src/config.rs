@@ -64,6 +64,27 @@ pub struct ProvisioningConfig {
     pub nonce_ttl_secs: u64,
     /// Most nonces outstanding at once; beyond it challenges answer 503.
     pub max_pending_nonces: usize,
+    /// Enrollment requests (challenge, TPM credential, enrollment) admitted per second
+    /// from one source address: the TCP peer, or the client a trusted proxy names. One
+    /// boot takes 2 (3 with the TPM factor). Beyond it: 429 with Retry-After. 0: no
+    /// per-source limit.
+    pub enroll_rate_per_source: f64,
+    /// How many enrollment requests one source may send at once before the rate applies
+    /// (at least 3: one whole enrollment).
+    pub enroll_burst_per_source: u32,
+    /// Enrollment requests admitted per second from all sources together; 0: no limit.
+    pub enroll_rate_global: f64,
+    /// The global burst (at least 3).
+    pub enroll_burst_global: u32,
+    /// Enrollments (`/v1/enroll`, `/v1/enroll/tpm`) processed at once; beyond it 503
+    /// with Retry-After: 1. 0: no cap.
+    pub max_concurrent_enrollments: usize,
+    /// A client must send a request's headers within this many seconds of connecting
+    /// (or of its previous response), else the connection is closed (slowloris).
+    pub header_timeout_secs: u64,
+    /// Longest time to read a request and produce the answer's headers, seconds; then
+    /// 408. Artifact downloads stream their bodies beyond it.
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -125,6 +146,13 @@ impl Default for ProvisioningConfig {
             trusted_proxies: Vec::new(),
             nonce_ttl_secs: 60,
             max_pending_nonces: 65_536,
+            enroll_rate_per_source: 10.0,
+            enroll_burst_per_source: 30,
+            enroll_rate_global: 2_000.0,
+            enroll_burst_global: 5_000,
+            max_concurrent_enrollments: 256,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
         }
     }
 }

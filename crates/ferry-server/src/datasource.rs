@@ -58,6 +58,7 @@ async fn document(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(path): Path<String>,
 ) -> Result<Response, HttpError> {
+    let started = std::time::Instant::now();
     let active = caller(&s, peer)?;
     let tunnel = &active.record;
     let name = path.rsplit('/').next().unwrap_or_default();
@@ -89,8 +90,11 @@ async fn document(
             for name in secrets.used() {
                 let detail = format!("name={name} document={}", doc.name());
                 s.tunnels.store.record_event(&actor, "secret.delivered", &subject, &detail).await?;
+                s.tunnels.metrics.secrets_delivered.inc();
             }
             s.tunnels.store.record_event(&actor, "document.served", &subject, doc.name()).await?;
+            let label = crate::metrics::DocumentLabel { document: doc.name() };
+            s.tunnels.metrics.document_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }
         Ok(None) => Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("node has no {}", doc.name()))),

@@ -4,6 +4,7 @@
 
 use crate::client_addr::client_address;
 use crate::error::{ApiJson, HttpError};
+use crate::limits::{self, EnrollLimits};
 use crate::nonces::NonceStore;
 use crate::tunnels::TunnelManager;
 use crate::Config;
@@ -11,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::serve::IncomingStream;
 use axum::Router;
@@ -51,22 +53,32 @@ pub struct ProvisioningState {
     pub config: Arc<Config>,
     pub server_public_key: PublicKey,
     pub tpm: Arc<crate::tpm::TpmPolicy>,
+    /// Rate limits and the cap on enrollments in progress (`limits`).
+    pub limits: Arc<EnrollLimits>,
 }
 
+/// The enrollment routes. Every one is rate limited before anything else happens; the
+/// two that do the work (TPM credential, enrollment) also need one of the
+/// `max_concurrent_enrollments` slots. Routes merged into this router afterwards (boot
+/// scripts, artifacts) get none of these layers.
 pub fn router(state: ProvisioningState) -> Router {
+    let slot = || axum::middleware::from_fn_with_state(state.limits.clone(), limits::enrollment_slot);
     Router::new()
         .route(CHALLENGE_PATH, post(challenge))
-        .route(ENROLL_PATH, post(enroll))
-        .route(TPM_CREDENTIAL_PATH, post(crate::tpm::credential))
+        .route(ENROLL_PATH, post(enroll).layer(slot()))
+        .route(TPM_CREDENTIAL_PATH, post(crate::tpm::credential).layer(slot()))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
         .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT))
         .with_state(state)
 }
 
-async fn challenge(State(s): State<ProvisioningState>) -> Result<ApiJson<Challenge>, HttpError> {
-    let nonce = s.nonces.issue().map_err(|_| {
-        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many enrollments in progress; retry shortly")
-    })?;
-    Ok(ApiJson(Challenge { nonce: B64.encode(nonce), expires_in_secs: s.nonces.ttl().as_secs() }))
+async fn challenge(State(s): State<ProvisioningState>) -> Response {
+    match s.nonces.issue() {
+        Ok(nonce) => {
+            ApiJson(Challenge { nonce: B64.encode(nonce), expires_in_secs: s.nonces.ttl().as_secs() }).into_response()
+        }
+        Err(_) => limits::busy("too many enrollments in progress; retry shortly", 1),
+    }
 }
 
 fn refused() -> HttpError {

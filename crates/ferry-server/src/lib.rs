@@ -1,6 +1,7 @@
 //! ferry's server: configuration, start-up and the HTTP APIs, one module per audience.
 //! - admin API: unix socket, peer credentials (`admin`);
-//! - provisioning network: enrollment (`enroll`);
+//! - provisioning network: enrollment (`enroll`), boot scripts and artifacts (`boot`),
+//!   with rate limits and timeouts (`limits`);
 //! - tunnel-only datasource and phone-home, bound to the server's tunnel address
 //!   (`datasource`).
 //!
@@ -14,6 +15,8 @@ pub mod config;
 pub mod datasource;
 pub mod enroll;
 pub mod error;
+pub mod limits;
+mod metrics;
 mod nonces;
 pub mod render;
 mod tpm;
@@ -97,6 +100,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (set [provisioning] listen)", config.provisioning.listen))?;
 
+        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning)?);
         let config = Arc::new(config);
         let nonces = Arc::new(nonces::NonceStore::new(
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
@@ -121,6 +125,7 @@ impl Server {
                 config: config.clone(),
                 server_public_key,
                 tpm: tpm.clone(),
+                limits,
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
             boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),
@@ -156,14 +161,23 @@ impl Server {
             admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
         )
         .with_graceful_shutdown(stopped());
-        let provisioning = axum::serve(
+        // The provisioning network is anyone's: a header read timeout (slowloris) that
+        // axum::serve does not offer, and a timeout on the whole request of its own.
+        let p = &self.config.provisioning;
+        let metrics = self.tunnels.metrics.clone();
+        let provisioning = limits::serve(
             self.provisioning_listener,
             enroll::router(self.provisioning)
                 .merge(boot::router(self.boot))
-                .layer(timeout())
-                .into_make_service_with_connect_info::<enroll::TcpConn>(),
-        )
-        .with_graceful_shutdown(stopped());
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    std::time::Duration::from_secs(p.request_timeout_secs),
+                ))
+                .layer(axum::middleware::from_fn_with_state(metrics, metrics::Metrics::count_enrollments)),
+            std::time::Duration::from_secs(p.header_timeout_secs),
+            std::time::Duration::from_secs(30),
+            stopped(),
+        );
         let datasource = axum::serve(
             self.datasource_listener,
             datasource::router(self.datasource)

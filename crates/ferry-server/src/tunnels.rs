@@ -32,6 +32,7 @@ pub struct TunnelManager {
     /// only right after the store (under `order`), and replaced by the store's list at
     /// every reconcile, so it never outlives a closed tunnel by more than that.
     active: std::sync::RwLock<HashMap<IpAddr, Arc<ActiveTunnel>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An active tunnel as the datasource sees it, with the node's merged settings read
@@ -126,7 +127,15 @@ impl TunnelManager {
         let device = Arc::new(Mutex::new(Some(device)));
         let (batches, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(device.clone(), rx));
-        TunnelManager { store, network, order: RwLock::new(()), device, batches, active: Default::default() }
+        TunnelManager {
+            store,
+            network,
+            order: RwLock::new(()),
+            device,
+            batches,
+            active: Default::default(),
+            metrics: Default::default(),
+        }
     }
 
     /// The active tunnel that owns `address`, if any.
@@ -134,8 +143,25 @@ impl TunnelManager {
         self.active.read().unwrap_or_else(|p| p.into_inner()).get(&address).cloned()
     }
 
-    /// Forgets closed tunnels (only if the address still belongs to that tunnel).
-    fn forget(&self, closed: &[TunnelRecord]) {
+    /// Whether the device is up (not shut down).
+    pub async fn device_up(&self) -> bool {
+        self.device.lock().await.is_some()
+    }
+
+    /// How many tunnels are active.
+    pub fn active_count(&self) -> usize {
+        self.active.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Forgets closed tunnels (only if the address still belongs to that tunnel) and
+    /// records how long they lived.
+    fn forget(&self, closed: &[TunnelRecord], reason: CloseReason) {
+        let now = ferry_store::now_secs();
+        for t in closed {
+            let lived = (now - t.created_at).max(0) as f64;
+            let label = crate::metrics::ReasonLabel { reason: reason.as_str() };
+            self.metrics.tunnel_lifetime.get_or_create(&label).observe(lived);
+        }
         let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
         for t in closed {
             if active.get(&t.address).is_some_and(|a| a.record.public_key == t.public_key) {
@@ -172,7 +198,7 @@ impl TunnelManager {
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
         let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, actor).await?;
-        self.forget(opened.replaced.as_slice());
+        self.forget(opened.replaced.as_slice(), CloseReason::Replaced);
         self.active
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -181,7 +207,7 @@ impl TunnelManager {
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {
             tracing::error!(node = %node, error = %e, "could not add the peer; closing the tunnel again");
-            self.forget(std::slice::from_ref(&opened.tunnel));
+            self.forget(std::slice::from_ref(&opened.tunnel), CloseReason::Revoked);
             self.store.close_tunnel(node, CloseReason::Revoked, &Actor("ferry:device-error".into())).await?;
             return Err(StoreError::BadRequest(format!("the WireGuard device refused the peer: {e}")));
         }
@@ -198,7 +224,7 @@ impl TunnelManager {
         let _order = self.order.read().await;
         let closed = self.store.close_tunnel(node, reason, actor).await?;
         if let Some(t) = &closed {
-            self.forget(std::slice::from_ref(t));
+            self.forget(std::slice::from_ref(t), reason);
             self.remove_peers(std::slice::from_ref(t)).await;
         }
         Ok(closed)
@@ -210,7 +236,10 @@ impl TunnelManager {
         let closed = {
             let _order = self.order.read().await;
             let closed = self.store.phone_home(tunnel, report).await?;
-            self.forget(closed.as_slice());
+            self.forget(closed.as_slice(), CloseReason::PhoneHome);
+            if let Some(t) = &closed {
+                self.metrics.phone_home_latency.observe((ferry_store::now_secs() - t.created_at).max(0) as f64);
+            }
             closed
         };
         let Some(closed) = closed else { return Ok(false) };
@@ -246,6 +275,7 @@ impl TunnelManager {
         for t in &expired {
             tracing::info!(node = %t.node, address = %t.address, "tunnel expired");
         }
+        self.forget(&expired, CloseReason::Expired);
         let wanted: HashMap<PublicKey, TunnelRecord> = self
             .store
             .list_tunnels()

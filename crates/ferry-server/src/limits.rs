@@ -1,0 +1,509 @@
+//! Limits on the provisioning listener (PRODUCT.md invariant 11): whoever is on the
+//! provisioning network can reach it, so no caller may make it do unbounded work.
+//!
+//! - **Rate limits** on the enrollment endpoints (challenge, TPM credential,
+//!   enrollment): a token bucket per source address and one for all sources. Over the
+//!   limit the caller gets `429` with `Retry-After` and nothing happens: no nonce, no
+//!   audit row (a flood must not fill the audit log), at most one log line per second
+//!   per source. Boot scripts and artifacts are not limited here: a boot storm
+//!   downloads them by the thousand.
+//! - **A cap on enrollments in progress** (`/v1/enroll`, `/v1/enroll/tpm`): beyond it
+//!   `503` with `Retry-After: 1`. The body is read before a slot is taken, so a client
+//!   that sends its body slowly holds no slot.
+//! - **Slow clients**: [`serve`] closes a connection whose request headers do not arrive
+//!   within the header timeout (slowloris); the caller adds a timeout on the whole
+//!   request.
+//!
+//! The buckets are `governor`'s (GCRA, lock-free for the global one, a sharded map for
+//! the keyed one). The keyed map is bounded: idle sources (whose bucket is full again)
+//! are evicted every [`SWEEP_EVERY`], and if more than [`MAX_SOURCES`] sources are
+//! still active, the per-source limit is suspended until a sweep frees room rather
+//! than growing the map — the global bucket still bounds everything then. A source
+//! cannot be forged: it is the TCP peer, or the client a *trusted* proxy names
+//! ([`client_address`], the function enrollment itself uses).
+
+use crate::client_addr::client_address;
+use crate::config::ProvisioningConfig;
+use crate::enroll::{ProvisioningState, TcpConn, ENROLL_BODY_LIMIT};
+use crate::error::HttpError;
+use anyhow::bail;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Most sources tracked at once by the per-source limiter (and by the once-per-second
+/// log filter). An entry is a few dozen bytes; entries of idle sources are evicted.
+pub const MAX_SOURCES: usize = 65_536;
+/// How often idle sources are evicted.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Least time between two sweeps forced by a full table.
+const SWEEP_WHEN_FULL_EVERY: Duration = Duration::from_millis(100);
+/// Requests in one enrollment at most: challenge, TPM credential, enrollment. A burst
+/// smaller than that could refuse every enrollment's last step for ever.
+const MIN_BURST: u32 = 3;
+
+/// One token bucket: `governor`'s quota plus the period, for Retry-After.
+fn quota(what: &str, rate: f64, burst: u32) -> anyhow::Result<Option<(Quota, Duration)>> {
+    if rate == 0.0 {
+        return Ok(None);
+    }
+    if !rate.is_finite() || !(1e-6..=1e9).contains(&rate) {
+        bail!("[provisioning] enroll_rate_{what} = {rate} is not a rate: use requests per second (0 < r <= 1e9), or 0 for no limit");
+    }
+    if burst < MIN_BURST {
+        bail!(
+            "[provisioning] enroll_burst_{what} = {burst} is too small: one enrollment takes up to {MIN_BURST} requests"
+        );
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let burst = NonZeroU32::new(burst).expect("burst >= MIN_BURST");
+    let quota = Quota::with_period(period).expect("period > 0").allow_burst(burst);
+    Ok(Some((quota, period)))
+}
+
+/// Which bucket refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Source,
+    Global,
+}
+
+/// A refused request: how long the caller should wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub scope: Scope,
+    pub retry_after_secs: u64,
+}
+
+impl IntoResponse for Throttled {
+    fn into_response(self) -> Response {
+        let message = match self.scope {
+            Scope::Source => "too many enrollment requests from this address",
+            Scope::Global => "too many enrollment requests",
+        };
+        let message = format!("{message}; retry in {} s", self.retry_after_secs);
+        with_retry_after(HttpError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message), self.retry_after_secs)
+    }
+}
+
+/// `503 busy` with `Retry-After`.
+pub fn busy(message: &str, retry_after_secs: u64) -> Response {
+    with_retry_after(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message), retry_after_secs)
+}
+
+fn with_retry_after(e: HttpError, secs: u64) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// The enrollment endpoints' limits, shared by every request of the listener.
+pub struct EnrollLimits {
+    per_source: Option<(DefaultKeyedRateLimiter<IpAddr>, Duration)>,
+    global: Option<(DefaultDirectRateLimiter, Duration)>,
+    permits: Option<Arc<Semaphore>>,
+    /// Lets one log line per second per source through.
+    log_per_source: DefaultKeyedRateLimiter<IpAddr>,
+    /// One log line per second when `log_per_source` is full.
+    log_overflow: DefaultDirectRateLimiter,
+    max_sources: usize,
+    start: Instant,
+    /// Milliseconds from `start` at the last sweep.
+    last_sweep_ms: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl EnrollLimits {
+    pub fn new(c: &ProvisioningConfig) -> anyhow::Result<Self> {
+        Self::with_max_sources(c, MAX_SOURCES)
+    }
+
+    fn with_max_sources(c: &ProvisioningConfig, max_sources: usize) -> anyhow::Result<Self> {
+        if c.header_timeout_secs == 0 || c.request_timeout_secs == 0 {
+            bail!("[provisioning] header_timeout_secs and request_timeout_secs must be at least 1");
+        }
+        let per_source = quota("per_source", c.enroll_rate_per_source, c.enroll_burst_per_source)?;
+        let global = quota("global", c.enroll_rate_global, c.enroll_burst_global)?;
+        let once_a_second = Quota::per_second(NonZeroU32::MIN);
+        Ok(EnrollLimits {
+            per_source: per_source.map(|(q, p)| (DefaultKeyedRateLimiter::keyed(q), p)),
+            global: global.map(|(q, p)| (DefaultDirectRateLimiter::direct(q), p)),
+            permits: (c.max_concurrent_enrollments > 0)
+                .then(|| Arc::new(Semaphore::new(c.max_concurrent_enrollments.min(Semaphore::MAX_PERMITS)))),
+            log_per_source: DefaultKeyedRateLimiter::keyed(once_a_second),
+            log_overflow: DefaultDirectRateLimiter::direct(once_a_second),
+            max_sources,
+            start: Instant::now(),
+            last_sweep_ms: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// Takes a token from the source's bucket, then from the global one. The source's
+    /// comes first so that one flooding source cannot drain the global bucket: what it
+    /// is refused costs the others nothing.
+    pub fn check(&self, source: IpAddr) -> Result<(), Throttled> {
+        self.sweep_if_due();
+        if let Some((limiter, period)) = &self.per_source {
+            if limiter.len() < self.max_sources {
+                if let Err(not_until) = limiter.check_key(&source) {
+                    return Err(self.refuse(
+                        Scope::Source,
+                        not_until.wait_time_from(DefaultClock::default().now()),
+                        *period,
+                    ));
+                }
+            } else if self.log_overflow.check().is_ok() {
+                tracing::warn!(
+                    sources = limiter.len(),
+                    "more than {} sources sent enrollment requests within seconds; the per-source limit is suspended \
+                     until idle ones are evicted (the global limit still applies)",
+                    self.max_sources
+                );
+            }
+        }
+        if let Some((limiter, period)) = &self.global {
+            if let Err(not_until) = limiter.check() {
+                return Err(self.refuse(
+                    Scope::Global,
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                    *period,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Retry-After: when the bucket has room for this request *and* the next one, so
+    /// that an agent which waits that long gets its challenge and its enrollment through
+    /// instead of being refused again at the second step. Whole seconds, at least 1.
+    fn refuse(&self, scope: Scope, wait: Duration, period: Duration) -> Throttled {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let secs = (wait + period).as_secs_f64().ceil().max(1.0);
+        Throttled { scope, retry_after_secs: secs as u64 }
+    }
+
+    /// How many requests were refused by the rate limits since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Logs a refusal, at most once per second per source.
+    fn log_refusal(&self, source: IpAddr, path: &str, t: Throttled) {
+        let allowed = if self.log_per_source.len() < self.max_sources {
+            self.log_per_source.check_key(&source).is_ok()
+        } else {
+            self.log_overflow.check().is_ok()
+        };
+        if allowed {
+            tracing::warn!(
+                %source,
+                path,
+                scope = ?t.scope,
+                retry_after_secs = t.retry_after_secs,
+                refused_total = self.refused(),
+                "enrollment request over the rate limit, refused with 429 (logged at most once per second per source)"
+            );
+        }
+    }
+
+    /// Evicts idle sources every [`SWEEP_EVERY`], or sooner when the table is full.
+    fn sweep_if_due(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        let since = Duration::from_millis(now.saturating_sub(last));
+        if since < SWEEP_WHEN_FULL_EVERY {
+            return;
+        }
+        let full = || {
+            self.per_source.as_ref().is_some_and(|(l, _)| l.len() >= self.max_sources)
+                || self.log_per_source.len() >= self.max_sources
+        };
+        let due = since >= SWEEP_EVERY || full();
+        // One request sweeps; the others go on.
+        if due && self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            self.sweep();
+        }
+    }
+
+    fn sweep(&self) {
+        if let Some((l, _)) = &self.per_source {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        self.log_per_source.retain_recent();
+        self.log_per_source.shrink_to_fit();
+    }
+
+    /// Sources currently tracked by the per-source limiter.
+    pub fn tracked_sources(&self) -> usize {
+        self.per_source.as_ref().map_or(0, |(l, _)| l.len())
+    }
+
+    /// A slot for one enrollment in progress, or `None` when all are taken. Always a
+    /// slot when there is no cap.
+    pub fn enrollment_slot(&self) -> Option<Option<OwnedSemaphorePermit>> {
+        match &self.permits {
+            None => Some(None),
+            Some(s) => s.clone().try_acquire_owned().ok().map(Some),
+        }
+    }
+}
+
+/// Middleware on the enrollment routes: the rate limits, before anything else is done
+/// (the body is not even read).
+pub async fn rate_limit(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let source = client_address(conn.remote.ip(), req.headers(), &s.config.provisioning.trusted_proxies);
+    match s.limits.check(source) {
+        Ok(()) => next.run(req).await,
+        Err(t) => {
+            s.limits.log_refusal(source, req.uri().path(), t);
+            t.into_response()
+        }
+    }
+}
+
+/// Middleware on `/v1/enroll` and `/v1/enroll/tpm`: reads the body (at most
+/// [`ENROLL_BODY_LIMIT`]), then takes a slot for the enrollment or answers 503.
+pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, ENROLL_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+            return if too_large {
+                let m = format!("an enrollment request is at most {ENROLL_BODY_LIMIT} bytes");
+                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid", m).into_response()
+            } else {
+                HttpError::bad_request(format!("cannot read the request body: {e}")).into_response()
+            };
+        }
+    };
+    let Some(_slot) = limits.enrollment_slot() else {
+        tracing::debug!(path = %parts.uri.path(), "enrollment refused with 503: all slots taken");
+        return busy("too many enrollments in progress; retry shortly", 1);
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Serves `app` on the provisioning listener until `stopped`: HTTP/1.1 with a header
+/// read timeout (axum::serve does not expose hyper's), each request carrying
+/// `ConnectInfo<TcpConn>` like `into_make_service_with_connect_info` would. On stop it
+/// accepts no more connections and lets open ones finish, for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    drain: Duration,
+    stopped: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stopped);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        let info = ConnectInfo(TcpConn { local: stream.local_addr().unwrap_or(remote), remote });
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(info);
+            // A Router is always ready, so `call` needs no `poll_ready` first.
+            tower::Service::call(&mut app.clone(), req)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "provisioning connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("provisioning connections still open after {} s; closing them", drain.as_secs());
+    }
+    Ok(())
+}
+
+/// Errors of one connection (reset before accept) are the client's business; others
+/// (out of file descriptors) are logged and retried after a pause, as axum::serve does.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a provisioning connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(rate: f64, burst: u32, global: f64, global_burst: u32, slots: usize) -> ProvisioningConfig {
+        ProvisioningConfig {
+            enroll_rate_per_source: rate,
+            enroll_burst_per_source: burst,
+            enroll_rate_global: global,
+            enroll_burst_global: global_burst,
+            max_concurrent_enrollments: slots,
+            ..ProvisioningConfig::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_source_gets_its_burst_then_429_with_room_for_two_steps_and_others_are_served() {
+        // One token per 10 s: nothing refills while the test runs.
+        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0)).unwrap();
+        for _ in 0..3 {
+            assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
+        }
+        let t = l.check(ip("10.0.0.1")).unwrap_err();
+        assert_eq!(t.scope, Scope::Source);
+        // The next token in ≤ 10 s, room for the following step 10 s later.
+        assert!((19..=20).contains(&t.retry_after_secs), "{t:?}");
+        assert_eq!(l.check(ip("10.0.0.2")), Ok(()), "another source has its own bucket");
+        assert_eq!(l.refused(), 1);
+        let r = t.into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], t.retry_after_secs.to_string().as_str());
+    }
+
+    #[test]
+    fn the_global_bucket_holds_across_sources_and_a_refused_source_does_not_drain_it() {
+        let l = EnrollLimits::new(&config(0.1, 3, 0.1, 5, 0)).unwrap();
+        // One source floods: 3 admitted, the rest refused by its own bucket, which
+        // takes nothing from the global one.
+        for _ in 0..3 {
+            assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
+        }
+        for _ in 0..50 {
+            assert_eq!(l.check(ip("10.0.0.1")).unwrap_err().scope, Scope::Source);
+        }
+        assert_eq!(l.check(ip("10.0.0.2")), Ok(()));
+        assert_eq!(l.check(ip("10.0.0.2")), Ok(()));
+        assert_eq!(l.check(ip("10.0.0.3")).unwrap_err().scope, Scope::Global, "5 of 5 global tokens used");
+    }
+
+    #[test]
+    fn zero_disables_and_bad_values_are_refused_with_the_key_named() {
+        let l = EnrollLimits::new(&config(0.0, 0, 0.0, 0, 0)).unwrap();
+        for _ in 0..10_000 {
+            assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
+        }
+        assert!(l.enrollment_slot().is_some());
+        let e = EnrollLimits::new(&config(10.0, 2, 0.0, 0, 0)).err().unwrap().to_string();
+        assert!(e.contains("enroll_burst_per_source = 2"), "{e}");
+        let e = EnrollLimits::new(&config(-1.0, 30, 0.0, 0, 0)).err().unwrap().to_string();
+        assert!(e.contains("enroll_rate_per_source"), "{e}");
+        let e = EnrollLimits::new(&config(10.0, 30, f64::NAN, 30, 0)).err().unwrap().to_string();
+        assert!(e.contains("enroll_rate_global"), "{e}");
+        let bad = ProvisioningConfig { header_timeout_secs: 0, ..ProvisioningConfig::default() };
+        assert!(EnrollLimits::new(&bad).is_err());
+        EnrollLimits::new(&ProvisioningConfig::default()).expect("the defaults are valid");
+    }
+
+    #[test]
+    fn the_source_table_is_bounded_idle_sources_are_evicted_and_a_full_table_falls_back_to_global() {
+        // Fast refill (1 ms per token): a bucket is full, so idle, 3 ms after its use.
+        let l = EnrollLimits::with_max_sources(&config(1000.0, 3, 0.1, 200, 0), 100).unwrap();
+        for i in 0..100u32 {
+            assert_eq!(l.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))), Ok(()));
+        }
+        assert_eq!(l.tracked_sources(), 100);
+        // The table is full: new sources are limited by the global bucket only, and the
+        // table does not grow.
+        for i in 100..150u32 {
+            assert_eq!(l.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))), Ok(()));
+        }
+        assert!(l.tracked_sources() <= 100, "{}", l.tracked_sources());
+        // Once idle, the sources are evicted by the next sweep forced by the full table.
+        std::thread::sleep(SWEEP_WHEN_FULL_EVERY + Duration::from_millis(20));
+        assert_eq!(l.check(ip("10.1.0.1")), Ok(()));
+        assert!(l.tracked_sources() <= 2, "idle sources evicted: {}", l.tracked_sources());
+        // Everything above went through the global bucket: 151 of 200.
+        for i in 0..49u32 {
+            assert_eq!(l.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a02_0000 + i))), Ok(()));
+        }
+        assert_eq!(l.check(ip("10.3.0.1")).unwrap_err().scope, Scope::Global);
+    }
+
+    /// The concurrency cap, through the real middleware: one enrollment is held in its
+    /// handler, the next gets 503 with Retry-After: 1 and never reaches a handler; once
+    /// the first is done, a slot is free again.
+    #[tokio::test]
+    async fn a_full_house_of_enrollments_answers_503_and_runs_nothing() {
+        use axum::routing::post;
+        use tower::ServiceExt;
+        let limits = Arc::new(EnrollLimits::new(&config(0.0, 0, 0.0, 0, 1)).unwrap());
+        let entered = Arc::new(tokio::sync::Semaphore::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let ran = Arc::new(AtomicU64::new(0));
+        let handler = {
+            let (entered, release, ran) = (entered.clone(), release.clone(), ran.clone());
+            move |body: axum::body::Bytes| async move {
+                ran.fetch_add(1, Ordering::SeqCst);
+                entered.add_permits(1);
+                if body.as_ref() == b"hold" {
+                    release.notified().await;
+                }
+                "done"
+            }
+        };
+        let app = Router::new()
+            .route("/v1/enroll", post(handler))
+            .route_layer(axum::middleware::from_fn_with_state(limits.clone(), enrollment_slot));
+        let req = |body: &'static str| Request::post("/v1/enroll").body(Body::from(body)).unwrap();
+
+        let held = tokio::spawn(app.clone().oneshot(req("hold")));
+        let _ = entered.acquire().await.unwrap();
+        let r = app.clone().oneshot(req("second")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "busy", "{v}");
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "the refused request ran nothing");
+
+        release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+        let r = app.clone().oneshot(req("third")).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "the slot was given back");
+
+        // A body over the limit is refused before any slot is taken.
+        let big = Request::post("/v1/enroll").body(Body::from(vec![b'x'; ENROLL_BODY_LIMIT + 1])).unwrap();
+        assert_eq!(app.oneshot(big).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(ran.load(Ordering::SeqCst), 2);
+    }
+}

@@ -1,0 +1,149 @@
+//! Prometheus metrics (OpenMetrics text on the admin listener's `/metrics`): what an
+//! operator watches during a boot storm. Labels are bounded enums and document names —
+//! never node names, keys or secrets.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are lower case on the wire
+pub enum EnrollResult {
+    accepted,
+    refused,
+    throttled,
+    busy,
+    invalid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: EnrollResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// How the tunnel ended: phone-home, expired, replaced, revoked.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DocumentLabel {
+    pub document: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub enrollments: Family<ResultLabel, Counter>,
+    pub active_tunnels: Gauge,
+    pub tunnel_lifetime: Family<ReasonLabel, Histogram>,
+    pub phone_home_latency: Histogram,
+    pub document_latency: Family<DocumentLabel, Histogram>,
+    pub secrets_delivered: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ferry");
+        let enrollments = Family::<ResultLabel, Counter>::default();
+        registry.register("enrollments", "Enrollment attempts by result", enrollments.clone());
+        let active_tunnels = Gauge::default();
+        registry.register("active_tunnels", "Tunnels open now on this server", active_tunnels.clone());
+        // 0.5 s .. ~4.5 h: phone-home in seconds, abandoned tunnels at their TTL.
+        let tunnel_lifetime = Family::<ReasonLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.5, 2.0, 16))
+        });
+        registry.register(
+            "tunnel_lifetime_seconds",
+            "How long tunnels lived, by how they ended",
+            tunnel_lifetime.clone(),
+        );
+        let phone_home_latency = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register(
+            "phone_home_latency_seconds",
+            "From enrollment to phone-home (the node's configuration time)",
+            phone_home_latency.clone(),
+        );
+        let document_latency = Family::<DocumentLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+        });
+        registry.register("document_serve_seconds", "Time to serve a datasource document", document_latency.clone());
+        let secrets_delivered = Counter::default();
+        registry.register("secrets_delivered", "Secrets rendered into tunnel documents", secrets_delivered.clone());
+        Metrics {
+            registry,
+            enrollments,
+            active_tunnels,
+            tunnel_lifetime,
+            phone_home_latency,
+            document_latency,
+            secrets_delivered,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn enrollment(&self, result: EnrollResult) {
+        self.enrollments.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts `POST /v1/enroll` outcomes by status: a middleware on the provisioning
+    /// router, so every path out of the handler (and the limits in front of it) counts.
+    pub async fn count_enrollments(
+        axum::extract::State(metrics): axum::extract::State<std::sync::Arc<Metrics>>,
+        req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let enroll = req.method() == axum::http::Method::POST && req.uri().path() == ferry_api::enroll::ENROLL_PATH;
+        let resp = next.run(req).await;
+        if enroll {
+            use axum::http::StatusCode;
+            metrics.enrollment(match resp.status() {
+                s if s.is_success() => EnrollResult::accepted,
+                StatusCode::UNAUTHORIZED => EnrollResult::refused,
+                StatusCode::TOO_MANY_REQUESTS => EnrollResult::throttled,
+                StatusCode::SERVICE_UNAVAILABLE => EnrollResult::busy,
+                _ => EnrollResult::invalid,
+            });
+        }
+        resp
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_labels() {
+        let m = Metrics::default();
+        m.enrollment(EnrollResult::accepted);
+        m.enrollment(EnrollResult::refused);
+        m.enrollment(EnrollResult::refused);
+        m.active_tunnels.set(3);
+        m.tunnel_lifetime.get_or_create(&ReasonLabel { reason: "phone-home" }).observe(2.0);
+        m.document_latency.get_or_create(&DocumentLabel { document: "user-data" }).observe(0.001);
+        let text = m.encode();
+        for line in [
+            "ferry_enrollments_total{result=\"accepted\"} 1",
+            "ferry_enrollments_total{result=\"refused\"} 2",
+            "ferry_active_tunnels 3",
+            "ferry_tunnel_lifetime_seconds_count{reason=\"phone-home\"} 1",
+            "ferry_document_serve_seconds_count{document=\"user-data\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
