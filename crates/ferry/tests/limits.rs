@@ -12,92 +12,15 @@ mod common;
 
 use common::cluster::{Cluster, SERVER_IP};
 use common::eventually;
+use common::raw::{challenge, connect, exchange, get, in_netns, parse, post, Reply};
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// A cluster of `nodes` registered nodes whose server has these `[provisioning]` keys.
 fn cluster(nodes: usize, provisioning: &str) -> Cluster {
-    let mut c = Cluster::new(nodes);
-    // The harness writes `[provisioning]` itself; add the keys to it and restart.
-    c.server.stop();
-    let toml = std::fs::read_to_string(&c.server.config).unwrap();
-    let toml = toml.replacen("[provisioning]\n", &format!("[provisioning]\n{provisioning}\n"), 1);
-    std::fs::write(&c.server.config, toml).unwrap();
-    c.server.launch();
+    let c = Cluster::with_provisioning(nodes, provisioning);
     c.add_nodes(&[]);
     c
-}
-
-/// Runs `f` on a thread inside network namespace `ns`: its sockets live there.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    retry_after: Option<u64>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-fn connect() -> TcpStream {
-    let s = TcpStream::connect((SERVER_IP, 8470)).expect("connect to the provisioning listener");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s
-}
-
-/// One HTTP/1.1 exchange on a new connection (call inside the node's namespace).
-fn exchange(request: &[u8]) -> Reply {
-    let mut s = connect();
-    s.write_all(request).expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read the answer");
-    parse(&raw)
-}
-
-fn parse(raw: &[u8]) -> Reply {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head}"));
-    let retry_after = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("retry-after")))
-        .map(|(_, v)| v.trim().parse().expect("Retry-After in seconds"));
-    Reply { status, retry_after, body: body.to_owned() }
-}
-
-fn post(path: &str, headers: &str, body: &str) -> Reply {
-    exchange(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: {SERVER_IP}:8470\r\nConnection: close\r\n{headers}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-}
-
-fn challenge() -> Reply {
-    post("/v1/enroll/challenge", "", "")
-}
-
-fn get(path: &str) -> Reply {
-    exchange(format!("GET {path} HTTP/1.1\r\nHost: {SERVER_IP}:8470\r\nConnection: close\r\n\r\n").as_bytes())
 }
 
 fn audit_rows(c: &Cluster) -> usize {

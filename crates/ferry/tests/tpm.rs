@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::cluster::{Cluster, SERVER_IP};
 use common::eventually;
+use common::raw::in_netns;
 use ferry_agent::tpm::{AttestationKey, Endorsement, Tpm};
 use ferry_api::enroll::{TpmCredentialChallenge, TpmProof};
 use ferry_core::enroll::tpm_qualifying_data;
@@ -21,20 +22,6 @@ use ferry_core::NodeName;
 use std::io::{Read, Write};
 use std::path::Path;
 use swtpm::{LocalCa, Swtpm};
-
-/// Runs `f` on a thread inside network namespace `ns`: its sockets, and the processes
-/// it spawns, live there.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
-            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
-}
 
 /// A TPM manufactured by `ca` and running in node namespace `ns`.
 fn node_tpm(dir: &Path, ca: &LocalCa, ns: &str) -> (Swtpm, String) {

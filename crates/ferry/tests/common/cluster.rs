@@ -55,6 +55,18 @@ impl Cluster {
         Self::with_wireguard(nodes, "backend = \"userspace\"\n", |_| None)
     }
 
+    /// A cluster whose server has these `[provisioning]` keys (e.g. limits).
+    pub fn with_provisioning(nodes: usize, provisioning: &str) -> Cluster {
+        let mut c = Cluster::new(nodes);
+        // The harness writes `[provisioning]` itself; add the keys to it and restart.
+        c.server.stop();
+        let toml = std::fs::read_to_string(&c.server.config).expect("server config");
+        let toml = toml.replacen("[provisioning]\n", &format!("[provisioning]\n{provisioning}\n"), 1);
+        std::fs::write(&c.server.config, toml).expect("server config");
+        c.server.launch();
+        c
+    }
+
     /// A cluster whose server config has `top` (TOML, e.g. a `[tpm]` table) added.
     pub fn with_config(nodes: usize, top: &str) -> Cluster {
         Self::build(nodes, top, "backend = \"userspace\"\n", |_| None)

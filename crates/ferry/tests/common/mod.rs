@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod chroot;
 pub mod cluster;
 pub mod qemu;
+pub mod raw;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 static COUNTER: AtomicUsize = AtomicUsize::new(0);

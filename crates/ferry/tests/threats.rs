@@ -1,0 +1,173 @@
+//! The threat suite (PRODUCT.md invariants 9-11): what a provisioning-network attacker
+//! sends, byte for byte, and the proof that each attempt gets a clear refusal and
+//! changes nothing — no tunnel, no device peer, no nonce left behind, no address taken.
+//! (Floods and slow clients: limits.rs; TPM forgeries: tpm.rs; enrollment hijack,
+//! replay and phone-home for another node: bootstrap.rs; secrets: secrets.rs.)
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use common::cluster::Cluster;
+use common::eventually;
+use common::raw::{challenge, in_netns, post, post_bytes};
+
+/// Limits high enough that the per-source rate limit never hides what is tested here.
+const UNLIMITED: &str = "enroll_rate_per_source = 100000\nenroll_burst_per_source = 100000\n";
+
+fn active_tunnels(c: &Cluster) -> usize {
+    c.server.json(&["tunnel", "list", "--json"]).as_array().map_or(0, |a| a.len())
+}
+
+fn assert_nothing_granted(c: &Cluster) {
+    assert_eq!(active_tunnels(c), 0, "no tunnel");
+    assert!(c.server.wg_peers().is_empty(), "no device peer");
+}
+
+fn enroll_body(mac: &str, key: &str, nonce: &str) -> String {
+    serde_json::json!({"mac": mac, "public_key": key, "nonce": nonce}).to_string()
+}
+
+fn fresh_key() -> String {
+    ferry_wg::PrivateKey::generate().public_key().to_base64()
+}
+
+#[test]
+fn malformed_bodies_are_clear_errors_and_change_nothing() {
+    common::require_root();
+    let c = Cluster::with_provisioning(1, UNLIMITED);
+    c.add_nodes(&[]);
+    let n = &c.nodes[0];
+    let audit_before = c.server.json(&["audit", "--limit", "100000", "--json"]).as_array().unwrap().len();
+    let results = in_netns(&n.ns.name, || {
+        let nonce = challenge().json()["nonce"].as_str().unwrap().to_owned();
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("bad base64 key", enroll_body(&n.mac, "not*base64", &nonce).into_bytes()),
+            ("31-byte key", enroll_body(&n.mac, &B64.encode([7u8; 31]), &nonce).into_bytes()),
+            ("bad MAC", enroll_body("52:54:00:zz:00:01", &fresh_key(), &nonce).into_bytes()),
+            ("bad nonce", enroll_body(&n.mac, &fresh_key(), "AAAA").into_bytes()),
+            ("invalid UTF-8", b"{\"mac\": \"\xff\xfe\", \"public_key\": \"x\", \"nonce\": \"y\"}".to_vec()),
+            ("deep JSON", deep.into_bytes()),
+            ("unknown field", br#"{"mac":"52:54:00:00:01:01","public_key":"x","nonce":"y","admin":true}"#.to_vec()),
+            ("not JSON", b"mac=52:54:00:00:01:01".to_vec()),
+            ("empty", Vec::new()),
+            ("oversized", vec![b' '; 17 * 1024]),
+        ];
+        let mut out = Vec::new();
+        for (what, body) in cases {
+            let r = post_bytes("/v1/enroll", "", &body);
+            out.push((what, r.status, r.body.clone()));
+            let t = post_bytes("/v1/enroll/tpm", "", &body);
+            out.push((what, t.status, t.body.clone()));
+        }
+        // The nonce survived all of it (malformed requests never reach the nonce), and
+        // the node still enrolls with it: nothing was consumed or changed.
+        let good = post("/v1/enroll", "", &enroll_body(&n.mac, &fresh_key(), &nonce));
+        (out, good.status)
+    });
+    let (cases, good) = results;
+    for (what, status, body) in &cases {
+        assert!(
+            (400..500).contains(status) && *status != 401,
+            "{what}: a clear 4xx, not a refusal or a crash: {status} {body}"
+        );
+        if *status != 413 {
+            assert!(body.contains("\"error\""), "{what}: a JSON error that says what is wrong: {body}");
+        }
+    }
+    assert!(cases.iter().any(|(w, s, _)| *w == "oversized" && *s == 413), "{cases:?}");
+    let audit_after = c.server.json(&["audit", "--limit", "100000", "--json"]).as_array().unwrap().len();
+    let audit = c.server.ok(&["audit", "--limit", "10"]);
+    assert_eq!(audit_after, audit_before + 2, "malformed requests write no audit rows (2 are the good one's): {audit}");
+    assert!(!audit.contains("enroll.refused"), "{audit}");
+    assert_eq!(good, 200, "the untouched nonce still enrolls the node");
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+    eventually(10, "the tunnel to go", || c.server.wg_peers().is_empty());
+    assert_nothing_granted(&c);
+}
+
+#[test]
+fn nonce_exhaustion_answers_503_and_recovers_when_they_expire() {
+    common::require_root();
+    let c = Cluster::with_provisioning(1, &format!("{UNLIMITED}max_pending_nonces = 50\nnonce_ttl_secs = 2\n"));
+    c.add_nodes(&[]);
+    let ns = c.nodes[0].ns.name.clone();
+    let statuses: Vec<u16> = in_netns(&ns, || (0..60).map(|_| challenge().status).collect());
+    assert!(statuses[..50].iter().all(|s| *s == 200), "{statuses:?}");
+    let flooded = in_netns(&ns, challenge);
+    assert_eq!(flooded.status, 503, "{flooded:?}");
+    assert_eq!(flooded.retry_after, Some(1), "{flooded:?}");
+    assert_nothing_granted(&c);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(in_netns(&ns, challenge).status, 200, "expired nonces free their slots");
+}
+
+#[test]
+fn a_full_address_pool_answers_503_and_allocates_nothing() {
+    common::require_root();
+    // A /30 has one node address (100.64.0.2) besides the server's.
+    let c = Cluster::with_config(2, "");
+    let mut c = c;
+    c.server.stop();
+    let toml = std::fs::read_to_string(&c.server.config).unwrap();
+    std::fs::write(&c.server.config, toml.replacen("[wireguard]\n", "[wireguard]\nnetwork = \"100.64.0.0/30\"\n", 1))
+        .unwrap();
+    c.server.launch();
+    c.add_nodes(&[]);
+    let first = c.hold(0);
+    let n2 = &c.nodes[1];
+    let full = in_netns(&n2.ns.name, || {
+        let nonce = challenge().json()["nonce"].as_str().unwrap().to_owned();
+        post("/v1/enroll", "", &enroll_body(&n2.mac, &fresh_key(), &nonce))
+    });
+    assert_eq!(full.status, 503, "no address left for n2: {full:?}");
+    let tunnels = c.server.json(&["tunnel", "list", "--json"]);
+    assert_eq!(tunnels.as_array().unwrap().len(), 1, "only n1's tunnel: {tunnels}");
+    assert_eq!(c.server.wg_peers().len(), 1);
+    let log = c.server.log_text();
+    assert!(log.contains("tunnel address pool exhausted"), "the operator is told: {log}");
+    drop(first);
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+    let out = c.agent(1, "fetch").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "the freed address serves n2: {}", String::from_utf8_lossy(&out.stderr));
+    eventually(10, "all tunnels closed", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+}
+
+#[test]
+fn forged_proxy_headers_change_no_identity_on_any_endpoint() {
+    common::require_root();
+    let c = Cluster::with_provisioning(2, UNLIMITED);
+    c.add_nodes(&[]);
+    let (victim, attacker) = (&c.nodes[0], &c.nodes[1]);
+    let forged = [
+        format!("X-Forwarded-For: {}\r\n", victim.ip),
+        format!("Forwarded: for={}\r\n", victim.ip),
+        format!("X-Real-IP: {}\r\n", victim.ip),
+    ];
+    let (enrolls, scripts) = in_netns(&attacker.ns.name, || {
+        let mut enrolls = Vec::new();
+        let mut scripts = Vec::new();
+        for h in &forged {
+            // Enrolling as the victim (network factor) from the attacker's address.
+            let nonce = challenge().json()["nonce"].as_str().unwrap().to_owned();
+            enrolls.push(post("/v1/enroll", h, &enroll_body(&victim.mac, &fresh_key(), &nonce)).status);
+            // The victim's boot script, asked for with the victim's MAC and a forged source.
+            let r = common::raw::exchange(
+                format!("GET /boot/ipxe?mac={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{h}\r\n", victim.mac)
+                    .as_bytes(),
+            );
+            scripts.push((r.status, r.body.contains("ferry.node=n1")));
+        }
+        (enrolls, scripts)
+    });
+    assert_eq!(enrolls, [401, 401, 401], "the network factor ignores forged headers");
+    let audit = c.server.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert_eq!(audit.matches(&format!("from={} reason=network factor", attacker.ip)).count(), 3, "{audit}");
+    // Boot scripts carry no secret and are keyed by MAC (like iPXE); a forged header
+    // neither helps nor breaks them.
+    for (status, _) in &scripts {
+        assert!(*status == 200 || *status == 404, "{scripts:?}");
+    }
+    assert_nothing_granted(&c);
+}
