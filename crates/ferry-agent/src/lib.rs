@@ -39,7 +39,7 @@
 
 mod args;
 mod attest;
-mod cmdline;
+pub mod cmdline;
 mod config;
 mod enroll;
 mod error;

@@ -42,6 +42,10 @@ pub enum Command {
     /// Active tunnels: list them, or revoke one.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
+    /// Bearer tokens for the remote admin listener ([remote_admin] listen): viewer,
+    /// operator (also revokes tunnels, approves TPMs) or admin.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Secrets for cloud-init templates (`{{ secret("munge.key") }}`), delivered only
     /// through a node's tunnel; values are write-only.
     #[command(subcommand)]
@@ -198,6 +202,26 @@ pub struct ServeArgs {
 pub enum LogFormatArg {
     Text,
     Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token; it is printed once (only its SHA-256 is stored).
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Lifetime, e.g. 30d, 12h; default: until revoked.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List tokens: name, role, state, expiry — never the token.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token now.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -88,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Secret(cmd) => settings::secret(&client, cmd).await,
+        Command::Token(cmd) => settings::token(&client, cmd).await,
         Command::Tunnel(TunnelCommand::List { json }) => {
             let tunnels: Vec<serde_json::Value> = client.get("/v1/tunnels").await?;
             println!("{}", if json { output::json(&tunnels) } else { output::tunnel_list(&tunnels) });

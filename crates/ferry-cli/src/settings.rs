@@ -255,3 +255,40 @@ pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::Secre
     }
     Ok(())
 }
+
+/// `ferry token create | list | revoke`.
+pub async fn token(client: &crate::client::AdminClient, cmd: crate::args::TokenCommand) -> anyhow::Result<()> {
+    use crate::args::TokenCommand;
+    use hyper::Method;
+    match cmd {
+        TokenCommand::Create { name, role, expires } => {
+            let expires_in_secs = expires
+                .as_deref()
+                .map(|e| humantime::parse_duration(e).with_context(|| format!("--expires {e:?}: e.g. 30d, 12h")))
+                .transpose()?
+                .map(|d| d.as_secs());
+            let body = serde_json::json!({ "name": name, "role": role, "expires_in_secs": expires_in_secs });
+            let made: serde_json::Value = client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
+            eprintln!("token {name} ({role}); shown once, keep it in a 0600 file:");
+            println!("{}", made["token"].as_str().unwrap_or_default());
+        }
+        TokenCommand::List { json } => {
+            let list: Vec<serde_json::Value> = client.get("/v1/tokens").await?;
+            if json {
+                println!("{}", crate::output::json(&list));
+            } else {
+                let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+                let rows =
+                    list.iter().map(|t| vec![s(t, "name"), s(t, "role"), s(t, "state"), s(t, "expires_at")]).collect();
+                println!("{}", crate::output::table(&["name", "role", "state", "expires"], rows));
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            client
+                .call::<ferry_api::admin::Changed>(Method::DELETE, &format!("/v1/tokens/{name}"), None::<&()>)
+                .await?;
+            println!("revoked token {name}");
+        }
+    }
+    Ok(())
+}

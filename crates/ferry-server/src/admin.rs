@@ -52,7 +52,27 @@ pub struct AdminState {
     pub tpm: Arc<crate::tpm::TpmPolicy>,
 }
 
+/// The admin API on the unix socket: every route, token management included, for
+/// callers the kernel vouches for.
 pub fn router(state: AdminState) -> Router {
+    routes()
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .with_state(state)
+}
+
+/// The admin API on the remote (TLS) listener: bearer tokens and roles; tokens are
+/// managed on the unix socket only.
+pub fn remote_router(state: AdminState) -> Router {
+    routes()
+        .layer(middleware::from_fn_with_state(state.clone(), crate::remote::require_token))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
+        .with_state(state)
+}
+
+fn routes() -> Router<AdminState> {
     Router::new()
         .route("/v1/nodes", get(list_nodes).post(add_nodes).patch(set_nodes).delete(delete_nodes))
         .route("/v1/nodes/{name}", get(get_node))
@@ -75,9 +95,6 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
-        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
-        .with_state(state)
 }
 
 /// Lets through only root, the server's own user and configured admin users; the
@@ -489,4 +506,39 @@ async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> 
         return Err(unavailable("the WireGuard device is down".into()));
     }
     Ok("ready\n")
+}
+
+#[derive(Deserialize)]
+struct TokenCreate {
+    name: String,
+    role: String,
+    /// Seconds from now; absent: never.
+    expires_in_secs: Option<u64>,
+}
+
+/// Creates a token and returns it, once; the store keeps only its SHA-256.
+async fn create_token(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    body: Result<axum::Json<TokenCreate>, axum::extract::rejection::JsonRejection>,
+) -> Result<ApiJson<serde_json::Value>, HttpError> {
+    let axum::Json(req) = body?;
+    let token = crate::remote::new_token();
+    let expires_at =
+        req.expires_in_secs.map(|e| ferry_store::now_secs().saturating_add(e.min(10 * 365 * 86_400) as i64));
+    s.store.create_token(&req.name, &req.role, &crate::remote::token_hash(&token), expires_at, &actor).await?;
+    Ok(ApiJson(serde_json::json!({ "name": req.name, "role": req.role, "token": token.as_str() })))
+}
+
+async fn list_tokens(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_store::TokenInfo>>, HttpError> {
+    Ok(ApiJson(s.store.list_tokens().await?))
+}
+
+async fn revoke_token(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    s.store.revoke_token(&name, &actor).await?;
+    Ok(ApiJson(Changed { changed: 1 }))
 }

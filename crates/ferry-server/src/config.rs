@@ -25,6 +25,20 @@ pub struct Config {
     pub wireguard: WireGuardConfig,
     pub datasource: DatasourceConfig,
     pub tpm: TpmConfig,
+    pub remote_admin: RemoteAdminConfig,
+}
+
+/// The optional remote admin listener (TLS, bearer tokens with roles).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteAdminConfig {
+    /// e.g. `10.0.0.1:8472`; unset: no remote admin (the unix socket only).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and key; unset: a self-signed pair is made in the data dir.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Extra DNS names or IPs for the self-signed certificate.
+    pub tls_names: Vec<String>,
 }
 
 /// The `tpm` identity factor.
@@ -134,6 +148,7 @@ impl Default for Config {
             wireguard: WireGuardConfig::default(),
             datasource: DatasourceConfig::default(),
             tpm: TpmConfig::default(),
+            remote_admin: RemoteAdminConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod error;
 pub mod limits;
 mod metrics;
 mod nonces;
+mod remote;
 pub mod render;
 mod tpm;
 pub mod tunnels;
@@ -37,6 +38,8 @@ use tunnels::TunnelManager;
 /// A server that has opened its store, brought up its device and bound its sockets.
 pub struct Server {
     admin_listener: UnixListener,
+    /// The remote admin listener and its TLS, when configured.
+    remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     provisioning_listener: TcpListener,
     datasource_listener: TcpListener,
     admin: admin::AdminState,
@@ -100,6 +103,16 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (set [provisioning] listen)", config.provisioning.listen))?;
 
+        let remote_admin = match config.remote_admin.listen {
+            None => None,
+            Some(addr) => {
+                let tls = remote::tls_config(&config.remote_admin, &config.data_dir)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (set [remote_admin] listen)"))?;
+                Some((listener, tokio_rustls::TlsAcceptor::from(tls)))
+            }
+        };
         let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning)?);
         let config = Arc::new(config);
         let nonces = Arc::new(nonces::NonceStore::new(
@@ -108,6 +121,7 @@ impl Server {
         ));
         Ok(Server {
             admin_listener,
+            remote_admin,
             provisioning_listener,
             datasource_listener,
             admin: admin::AdminState {
@@ -156,6 +170,23 @@ impl Server {
                 std::time::Duration::from_secs(30),
             )
         };
+        let remote = match self.remote_admin {
+            Some((listener, tls)) => {
+                tracing::info!(listen = %listener.local_addr()?, "remote admin listener (TLS, bearer tokens)");
+                let app = admin::remote_router(self.admin.clone()).layer(timeout());
+                let header_timeout = std::time::Duration::from_secs(self.config.provisioning.header_timeout_secs);
+                let serve = limits::serve(
+                    listener,
+                    app,
+                    header_timeout,
+                    std::time::Duration::from_secs(5),
+                    stopped(),
+                    Some(tls),
+                );
+                tokio::spawn(serve)
+            }
+            None => tokio::spawn(async { Ok(()) }),
+        };
         let admin = axum::serve(
             self.admin_listener,
             admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
@@ -177,6 +208,7 @@ impl Server {
             std::time::Duration::from_secs(p.header_timeout_secs),
             std::time::Duration::from_secs(30),
             stopped(),
+            None,
         );
         let datasource = axum::serve(
             self.datasource_listener,
@@ -192,6 +224,11 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
+        match remote.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "remote admin listener failed"),
+            Err(e) => tracing::error!(error = %e, "remote admin listener panicked"),
+            Ok(Ok(())) => {}
+        }
         self.tunnels.shutdown().await;
         if let Err(e) = self.tunnels.store.flush().await {
             tracing::error!(error = %e, "could not write the last audit entries");

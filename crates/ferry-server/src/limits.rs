@@ -314,6 +314,7 @@ pub async fn serve(
     header_timeout: Duration,
     drain: Duration,
     stopped: impl std::future::Future<Output = ()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -338,12 +339,31 @@ pub async fn serve(
             // A Router is always ready, so `call` needs no `poll_ready` first.
             tower::Service::call(&mut app.clone(), req)
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, error = %e, "provisioning connection ended with an error");
+        match &tls {
+            None => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, under the header timeout,
+                // so a slow or silent TLS client holds up no one.
+                let (acceptor, http, watcher) = (acceptor.clone(), http.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                    };
+                    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await {
+                        tracing::debug!(%remote, error = %e, "TLS connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {

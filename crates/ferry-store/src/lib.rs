@@ -10,6 +10,7 @@ pub mod secrets;
 mod sqlite;
 mod sqlite_images;
 mod sqlite_secrets;
+mod sqlite_tokens;
 mod sqlite_tpm;
 mod sqlite_tunnels;
 pub mod tpm;
@@ -54,6 +55,18 @@ pub enum StoreError {
 /// Who made a change, for the audit log (`uid:0`, later a token name).
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
+
+/// An admin token as listings show it (never the token or its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    /// viewer, operator or admin.
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    /// active, expired or revoked.
+    pub state: String,
+}
 
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default)]
@@ -168,6 +181,18 @@ pub trait Store: Send + Sync + 'static {
     /// Sets (replaces) a template secret; sealed at rest, audited without its value.
     async fn set_secret(&self, name: &str, scope: &SecretScope, value: &[u8], actor: &Actor) -> Result<(), StoreError>;
     async fn delete_secret(&self, name: &str, scope: &SecretScope, actor: &Actor) -> Result<(), StoreError>;
+    /// Records a token by the SHA-256 (hex) of its value.
+    async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &str,
+        expires_at: Option<i64>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError>;
+    async fn revoke_token(&self, name: &str, actor: &Actor) -> Result<(), StoreError>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError>;
     /// Names, scopes, sizes and times; never values.
     async fn list_secrets(&self) -> Result<Vec<SecretInfo>, StoreError>;
     /// The secrets a node's templates see (node over profiles over global), opened.

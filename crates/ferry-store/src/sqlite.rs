@@ -625,6 +625,29 @@ impl Store for SqliteStore {
         self.delete_secret_impl(name, scope, actor).await
     }
 
+    async fn create_token(
+        &self,
+        name: &str,
+        role: &str,
+        hash: &str,
+        expires_at: Option<i64>,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        self.create_token_impl(name, role, hash, expires_at, actor).await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<crate::TokenInfo>, StoreError> {
+        self.list_tokens_impl().await
+    }
+
+    async fn revoke_token(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
+        self.revoke_token_impl(name, actor).await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<crate::TokenInfo>, StoreError> {
+        self.token_by_hash_impl(hash).await
+    }
+
     async fn list_secrets(&self) -> Result<Vec<crate::SecretInfo>, StoreError> {
         self.list_secrets_impl().await
     }

@@ -1,7 +1,7 @@
 //! UAPI backend: drives any WireGuard implementation that serves
 //! `/var/run/wireguard/NAME.sock` (wireguard-go, boringtun, ...).
 
-pub(crate) mod proto;
+pub mod proto;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};

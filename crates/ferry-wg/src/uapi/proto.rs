@@ -16,7 +16,7 @@ use crate::keys::{PrivateKey, PublicKey};
 
 /// Which implementation's reading of the protocol to follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dialect {
+pub enum Dialect {
     /// The protocol as specified (wireguard-go, the Linux `wg` tool's userspace path).
     Standard,
     /// boringtun 0.7: it panics when an existing peer is modified, keeps `remove`,
@@ -27,7 +27,7 @@ pub(crate) enum Dialect {
 
 /// Why a reply could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ReplyError {
+pub enum ReplyError {
     /// The reply ended before its `errno=` line.
     Truncated,
     /// A line is not valid protocol.
@@ -87,7 +87,7 @@ pub(crate) fn set_request(update: &DeviceUpdate, dialect: Dialect) -> Zeroizing<
 }
 
 /// Finds the `errno=` value of a `set=1` reply.
-pub(crate) fn parse_set_reply(reply: &str) -> Result<(), ReplyError> {
+pub fn parse_set_reply(reply: &str) -> Result<(), ReplyError> {
     for line in reply.lines() {
         if let Some(v) = line.strip_prefix("errno=") {
             return match v.trim().parse::<i32>() {
@@ -104,7 +104,7 @@ pub(crate) fn parse_set_reply(reply: &str) -> Result<(), ReplyError> {
 }
 
 /// Parses a `get=1` reply (everything up to and including the `errno=` line).
-pub(crate) fn parse_get_reply(reply: &str, dialect: Dialect) -> Result<DeviceStatus, ReplyError> {
+pub fn parse_get_reply(reply: &str, dialect: Dialect) -> Result<DeviceStatus, ReplyError> {
     let mut status = DeviceStatus::default();
     let mut peer: Option<PeerBuilder> = None;
     for line in reply.lines() {

@@ -1,0 +1,166 @@
+//! The remote admin listener: the admin API over TLS (rustls) for callers that are not on
+//! the server, authenticated by bearer tokens with roles. Tokens are random 256-bit
+//! values shown once; the store keeps their SHA-256, so a stolen database grants
+//! nothing. Roles: `viewer` reads; `operator` also revokes tunnels and approves TPMs;
+//! `admin` changes everything. Token management stays on the unix socket.
+
+use crate::admin::AdminState;
+use crate::error::HttpError;
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use ferry_store::Actor;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// A new token: `ferry_` and 32 random bytes, base64url.
+pub fn new_token() -> Zeroizing<String> {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    Zeroizing::new(format!("ferry_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())))
+}
+
+/// What the store keeps of a token.
+pub fn token_hash(token: &str) -> String {
+    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `role` may call `method path`.
+pub fn allowed(role: &str, method: &Method, path: &str) -> bool {
+    let read = method == Method::GET || method == Method::HEAD;
+    let operate = (method == Method::DELETE && path.starts_with("/v1/tunnels/"))
+        || (method == Method::POST && path.starts_with("/v1/nodes/") && path.ends_with("/tpm/approve"));
+    match role {
+        "admin" => true,
+        "operator" => read || operate,
+        "viewer" => read,
+        _ => false,
+    }
+}
+
+fn unauthorized() -> Response {
+    let mut r = HttpError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required (ferry token create)",
+    )
+    .into_response();
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// Authenticates the bearer token and enforces its role; the token's name becomes the
+/// audit actor.
+pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Zeroizing::new(t.trim().to_owned()));
+    let Some(token) = presented else { return unauthorized() };
+    // The look-up is by hash: equal hashes, not a byte-by-byte comparison of secrets.
+    let info = match s.store.token_by_hash(&token_hash(&token)).await {
+        Ok(Some(info)) if info.state == "active" => info,
+        Ok(_) => {
+            tracing::warn!(path = %req.uri().path(), "remote admin: unknown, expired or revoked token");
+            return unauthorized();
+        }
+        Err(e) => return HttpError::from(e).into_response(),
+    };
+    if !allowed(&info.role, req.method(), req.uri().path()) {
+        tracing::warn!(token = %info.name, role = %info.role, method = %req.method(), path = %req.uri().path(), "remote admin: role does not allow this");
+        return HttpError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("token {} has role {}, which may not {} {}", info.name, info.role, req.method(), req.uri().path()),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(Actor(format!("token:{}", info.name)));
+    next.run(req).await
+}
+
+/// The TLS configuration: the configured certificate and key, or a self-signed pair made
+/// on first start in the data directory (key 0600). Logs the certificate's SHA-256.
+pub fn tls_config(
+    config: &crate::config::RemoteAdminConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert_path, key_path) = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => {
+            let (c, k) = (data_dir.join("remote-admin.crt"), data_dir.join("remote-admin.key"));
+            if !c.exists() || !k.exists() {
+                let mut names = config.tls_names.clone();
+                names.extend(["localhost".to_owned(), config.listen.map(|l| l.ip().to_string()).unwrap_or_default()]);
+                names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::");
+                let made =
+                    rcgen::generate_simple_self_signed(names).context("cannot make a self-signed certificate")?;
+                std::fs::write(&c, made.cert.pem()).with_context(|| format!("cannot write {}", c.display()))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&k)
+                    .with_context(|| format!("cannot write {}", k.display()))?;
+                std::io::Write::write_all(&mut f, made.signing_key.serialize_pem().as_bytes())?;
+            }
+            (c, k)
+        }
+        _ => anyhow::bail!("[remote_admin] needs both tls_cert and tls_key, or neither (a self-signed pair is made)"),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| anyhow::anyhow!("cannot read the certificate {}: {e}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| anyhow::anyhow!("cannot read the private key {}: {e}", key_path.display()))?;
+    let first = certs.first().context("the certificate file holds no certificate")?;
+    let fingerprint: String = Sha256::digest(first.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+    tracing::info!(certificate = %cert_path.display(), sha256 = %fingerprint, "remote admin TLS certificate");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the TLS certificate and key do not match")?;
+    Ok(Arc::new(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles() {
+        assert!(allowed("viewer", &Method::GET, "/v1/nodes"));
+        assert!(!allowed("viewer", &Method::PATCH, "/v1/nodes"));
+        assert!(!allowed("viewer", &Method::DELETE, "/v1/tunnels/n1"));
+        assert!(allowed("operator", &Method::DELETE, "/v1/tunnels/n1"));
+        assert!(allowed("operator", &Method::POST, "/v1/nodes/n1/tpm/approve"));
+        assert!(!allowed("operator", &Method::PUT, "/v1/secrets/munge.key"));
+        assert!(!allowed("operator", &Method::DELETE, "/v1/nodes"));
+        assert!(allowed("admin", &Method::PUT, "/v1/secrets/munge.key"));
+        assert!(!allowed("root", &Method::GET, "/v1/nodes"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_stored_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(*a, *b);
+        assert!(a.starts_with("ferry_") && a.len() > 40);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert!(!token_hash(&a).contains(a.trim_start_matches("ferry_")));
+    }
+}

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus: a few valid inputs per fuzz target, so that libFuzzer starts
+from real structure (cloud-init's phone-home form, swtpm's TPM structures, wireguard-go's
+UAPI replies, ...). Run from anywhere: python3 fuzz/seeds/generate.py
+
+Needs ssh-keygen (host keys for the phone-home form) and openssl (DER forms of the
+fixture CAs). The output is committed; rerun only to change the seeds.
+"""
+import base64
+import json
+import os
+import subprocess
+import tempfile
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTDATA = os.path.join(HERE, "..", "..", "crates", "ferry-attest", "testdata")
+
+
+def fixture(name):
+    with open(os.path.join(TESTDATA, name), "rb") as f:
+        return f.read()
+
+
+def write(target, name, data):
+    d = os.path.join(HERE, target)
+    os.makedirs(d, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode()
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+def b64(b):
+    return base64.b64encode(b).decode()
+
+
+def inner(tpm2b):
+    """TPM2B_PUBLIC -> TPMT_PUBLIC (drop the 16-bit size)."""
+    size = int.from_bytes(tpm2b[:2], "big")
+    assert size == len(tpm2b) - 2
+    return tpm2b[2:]
+
+
+WG_KEY = b64(bytes(range(32)))          # any 32 bytes are a WireGuard public key
+NONCE = b64(bytes(range(100, 132)))
+EK_PUB, AK_PUB = fixture("ek.pub"), fixture("ak.pub")
+QUOTE_MSG, QUOTE_SIG = fixture("quote.msg"), fixture("quote.sig")[6:]  # TPMT_SIGNATURE header off
+
+# 1. hostlist
+for i, s in enumerate([
+    "n[001-128]", "n[1-4,7]", "gpu[01-02]-ib,login1", "r[1-2]n[1-2]", "n1, n2 ,n1",
+    "n[8-11]", "rack[1-4]-node[001-016]", "n[00001-65536]",
+]):
+    write("hostlist", f"seed-{i}", s)
+
+# 2. net_addr: MAC, IP, count, netmask, interface name (one per line)
+for i, s in enumerate([
+    "52:54:00:12:34:56\n10.0.1.1\n128\n255.255.0.0\neth0",
+    "52-54-00-AB-cd-01\nfd00::ffff\n2\n255.255.252.0\nib0.8001",
+    "00:00:00:00:00:00\n255.255.255.254\n3\n0.0.0.0\nenp1s0f0",
+    "ff:ff:ff:ff:ff:ff\nffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe\n2\n255.255.255.255\nbond0",
+]):
+    write("net_addr", f"seed-{i}", s)
+
+# 3. phone_home: what cloud-init's phone_home module posts (cc_phone_home.py: the key
+# files as read, "N/A" for missing ones, urlencoded by requests), and the JSON form.
+with tempfile.TemporaryDirectory() as tmp:
+    keys = {}
+    for kind, args in [("rsa", ["-t", "rsa", "-b", "3072"]), ("ecdsa", ["-t", "ecdsa"]), ("ed25519", ["-t", "ed25519"])]:
+        path = os.path.join(tmp, f"ssh_host_{kind}_key")
+        subprocess.run(["ssh-keygen", "-q", "-N", "", "-C", "root@n001", "-f", path] + args, check=True)
+        with open(path + ".pub") as f:
+            keys[kind] = f.read()
+form = {
+    "instance_id": "n001",
+    "hostname": "n001",
+    "fqdn": "n001.cluster.example",
+    "pub_key_dsa": "N/A",
+    "pub_key_rsa": keys["rsa"],
+    "pub_key_ecdsa": keys["ecdsa"],
+    "pub_key_ed25519": keys["ed25519"],
+}
+write("phone_home", "cloud-init-22.4-form", urllib.parse.urlencode(form))
+write("phone_home", "cloud-init-minimal-form", urllib.parse.urlencode(
+    {"instance_id": "N/A", "hostname": "n002", "fqdn": "N/A", "pub_key_dsa": "N/A", "pub_key_rsa": "N/A",
+     "pub_key_ecdsa": "N/A", "pub_key_ed25519": keys["ed25519"]}))
+write("phone_home", "agent-json", json.dumps({k: v for k, v in form.items() if v != "N/A"}))
+
+# 4. enroll_request: what ferry agent sends
+write("enroll_request", "network-only", json.dumps(
+    {"mac": "52:54:00:12:34:56", "public_key": WG_KEY, "nonce": NONCE, "mode": "fetch"}))
+write("enroll_request", "asset-tag", json.dumps(
+    {"mac": "52-54-00-12-34-56", "public_key": WG_KEY, "nonce": NONCE,
+     "proofs": {"asset_tag": b64(bytes(range(32)))}}))
+write("enroll_request", "tpm", json.dumps(
+    {"mac": "52:54:00:12:34:56", "public_key": WG_KEY, "nonce": NONCE, "mode": "cloud-init",
+     "proofs": {"tpm": {"secret": b64(bytes(32)), "attest": b64(QUOTE_MSG), "signature": b64(QUOTE_SIG),
+                        "pcr_values": {"7": "ab" * 32}}}}))
+
+# 5. tpm_credential_request
+req = {"mac": "52:54:00:12:34:56", "public_key": WG_KEY, "nonce": NONCE,
+       "ek_public": b64(inner(EK_PUB)), "ak_public": b64(inner(AK_PUB))}
+write("tpm_credential_request", "without-cert", json.dumps(req))
+write("tpm_credential_request", "with-cert", json.dumps(dict(req, ek_certificate=b64(fixture("ek.der")))))
+
+# 6. uapi_reply: a wireguard-go get=1 reply, a boringtun one, set=1 replies
+PRIV = "e84b5a6d2717c1003a13b431570353dbaca9146cf150c5f8575680feba52027a"
+PEER = "b85996fecc9c7f1fc6d2572a76eda11d59bcd20be8e543b15ce4bd85a8e75a33"
+write("uapi_reply", "wireguard-go-get", (
+    f"private_key={PRIV}\nlisten_port=51820\nfwmark=0\n"
+    f"public_key={PEER}\npreshared_key={'00' * 32}\nprotocol_version=1\n"
+    "endpoint=[fe80::1%2]:51820\nlast_handshake_time_sec=1700000000\nlast_handshake_time_nsec=5\n"
+    "tx_bytes=38333\nrx_bytes=2224\npersistent_keepalive_interval=25\nallowed_ip=100.64.0.2/32\n"
+    f"public_key={'58' * 32}\nendpoint=10.0.0.7:3233\npersistent_keepalive_interval=0\n"
+    "allowed_ip=100.64.0.3/32\nallowed_ip=fd00::/64\nlast_handshake_time_sec=0\n"
+    "last_handshake_time_nsec=0\nrx_bytes=0\ntx_bytes=0\nerrno=0\n\n"))
+write("uapi_reply", "boringtun-get", (
+    f"own_public_key={PEER}\nlisten_port=0\nfwmark=3\npublic_key={PEER}\n"
+    "last_handshake_time_sec=10\nlast_handshake_time_nsec=0\nrx_bytes=1\ntx_bytes=2\nerrno=0\n\n"))
+write("uapi_reply", "empty-get", "errno=0\n\n")
+write("uapi_reply", "set-error", "errno=-22\n\n")
+
+# 7. kernel_cmdline: what ferry's iPXE/GRUB scripts put there, and odd forms
+KEY = b64(bytes(range(32)))
+for i, s in enumerate([
+    f"BOOT_IMAGE=/vmlinuz quiet console=ttyS0,115200 root=tmpfs ferry.server=http://10.0.0.1:8470 "
+    f"ferry.pubkey={KEY} ferry.node=n001 ds=nocloud-net;s=http://100.64.0.1:8471/\n",
+    f"initrd=node-initrd.img ferry.server=http://10.0.0.1:8470,http://[fd00::1]:8470/ ferry.pubkey={KEY} "
+    "ferry.tpm=device:/dev/tpm0 -- single",
+    f'a="b c" "ferry.node=n002" ferry.tpm ferry.tpm=swtpm:host=127.0.0.1,port=2321 ferry.pubkey="{KEY}"',
+    "ferry.server= ferry.node ferry.tpm=mssim:port=2321 x=\"unbalanced",
+]):
+    write("kernel_cmdline", f"seed-{i}", s)
+
+# 8. tpm_public: swtpm's EK and AK, as files (TPM2B) and as sent (TPMT)
+write("tpm_public", "ek.pub", EK_PUB)
+write("tpm_public", "ak.pub", AK_PUB)
+write("tpm_public", "ek.tpmt", inner(EK_PUB))
+write("tpm_public", "ak.tpmt", inner(AK_PUB))
+
+# 9. tpm_quote
+write("tpm_quote", "quote.msg", QUOTE_MSG)
+
+# 10. ek_certificate: the EK certificate, and the CAs in DER
+write("ek_certificate", "ek.der", fixture("ek.der"))
+for name in ["ca-issuer", "ca-root"]:
+    der = subprocess.run(["openssl", "x509", "-outform", "der", "-in", os.path.join(TESTDATA, name + ".pem")],
+                         check=True, capture_output=True).stdout
+    write("ek_certificate", name + ".der", der)
+
+# 11. pem
+write("pem", "ca-issuer.pem", fixture("ca-issuer.pem"))
+write("pem", "ca-root.pem", fixture("ca-root.pem"))
+write("pem", "ca-bundle.pem", fixture("ca-root.pem") + fixture("ca-issuer.pem"))
+write("pem", "ek.pem", fixture("ek.pem"))
+
+# 12. settings: a node layer with every field, a profile, patches
+node = {
+    "comment": "rack 1, slot 1",
+    "image": "rocky9",
+    "kernel": "6.1.0-28-amd64",
+    "kernel_args": ["quiet", "console=ttyS0,115200", "~console=tty0"],
+    "root": "tmpfs",
+    "identity": ["tpm", "network", "~asset-tag"],
+    "tags": {"site": "hq", "rack": "r1", "~old": ""},
+    "interfaces": {
+        "eth0": {"mac": "52:54:00:12:34:56", "ipv4": "10.0.1.1", "netmask": "255.255.0.0",
+                 "gateway": "10.0.0.1", "ipv6": "fd00::1", "ipv6_prefix": 64, "vlan": 100, "mtu": 9000,
+                 "primary": True},
+        "ib0": {"ipv4": "10.1.1.1", "netmask": "255.255.252.0", "mtu": 65520},
+        "~eth1": {},
+    },
+    "cloud_init": {"meta_data": {"region": "hq", "nested": {"a": [1, 2.5, None, True]}},
+                   "user_data": "#cloud-config\nruncmd:\n  - echo {{ node }}\n",
+                   "vendor_data": "#cloud-config\n{}\n", "network_config": "version: 2\n"},
+    "tunnel_ttl_secs": 600,
+    "boot_asset_gate": True,
+    "tpm_pcrs": {"7": "ab" * 32, "~0": ""},
+}
+write("settings", "node-full.json", json.dumps(node, indent=1))
+write("settings", "profile.json", json.dumps(
+    {"kernel_args": ["quiet"], "root": "ramfs", "interfaces": {"eth0": {"netmask": "255.255.0.0", "mtu": 9000}},
+     "tags": {"site": "hq"}}))
+write("settings", "patch.json", json.dumps(
+    {"set": {"tags": {"rack": "r2"}, "interfaces": {"eth0": {"mtu": 1500}}},
+     "unset": [["comment"], ["interfaces", "ib0"], ["cloud_init", "meta_data", "region"]]}))
+write("settings", "empty.json", "{}")
+
+# 13. patch_field: what `ferry node unset` takes
+for i, s in enumerate([
+    "comment", "kernel-args", "tag.rack", "tags", "netdev.eth0.mtu", "netdev.eth0", "interface.ib-0.ipv6-prefix",
+    "meta-data.region", "user-data", "tpm-pcr.7", "tunnel-ttl", "profiles", "asset-tag", "boot-asset-gate",
+]):
+    write("patch_field", f"seed-{i}", s)
