@@ -54,6 +54,11 @@ pub struct AgentArgs {
     #[arg(long, value_name = "TCTI", num_args = 0..=1, default_missing_value = "device")]
     pub tpm: Option<String>,
 
+    /// The SHA-256 of the server's TLS certificate (`sha256:HEX`, overrides ferry.tls=),
+    /// for an https:// server: the agent accepts that certificate and no other.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub tls_pin: Option<String>,
+
     /// fetch: write the seed and tear down; cloud-init: keep the tunnel for cloud-init.
     #[arg(long, value_enum, default_value_t = Mode::Fetch)]
     pub mode: Mode,

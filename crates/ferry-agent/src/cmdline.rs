@@ -75,6 +75,9 @@ pub struct FerryParams {
     /// `ferry.tpm[=TCTI]`: the TCTI as written; a bare `ferry.tpm` (or `ferry.tpm=`)
     /// is `"device"`, the kernel's resource manager.
     pub tpm: Option<String>,
+    /// `ferry.tls=sha256:HEX`: the SHA-256 of the provisioning listener's TLS
+    /// certificate, for an `https://` ferry.server.
+    pub tls: Option<String>,
 }
 
 impl FerryParams {
@@ -90,6 +93,7 @@ impl FerryParams {
                 "ferry.pubkey" => out.pubkey = value,
                 "ferry.node" => out.node = value,
                 "ferry.tpm" => out.tpm = Some(value.unwrap_or_else(|| "device".into())),
+                "ferry.tls" => out.tls = value,
                 _ => {}
             }
         }

@@ -48,8 +48,9 @@ const MAX_TAG_FILE: u64 = 4096;
 /// An enrollment server: where the challenge and enroll paths are appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
-    /// `http://host[:port][/prefix]`, without a trailing slash.
+    /// `http[s]://host[:port][/prefix]`, without a trailing slash.
     pub base: String,
+    pub https: bool,
     /// The host as written (IPv6 without brackets).
     pub host: String,
     pub port: u16,
@@ -61,14 +62,11 @@ impl ServerUrl {
         let bad = |why: &str| AgentError::Config(format!("invalid ferry server URL {s:?}: {why}"));
         let with_scheme = if s.contains("://") { s.to_string() } else { format!("http://{s}") };
         let uri: Uri = with_scheme.parse().map_err(|_| bad("not a URL (expected http://HOST:PORT)"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad("https is not supported yet: use http:// (enrollment is protected by nonce-bound \
-                     proofs and the pinned WireGuard key, not by TLS)"))
-            }
-            _ => return Err(bad("only http:// URLs are supported")),
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("only http:// and https:// URLs are supported")),
+        };
         if uri.query().is_some() {
             return Err(bad("a server URL takes no query string"));
         }
@@ -80,9 +78,10 @@ impl ServerUrl {
         if host.is_empty() {
             return Err(bad("no host"));
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let path = uri.path().trim_end_matches('/');
-        Ok(ServerUrl { base: format!("http://{authority}{path}"), host, port })
+        let scheme = if https { "https" } else { "http" };
+        Ok(ServerUrl { base: format!("{scheme}://{authority}{path}"), https, host, port })
     }
 
     /// The URL of an API path (which starts with '/').
@@ -132,6 +131,8 @@ pub struct Config {
     pub asset_tag: Option<Zeroizing<String>>,
     /// The TPM to prove the `tpm` factor with (`--tpm`, `ferry.tpm`); `None`: no TPM.
     pub tpm: Option<Tcti>,
+    /// The SHA-256 of the https server's certificate (`--tls-pin`, `ferry.tls`).
+    pub tls_pin: Option<[u8; 32]>,
     /// `--mac`; when `None` it is discovered from the route to the server.
     pub mac: Option<MacAddr>,
     pub mode: Mode,
@@ -200,6 +201,25 @@ impl Config {
             ),
             None => None,
         };
+        let tls_pin = match args.tls_pin.as_deref().or(params.tls.as_deref()) {
+            Some(pin) => Some(parse_pin(pin)?),
+            None => None,
+        };
+        match (servers.iter().any(|s| s.https), tls_pin.is_some()) {
+            (true, false) => {
+                return Err(AgentError::Config(
+                    "an https:// ferry.server needs the certificate pinned: add ferry.tls=sha256:HEX \
+                     (`ferry server-cert` on the server prints it), or pass --tls-pin"
+                        .into(),
+                ))
+            }
+            (false, true) => {
+                return Err(AgentError::Config(
+                    "ferry.tls= / --tls-pin pins a TLS certificate, but ferry.server is http://: use https://".into(),
+                ))
+            }
+            _ => {}
+        }
         let tpm = match args.tpm.as_deref().or(params.tpm.as_deref()) {
             Some(tcti) => Some(tpm_tcti(tcti)?),
             None => None,
@@ -231,6 +251,7 @@ impl Config {
             node,
             asset_tag,
             tpm,
+            tls_pin,
             mac,
             mode: args.mode,
             interface: args.interface.clone(),
@@ -253,6 +274,14 @@ impl Config {
         // `build` guarantees at least one; index 0 of a non-empty Vec.
         &self.servers[0]
     }
+}
+
+/// `sha256:HEX` (or bare HEX, colons allowed as `openssl x509 -fingerprint` prints it).
+fn parse_pin(pin: &str) -> Result<[u8; 32], AgentError> {
+    let hex: String = pin.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
+    ferry_core::model::decode_hex(&hex).and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
+        AgentError::Config(format!("invalid ferry.tls= / --tls-pin {pin:?}: expected sha256: and 64 hex digits"))
+    })
 }
 
 /// Why `ferry.tpm` cannot work in a build without the `tpm` feature.
@@ -365,9 +394,34 @@ mod tests {
         let s = ServerUrl::parse("http://[fd00::1]/ferry").expect("v6 with prefix");
         assert_eq!((s.host.as_str(), s.port), ("fd00::1", 80));
         assert_eq!(s.url("/v1/enroll"), "http://[fd00::1]/ferry/v1/enroll");
-        for bad in ["https://x", "ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y"] {
+        assert!(ServerUrl::parse("https://x").expect("https (with a pin)").https);
+        for bad in ["ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y"] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn https_needs_a_pin_and_a_pin_needs_https() {
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let params = |server: &str, tls: Option<&str>| FerryParams {
+            servers: vec![server.into()],
+            pubkey: Some(KEY.into()),
+            tls: tls.map(str::to_owned),
+            ..Default::default()
+        };
+        let c = Config::build(&args(&[]), params("https://10.0.0.1:8443", Some(&pin)), None).expect("valid");
+        assert_eq!(c.tls_pin, Some([0xab; 32]));
+        assert!(c.server().https && c.server().base == "https://10.0.0.1:8443");
+        assert_eq!(ServerUrl::parse("https://h").unwrap().port, 443);
+        let e = Config::build(&args(&[]), params("https://10.0.0.1:8443", None), None).unwrap_err();
+        assert!(e.to_string().contains("ferry.tls=sha256:"), "{e}");
+        let e = Config::build(&args(&[]), params("http://10.0.0.1:8470", Some(&pin)), None).unwrap_err();
+        assert!(e.to_string().contains("use https://"), "{e}");
+        let e = Config::build(&args(&[]), params("https://h", Some("sha256:abcd")), None).unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+        let colons = (0..32).map(|_| "AB").collect::<Vec<_>>().join(":");
+        let flag = Config::build(&args(&["--tls-pin", &colons]), params("https://h", None), None).expect("flag");
+        assert_eq!(flag.tls_pin, Some([0xab; 32]));
     }
 
     #[test]
@@ -377,6 +431,7 @@ mod tests {
             pubkey: Some(KEY.into()),
             node: Some("n1".into()),
             tpm: None,
+            tls: None,
         };
         let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
         assert_eq!(c.servers.len(), 2);

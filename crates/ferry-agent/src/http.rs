@@ -74,30 +74,128 @@ pub trait Transport: Send + Sync {
 }
 
 /// HTTP/1.1 over plain TCP.
+/// The real transport. `https://` URLs need `tls_pin`: the server's certificate is
+/// accepted if its SHA-256 is the pin, and only then (no CA, no name check: the pin is
+/// the identity, as with `ferry.pubkey=` for WireGuard).
 #[derive(Debug, Clone, Default)]
-pub struct HyperTransport;
+pub struct HyperTransport {
+    pub tls_pin: Option<[u8; 32]>,
+}
 
 #[async_trait]
 impl Transport for HyperTransport {
     async fn send(&self, req: Request) -> Result<Response, TransportError> {
         let url = req.url.clone();
-        match tokio::time::timeout(req.timeout, send(req)).await {
+        match tokio::time::timeout(req.timeout, send(req, self.tls_pin)).await {
             Ok(result) => result,
             Err(_) => Err(TransportError(format!("no answer from {url} (timed out)"))),
         }
     }
 }
 
-async fn send(req: Request) -> Result<Response, TransportError> {
+async fn send(req: Request, tls_pin: Option<[u8; 32]>) -> Result<Response, TransportError> {
     let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
     let uri: Uri = req.url.parse().map_err(|e| err("invalid URL", &e))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(TransportError(format!("only http:// URLs are supported, not {}", req.url)));
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return Err(TransportError(format!("only http:// and https:// URLs are supported, not {}", req.url))),
+    };
     let authority = uri.authority().ok_or_else(|| TransportError(format!("no host in {}", req.url)))?.clone();
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| err("cannot connect to", &e))?;
+    if !https {
+        return exchange(stream, &req, &uri, &authority).await;
+    }
+    let pin = tls_pin
+        .ok_or_else(|| TransportError(format!("{} is https but no certificate is pinned (ferry.tls=)", req.url)))?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| err("invalid host in", &e))?;
+    let tls = tokio_rustls::TlsConnector::from(pinned_tls(pin))
+        .connect(name, stream)
+        .await
+        .map_err(|e| err("TLS with", &e))?;
+    exchange(tls, &req, &uri, &authority).await
+}
+
+/// A TLS client that accepts exactly the pinned certificate.
+fn pinned_tls(pin: [u8; 32]) -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = std::sync::Arc::new(PinnedCertificate { pin, provider: provider.clone() });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
+/// Certificate pinning: the end-entity certificate's SHA-256 must be the pin; the
+/// handshake signatures are still verified, so only the key's holder gets through.
+#[derive(Debug)]
+struct PinnedCertificate {
+    pin: [u8; 32],
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let seen: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+        if subtle_eq(&seen, &self.pin) {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("the server's TLS certificate is not the one pinned by ferry.tls=".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A certificate digest is public, but comparing without an early exit costs nothing.
+fn subtle_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One request and its answer over an established connection.
+async fn exchange<S>(
+    stream: S,
+    req: &Request,
+    uri: &Uri,
+    authority: &hyper::http::uri::Authority,
+) -> Result<Response, TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| err("HTTP handshake with", &e))?;
@@ -201,7 +299,7 @@ mod tests {
     async fn real_transport_round_trip() {
         let (base, server) =
             one_shot("HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\n\r\nbusy").await;
-        let resp = HyperTransport
+        let resp = HyperTransport::default()
             .send(Request::post(format!("{base}/v1/enroll"), Some(b"{}".to_vec()), Duration::from_secs(5)))
             .await
             .expect("answer");
@@ -219,7 +317,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         drop(listener);
-        let err = HyperTransport
+        let err = HyperTransport::default()
             .send(Request::get(format!("http://{addr}/x"), Duration::from_secs(5)))
             .await
             .expect_err("nothing listens");

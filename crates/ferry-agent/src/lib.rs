@@ -89,7 +89,8 @@ pub async fn run(args: AgentArgs) -> Result<Outcome, AgentError> {
         Some(mac) => mac,
         None => discover_mac(&cfg, &deadline).await?,
     };
-    let mut agent = machine::Agent::new(cfg, mac, http::HyperTransport, tunnel::WgTunnels, Box::new(std::io::stdout()));
+    let transport = http::HyperTransport { tls_pin: cfg.tls_pin };
+    let mut agent = machine::Agent::new(cfg, mac, transport, tunnel::WgTunnels, Box::new(std::io::stdout()));
     if let Some(tpm) = tpm {
         agent = agent.with_tpm(tpm);
     }

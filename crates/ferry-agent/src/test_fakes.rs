@@ -141,6 +141,7 @@ pub fn test_config(dir: &Path) -> Config {
         node: Some(NodeName::parse("n1").expect("name")),
         asset_tag: Some(Zeroizing::new(TAG.to_string())),
         tpm: None,
+        tls_pin: None,
         mac: None,
         mode: Mode::Fetch,
         interface: "ferry-test0".into(),

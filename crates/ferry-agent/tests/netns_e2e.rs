@@ -140,6 +140,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         pubkey: Some(pubkey.into()),
         node: Some("n1".into()),
         tpm: None,
+        tls_pin: None,
         mode: Mode::Fetch,
         mac: None,
         interface: interface.into(),

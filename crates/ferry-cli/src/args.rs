@@ -52,6 +52,9 @@ pub enum Command {
     Secret(SecretCommand),
     /// Print the server's WireGuard public key (for `ferry.pubkey=` on the kernel command line).
     ServerKey,
+    /// Print the provisioning TLS certificate's pin (for `ferry.tls=` on the kernel
+    /// command line, with an https:// ferry.server).
+    ServerCert,
     /// Print an ssh known_hosts file of the host keys nodes reported at phone-home.
     KnownHosts,
     /// Show the audit log.

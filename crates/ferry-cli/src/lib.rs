@@ -112,6 +112,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", info["public_key"].as_str().unwrap_or_default());
             Ok(())
         }
+        Command::ServerCert => {
+            let info: serde_json::Value = client.get("/v1/server").await?;
+            match info["provisioning_tls_pin"].as_str() {
+                Some(pin) => println!("{pin}"),
+                None => anyhow::bail!("the provisioning TLS listener is off: set [provisioning] tls_listen"),
+            }
+            Ok(())
+        }
         Command::KnownHosts => {
             let keys: Vec<(String, String)> = client.get("/v1/known-hosts").await?;
             for (node, key) in keys {

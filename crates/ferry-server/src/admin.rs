@@ -50,6 +50,8 @@ pub struct AdminState {
     pub data_dir: std::path::PathBuf,
     pub public_url: Option<String>,
     pub tpm: Arc<crate::tpm::TpmPolicy>,
+    /// `sha256:HEX` of the provisioning TLS certificate, when that listener is on.
+    pub provisioning_tls_pin: Option<String>,
 }
 
 /// The admin API on the unix socket: every route, token management included, for
@@ -301,6 +303,7 @@ async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<serde_json::
         "server_address": s.tunnels.network.server_address().to_string(),
         "data_dir": s.data_dir.display().to_string(),
         "public_url": s.public_url,
+        "provisioning_tls_pin": s.provisioning_tls_pin,
     })))
 }
 

@@ -99,6 +99,13 @@ pub struct ProvisioningConfig {
     /// Longest time to read a request and produce the answer's headers, seconds; then
     /// 408. Artifact downloads stream their bodies beyond it.
     pub request_timeout_secs: u64,
+    /// A second, TLS listener for the same API (e.g. `0.0.0.0:8443`); agents pin its
+    /// certificate (`ferry.tls=sha256:…`, printed by `ferry server-cert`). The plain
+    /// listener stays for iPXE, which cannot pin.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate and key; unset: a self-signed pair is made in the data dir.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -168,6 +175,9 @@ impl Default for ProvisioningConfig {
             max_concurrent_enrollments: 256,
             header_timeout_secs: 10,
             request_timeout_secs: 30,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

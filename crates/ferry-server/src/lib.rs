@@ -40,6 +40,8 @@ pub struct Server {
     admin_listener: UnixListener,
     /// The remote admin listener and its TLS, when configured.
     remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// The provisioning API's TLS listener, its TLS and certificate pin, when configured.
+    provisioning_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     provisioning_listener: TcpListener,
     datasource_listener: TcpListener,
     admin: admin::AdminState,
@@ -106,11 +108,43 @@ impl Server {
         let remote_admin = match config.remote_admin.listen {
             None => None,
             Some(addr) => {
-                let tls = remote::tls_config(&config.remote_admin, &config.data_dir)?;
+                let ra = &config.remote_admin;
+                let mut names = ra.tls_names.clone();
+                names.push(addr.ip().to_string());
+                let files = remote::TlsFiles {
+                    section: "[remote_admin]",
+                    cert: ra.tls_cert.as_deref(),
+                    key: ra.tls_key.as_deref(),
+                    names,
+                    stem: "remote-admin",
+                };
+                let (tls, _) = remote::tls_config(&files, &config.data_dir)?;
                 let listener = TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("cannot listen on {addr} (set [remote_admin] listen)"))?;
                 Some((listener, tokio_rustls::TlsAcceptor::from(tls)))
+            }
+        };
+        let provisioning_tls = match config.provisioning.tls_listen {
+            None => None,
+            Some(addr) => {
+                let p = &config.provisioning;
+                let mut names = vec![addr.ip().to_string(), p.listen.ip().to_string()];
+                if let Some(host) = p.public_url.as_deref().and_then(|u| u.parse::<axum::http::Uri>().ok()) {
+                    names.extend(host.host().map(str::to_owned));
+                }
+                let files = remote::TlsFiles {
+                    section: "[provisioning]",
+                    cert: p.tls_cert.as_deref(),
+                    key: p.tls_key.as_deref(),
+                    names,
+                    stem: "provisioning",
+                };
+                let (tls, pin) = remote::tls_config(&files, &config.data_dir)?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (set [provisioning] tls_listen)"))?;
+                Some((listener, tokio_rustls::TlsAcceptor::from(tls), pin))
             }
         };
         let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning)?);
@@ -119,9 +153,11 @@ impl Server {
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
             config.provisioning.max_pending_nonces,
         ));
+        let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
             admin_listener,
             remote_admin,
+            provisioning_tls,
             provisioning_listener,
             datasource_listener,
             admin: admin::AdminState {
@@ -132,6 +168,7 @@ impl Server {
                 data_dir: config.data_dir.clone(),
                 public_url: config.provisioning.public_url.clone(),
                 tpm: tpm.clone(),
+                provisioning_tls_pin,
             },
             provisioning: enroll::ProvisioningState {
                 tunnels: tunnels.clone(),
@@ -196,16 +233,33 @@ impl Server {
         // axum::serve does not offer, and a timeout on the whole request of its own.
         let p = &self.config.provisioning;
         let metrics = self.tunnels.metrics.clone();
+        let provisioning_app = enroll::router(self.provisioning)
+            .merge(boot::router(self.boot))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                std::time::Duration::from_secs(p.request_timeout_secs),
+            ))
+            .layer(axum::middleware::from_fn_with_state(metrics, metrics::Metrics::count_enrollments));
+        let header_timeout = std::time::Duration::from_secs(p.header_timeout_secs);
+        let provisioning_tls = match self.provisioning_tls {
+            Some((listener, tls, _)) => {
+                tracing::info!(listen = %listener.local_addr()?, "provisioning TLS listener");
+                let serve = limits::serve(
+                    listener,
+                    provisioning_app.clone(),
+                    header_timeout,
+                    std::time::Duration::from_secs(30),
+                    stopped(),
+                    Some(tls),
+                );
+                tokio::spawn(serve)
+            }
+            None => tokio::spawn(async { Ok(()) }),
+        };
         let provisioning = limits::serve(
             self.provisioning_listener,
-            enroll::router(self.provisioning)
-                .merge(boot::router(self.boot))
-                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                    axum::http::StatusCode::REQUEST_TIMEOUT,
-                    std::time::Duration::from_secs(p.request_timeout_secs),
-                ))
-                .layer(axum::middleware::from_fn_with_state(metrics, metrics::Metrics::count_enrollments)),
-            std::time::Duration::from_secs(p.header_timeout_secs),
+            provisioning_app,
+            header_timeout,
             std::time::Duration::from_secs(30),
             stopped(),
             None,
@@ -224,6 +278,11 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
+        match provisioning_tls.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "provisioning TLS listener failed"),
+            Err(e) => tracing::error!(error = %e, "provisioning TLS listener panicked"),
+            Ok(Ok(())) => {}
+        }
         match remote.await {
             Ok(Err(e)) => tracing::error!(error = %e, "remote admin listener failed"),
             Err(e) => tracing::error!(error = %e, "remote admin listener panicked"),

@@ -88,21 +88,31 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
     next.run(req).await
 }
 
+/// Where a listener's TLS material comes from.
+pub struct TlsFiles<'a> {
+    /// `[remote_admin]` or `[provisioning]`, for messages.
+    pub section: &'static str,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    /// Names for a self-signed certificate.
+    pub names: Vec<String>,
+    /// `data_dir/<stem>.crt` and `.key` when self-signed.
+    pub stem: &'static str,
+}
+
 /// The TLS configuration: the configured certificate and key, or a self-signed pair made
-/// on first start in the data directory (key 0600). Logs the certificate's SHA-256.
-pub fn tls_config(
-    config: &crate::config::RemoteAdminConfig,
-    data_dir: &Path,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+/// on first start in the data directory (key 0600). Returns it with the certificate's
+/// SHA-256 (hex), which is logged and is what agents pin.
+pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert_path, key_path) = match (&config.tls_cert, &config.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
+    let (cert_path, key_path) = match (files.cert, files.key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
         (None, None) => {
-            let (c, k) = (data_dir.join("remote-admin.crt"), data_dir.join("remote-admin.key"));
+            let (c, k) = (data_dir.join(format!("{}.crt", files.stem)), data_dir.join(format!("{}.key", files.stem)));
             if !c.exists() || !k.exists() {
-                let mut names = config.tls_names.clone();
-                names.extend(["localhost".to_owned(), config.listen.map(|l| l.ip().to_string()).unwrap_or_default()]);
+                let mut names = files.names.clone();
+                names.push("localhost".to_owned());
                 names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::");
                 let made =
                     rcgen::generate_simple_self_signed(names).context("cannot make a self-signed certificate")?;
@@ -118,7 +128,9 @@ pub fn tls_config(
             }
             (c, k)
         }
-        _ => anyhow::bail!("[remote_admin] needs both tls_cert and tls_key, or neither (a self-signed pair is made)"),
+        _ => {
+            anyhow::bail!("{} needs both tls_cert and tls_key, or neither (a self-signed pair is made)", files.section)
+        }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|i| i.collect::<Result<_, _>>())
@@ -127,7 +139,7 @@ pub fn tls_config(
         .map_err(|e| anyhow::anyhow!("cannot read the private key {}: {e}", key_path.display()))?;
     let first = certs.first().context("the certificate file holds no certificate")?;
     let fingerprint: String = Sha256::digest(first.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
-    tracing::info!(certificate = %cert_path.display(), sha256 = %fingerprint, "remote admin TLS certificate");
+    tracing::info!(section = files.section, certificate = %cert_path.display(), sha256 = %fingerprint, "TLS certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -135,7 +147,7 @@ pub fn tls_config(
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .context("the TLS certificate and key do not match")?;
-    Ok(Arc::new(tls))
+    Ok((Arc::new(tls), fingerprint))
 }
 
 #[cfg(test)]
