@@ -199,6 +199,10 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// The sealing key file (32 bytes, mode 0600) [default: DATA_DIR/secrets.key], e.g.
+    /// on a separate, encrypted or removable volume.
+    #[arg(long, env = "FERRY_SECRETS_KEY")]
+    pub secrets_key: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

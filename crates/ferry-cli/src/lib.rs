@@ -149,6 +149,9 @@ async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => ferry_server::Config::from_file(path)?,
         None => ferry_server::Config::default(),
     };
+    if let Some(k) = args.secrets_key {
+        config.secrets_key = Some(k);
+    }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }

@@ -19,6 +19,9 @@ pub struct Config {
     /// Users besides root and the server's own user that may use the admin socket
     /// (names or numeric uids). The socket's mode must also let them connect.
     pub admin_users: Vec<String>,
+    /// The sealing key for asset tags and secrets (32 bytes, 0600); default
+    /// `data_dir/secrets.key`, created on first start.
+    pub secrets_key: Option<PathBuf>,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
     pub provisioning: ProvisioningConfig,
@@ -150,6 +153,7 @@ impl Default for Config {
             data_dir: DEFAULT_DATA_DIR.into(),
             admin_socket: DEFAULT_ADMIN_SOCKET.into(),
             admin_users: Vec::new(),
+            secrets_key: None,
             log_format: LogFormat::Text,
             provisioning: ProvisioningConfig::default(),
             wireguard: WireGuardConfig::default(),
@@ -223,7 +227,7 @@ impl Config {
     }
 
     pub fn secrets_key_path(&self) -> PathBuf {
-        self.data_dir.join("secrets.key")
+        self.secrets_key.clone().unwrap_or_else(|| self.data_dir.join("secrets.key"))
     }
 
     pub fn wireguard_key_path(&self) -> PathBuf {

@@ -308,6 +308,9 @@ pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Reque
 /// read timeout (axum::serve does not expose hyper's), each request carrying
 /// `ConnectInfo<TcpConn>` like `into_make_service_with_connect_info` would. On stop it
 /// accepts no more connections and lets open ones finish, for up to `drain`.
+/// Largest request head (request line and headers) the listeners read.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -318,7 +321,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    // Request heads (line and headers) above 64 KiB are refused (431); bodies have their
+    // own limits per route.
+    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_header_size(MAX_HEAD_BYTES);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stopped);
     loop {

@@ -284,3 +284,20 @@ async fn secrets_are_sealed_scoped_and_listed_without_values() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_is_append_only_in_the_database() {
+    let (dir, s) = store().await;
+    s.add_nodes(AddNodes { nodes: vec![new_node("n1", json!({}))] }, &actor()).await.unwrap();
+    let before = s.audit(None, 100).await.unwrap();
+    drop(s);
+    // Straight to the file, as an intruder with sqlite3 would: both are refused.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("ferry.db").display())).await.unwrap();
+    let update = sqlx::query("UPDATE audit SET actor = 'nobody'").execute(&pool).await.unwrap_err();
+    assert!(update.to_string().contains("append-only"), "{update}");
+    let delete = sqlx::query("DELETE FROM audit").execute(&pool).await.unwrap_err();
+    assert!(delete.to_string().contains("append-only"), "{delete}");
+    pool.close().await;
+    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    assert_eq!(s.audit(None, 100).await.unwrap().len(), before.len());
+}
