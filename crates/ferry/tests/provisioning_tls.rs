@@ -7,22 +7,9 @@ mod common;
 
 use common::cluster::{Cluster, SERVER_IP};
 use common::{eventually, FERRY};
-use std::process::{Command, Stdio};
 
 fn agent(c: &Cluster, i: usize, server: &str, pin: &str, timeout: &str) -> std::process::Output {
-    let n = &c.nodes[i];
-    let mut cmd: Command = n.ns.cmd(FERRY);
-    cmd.args(["agent", "--server", server, "--tls-pin", pin, "--pubkey", &c.server.public_key()])
-        .args(["--node", &n.name, "--mode", "fetch", "--interface", &n.interface, "--timeout", timeout])
-        .args(["--cmdline", "/dev/null"])
-        .arg("--seed-dir")
-        .arg(n.path("seed"))
-        .arg("--state-dir")
-        .arg(n.path("state"))
-        .arg("--ssh-dir")
-        .arg(n.path("ssh"))
-        .stdin(Stdio::null());
-    cmd.output().expect("agent")
+    c.agent_to(i, "fetch", server, &c.server.public_key(), timeout).args(["--tls-pin", pin]).output().expect("agent")
 }
 
 #[test]

@@ -128,10 +128,15 @@ impl Cluster {
 
     /// `ferry agent` pinning `pubkey` as the server's key.
     pub fn agent_pinning(&self, i: usize, mode: &str, pubkey: &str) -> Command {
+        self.agent_to(i, mode, &format!("http://{SERVER_IP}:8470"), pubkey, "60s")
+    }
+
+    /// `ferry agent` for node `i` against `server`, giving up after `timeout`.
+    pub fn agent_to(&self, i: usize, mode: &str, server: &str, pubkey: &str, timeout: &str) -> Command {
         let n = &self.nodes[i];
         let mut c = n.ns.cmd(FERRY);
-        c.args(["agent", "--server", &format!("http://{SERVER_IP}:8470"), "--pubkey", pubkey, "--node", &n.name])
-            .args(["--mode", mode, "--interface", &n.interface, "--timeout", "60s", "--cmdline", "/dev/null"])
+        c.args(["agent", "--server", server, "--pubkey", pubkey, "--node", &n.name])
+            .args(["--mode", mode, "--interface", &n.interface, "--timeout", timeout, "--cmdline", "/dev/null"])
             .arg("--seed-dir")
             .arg(n.path("seed"))
             .arg("--state-dir")
