@@ -3,6 +3,8 @@
 //! `ferry_agent::cmdline::parse` on the bytes decoded exactly as `FerryParams::read` does
 //! (lossy UTF-8), `FerryParams::from_params`, then the parsers `Config::build` applies to
 //! the values: the pinned WireGuard key, the node name and the TPM's TCTI string.
+//! (`ServerUrl::parse` and the `ferry.tls=` pin parser live in the agent's private
+//! `config` module and are not reached; see docs/fuzzing.md.)
 #![no_main]
 
 use ferry_agent::cmdline::{parse, FerryParams};

@@ -130,6 +130,7 @@ for i, s in enumerate([
     "ferry.tpm=device:/dev/tpm0 -- single",
     f'a="b c" "ferry.node=n002" ferry.tpm ferry.tpm=swtpm:host=127.0.0.1,port=2321 ferry.pubkey="{KEY}"',
     "ferry.server= ferry.node ferry.tpm=mssim:port=2321 x=\"unbalanced",
+    f"ferry.server=https://10.0.0.1:8443 ferry.tls=sha256:{'ab:' * 31}ab ferry.pubkey={KEY} ferry.node=n003",
 ]):
     write("kernel_cmdline", f"seed-{i}", s)
 
