@@ -123,6 +123,7 @@ for t in "${targets[@]}"; do
         [ -n "$artifact" ] && result="$result: $artifact"
         grep -qE 'out-of-memory|malloc\(.*\) exceeds' "$log" && result="$result [OOM]"
         grep -q 'ERROR: libFuzzer: timeout' "$log" && result="$result [timeout]"
+        grep -q 'libFuzzer: run interrupted' "$log" && result="INTERRUPTED (exit $status)"
     elif [ -n "$execs" ] && [ "$execs" -lt "$runs" ]; then
         failed=1
         result="FAILED: only $execs executions"
