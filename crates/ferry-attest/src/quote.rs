@@ -70,10 +70,14 @@ pub fn parse_quote(attest: &[u8]) -> Result<QuoteInfo, AttestError> {
     for _ in 0..banks {
         let hash = r.u16()?;
         let size = r.u8()?;
+        // 32 bytes select PCRs 0-255, far more than any TPM has (PC Client: 3 bytes).
+        if size > 32 {
+            return Err(AttestError::malformed("TPMS_ATTEST", format!("a {size}-byte PCR selection")));
+        }
         let bitmap = r.bytes(usize::from(size))?;
         let indexes = (0..bitmap.len() * 8)
             .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-            .map(|i| i as u8) // a bitmap has at most 255 * 8 bits; PCRs are < 256
+            .map(|i| i as u8) // at most 256 bits: indexes 0..=255
             .collect();
         selection.push((hash, indexes));
     }
@@ -185,6 +189,16 @@ mod tests {
             verify_quote(&ak, &attest, &sig, &q, &[0, 7], &short),
             Err(QuoteError::WrongSelection { .. })
         ));
+    }
+
+    #[test]
+    fn an_oversized_pcr_selection_is_malformed() {
+        // The fixture's selection: count 1, bank SHA-256, 3 bytes. Make it 33 bytes.
+        let mut attest = fixture("quote.msg");
+        let at = attest.windows(3).position(|w| w == [0x00, 0x0b, 0x03]).unwrap();
+        attest[at + 2] = 33;
+        attest.splice(at + 6..at + 6, [0u8; 30]);
+        assert!(parse_quote(&attest).unwrap_err().to_string().contains("33-byte PCR selection"));
     }
 
     #[test]

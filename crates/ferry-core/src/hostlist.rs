@@ -8,6 +8,11 @@ use crate::CoreError;
 /// (`n[1-1000000]`) and would otherwise allocate without bound.
 pub const MAX_HOSTS: usize = 65_536;
 
+/// The longest entry (between commas) expanded. A name is never longer than the entry
+/// that made it, and names are at most 63 characters, so this bounds the memory an
+/// expansion takes (65,536 names of a 100 KB prefix would be gigabytes).
+pub const MAX_ENTRY_BYTES: usize = 255;
+
 /// Expands a hostlist into names, in order, without duplicates.
 pub fn expand(input: &str) -> Result<Vec<String>, CoreError> {
     let err = |reason: &str| CoreError::Hostlist { input: input.to_owned(), reason: reason.to_owned() };
@@ -15,6 +20,9 @@ pub fn expand(input: &str) -> Result<Vec<String>, CoreError> {
     for item in split_top_level(input).map_err(|r| err(&r))? {
         if item.is_empty() {
             return Err(err("empty entry (check for a stray comma)"));
+        }
+        if item.len() > MAX_ENTRY_BYTES {
+            return Err(err(&format!("an entry is longer than {MAX_ENTRY_BYTES} characters")));
         }
         let mut names = vec![String::new()];
         let mut rest = item;
@@ -104,6 +112,14 @@ fn expand_ranges(spec: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_entries_are_refused_before_expanding() {
+        let huge = format!("{}[1-65536]", "n".repeat(100_000));
+        let e = expand(&huge).unwrap_err().to_string();
+        assert!(e.contains("longer than 255"), "{}", &e[e.len() - 80..]);
+        assert_eq!(expand(&format!("{}[1-2]", "n".repeat(240))).unwrap().len(), 2);
+    }
 
     #[test]
     fn expands_common_forms() {

@@ -394,7 +394,8 @@ pub fn check_secret_name(name: &str) -> Result<(), CoreError> {
 
 /// Even-length hex (either case) to bytes.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    // from_str_radix alone would take "+f" as a pair.
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -502,6 +503,7 @@ mod tests {
         assert_eq!(decode_hex("0aFF"), Some(vec![0x0a, 0xff]));
         assert_eq!(decode_hex("0"), None);
         assert_eq!(decode_hex("é1"), None);
+        assert_eq!(decode_hex("+f"), None);
     }
 
     #[test]
