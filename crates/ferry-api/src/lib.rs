@@ -1,4 +1,4 @@
-//! Wire types of ferry's HTTP APIs. The server, the CLI and (later) the node agent all
+//! Wire types of ferry's HTTP APIs. The server, the CLI and the node agent all
 //! speak these, so a field renamed here is renamed everywhere at compile time.
 
 pub mod admin;

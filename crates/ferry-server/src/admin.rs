@@ -504,7 +504,7 @@ async fn healthz() -> &'static str {
 /// Ready to provision: the store answers and the WireGuard device is up.
 async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> {
     let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why);
-    s.store.audit(None, 1).await.map_err(|e| unavailable(format!("the store does not answer: {e}")))?;
+    s.store.ping().await.map_err(|e| unavailable(format!("the store does not answer: {e}")))?;
     if !s.tunnels.device_up().await {
         return Err(unavailable("the WireGuard device is down".into()));
     }

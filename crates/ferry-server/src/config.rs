@@ -66,7 +66,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The provisioning network listener: enrollment (and boot scripts, later).
+/// The provisioning network listener: enrollment, boot scripts and artifacts.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvisioningConfig {

@@ -207,23 +207,19 @@ impl Server {
                 std::time::Duration::from_secs(30),
             )
         };
-        let remote = match self.remote_admin {
-            Some((listener, tls)) => {
-                tracing::info!(listen = %listener.local_addr()?, "remote admin listener (TLS, bearer tokens)");
-                let app = admin::remote_router(self.admin.clone()).layer(timeout());
-                let header_timeout = std::time::Duration::from_secs(self.config.provisioning.header_timeout_secs);
-                let serve = limits::serve(
-                    listener,
-                    app,
-                    header_timeout,
-                    std::time::Duration::from_secs(5),
-                    stopped(),
-                    Some(tls),
-                );
-                tokio::spawn(serve)
-            }
-            None => tokio::spawn(async { Ok(()) }),
+        let header_timeout = std::time::Duration::from_secs(self.config.provisioning.header_timeout_secs);
+        // The TLS listeners are optional; each runs in a task of its own.
+        let spawn_tls = |what: &'static str, listener: TcpListener, tls, app| {
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %addr, "{what} listener (TLS)");
+            let drain = std::time::Duration::from_secs(30);
+            (what, tokio::spawn(limits::serve(listener, app, header_timeout, drain, stopped(), Some(tls))))
         };
+        let mut tls_tasks = Vec::new();
+        if let Some((listener, tls)) = self.remote_admin {
+            let app = admin::remote_router(self.admin.clone()).layer(timeout());
+            tls_tasks.push(spawn_tls("remote admin", listener, tls, app));
+        }
         let admin = axum::serve(
             self.admin_listener,
             admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
@@ -240,22 +236,9 @@ impl Server {
                 std::time::Duration::from_secs(p.request_timeout_secs),
             ))
             .layer(axum::middleware::from_fn_with_state(metrics, metrics::Metrics::count_enrollments));
-        let header_timeout = std::time::Duration::from_secs(p.header_timeout_secs);
-        let provisioning_tls = match self.provisioning_tls {
-            Some((listener, tls, _)) => {
-                tracing::info!(listen = %listener.local_addr()?, "provisioning TLS listener");
-                let serve = limits::serve(
-                    listener,
-                    provisioning_app.clone(),
-                    header_timeout,
-                    std::time::Duration::from_secs(30),
-                    stopped(),
-                    Some(tls),
-                );
-                tokio::spawn(serve)
-            }
-            None => tokio::spawn(async { Ok(()) }),
-        };
+        if let Some((listener, tls, _)) = self.provisioning_tls {
+            tls_tasks.push(spawn_tls("provisioning", listener, tls, provisioning_app.clone()));
+        }
         let provisioning = limits::serve(
             self.provisioning_listener,
             provisioning_app,
@@ -278,15 +261,12 @@ impl Server {
             let _ = stop_tx.send(true);
         };
         let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
-        match provisioning_tls.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "provisioning TLS listener failed"),
-            Err(e) => tracing::error!(error = %e, "provisioning TLS listener panicked"),
-            Ok(Ok(())) => {}
-        }
-        match remote.await {
-            Ok(Err(e)) => tracing::error!(error = %e, "remote admin listener failed"),
-            Err(e) => tracing::error!(error = %e, "remote admin listener panicked"),
-            Ok(Ok(())) => {}
+        for (what, task) in tls_tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "{what} TLS listener failed"),
+                Err(e) => tracing::error!(error = %e, "{what} TLS listener panicked"),
+            }
         }
         self.tunnels.shutdown().await;
         if let Err(e) = self.tunnels.store.flush().await {

@@ -156,6 +156,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes every queued audit entry (at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+    /// A trivial query: does the database answer (readiness checks)?
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Registers (`Some`) or clears (`None`) a node's TPM; the EK must not identify
     /// another node.

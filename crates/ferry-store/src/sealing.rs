@@ -1,4 +1,4 @@
-//! Encryption at rest for secrets kept in the store (asset tags now, more later).
+//! Encryption at rest for secrets kept in the store (asset tags, template secrets).
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};

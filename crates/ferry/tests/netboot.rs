@@ -45,6 +45,16 @@ fn server() -> TestServer {
     )
 }
 
+/// What every VM test starts with: its prerequisites (or a clear error), its turn on the
+/// machine, the Debian kernel's version and a server.
+fn vm_test() -> (std::sync::MutexGuard<'static, ()>, String, TestServer) {
+    common::require_root();
+    qemu::require_qemu();
+    let kver = qemu::debian_kernel();
+    let one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    (one, kver, server())
+}
+
 /// Builds the node initramfs with this ferry binary and imports it with the Debian
 /// kernel as image `name` (with `rootfs` as its root file system, if given).
 fn import_image(s: &TestServer, kver: &str, name: &str, rootfs: Option<&Path>) -> Duration {
@@ -174,13 +184,8 @@ fn uptime_of(line: &str) -> Option<f64> {
 
 #[test]
 fn qemu_network_boots_a_node_with_kernel_wireguard_and_phones_home() {
-    common::require_root();
-    qemu::require_qemu();
-    let kver = qemu::debian_kernel();
-    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let (_one, kver, s) = vm_test();
     let test_started = Instant::now();
-
-    let s = server();
     let build = import_image(&s, &kver, "netboot", None);
     let tag = add_node(
         &s,
@@ -293,13 +298,8 @@ $bb poweroff -f
 #[test]
 fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
     use std::os::unix::fs::PermissionsExt;
-    common::require_root();
-    qemu::require_qemu();
-    let kver = qemu::debian_kernel();
-    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let (_one, kver, s) = vm_test();
     let test_started = Instant::now();
-
-    let s = server();
     // A tiny image: busybox and an init that reports where it runs.
     let root = s.dir.path().join("image-root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
@@ -360,12 +360,7 @@ mod swtpm;
 /// initramfs builder added beside the TCTI loader.
 #[test]
 fn qemu_node_proves_its_tpm_from_the_initramfs() {
-    common::require_root();
-    qemu::require_qemu();
-    let kver = qemu::debian_kernel();
-    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-
-    let s = server();
+    let (_one, kver, s) = vm_test();
     import_image(&s, &kver, "netboot", None);
     // Manufacture the node's TPM and read its EK (over swtpm's TCP socket), then hand
     // the same TPM state to QEMU (over swtpm's control socket).

@@ -5,18 +5,9 @@ mod common;
 
 use common::cluster::Cluster;
 use common::eventually;
-use std::process::Command;
 
 fn get(c: &Cluster, path: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "5", "-w", "\n%{http_code}", "--unix-socket"])
-        .arg(&c.server.socket)
-        .arg(format!("http://ferry{path}"))
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    c.server.admin_get(path)
 }
 
 fn metric(text: &str, name: &str) -> f64 {

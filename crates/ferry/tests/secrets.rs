@@ -10,7 +10,7 @@ use base64::Engine;
 use common::cluster::Cluster;
 use common::eventually;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 const USER_DATA: &str = "#cloud-config\nwrite_files:\n- path: /etc/munge/munge.key\n  encoding: b64\n  content: {{ secret_base64('munge.key') }}\n- path: /etc/site-token\n  content: '{{ secret('site.token') }}'\n";
 
@@ -110,13 +110,7 @@ fn secrets_reach_only_their_nodes_through_the_tunnel_and_nowhere_else() {
         seen.push_str(&c.server.ok(&args));
     }
     seen.push_str(&c.server.log_text());
-    let metrics = Command::new("curl")
-        .args(["-s", "-m", "5", "--unix-socket"])
-        .arg(&c.server.socket)
-        .arg("http://ferry/metrics")
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let (_, metrics) = c.server.admin_get("/metrics");
     assert!(metrics.contains("ferry_secrets_delivered_total 4"), "{metrics}");
     seen.push_str(&metrics);
     let munge_b64 = B64.encode(&munge);

@@ -12,14 +12,13 @@ mod swtpm;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use common::cluster::{Cluster, SERVER_IP};
+use common::cluster::Cluster;
 use common::eventually;
 use common::raw::in_netns;
 use ferry_agent::tpm::{AttestationKey, Endorsement, Tpm};
 use ferry_api::enroll::{TpmCredentialChallenge, TpmProof};
 use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::NodeName;
-use std::io::{Read, Write};
 use std::path::Path;
 use swtpm::{LocalCa, Swtpm};
 
@@ -50,19 +49,8 @@ fn fingerprint(ek: &Endorsement) -> String {
 
 /// A JSON POST to the provisioning listener, from the current (namespaced) thread.
 fn post(path: &str, body: &serde_json::Value) -> (u16, String) {
-    let body = body.to_string();
-    let mut s = std::net::TcpStream::connect((SERVER_IP, 8470)).expect("connect to the server");
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {SERVER_IP}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let reply = common::raw::post(path, "", &body.to_string());
+    (reply.status, reply.body)
 }
 
 /// The attacker's (and a careful node's) view of the protocol, step by step.

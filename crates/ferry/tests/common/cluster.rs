@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 
 pub const SERVER_IP: &str = "198.18.0.1";
 pub const DATASOURCE: &str = "http://100.64.0.1:8471";
+const USERSPACE: &str = "backend = \"userspace\"\n";
 
 pub struct Node {
     pub ns: Netns,
@@ -52,33 +53,32 @@ impl Node {
 
 impl Cluster {
     pub fn new(nodes: usize) -> Cluster {
-        Self::with_wireguard(nodes, "backend = \"userspace\"\n", |_| None)
+        Self::with_wireguard(nodes, USERSPACE, |_| None)
     }
 
     /// A cluster whose server has these `[provisioning]` keys (e.g. limits).
     pub fn with_provisioning(nodes: usize, provisioning: &str) -> Cluster {
-        let mut c = Cluster::new(nodes);
-        // The harness writes `[provisioning]` itself; add the keys to it and restart.
-        c.server.stop();
-        let toml = std::fs::read_to_string(&c.server.config).expect("server config");
-        let toml = toml.replacen("[provisioning]\n", &format!("[provisioning]\n{provisioning}\n"), 1);
-        std::fs::write(&c.server.config, toml).expect("server config");
-        c.server.launch();
-        c
+        Self::build(nodes, "", provisioning, USERSPACE, |_| None)
     }
 
     /// A cluster whose server config has `top` (TOML, e.g. a `[tpm]` table) added.
     pub fn with_config(nodes: usize, top: &str) -> Cluster {
-        Self::build(nodes, top, "backend = \"userspace\"\n", |_| None)
+        Self::build(nodes, top, "", USERSPACE, |_| None)
     }
 
     /// `prepare` runs in the server namespace before the server starts (e.g. to start
     /// wireguard-go for the uapi backend) and may name the interface to attach to.
     pub fn with_wireguard(count: usize, wireguard: &str, prepare: impl FnOnce(&Netns) -> Option<String>) -> Cluster {
-        Self::build(count, "", wireguard, prepare)
+        Self::build(count, "", "", wireguard, prepare)
     }
 
-    fn build(count: usize, top: &str, wireguard: &str, prepare: impl FnOnce(&Netns) -> Option<String>) -> Cluster {
+    fn build(
+        count: usize,
+        top: &str,
+        provisioning: &str,
+        wireguard: &str,
+        prepare: impl FnOnce(&Netns) -> Option<String>,
+    ) -> Cluster {
         let srv = Netns::new("fcs");
         let bridge = "br0";
         srv.sh(&["ip", "link", "add", bridge, "type", "bridge"]);
@@ -108,7 +108,8 @@ impl Cluster {
             nodes.push(Node { ns, name, ip, mac, dir, interface: unique("fyn") });
         }
         let interface = prepare(&srv);
-        let server = TestServer::start_in(srv, top, &format!("{SERVER_IP}:8470"), wireguard, interface);
+        let listen = format!("{SERVER_IP}:8470");
+        let server = TestServer::start_in_with(srv, top, &listen, provisioning, wireguard, interface);
         Cluster { nodes, server }
     }
 

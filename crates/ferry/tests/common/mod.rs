@@ -190,6 +190,19 @@ impl TestServer {
         serde_json::from_str(&self.ok(args)).expect("JSON output")
     }
 
+    /// A GET on the admin socket by path (`/metrics`, `/readyz`): (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "5", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(&self.socket)
+            .arg(format!("http://ferry{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
