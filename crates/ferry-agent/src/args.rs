@@ -29,18 +29,19 @@ pub enum WgBackendArg {
 /// WireGuard tunnel, phone home and tear the tunnel down.
 ///
 /// Configuration comes from the kernel command line (`ferry.server=URL[,URL...]`,
-/// `ferry.pubkey=KEY`, optional `ferry.node=NAME`); flags override it. Only the
+/// `ferry.pubkey=KEY[,KEY...]`, optional `ferry.node=NAME`); flags override it. Only the
 /// datasource line is printed on standard output; logs go to standard error.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
-    /// Enrollment server URL(s), comma-separated (overrides ferry.server=). Only the
-    /// first is used for now.
+    /// Enrollment server URL(s), comma-separated (overrides ferry.server=). With
+    /// several, the agent fails over to the next one when a server is unreachable,
+    /// busy, or lost after enrolling.
     #[arg(long, value_name = "URL[,URL...]")]
     pub server: Option<String>,
 
-    /// The ferry server's WireGuard public key, base64 (overrides ferry.pubkey=). The
-    /// agent refuses any server that presents another key.
-    #[arg(long, value_name = "KEY")]
+    /// The ferry servers' WireGuard public keys, base64, comma-separated (overrides
+    /// ferry.pubkey=). The agent refuses any server that presents another key.
+    #[arg(long, value_name = "KEY[,KEY...]")]
     pub pubkey: Option<String>,
 
     /// This node's name in the ferry inventory (overrides ferry.node=). Needed to prove
@@ -54,9 +55,10 @@ pub struct AgentArgs {
     #[arg(long, value_name = "TCTI", num_args = 0..=1, default_missing_value = "device")]
     pub tpm: Option<String>,
 
-    /// The SHA-256 of the server's TLS certificate (`sha256:HEX`, overrides ferry.tls=),
-    /// for an https:// server: the agent accepts that certificate and no other.
-    #[arg(long, value_name = "sha256:HEX")]
+    /// The SHA-256 of the servers' TLS certificates (`sha256:HEX[,sha256:HEX...]`,
+    /// overrides ferry.tls=), for https:// servers: the agent accepts those
+    /// certificates and no other.
+    #[arg(long, value_name = "sha256:HEX[,...]")]
     pub tls_pin: Option<String>,
 
     /// fetch: write the seed and tear down; cloud-init: keep the tunnel for cloud-init.
@@ -84,7 +86,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// How long to wait for the datasource to answer through a new tunnel.
+    /// How long to wait for the datasource to answer through a new tunnel (with
+    /// several servers: how long a silent server is given before failing over).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub tunnel_timeout: Duration,
 

@@ -105,7 +105,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             mac = %self.mac,
             ek_certificate = identity.ek_certificate.is_some(),
             "asking {} for a TPM credential",
-            self.cfg.server().base
+            self.server().base
         );
         let challenge: TpmCredentialChallenge =
             match self.post(TPM_CREDENTIAL_PATH, Some(&request), "TPM credential request").await {

@@ -122,17 +122,20 @@ impl Default for Tuning {
 /// Everything the agent needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Enrollment servers (at least one; only the first is used for now).
+    /// Enrollment servers (at least one), tried in order: the agent fails over to the
+    /// next one when a server is unreachable, busy, or lost mid-boot.
     pub servers: Vec<ServerUrl>,
-    /// The server's WireGuard key, pinned.
-    pub pinned: PublicKey,
+    /// The servers' WireGuard keys, pinned (`ferry.pubkey=K1,K2,...`): an enrollment
+    /// answer must offer one of them.
+    pub pinned: Vec<PublicKey>,
     pub node: Option<NodeName>,
     /// The asset tag, if the machine has a real one. Never logged.
     pub asset_tag: Option<Zeroizing<String>>,
     /// The TPM to prove the `tpm` factor with (`--tpm`, `ferry.tpm`); `None`: no TPM.
     pub tpm: Option<Tcti>,
-    /// The SHA-256 of the https server's certificate (`--tls-pin`, `ferry.tls`).
-    pub tls_pin: Option<[u8; 32]>,
+    /// The SHA-256 of the https servers' certificates (`--tls-pin`, `ferry.tls`; one per
+    /// server when they have different certificates).
+    pub tls_pins: Vec<[u8; 32]>,
     /// `--mac`; when `None` it is discovered from the route to the server.
     pub mac: Option<MacAddr>,
     pub mode: Mode,
@@ -191,9 +194,16 @@ impl Config {
                     .into(),
             )
         })?;
-        let pinned: PublicKey = pubkey
-            .parse()
-            .map_err(|e| AgentError::Config(format!("invalid server key in ferry.pubkey= / --pubkey: {e}")))?;
+        let pinned = split_list(&pubkey)
+            .iter()
+            .map(|k| {
+                k.parse::<PublicKey>()
+                    .map_err(|e| AgentError::Config(format!("invalid server key in ferry.pubkey= / --pubkey: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if pinned.is_empty() {
+            return Err(AgentError::Config("ferry.pubkey= / --pubkey is empty: give the server's key".into()));
+        }
         let node = match args.node.clone().or(params.node) {
             Some(n) => Some(
                 NodeName::parse(&n)
@@ -201,11 +211,11 @@ impl Config {
             ),
             None => None,
         };
-        let tls_pin = match args.tls_pin.as_deref().or(params.tls.as_deref()) {
-            Some(pin) => Some(parse_pin(pin)?),
-            None => None,
+        let tls_pins = match args.tls_pin.as_deref().or(params.tls.as_deref()) {
+            Some(pins) => split_list(pins).iter().map(|p| parse_pin(p)).collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
         };
-        match (servers.iter().any(|s| s.https), tls_pin.is_some()) {
+        match (servers.iter().any(|s| s.https), !tls_pins.is_empty()) {
             (true, false) => {
                 return Err(AgentError::Config(
                     "an https:// ferry.server needs the certificate pinned: add ferry.tls=sha256:HEX \
@@ -251,7 +261,7 @@ impl Config {
             node,
             asset_tag,
             tpm,
-            tls_pin,
+            tls_pins,
             mac,
             mode: args.mode,
             interface: args.interface.clone(),
@@ -269,8 +279,8 @@ impl Config {
         })
     }
 
-    /// The server in use.
-    pub fn server(&self) -> &ServerUrl {
+    /// The first server: the one whose route tells which interface (and MAC) boots.
+    pub fn first_server(&self) -> &ServerUrl {
         // `build` guarantees at least one; index 0 of a non-empty Vec.
         &self.servers[0]
     }
@@ -410,8 +420,8 @@ mod tests {
             ..Default::default()
         };
         let c = Config::build(&args(&[]), params("https://10.0.0.1:8443", Some(&pin)), None).expect("valid");
-        assert_eq!(c.tls_pin, Some([0xab; 32]));
-        assert!(c.server().https && c.server().base == "https://10.0.0.1:8443");
+        assert_eq!(c.tls_pins, vec![[0xab; 32]]);
+        assert!(c.first_server().https && c.first_server().base == "https://10.0.0.1:8443");
         assert_eq!(ServerUrl::parse("https://h").unwrap().port, 443);
         let e = Config::build(&args(&[]), params("https://10.0.0.1:8443", None), None).unwrap_err();
         assert!(e.to_string().contains("ferry.tls=sha256:"), "{e}");
@@ -421,7 +431,27 @@ mod tests {
         assert!(e.to_string().contains("64 hex digits"), "{e}");
         let colons = (0..32).map(|_| "AB").collect::<Vec<_>>().join(":");
         let flag = Config::build(&args(&["--tls-pin", &colons]), params("https://h", None), None).expect("flag");
-        assert_eq!(flag.tls_pin, Some([0xab; 32]));
+        assert_eq!(flag.tls_pins, vec![[0xab; 32]]);
+    }
+
+    #[test]
+    fn several_servers_keys_and_pins() {
+        let other = ferry_wg::PrivateKey::from_bytes([3; 32]).public_key().to_base64();
+        let params = FerryParams {
+            servers: vec!["https://a:1".into(), "https://b:2".into()],
+            pubkey: Some(format!("{KEY}, {other}")),
+            tls: Some(format!("sha256:{},sha256:{}", "ab".repeat(32), "cd".repeat(32))),
+            ..Default::default()
+        };
+        let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.pinned.len(), 2);
+        assert_eq!(c.pinned[1].to_base64(), other);
+        assert_eq!(c.tls_pins, vec![[0xab; 32], [0xcd; 32]]);
+        let bad = FerryParams { pubkey: Some(format!("{KEY},nope")), ..params.clone() };
+        assert!(Config::build(&args(&[]), bad, None).is_err(), "every pinned key must be valid");
+        let empty = FerryParams { pubkey: Some(",".into()), ..params };
+        assert!(Config::build(&args(&[]), empty, None).is_err(), "no key at all");
     }
 
     #[test]
@@ -435,7 +465,7 @@ mod tests {
         };
         let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
         assert_eq!(c.servers.len(), 2);
-        assert_eq!(c.server().host, "a");
+        assert_eq!(c.first_server().host, "a");
         assert_eq!(c.node.as_ref().map(NodeName::as_str), Some("n1"));
         let c = Config::build(
             &args(&["--server", "http://c:3", "--node", "n2", "--mac", "52-54-00-12-34-56"]),
@@ -443,7 +473,7 @@ mod tests {
             None,
         )
         .expect("valid");
-        assert_eq!(c.server().host, "c");
+        assert_eq!(c.first_server().host, "c");
         assert_eq!(c.node.as_ref().map(NodeName::as_str), Some("n2"));
         assert_eq!(c.mac.map(|m| m.to_string()).as_deref(), Some("52:54:00:12:34:56"));
     }

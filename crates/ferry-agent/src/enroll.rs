@@ -50,7 +50,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             Ok(json) => json,
             Err(e) => return Err(State::Failed(AgentError::Protocol(format!("cannot encode the {what}: {e}")))),
         };
-        let url = self.cfg.server().url(path);
+        let url = self.server().url(path);
         let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
         let resp = match self.transport.send(Request::post(url, json, timeout)).await {
             Ok(r) => r,
@@ -85,7 +85,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             asset_tag_proof = proof.is_some(),
             tpm_proof = tpm.is_some(),
             "enrolling with {}",
-            self.cfg.server().base
+            self.server().base
         );
         let request = EnrollRequest {
             mac: self.mac.to_string(),
@@ -104,8 +104,11 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         match self.validate(answer).await {
             Ok(lease) => {
                 tracing::info!(node = %lease.node, address = %lease.node_address, ttl_secs = lease.expires_in.as_secs(), "enrolled");
-                // Enrollment is not retried from here on: release the TPM.
-                self.tpm = None;
+                // With one server, enrollment is not retried from here on: release the
+                // TPM. With several, a lost server means enrolling again elsewhere.
+                if !self.has_other_servers() {
+                    self.tpm = None;
+                }
                 State::Enrolled { lease }
             }
             Err(e) => State::Failed(e),
@@ -116,12 +119,13 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// addresses, and that both URLs point inside the tunnel.
     pub(crate) async fn validate(&self, a: EnrollResponse) -> Result<Lease, AgentError> {
         let offered = a.server_public_key.parse::<PublicKey>().ok();
-        if offered != Some(self.cfg.pinned) {
+        let Some(server_key) = offered.filter(|k| self.cfg.pinned.contains(k)) else {
+            let pinned: Vec<String> = self.cfg.pinned.iter().map(PublicKey::to_base64).collect();
             return Err(AgentError::KeyMismatch {
-                pinned: self.cfg.pinned.to_base64(),
+                pinned: pinned.join(","),
                 offered: a.server_public_key.chars().take(64).collect(),
             });
-        }
+        };
         let ip = |what: &str, s: &str| {
             s.parse::<IpAddr>().map_err(|_| AgentError::Protocol(format!("{what} {s:?} is not an IP address")))
         };
@@ -139,6 +143,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             }
         }
         Ok(Lease {
+            server_key,
             endpoint: self.resolve_endpoint(&a.endpoint).await?,
             node: a.node,
             node_address,
@@ -158,7 +163,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let port: u16 = port.parse().map_err(|_| bad("invalid port".into()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let host = match host.parse::<IpAddr>() {
-            Ok(ip) if ip.is_unspecified() => self.cfg.server().host.clone(),
+            Ok(ip) if ip.is_unspecified() => self.server().host.clone(),
             _ => host.to_string(),
         };
         if let Ok(ip) = host.parse::<IpAddr>() {

@@ -74,26 +74,26 @@ pub trait Transport: Send + Sync {
 }
 
 /// HTTP/1.1 over plain TCP.
-/// The real transport. `https://` URLs need `tls_pin`: the server's certificate is
-/// accepted if its SHA-256 is the pin, and only then (no CA, no name check: the pin is
-/// the identity, as with `ferry.pubkey=` for WireGuard).
+/// The real transport. `https://` URLs need `tls_pins`: the server's certificate is
+/// accepted if its SHA-256 is one of the pins, and only then (no CA, no name check: the
+/// pin is the identity, as with `ferry.pubkey=` for WireGuard).
 #[derive(Debug, Clone, Default)]
 pub struct HyperTransport {
-    pub tls_pin: Option<[u8; 32]>,
+    pub tls_pins: Vec<[u8; 32]>,
 }
 
 #[async_trait]
 impl Transport for HyperTransport {
     async fn send(&self, req: Request) -> Result<Response, TransportError> {
         let url = req.url.clone();
-        match tokio::time::timeout(req.timeout, send(req, self.tls_pin)).await {
+        match tokio::time::timeout(req.timeout, send(req, &self.tls_pins)).await {
             Ok(result) => result,
             Err(_) => Err(TransportError(format!("no answer from {url} (timed out)"))),
         }
     }
 }
 
-async fn send(req: Request, tls_pin: Option<[u8; 32]>) -> Result<Response, TransportError> {
+async fn send(req: Request, tls_pins: &[[u8; 32]]) -> Result<Response, TransportError> {
     let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
     let uri: Uri = req.url.parse().map_err(|e| err("invalid URL", &e))?;
     let https = match uri.scheme_str() {
@@ -108,20 +108,21 @@ async fn send(req: Request, tls_pin: Option<[u8; 32]>) -> Result<Response, Trans
     if !https {
         return exchange(stream, &req, &uri, &authority).await;
     }
-    let pin = tls_pin
-        .ok_or_else(|| TransportError(format!("{} is https but no certificate is pinned (ferry.tls=)", req.url)))?;
+    if tls_pins.is_empty() {
+        return Err(TransportError(format!("{} is https but no certificate is pinned (ferry.tls=)", req.url)));
+    }
     let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| err("invalid host in", &e))?;
-    let tls = tokio_rustls::TlsConnector::from(pinned_tls(pin))
+    let tls = tokio_rustls::TlsConnector::from(pinned_tls(tls_pins.to_vec()))
         .connect(name, stream)
         .await
         .map_err(|e| err("TLS with", &e))?;
     exchange(tls, &req, &uri, &authority).await
 }
 
-/// A TLS client that accepts exactly the pinned certificate.
-fn pinned_tls(pin: [u8; 32]) -> std::sync::Arc<rustls::ClientConfig> {
+/// A TLS client that accepts exactly the pinned certificates.
+fn pinned_tls(pins: Vec<[u8; 32]>) -> std::sync::Arc<rustls::ClientConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = std::sync::Arc::new(PinnedCertificate { pin, provider: provider.clone() });
+    let verifier = std::sync::Arc::new(PinnedCertificate { pins, provider: provider.clone() });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions")
@@ -131,11 +132,11 @@ fn pinned_tls(pin: [u8; 32]) -> std::sync::Arc<rustls::ClientConfig> {
     std::sync::Arc::new(config)
 }
 
-/// Certificate pinning: the end-entity certificate's SHA-256 must be the pin; the
+/// Certificate pinning: the end-entity certificate's SHA-256 must be a pin; the
 /// handshake signatures are still verified, so only the key's holder gets through.
 #[derive(Debug)]
 struct PinnedCertificate {
-    pin: [u8; 32],
+    pins: Vec<[u8; 32]>,
     provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -151,10 +152,10 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
         use sha2::Digest;
         let seen: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
         // The pin is a public digest of a public certificate: no timing to hide.
-        if seen == self.pin {
+        if self.pins.contains(&seen) {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::General("the server's TLS certificate is not the one pinned by ferry.tls=".into()))
+            Err(rustls::Error::General("the server's TLS certificate is not one pinned by ferry.tls=".into()))
         }
     }
 

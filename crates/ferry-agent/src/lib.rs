@@ -33,6 +33,13 @@
 //! `--timeout` bounds everything before the tunnel is released: MAC discovery,
 //! enrollment retries, the tunnel probe, fetching and phone-home.
 //!
+//! **Several servers** (`ferry.server=URL1,URL2,...`, `ferry.pubkey=K1,K2,...`: every
+//! server's key is pinned, and an answer must offer one of them). Enrollment retries go
+//! round the list with back-off. A server lost after enrolling (its tunnel does not
+//! answer within `--tunnel-timeout`, or phone-home fails) means: remove the tunnel,
+//! make a fresh key and enroll at the next server. Re-enrolling replaces the node's
+//! tunnel wherever it was, so the node never needs to know which server failed.
+//!
 //! Exit codes ([`AgentError::exit_code`]): 0 ok, 2 usage or configuration, 3 refused by
 //! the server, 4 server key mismatch, 5 server unreachable or timed out, 6 tunnel or
 //! fetch failure, 1 anything else.
@@ -57,6 +64,8 @@ pub mod tcti;
 pub mod tpm;
 mod tunnel;
 
+#[cfg(test)]
+mod failover_tests;
 #[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
@@ -89,7 +98,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome, AgentError> {
         Some(mac) => mac,
         None => discover_mac(&cfg, &deadline).await?,
     };
-    let transport = http::HyperTransport { tls_pin: cfg.tls_pin };
+    let transport = http::HyperTransport { tls_pins: cfg.tls_pins.clone() };
     let mut agent = machine::Agent::new(cfg, mac, transport, tunnel::WgTunnels, Box::new(std::io::stdout()));
     if let Some(tpm) = tpm {
         agent = agent.with_tpm(tpm);
@@ -109,7 +118,7 @@ pub async fn teardown(args: TeardownArgs) -> Result<(), AgentError> {
 async fn discover_mac(cfg: &Config, deadline: &Deadline) -> Result<ferry_core::MacAddr, AgentError> {
     let mut backoff = Backoff::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
     loop {
-        match mac::discover(cfg.server(), &cfg.sys_class_net).await {
+        match mac::discover(cfg.first_server(), &cfg.sys_class_net).await {
             Ok(mac) => return Ok(mac),
             Err(MacError::Fatal(e)) => return Err(e),
             Err(MacError::NotYet(why)) => {
@@ -117,7 +126,7 @@ async fn discover_mac(cfg: &Config, deadline: &Deadline) -> Result<ferry_core::M
                 tracing::warn!("network not ready: {why}; retrying in {:.1} s", wait.as_secs_f64());
                 if !deadline.sleep_within(wait).await {
                     return Err(AgentError::Unreachable {
-                        server: cfg.server().base.clone(),
+                        server: cfg.first_server().base.clone(),
                         secs: deadline.total().as_secs(),
                         last: why,
                     });

@@ -42,6 +42,8 @@ pub type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub node: String,
+    /// The enrolling server's WireGuard key (one of the pinned keys).
+    pub server_key: PublicKey,
     pub endpoint: SocketAddr,
     pub node_address: IpAddr,
     pub server_address: IpAddr,
@@ -142,6 +144,8 @@ pub struct Agent<T, F> {
     pub(crate) tpm: Option<Box<dyn TpmBackend>>,
     pub(crate) deadline: Deadline,
     pub(crate) backoff: Backoff,
+    /// Which of `cfg.servers` is in use.
+    pub(crate) server_index: usize,
     out: Box<dyn Write + Send>,
     /// Replaces SIGTERM/SIGINT as the end of holding (tests).
     pub(crate) stop_override: Option<StopFuture>,
@@ -166,6 +170,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             tpm: None,
             deadline,
             backoff,
+            server_index: 0,
             out,
             stop_override: None,
             ds: None,
@@ -240,25 +245,70 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             },
             404 => Verdict::Fail(AgentError::Protocol(format!(
                 "the {what} path was not found (404) on {}: is it a ferry server with enrollment enabled?",
-                self.cfg.server().base
+                self.server().base
             ))),
             s => Verdict::Fail(AgentError::Protocol(format!("the {what} got HTTP {s}: {}", resp.error_text()))),
         }
     }
 
-    /// Waits before retrying enrollment from `next`, or fails when `--timeout` would pass.
+    /// The server in use.
+    pub(crate) fn server(&self) -> &crate::config::ServerUrl {
+        &self.cfg.servers[self.server_index % self.cfg.servers.len()]
+    }
+
+    /// Whether there is another server to fail over to.
+    pub(crate) fn has_other_servers(&self) -> bool {
+        self.cfg.servers.len() > 1
+    }
+
+    /// Moves on to the next server (round robin).
+    fn next_server(&mut self) {
+        if self.has_other_servers() {
+            let from = self.server().base.clone();
+            self.server_index = (self.server_index + 1) % self.cfg.servers.len();
+            tracing::warn!("failing over from {from} to {}", self.server().base);
+        }
+    }
+
+    /// Waits before retrying enrollment (at the next server, when there are several),
+    /// or fails when `--timeout` would pass.
     pub(crate) async fn retry_enrollment(&mut self, why: String, retry_after: Option<Duration>) -> State {
         let wait = self.backoff.delay(retry_after);
-        tracing::warn!("enrollment not done yet: {why}; retrying in {:.1} s", wait.as_secs_f64());
+        tracing::warn!(
+            "enrollment at {} not done yet: {why}; retrying in {:.1} s",
+            self.server().base,
+            wait.as_secs_f64()
+        );
         if self.deadline.sleep_within(wait).await {
+            self.next_server();
             State::Start
         } else {
+            let servers: Vec<&str> = self.cfg.servers.iter().map(|s| s.base.as_str()).collect();
             State::Failed(AgentError::Unreachable {
-                server: self.cfg.server().base.clone(),
+                server: servers.join(", "),
                 secs: self.deadline.total().as_secs(),
                 last: why,
             })
         }
+    }
+
+    /// The server was lost after enrolling (its tunnel stopped answering): remove the
+    /// tunnel and enroll again at the next server with a fresh key. Re-enrolling
+    /// replaces the node's tunnel wherever it was, so this is safe to repeat.
+    pub(crate) async fn fail_over(&mut self, tunnel: Box<dyn Tunnel>, why: AgentError) -> State {
+        if !self.has_other_servers() || self.deadline.remaining().is_zero() {
+            return abort(tunnel, why).await;
+        }
+        tracing::warn!("lost the server {}: {why}", self.server().base);
+        let name = tunnel.interface().to_string();
+        if let Err(e) = tunnel.close().await {
+            tracing::warn!(interface = %name, "{e}");
+        }
+        let key = PrivateKey::generate();
+        self.public_key = key.public_key();
+        self.key = Some(key);
+        self.next_server();
+        State::Start
     }
 
     /// Prints the machine-readable line on standard output.

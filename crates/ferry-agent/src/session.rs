@@ -20,6 +20,13 @@ use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
 const PROBE_MAX: Duration = Duration::from_secs(2);
 
 /// The result of fetching one document.
+/// Why a document could not be fetched: the server is gone (another may serve the
+/// node), or it answered something that another server would answer too.
+enum FetchFailure {
+    ServerLost(AgentError),
+    Fatal(AgentError),
+}
+
 enum Fetched {
     Body(Vec<u8>),
     Absent,
@@ -38,7 +45,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             private_key,
             node_address: lease.node_address,
             server_address: lease.server_address,
-            server_key: self.cfg.pinned,
+            server_key: lease.server_key,
             endpoint: lease.endpoint,
             keepalive: self.cfg.keepalive,
         };
@@ -48,7 +55,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         };
         match self.wait_for_datasource(&lease).await {
             Ok(()) => State::TunnelUp { lease, tunnel },
-            Err(e) => abort(tunnel, e).await,
+            Err(e) => self.fail_over(tunnel, e).await,
         }
     }
 
@@ -97,7 +104,8 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             match self.fetch(&lease, name, required).await {
                 Ok(Fetched::Body(body)) => docs.push((name, body)),
                 Ok(Fetched::Absent) => tracing::info!("{name} is absent (404): not written"),
-                Err(e) => return abort(tunnel, e).await,
+                Err(FetchFailure::ServerLost(e)) => return self.fail_over(tunnel, e).await,
+                Err(FetchFailure::Fatal(e)) => return abort(tunnel, e).await,
             }
         }
         if let Err(e) = write_seed(&self.cfg.seed_dir, &docs) {
@@ -108,9 +116,12 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         State::Fetched { lease, tunnel, meta_data }
     }
 
-    async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, AgentError> {
+    /// One document. Unanswered requests are retried until `--timeout`, or with several
+    /// servers until `--tunnel-timeout` (then the server counts as lost).
+    async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, FetchFailure> {
         let url = join(&lease.datasource_url, name);
         let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        let patience = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
             let last = match self.transport.send(Request::get(url.clone(), timeout)).await {
@@ -118,20 +129,27 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
                 Ok(r) if r.status == 404 && !required => return Ok(Fetched::Absent),
                 Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
                 Ok(r) => {
-                    return Err(AgentError::Fetch(format!(
+                    return Err(FetchFailure::Fatal(AgentError::Fetch(format!(
                         "{url} answered HTTP {} ({}){}",
                         r.status,
                         r.error_text(),
                         if r.status == 404 { ": the server has no such document for this node" } else { "" }
-                    )))
+                    ))))
                 }
                 Err(e) => e.0,
             };
-            if !self.deadline.sleep_within(backoff.next_delay()).await {
-                return Err(AgentError::Fetch(format!(
+            let delay = backoff.next_delay();
+            if self.has_other_servers() && !patience.sleep_within(delay).await {
+                return Err(FetchFailure::ServerLost(AgentError::Fetch(format!(
+                    "{url}: {last} (no answer within the --tunnel-timeout of {} s)",
+                    patience.total().as_secs()
+                ))));
+            }
+            if !self.has_other_servers() && !self.deadline.sleep_within(delay).await {
+                return Err(FetchFailure::Fatal(AgentError::Fetch(format!(
                     "{url}: {last} (gave up at the --timeout of {} s)",
                     self.deadline.total().as_secs()
-                )));
+                ))));
             }
         }
     }
@@ -146,6 +164,10 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
                 self.phoned_home = true;
                 tracing::info!("phoned home");
             }
+            // Another server can still record this boot: enroll there and boot again.
+            Err(why) if self.has_other_servers() => {
+                return self.fail_over(tunnel, AgentError::Fetch(format!("phone-home failed: {why}"))).await
+            }
             Err(why) => tracing::warn!(
                 "phone-home to {} failed: {why}; the seed is written anyway and the server will drop the \
                  tunnel at its TTL ({})",
@@ -159,6 +181,11 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     async fn post_phone_home(&self, lease: &Lease, report: &PhoneHome) -> Result<(), String> {
         let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
         let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        // With several servers, one that stops answering is given up sooner.
+        let patience = match self.has_other_servers() {
+            true => Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout)),
+            false => self.deadline,
+        };
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
             let req = Request::post(lease.phone_home_url.clone(), Some(body.clone()), timeout);
@@ -168,7 +195,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
                 Ok(r) => return Err(format!("HTTP {}: {}", r.status, r.error_text())),
                 Err(e) => e.0,
             };
-            if !self.deadline.sleep_within(backoff.next_delay()).await {
+            if !patience.sleep_within(backoff.next_delay()).await {
                 return Err(last);
             }
         }

@@ -124,6 +124,7 @@ pub fn answer_body(a: &EnrollResponse) -> Vec<u8> {
 pub fn lease() -> Lease {
     Lease {
         node: "n1".into(),
+        server_key: server_key(),
         endpoint: "192.0.2.1:51820".parse().expect("addr"),
         node_address: "100.64.0.2".parse().expect("ip"),
         server_address: "100.64.0.1".parse().expect("ip"),
@@ -137,11 +138,11 @@ pub fn lease() -> Lease {
 pub fn test_config(dir: &Path) -> Config {
     Config {
         servers: vec![ServerUrl::parse("http://192.0.2.1:8080").expect("url")],
-        pinned: server_key(),
+        pinned: vec![server_key()],
         node: Some(NodeName::parse("n1").expect("name")),
         asset_tag: Some(Zeroizing::new(TAG.to_string())),
         tpm: None,
-        tls_pin: None,
+        tls_pins: Vec::new(),
         mac: None,
         mode: Mode::Fetch,
         interface: "ferry-test0".into(),
