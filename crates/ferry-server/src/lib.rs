@@ -27,7 +27,7 @@ mod wgkey;
 pub use config::{Config, LogFormat};
 
 use anyhow::Context;
-use ferry_store::{Sealer, SqliteStore, Store};
+use ferry_store::{Sealer, SqlStore, Store};
 use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -68,7 +68,7 @@ impl Server {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         create_private_dir(&config.data_dir)?;
         let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
-        let store = SqliteStore::open(&config.database_path(), sealer)
+        let store = SqlStore::open(&config.database_path(), sealer)
             .await
             .with_context(|| format!("cannot open the database {}", config.database_path().display()))?;
         let store: Arc<dyn Store> = Arc::new(store);

@@ -1,4 +1,4 @@
-//! ferry's storage. The [`Store`] trait is what the server needs; [`SqliteStore`] is the
+//! ferry's storage. The [`Store`] trait is what the server needs; [`SqlStore`] is the
 //! embedded default (PostgreSQL comes later behind the same trait, so SQL here stays
 //! portable: plain types, no SQLite-only functions in queries).
 //!
@@ -7,18 +7,18 @@
 mod audit_buffer;
 pub mod sealing;
 pub mod secrets;
-mod sqlite;
-mod sqlite_images;
-mod sqlite_secrets;
-mod sqlite_tokens;
-mod sqlite_tpm;
-mod sqlite_tunnels;
+mod sql;
+mod sql_images;
+mod sql_secrets;
+mod sql_tokens;
+mod sql_tpm;
+mod sql_tunnels;
 pub mod tpm;
 pub mod tunnels;
 
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 pub use tpm::{TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 

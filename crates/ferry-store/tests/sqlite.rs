@@ -6,13 +6,13 @@ use ferry_api::admin::{
 use ferry_api::Secret;
 use ferry_core::patch::SettingsPatch;
 use ferry_core::{NodeName, ProfileName, Settings};
-use ferry_store::{Actor, Sealer, SqliteStore, Store, StoreError};
+use ferry_store::{Actor, Sealer, SqlStore, Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
+async fn store() -> (tempfile::TempDir, SqlStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = SqlStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
     (dir, s)
 }
 
@@ -139,7 +139,7 @@ async fn asset_tag_is_sealed_at_rest_and_never_in_views() {
         let bytes = std::fs::read(f.unwrap().path()).unwrap();
         assert!(!bytes.windows(15).any(|w| w == b"ASSET-TAG-7f3a9"), "clear asset tag on disk");
     }
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = SqlStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
     assert!(s.node_identity(&n("n1")).await.is_err(), "another key cannot open it");
     let patch = NodePatch { asset_tag: Some(AssetTagChange::Unset), ..Default::default() };
     s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();
@@ -298,6 +298,6 @@ async fn the_audit_log_is_append_only_in_the_database() {
     let delete = sqlx::query("DELETE FROM audit").execute(&pool).await.unwrap_err();
     assert!(delete.to_string().contains("append-only"), "{delete}");
     pool.close().await;
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = SqlStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
     assert_eq!(s.audit(None, 100).await.unwrap().len(), before.len());
 }

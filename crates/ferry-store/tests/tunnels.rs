@@ -3,11 +3,11 @@
 use ferry_api::admin::{AddNodes, NewNode};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::NodeName;
-use ferry_store::{Actor, BootReport, CloseReason, Sealer, SqliteStore, Store, StoreError};
+use ferry_store::{Actor, BootReport, CloseReason, Sealer, SqlStore, Store, StoreError};
 
-async fn store_with(nodes: &[&str]) -> (tempfile::TempDir, SqliteStore) {
+async fn store_with(nodes: &[&str]) -> (tempfile::TempDir, SqlStore) {
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = SqlStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
     let nodes = nodes
         .iter()
         .map(|n| NewNode {

@@ -1,6 +1,6 @@
 //! Node TPM identities in the SQLite store.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::tpm::{TpmRecord, TpmRegistration, TpmState};
 use crate::{now_secs, Actor, StoreError};
 use ferry_core::NodeName;
@@ -60,7 +60,7 @@ async fn upsert(
     Ok(())
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn set_node_tpm_impl(
         &self,
         node: &NodeName,

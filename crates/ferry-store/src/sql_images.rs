@@ -1,6 +1,6 @@
 //! Image records of the SQLite store.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError};
 use ferry_api::image::{Artifact, ImageRecord};
 use ferry_core::model::check_image_name;
@@ -13,7 +13,7 @@ fn artifact(sha: Option<String>, size: Option<i64>) -> Option<Artifact> {
     Some(Artifact { sha256: sha?, size: size.unwrap_or(0).max(0) as u64 })
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn add_image_impl(&self, image: &ImageRecord, actor: &Actor) -> Result<(), StoreError> {
         check_image_name(&image.name)?;
         let all = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];

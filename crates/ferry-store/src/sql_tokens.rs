@@ -1,6 +1,6 @@
 //! Admin tokens in the SQLite store: hashes, roles, expiry, revocation.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError, TokenInfo};
 use sqlx::Row;
 
@@ -33,7 +33,7 @@ fn info(r: &sqlx::sqlite::SqliteRow) -> TokenInfo {
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn create_token_impl(
         &self,
         name: &str,

@@ -1,7 +1,7 @@
 //! Template secrets in the SQLite store: sealed values, listings without them.
 
 use crate::secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError};
 use ferry_core::model::check_secret_name;
 use ferry_core::{NodeName, ProfileName};
@@ -21,7 +21,7 @@ async fn target_exists(conn: &mut SqliteConnection, scope: &SecretScope) -> Resu
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn set_secret_impl(
         &self,
         name: &str,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-pub struct SqliteStore {
+pub struct SqlStore {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
     pub(crate) sealer: Sealer,
@@ -36,7 +36,7 @@ struct StoredNode {
     updated_at: i64,
 }
 
-impl SqliteStore {
+impl SqlStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
     pub async fn open(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::new()
@@ -50,7 +50,7 @@ impl SqliteStore {
         MIGRATOR.run(&write).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
         let audit_queue = crate::audit_buffer::spawn(write.clone());
-        Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0), audit_queue })
+        Ok(SqlStore { read, write, sealer, next_address: std::sync::Mutex::new(0), audit_queue })
     }
 
     /// A node merged with its profiles, and its sealed tag, from one read snapshot.
@@ -301,7 +301,7 @@ fn describe_patch(patch: &patch::SettingsPatch, profiles_changed: bool, asset: O
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError> {
         check_unique(req.nodes.iter().map(|n| n.name.clone()))?;
         let mut tx = self.write.begin().await?;

@@ -1,7 +1,7 @@
 //! Tunnel, boot and host-key queries of the SQLite store (the `Store` trait methods
 //! delegate here to keep each file about one subject).
 
-use crate::sqlite::{audit, parse_name, SqliteStore};
+use crate::sql::{audit, parse_name, SqlStore};
 use crate::{format_time, now_secs, Actor, BootInfo, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{MacAddr, NodeName};
@@ -43,7 +43,7 @@ async fn delete_tunnel(
     Ok(Some(t))
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn node_by_mac_impl(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
         let row: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = ?")
             .bind(mac.to_string())
