@@ -12,7 +12,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 # System packages the test suite uses. Only missing ones are installed.
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
-  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl)
+  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -41,6 +41,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The store tests run against SQLite and PostgreSQL: a throwaway server (stopped at the
+# end), unless FERRY_TEST_POSTGRES already names one.
+if [ -z "${FERRY_TEST_POSTGRES:-}" ]; then
+  echo "==> throwaway PostgreSQL for the store tests"
+  eval "$(scripts/postgres.sh start)"
+  trap 'scripts/postgres.sh stop' EXIT
+fi
 echo "==> cargo test"
 cargo test --workspace --all-targets --locked 2>&1 | tee /tmp/ferry-test.$$.log
 passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/ferry-test.$$.log | awk '{s+=$4} END {print s+0}')

@@ -27,7 +27,7 @@ mod wgkey;
 pub use config::{Config, LogFormat};
 
 use anyhow::Context;
-use ferry_store::{Sealer, SqliteStore, Store};
+use ferry_store::{Sealer, SqlStore, Store};
 use std::collections::HashSet;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
@@ -68,9 +68,9 @@ impl Server {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         create_private_dir(&config.data_dir)?;
         let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
-        let store = SqliteStore::open(&config.database_path(), sealer)
-            .await
-            .with_context(|| format!("cannot open the database {}", config.database_path().display()))?;
+        let location = ferry_store::StoreLocation::Sqlite(config.database_path());
+        let store =
+            SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the database {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);

@@ -197,7 +197,8 @@ impl TunnelManager {
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
-        let opened = self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, actor).await?;
+        let opened =
+            self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, "local", actor).await?;
         self.forget(opened.replaced.as_slice(), CloseReason::Replaced);
         self.active
             .write()

@@ -1,12 +1,13 @@
 //! Audit entries that are not part of another change (enrollment verdicts, document
 //! deliveries) are queued and written in batches: one transaction for everything that
 //! arrived while the previous batch was being written. Under a boot storm this turns
-//! thousands of one-row transactions through SQLite's single writer into a few.
+//! thousands of one-row transactions through the single writer into a few.
 //! Readers of the log flush first, so `ferry audit` always sees every event that
 //! happened before it asked.
 
 use crate::now_secs;
-use sqlx::SqlitePool;
+use crate::sql::{begin_write, Backend};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) enum Item {
@@ -25,7 +26,7 @@ pub(crate) fn entry(actor: &str, action: &str, subject: &str, detail: &str) -> I
 }
 
 /// Starts the writer; it ends when every sender is gone, after writing what it holds.
-pub(crate) fn spawn(write: SqlitePool) -> mpsc::UnboundedSender<Item> {
+pub(crate) fn spawn(write: AnyPool, backend: Backend) -> mpsc::UnboundedSender<Item> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -36,7 +37,7 @@ pub(crate) fn spawn(write: SqlitePool) -> mpsc::UnboundedSender<Item> {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = write_batch(&write, &batch).await {
+            if let Err(e) = write_batch(&write, backend, &batch).await {
                 tracing::error!(error = %e, entries = batch.len(), "cannot write audit entries");
             }
             for item in batch {
@@ -49,11 +50,12 @@ pub(crate) fn spawn(write: SqlitePool) -> mpsc::UnboundedSender<Item> {
     tx
 }
 
-async fn write_batch(write: &SqlitePool, batch: &[Item]) -> Result<(), sqlx::Error> {
-    let mut tx = write.begin().await?;
+async fn write_batch(write: &AnyPool, backend: Backend, batch: &[Item]) -> Result<(), sqlx::Error> {
+    // The write path like every other writer (on PostgreSQL: the advisory lock).
+    let mut tx = begin_write(write, backend).await?;
     for item in batch {
         if let Item::Entry { at, actor, action, subject, detail } = item {
-            sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
+            sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
                 .bind(at)
                 .bind(actor)
                 .bind(action)

@@ -1,24 +1,30 @@
-//! ferry's storage. The [`Store`] trait is what the server needs; [`SqliteStore`] is the
-//! embedded default (PostgreSQL comes later behind the same trait, so SQL here stays
-//! portable: plain types, no SQLite-only functions in queries).
+//! ferry's storage. The [`Store`] trait is what the server needs; [`SqlStore`] implements
+//! it once for both SQLite (embedded, the default) and PostgreSQL (several servers on one
+//! database), through `sqlx::Any`: the SQL is portable (plain types, `$N` placeholders, no
+//! engine-only functions in queries), and the same tests run against both.
 //!
 //! Every write is one transaction: a batch of 128 nodes is added completely or not at all.
 
 mod audit_buffer;
+mod location;
 pub mod sealing;
 pub mod secrets;
-mod sqlite;
-mod sqlite_images;
-mod sqlite_secrets;
-mod sqlite_tokens;
-mod sqlite_tpm;
-mod sqlite_tunnels;
+pub mod servers;
+mod sql;
+mod sql_images;
+mod sql_secrets;
+mod sql_servers;
+mod sql_tokens;
+mod sql_tpm;
+mod sql_tunnels;
 pub mod tpm;
 pub mod tunnels;
 
+pub use location::StoreLocation;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
-pub use sqlite::SqliteStore;
+pub use servers::{ServerRecord, ServerStatus};
+pub use sql::SqlStore;
 pub use tpm::{TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 
@@ -29,6 +35,7 @@ use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{CoreError, MacAddr, NodeName, ProfileName};
 use serde::Serialize;
 use std::net::IpAddr;
+use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,7 +123,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The node whose interface has this MAC.
     async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError>;
-    /// Opens a tunnel for a node, replacing its current one, in one transaction.
+    /// Opens a tunnel for a node, held by `server`'s WireGuard device, replacing the
+    /// node's current one (which may belong to another server), in one transaction.
+    #[allow(clippy::too_many_arguments)]
     async fn open_tunnel(
         &self,
         node: &NodeName,
@@ -124,6 +133,7 @@ pub trait Store: Send + Sync + 'static {
         network: &TunnelNetwork,
         ttl_secs: u64,
         mode: Option<&str>,
+        server: &str,
         actor: &Actor,
     ) -> Result<OpenedTunnel, StoreError>;
     /// Closes a node's tunnel; None if it had none.
@@ -143,6 +153,28 @@ pub trait Store: Send + Sync + 'static {
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
     /// Every node's recorded SSH host keys: `(node, "type key")`.
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
+    /// Registers a server, or re-registers it at a restart (upsert by id; `started_at`
+    /// and `heartbeat_at` become now). Audited as `server.start`.
+    async fn register_server(&self, server: &ServerRecord) -> Result<(), StoreError>;
+    /// Sets `heartbeat_at = now` for `id`; NotFound (kind `server`) if not registered.
+    async fn heartbeat(&self, id: &str, now: i64) -> Result<(), StoreError>;
+    /// Every server with its count of active tunnels, ordered by id.
+    async fn list_servers(&self) -> Result<Vec<ServerStatus>, StoreError>;
+    /// Closes (audited `tunnel.close`, reason `server-lost`) every tunnel held by a server
+    /// other than `except` whose heartbeat is older than `now - grace_secs`, or that has
+    /// no server row at all. Returns the closed tunnels.
+    async fn close_tunnels_of_lost_servers(
+        &self,
+        now: i64,
+        grace_secs: i64,
+        except: &str,
+    ) -> Result<Vec<TunnelRecord>, StoreError>;
+    /// Yields `()` whenever another server closed or replaced a tunnel held by `server`
+    /// (and once after the listener reconnects, since notifications may have been lost
+    /// meanwhile), so that server can reconcile its device. PostgreSQL only: SQLite has
+    /// one server, and gives `None`. The watch ends when the receiver is dropped.
+    async fn watch_tunnels(&self, server: &str) -> Result<Option<UnboundedReceiver<()>>, StoreError>;
+
     /// Appends an audit entry outside any other change (enrollment verdicts, deliveries).
     /// Such entries are written in batches shortly after; [`Store::audit`] sees them.
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;

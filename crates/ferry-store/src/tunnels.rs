@@ -15,6 +15,9 @@ pub struct TunnelRecord {
     /// `fetch` or `cloud-init` (None: not declared).
     #[serde(default)]
     pub mode: Option<String>,
+    /// Which server's WireGuard device holds the peer (`local` on a single server).
+    #[serde(default)]
+    pub server: String,
 }
 
 /// Why a tunnel ended (audit log and metrics).
@@ -24,6 +27,8 @@ pub enum CloseReason {
     Expired,
     Replaced,
     Revoked,
+    /// The server holding the tunnel stopped beating its heartbeat.
+    ServerLost,
 }
 
 impl CloseReason {
@@ -33,6 +38,7 @@ impl CloseReason {
             CloseReason::Expired => "expired",
             CloseReason::Replaced => "replaced",
             CloseReason::Revoked => "revoked",
+            CloseReason::ServerLost => "server-lost",
         }
     }
 }

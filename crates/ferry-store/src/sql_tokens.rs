@@ -1,6 +1,6 @@
-//! Admin tokens in the SQLite store: hashes, roles, expiry, revocation.
+//! Admin tokens in the SQL store: hashes, roles, expiry, revocation.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError, TokenInfo};
 use sqlx::Row;
 
@@ -16,7 +16,7 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-fn info(r: &sqlx::sqlite::SqliteRow) -> TokenInfo {
+fn info(r: &sqlx::any::AnyRow) -> TokenInfo {
     let now = now_secs();
     let expires: Option<i64> = r.get(3);
     let revoked: Option<i64> = r.get(4);
@@ -33,7 +33,7 @@ fn info(r: &sqlx::sqlite::SqliteRow) -> TokenInfo {
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn create_token_impl(
         &self,
         name: &str,
@@ -46,11 +46,11 @@ impl SqliteStore {
         if !ROLES.contains(&role) {
             return Err(StoreError::BadRequest(format!("invalid role {role:?}: viewer, operator or admin")));
         }
-        let mut tx = self.write.begin().await?;
-        if sqlx::query("SELECT 1 FROM tokens WHERE name = ?").bind(name).fetch_optional(&mut *tx).await?.is_some() {
+        let mut tx = self.begin_write().await?;
+        if sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?.is_some() {
             return Err(StoreError::Conflict(format!("a token named {name} exists; revoke it or pick another name")));
         }
-        sqlx::query("INSERT INTO tokens (name, role, hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+        sqlx::query("INSERT INTO tokens (name, role, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(name)
             .bind(role)
             .bind(hash)
@@ -72,8 +72,8 @@ impl SqliteStore {
     }
 
     pub(crate) async fn revoke_token_impl(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
-        let done = sqlx::query("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL")
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
             .bind(now_secs())
             .bind(name)
             .execute(&mut *tx)
@@ -88,7 +88,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn token_by_hash_impl(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
-        let row = sqlx::query("SELECT name, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = ?")
+        let row = sqlx::query("SELECT name, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.read)
             .await?;

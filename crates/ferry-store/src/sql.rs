@@ -1,8 +1,16 @@
-//! The embedded SQLite store: WAL, one writer connection (SQLite allows one writer at a
-//! time anyway; a single connection turns contention into an orderly queue instead of
-//! SQLITE_BUSY retries), several readers.
+//! One SQL store for SQLite and PostgreSQL, through `sqlx::Any`: the same queries (plain
+//! SQL, `$N` placeholders), the same semantics.
+//!
+//! - SQLite: WAL, one writer connection (SQLite allows one writer at a time anyway; a
+//!   single connection turns contention into an orderly queue instead of SQLITE_BUSY
+//!   retries), a small read-only pool.
+//! - PostgreSQL: one pool for reads and writes, shared by several ferry servers. Every
+//!   write transaction first takes one transaction-level advisory lock, so writers are
+//!   serialized exactly as SQLite's single writer serializes them: check-then-insert code
+//!   and the tunnel address search cannot race another server. Multi-statement reads run
+//!   in a REPEATABLE READ snapshot, as a SQLite read transaction does.
 
-use crate::{format_time, now_secs, Actor, AuditEntry, Sealer, Store, StoreError};
+use crate::{format_time, now_secs, Actor, AuditEntry, Sealer, Store, StoreError, StoreLocation};
 use async_trait::async_trait;
 use ferry_api::admin::{
     AddNodes, AddProfiles, AssetTagChange, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView, SecretState,
@@ -11,20 +19,56 @@ use ferry_api::Secret;
 use ferry_core::merge::{check_profile_graph, merge_node};
 use ferry_core::model::{check_asset_tag, check_node_addresses, LayerKind};
 use ferry_core::{patch, CoreError, Node, NodeName, Profile, ProfileName, Settings};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-pub struct SqliteStore {
-    pub(crate) read: SqlitePool,
-    pub(crate) write: SqlitePool,
+/// The PostgreSQL advisory lock every write transaction takes (`pg_advisory_xact_lock`):
+/// "ferry" in ASCII and a 1. One key for every ferry server on the database.
+pub(crate) const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
+
+/// The PostgreSQL channel on which tunnel closures are announced (payload: the server id
+/// that holds the tunnel).
+pub(crate) const TUNNELS_CHANNEL: &str = "ferry_tunnels";
+
+/// Which database engine is behind the pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// SQLite connection settings, run on every new connection.
+const SQLITE_PRAGMAS: [&str; 3] =
+    ["PRAGMA synchronous = NORMAL", "PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 10000"];
+
+async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sqlx::Error> {
+    if writer {
+        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+    }
+    for pragma in SQLITE_PRAGMAS {
+        sqlx::query(pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub struct SqlStore {
+    pub(crate) backend: Backend,
+    pub(crate) read: AnyPool,
+    /// SQLite: the single writer connection. PostgreSQL: the same pool as `read`.
+    pub(crate) write: AnyPool,
+    /// PostgreSQL: the connection URL, for LISTEN connections. Holds credentials: never
+    /// logged or shown.
+    pub(crate) postgres_url: Option<String>,
     pub(crate) sealer: Sealer,
     /// Where the next address search starts (an offset into the tunnel network), so
-    /// allocation costs a few indexed look-ups instead of a scan of every tunnel.
+    /// allocation costs a few indexed look-ups instead of a scan of every tunnel. Only a
+    /// start point: the search itself runs inside the (serialized) write transaction, so
+    /// it stays correct when other servers allocate from the same database.
     pub(crate) next_address: std::sync::Mutex<u128>,
     pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<crate::audit_buffer::Item>,
 }
@@ -36,26 +80,109 @@ struct StoredNode {
     updated_at: i64,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
-    pub async fn open(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
-        MIGRATOR.run(&write).await?;
-        let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await?;
-        let audit_queue = crate::audit_buffer::spawn(write.clone());
-        Ok(SqliteStore { read, write, sealer, next_address: std::sync::Mutex::new(0), audit_queue })
+/// `sqlx::Any` needs its drivers registered once per process.
+fn install_drivers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sqlx::any::install_default_drivers);
+}
+
+/// A path as it goes into a `sqlite://` URL: absolute, every byte outside a safe set
+/// percent-encoded (sqlx decodes it again; `?` and `#` would otherwise end the path).
+fn sqlite_url(path: &Path, mode: &str) -> Result<String, StoreError> {
+    let path = std::path::absolute(path)
+        .map_err(|e| StoreError::BadRequest(format!("database path {}: {e}", path.display())))?;
+    let text = path
+        .to_str()
+        .ok_or_else(|| StoreError::BadRequest(format!("database path {} is not UTF-8", path.display())))?;
+    let mut url = String::from("sqlite://");
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url.push_str("?mode=");
+    url.push_str(mode);
+    Ok(url)
+}
+
+/// Begins a write transaction: on PostgreSQL, serialized with every other writer of the
+/// database (all ferry servers) by the advisory lock. The transaction stays READ
+/// COMMITTED on purpose: each statement after the lock sees everything committed by the
+/// writers before it (a REPEATABLE READ snapshot would be taken before the lock wait).
+pub(crate) async fn begin_write(pool: &AnyPool, backend: Backend) -> Result<Transaction<'static, Any>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *tx).await?;
+    }
+    Ok(tx)
+}
+
+impl SqlStore {
+    /// Opens the store at `location` (creating a SQLite file if needed) and applies
+    /// pending migrations.
+    pub async fn open(location: &StoreLocation, sealer: Sealer) -> Result<Self, StoreError> {
+        install_drivers();
+        match location {
+            StoreLocation::Sqlite(path) => Self::open_sqlite(path, sealer).await,
+            StoreLocation::Postgres(url) => Self::open_postgres(url, sealer).await,
+        }
+    }
+
+    /// Opens (creating if needed) a SQLite database file.
+    pub async fn open_sqlite(path: &Path, sealer: Sealer) -> Result<Self, StoreError> {
+        install_drivers();
+        let write = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn, true)))
+            .connect(&sqlite_url(path, "rwc")?)
+            .await?;
+        SQLITE_MIGRATOR.run(&write).await?;
+        let read = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn, false)))
+            .connect(&sqlite_url(path, "ro")?)
+            .await?;
+        Ok(Self::with_pools(Backend::Sqlite, read, write, None, sealer))
+    }
+
+    /// Connects to a PostgreSQL database (which must exist) shared with other servers.
+    async fn open_postgres(url: &str, sealer: Sealer) -> Result<Self, StoreError> {
+        let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
+        POSTGRES_MIGRATOR.run(&pool).await?;
+        Ok(Self::with_pools(Backend::Postgres, pool.clone(), pool, Some(url.to_owned()), sealer))
+    }
+
+    fn with_pools(
+        backend: Backend,
+        read: AnyPool,
+        write: AnyPool,
+        postgres_url: Option<String>,
+        sealer: Sealer,
+    ) -> Self {
+        let audit_queue = crate::audit_buffer::spawn(write.clone(), backend);
+        SqlStore { backend, read, write, postgres_url, sealer, next_address: std::sync::Mutex::new(0), audit_queue }
+    }
+
+    /// Begins a write transaction (see [`begin_write`]).
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        begin_write(&self.write, self.backend).await
+    }
+
+    /// Begins a read transaction: one consistent snapshot for several statements
+    /// (PostgreSQL: REPEATABLE READ, READ ONLY; SQLite: a read transaction on a reader).
+    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        let mut tx = self.read.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        }
+        Ok(tx)
     }
 
     /// A node merged with its profiles, and its sealed tag, from one read snapshot.
     async fn merged_and_sealed(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Vec<u8>>), StoreError> {
-        let mut tx = self.read.begin().await?;
+        let mut tx = self.begin_read().await?;
         let stored = load_node(&mut tx, name).await?;
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         tx.commit().await?;
@@ -92,7 +219,7 @@ pub(crate) fn parse_name<T: std::str::FromStr<Err = CoreError>>(what: &str, s: &
     s.parse().map_err(|e: CoreError| StoreError::Corrupt(what.to_owned(), e.to_string()))
 }
 
-async fn load_profiles(conn: &mut SqliteConnection) -> Result<BTreeMap<ProfileName, (Profile, i64, i64)>, StoreError> {
+async fn load_profiles(conn: &mut AnyConnection) -> Result<BTreeMap<ProfileName, (Profile, i64, i64)>, StoreError> {
     let mut out = BTreeMap::new();
     for row in sqlx::query("SELECT name, settings, revision, updated_at FROM profiles").fetch_all(&mut *conn).await? {
         let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
@@ -117,9 +244,9 @@ fn profile_map(loaded: &BTreeMap<ProfileName, (Profile, i64, i64)>) -> BTreeMap<
     loaded.iter().map(|(k, (p, _, _))| (k.clone(), p.clone())).collect()
 }
 
-async fn load_nodes(conn: &mut SqliteConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
+async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
     let (filter, name) = match only {
-        Some(n) => (" WHERE name = ?", n.as_str()),
+        Some(n) => (" WHERE name = $1", n.as_str()),
         None => ("", ""),
     };
     let sql = format!("SELECT name, settings, asset_tag, revision, updated_at FROM nodes{filter} ORDER BY name");
@@ -149,7 +276,7 @@ async fn load_nodes(conn: &mut SqliteConnection, only: Option<&NodeName>) -> Res
     Ok(nodes)
 }
 
-async fn load_node(conn: &mut SqliteConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
+async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
     load_nodes(conn, Some(name))
         .await?
         .pop()
@@ -169,7 +296,7 @@ fn node_view(s: StoredNode) -> NodeView {
 
 /// Validates a node against the current profiles and writes it with its relations.
 async fn write_node(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     node: &Node,
     asset_tag: Option<&[u8]>,
     profiles: &BTreeMap<ProfileName, Profile>,
@@ -182,7 +309,7 @@ async fn write_node(
     let settings = to_json(&node.settings);
     match existing_revision {
         None => {
-            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = ?")
+            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = $1")
                 .bind(node.name.as_str())
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -192,35 +319,39 @@ async fn write_node(
                     node.name
                 )));
             }
-            sqlx::query("INSERT INTO nodes (name, settings, asset_tag, revision, updated_at) VALUES (?, ?, ?, 1, ?)")
-                .bind(node.name.as_str())
-                .bind(&settings)
-                .bind(asset_tag)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "INSERT INTO nodes (name, settings, asset_tag, revision, updated_at) VALUES ($1, $2, $3, 1, $4)",
+            )
+            .bind(node.name.as_str())
+            .bind(&settings)
+            .bind(asset_tag)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
         }
         Some(rev) => {
-            sqlx::query("UPDATE nodes SET settings = ?, asset_tag = ?, revision = ?, updated_at = ? WHERE name = ?")
-                .bind(&settings)
-                .bind(asset_tag)
-                .bind(rev + 1)
-                .bind(now)
+            sqlx::query(
+                "UPDATE nodes SET settings = $1, asset_tag = $2, revision = $3, updated_at = $4 WHERE name = $5",
+            )
+            .bind(&settings)
+            .bind(asset_tag)
+            .bind(rev + 1)
+            .bind(now)
+            .bind(node.name.as_str())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM node_profiles WHERE node = $1")
                 .bind(node.name.as_str())
                 .execute(&mut *conn)
                 .await?;
-            sqlx::query("DELETE FROM node_profiles WHERE node = ?")
-                .bind(node.name.as_str())
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM node_addresses WHERE node = ?")
+            sqlx::query("DELETE FROM node_addresses WHERE node = $1")
                 .bind(node.name.as_str())
                 .execute(&mut *conn)
                 .await?;
         }
     }
     for (pos, p) in node.profiles.iter().enumerate() {
-        sqlx::query("INSERT INTO node_profiles (node, position, profile) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO node_profiles (node, position, profile) VALUES ($1, $2, $3)")
             .bind(node.name.as_str())
             .bind(pos as i64)
             .bind(p.as_str())
@@ -228,7 +359,7 @@ async fn write_node(
             .await?;
     }
     for (kind, value) in node.settings.unique_addresses() {
-        let owner: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = ? AND value = ?")
+        let owner: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = $1 AND value = $2")
             .bind(kind.as_str())
             .bind(&value)
             .fetch_optional(&mut *conn)
@@ -240,7 +371,7 @@ async fn write_node(
                 node.name
             )));
         }
-        sqlx::query("INSERT INTO node_addresses (kind, value, node) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO node_addresses (kind, value, node) VALUES ($1, $2, $3)")
             .bind(kind.as_str())
             .bind(&value)
             .bind(node.name.as_str())
@@ -251,13 +382,13 @@ async fn write_node(
 }
 
 pub(crate) async fn audit(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     actor: &Actor,
     action: &str,
     subject: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
         .bind(now_secs())
         .bind(&actor.0)
         .bind(action)
@@ -301,10 +432,10 @@ fn describe_patch(patch: &patch::SettingsPatch, profiles_changed: bool, asset: O
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError> {
         check_unique(req.nodes.iter().map(|n| n.name.clone()))?;
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         for new in &req.nodes {
             let node = Node { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() };
@@ -323,7 +454,7 @@ impl Store for SqliteStore {
         }
         check_unique(names.iter())?;
         let detail = describe_patch(&patch.settings, patch.profiles.is_some(), patch.asset_tag.as_ref());
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         for name in names {
             let mut stored = load_node(&mut tx, name).await?;
@@ -345,9 +476,9 @@ impl Store for SqliteStore {
 
     async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError> {
         check_unique(names.iter())?;
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for name in names {
-            let done = sqlx::query("DELETE FROM nodes WHERE name = ?").bind(name.as_str()).execute(&mut *tx).await?;
+            let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound { kind: "node", name: name.to_string() });
             }
@@ -358,13 +489,17 @@ impl Store for SqliteStore {
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        Ok(load_nodes(&mut conn, None).await?.into_iter().map(node_view).collect())
+        let mut tx = self.begin_read().await?;
+        let nodes = load_nodes(&mut tx, None).await?;
+        tx.commit().await?;
+        Ok(nodes.into_iter().map(node_view).collect())
     }
 
     async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError> {
-        let mut conn = self.read.acquire().await?;
-        Ok(node_view(load_node(&mut conn, name).await?))
+        let mut tx = self.begin_read().await?;
+        let node = load_node(&mut tx, name).await?;
+        tx.commit().await?;
+        Ok(node_view(node))
     }
 
     async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError> {
@@ -382,7 +517,7 @@ impl Store for SqliteStore {
 
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError> {
         check_unique(req.profiles.iter().map(|p| p.name.clone()))?;
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut all = profile_map(&load_profiles(&mut tx).await?);
         let now = now_secs();
         for new in &req.profiles {
@@ -397,7 +532,7 @@ impl Store for SqliteStore {
                 new.name.clone(),
                 Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() },
             );
-            sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES (?, ?, 1, ?)")
+            sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES ($1, $2, 1, $3)")
                 .bind(new.name.as_str())
                 .bind(to_json(&new.settings))
                 .bind(now)
@@ -425,7 +560,7 @@ impl Store for SqliteStore {
         }
         check_unique(names.iter())?;
         let detail = describe_patch(&patch.settings, patch.profiles.is_some(), None);
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let loaded = load_profiles(&mut tx).await?;
         let mut all = profile_map(&loaded);
         let now = now_secs();
@@ -438,7 +573,7 @@ impl Store for SqliteStore {
             if let Some(parents) = &patch.profiles {
                 p.profiles = parents.clone();
             }
-            sqlx::query("UPDATE profiles SET settings = ?, revision = ?, updated_at = ? WHERE name = ?")
+            sqlx::query("UPDATE profiles SET settings = $1, revision = $2, updated_at = $3 WHERE name = $4")
                 .bind(to_json(&p.settings))
                 .bind(revision + 1)
                 .bind(now)
@@ -458,10 +593,10 @@ impl Store for SqliteStore {
 
     async fn delete_profiles(&self, names: &[ProfileName], actor: &Actor) -> Result<usize, StoreError> {
         check_unique(names.iter())?;
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         for name in names {
             let users: Vec<(String,)> = sqlx::query_as(
-                "SELECT node FROM node_profiles WHERE profile = ? UNION SELECT profile FROM profile_parents WHERE parent = ? ORDER BY 1 LIMIT 6",
+                "SELECT node FROM node_profiles WHERE profile = $1 UNION SELECT profile FROM profile_parents WHERE parent = $2 ORDER BY 1 LIMIT 6",
             )
             .bind(name.as_str())
             .bind(name.as_str())
@@ -478,7 +613,8 @@ impl Store for SqliteStore {
                     list.join(", ")
                 )));
             }
-            let done = sqlx::query("DELETE FROM profiles WHERE name = ?").bind(name.as_str()).execute(&mut *tx).await?;
+            let done =
+                sqlx::query("DELETE FROM profiles WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound { kind: "profile", name: name.to_string() });
             }
@@ -489,7 +625,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_profiles(&self) -> Result<Vec<ProfileView>, StoreError> {
-        let mut tx = self.read.begin().await?;
+        let mut tx = self.begin_read().await?;
         let loaded = load_profiles(&mut tx).await?;
         let counts: Vec<(String, i64)> =
             sqlx::query_as("SELECT profile, COUNT(*) FROM node_profiles GROUP BY profile").fetch_all(&mut *tx).await?;
@@ -519,6 +655,7 @@ impl Store for SqliteStore {
     async fn node_by_mac(&self, mac: &ferry_core::MacAddr) -> Result<Option<NodeName>, StoreError> {
         self.node_by_mac_impl(mac).await
     }
+    #[allow(clippy::too_many_arguments)]
     async fn open_tunnel(
         &self,
         node: &NodeName,
@@ -526,9 +663,10 @@ impl Store for SqliteStore {
         network: &ferry_core::tunnel::TunnelNetwork,
         ttl_secs: u64,
         mode: Option<&str>,
+        server: &str,
         actor: &Actor,
     ) -> Result<crate::OpenedTunnel, StoreError> {
-        self.open_tunnel_impl(node, public_key, network, ttl_secs, mode, actor).await
+        self.open_tunnel_impl(node, public_key, network, ttl_secs, mode, server, actor).await
     }
     async fn close_tunnel(
         &self,
@@ -559,6 +697,29 @@ impl Store for SqliteStore {
     }
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError> {
         self.host_keys_impl().await
+    }
+    async fn register_server(&self, server: &crate::ServerRecord) -> Result<(), StoreError> {
+        self.register_server_impl(server).await
+    }
+    async fn heartbeat(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.heartbeat_impl(id, now).await
+    }
+    async fn list_servers(&self) -> Result<Vec<crate::ServerStatus>, StoreError> {
+        self.list_servers_impl().await
+    }
+    async fn close_tunnels_of_lost_servers(
+        &self,
+        now: i64,
+        grace_secs: i64,
+        except: &str,
+    ) -> Result<Vec<crate::TunnelRecord>, StoreError> {
+        self.close_tunnels_of_lost_servers_impl(now, grace_secs, except).await
+    }
+    async fn watch_tunnels(
+        &self,
+        server: &str,
+    ) -> Result<Option<tokio::sync::mpsc::UnboundedReceiver<()>>, StoreError> {
+        self.watch_tunnels_impl(server).await
     }
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
         self.record_event_impl(actor, action, subject, detail).await
@@ -670,20 +831,21 @@ impl Store for SqliteStore {
         self.flush().await?;
         let mut conditions = Vec::new();
         if filter.subject.is_some() {
-            conditions.push("subject = ?");
+            conditions.push(format!("subject = ${}", conditions.len() + 1));
         }
         if filter.since.is_some() {
-            conditions.push("at >= ?");
+            conditions.push(format!("at >= ${}", conditions.len() + 1));
         }
         if filter.after_id.is_some() {
-            conditions.push("id > ?");
+            conditions.push(format!("id > ${}", conditions.len() + 1));
         }
         let filter_sql =
             if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
         // Following (after an id): the oldest new entries first; otherwise the newest.
         let order = if filter.after_id.is_some() { "ASC" } else { "DESC" };
         let sql = format!(
-            "SELECT id, at, actor, action, subject, detail FROM audit {filter_sql} ORDER BY id {order} LIMIT ?"
+            "SELECT id, at, actor, action, subject, detail FROM audit {filter_sql} ORDER BY id {order} LIMIT ${}",
+            conditions.len() + 1
         );
         let mut q = sqlx::query_as::<_, (i64, i64, String, String, String, String)>(&sql);
         if let Some(s) = &filter.subject {
@@ -714,13 +876,13 @@ impl Store for SqliteStore {
 }
 
 async fn write_parents(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     name: &ProfileName,
     parents: &[ProfileName],
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM profile_parents WHERE profile = ?").bind(name.as_str()).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM profile_parents WHERE profile = $1").bind(name.as_str()).execute(&mut *conn).await?;
     for (pos, parent) in parents.iter().enumerate() {
-        sqlx::query("INSERT INTO profile_parents (profile, position, parent) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO profile_parents (profile, position, parent) VALUES ($1, $2, $3)")
             .bind(name.as_str())
             .bind(pos as i64)
             .bind(parent.as_str())

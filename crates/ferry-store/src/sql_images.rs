@@ -1,6 +1,6 @@
-//! Image records of the SQLite store.
+//! Image records of the SQL store.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError};
 use ferry_api::image::{Artifact, ImageRecord};
 use ferry_core::model::check_image_name;
@@ -13,7 +13,7 @@ fn artifact(sha: Option<String>, size: Option<i64>) -> Option<Artifact> {
     Some(Artifact { sha256: sha?, size: size.unwrap_or(0).max(0) as u64 })
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn add_image_impl(&self, image: &ImageRecord, actor: &Actor) -> Result<(), StoreError> {
         check_image_name(&image.name)?;
         let all = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];
@@ -23,9 +23,9 @@ impl SqliteStore {
         if image.rootfs_zst.is_some() != image.rootfs_gz.is_some() {
             return Err(StoreError::BadRequest("a rootfs needs both its zstd and gzip archives".into()));
         }
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let exists =
-            sqlx::query("SELECT 1 FROM images WHERE name = ?").bind(&image.name).fetch_optional(&mut *tx).await?;
+            sqlx::query("SELECT 1 FROM images WHERE name = $1").bind(&image.name).fetch_optional(&mut *tx).await?;
         if exists.is_some() {
             return Err(StoreError::Conflict(format!(
                 "image {} already exists; delete it first or import under a new name",
@@ -33,7 +33,7 @@ impl SqliteStore {
             )));
         }
         let size = |a: &Artifact| a.size as i64;
-        sqlx::query(&format!("INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO images ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"))
             .bind(&image.name)
             .bind(&image.kernel.sha256)
             .bind(size(&image.kernel))
@@ -55,7 +55,7 @@ impl SqliteStore {
     pub(crate) async fn list_images_impl(&self, only: Option<&str>) -> Result<Vec<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM images {} ORDER BY name",
-            if only.is_some() { "WHERE name = ?" } else { "" }
+            if only.is_some() { "WHERE name = $1" } else { "" }
         );
         let mut q = sqlx::query(&sql);
         if let Some(n) = only {
@@ -76,7 +76,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn delete_image_impl(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Settings are JSON documents: find users by decoding them (portable SQL).
         let mut users = Vec::new();
         for (kind, sql) in
@@ -96,7 +96,7 @@ impl SqliteStore {
                 users.join(", ")
             )));
         }
-        let done = sqlx::query("DELETE FROM images WHERE name = ?").bind(name).execute(&mut *tx).await?;
+        let done = sqlx::query("DELETE FROM images WHERE name = $1").bind(name).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound { kind: "image", name: name.to_owned() });
         }

@@ -1,20 +1,21 @@
-//! Tunnel, boot and host-key queries of the SQLite store (the `Store` trait methods
+//! Tunnel, boot and host-key queries of the SQL store (the `Store` trait methods
 //! delegate here to keep each file about one subject).
 
-use crate::sqlite::{audit, parse_name, SqliteStore};
+use crate::sql::{audit, parse_name, Backend, SqlStore, TUNNELS_CHANNEL};
 use crate::{format_time, now_secs, Actor, BootInfo, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{MacAddr, NodeName};
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-type TunnelRow = (String, String, String, i64, i64, Option<String>);
+pub(crate) type TunnelRow = (String, String, String, i64, i64, Option<String>, String);
 /// booted_at, address, instance_id, hostname, boot_count
 type BootRow = (i64, String, Option<String>, Option<String>, i64);
-const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at, mode";
+pub(crate) const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at, mode, server";
 
-fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
-    let (node, public_key, address, created_at, expires_at, mode) = row;
+pub(crate) fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
+    let (node, public_key, address, created_at, expires_at, mode, server) = row;
     Ok(TunnelRecord {
         node: parse_name("tunnel node", &node)?,
         public_key,
@@ -22,36 +23,56 @@ fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
         created_at,
         expires_at,
         mode,
+        server,
     })
 }
 
-async fn delete_tunnel(
-    conn: &mut SqliteConnection,
+pub(crate) async fn delete_tunnel(
+    conn: &mut AnyConnection,
     node: &NodeName,
     reason: CloseReason,
     actor: &Actor,
 ) -> Result<Option<TunnelRecord>, StoreError> {
-    let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE node = ?"))
+    let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE node = $1"))
         .bind(node.as_str())
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else { return Ok(None) };
     let t = tunnel(row)?;
-    sqlx::query("DELETE FROM tunnels WHERE node = ?").bind(node.as_str()).execute(&mut *conn).await?;
+    sqlx::query("DELETE FROM tunnels WHERE node = $1").bind(node.as_str()).execute(&mut *conn).await?;
     let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
     audit(conn, actor, "tunnel.close", &format!("node/{node}"), &detail).await?;
     Ok(Some(t))
 }
 
-impl SqliteStore {
+/// Tells the servers holding these tunnels that their tunnels changed under them
+/// (PostgreSQL `NOTIFY`, delivered at commit; one per server). SQLite: one server, no-op.
+pub(crate) async fn announce<'a>(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    closed: impl IntoIterator<Item = &'a TunnelRecord>,
+) -> Result<(), StoreError> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let servers: BTreeSet<&str> = closed.into_iter().map(|t| t.server.as_str()).collect();
+    for server in servers {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(TUNNELS_CHANNEL).bind(server).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl SqlStore {
     pub(crate) async fn node_by_mac_impl(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = ?")
-            .bind(mac.to_string())
-            .fetch_optional(&self.read)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = $1")
+                .bind(mac.to_string())
+                .fetch_optional(&self.read)
+                .await?;
         row.map(|(n,)| parse_name("node", &n)).transpose()
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open_tunnel_impl(
         &self,
         node: &NodeName,
@@ -59,12 +80,16 @@ impl SqliteStore {
         network: &TunnelNetwork,
         ttl_secs: u64,
         mode: Option<&str>,
+        server: &str,
         actor: &Actor,
     ) -> Result<OpenedTunnel, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let replaced = delete_tunnel(&mut tx, node, CloseReason::Replaced, actor).await?;
+        // The node re-enrolled through another server: the old one must drop its peer.
+        let moved = replaced.iter().filter(|r| r.server != server);
+        announce(&mut tx, self.backend, moved).await?;
         // A key already bound to another node's tunnel is never moved silently.
-        let key_owner: Option<(String,)> = sqlx::query_as("SELECT node FROM tunnels WHERE public_key = ?")
+        let key_owner: Option<(String,)> = sqlx::query_as("SELECT node FROM tunnels WHERE public_key = $1")
             .bind(public_key)
             .fetch_optional(&mut *tx)
             .await?;
@@ -80,14 +105,16 @@ impl SqliteStore {
             created_at: now,
             expires_at: now + ttl_secs as i64,
             mode: mode.map(str::to_owned),
+            server: server.to_owned(),
         };
-        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
+        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
             .bind(node.as_str())
             .bind(public_key)
             .bind(address.to_string())
             .bind(t.created_at)
             .bind(t.expires_at)
             .bind(&t.mode)
+            .bind(server)
             .execute(&mut *tx)
             .await?;
         let detail = format!("address={address} key={public_key} ttl={ttl_secs}s");
@@ -98,7 +125,7 @@ impl SqliteStore {
 
     /// The next free address at or after the hint, wrapping around once. The unique
     /// index on `tunnels.address` backs this up against any other writer.
-    async fn free_address(&self, conn: &mut SqliteConnection, network: &TunnelNetwork) -> Result<IpAddr, StoreError> {
+    async fn free_address(&self, conn: &mut AnyConnection, network: &TunnelNetwork) -> Result<IpAddr, StoreError> {
         let range = network.node_offsets();
         let (first, last) = (*range.start(), *range.end());
         let hint = *self.next_address.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,7 +133,7 @@ impl SqliteStore {
         // Bounded: a pool this full is exhausted for any practical purpose.
         for _ in 0..(last - first + 1).min(1 << 20) {
             let candidate = network.address_at(offset);
-            let taken = sqlx::query("SELECT 1 FROM tunnels WHERE address = ?")
+            let taken = sqlx::query("SELECT 1 FROM tunnels WHERE address = $1")
                 .bind(candidate.to_string())
                 .fetch_optional(&mut *conn)
                 .await?;
@@ -126,16 +153,17 @@ impl SqliteStore {
         reason: CloseReason,
         actor: &Actor,
     ) -> Result<Option<TunnelRecord>, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let closed = delete_tunnel(&mut tx, node, reason, actor).await?;
+        announce(&mut tx, self.backend, &closed).await?;
         tx.commit().await?;
         Ok(closed)
     }
 
     pub(crate) async fn expire_tunnels_impl(&self, now: i64) -> Result<Vec<TunnelRecord>, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows: Vec<TunnelRow> =
-            sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE expires_at <= ?"))
+            sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE expires_at <= $1"))
                 .bind(now)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -147,6 +175,7 @@ impl SqliteStore {
                 closed.push(t);
             }
         }
+        announce(&mut tx, self.backend, &closed).await?;
         tx.commit().await?;
         Ok(closed)
     }
@@ -159,10 +188,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn tunnel_by_address_impl(&self, address: IpAddr) -> Result<Option<TunnelRecord>, StoreError> {
-        let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE address = ?"))
-            .bind(address.to_string())
-            .fetch_optional(&self.read)
-            .await?;
+        let row: Option<TunnelRow> =
+            sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE address = $1"))
+                .bind(address.to_string())
+                .fetch_optional(&self.read)
+                .await?;
         row.map(tunnel).transpose()
     }
 
@@ -171,11 +201,11 @@ impl SqliteStore {
         t: &TunnelRecord,
         report: &BootReport,
     ) -> Result<Option<TunnelRecord>, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Only the tunnel the request came through, and only while it is still the
         // node's current one (a replaced tunnel cannot close its successor).
         let current: Option<(String,)> =
-            sqlx::query_as("SELECT public_key FROM tunnels WHERE node = ? AND address = ?")
+            sqlx::query_as("SELECT public_key FROM tunnels WHERE node = $1 AND address = $2")
                 .bind(t.node.as_str())
                 .bind(t.address.to_string())
                 .fetch_optional(&mut *tx)
@@ -184,13 +214,13 @@ impl SqliteStore {
             return Ok(None);
         }
         let now = now_secs();
-        let previous: Option<(i64,)> = sqlx::query_as("SELECT boot_count FROM boots WHERE node = ?")
+        let previous: Option<(i64,)> = sqlx::query_as("SELECT boot_count FROM boots WHERE node = $1")
             .bind(t.node.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM boots WHERE node = ?").bind(t.node.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM boots WHERE node = $1").bind(t.node.as_str()).execute(&mut *tx).await?;
         sqlx::query(
-            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(t.node.as_str())
         .bind(now)
@@ -202,9 +232,9 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await?;
         if !report.host_keys.is_empty() {
-            sqlx::query("DELETE FROM host_keys WHERE node = ?").bind(t.node.as_str()).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM host_keys WHERE node = $1").bind(t.node.as_str()).execute(&mut *tx).await?;
             for (kind, key) in &report.host_keys {
-                sqlx::query("INSERT INTO host_keys (node, key_type, key_text) VALUES (?, ?, ?)")
+                sqlx::query("INSERT INTO host_keys (node, key_type, key_text) VALUES ($1, $2, $3)")
                     .bind(t.node.as_str())
                     .bind(kind)
                     .bind(key)
@@ -225,16 +255,18 @@ impl SqliteStore {
     }
 
     pub(crate) async fn boot_info_impl(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {
+        let mut tx = self.begin_read().await?;
         let row: Option<BootRow> =
-            sqlx::query_as("SELECT booted_at, address, instance_id, hostname, boot_count FROM boots WHERE node = ?")
+            sqlx::query_as("SELECT booted_at, address, instance_id, hostname, boot_count FROM boots WHERE node = $1")
                 .bind(node.as_str())
-                .fetch_optional(&self.read)
+                .fetch_optional(&mut *tx)
                 .await?;
         let Some((at, address, instance_id, hostname, boot_count)) = row else { return Ok(None) };
-        let keys: Vec<(String,)> = sqlx::query_as("SELECT key_text FROM host_keys WHERE node = ? ORDER BY key_type")
+        let keys: Vec<(String,)> = sqlx::query_as("SELECT key_text FROM host_keys WHERE node = $1 ORDER BY key_type")
             .bind(node.as_str())
-            .fetch_all(&self.read)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(Some(BootInfo {
             node: node.clone(),
             booted_at: format_time(at),

@@ -1,19 +1,19 @@
-//! Template secrets in the SQLite store: sealed values, listings without them.
+//! Template secrets in the SQL store: sealed values, listings without them.
 
 use crate::secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::{format_time, now_secs, Actor, StoreError};
 use ferry_core::model::check_secret_name;
 use ferry_core::{NodeName, ProfileName};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
 
-async fn target_exists(conn: &mut SqliteConnection, scope: &SecretScope) -> Result<(), StoreError> {
+async fn target_exists(conn: &mut AnyConnection, scope: &SecretScope) -> Result<(), StoreError> {
     let (sql, kind) = match scope {
         SecretScope::Global => return Ok(()),
-        SecretScope::Profile(_) => ("SELECT 1 FROM profiles WHERE name = ?", "profile"),
-        SecretScope::Node(_) => ("SELECT 1 FROM nodes WHERE name = ?", "node"),
+        SecretScope::Profile(_) => ("SELECT 1 FROM profiles WHERE name = $1", "profile"),
+        SecretScope::Node(_) => ("SELECT 1 FROM nodes WHERE name = $1", "node"),
     };
     match sqlx::query(sql).bind(scope.target()).fetch_optional(&mut *conn).await? {
         Some(_) => Ok(()),
@@ -21,7 +21,7 @@ async fn target_exists(conn: &mut SqliteConnection, scope: &SecretScope) -> Resu
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn set_secret_impl(
         &self,
         name: &str,
@@ -37,9 +37,9 @@ impl SqliteStore {
             )));
         }
         let sealed = self.sealer.seal(value, scope.aad(name).as_bytes());
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         target_exists(&mut tx, scope).await?;
-        sqlx::query("DELETE FROM secrets WHERE name = ? AND scope = ? AND target = ?")
+        sqlx::query("DELETE FROM secrets WHERE name = $1 AND scope = $2 AND target = $3")
             .bind(name)
             .bind(scope.kind())
             .bind(scope.target())
@@ -51,7 +51,7 @@ impl SqliteStore {
             SecretScope::Node(n) => (Some(n.as_str()), None),
         };
         sqlx::query(
-            "INSERT INTO secrets (name, scope, target, node, profile, value, size, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO secrets (name, scope, target, node, profile, value, size, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(name)
         .bind(scope.kind())
@@ -76,8 +76,8 @@ impl SqliteStore {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         check_secret_name(name)?;
-        let mut tx = self.write.begin().await?;
-        let gone = sqlx::query("DELETE FROM secrets WHERE name = ? AND scope = ? AND target = ?")
+        let mut tx = self.begin_write().await?;
+        let gone = sqlx::query("DELETE FROM secrets WHERE name = $1 AND scope = $2 AND target = $3")
             .bind(name)
             .bind(scope.kind())
             .bind(scope.target())
@@ -119,7 +119,7 @@ impl SqliteStore {
         profiles: &[ProfileName],
     ) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, scope, target, value FROM secrets WHERE scope = 'global' OR (scope = 'node' AND target = ?) \
+            "SELECT name, scope, target, value FROM secrets WHERE scope = 'global' OR (scope = 'node' AND target = $1) \
              OR scope = 'profile'",
         )
         .bind(node.as_str())

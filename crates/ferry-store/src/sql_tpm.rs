@@ -1,14 +1,14 @@
-//! Node TPM identities in the SQLite store.
+//! Node TPM identities in the SQL store.
 
-use crate::sqlite::{audit, SqliteStore};
+use crate::sql::{audit, SqlStore};
 use crate::tpm::{TpmRecord, TpmRegistration, TpmState};
 use crate::{now_secs, Actor, StoreError};
 use ferry_core::NodeName;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
 const COLUMNS: &str = "node, state, fingerprint, ek_spki, ek_cert, updated_at";
 
-fn record(row: &sqlx::sqlite::SqliteRow) -> Result<(NodeName, TpmRecord), StoreError> {
+fn record(row: &sqlx::any::AnyRow) -> Result<(NodeName, TpmRecord), StoreError> {
     let node: String = row.get(0);
     let state = match row.get::<String, _>(1).as_str() {
         "registered" => TpmState::Registered,
@@ -20,8 +20,8 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<(NodeName, TpmRecord), StoreE
     Ok((name, TpmRecord { state, registration, updated_at: row.get(5) }))
 }
 
-async fn node_exists(conn: &mut SqliteConnection, node: &NodeName) -> Result<(), StoreError> {
-    match sqlx::query("SELECT 1 FROM nodes WHERE name = ?").bind(node.as_str()).fetch_optional(&mut *conn).await? {
+async fn node_exists(conn: &mut AnyConnection, node: &NodeName) -> Result<(), StoreError> {
+    match sqlx::query("SELECT 1 FROM nodes WHERE name = $1").bind(node.as_str()).fetch_optional(&mut *conn).await? {
         Some(_) => Ok(()),
         None => Err(StoreError::NotFound { kind: "node", name: node.to_string() }),
     }
@@ -29,11 +29,11 @@ async fn node_exists(conn: &mut SqliteConnection, node: &NodeName) -> Result<(),
 
 /// The node that already holds this EK, other than `node`.
 async fn owner_of(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     fingerprint: &str,
     node: &NodeName,
 ) -> Result<Option<(String, String)>, StoreError> {
-    let row = sqlx::query("SELECT node, state FROM node_tpm WHERE fingerprint = ? AND node <> ?")
+    let row = sqlx::query("SELECT node, state FROM node_tpm WHERE fingerprint = $1 AND node <> $2")
         .bind(fingerprint)
         .bind(node.as_str())
         .fetch_optional(&mut *conn)
@@ -42,13 +42,13 @@ async fn owner_of(
 }
 
 async fn upsert(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     node: &NodeName,
     state: TpmState,
     tpm: &TpmRegistration,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM node_tpm WHERE node = ?").bind(node.as_str()).execute(&mut *conn).await?;
-    sqlx::query(&format!("INSERT INTO node_tpm ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
+    sqlx::query("DELETE FROM node_tpm WHERE node = $1").bind(node.as_str()).execute(&mut *conn).await?;
+    sqlx::query(&format!("INSERT INTO node_tpm ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"))
         .bind(node.as_str())
         .bind(state.as_str())
         .bind(&tpm.fingerprint)
@@ -60,14 +60,14 @@ async fn upsert(
     Ok(())
 }
 
-impl SqliteStore {
+impl SqlStore {
     pub(crate) async fn set_node_tpm_impl(
         &self,
         node: &NodeName,
         tpm: Option<&TpmRegistration>,
         actor: &Actor,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
         let subject = format!("node/{node}");
         match tpm {
@@ -84,7 +84,7 @@ impl SqliteStore {
                 audit(&mut tx, actor, "tpm.register", &subject, &format!("ek={} from={how}", tpm.fingerprint)).await?;
             }
             None => {
-                let gone = sqlx::query("DELETE FROM node_tpm WHERE node = ?")
+                let gone = sqlx::query("DELETE FROM node_tpm WHERE node = $1")
                     .bind(node.as_str())
                     .execute(&mut *tx)
                     .await?
@@ -104,7 +104,7 @@ impl SqliteStore {
     ) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM node_tpm {} ORDER BY node",
-            if only.is_some() { "WHERE node = ?" } else { "" }
+            if only.is_some() { "WHERE node = $1" } else { "" }
         );
         let mut q = sqlx::query(&sql);
         if let Some(n) = only {
@@ -119,9 +119,9 @@ impl SqliteStore {
         tpm: &TpmRegistration,
         actor: &Actor,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
-        let current = sqlx::query("SELECT state, fingerprint FROM node_tpm WHERE node = ?")
+        let current = sqlx::query("SELECT state, fingerprint FROM node_tpm WHERE node = $1")
             .bind(node.as_str())
             .fetch_optional(&mut *tx)
             .await?;
@@ -142,11 +142,11 @@ impl SqliteStore {
     }
 
     pub(crate) async fn approve_tpm_impl(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError> {
-        let mut tx = self.write.begin().await?;
+        let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
         let now = now_secs();
         let done = sqlx::query(
-            "UPDATE node_tpm SET state = 'registered', updated_at = ? WHERE node = ? AND state = 'pending'",
+            "UPDATE node_tpm SET state = 'registered', updated_at = $1 WHERE node = $2 AND state = 'pending'",
         )
         .bind(now)
         .bind(node.as_str())
@@ -158,7 +158,7 @@ impl SqliteStore {
                 "node {node} has no pending TPM to approve (see ferry node tpm {node})"
             )));
         }
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM node_tpm WHERE node = ?"))
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM node_tpm WHERE node = $1"))
             .bind(node.as_str())
             .fetch_one(&mut *tx)
             .await?;

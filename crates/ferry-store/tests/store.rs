@@ -1,19 +1,24 @@
-//! The SQLite store against a real database file in a temporary directory.
+//! The store against real databases: every test runs on SQLite (a file in a temporary
+//! directory) and on PostgreSQL (a fresh database; see tests/common).
 
+#[macro_use]
+mod common;
+
+use common::{Kind, TestDb};
 use ferry_api::admin::{
     AddNodes, AddProfiles, AssetTagChange, NewNode, NewProfile, NodePatch, ProfilePatch, SecretState,
 };
 use ferry_api::Secret;
 use ferry_core::patch::SettingsPatch;
 use ferry_core::{NodeName, ProfileName, Settings};
-use ferry_store::{Actor, Sealer, SqliteStore, Store, StoreError};
+use ferry_store::{Actor, Sealer, SqlStore, Store, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
-    (dir, s)
+async fn store(kind: Kind) -> (TestDb, SqlStore) {
+    let db = TestDb::new(kind).await;
+    let s = db.open().await;
+    (db, s)
 }
 
 fn actor() -> Actor {
@@ -36,9 +41,8 @@ fn eth0(mac: &str, ip: &str) -> serde_json::Value {
     json!({"interfaces": {"eth0": {"mac": mac, "ipv4": ip}}})
 }
 
-#[tokio::test]
-async fn duplicate_mac_or_ip_across_nodes_is_rejected() {
-    let (_d, s) = store().await;
+async fn duplicate_mac_or_ip_across_nodes_is_rejected(kind: Kind) {
+    let (_d, s) = store(kind).await;
     s.add_nodes(AddNodes { nodes: vec![new_node("n1", eth0("52:54:00:00:00:01", "10.0.0.1"))] }, &actor())
         .await
         .unwrap();
@@ -74,9 +78,8 @@ async fn duplicate_mac_or_ip_across_nodes_is_rejected() {
     assert!(matches!(e, Err(StoreError::Conflict(_))));
 }
 
-#[tokio::test]
-async fn a_batch_is_all_or_nothing() {
-    let (_d, s) = store().await;
+async fn a_batch_is_all_or_nothing(kind: Kind) {
+    let (_d, s) = store(kind).await;
     let mut nodes: Vec<NewNode> = (1..=10)
         .map(|i| new_node(&format!("n{i}"), eth0(&format!("52:54:00:00:00:{i:02x}"), &format!("10.0.0.{i}"))))
         .collect();
@@ -90,9 +93,8 @@ async fn a_batch_is_all_or_nothing() {
     assert!(matches!(e, StoreError::BadRequest(_)), "{e}");
 }
 
-#[tokio::test]
-async fn profiles_unknown_cycles_and_in_use() {
-    let (_d, s) = store().await;
+async fn profiles_unknown_cycles_and_in_use(kind: Kind) {
+    let (_d, s) = store(kind).await;
     let mut node = new_node("n1", json!({}));
     node.profiles = vec![p("ghost")];
     let e = s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap_err();
@@ -122,9 +124,8 @@ async fn profiles_unknown_cycles_and_in_use() {
     assert_eq!(merged.profiles, [p("a"), p("b")]);
 }
 
-#[tokio::test]
-async fn asset_tag_is_sealed_at_rest_and_never_in_views() {
-    let (dir, s) = store().await;
+async fn asset_tag_is_sealed_at_rest_and_never_in_views(kind: Kind) {
+    let (db, s) = store(kind).await;
     let mut node = new_node("n1", json!({}));
     node.asset_tag = Some(Secret::new("ASSET-TAG-7f3a9".into()));
     s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap();
@@ -135,20 +136,18 @@ async fn asset_tag_is_sealed_at_rest_and_never_in_views() {
     assert!(!format!("{:?}", s.audit(None, 100).await.unwrap()).contains("ASSET-TAG-7f3a9"));
     assert_eq!(s.node_identity(&n("n1")).await.unwrap().1.unwrap().expose(), "ASSET-TAG-7f3a9");
     drop(s);
-    for f in std::fs::read_dir(dir.path()).unwrap() {
-        let bytes = std::fs::read(f.unwrap().path()).unwrap();
-        assert!(!bytes.windows(15).any(|w| w == b"ASSET-TAG-7f3a9"), "clear asset tag on disk");
+    for bytes in db.stored_bytes().await {
+        assert!(!bytes.windows(15).any(|w| w == b"ASSET-TAG-7f3a9"), "clear asset tag at rest");
     }
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = db.open_with(Sealer::ephemeral()).await;
     assert!(s.node_identity(&n("n1")).await.is_err(), "another key cannot open it");
     let patch = NodePatch { asset_tag: Some(AssetTagChange::Unset), ..Default::default() };
     s.set_nodes(&[n("n1")], &patch, &actor()).await.unwrap();
     assert_eq!(s.get_node(&n("n1")).await.unwrap().asset_tag, SecretState::Unset);
 }
 
-#[tokio::test]
-async fn concurrent_writers_lose_no_update() {
-    let (_d, s) = store().await;
+async fn concurrent_writers_lose_no_update(kind: Kind) {
+    let (_d, s) = store(kind).await;
     let s = Arc::new(s);
     s.add_nodes(AddNodes { nodes: vec![new_node("n1", json!({}))] }, &actor()).await.unwrap();
     let tasks: Vec<_> = (0..20)
@@ -182,10 +181,9 @@ fn tpm(fingerprint: &str) -> ferry_store::TpmRegistration {
     }
 }
 
-#[tokio::test]
-async fn tpm_identity_register_discover_approve() {
+async fn tpm_identity_register_discover_approve(kind: Kind) {
     use ferry_store::TpmState;
-    let (_d, s) = store().await;
+    let (_d, s) = store(kind).await;
     let nodes = vec![new_node("n1", json!({})), new_node("n2", json!({}))];
     s.add_nodes(AddNodes { nodes }, &actor()).await.unwrap();
 
@@ -217,10 +215,9 @@ async fn tpm_identity_register_discover_approve() {
     }
 }
 
-#[tokio::test]
-async fn secrets_are_sealed_scoped_and_listed_without_values() {
+async fn secrets_are_sealed_scoped_and_listed_without_values(kind: Kind) {
     use ferry_store::SecretScope;
-    let (dir, s) = store().await;
+    let (db, s) = store(kind).await;
     s.add_profiles(
         AddProfiles {
             profiles: vec![
@@ -277,27 +274,42 @@ async fn secrets_are_sealed_scoped_and_listed_without_values() {
     assert_eq!(s.list_secrets().await.unwrap().len(), 4, "the node's secrets go with it");
     s.delete_secret("token", &SecretScope::Global, &actor()).await.unwrap();
     drop(s);
-    for f in std::fs::read_dir(dir.path()).unwrap() {
-        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+    let stored = db.stored_bytes().await;
+    assert!(!stored.is_empty());
+    for bytes in stored {
         for v in values {
-            assert!(!bytes.windows(v.len()).any(|w| w == v.as_bytes()), "{v} in clear on disk");
+            assert!(!bytes.windows(v.len()).any(|w| w == v.as_bytes()), "{v} in clear at rest");
         }
     }
 }
 
-#[tokio::test]
-async fn the_audit_log_is_append_only_in_the_database() {
-    let (dir, s) = store().await;
+async fn the_audit_log_is_append_only_in_the_database(kind: Kind) {
+    let (db, s) = store(kind).await;
     s.add_nodes(AddNodes { nodes: vec![new_node("n1", json!({}))] }, &actor()).await.unwrap();
     let before = s.audit(None, 100).await.unwrap();
     drop(s);
-    // Straight to the file, as an intruder with sqlite3 would: both are refused.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.path().join("ferry.db").display())).await.unwrap();
+    // Straight to the database, as an intruder with sqlite3 or psql would: refused.
+    let pool = db.raw().await;
     let update = sqlx::query("UPDATE audit SET actor = 'nobody'").execute(&pool).await.unwrap_err();
     assert!(update.to_string().contains("append-only"), "{update}");
     let delete = sqlx::query("DELETE FROM audit").execute(&pool).await.unwrap_err();
     assert!(delete.to_string().contains("append-only"), "{delete}");
+    if kind == Kind::Postgres {
+        let truncate = sqlx::query("TRUNCATE audit").execute(&pool).await.unwrap_err();
+        assert!(truncate.to_string().contains("append-only"), "{truncate}");
+    }
     pool.close().await;
-    let s = SqliteStore::open(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap();
+    let s = db.open().await;
     assert_eq!(s.audit(None, 100).await.unwrap().len(), before.len());
 }
+
+both_backends!(
+    duplicate_mac_or_ip_across_nodes_is_rejected,
+    a_batch_is_all_or_nothing,
+    profiles_unknown_cycles_and_in_use,
+    asset_tag_is_sealed_at_rest_and_never_in_views,
+    concurrent_writers_lose_no_update,
+    tpm_identity_register_discover_approve,
+    secrets_are_sealed_scoped_and_listed_without_values,
+    the_audit_log_is_append_only_in_the_database,
+);
