@@ -44,6 +44,8 @@ running() {
 exports() {
   echo "export FERRY_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
   echo "export FERRY_PG_DIR=$dir"
+  # Its unix socket directory: servers in network namespaces reach it there.
+  echo "export FERRY_TEST_POSTGRES_SOCKET=$dir"
 }
 
 start() {

@@ -185,3 +185,21 @@ pub struct SecretView {
     pub size: u64,
     pub updated_at: String,
 }
+
+/// A ferry server sharing the store (`ferry server list`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerView {
+    pub id: String,
+    /// Its WireGuard listener, `host:port`.
+    pub endpoint: String,
+    pub public_key: String,
+    pub started_at: String,
+    /// Seconds since its last heartbeat.
+    pub heartbeat_age_secs: i64,
+    /// Heartbeat within `[cluster] lost_after_secs` of the server answering.
+    pub alive: bool,
+    /// Tunnels whose peers are on its device.
+    pub active_tunnels: i64,
+    /// The server that answered the listing.
+    pub this: bool,
+}

@@ -50,6 +50,9 @@ pub enum Command {
     /// through a node's tunnel; values are write-only.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// The servers sharing this server's store (several on one PostgreSQL).
+    #[command(subcommand)]
+    Server(ServerCommand),
     /// Print the server's WireGuard public key (for `ferry.pubkey=` on the kernel command line).
     ServerKey,
     /// Print the provisioning TLS certificate's pin (for `ferry.tls=` on the kernel
@@ -188,6 +191,15 @@ pub enum TunnelCommand {
     Revoke { node: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// List the servers: liveness (heartbeat), active tunnels, endpoint and key.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML configuration file (see docs/ferry.example.toml).
@@ -203,6 +215,13 @@ pub struct ServeArgs {
     /// on a separate, encrypted or removable volume.
     #[arg(long, env = "FERRY_SECRETS_KEY")]
     pub secrets_key: Option<PathBuf>,
+    /// The store: an SQLite file [default: DATA_DIR/ferry.db] or postgres://USER@HOST/DB
+    /// (several servers may share one PostgreSQL database; see [cluster]).
+    #[arg(long, env = "FERRY_STORE", value_name = "URL|PATH")]
+    pub store: Option<String>,
+    /// This server's id among those sharing the store [default: the host name].
+    #[arg(long, env = "FERRY_SERVER_ID")]
+    pub server_id: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

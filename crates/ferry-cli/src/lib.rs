@@ -107,6 +107,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
         Command::Configure(cmd) => images::configure(&client, cmd).await,
+        Command::Server(args::ServerCommand::List { json }) => {
+            let servers: Vec<ferry_api::admin::ServerView> = client.get("/v1/servers").await?;
+            println!("{}", if json { output::json(&servers) } else { output::server_list(&servers) });
+            Ok(())
+        }
         Command::ServerKey => {
             let info: serde_json::Value = client.get("/v1/server").await?;
             println!("{}", info["public_key"].as_str().unwrap_or_default());
@@ -151,6 +156,12 @@ async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     };
     if let Some(k) = args.secrets_key {
         config.secrets_key = Some(k);
+    }
+    if let Some(store) = args.store {
+        config.store = Some(store);
+    }
+    if let Some(id) = args.server_id {
+        config.cluster.server_id = Some(id);
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;

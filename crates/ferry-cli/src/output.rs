@@ -144,12 +144,39 @@ pub fn tunnel_list(tunnels: &[Value]) -> String {
                 scalar(&t["node"]),
                 scalar(&t["address"]),
                 secs(&t["age_secs"]),
-                t["last_handshake"].as_str().unwrap_or("never").to_owned(),
+                match t["mine"].as_bool() {
+                    Some(false) => "(other server)".to_owned(),
+                    _ => t["last_handshake"].as_str().unwrap_or("never").to_owned(),
+                },
                 secs(&t["expires_in_secs"]),
+                scalar(&t["server"]),
             ]
         })
         .collect();
-    table(&["node", "address", "age", "last handshake", "expires in"], rows)
+    table(&["node", "address", "age", "last handshake", "expires in", "server"], rows)
+}
+
+pub fn server_list(servers: &[ferry_api::admin::ServerView]) -> String {
+    let rows = servers
+        .iter()
+        .map(|s| {
+            let liveness = match (s.alive, s.this) {
+                (true, true) => "alive (this)".to_owned(),
+                (true, false) => "alive".to_owned(),
+                (false, _) => format!("LOST ({} s silent)", s.heartbeat_age_secs),
+            };
+            vec![
+                s.id.clone(),
+                liveness,
+                format!("{}s", s.heartbeat_age_secs),
+                s.active_tunnels.to_string(),
+                s.endpoint.clone(),
+                s.public_key.clone(),
+                s.started_at.clone(),
+            ]
+        })
+        .collect();
+    table(&["server", "liveness", "heartbeat", "tunnels", "endpoint", "public key", "started"], rows)
 }
 
 pub fn tpm_list(tpms: &[TpmView]) -> String {

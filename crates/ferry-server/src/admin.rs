@@ -52,6 +52,8 @@ pub struct AdminState {
     pub tpm: Arc<crate::tpm::TpmPolicy>,
     /// `sha256:HEX` of the provisioning TLS certificate, when that listener is on.
     pub provisioning_tls_pin: Option<String>,
+    /// `[cluster] lost_after_secs`: a server silent for longer is shown as lost.
+    pub lost_after_secs: u64,
 }
 
 /// The admin API on the unix socket: every route, token management included, for
@@ -85,6 +87,7 @@ fn routes() -> Router<AdminState> {
         .route("/v1/tunnels/{node}", axum::routing::delete(revoke_tunnel))
         .route("/v1/known-hosts", get(known_hosts))
         .route("/v1/server", get(server_info))
+        .route("/v1/servers", get(list_servers))
         .route("/v1/images", get(list_images).post(add_image))
         .route("/v1/images/{name}", get(get_image).delete(delete_image))
         .route("/v1/secrets", get(list_secrets))
@@ -265,12 +268,15 @@ async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelV
         .await?
         .into_iter()
         .map(|t| TunnelView {
+            // Only this server's device is visible here.
+            on_device: handshakes.contains_key(&t.public_key),
+            mine: t.server == s.tunnels.server_id,
+            server: t.server,
             last_handshake: handshakes
                 .get(&t.public_key)
                 .copied()
                 .flatten()
                 .map(|h| humantime::format_rfc3339_seconds(h).to_string()),
-            on_device: handshakes.contains_key(&t.public_key),
             age_secs: now - t.created_at,
             expires_in_secs: t.expires_at - now,
             node: t.node.to_string(),
@@ -298,6 +304,7 @@ async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<(NodeNam
 
 async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value>, HttpError> {
     Ok(ApiJson(serde_json::json!({
+        "server_id": s.tunnels.server_id,
         "public_key": s.server_public_key.to_base64(),
         "tunnel_network": s.tunnels.network.to_string(),
         "server_address": s.tunnels.network.server_address().to_string(),
@@ -317,6 +324,35 @@ struct TunnelView {
     expires_in_secs: i64,
     last_handshake: Option<String>,
     on_device: bool,
+    /// Which server's device holds the peer.
+    server: String,
+    /// Whether that is the server answering.
+    mine: bool,
+}
+
+/// The servers sharing the store, as `ferry server list` shows them.
+async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_api::admin::ServerView>>, HttpError> {
+    let now = ferry_store::now_secs();
+    let views = s
+        .store
+        .list_servers()
+        .await?
+        .into_iter()
+        .map(|st| {
+            let age = now - st.server.heartbeat_at;
+            ferry_api::admin::ServerView {
+                alive: age <= s.lost_after_secs as i64,
+                this: st.server.id == s.tunnels.server_id,
+                heartbeat_age_secs: age,
+                started_at: ferry_store::format_time(st.server.started_at),
+                active_tunnels: st.active_tunnels,
+                id: st.server.id,
+                endpoint: st.server.endpoint,
+                public_key: st.server.public_key,
+            }
+        })
+        .collect();
+    Ok(ApiJson(views))
 }
 
 async fn list_images(State(s): State<AdminState>) -> Result<ApiJson<Vec<ImageRecord>>, HttpError> {

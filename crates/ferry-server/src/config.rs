@@ -24,11 +24,36 @@ pub struct Config {
     pub secrets_key: Option<PathBuf>,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
+    /// The store: an SQLite file (`sqlite:PATH` or a path; default `data_dir/ferry.db`)
+    /// or `postgres://USER@HOST/DB`, which several servers may share ([cluster]).
+    pub store: Option<String>,
+    pub cluster: ClusterConfig,
     pub provisioning: ProvisioningConfig,
     pub wireguard: WireGuardConfig,
     pub datasource: DatasourceConfig,
     pub tpm: TpmConfig,
     pub remote_admin: RemoteAdminConfig,
+}
+
+/// Several servers on one PostgreSQL store: each has an id, its own WireGuard device
+/// and key, and a heartbeat in the store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This server's id among those sharing the store (letters, digits, `-`, `.`, `_`;
+    /// at most 63). Default: the host name.
+    pub server_id: Option<String>,
+    /// How often this server records that it is alive, seconds.
+    pub heartbeat_secs: u64,
+    /// A server whose heartbeat is older than this is lost: the others close its
+    /// tunnels, so its nodes enroll again elsewhere. Seconds; more than 2 heartbeats.
+    pub lost_after_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { server_id: None, heartbeat_secs: 2, lost_after_secs: 15 }
+    }
 }
 
 /// The optional remote admin listener (TLS, bearer tokens with roles).
@@ -155,6 +180,8 @@ impl Default for Config {
             admin_users: Vec::new(),
             secrets_key: None,
             log_format: LogFormat::Text,
+            store: None,
+            cluster: ClusterConfig::default(),
             provisioning: ProvisioningConfig::default(),
             wireguard: WireGuardConfig::default(),
             datasource: DatasourceConfig::default(),
@@ -212,6 +239,8 @@ pub enum ConfigError {
     Read { path: String, source: std::io::Error },
     #[error("config file {path} is invalid: {source}")]
     Parse { path: String, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -222,8 +251,39 @@ impl Config {
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: shown, source })
     }
 
-    pub fn database_path(&self) -> PathBuf {
-        self.data_dir.join("ferry.db")
+    /// Where the store is: `store`, else the SQLite file in the data directory.
+    pub fn store_location(&self) -> Result<ferry_store::StoreLocation, ConfigError> {
+        match &self.store {
+            Some(s) => ferry_store::StoreLocation::parse(s).map_err(|e| ConfigError::Invalid(format!("store: {e}"))),
+            None => Ok(ferry_store::StoreLocation::Sqlite(self.data_dir.join("ferry.db"))),
+        }
+    }
+
+    /// This server's id: `[cluster] server_id`, else the host name.
+    pub fn server_id(&self) -> Result<String, ConfigError> {
+        let id = match &self.cluster.server_id {
+            Some(id) => id.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "ferry".into()),
+        };
+        let valid = !id.is_empty()
+            && id.len() <= 63
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !valid {
+            return Err(ConfigError::Invalid(format!(
+                "server id {id:?}: use 1 to 63 letters, digits, '-', '.' or '_' (set [cluster] server_id)"
+            )));
+        }
+        if self.cluster.heartbeat_secs == 0 || self.cluster.lost_after_secs <= 2 * self.cluster.heartbeat_secs {
+            return Err(ConfigError::Invalid(
+                "[cluster] lost_after_secs must be more than twice heartbeat_secs (and heartbeat_secs at least 1)"
+                    .into(),
+            ));
+        }
+        Ok(id)
     }
 
     pub fn secrets_key_path(&self) -> PathBuf {
@@ -246,5 +306,24 @@ mod tests {
         assert_eq!(c, Config { admin_users: vec!["ferryadm".into()], ..Config::default() });
         assert!(toml::from_str::<Config>("data_dri = \"/x\"").is_err());
         assert!(toml::from_str::<Config>("[wireguard]\nnetwork = \"100.64.0.1/16\"").is_err(), "host bits set");
+    }
+
+    #[test]
+    fn server_ids_and_store_urls() {
+        let mut c = Config {
+            cluster: ClusterConfig { server_id: Some("ferry-a.1".into()), ..Default::default() },
+            ..Config::default()
+        };
+        assert_eq!(c.server_id().unwrap(), "ferry-a.1");
+        for bad in ["", "has space", "x/y", &"a".repeat(64)] {
+            c.cluster.server_id = Some(bad.into());
+            assert!(c.server_id().is_err(), "{bad:?}");
+        }
+        c.cluster = ClusterConfig { server_id: Some("a".into()), heartbeat_secs: 5, lost_after_secs: 10 };
+        assert!(c.server_id().is_err(), "lost_after must exceed two heartbeats");
+        c.store = Some("mysql://db/ferry".into());
+        assert!(c.store_location().is_err(), "an unknown scheme is not a file name");
+        c.store = None;
+        assert_eq!(c.store_location().unwrap(), ferry_store::StoreLocation::Sqlite(c.data_dir.join("ferry.db")));
     }
 }

@@ -11,6 +11,7 @@ pub mod admin;
 mod artifacts;
 pub mod boot;
 mod client_addr;
+mod cluster;
 pub mod config;
 pub mod datasource;
 pub mod enroll;
@@ -68,9 +69,10 @@ impl Server {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         create_private_dir(&config.data_dir)?;
         let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
-        let location = ferry_store::StoreLocation::Sqlite(config.database_path());
+        let location = config.store_location()?;
+        let server_id = config.server_id()?;
         let store =
-            SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the database {location}"))?;
+            SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
@@ -92,7 +94,8 @@ impl Server {
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
-        let tunnels = Arc::new(TunnelManager::new(store.clone(), device, wg.network));
+        cluster::register(&store, &config, &server_id, &server_public_key.to_base64()).await?;
+        let tunnels = Arc::new(TunnelManager::new(store.clone(), device, wg.network, server_id));
         // The store is the truth: restore active tunnels, drop orphans and expired ones.
         let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
         tracing::info!(?report, "device reconciled at start-up");
@@ -169,6 +172,7 @@ impl Server {
                 public_url: config.provisioning.public_url.clone(),
                 tpm: tpm.clone(),
                 provisioning_tls_pin,
+                lost_after_secs: config.cluster.lost_after_secs,
             },
             provisioning: enroll::ProvisioningState {
                 tunnels: tunnels.clone(),
@@ -220,6 +224,7 @@ impl Server {
             let app = admin::remote_router(self.admin.clone()).layer(timeout());
             tls_tasks.push(spawn_tls("remote admin", listener, tls, app));
         }
+        let server_key = self.admin.server_public_key.to_base64();
         let admin = axum::serve(
             self.admin_listener,
             admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
@@ -254,13 +259,16 @@ impl Server {
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(stopped());
-        let reconciler = reconcile_loop(self.tunnels.clone(), self.config.wireguard.reconcile_interval_secs, stopped());
+        let reconciler = reconcile_loop(self.tunnels.clone(), self.config.clone(), stopped());
+        let heartbeat = cluster::heartbeat_loop(self.tunnels.clone(), self.config.clone(), server_key, stopped());
+        let watcher = cluster::watch_loop(self.tunnels.clone(), stopped());
         let signal = async move {
             shutdown_signal().await;
             tracing::info!("stopping");
             let _ = stop_tx.send(true);
         };
-        let (a, p, d, (), ()) = tokio::join!(admin, provisioning, datasource, reconciler, signal);
+        let (a, p, d, (), (), (), ()) =
+            tokio::join!(admin, provisioning, datasource, reconciler, heartbeat, watcher, signal);
         for (what, task) in tls_tasks {
             match task.await {
                 Ok(Ok(())) => {}
@@ -281,8 +289,14 @@ impl Server {
     }
 }
 
-/// Reaps expired tunnels and repairs the device every `interval` seconds.
-async fn reconcile_loop(tunnels: Arc<TunnelManager>, interval: u64, stopped: impl std::future::Future<Output = ()>) {
+/// Reaps expired tunnels (and those of lost servers) and repairs the device every
+/// `reconcile_interval_secs`.
+async fn reconcile_loop(
+    tunnels: Arc<TunnelManager>,
+    config: Arc<Config>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    let interval = config.wireguard.reconcile_interval_secs;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(interval.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stopped);
@@ -290,6 +304,9 @@ async fn reconcile_loop(tunnels: Arc<TunnelManager>, interval: u64, stopped: imp
         tokio::select! {
             _ = &mut stopped => return,
             _ = tick.tick() => {
+                if let Err(e) = tunnels.reap_lost_servers(config.cluster.lost_after_secs).await {
+                    tracing::error!(error = %e, "could not close the tunnels of lost servers");
+                }
                 if let Err(e) = tunnels.reconcile().await {
                     tracing::error!(error = %e, "reconcile failed");
                 }

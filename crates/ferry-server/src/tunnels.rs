@@ -21,6 +21,8 @@ pub const PHONE_HOME_GRACE: Duration = Duration::from_millis(1500);
 pub struct TunnelManager {
     pub store: Arc<dyn Store>,
     pub network: TunnelNetwork,
+    /// This server's id: its tunnels are the store's tunnels with this server.
+    pub server_id: String,
     /// Store-then-device sequences hold it shared (many at once); reconcile holds it
     /// exclusively, so it never sees a committed tunnel whose peer is still on its way
     /// to the device (or the reverse) and undoes it.
@@ -123,13 +125,14 @@ fn peer_of(t: &TunnelRecord) -> Option<PeerConfig> {
 
 impl TunnelManager {
     /// Takes the device over; must be called inside a tokio runtime.
-    pub fn new(store: Arc<dyn Store>, device: Box<dyn WgDevice>, network: TunnelNetwork) -> Self {
+    pub fn new(store: Arc<dyn Store>, device: Box<dyn WgDevice>, network: TunnelNetwork, server_id: String) -> Self {
         let device = Arc::new(Mutex::new(Some(device)));
         let (batches, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_loop(device.clone(), rx));
         TunnelManager {
             store,
             network,
+            server_id,
             order: RwLock::new(()),
             device,
             batches,
@@ -197,8 +200,10 @@ impl TunnelManager {
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
-        let opened =
-            self.store.open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, "local", actor).await?;
+        let opened = self
+            .store
+            .open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, &self.server_id, actor)
+            .await?;
         self.forget(opened.replaced.as_slice(), CloseReason::Replaced);
         self.active
             .write()
@@ -267,7 +272,22 @@ impl TunnelManager {
         }
     }
 
-    /// Reaps expired tunnels, then makes the device's peers equal to the active tunnels.
+    /// Closes the tunnels of servers whose heartbeat is older than `lost_after_secs`
+    /// (their nodes enroll again elsewhere; a lost server that comes back drops the
+    /// peers at its next reconcile).
+    pub async fn reap_lost_servers(&self, lost_after_secs: u64) -> Result<usize, StoreError> {
+        let now = ferry_store::now_secs();
+        let closed = self.store.close_tunnels_of_lost_servers(now, lost_after_secs as i64, &self.server_id).await?;
+        for t in &closed {
+            tracing::warn!(node = %t.node, server = %t.server, address = %t.address, "closed the tunnel of a lost server");
+            let label = crate::metrics::ReasonLabel { reason: CloseReason::ServerLost.as_str() };
+            self.metrics.tunnel_lifetime.get_or_create(&label).observe((now - t.created_at).max(0) as f64);
+        }
+        Ok(closed.len())
+    }
+
+    /// Reaps expired tunnels, then makes the device's peers equal to this server's
+    /// active tunnels.
     pub async fn reconcile(&self) -> Result<ReconcileReport, anyhow::Error> {
         let _order = self.order.write().await;
         let device = self.device.lock().await;
@@ -282,6 +302,7 @@ impl TunnelManager {
             .list_tunnels()
             .await?
             .into_iter()
+            .filter(|t| t.server == self.server_id)
             .filter_map(|t| Some((t.public_key.parse().ok()?, t)))
             .collect();
         let status = dev.status().await?;
