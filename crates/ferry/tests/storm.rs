@@ -24,3 +24,26 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
     }
     assert!(r["churn"]["ratio"].as_f64().unwrap_or(0.0) > 1.0, "batched churn beats one process per peer");
 }
+
+#[test]
+fn storm_smoke_three_servers_on_postgres() {
+    require_root();
+    let socket = std::env::var("FERRY_TEST_POSTGRES_SOCKET")
+        .expect("FERRY_TEST_POSTGRES_SOCKET is not set: run scripts/test.sh, or eval \"$(scripts/postgres.sh start)\"");
+    let url = std::env::var("FERRY_TEST_POSTGRES").expect("FERRY_TEST_POSTGRES is not set");
+    let port = url.rsplit_once(':').and_then(|(_, p)| p.split('/').next()).unwrap_or("5432").to_owned();
+    // The servers run in the lab's namespace: PostgreSQL through its unix socket.
+    let store = format!("postgres://postgres@localhost:{port}/postgres?host={socket}");
+    let out = std::process::Command::new(FERRY)
+        .args(["bench", "storm", "--nodes", "300", "--concurrency", "30", "--churn-peers", "0", "--json"])
+        .args(["--servers", "3", "--store", &store])
+        .output()
+        .expect("run ferry bench storm");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "storm failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!((r["servers"].as_u64(), r["store"].as_str()), (Some(3), Some("postgres")));
+    assert_eq!(r["completed"], 300);
+    assert!(r["errors"].as_object().is_some_and(|e| e.is_empty()), "errors: {}", r["errors"]);
+    assert_eq!((r["leaks"]["active_tunnels"].as_u64(), r["leaks"]["device_peers"].as_u64()), (Some(0), Some(0)));
+}

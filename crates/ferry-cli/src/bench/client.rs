@@ -14,8 +14,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const PROVISIONING: &str = "127.0.0.1:8470";
-
 pub fn node_name(i: usize) -> String {
     format!("s{i:05}")
 }
@@ -77,8 +75,16 @@ fn expect_ok(step: Step, r: Result<(StatusCode, Bytes), String>, stats: &Stats) 
     }
 }
 
-pub async fn enroll_only(i: usize, server_key: String, stats: Arc<Stats>) -> Option<Session> {
-    let prov: SocketAddr = PROVISIONING.parse().ok()?;
+/// A server under test: where to enroll, and the key it must present.
+pub struct Target {
+    pub provisioning: SocketAddr,
+    pub server_key: String,
+}
+
+/// Node `i` enrolls at server `i mod N`.
+pub async fn enroll_only(i: usize, targets: Arc<Vec<Target>>, stats: Arc<Stats>) -> Option<Session> {
+    let target = &targets[i % targets.len()];
+    let (prov, server_key) = (target.provisioning, &target.server_key);
     let started = Instant::now();
     let t = Instant::now();
     let body = expect_ok(
@@ -109,12 +115,14 @@ pub async fn enroll_only(i: usize, server_key: String, stats: Arc<Stats>) -> Opt
     )?;
     stats.record(Step::Enroll, t.elapsed());
     let resp: EnrollResponse = serde_json::from_slice(&body).ok()?;
-    if resp.server_public_key != server_key {
+    if resp.server_public_key != *server_key {
         stats.error("enroll: server key mismatch".into());
         return None;
     }
     let address: IpAddr = resp.node_address.parse().ok()?;
-    let server = SocketAddr::new(resp.server_address.parse().ok()?, 8471);
+    // http://SERVER_TUNNEL_ADDRESS:PORT/ (each lab server has its own datasource port).
+    let authority = resp.datasource_url.strip_prefix("http://")?.split('/').next()?;
+    let server: SocketAddr = authority.parse().ok()?;
     Some(Session { address, server, started })
 }
 
@@ -148,8 +156,8 @@ pub async fn finish(session: Option<Session>, stats: Arc<Stats>) {
     }
 }
 
-pub async fn full_boot(i: usize, server_key: String, stats: Arc<Stats>) {
-    let s = enroll_only(i, server_key, stats.clone()).await;
+pub async fn full_boot(i: usize, targets: Arc<Vec<Target>>, stats: Arc<Stats>) {
+    let s = enroll_only(i, targets, stats.clone()).await;
     finish(s, stats).await;
 }
 

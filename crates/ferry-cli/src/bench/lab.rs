@@ -12,14 +12,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One `ferry serve` of the lab: server `i` (0-based) listens for provisioning on
+/// 127.0.0.1:8470+10i, serves its datasource on port 8471+10i of the shared tunnel
+/// address and has WireGuard device `fst<pid><i>` on port 51820+i.
+pub struct LabServer {
+    pub interface: String,
+    pub pid: u32,
+    pub provisioning: std::net::SocketAddr,
+    pub client: AdminClient,
+    child: Option<Child>,
+    wg_go: Option<Child>,
+}
+
 pub struct Lab {
     pub netns: String,
-    pub interface: String,
-    pub server_pid: u32,
+    pub servers: Vec<LabServer>,
     dir: PathBuf,
-    server: Option<Child>,
-    wg_go: Option<Child>,
-    client: AdminClient,
+    /// A scratch PostgreSQL database made for this run, dropped at the end.
+    scratch: Option<super::scratch::ScratchDatabase>,
     cleaned: bool,
 }
 
@@ -35,40 +45,54 @@ impl Lab {
     pub async fn start(args: &StormArgs) -> anyhow::Result<Lab> {
         let id = std::process::id();
         let netns = format!("ferrystorm{id}");
-        let interface = format!("fst{}", id % 100_000);
         let dir = std::env::temp_dir().join(format!("ferry-storm-{id}"));
         std::fs::create_dir_all(&dir)?;
         sh(&["ip", "netns", "add", &netns])?;
-        let mut lab = Lab {
-            netns: netns.clone(),
-            interface: interface.clone(),
-            server_pid: 0,
-            dir: dir.clone(),
-            server: None,
-            wg_go: None,
-            client: AdminClient::new(dir.join("admin.sock")),
-            cleaned: false,
-        };
+        let mut lab =
+            Lab { netns: netns.clone(), servers: Vec::new(), dir: dir.clone(), scratch: None, cleaned: false };
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
         sh(&["ip", "-n", &netns, "route", "add", "local", "100.64.0.0/16", "dev", "lo"])?;
+        let store = match &args.store {
+            Some(url) => {
+                let scratch = super::scratch::ScratchDatabase::create(url).await?;
+                let url = scratch.url.clone();
+                lab.scratch = Some(scratch);
+                format!("store = \"{url}\"\n")
+            }
+            None => String::new(),
+        };
+        for i in 0..args.servers {
+            let server = lab.start_server(args, i, &store).await?;
+            lab.servers.push(server);
+        }
+        Ok(lab)
+    }
+
+    async fn start_server(&mut self, args: &StormArgs, i: usize, store: &str) -> anyhow::Result<LabServer> {
+        let netns = &self.netns;
+        let interface = format!("fst{}{i}", std::process::id() % 100_000);
+        let mut wg_go = None;
         let backend = if args.backend == "wireguard-go" {
             let child = Command::new("ip")
-                .args(["netns", "exec", &netns, "wireguard-go", "-f", &interface])
+                .args(["netns", "exec", netns, "wireguard-go", "-f", &interface])
                 .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .context("cannot start wireguard-go: apt-get install -y wireguard-go")?;
-            lab.wg_go = Some(child);
+            wg_go = Some(child);
             let sock = PathBuf::from(format!("/var/run/wireguard/{interface}.sock"));
             wait_for(Duration::from_secs(10), || sock.exists()).context("wireguard-go did not create its socket")?;
-            sh(&["ip", "-n", &netns, "addr", "add", "100.64.0.1/16", "dev", &interface])?;
-            sh(&["ip", "-n", &netns, "link", "set", &interface, "up"])?;
+            sh(&["ip", "-n", netns, "addr", "add", "100.64.0.1/16", "dev", &interface])?;
+            sh(&["ip", "-n", netns, "link", "set", &interface, "up"])?;
             "uapi"
         } else {
             "userspace"
         };
+        let dir = self.dir.join(format!("s{i}"));
+        std::fs::create_dir_all(&dir)?;
         let config = dir.join("ferry.toml");
+        let provisioning: std::net::SocketAddr = format!("127.0.0.1:{}", 8470 + 10 * i).parse()?;
         // Every simulated node comes from one address, so the per-source limit (meant for
         // one node per address) is set far above what the storm sends; the global limit
         // and the enrollment cap too, so the benchmark measures the server, not its
@@ -76,22 +100,28 @@ impl Lab {
         std::fs::write(
             &config,
             format!(
-                "[provisioning]\nlisten = \"{}\"\nmax_pending_nonces = 1000000\n\
+                "{store}secrets_key = \"{}\"\n[cluster]\nserver_id = \"s{i}\"\n\
+                 [provisioning]\nlisten = \"{provisioning}\"\nmax_pending_nonces = 1000000\n\
                  enroll_rate_per_source = 1000000\nenroll_burst_per_source = 1000000\n\
                  enroll_rate_global = 1000000\nenroll_burst_global = 1000000\n\
-                 max_concurrent_enrollments = 100000\n[wireguard]\ninterface = \"{interface}\"\nbackend = \"{backend}\"\ntunnel_ttl_secs = 3600\n",
-                super::client::PROVISIONING
+                 max_concurrent_enrollments = 100000\n[datasource]\nport = {}\n\
+                 [wireguard]\ninterface = \"{interface}\"\nbackend = \"{backend}\"\nlisten_port = {}\n\
+                 tunnel_ttl_secs = 3600\n",
+                self.dir.join("secrets.key").display(),
+                8471 + 10 * i,
+                51820 + i,
             ),
         )?;
         let exe = std::env::current_exe()?;
         let log = std::fs::File::create(dir.join("server.log"))?;
+        let sock = dir.join("admin.sock");
         let child = Command::new("ip")
-            .args(["netns", "exec", &netns])
+            .args(["netns", "exec", netns])
             .arg(&exe)
             .args(["serve", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--socket")
-            .arg(dir.join("admin.sock"))
+            .arg(&sock)
             .arg("--config")
             .arg(&config)
             .env("FERRY_LOG", "warn")
@@ -99,12 +129,22 @@ impl Lab {
             .stderr(log)
             .spawn()
             .context("cannot start ferry serve")?;
-        lab.server_pid = child.id();
-        lab.server = Some(child);
-        let sock = dir.join("admin.sock");
+        let server = LabServer {
+            interface,
+            pid: child.id(),
+            provisioning,
+            client: AdminClient::new(sock.clone()),
+            child: Some(child),
+            wg_go,
+        };
         wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok())
             .with_context(|| format!("ferry serve did not start; see {}", dir.join("server.log").display()))?;
-        Ok(lab)
+        Ok(server)
+    }
+
+    /// The first server's admin API (the inventory is shared).
+    fn client(&self) -> &AdminClient {
+        &self.servers[0].client
     }
 
     /// Registers the simulated nodes (asset-tag identity: they all connect from
@@ -119,7 +159,7 @@ impl Lab {
         });
         let profile =
             NewProfile { name: "storm".parse()?, profiles: vec![], settings: serde_json::from_value(settings)? };
-        self.client
+        self.client()
             .call::<Changed>(Method::POST, "/v1/profiles", Some(&AddProfiles { profiles: vec![profile] }))
             .await?;
         for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
@@ -136,14 +176,20 @@ impl Lab {
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            self.client.call::<Changed>(Method::POST, "/v1/nodes", Some(&AddNodes { nodes })).await?;
+            self.client().call::<Changed>(Method::POST, "/v1/nodes", Some(&AddNodes { nodes })).await?;
         }
         Ok(())
     }
 
-    pub async fn server_public_key(&self) -> anyhow::Result<String> {
-        let v: serde_json::Value = self.client.get("/v1/server").await?;
-        v["public_key"].as_str().map(str::to_owned).context("no server key")
+    /// Each server's provisioning address and WireGuard key, in order.
+    pub async fn targets(&self) -> anyhow::Result<Vec<super::client::Target>> {
+        let mut out = Vec::new();
+        for s in &self.servers {
+            let v: serde_json::Value = s.client.get("/v1/server").await?;
+            let key = v["public_key"].as_str().map(str::to_owned).context("no server key")?;
+            out.push(super::client::Target { provisioning: s.provisioning, server_key: key });
+        }
+        Ok(out)
     }
 
     /// Runs `f` on a runtime whose threads live in the lab's network namespace.
@@ -165,37 +211,51 @@ impl Lab {
             .await?
     }
 
-    fn proc_field(&self, file: &str) -> String {
-        std::fs::read_to_string(format!("/proc/{}/{file}", self.server_pid)).unwrap_or_default()
+    fn proc_field(pid: u32, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
     }
 
-    /// The server's user + system CPU seconds so far.
+    /// The servers' user + system CPU seconds so far, summed.
     pub fn server_cpu_secs(&self) -> f64 {
-        let stat = self.proc_field("stat");
-        // Fields after the command name (which may contain spaces) start after ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
         let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-        (ticks(11) + ticks(12)) / hz
+        let mut total = 0.0;
+        for s in &self.servers {
+            let stat = Self::proc_field(s.pid, "stat");
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (ticks(11) + ticks(12)) / hz;
+        }
+        total
     }
 
+    /// The largest peak RSS among the servers.
     pub fn server_peak_rss_kib(&self) -> u64 {
-        self.proc_field("status")
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        self.servers
+            .iter()
+            .map(|s| {
+                Self::proc_field(s.pid, "status")
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            })
+            .max()
             .unwrap_or(0)
     }
 
-    /// Waits (bounded) for the device and the store to hold no tunnel.
+    /// Waits (bounded) for every device and the store to hold no tunnel.
     pub async fn verify_no_leaks(&self, limit: Duration) -> anyhow::Result<Leaks> {
         let deadline = Instant::now() + limit;
         loop {
-            let tunnels: Vec<serde_json::Value> = self.client.get("/v1/tunnels").await?;
-            let peers = sh(&["ip", "netns", "exec", &self.netns, "wg", "show", &self.interface, "peers"])?;
-            let leaks =
-                Leaks { active_tunnels: tunnels.len(), device_peers: peers.lines().filter(|l| !l.is_empty()).count() };
+            let tunnels: Vec<serde_json::Value> = self.client().get("/v1/tunnels").await?;
+            let mut device_peers = 0;
+            for s in &self.servers {
+                let peers = sh(&["ip", "netns", "exec", &self.netns, "wg", "show", &s.interface, "peers"])?;
+                device_peers += peers.lines().filter(|l| !l.is_empty()).count();
+            }
+            let leaks = Leaks { active_tunnels: tunnels.len(), device_peers };
             if (leaks.active_tunnels == 0 && leaks.device_peers == 0) || Instant::now() > deadline {
                 return Ok(leaks);
             }
@@ -205,6 +265,11 @@ impl Lab {
 
     pub async fn stop(mut self) {
         self.shutdown();
+        if let Some(db) = self.scratch.take() {
+            if let Err(e) = db.remove().await {
+                eprintln!("storm: could not drop the scratch database: {e:#}");
+            }
+        }
     }
 
     fn shutdown(&mut self) {
@@ -212,23 +277,28 @@ impl Lab {
             return;
         }
         self.cleaned = true;
-        if let Some(mut c) = self.server.take() {
-            let _ =
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+        for s in &mut self.servers {
+            if let Some(mut c) = s.child.take() {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
             }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if let Some(mut c) = self.wg_go.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            if let Some(mut c) = s.wg_go.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", s.interface));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.netns]).status();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.interface));
+        if let Some(db) = &self.scratch {
+            eprintln!("storm: the scratch database {} is left behind; drop it with DROP DATABASE", db.name);
+        }
     }
 }
 

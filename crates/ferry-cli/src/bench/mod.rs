@@ -11,6 +11,7 @@ mod churn;
 mod client;
 mod lab;
 mod report;
+mod scratch;
 
 use anyhow::Context;
 use clap::Args;
@@ -32,6 +33,15 @@ pub struct StormArgs {
     /// WireGuard backend of the server under test: userspace or wireguard-go.
     #[arg(long, default_value = "userspace", value_parser = ["userspace", "wireguard-go"])]
     pub backend: String,
+    /// How many servers share the store; simulated node i enrolls at server i mod N.
+    /// More than one needs --store postgres://...
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
+    /// PostgreSQL to run on instead of each server's embedded SQLite: the bench creates
+    /// (and afterwards drops) a scratch database there. The servers run in the lab's
+    /// network namespace, so use the unix socket: postgres://USER@localhost:PORT/postgres?host=/SOCKET/DIR
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Peers for the side-by-side churn comparison (0: skip).
     #[arg(long, default_value_t = 1000)]
     pub churn_peers: usize,
@@ -46,21 +56,33 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         "ferry bench storm needs root (network namespaces): sudo ferry bench storm"
     );
     anyhow::ensure!(args.nodes > 0 && args.concurrency > 0, "--nodes and --concurrency must be positive");
+    anyhow::ensure!((1..=8).contains(&args.servers), "--servers takes 1 to 8");
+    anyhow::ensure!(
+        args.servers == 1 || args.store.is_some(),
+        "several servers need a shared store: add --store postgres://..."
+    );
     let lab = lab::Lab::start(&args).await?;
+    let pids: Vec<String> = lab.servers.iter().map(|s| s.pid.to_string()).collect();
     eprintln!(
-        "storm: {} nodes, concurrency {}, server pid {} in namespace {} ({} backend); tunnel network routed to lo, \
-         simulated nodes bind their tunnel addresses",
-        args.nodes, args.concurrency, lab.server_pid, lab.netns, args.backend
+        "storm: {} nodes, concurrency {}, {} server(s) (pid {}) in namespace {} ({} backend, {} store); tunnel \
+         network routed to lo, simulated nodes bind their tunnel addresses",
+        args.nodes,
+        args.concurrency,
+        lab.servers.len(),
+        pids.join(", "),
+        lab.netns,
+        args.backend,
+        if args.store.is_some() { "PostgreSQL" } else { "SQLite" }
     );
     lab.add_nodes(args.nodes).await?;
-    let pubkey = lab.server_public_key().await?;
+    let targets = Arc::new(lab.targets().await?);
     let stats = Arc::new(report::Stats::default());
     let started = Instant::now();
     let cpu_before = lab.server_cpu_secs();
     let nodes = args.nodes;
     let (concurrency, hold) = (args.concurrency, args.hold);
     let stats2 = stats.clone();
-    let pk = pubkey.clone();
+    let tg = targets.clone();
     let peak_tunnels = lab
         .in_netns(move || async move {
             let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
@@ -72,13 +94,13 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
             let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
             let mut peak = 0;
             if hold {
-                let enroll = (0..nodes).map(|i| client::enroll_only(i, pk.clone(), stats2.clone()));
+                let enroll = (0..nodes).map(|i| client::enroll_only(i, tg.clone(), stats2.clone()));
                 let sessions = client::run_all(enroll, &sem, &progress).await;
                 peak = sessions.iter().filter(|s| s.is_some()).count();
                 let finish = sessions.into_iter().map(|s| client::finish(s, stats2.clone()));
                 client::run_all(finish, &sem, &progress).await;
             } else {
-                let boots = (0..nodes).map(|i| client::full_boot(i, pk.clone(), stats2.clone()));
+                let boots = (0..nodes).map(|i| client::full_boot(i, tg.clone(), stats2.clone()));
                 client::run_all(boots, &sem, &progress).await;
             }
             progress.finish_and_clear();

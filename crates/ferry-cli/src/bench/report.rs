@@ -107,6 +107,8 @@ impl Report {
             "concurrency": args.concurrency,
             "hold": args.hold,
             "backend": args.backend,
+            "servers": args.servers,
+            "store": if args.store.is_some() { "postgres" } else { "sqlite" },
             "completed": completed,
             "elapsed_s": elapsed.as_secs_f64(),
             "nodes_per_s": completed as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -132,12 +134,14 @@ impl Report {
     pub fn to_text(&self) -> String {
         let j = &self.json;
         let mut s = format!(
-            "storm: {} of {} nodes completed in {:.2} s = {:.0} nodes/s (concurrency {}, {}{})\n",
+            "storm: {} of {} nodes completed in {:.2} s = {:.0} nodes/s (concurrency {}, {} server(s), {}, {}{})\n",
             j["completed"],
             j["nodes"],
             j["elapsed_s"].as_f64().unwrap_or(0.0),
             j["nodes_per_s"].as_f64().unwrap_or(0.0),
             j["concurrency"],
+            j["servers"],
+            j["store"].as_str().unwrap_or(""),
             j["backend"].as_str().unwrap_or(""),
             if j["hold"].as_bool() == Some(true) { ", hold" } else { "" }
         );
@@ -158,7 +162,7 @@ impl Report {
         let errors = j["errors"].as_object().map(|e| e.len()).unwrap_or(0);
         s += &format!("errors: {}\n", if errors == 0 { "none".to_string() } else { j["errors"].to_string() });
         s += &format!(
-            "server: peak RSS {:.1} MiB, CPU {:.2} s, peak active tunnels {}\n",
+            "server(s): peak RSS {:.1} MiB (largest), CPU {:.2} s (all), peak active tunnels {}\n",
             j["server"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
             j["server"]["cpu_s"].as_f64().unwrap_or(0.0),
             j["server"]["peak_active_tunnels"]
