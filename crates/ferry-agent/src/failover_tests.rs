@@ -79,7 +79,8 @@ async fn a_server_lost_after_enrolling_means_enrolling_again_elsewhere() {
     assert!(outcome.phoned_home);
     assert_eq!(server.requests(Method::Post, B_PHONE).len(), 1);
     let waited = began.elapsed();
-    assert!(waited >= Duration::from_secs(4), "A's tunnel was given most of --tunnel-timeout: {waited:?}");
+    // Probes back off with jitter up to 2 s, and none may cross the limit.
+    assert!(waited >= Duration::from_secs(2), "A's tunnel was given time (--tunnel-timeout 5 s): {waited:?}");
     assert!(waited < Duration::from_secs(15), "then B took over promptly: {waited:?}");
     let log = tunnels.log.lock().expect("lock");
     assert_eq!(log.opened.len(), 2, "one tunnel to A, one to B");

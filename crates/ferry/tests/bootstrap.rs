@@ -7,7 +7,7 @@ mod common;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::cluster::{Cluster, DATASOURCE, SERVER_IP};
-use common::{eventually, unique, Netns};
+use common::{eventually, Netns};
 use std::time::Instant;
 
 const USER_DATA: &str =
@@ -288,24 +288,11 @@ fn after_a_crash_the_restarted_server_drops_orphan_peers() {
     // The uapi backend: wireguard-go keeps the device (and any stale peer) while ferry is down.
     let wg_go = std::sync::Mutex::new(None);
     let mut c = Cluster::with_wireguard(1, "backend = \"uapi\"\n", |srv: &Netns| {
-        let name = unique("fy");
-        let child = srv
-            .cmd("wireguard-go")
-            .args(["-f", &name])
-            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("wireguard-go (apt-get install -y wireguard-go)");
-        eventually(10, "wireguard-go socket", || {
-            std::path::Path::new(&format!("/var/run/wireguard/{name}.sock")).exists()
-        });
-        srv.sh(&["ip", "addr", "add", "100.64.0.1/16", "dev", &name]);
-        srv.sh(&["ip", "link", "set", &name, "up"]);
+        let (name, child) = common::wireguard_go(srv, "100.64.0.1/16");
         *wg_go.lock().unwrap() = Some(child);
         Some(name)
     });
-    let _wg_go = KillOnDrop(wg_go.lock().unwrap().take());
+    let _wg_go = wg_go.lock().unwrap().take();
     let ifname = c.server.interface.clone();
     c.add_nodes(&[]);
     let holder = c.hold(0);
@@ -321,17 +308,6 @@ fn after_a_crash_the_restarted_server_drops_orphan_peers() {
     holder.stop();
     c.server.ok(&["tunnel", "revoke", "n1"]);
     assert_all_closed(&c);
-}
-
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[test]

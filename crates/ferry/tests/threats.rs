@@ -199,6 +199,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/audit", ""),
     ("GET", "/v1/tpm", ""),
     ("GET", "/v1/images", ""),
+    ("GET", "/v1/servers", ""),
     ("GET", "/metrics", ""),
     ("DELETE", "/v1/tunnels/n1", ""),
     ("POST", "/v1/nodes/n1/tpm/approve", ""),

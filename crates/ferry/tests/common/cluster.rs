@@ -25,6 +25,50 @@ pub struct Cluster {
 }
 
 impl Node {
+    /// Node `i` (1-based): a namespace joined by a veth pair to `bridge` in `hub`, with
+    /// address 198.18.0.(10+i), MAC 52:54:00:00:01:(i), name n(i) and an SSH host key.
+    pub fn on_bridge(hub: &Netns, bridge: &str, i: usize) -> Node {
+        let ns = Netns::new("fcn");
+        let (a, b) = (unique("fva"), unique("fvb"));
+        sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+        sh(&["ip", "link", "set", &a, "netns", &hub.name]);
+        sh(&["ip", "link", "set", &b, "netns", &ns.name]);
+        hub.sh(&["ip", "link", "set", &a, "master", bridge, "up"]);
+        let ip = format!("198.18.0.{}", 10 + i);
+        let mac = format!("52:54:00:00:01:{i:02x}");
+        ns.sh(&["ip", "link", "set", &b, "address", &mac]);
+        ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &b]);
+        ns.sh(&["ip", "link", "set", &b, "up"]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("ssh")).expect("ssh dir");
+        let name = format!("n{i}");
+        std::fs::write(
+            dir.path().join("ssh/ssh_host_ed25519_key.pub"),
+            format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} root@{name}\n"),
+        )
+        .expect("host key");
+        Node { ns, name, ip, mac, dir, interface: unique("fyn") }
+    }
+
+    /// `ferry agent` in this node's namespace against `server` (one URL or a
+    /// comma-separated list), pinning `pubkey` (one key or a list).
+    pub fn agent(&self, mode: &str, server: &str, pubkey: &str, timeout: &str) -> Command {
+        let mut c = self.ns.cmd(FERRY);
+        c.args(["agent", "--server", server, "--pubkey", pubkey, "--node", &self.name])
+            .args(["--mode", mode, "--interface", &self.interface, "--timeout", timeout, "--cmdline", "/dev/null"])
+            .arg("--seed-dir")
+            .arg(self.path("seed"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--ssh-dir")
+            .arg(self.path("ssh"))
+            .arg("--asset-tag-file")
+            .arg(self.path("asset-tag"))
+            .env("FERRY_LOG", "debug")
+            .stdin(Stdio::null());
+        c
+    }
+
     pub fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
@@ -84,29 +128,7 @@ impl Cluster {
         srv.sh(&["ip", "link", "add", bridge, "type", "bridge"]);
         srv.sh(&["ip", "addr", "add", &format!("{SERVER_IP}/24"), "dev", bridge]);
         srv.sh(&["ip", "link", "set", bridge, "up"]);
-        let mut nodes = Vec::new();
-        for i in 1..=count {
-            let ns = Netns::new("fcn");
-            let (a, b) = (unique("fva"), unique("fvb"));
-            sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
-            sh(&["ip", "link", "set", &a, "netns", &srv.name]);
-            sh(&["ip", "link", "set", &b, "netns", &ns.name]);
-            srv.sh(&["ip", "link", "set", &a, "master", bridge, "up"]);
-            let ip = format!("198.18.0.{}", 10 + i);
-            let mac = format!("52:54:00:00:01:{i:02x}");
-            ns.sh(&["ip", "link", "set", &b, "address", &mac]);
-            ns.sh(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &b]);
-            ns.sh(&["ip", "link", "set", &b, "up"]);
-            let dir = tempfile::tempdir().expect("tempdir");
-            std::fs::create_dir_all(dir.path().join("ssh")).expect("ssh dir");
-            let name = format!("n{i}");
-            std::fs::write(
-                dir.path().join("ssh/ssh_host_ed25519_key.pub"),
-                format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} root@{name}\n"),
-            )
-            .expect("host key");
-            nodes.push(Node { ns, name, ip, mac, dir, interface: unique("fyn") });
-        }
+        let nodes = (1..=count).map(|i| Node::on_bridge(&srv, bridge, i)).collect();
         let interface = prepare(&srv);
         let listen = format!("{SERVER_IP}:8470");
         let server = TestServer::start_in_with(srv, top, &listen, provisioning, wireguard, interface);
@@ -134,21 +156,7 @@ impl Cluster {
 
     /// `ferry agent` for node `i` against `server`, giving up after `timeout`.
     pub fn agent_to(&self, i: usize, mode: &str, server: &str, pubkey: &str, timeout: &str) -> Command {
-        let n = &self.nodes[i];
-        let mut c = n.ns.cmd(FERRY);
-        c.args(["agent", "--server", server, "--pubkey", pubkey, "--node", &n.name])
-            .args(["--mode", mode, "--interface", &n.interface, "--timeout", timeout, "--cmdline", "/dev/null"])
-            .arg("--seed-dir")
-            .arg(n.path("seed"))
-            .arg("--state-dir")
-            .arg(n.path("state"))
-            .arg("--ssh-dir")
-            .arg(n.path("ssh"))
-            .arg("--asset-tag-file")
-            .arg(n.path("asset-tag"))
-            .env("FERRY_LOG", "debug")
-            .stdin(Stdio::null());
-        c
+        self.nodes[i].agent(mode, server, pubkey, timeout)
     }
 
     /// Starts a `--mode cloud-init` agent that holds node `i`'s tunnel, and waits for

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod chroot;
 pub mod cluster;
+pub mod ha;
 pub mod qemu;
 pub mod raw;
 
@@ -108,8 +109,11 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let interface = interface.unwrap_or_else(|| unique("fy"));
         let config = dir.path().join("ferry.toml");
+        // Reconcile every second unless the test sets its own interval.
+        let reconcile =
+            if wireguard.contains("reconcile_interval_secs") { "" } else { "reconcile_interval_secs = 1\n" };
         let toml = format!(
-            "{top}\n[provisioning]\nlisten = \"{listen}\"\n{provisioning}\n[wireguard]\ninterface = \"{interface}\"\nreconcile_interval_secs = 1\n{wireguard}\n"
+            "{top}\n[provisioning]\nlisten = \"{listen}\"\n{provisioning}\n[wireguard]\ninterface = \"{interface}\"\n{reconcile}{wireguard}\n"
         );
         std::fs::write(&config, toml).expect("config");
         let mut server = TestServer {
@@ -255,4 +259,35 @@ pub fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct KillOnDrop(pub Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts wireguard-go in `ns` on a new interface with `address` (e.g. 100.64.0.1/16),
+/// for the uapi backend: the device outlives a crashed `ferry serve`.
+pub fn wireguard_go(ns: &Netns, address: &str) -> (String, KillOnDrop) {
+    let name = unique("fy");
+    let child = ns
+        .cmd("wireguard-go")
+        .args(["-f", &name])
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wireguard-go (apt-get install -y wireguard-go)");
+    let child = KillOnDrop(Some(child));
+    eventually(10, "wireguard-go socket", || Path::new(&format!("/var/run/wireguard/{name}.sock")).exists());
+    ns.sh(&["ip", "addr", "add", address, "dev", &name]);
+    ns.sh(&["ip", "link", "set", &name, "up"]);
+    (name, child)
 }

@@ -1,0 +1,187 @@
+//! Several ferry servers on one PostgreSQL database (as root, with the test PostgreSQL
+//! that scripts/test.sh starts): a boot storm survives the loss of a server, re-enrolling
+//! elsewhere removes the old peer at once, and a crashed server cleans up when it
+//! comes back.
+
+mod common;
+
+use common::eventually;
+use common::ha::HaCluster;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The tunnels in the shared store, as one server lists them: (node, address, server).
+fn tunnels(c: &HaCluster, via: usize) -> Vec<(String, String, String)> {
+    let list = c.servers[via].json(&["tunnel", "list", "--json"]);
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|t| {
+            let s = |k: &str| t[k].as_str().unwrap_or_default().to_owned();
+            (s("node"), s("address"), s("server"))
+        })
+        .collect()
+}
+
+fn audit(c: &HaCluster, via: usize) -> Vec<serde_json::Value> {
+    let entries = c.servers[via].json(&["audit", "--limit", "100000", "--json"]);
+    entries.as_array().expect("audit entries").clone()
+}
+
+fn field<'a>(detail: &'a str, key: &str) -> Option<&'a str> {
+    detail.split_whitespace().find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// Replays the audit log (one database, writes serialized, so ids are commit order)
+/// and fails if an address was ever opened while another active tunnel held it.
+fn assert_no_address_was_shared(entries: &[serde_json::Value]) -> usize {
+    let mut holder: HashMap<String, String> = HashMap::new();
+    let mut opened = 0;
+    for e in entries {
+        let (action, subject, detail) = (
+            e["action"].as_str().unwrap_or(""),
+            e["subject"].as_str().unwrap_or(""),
+            e["detail"].as_str().unwrap_or(""),
+        );
+        let Some(address) = field(detail, "address") else { continue };
+        match action {
+            "tunnel.open" => {
+                opened += 1;
+                if let Some(other) = holder.insert(address.to_owned(), subject.to_owned()) {
+                    panic!("{address} handed to {subject} while {other} still held it (audit id {})", e["id"]);
+                }
+            }
+            "tunnel.close" => {
+                assert_eq!(holder.remove(address).as_deref(), Some(subject), "close of a tunnel not open: {e}");
+            }
+            _ => {}
+        }
+    }
+    assert!(holder.is_empty(), "tunnels left open: {holder:?}");
+    opened
+}
+
+#[test]
+fn three_servers_survive_the_loss_of_one_mid_storm() {
+    const NODES: usize = 30;
+    let mut c = HaCluster::new(3, NODES, "heartbeat_secs = 1\nlost_after_secs = 4\n", "");
+    // One inventory for all: added through s1, seen by s3.
+    for n in &c.nodes {
+        c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip]);
+    }
+    assert_eq!(c.servers[2].json(&["node", "list", "--json"]).as_array().map(Vec::len), Some(NODES));
+    let listed = c.servers[1].json(&["server", "list", "--json"]);
+    let ids: Vec<&str> = listed.as_array().expect("servers").iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, ["s1", "s2", "s3"]);
+    assert!(listed.as_array().expect("servers").iter().all(|s| s["alive"] == true), "{listed}");
+
+    // Every node lists all three servers, starting with a different one, and pins all keys.
+    let keys = c.server_keys();
+    let started = Instant::now();
+    let agents: Vec<_> = (0..NODES)
+        .map(|i| {
+            let log = std::fs::File::create(c.nodes[i].path("agent.log")).expect("log");
+            c.nodes[i]
+                .agent("fetch", &c.server_urls(i % 3), &keys, "180s")
+                .args(["--tunnel-timeout", "5s"])
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .expect("agent")
+        })
+        .collect();
+
+    // SIGKILL s1 as soon as it holds a tunnel: that node is mid-boot there.
+    eventually(60, "a tunnel on s1", || tunnels(&c, 1).iter().any(|t| t.2 == "s1"));
+    c.servers[0].kill9();
+    let killed_at = Instant::now();
+    let stranded: BTreeSet<String> = tunnels(&c, 1).into_iter().filter(|t| t.2 == "s1").map(|t| t.0).collect();
+    eprintln!("killed s1 after {:.1} s holding the tunnels of {stranded:?}", started.elapsed().as_secs_f64());
+    assert!(!stranded.is_empty(), "s1 was killed while holding a tunnel");
+    let stale = c.servers[0].wg_peers();
+    assert!(!stale.is_empty(), "the killed server's device still holds peers");
+
+    // Every node completes (phones home), the stranded ones at a survivor.
+    let mut done_at = BTreeMap::new();
+    for (i, agent) in agents.into_iter().enumerate() {
+        let out = agent.wait_with_output().expect("agent");
+        let log = std::fs::read_to_string(c.nodes[i].path("agent.log")).unwrap_or_default();
+        assert!(out.status.success(), "node {} failed: {log}", c.nodes[i].name);
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ds=nocloud;s=file://"), "{log}");
+        done_at.insert(c.nodes[i].name.clone(), Instant::now());
+    }
+    let entries = audit(&c, 1);
+    let booted: BTreeSet<&str> = entries
+        .iter()
+        .filter(|e| e["action"] == "node.booted")
+        .filter_map(|e| e["subject"].as_str()?.strip_prefix("node/"))
+        .collect();
+    assert_eq!(booted.len(), NODES, "every node phoned home: {booted:?}");
+    let failover = stranded.iter().filter_map(|n| done_at.get(n)).map(|t| t.duration_since(killed_at)).max();
+    eprintln!(
+        "all {NODES} nodes done {:.1} s after the start; the last stranded node finished {:.1} s after the kill",
+        started.elapsed().as_secs_f64(),
+        failover.unwrap_or_default().as_secs_f64()
+    );
+
+    // The survivors end with no tunnels and no peers; s1 is seen as lost.
+    eventually(20, "survivors' devices empty", || {
+        c.servers[1].wg_peers().is_empty() && c.servers[2].wg_peers().is_empty()
+    });
+    eventually(20, "s1 reported lost", || {
+        let s = c.servers[2].json(&["server", "list", "--json"]);
+        s.as_array().is_some_and(|a| a.iter().any(|s| s["id"] == "s1" && s["alive"] == false))
+    });
+    eventually(20, "no tunnels left", || tunnels(&c, 2).is_empty());
+    let entries = audit(&c, 1);
+    let opened = assert_no_address_was_shared(&entries);
+    eprintln!("{opened} tunnels opened in all; no address was ever held by two tunnels");
+
+    // The killed server comes back and removes the stale peers wireguard-go kept.
+    assert!(!c.servers[0].wg_peers().is_empty(), "stale peers are still there before the restart");
+    c.servers[0].launch();
+    eventually(10, "restarted s1 drops its stale peers", || c.servers[0].wg_peers().is_empty());
+    let s = c.servers[1].json(&["server", "list", "--json"]);
+    assert!(s.as_array().is_some_and(|a| a.iter().all(|s| s["alive"] == true)), "s1 alive again: {s}");
+}
+
+#[test]
+fn re_enrolling_at_another_server_removes_the_old_peer_promptly() {
+    // The periodic reconcile is slowed to a minute: only the store's notification can
+    // make s1 drop the peer within seconds.
+    let c = HaCluster::new(2, 1, "", "reconcile_interval_secs = 60\n");
+    let n = &c.nodes[0];
+    c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip]);
+    let keys = c.server_keys();
+    let mut holder = n
+        .agent("cloud-init", "http://198.18.0.1:8470", &keys, "60s")
+        .arg("--hold")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().expect("stdout")), &mut line)
+        .expect("ds line");
+    assert!(line.starts_with("ds=nocloud-net;"), "{line:?}");
+    assert_eq!(c.servers[0].wg_peers().len(), 1);
+    // The same node boots again, at s2 (its first agent is still holding the tunnel at s1).
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(holder.id() as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = holder.wait();
+    let _ = std::process::Command::new("ip").args(["-n", &n.ns.name, "link", "del", &n.interface]).output();
+    let began = Instant::now();
+    let out = n.agent("fetch", "http://198.18.0.2:8470", &keys, "60s").output().expect("agent");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(10, "s1 drops the replaced peer", || c.servers[0].wg_peers().is_empty());
+    let took = began.elapsed();
+    eprintln!("s1 removed the peer {:.2} s after the node started enrolling at s2", took.as_secs_f64());
+    assert!(took < Duration::from_secs(30), "well before the 60 s reconcile: {took:?}");
+    let entries = audit(&c, 1);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["action"] == "tunnel.close" && e["detail"].as_str().unwrap_or("").contains("reason=replaced")),
+        "the tunnel at s1 was closed as replaced"
+    );
+}
