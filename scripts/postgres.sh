@@ -59,8 +59,10 @@ start() {
     rm -rf -- "$dir"
     rm -f "$STATE"
   fi
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
-  [ -n "$bin" ] && [ -x "$bin/initdb" ] || die "PostgreSQL is not installed: apt-get install postgresql"
+  bin=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
+  if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
+    die "PostgreSQL is not installed: apt-get install postgresql"
+  fi
   id postgres >/dev/null 2>&1 || die "no postgres user: apt-get install postgresql"
   port=$PORT
   dir=$(mktemp -d /tmp/ferry-postgres.XXXXXX)

@@ -45,8 +45,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # end), unless FERRY_TEST_POSTGRES already names one.
 if [ -z "${FERRY_TEST_POSTGRES:-}" ]; then
   echo "==> throwaway PostgreSQL for the store tests"
-  eval "$(scripts/postgres.sh start)"
+  pg_env=$(scripts/postgres.sh start) || die "cannot start a throwaway PostgreSQL (see above)"
   trap 'scripts/postgres.sh stop' EXIT
+  eval "$pg_env"
 fi
 echo "==> cargo test"
 cargo test --workspace --all-targets --locked 2>&1 | tee /tmp/ferry-test.$$.log

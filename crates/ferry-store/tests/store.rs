@@ -313,3 +313,39 @@ both_backends!(
     secrets_are_sealed_scoped_and_listed_without_values,
     the_audit_log_is_append_only_in_the_database,
 );
+
+/// A SQLite database written by the previous release (migrations 0001-0008, applied by
+/// sqlx's own SQLite driver) opens through `Any`: only 0009 is applied, and its tunnels
+/// become the `local` server's.
+#[tokio::test]
+async fn a_sqlite_database_of_the_previous_release_upgrades() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        if f.file_name().to_str().unwrap() < "0009" {
+            std::fs::copy(f.path(), old.join(f.file_name())).unwrap();
+        }
+    }
+    let file = dir.path().join("ferry.db");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(&file).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::query("INSERT INTO nodes (name, settings, revision, updated_at) VALUES ('n1', '{}', 1, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO tunnels (node, public_key, address, created_at, expires_at) VALUES ('n1', 'K', '100.64.0.2', 0, 9999999999)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let s = SqlStore::open_sqlite(&file, Sealer::ephemeral()).await.unwrap();
+    let tunnels = s.list_tunnels().await.unwrap();
+    assert_eq!((tunnels.len(), tunnels[0].server.as_str()), (1, "local"));
+    assert_eq!(s.get_node(&n("n1")).await.unwrap().revision, 1);
+    assert!(s.list_servers().await.unwrap().is_empty());
+}
