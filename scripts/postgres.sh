@@ -9,11 +9,13 @@
 #
 # It listens on 127.0.0.1 only, port 55432 (FERRY_PG_PORT overrides), with trust
 # authentication, fsync off and its unix socket, data and log in a temporary directory
-# recorded in /tmp/ferry-postgres.state. `start` is idempotent: when the recorded server
-# runs, it prints the exports again. Only the export lines go to standard output.
+# recorded in /tmp/ferry-postgres.state (FERRY_PG_STATE overrides, so two runs on one
+# machine can each have their own). `start` is idempotent: when the recorded server runs,
+# it prints the exports again, with FERRY_PG_STARTED=0 so that a caller stops only a
+# server it started itself. Only the export lines go to standard output.
 set -euo pipefail
 
-STATE=/tmp/ferry-postgres.state
+STATE="${FERRY_PG_STATE:-/tmp/ferry-postgres.state}"
 PORT="${FERRY_PG_PORT:-55432}"
 
 die() { echo "scripts/postgres.sh: $*" >&2; exit 1; }
@@ -52,6 +54,7 @@ start() {
   if running; then
     say "already running on 127.0.0.1:$port ($dir)"
     exports
+    echo "export FERRY_PG_STARTED=0"
     return
   fi
   # A stale state file (the machine restarted, the server died): clean it up first.
@@ -85,6 +88,7 @@ start() {
   fi
   say "started PostgreSQL ($("$bin/postgres" --version)) on 127.0.0.1:$port, directory $dir"
   exports
+  echo "export FERRY_PG_STARTED=1"
 }
 
 stop() {

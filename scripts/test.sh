@@ -41,13 +41,16 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The store tests run against SQLite and PostgreSQL: a throwaway server (stopped at the
-# end), unless FERRY_TEST_POSTGRES already names one.
+# The store tests run against SQLite and PostgreSQL: a throwaway server, unless
+# FERRY_TEST_POSTGRES already names one. It is stopped at the end only if this run
+# started it (another run on the machine may be using one it started).
 if [ -z "${FERRY_TEST_POSTGRES:-}" ]; then
   echo "==> throwaway PostgreSQL for the store tests"
   pg_env=$(scripts/postgres.sh start) || die "cannot start a throwaway PostgreSQL (see above)"
-  trap 'scripts/postgres.sh stop' EXIT
   eval "$pg_env"
+  if [ "${FERRY_PG_STARTED:-0}" = 1 ]; then
+    trap 'scripts/postgres.sh stop' EXIT
+  fi
 fi
 echo "==> cargo test"
 cargo test --workspace --all-targets --locked 2>&1 | tee /tmp/ferry-test.$$.log

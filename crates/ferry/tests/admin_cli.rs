@@ -307,12 +307,16 @@ fn audit_since_and_follow() {
         }
     });
     let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    // What was there: the server's own start entry, then node/a1, in that order.
+    let mut next_entry =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let started = next_entry();
+    assert_eq!(started["action"], "server.start", "{started}");
+    let first = next_entry();
     assert_eq!(first["subject"], "node/a1");
     s.ok(&["node", "add", "a2"]);
     s.ok(&["node", "delete", "a2"]);
-    let next: Vec<serde_json::Value> =
-        (0..2).map(|_| serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap()).collect();
+    let next: Vec<serde_json::Value> = (0..2).map(|_| next_entry()).collect();
     let _ = done.send(());
     let _ = follow.kill();
     let _ = follow.wait();
