@@ -31,7 +31,7 @@ fn an_agent_pinning_the_certificate_enrolls_over_tls_and_no_other_pin_works() {
     let out = agent(&c, 1, &https, &wrong, "4s");
     assert_eq!(out.status.code(), Some(5), "server unreachable: {}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not the one pinned"),
+        String::from_utf8_lossy(&out.stderr).contains("not one pinned by ferry.tls="),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
