@@ -107,6 +107,10 @@ fn sqlite_url(path: &Path, mode: &str) -> Result<String, StoreError> {
     Ok(url)
 }
 
+/// Connections per server to PostgreSQL (see `SqlStore::open_postgres`).
+const POSTGRES_WRITE_CONNECTIONS: u32 = 4;
+const POSTGRES_READ_CONNECTIONS: u32 = 8;
+
 /// Begins a write transaction: on PostgreSQL, serialized with every other writer of the
 /// database (all ferry servers) by the advisory lock. The transaction stays READ
 /// COMMITTED on purpose: each statement after the lock sees everything committed by the
@@ -148,10 +152,17 @@ impl SqlStore {
     }
 
     /// Connects to a PostgreSQL database (which must exist) shared with other servers.
+    ///
+    /// Reads and writes get separate pools: writes are serialized by an advisory lock,
+    /// and in a storm every write connection sits waiting for it; with one pool those
+    /// waiters would hold every connection and the datasource's reads would queue behind
+    /// them. Writers beyond the write pool wait in the pool instead (in order, without
+    /// a PostgreSQL backend each). At most 12 connections per server, plus one listening.
     async fn open_postgres(url: &str, sealer: Sealer) -> Result<Self, StoreError> {
-        let pool = AnyPoolOptions::new().max_connections(16).connect(url).await?;
-        POSTGRES_MIGRATOR.run(&pool).await?;
-        Ok(Self::with_pools(Backend::Postgres, pool.clone(), pool, Some(url.to_owned()), sealer))
+        let write = AnyPoolOptions::new().max_connections(POSTGRES_WRITE_CONNECTIONS).connect(url).await?;
+        POSTGRES_MIGRATOR.run(&write).await?;
+        let read = AnyPoolOptions::new().max_connections(POSTGRES_READ_CONNECTIONS).connect(url).await?;
+        Ok(Self::with_pools(Backend::Postgres, read, write, Some(url.to_owned()), sealer))
     }
 
     fn with_pools(

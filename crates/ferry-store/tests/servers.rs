@@ -212,3 +212,36 @@ both_backends!(
     two_servers_never_share_an_address,
     a_tunnel_taken_over_by_another_server_wakes_its_old_server,
 );
+
+/// PostgreSQL only (SQLite's readers never wait for its writer): while more writers than
+/// any pool has connections queue for the write lock, reads still answer at once. With
+/// one pool for both, the waiting writers would hold every connection.
+#[tokio::test]
+async fn postgres_reads_do_not_queue_behind_writers_waiting_for_the_lock() {
+    let db = TestDb::new(Kind::Postgres).await;
+    let s = Arc::new(db.open().await);
+    add_nodes(&s, ["n1".to_string()]).await;
+    let raw = db.raw().await;
+    let mut holder = raw.begin().await.unwrap();
+    // The store's write lock (WRITE_LOCK_KEY in src/sql.rs), held by another session.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(0x6665_7272_7900_0001_i64)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..24)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.register_server(&server(&format!("s{i}"))).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(writers.iter().all(|w| !w.is_finished()), "the writers wait for the lock");
+    let read = tokio::time::timeout(Duration::from_secs(2), s.get_node(&n("n1"))).await;
+    assert!(matches!(read, Ok(Ok(_))), "a read answers while writers wait: {read:?}");
+    holder.rollback().await.unwrap();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(s.list_servers().await.unwrap().len(), 24, "every writer went through afterwards");
+}
