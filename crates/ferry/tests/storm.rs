@@ -23,6 +23,8 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
         assert!(r["steps"][step]["count"].as_u64().unwrap_or(0) >= 500, "{step} measured");
     }
     assert!(r["churn"]["ratio"].as_f64().unwrap_or(0.0) > 1.0, "batched churn beats one process per peer");
+    let peak = r["server"]["peak_active_tunnels"].as_u64().unwrap_or(0);
+    assert!((1..=50).contains(&peak), "at most --concurrency tunnels at once, and some: {peak}");
 }
 
 #[test]
@@ -36,13 +38,15 @@ fn storm_smoke_three_servers_on_postgres() {
     let store = format!("postgres://postgres@localhost:{port}/postgres?host={socket}");
     let out = std::process::Command::new(FERRY)
         .args(["bench", "storm", "--nodes", "300", "--concurrency", "30", "--churn-peers", "0", "--json"])
-        .args(["--servers", "3", "--store", &store])
+        .args(["--servers", "3", "--store", &store, "--hold"])
         .output()
         .expect("run ferry bench storm");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "storm failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
     assert_eq!((r["servers"].as_u64(), r["store"].as_str()), (Some(3), Some("postgres")));
+    assert_eq!(r["hold"], true);
+    assert_eq!(r["server"]["peak_active_tunnels"], 300, "--hold: every node's tunnel at once");
     assert_eq!(r["completed"], 300);
     assert!(r["errors"].as_object().is_some_and(|e| e.is_empty()), "errors: {}", r["errors"]);
     assert_eq!((r["leaks"]["active_tunnels"].as_u64(), r["leaks"]["device_peers"].as_u64()), (Some(0), Some(0)));

@@ -123,6 +123,7 @@ pub async fn enroll_only(i: usize, targets: Arc<Vec<Target>>, stats: Arc<Stats>)
     // http://SERVER_TUNNEL_ADDRESS:PORT/ (each lab server has its own datasource port).
     let authority = resp.datasource_url.strip_prefix("http://")?.split('/').next()?;
     let server: SocketAddr = authority.parse().ok()?;
+    stats.tunnel_opened();
     Some(Session { address, server, started })
 }
 
@@ -153,6 +154,7 @@ pub async fn finish(session: Option<Session>, stats: Arc<Stats>) {
         stats.record(Step::PhoneHome, t.elapsed());
         stats.record(Step::Node, s.started.elapsed());
         stats.completed();
+        stats.tunnel_closed();
     }
 }
 

@@ -83,30 +83,27 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
     let (concurrency, hold) = (args.concurrency, args.hold);
     let stats2 = stats.clone();
     let tg = targets.clone();
-    let peak_tunnels = lab
-        .in_netns(move || async move {
-            let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
-            progress.set_style(
-                indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            progress.set_message("nodes");
-            let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-            let mut peak = 0;
-            if hold {
-                let enroll = (0..nodes).map(|i| client::enroll_only(i, tg.clone(), stats2.clone()));
-                let sessions = client::run_all(enroll, &sem, &progress).await;
-                peak = sessions.iter().filter(|s| s.is_some()).count();
-                let finish = sessions.into_iter().map(|s| client::finish(s, stats2.clone()));
-                client::run_all(finish, &sem, &progress).await;
-            } else {
-                let boots = (0..nodes).map(|i| client::full_boot(i, tg.clone(), stats2.clone()));
-                client::run_all(boots, &sem, &progress).await;
-            }
-            progress.finish_and_clear();
-            peak
-        })
-        .await?;
+    lab.in_netns(move || async move {
+        let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        progress.set_message("nodes");
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        if hold {
+            let enroll = (0..nodes).map(|i| client::enroll_only(i, tg.clone(), stats2.clone()));
+            let sessions = client::run_all(enroll, &sem, &progress).await;
+            let finish = sessions.into_iter().map(|s| client::finish(s, stats2.clone()));
+            client::run_all(finish, &sem, &progress).await;
+        } else {
+            let boots = (0..nodes).map(|i| client::full_boot(i, tg.clone(), stats2.clone()));
+            client::run_all(boots, &sem, &progress).await;
+        }
+        progress.finish_and_clear();
+    })
+    .await?;
+    let peak_tunnels = stats.peak_tunnels();
     let elapsed = started.elapsed();
     let cpu = lab.server_cpu_secs() - cpu_before;
     let rss_peak = lab.server_peak_rss_kib();

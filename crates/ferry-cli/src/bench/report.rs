@@ -32,6 +32,10 @@ pub struct Stats {
     latencies: Mutex<BTreeMap<Step, Vec<Duration>>>,
     errors: Mutex<BTreeMap<String, usize>>,
     completed: AtomicUsize,
+    /// Nodes enrolled and not yet phoned home (their tunnels are active), and the most
+    /// there ever were at once.
+    open_tunnels: AtomicUsize,
+    peak_tunnels: AtomicUsize,
 }
 
 impl Stats {
@@ -47,6 +51,16 @@ impl Stats {
     }
     pub fn completed(&self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn tunnel_opened(&self) {
+        let now = self.open_tunnels.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak_tunnels.fetch_max(now, Ordering::Relaxed);
+    }
+    pub fn tunnel_closed(&self) {
+        self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn peak_tunnels(&self) -> usize {
+        self.peak_tunnels.load(Ordering::Relaxed)
     }
 }
 
