@@ -18,6 +18,7 @@ use axum::serve::IncomingStream;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
+use ferry_api::admin::MergedNodeView;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
 use ferry_core::enroll::verify_asset_tag_proof;
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
@@ -146,12 +147,13 @@ async fn enroll(
         return Err(refuse(&s, client, format!("mac/{mac}"), "no node has this MAC").await);
     };
     let subject = format!("node/{node}");
-    let (policy, ttl) = match check_identity(&s, &node, &req, &key, &nonce, client, tpm_challenge).await? {
-        Ok(ok) => ok,
-        Err(refusal) => return Err(refuse(&s, client, subject, refusal).await),
-    };
+    let Admitted { policy, ttl, settings } =
+        match check_identity(&s, &node, &req, &key, &nonce, client, tpm_challenge).await? {
+            Ok(ok) => ok,
+            Err(refusal) => return Err(refuse(&s, client, subject, refusal).await),
+        };
     let actor = Actor(format!("node:{node}@{client}"));
-    let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), &actor).await {
+    let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), Some(settings), &actor).await {
         Ok(t) => t,
         Err(StoreError::PoolExhausted(net)) => {
             tracing::error!(%net, "tunnel address pool exhausted");
@@ -186,7 +188,15 @@ async fn enroll(
     }))
 }
 
-type Decision = Result<(Vec<ferry_core::IdentityFactor>, u64), Refusal>;
+/// A node that proved who it is: the factors it proved, its tunnel's lifetime, and the
+/// merged settings the decision was made on (its documents render from the same ones).
+struct Admitted {
+    policy: Vec<ferry_core::IdentityFactor>,
+    ttl: u64,
+    settings: MergedNodeView,
+}
+
+type Decision = Result<Admitted, Refusal>;
 
 /// Gathers the evidence for the node's policy and evaluates it.
 async fn check_identity(
@@ -224,7 +234,11 @@ async fn check_identity(
         &merged.settings.pcr_policy(),
     );
     let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
-    Ok(evaluate(&policy, &Evidence { network, asset_tag, tpm }, &client.to_string()).map(|()| (policy, ttl)))
+    Ok(evaluate(&policy, &Evidence { network, asset_tag, tpm }, &client.to_string()).map(|()| Admitted {
+        policy,
+        ttl,
+        settings: merged,
+    }))
 }
 
 /// An IPv4 client seen on a dual-stack socket as `::ffff:a.b.c.d`.

@@ -39,18 +39,21 @@ pub struct TunnelManager {
 
 /// An active tunnel as the datasource sees it, with the node's merged settings read
 /// once per tunnel: the four documents of one boot render from one snapshot (and a boot
-/// storm does not merge profiles four times per node).
+/// storm does not merge profiles four times per node). A tunnel opened by enrollment
+/// starts with the settings its node was admitted on; one found in the store (after a
+/// restart, or opened by another server) reads them at its first document.
 pub struct ActiveTunnel {
     pub record: TunnelRecord,
     merged: tokio::sync::OnceCell<Arc<MergedNodeView>>,
 }
 
 impl ActiveTunnel {
-    fn new(record: TunnelRecord) -> Arc<Self> {
-        Arc::new(ActiveTunnel { record, merged: tokio::sync::OnceCell::new() })
+    fn new(record: TunnelRecord, settings: Option<MergedNodeView>) -> Arc<Self> {
+        let merged = tokio::sync::OnceCell::new_with(settings.map(Arc::new));
+        Arc::new(ActiveTunnel { record, merged })
     }
 
-    /// The node's merged settings as of the first document of this tunnel.
+    /// The node's merged settings for this tunnel's documents.
     pub async fn merged(&self, store: &dyn Store) -> Result<Arc<MergedNodeView>, StoreError> {
         self.merged
             .get_or_try_init(|| async { store.merged_node(&self.record.node).await.map(Arc::new) })
@@ -190,13 +193,15 @@ impl TunnelManager {
         }
     }
 
-    /// Opens (or replaces) a node's tunnel and adds its peer.
+    /// Opens (or replaces) a node's tunnel and adds its peer. `settings`: the node's
+    /// merged settings as just read (its documents render from them), if at hand.
     pub async fn open(
         &self,
         node: &NodeName,
         key: &PublicKey,
         ttl_secs: u64,
         mode: Option<&str>,
+        settings: Option<MergedNodeView>,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
@@ -208,7 +213,7 @@ impl TunnelManager {
         self.active
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone()));
+            .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone(), settings));
         let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {
@@ -324,7 +329,7 @@ impl TunnelManager {
             for t in wanted.values() {
                 let entry = match active.remove(&t.address) {
                     Some(a) if a.record == *t => a,
-                    _ => ActiveTunnel::new(t.clone()),
+                    _ => ActiveTunnel::new(t.clone(), None),
                 };
                 next.insert(t.address, entry);
             }
