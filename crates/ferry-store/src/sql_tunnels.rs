@@ -33,16 +33,25 @@ pub(crate) async fn delete_tunnel(
     reason: CloseReason,
     actor: &Actor,
 ) -> Result<Option<TunnelRecord>, StoreError> {
-    let row: Option<TunnelRow> = sqlx::query_as(&format!("SELECT {TUNNEL_COLUMNS} FROM tunnels WHERE node = $1"))
-        .bind(node.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row: Option<TunnelRow> =
+        sqlx::query_as(&format!("DELETE FROM tunnels WHERE node = $1 RETURNING {TUNNEL_COLUMNS}"))
+            .bind(node.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some(row) = row else { return Ok(None) };
     let t = tunnel(row)?;
-    sqlx::query("DELETE FROM tunnels WHERE node = $1").bind(node.as_str()).execute(&mut *conn).await?;
-    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
-    audit(conn, actor, "tunnel.close", &format!("node/{node}"), &detail).await?;
+    audit_close(conn, actor, &t, reason).await?;
     Ok(Some(t))
+}
+
+async fn audit_close(
+    conn: &mut AnyConnection,
+    actor: &Actor,
+    t: &TunnelRecord,
+    reason: CloseReason,
+) -> Result<(), StoreError> {
+    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
+    audit(conn, actor, "tunnel.close", &format!("node/{}", t.node), &detail).await
 }
 
 /// Tells the servers holding these tunnels that their tunnels changed under them
@@ -203,32 +212,31 @@ impl SqlStore {
     ) -> Result<Option<TunnelRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
         // Only the tunnel the request came through, and only while it is still the
-        // node's current one (a replaced tunnel cannot close its successor).
-        let current: Option<(String,)> =
-            sqlx::query_as("SELECT public_key FROM tunnels WHERE node = $1 AND address = $2")
-                .bind(t.node.as_str())
-                .bind(t.address.to_string())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if current.map(|(k,)| k) != Some(t.public_key.clone()) {
-            return Ok(None);
-        }
-        let now = now_secs();
-        let previous: Option<(i64,)> = sqlx::query_as("SELECT boot_count FROM boots WHERE node = $1")
-            .bind(t.node.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM boots WHERE node = $1").bind(t.node.as_str()).execute(&mut *tx).await?;
+        // node's current one (a replaced tunnel cannot close its successor). Nothing
+        // matched: the transaction is dropped, so nothing is written.
+        let row: Option<TunnelRow> = sqlx::query_as(&format!(
+            "DELETE FROM tunnels WHERE node = $1 AND address = $2 AND public_key = $3 RETURNING {TUNNEL_COLUMNS}"
+        ))
+        .bind(t.node.as_str())
+        .bind(t.address.to_string())
+        .bind(&t.public_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let closed = tunnel(row)?;
         sqlx::query(
-            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) \
+             VALUES ($1, $2, $3, $4, $5, $6, 1) \
+             ON CONFLICT (node) DO UPDATE SET booted_at = excluded.booted_at, address = excluded.address, \
+             instance_id = excluded.instance_id, hostname = excluded.hostname, fqdn = excluded.fqdn, \
+             boot_count = boots.boot_count + 1",
         )
         .bind(t.node.as_str())
-        .bind(now)
+        .bind(now_secs())
         .bind(t.address.to_string())
         .bind(&report.instance_id)
         .bind(&report.hostname)
         .bind(&report.fqdn)
-        .bind(previous.map(|(c,)| c).unwrap_or(0) + 1)
         .execute(&mut *tx)
         .await?;
         if !report.host_keys.is_empty() {
@@ -249,9 +257,9 @@ impl SqlStore {
             report.instance_id.as_deref().unwrap_or("-")
         );
         audit(&mut tx, &node_actor, "node.booted", &format!("node/{}", t.node), &detail).await?;
-        let closed = delete_tunnel(&mut tx, &t.node, CloseReason::PhoneHome, &node_actor).await?;
+        audit_close(&mut tx, &node_actor, &closed, CloseReason::PhoneHome).await?;
         tx.commit().await?;
-        Ok(closed)
+        Ok(Some(closed))
     }
 
     pub(crate) async fn boot_info_impl(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {

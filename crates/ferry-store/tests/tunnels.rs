@@ -84,6 +84,17 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     let info = s.boot_info(&n("b")).await.unwrap().unwrap();
     assert_eq!((info.boot_count, info.host_keys.len()), (1, 1));
     assert_eq!(s.host_keys().await.unwrap(), [(n("b"), "ssh-ed25519 AAAAC3Nza b".to_string())]);
+    // The next boot of b counts on and replaces the last one's facts.
+    let b2 = s.open_tunnel(&n("b"), "KB2", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let again = BootReport { hostname: Some("b.example".into()), ..Default::default() };
+    assert!(s.phone_home(&b2, &again).await.unwrap().is_some());
+    let info = s.boot_info(&n("b")).await.unwrap().unwrap();
+    assert_eq!((info.boot_count, info.hostname.as_deref()), (2, Some("b.example")));
+    assert_eq!(info.address, b2.address.to_string());
+    let closes = s.audit(Some("node/b"), 20).await.unwrap();
+    let phone_home_closes =
+        closes.iter().filter(|e| e.action == "tunnel.close" && e.detail.contains("reason=phone-home"));
+    assert_eq!(phone_home_closes.count(), 2, "each phone-home closes its tunnel, audited: {closes:?}");
     // A replaced tunnel's record cannot close its successor.
     let c1 = s.list_tunnels().await.unwrap().remove(0);
     s.open_tunnel(&n("c"), "KC2", &net, 600, None, "local", &actor()).await.unwrap();
