@@ -59,7 +59,8 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
 pub struct SqlStore {
     pub(crate) backend: Backend,
     pub(crate) read: AnyPool,
-    /// SQLite: the single writer connection. PostgreSQL: the same pool as `read`.
+    /// SQLite: the single writer connection. PostgreSQL: a pool of its own, so writers
+    /// waiting for the advisory lock never take the readers' connections.
     pub(crate) write: AnyPool,
     /// PostgreSQL: the connection URL, for LISTEN connections. Holds credentials: never
     /// logged or shown.
