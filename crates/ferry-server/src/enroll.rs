@@ -153,7 +153,7 @@ async fn enroll(
             Err(refusal) => return Err(refuse(&s, client, subject, refusal).await),
         };
     let actor = Actor(format!("node:{node}@{client}"));
-    let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), Some(settings), &actor).await {
+    let tunnel = match s.tunnels.open(&node, &key, ttl, Some(mode), settings, &actor).await {
         Ok(t) => t,
         Err(StoreError::PoolExhausted(net)) => {
             tracing::error!(%net, "tunnel address pool exhausted");

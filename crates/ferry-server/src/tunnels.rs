@@ -194,14 +194,14 @@ impl TunnelManager {
     }
 
     /// Opens (or replaces) a node's tunnel and adds its peer. `settings`: the node's
-    /// merged settings as just read (its documents render from them), if at hand.
+    /// merged settings its enrollment was decided on (its documents render from them).
     pub async fn open(
         &self,
         node: &NodeName,
         key: &PublicKey,
         ttl_secs: u64,
         mode: Option<&str>,
-        settings: Option<MergedNodeView>,
+        settings: MergedNodeView,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
         let _order = self.order.read().await;
@@ -213,7 +213,7 @@ impl TunnelManager {
         self.active
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone(), settings));
+            .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone(), Some(settings)));
         let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {
@@ -354,5 +354,74 @@ impl TunnelManager {
                 HashMap::new()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_api::admin::{AddNodes, NewNode, NodePatch};
+    use ferry_core::model::Settings;
+    use ferry_core::patch::SettingsPatch;
+    use ferry_store::{Sealer, SqlStore};
+    use ferry_wg::{BackendKind, DeviceStatus, PrivateKey, WgError};
+
+    /// Accepts every change: the store and the active tunnels are under test, not a device.
+    #[derive(Debug)]
+    struct AcceptingDevice;
+
+    #[async_trait::async_trait]
+    impl WgDevice for AcceptingDevice {
+        fn name(&self) -> &str {
+            "test0"
+        }
+        fn backend(&self) -> BackendKind {
+            BackendKind::Userspace
+        }
+        async fn apply(&self, _: DeviceUpdate) -> Result<(), WgError> {
+            Ok(())
+        }
+        async fn status(&self) -> Result<DeviceStatus, WgError> {
+            Ok(DeviceStatus::default())
+        }
+        async fn close(self: Box<Self>) -> Result<(), WgError> {
+            Ok(())
+        }
+    }
+
+    fn comment(text: &str) -> Settings {
+        Settings { comment: Some(text.into()), ..Default::default() }
+    }
+
+    /// The documents of a boot render from the settings its enrollment was decided on
+    /// (read once, at enrollment); a tunnel known only from the store reads them fresh.
+    #[tokio::test]
+    async fn a_tunnel_renders_from_the_settings_its_enrollment_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqlStore::open_sqlite(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap());
+        let (node, actor) = (NodeName::parse("n1").unwrap(), Actor("test".into()));
+        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment("before"), asset_tag: None };
+        store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
+        let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
+        let tunnels = TunnelManager::new(store.clone(), Box::new(AcceptingDevice), network, "s1".into());
+
+        let admitted = store.merged_node(&node).await.unwrap();
+        let key = PrivateKey::generate().public_key();
+        let opened = tunnels.open(&node, &key, 600, None, admitted, &actor).await.unwrap();
+        let patch = NodePatch {
+            profiles: None,
+            settings: SettingsPatch { set: comment("after"), unset: vec![] },
+            asset_tag: None,
+        };
+        store.set_nodes(std::slice::from_ref(&node), &patch, &actor).await.unwrap();
+        let seen = tunnels.active(opened.address).unwrap().merged(store.as_ref()).await.unwrap();
+        assert_eq!(seen.settings.comment.as_deref(), Some("before"), "the admission snapshot");
+
+        // After a restart the tunnel comes from the store: its first document reads them.
+        let restarted = TunnelManager::new(store.clone(), Box::new(AcceptingDevice), network, "s1".into());
+        restarted.reconcile().await.unwrap();
+        let seen = restarted.active(opened.address).unwrap().merged(store.as_ref()).await.unwrap();
+        assert_eq!(seen.settings.comment.as_deref(), Some("after"));
     }
 }

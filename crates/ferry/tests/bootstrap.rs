@@ -334,24 +334,3 @@ fn re_enrolling_replaces_the_old_peer_and_an_impostor_key_is_refused() {
     c.server.ok(&["tunnel", "revoke", "n1"]);
     assert_all_closed(&c);
 }
-
-#[test]
-fn a_boot_renders_from_the_settings_its_node_was_admitted_with() {
-    let c = Cluster::new(1);
-    c.add_nodes(&["--meta", "site=before"]);
-    let held = c.hold(0);
-    // Changed after enrollment: this boot still gets what its admission was decided on.
-    c.server.ok(&["node", "set", "n1", "--meta", "site=after"]);
-    let (code, body) = c.nodes[0].curl(&[&format!("{DATASOURCE}/meta-data")]);
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("before") && !body.contains("after"), "{body}");
-    held.stop();
-    // The next enrollment sees the change.
-    let held = c.hold(0);
-    let (code, body) = c.nodes[0].curl(&[&format!("{DATASOURCE}/meta-data")]);
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("after") && !body.contains("before"), "{body}");
-    held.stop();
-    c.server.ok(&["tunnel", "revoke", "n1"]);
-    assert_all_closed(&c);
-}
