@@ -24,7 +24,7 @@ pub use location::StoreLocation;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus};
-pub use sql::SqlStore;
+pub use sql::{SqlStore, WRITE_LOCK_KEY};
 pub use tpm::{TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 

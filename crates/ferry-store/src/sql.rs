@@ -28,8 +28,9 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The PostgreSQL advisory lock every write transaction takes (`pg_advisory_xact_lock`):
-/// "ferry" in ASCII and a 1. One key for every ferry server on the database.
-pub(crate) const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
+/// "ferry" in ASCII and a 1. One key for every ferry server on the database (public so
+/// that tools and tests can find or hold it: `pg_locks` shows it as an advisory lock).
+pub const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
 
 /// The PostgreSQL channel on which tunnel closures are announced (payload: the server id
 /// that holds the tunnel).

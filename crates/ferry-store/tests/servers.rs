@@ -223,9 +223,9 @@ async fn postgres_reads_do_not_queue_behind_writers_waiting_for_the_lock() {
     add_nodes(&s, ["n1".to_string()]).await;
     let raw = db.raw().await;
     let mut holder = raw.begin().await.unwrap();
-    // The store's write lock (WRITE_LOCK_KEY in src/sql.rs), held by another session.
+    // The store's write lock, held by another session.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(0x6665_7272_7900_0001_i64)
+        .bind(ferry_store::WRITE_LOCK_KEY)
         .execute(&mut *holder)
         .await
         .unwrap();
