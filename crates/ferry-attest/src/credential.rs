@@ -84,7 +84,7 @@ mod tests {
     use crate::public::strip_tpm2b;
 
     fn ek() -> TpmPublic {
-        let raw = std::fs::read(format!("{}/testdata/ek.pub", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let raw = crate::testdata("ek.pub");
         TpmPublic::parse(strip_tpm2b(&raw).unwrap()).unwrap()
     }
 
@@ -113,7 +113,7 @@ mod tests {
         let mut rng = rand::thread_rng();
         assert!(make_credential(&ek(), b"n", &[], &mut rng).is_err());
         assert!(make_credential(&ek(), b"n", &[0; 33], &mut rng).is_err());
-        let ak = std::fs::read(format!("{}/testdata/ak.pub", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let ak = crate::testdata("ak.pub");
         let ak = TpmPublic::parse(strip_tpm2b(&ak).unwrap()).unwrap();
         assert!(make_credential(&ak, b"n", &[1], &mut rng).is_err(), "an AK is no EK");
     }

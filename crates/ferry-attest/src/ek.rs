@@ -160,7 +160,7 @@ mod tests {
     use crate::public::strip_tpm2b;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        crate::testdata(name)
     }
 
     const NOW: i64 = 1_900_000_000; // 2030, after the fixtures were made

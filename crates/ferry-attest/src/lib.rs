@@ -43,3 +43,13 @@ pub mod alg {
     pub const RSASSA: u16 = 0x0014;
     pub const CFB: u16 = 0x0043;
 }
+
+/// A file of `testdata/`, found through the `CARGO_MANIFEST_DIR` cargo gives the running
+/// test (a test binary reused from a shared target directory may have been compiled in
+/// another checkout, whose path `env!` would have baked in).
+#[cfg(test)]
+pub(crate) fn testdata(name: &str) -> Vec<u8> {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let path = format!("{dir}/testdata/{name}");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("test fixture {path}: {e}"))
+}

@@ -157,7 +157,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        crate::testdata(name)
     }
 
     #[test]

@@ -143,7 +143,7 @@ mod tests {
     use crate::public::strip_tpm2b;
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        crate::testdata(name)
     }
 
     type Parts = (TpmPublic, Vec<u8>, Vec<u8>, Vec<u8>, BTreeMap<u8, Vec<u8>>);

@@ -322,7 +322,10 @@ async fn a_sqlite_database_of_the_previous_release_upgrades() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("migrations");
     std::fs::create_dir(&old).unwrap();
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    // At run time: a test binary reused from a shared target directory may have been
+    // built in another checkout.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let src = std::path::Path::new(&manifest_dir).join("migrations/sqlite");
     for f in std::fs::read_dir(&src).unwrap() {
         let f = f.unwrap();
         if f.file_name().to_str().unwrap() < "0009" {

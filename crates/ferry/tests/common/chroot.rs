@@ -20,7 +20,10 @@ pub const KEEP_ENV: &str = "FERRY_TEST_KEEP_ROOTS";
 const SESSION_LIMIT_SECS: u32 = 240;
 
 fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cloud-init-chroot.sh")
+    // At run time: a test binary reused from a shared target directory may have been
+    // built in another checkout.
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    Path::new(&dir).join("../../scripts/cloud-init-chroot.sh")
 }
 
 /// The cached root file system: `$FERRY_CLOUD_INIT_ROOTFS`, else where the build script
