@@ -7,7 +7,10 @@
 
 use crate::now_secs;
 use crate::sql::{begin_write, Backend};
+use crate::sqlite_writer::SqliteWriter;
+use crate::StoreError;
 use sqlx::AnyPool;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) enum Item {
@@ -26,7 +29,11 @@ pub(crate) fn entry(actor: &str, action: &str, subject: &str, detail: &str) -> I
 }
 
 /// Starts the writer; it ends when every sender is gone, after writing what it holds.
-pub(crate) fn spawn(write: AnyPool, backend: Backend) -> mpsc::UnboundedSender<Item> {
+pub(crate) fn spawn(
+    write: AnyPool,
+    backend: Backend,
+    sqlite_writer: Option<Arc<SqliteWriter>>,
+) -> mpsc::UnboundedSender<Item> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -37,7 +44,11 @@ pub(crate) fn spawn(write: AnyPool, backend: Backend) -> mpsc::UnboundedSender<I
                     Err(_) => break,
                 }
             }
-            if let Err(e) = write_batch(&write, backend, &batch).await {
+            let written = match &sqlite_writer {
+                Some(writer) => write_batch_sqlite(writer, &batch).await,
+                None => write_batch(&write, backend, &batch).await.map_err(StoreError::from),
+            };
+            if let Err(e) = written {
                 tracing::error!(error = %e, entries = batch.len(), "cannot write audit entries");
             }
             for item in batch {
@@ -50,12 +61,28 @@ pub(crate) fn spawn(write: AnyPool, backend: Backend) -> mpsc::UnboundedSender<I
     tx
 }
 
+async fn write_batch_sqlite(writer: &SqliteWriter, batch: &[Item]) -> Result<(), StoreError> {
+    let entries: Vec<_> = batch
+        .iter()
+        .filter_map(|item| match item {
+            Item::Entry { at, actor, action, subject, detail } => {
+                Some((*at, actor.clone(), action.clone(), subject.clone(), detail.clone()))
+            }
+            Item::Flush(_) => None,
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    writer.run(move |tx| crate::sqlite_writer::write_audit_batch(tx, &entries)).await
+}
+
 async fn write_batch(write: &AnyPool, backend: Backend, batch: &[Item]) -> Result<(), sqlx::Error> {
     // The write path like every other writer (on PostgreSQL: the advisory lock).
     let mut tx = begin_write(write, backend).await?;
     for item in batch {
         if let Item::Entry { at, actor, action, subject, detail } = item {
-            sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
+            sqlx::query(crate::sql::AUDIT_INSERT)
                 .bind(at)
                 .bind(actor)
                 .bind(action)

@@ -17,6 +17,7 @@ mod sql_servers;
 mod sql_tokens;
 mod sql_tpm;
 mod sql_tunnels;
+mod sqlite_writer;
 pub mod tpm;
 pub mod tunnels;
 
@@ -51,12 +52,17 @@ pub enum StoreError {
     Seal(#[from] SealError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("the tunnel address pool {0} is exhausted")]
     PoolExhausted(String),
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, String),
+    /// A part of the store itself stopped working (a writer thread or task is gone).
+    #[error("the store cannot write: {0}; see the server log, and restart the server")]
+    Unavailable(String),
 }
 
 /// Who made a change, for the audit log (`uid:0`, later a token name).

@@ -1,9 +1,10 @@
 //! One SQL store for SQLite and PostgreSQL, through `sqlx::Any`: the same queries (plain
 //! SQL, `$N` placeholders), the same semantics.
 //!
-//! - SQLite: WAL, one writer connection (SQLite allows one writer at a time anyway; a
-//!   single connection turns contention into an orderly queue instead of SQLITE_BUSY
-//!   retries), a small read-only pool.
+//! - SQLite: WAL, one writer at a time (SQLite allows no more; a queue instead of
+//!   SQLITE_BUSY retries): the boot path's write transactions run on a dedicated thread
+//!   through rusqlite (`sqlite_writer`), every other write through one sqlx writer
+//!   connection while that thread is paused; a small read-only pool.
 //! - PostgreSQL: one pool for reads and writes, shared by several ferry servers. Every
 //!   write transaction first takes one transaction-level advisory lock, so writers are
 //!   serialized exactly as SQLite's single writer serializes them: check-then-insert code
@@ -73,6 +74,8 @@ pub struct SqlStore {
     /// it stays correct when other servers allocate from the same database.
     pub(crate) next_address: std::sync::Mutex<u128>,
     pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<crate::audit_buffer::Item>,
+    /// SQLite: the hot write transactions' own thread (see `sqlite_writer`).
+    pub(crate) sqlite_writer: Option<std::sync::Arc<crate::sqlite_writer::SqliteWriter>>,
 }
 
 struct StoredNode {
@@ -125,6 +128,34 @@ pub(crate) async fn begin_write(pool: &AnyPool, backend: Backend) -> Result<Tran
     Ok(tx)
 }
 
+/// A write transaction through sqlx; used as its connection (`&mut *tx`). Dropped
+/// without [`commit`](Self::commit), it rolls back.
+pub(crate) struct WriteTx {
+    // Declared first, dropped first: the transaction ends before the writer resumes.
+    tx: Transaction<'static, Any>,
+    _paused: Option<crate::sqlite_writer::Paused>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        let WriteTx { tx, _paused } = self;
+        tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
 impl SqlStore {
     /// Opens the store at `location` (creating a SQLite file if needed) and applies
     /// pending migrations.
@@ -150,7 +181,8 @@ impl SqlStore {
             .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn, false)))
             .connect(&sqlite_url(path, "ro")?)
             .await?;
-        Ok(Self::with_pools(Backend::Sqlite, read, write, None, sealer))
+        let writer = crate::sqlite_writer::SqliteWriter::open(path)?;
+        Ok(Self::with_pools(Backend::Sqlite, read, write, Some(std::sync::Arc::new(writer)), None, sealer))
     }
 
     /// Connects to a PostgreSQL database (which must exist) shared with other servers.
@@ -164,23 +196,38 @@ impl SqlStore {
         let write = AnyPoolOptions::new().max_connections(POSTGRES_WRITE_CONNECTIONS).connect(url).await?;
         POSTGRES_MIGRATOR.run(&write).await?;
         let read = AnyPoolOptions::new().max_connections(POSTGRES_READ_CONNECTIONS).connect(url).await?;
-        Ok(Self::with_pools(Backend::Postgres, read, write, Some(url.to_owned()), sealer))
+        Ok(Self::with_pools(Backend::Postgres, read, write, None, Some(url.to_owned()), sealer))
     }
 
     fn with_pools(
         backend: Backend,
         read: AnyPool,
         write: AnyPool,
+        sqlite_writer: Option<std::sync::Arc<crate::sqlite_writer::SqliteWriter>>,
         postgres_url: Option<String>,
         sealer: Sealer,
     ) -> Self {
-        let audit_queue = crate::audit_buffer::spawn(write.clone(), backend);
-        SqlStore { backend, read, write, postgres_url, sealer, next_address: std::sync::Mutex::new(0), audit_queue }
+        let audit_queue = crate::audit_buffer::spawn(write.clone(), backend, sqlite_writer.clone());
+        SqlStore {
+            backend,
+            read,
+            write,
+            postgres_url,
+            sealer,
+            next_address: std::sync::Mutex::new(0),
+            audit_queue,
+            sqlite_writer,
+        }
     }
 
-    /// Begins a write transaction (see [`begin_write`]).
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        begin_write(&self.write, self.backend).await
+    /// Begins a write transaction (see [`begin_write`]). SQLite: the hot-path writer
+    /// thread is paused until it ends.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let paused = match &self.sqlite_writer {
+            Some(writer) => Some(writer.pause().await?),
+            None => None,
+        };
+        Ok(WriteTx { tx: begin_write(&self.write, self.backend).await?, _paused: paused })
     }
 
     /// Begins a read transaction: one consistent snapshot for several statements
@@ -394,6 +441,9 @@ async fn write_node(
     Ok(())
 }
 
+pub(crate) const AUDIT_INSERT: &str =
+    "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)";
+
 pub(crate) async fn audit(
     conn: &mut AnyConnection,
     actor: &Actor,
@@ -401,7 +451,7 @@ pub(crate) async fn audit(
     subject: &str,
     detail: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
+    sqlx::query(AUDIT_INSERT)
         .bind(now_secs())
         .bind(&actor.0)
         .bind(action)

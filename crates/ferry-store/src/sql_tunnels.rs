@@ -13,6 +13,33 @@ pub(crate) type TunnelRow = (String, String, String, i64, i64, Option<String>, S
 /// booted_at, address, instance_id, hostname, boot_count
 type BootRow = (i64, String, Option<String>, Option<String>, i64);
 pub(crate) const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at, mode, server";
+pub(crate) const TUNNEL_INSERT: &str =
+    "INSERT INTO tunnels (node, public_key, address, created_at, expires_at, mode, server) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// Only the tunnel a phone-home came through, and only while it is still the node's
+/// current one (a replaced tunnel cannot close its successor).
+pub(crate) const TUNNEL_PHONE_HOME_DELETE: &str = "DELETE FROM tunnels WHERE node = $1 AND address = $2 \
+     AND public_key = $3 RETURNING node, public_key, address, created_at, expires_at, mode, server";
+/// The node's boot record: the last boot's facts and how many boots so far.
+pub(crate) const BOOT_UPSERT: &str =
+    "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) \
+     VALUES ($1, $2, $3, $4, $5, $6, 1) \
+     ON CONFLICT (node) DO UPDATE SET booted_at = excluded.booted_at, address = excluded.address, \
+     instance_id = excluded.instance_id, hostname = excluded.hostname, fqdn = excluded.fqdn, \
+     boot_count = boots.boot_count + 1";
+
+/// The audit entry (action, subject, detail) of a closed tunnel.
+pub(crate) fn audit_detail_close(t: &TunnelRecord, reason: CloseReason) -> (&'static str, String, String) {
+    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
+    ("tunnel.close", format!("node/{}", t.node), detail)
+}
+
+/// The audit entry (action, subject, detail) of a node's phone-home.
+pub(crate) fn audit_detail_booted(t: &TunnelRecord, report: &BootReport) -> (&'static str, String, String) {
+    let detail =
+        format!("host_keys={} instance_id={}", report.host_keys.len(), report.instance_id.as_deref().unwrap_or("-"));
+    ("node.booted", format!("node/{}", t.node), detail)
+}
 
 pub(crate) fn tunnel(row: TunnelRow) -> Result<TunnelRecord, StoreError> {
     let (node, public_key, address, created_at, expires_at, mode, server) = row;
@@ -50,8 +77,8 @@ async fn audit_close(
     t: &TunnelRecord,
     reason: CloseReason,
 ) -> Result<(), StoreError> {
-    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
-    audit(conn, actor, "tunnel.close", &format!("node/{}", t.node), &detail).await
+    let (action, subject, detail) = audit_detail_close(t, reason);
+    audit(conn, actor, action, &subject, &detail).await
 }
 
 /// Tells the servers holding these tunnels that their tunnels changed under them
@@ -92,6 +119,21 @@ impl SqlStore {
         server: &str,
         actor: &Actor,
     ) -> Result<OpenedTunnel, StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let req = crate::sqlite_writer::OpenRequest {
+                node: node.clone(),
+                public_key: public_key.to_owned(),
+                network: *network,
+                ttl_secs,
+                mode: mode.map(str::to_owned),
+                server: server.to_owned(),
+                actor: actor.clone(),
+                hint: *self.next_address.lock().unwrap_or_else(|p| p.into_inner()),
+            };
+            let (opened, next) = writer.run(move |tx| crate::sqlite_writer::open_tunnel(tx, req)).await?;
+            *self.next_address.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            return Ok(opened);
+        }
         let mut tx = self.begin_write().await?;
         let replaced = delete_tunnel(&mut tx, node, CloseReason::Replaced, actor).await?;
         // The node re-enrolled through another server: the old one must drop its peer.
@@ -116,7 +158,7 @@ impl SqlStore {
             mode: mode.map(str::to_owned),
             server: server.to_owned(),
         };
-        sqlx::query(&format!("INSERT INTO tunnels ({TUNNEL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+        sqlx::query(TUNNEL_INSERT)
             .bind(node.as_str())
             .bind(public_key)
             .bind(address.to_string())
@@ -210,35 +252,29 @@ impl SqlStore {
         t: &TunnelRecord,
         report: &BootReport,
     ) -> Result<Option<TunnelRecord>, StoreError> {
+        if let Some(writer) = &self.sqlite_writer {
+            let (t, report) = (t.clone(), report.clone());
+            return writer.run(move |tx| crate::sqlite_writer::phone_home(tx, &t, &report)).await;
+        }
         let mut tx = self.begin_write().await?;
-        // Only the tunnel the request came through, and only while it is still the
-        // node's current one (a replaced tunnel cannot close its successor). Nothing
-        // matched: the transaction is dropped, so nothing is written.
-        let row: Option<TunnelRow> = sqlx::query_as(&format!(
-            "DELETE FROM tunnels WHERE node = $1 AND address = $2 AND public_key = $3 RETURNING {TUNNEL_COLUMNS}"
-        ))
-        .bind(t.node.as_str())
-        .bind(t.address.to_string())
-        .bind(&t.public_key)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Nothing matched: the transaction is dropped, so nothing is written.
+        let row: Option<TunnelRow> = sqlx::query_as(TUNNEL_PHONE_HOME_DELETE)
+            .bind(t.node.as_str())
+            .bind(t.address.to_string())
+            .bind(&t.public_key)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let closed = tunnel(row)?;
-        sqlx::query(
-            "INSERT INTO boots (node, booted_at, address, instance_id, hostname, fqdn, boot_count) \
-             VALUES ($1, $2, $3, $4, $5, $6, 1) \
-             ON CONFLICT (node) DO UPDATE SET booted_at = excluded.booted_at, address = excluded.address, \
-             instance_id = excluded.instance_id, hostname = excluded.hostname, fqdn = excluded.fqdn, \
-             boot_count = boots.boot_count + 1",
-        )
-        .bind(t.node.as_str())
-        .bind(now_secs())
-        .bind(t.address.to_string())
-        .bind(&report.instance_id)
-        .bind(&report.hostname)
-        .bind(&report.fqdn)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(BOOT_UPSERT)
+            .bind(t.node.as_str())
+            .bind(now_secs())
+            .bind(t.address.to_string())
+            .bind(&report.instance_id)
+            .bind(&report.hostname)
+            .bind(&report.fqdn)
+            .execute(&mut *tx)
+            .await?;
         if !report.host_keys.is_empty() {
             sqlx::query("DELETE FROM host_keys WHERE node = $1").bind(t.node.as_str()).execute(&mut *tx).await?;
             for (kind, key) in &report.host_keys {
@@ -251,12 +287,8 @@ impl SqlStore {
             }
         }
         let node_actor = Actor(format!("node:{}", t.node));
-        let detail = format!(
-            "host_keys={} instance_id={}",
-            report.host_keys.len(),
-            report.instance_id.as_deref().unwrap_or("-")
-        );
-        audit(&mut tx, &node_actor, "node.booted", &format!("node/{}", t.node), &detail).await?;
+        let (action, subject, detail) = audit_detail_booted(&closed, report);
+        audit(&mut tx, &node_actor, action, &subject, &detail).await?;
         audit_close(&mut tx, &node_actor, &closed, CloseReason::PhoneHome).await?;
         tx.commit().await?;
         Ok(Some(closed))
@@ -303,6 +335,6 @@ impl SqlStore {
     ) -> Result<(), StoreError> {
         self.audit_queue
             .send(crate::audit_buffer::entry(&actor.0, action, subject, detail))
-            .map_err(|_| StoreError::Corrupt("audit log".into(), "the audit writer stopped".into()))
+            .map_err(|_| StoreError::Unavailable("the audit writer stopped".into()))
     }
 }

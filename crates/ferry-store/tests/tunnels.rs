@@ -112,4 +112,67 @@ both_backends!(
     one_tunnel_per_node_and_unique_addresses,
     exhausted_pool_allocates_nothing,
     expiry_and_phone_home_close_only_their_tunnel,
+    storm_writes_and_administration_take_turns,
 );
+
+/// A boot storm's writes (tunnel opens, phone-homes, audit events) interleaved with
+/// administrative writes, some of them abandoned half-way: every write lands, none fails
+/// on a busy database, and an abandoned write holds nothing up. (On SQLite the storm's
+/// writes and the administration's go through two connections that must take turns.)
+async fn storm_writes_and_administration_take_turns(kind: Kind) {
+    use std::sync::Arc;
+    use std::time::Duration;
+    const NODES: usize = 40;
+    const BOOTS: usize = 4;
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
+    let (_d, s) = store_with(kind, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let s = Arc::new(s);
+    let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
+    let mut tasks = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (s, net, node) = (s.clone(), net, n(name));
+        tasks.push(tokio::spawn(async move {
+            for boot in 0..BOOTS {
+                let t = s.open_tunnel(&node, &format!("K{i}-{boot}"), &net, 600, None, "local", &actor()).await?;
+                s.record_event(&actor(), "enroll.accepted", &format!("node/{node}"), "").await?;
+                let report = BootReport { instance_id: Some(format!("i-{boot}")), ..Default::default() };
+                assert!(s.phone_home(&t.tunnel, &report).await?.is_some(), "{node} boot {boot}");
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for i in 0..NODES {
+        let (s, node) = (s.clone(), n(&format!("n{}", i % 4)));
+        tasks.push(tokio::spawn(async move {
+            let patch = ferry_api::admin::NodePatch {
+                settings: ferry_core::patch::SettingsPatch {
+                    set: serde_json::from_value(serde_json::json!({"tags": {format!("w{i}"): "x"}})).unwrap(),
+                    unset: vec![],
+                },
+                ..Default::default()
+            };
+            // Abandoned at once (before or after it got its turn), then done for real.
+            let _ =
+                tokio::time::timeout(Duration::ZERO, s.set_nodes(std::slice::from_ref(&node), &patch, &actor())).await;
+            s.set_nodes(&[node], &patch, &actor()).await.map(|_| ())
+        }));
+    }
+    let all = async {
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all).await.expect("every write finished within 60 s");
+    assert!(s.list_tunnels().await.unwrap().is_empty());
+    for name in &names {
+        assert_eq!(s.boot_info(&n(name)).await.unwrap().unwrap().boot_count, BOOTS as i64, "{name}");
+    }
+    for i in 0..4 {
+        let tags = s.get_node(&n(&format!("n{i}"))).await.unwrap().settings.tags;
+        assert_eq!(tags.len(), NODES / 4, "n{i}: every administrative write landed once: {tags:?}");
+    }
+    s.flush().await.unwrap();
+    let accepted = s.audit_query(&ferry_store::AuditFilter { limit: 100_000, ..Default::default() }).await.unwrap();
+    assert_eq!(accepted.iter().filter(|e| e.action == "enroll.accepted").count(), NODES * BOOTS);
+    assert_eq!(accepted.iter().filter(|e| e.action == "node.booted").count(), NODES * BOOTS);
+}
