@@ -14,18 +14,27 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 pub(crate) enum Item {
-    Entry { at: i64, actor: String, action: String, subject: String, detail: String },
+    Entry(AuditRow),
     Flush(oneshot::Sender<()>),
 }
 
+/// One audit entry as it is written.
+pub(crate) struct AuditRow {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
 pub(crate) fn entry(actor: &str, action: &str, subject: &str, detail: &str) -> Item {
-    Item::Entry {
+    Item::Entry(AuditRow {
         at: now_secs(),
         actor: actor.into(),
         action: action.into(),
         subject: subject.into(),
         detail: detail.into(),
-    }
+    })
 }
 
 /// Starts the writer; it ends when every sender is gone, after writing what it holds.
@@ -36,61 +45,51 @@ pub(crate) fn spawn(
 ) -> mpsc::UnboundedSender<Item> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
     tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < 10_000 {
+        while let Some(mut item) = rx.recv().await {
+            // Everything queued meanwhile (up to 10,000 entries) goes in one transaction.
+            let (mut rows, mut flushes) = (Vec::new(), Vec::new());
+            loop {
+                match item {
+                    Item::Entry(row) => rows.push(row),
+                    Item::Flush(done) => flushes.push(done),
+                }
+                if rows.len() >= 10_000 {
+                    break;
+                }
                 match rx.try_recv() {
-                    Ok(i) => batch.push(i),
+                    Ok(more) => item = more,
                     Err(_) => break,
                 }
             }
+            let count = rows.len();
             let written = match &sqlite_writer {
-                Some(writer) => write_batch_sqlite(writer, &batch).await,
-                None => write_batch(&write, backend, &batch).await.map_err(StoreError::from),
+                _ if rows.is_empty() => Ok(()),
+                Some(writer) => writer.run(move |tx| crate::sqlite_writer::write_audit_batch(tx, &rows)).await,
+                None => write_batch(&write, backend, &rows).await.map_err(StoreError::from),
             };
             if let Err(e) = written {
-                tracing::error!(error = %e, entries = batch.len(), "cannot write audit entries");
+                tracing::error!(error = %e, entries = count, "cannot write audit entries");
             }
-            for item in batch {
-                if let Item::Flush(done) = item {
-                    let _ = done.send(());
-                }
+            for done in flushes {
+                let _ = done.send(());
             }
         }
     });
     tx
 }
 
-async fn write_batch_sqlite(writer: &SqliteWriter, batch: &[Item]) -> Result<(), StoreError> {
-    let entries: Vec<_> = batch
-        .iter()
-        .filter_map(|item| match item {
-            Item::Entry { at, actor, action, subject, detail } => {
-                Some((*at, actor.clone(), action.clone(), subject.clone(), detail.clone()))
-            }
-            Item::Flush(_) => None,
-        })
-        .collect();
-    if entries.is_empty() {
-        return Ok(());
-    }
-    writer.run(move |tx| crate::sqlite_writer::write_audit_batch(tx, &entries)).await
-}
-
-async fn write_batch(write: &AnyPool, backend: Backend, batch: &[Item]) -> Result<(), sqlx::Error> {
+async fn write_batch(write: &AnyPool, backend: Backend, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
     // The write path like every other writer (on PostgreSQL: the advisory lock).
     let mut tx = begin_write(write, backend).await?;
-    for item in batch {
-        if let Item::Entry { at, actor, action, subject, detail } = item {
-            sqlx::query(crate::sql::AUDIT_INSERT)
-                .bind(at)
-                .bind(actor)
-                .bind(action)
-                .bind(subject)
-                .bind(detail)
-                .execute(&mut *tx)
-                .await?;
-        }
+    for AuditRow { at, actor, action, subject, detail } in rows {
+        sqlx::query(crate::sql::AUDIT_INSERT)
+            .bind(at)
+            .bind(actor)
+            .bind(action)
+            .bind(subject)
+            .bind(detail)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }

@@ -13,6 +13,15 @@ pub(crate) type TunnelRow = (String, String, String, i64, i64, Option<String>, S
 /// booted_at, address, instance_id, hostname, boot_count
 type BootRow = (i64, String, Option<String>, Option<String>, i64);
 pub(crate) const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, expires_at, mode, server";
+// The boot path's statements, shared by the sqlx code (PostgreSQL, and SQLite off the
+// boot path) and the SQLite writer thread (`sqlite_writer`).
+/// The node's tunnel, closed (a re-enrollment replaces it, a revocation ends it).
+pub(crate) const TUNNEL_DELETE_OF_NODE: &str = "DELETE FROM tunnels WHERE node = $1 \
+     RETURNING node, public_key, address, created_at, expires_at, mode, server";
+pub(crate) const TUNNEL_KEY_OWNER: &str = "SELECT node FROM tunnels WHERE public_key = $1";
+pub(crate) const TUNNEL_ADDRESS_TAKEN: &str = "SELECT 1 FROM tunnels WHERE address = $1";
+pub(crate) const HOST_KEYS_DELETE: &str = "DELETE FROM host_keys WHERE node = $1";
+pub(crate) const HOST_KEY_INSERT: &str = "INSERT INTO host_keys (node, key_type, key_text) VALUES ($1, $2, $3)";
 pub(crate) const TUNNEL_INSERT: &str =
     "INSERT INTO tunnels (node, public_key, address, created_at, expires_at, mode, server) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -27,6 +36,32 @@ pub(crate) const BOOT_UPSERT: &str =
      ON CONFLICT (node) DO UPDATE SET booted_at = excluded.booted_at, address = excluded.address, \
      instance_id = excluded.instance_id, hostname = excluded.hostname, fqdn = excluded.fqdn, \
      boot_count = boots.boot_count + 1";
+
+/// A key already bound to another node's tunnel is never moved silently.
+pub(crate) fn key_in_use(owner: &str) -> StoreError {
+    StoreError::Conflict(format!("WireGuard key already in use by the tunnel of {owner}"))
+}
+
+/// The addresses an allocation tries, in order: from the hint on, wrapping around once
+/// (at most 2^20: a pool that full is exhausted for any practical purpose), each with
+/// where the next search should start if this one is taken. The unique index on
+/// `tunnels.address` backs the search up against any other writer.
+pub(crate) fn address_candidates(network: TunnelNetwork, hint: u128) -> impl Iterator<Item = (IpAddr, u128)> {
+    let range = network.node_offsets();
+    let (first, last) = (*range.start(), *range.end());
+    let size = last - first + 1;
+    let start = hint.clamp(first, last) - first;
+    (0..size.min(1 << 20)).map(move |i| {
+        let offset = first + (start + i) % size;
+        (network.address_at(offset), if offset == last { first } else { offset + 1 })
+    })
+}
+
+/// The audit entry (action, subject, detail) of an opened tunnel.
+pub(crate) fn audit_detail_open(t: &TunnelRecord, ttl_secs: u64) -> (&'static str, String, String) {
+    let detail = format!("address={} key={} ttl={ttl_secs}s", t.address, t.public_key);
+    ("tunnel.open", format!("node/{}", t.node), detail)
+}
 
 /// The audit entry (action, subject, detail) of a closed tunnel.
 pub(crate) fn audit_detail_close(t: &TunnelRecord, reason: CloseReason) -> (&'static str, String, String) {
@@ -61,10 +96,7 @@ pub(crate) async fn delete_tunnel(
     actor: &Actor,
 ) -> Result<Option<TunnelRecord>, StoreError> {
     let row: Option<TunnelRow> =
-        sqlx::query_as(&format!("DELETE FROM tunnels WHERE node = $1 RETURNING {TUNNEL_COLUMNS}"))
-            .bind(node.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+        sqlx::query_as(TUNNEL_DELETE_OF_NODE).bind(node.as_str()).fetch_optional(&mut *conn).await?;
     let Some(row) = row else { return Ok(None) };
     let t = tunnel(row)?;
     audit_close(conn, actor, &t, reason).await?;
@@ -139,13 +171,10 @@ impl SqlStore {
         // The node re-enrolled through another server: the old one must drop its peer.
         let moved = replaced.iter().filter(|r| r.server != server);
         announce(&mut tx, self.backend, moved).await?;
-        // A key already bound to another node's tunnel is never moved silently.
-        let key_owner: Option<(String,)> = sqlx::query_as("SELECT node FROM tunnels WHERE public_key = $1")
-            .bind(public_key)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let key_owner: Option<(String,)> =
+            sqlx::query_as(TUNNEL_KEY_OWNER).bind(public_key).fetch_optional(&mut *tx).await?;
         if let Some((owner,)) = key_owner {
-            return Err(StoreError::Conflict(format!("WireGuard key already in use by the tunnel of {owner}")));
+            return Err(key_in_use(&owner));
         }
         let address = self.free_address(&mut tx, network).await?;
         let now = now_secs();
@@ -168,32 +197,22 @@ impl SqlStore {
             .bind(server)
             .execute(&mut *tx)
             .await?;
-        let detail = format!("address={address} key={public_key} ttl={ttl_secs}s");
-        audit(&mut tx, actor, "tunnel.open", &format!("node/{node}"), &detail).await?;
+        let (action, subject, detail) = audit_detail_open(&t, ttl_secs);
+        audit(&mut tx, actor, action, &subject, &detail).await?;
         tx.commit().await?;
         Ok(OpenedTunnel { tunnel: t, replaced })
     }
 
-    /// The next free address at or after the hint, wrapping around once. The unique
-    /// index on `tunnels.address` backs this up against any other writer.
+    /// The next free address (see [`address_candidates`]).
     async fn free_address(&self, conn: &mut AnyConnection, network: &TunnelNetwork) -> Result<IpAddr, StoreError> {
-        let range = network.node_offsets();
-        let (first, last) = (*range.start(), *range.end());
         let hint = *self.next_address.lock().unwrap_or_else(|p| p.into_inner());
-        let mut offset = hint.clamp(first, last);
-        // Bounded: a pool this full is exhausted for any practical purpose.
-        for _ in 0..(last - first + 1).min(1 << 20) {
-            let candidate = network.address_at(offset);
-            let taken = sqlx::query("SELECT 1 FROM tunnels WHERE address = $1")
-                .bind(candidate.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-            let next = if offset == last { first } else { offset + 1 };
+        for (candidate, next) in address_candidates(*network, hint) {
+            let taken =
+                sqlx::query(TUNNEL_ADDRESS_TAKEN).bind(candidate.to_string()).fetch_optional(&mut *conn).await?;
             if taken.is_none() {
                 *self.next_address.lock().unwrap_or_else(|p| p.into_inner()) = next;
                 return Ok(candidate);
             }
-            offset = next;
         }
         Err(StoreError::PoolExhausted(network.to_string()))
     }
@@ -276,14 +295,9 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
         if !report.host_keys.is_empty() {
-            sqlx::query("DELETE FROM host_keys WHERE node = $1").bind(t.node.as_str()).execute(&mut *tx).await?;
+            sqlx::query(HOST_KEYS_DELETE).bind(t.node.as_str()).execute(&mut *tx).await?;
             for (kind, key) in &report.host_keys {
-                sqlx::query("INSERT INTO host_keys (node, key_type, key_text) VALUES ($1, $2, $3)")
-                    .bind(t.node.as_str())
-                    .bind(kind)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(HOST_KEY_INSERT).bind(t.node.as_str()).bind(kind).bind(key).execute(&mut *tx).await?;
             }
         }
         let node_actor = Actor(format!("node:{}", t.node));
@@ -336,5 +350,21 @@ impl SqlStore {
         self.audit_queue
             .send(crate::audit_buffer::entry(&actor.0, action, subject, detail))
             .map_err(|_| StoreError::Unavailable("the audit writer stopped".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_candidates;
+    use ferry_core::tunnel::TunnelNetwork;
+
+    #[test]
+    fn the_address_search_starts_at_the_hint_and_wraps_around_once() {
+        let net = TunnelNetwork::parse("10.9.0.0/29").unwrap(); // nodes: .2 to .6
+        let tried: Vec<(String, u128)> = address_candidates(net, 5).map(|(a, next)| (a.to_string(), next)).collect();
+        let expected = [("10.9.0.5", 6), ("10.9.0.6", 2), ("10.9.0.2", 3), ("10.9.0.3", 4), ("10.9.0.4", 5)];
+        assert_eq!(tried, expected.map(|(a, n)| (a.to_string(), n)));
+        let first = address_candidates(net, 0).next().map(|(a, _)| a.to_string());
+        assert_eq!(first.as_deref(), Some("10.9.0.2"), "a hint outside the range starts at its start");
     }
 }

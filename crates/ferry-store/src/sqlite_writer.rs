@@ -16,9 +16,11 @@
 //! first [`pause`](SqliteWriter::pause)s this thread, which waits in its queue like any
 //! job until that write is over.
 
+use crate::audit_buffer::AuditRow;
 use crate::sql_tunnels::{
-    audit_detail_booted, audit_detail_close, tunnel, TunnelRow, BOOT_UPSERT, TUNNEL_COLUMNS, TUNNEL_INSERT,
-    TUNNEL_PHONE_HOME_DELETE,
+    address_candidates, audit_detail_booted, audit_detail_close, audit_detail_open, key_in_use, tunnel, TunnelRow,
+    BOOT_UPSERT, HOST_KEYS_DELETE, HOST_KEY_INSERT, TUNNEL_ADDRESS_TAKEN, TUNNEL_DELETE_OF_NODE, TUNNEL_INSERT,
+    TUNNEL_KEY_OWNER, TUNNEL_PHONE_HOME_DELETE,
 };
 use crate::{now_secs, Actor, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord};
 use ferry_core::tunnel::TunnelNetwork;
@@ -134,12 +136,9 @@ fn read_tunnel(row: &rusqlite::Row<'_>) -> rusqlite::Result<TunnelRow> {
 }
 
 /// Audit entries queued outside other changes, in one transaction.
-pub(crate) fn write_audit_batch(
-    tx: &Transaction<'_>,
-    entries: &[(i64, String, String, String, String)],
-) -> Result<(), StoreError> {
-    for (at, actor, action, subject, detail) in entries {
-        insert_audit(tx, *at, actor, action, subject, detail)?;
+pub(crate) fn write_audit_batch(tx: &Transaction<'_>, rows: &[AuditRow]) -> Result<(), StoreError> {
+    for row in rows {
+        insert_audit(tx, row.at, &row.actor, &row.action, &row.subject, &row.detail)?;
     }
     Ok(())
 }
@@ -162,7 +161,7 @@ pub(crate) struct OpenRequest {
 pub(crate) fn open_tunnel(tx: &Transaction<'_>, req: OpenRequest) -> Result<(OpenedTunnel, u128), StoreError> {
     let now = now_secs();
     let replaced = tx
-        .prepare_cached(&format!("DELETE FROM tunnels WHERE node = $1 RETURNING {TUNNEL_COLUMNS}"))?
+        .prepare_cached(TUNNEL_DELETE_OF_NODE)?
         .query_row(params![req.node.as_str()], read_tunnel)
         .optional()?
         .map(tunnel)
@@ -171,12 +170,10 @@ pub(crate) fn open_tunnel(tx: &Transaction<'_>, req: OpenRequest) -> Result<(Ope
         let (action, subject, detail) = audit_detail_close(old, CloseReason::Replaced);
         insert_audit(tx, now, &req.actor.0, action, &subject, &detail)?;
     }
-    let key_owner: Option<String> = tx
-        .prepare_cached("SELECT node FROM tunnels WHERE public_key = $1")?
-        .query_row(params![req.public_key], |r| r.get(0))
-        .optional()?;
+    let key_owner: Option<String> =
+        tx.prepare_cached(TUNNEL_KEY_OWNER)?.query_row(params![req.public_key], |r| r.get(0)).optional()?;
     if let Some(owner) = key_owner {
-        return Err(StoreError::Conflict(format!("WireGuard key already in use by the tunnel of {owner}")));
+        return Err(key_in_use(&owner));
     }
     let (address, next) = free_address(tx, &req.network, req.hint)?;
     let t = TunnelRecord {
@@ -197,24 +194,18 @@ pub(crate) fn open_tunnel(tx: &Transaction<'_>, req: OpenRequest) -> Result<(Ope
         t.mode,
         t.server
     ])?;
-    let detail = format!("address={address} key={} ttl={}s", t.public_key, req.ttl_secs);
-    insert_audit(tx, now, &req.actor.0, "tunnel.open", &format!("node/{}", t.node), &detail)?;
+    let (action, subject, detail) = audit_detail_open(&t, req.ttl_secs);
+    insert_audit(tx, now, &req.actor.0, action, &subject, &detail)?;
     Ok((OpenedTunnel { tunnel: t, replaced }, next))
 }
 
-/// The next free address at or after `hint`, wrapping around once, and the offset after it.
+/// The next free address (see [`address_candidates`]) and where the next search starts.
 fn free_address(tx: &Transaction<'_>, network: &TunnelNetwork, hint: u128) -> Result<(IpAddr, u128), StoreError> {
-    let range = network.node_offsets();
-    let (first, last) = (*range.start(), *range.end());
-    let mut offset = hint.clamp(first, last);
-    let mut probe = tx.prepare_cached("SELECT 1 FROM tunnels WHERE address = $1")?;
-    for _ in 0..(last - first + 1).min(1 << 20) {
-        let candidate = network.address_at(offset);
-        let next = if offset == last { first } else { offset + 1 };
-        if !probe.exists(params![candidate.to_string()])? {
+    let mut taken = tx.prepare_cached(TUNNEL_ADDRESS_TAKEN)?;
+    for (candidate, next) in address_candidates(*network, hint) {
+        if !taken.exists(params![candidate.to_string()])? {
             return Ok((candidate, next));
         }
-        offset = next;
     }
     Err(StoreError::PoolExhausted(network.to_string()))
 }
@@ -245,8 +236,8 @@ pub(crate) fn phone_home(
         report.fqdn
     ])?;
     if !report.host_keys.is_empty() {
-        tx.prepare_cached("DELETE FROM host_keys WHERE node = $1")?.execute(params![node])?;
-        let mut insert = tx.prepare_cached("INSERT INTO host_keys (node, key_type, key_text) VALUES ($1, $2, $3)")?;
+        tx.prepare_cached(HOST_KEYS_DELETE)?.execute(params![node])?;
+        let mut insert = tx.prepare_cached(HOST_KEY_INSERT)?;
         for (kind, key) in &report.host_keys {
             insert.execute(params![node, kind, key])?;
         }
