@@ -34,6 +34,11 @@ pub struct TunnelManager {
     /// only right after the store (under `order`), and replaced by the store's list at
     /// every reconcile, so it never outlives a closed tunnel by more than that.
     active: std::sync::RwLock<HashMap<IpAddr, Arc<ActiveTunnel>>>,
+    /// Peers of phoned-home tunnels, kept on the device for [`PHONE_HOME_GRACE`]: the
+    /// store no longer lists them, and reconcile must leave them alone (removing them
+    /// early would cut the node's answer off, and in a boot storm it made one reconcile
+    /// remove thousands of peers at once — ~1 s under the exclusive lock with boringtun).
+    lingering: std::sync::Mutex<HashSet<PublicKey>>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -140,6 +145,7 @@ impl TunnelManager {
             device,
             batches,
             active: Default::default(),
+            lingering: Default::default(),
             metrics: Default::default(),
         }
     }
@@ -250,6 +256,9 @@ impl TunnelManager {
             self.forget(closed.as_slice(), CloseReason::PhoneHome);
             if let Some(t) = &closed {
                 self.metrics.phone_home_latency.observe((ferry_store::now_secs() - t.created_at).max(0) as f64);
+                if let Ok(key) = t.public_key.parse() {
+                    self.lingering.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+                }
             }
             closed
         };
@@ -262,6 +271,9 @@ impl TunnelManager {
             let current = this.active(closed.address).map(|t| t.record.public_key.clone());
             if current != Some(closed.public_key.clone()) {
                 this.remove_peers(std::slice::from_ref(&closed)).await;
+            }
+            if let Ok(key) = closed.public_key.parse::<PublicKey>() {
+                this.lingering.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
             }
         });
         Ok(true)
@@ -313,7 +325,10 @@ impl TunnelManager {
         let status = dev.status().await?;
         let present: HashMap<PublicKey, Vec<IpNet>> =
             status.peers.into_iter().map(|p| (p.public_key, p.allowed_ips)).collect();
-        let remove: Vec<PublicKey> = present.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let remove: Vec<PublicKey> = {
+            let lingering = self.lingering.lock().unwrap_or_else(|p| p.into_inner());
+            present.keys().filter(|k| !wanted.contains_key(k) && !lingering.contains(k)).copied().collect()
+        };
         let add: Vec<PeerConfig> = wanted
             .iter()
             .filter(|(k, t)| {
@@ -366,27 +381,80 @@ mod tests {
     use ferry_store::{Sealer, SqlStore};
     use ferry_wg::{BackendKind, DeviceStatus, PrivateKey, WgError};
 
-    /// Accepts every change: the store and the active tunnels are under test, not a device.
-    #[derive(Debug)]
-    struct AcceptingDevice;
+    /// Keeps its peers like a device does, so reconcile has something to compare.
+    #[derive(Debug, Default, Clone)]
+    struct RecordingDevice(Arc<std::sync::Mutex<HashMap<PublicKey, Vec<IpNet>>>>);
+
+    impl RecordingDevice {
+        fn has(&self, key: &PublicKey) -> bool {
+            self.0.lock().unwrap().contains_key(key)
+        }
+    }
 
     #[async_trait::async_trait]
-    impl WgDevice for AcceptingDevice {
+    impl WgDevice for RecordingDevice {
         fn name(&self) -> &str {
             "test0"
         }
         fn backend(&self) -> BackendKind {
             BackendKind::Userspace
         }
-        async fn apply(&self, _: DeviceUpdate) -> Result<(), WgError> {
+        async fn apply(&self, update: DeviceUpdate) -> Result<(), WgError> {
+            let mut peers = self.0.lock().unwrap();
+            for key in update.removed() {
+                peers.remove(key);
+            }
+            for p in update.peers() {
+                peers.insert(p.public_key, p.allowed_ips.clone());
+            }
             Ok(())
         }
         async fn status(&self) -> Result<DeviceStatus, WgError> {
-            Ok(DeviceStatus::default())
+            let peers = self.0.lock().unwrap();
+            let peers = peers
+                .iter()
+                .map(|(k, ips)| ferry_wg::PeerStatus {
+                    public_key: *k,
+                    allowed_ips: ips.clone(),
+                    endpoint: None,
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                    persistent_keepalive: None,
+                })
+                .collect();
+            Ok(DeviceStatus { peers, ..Default::default() })
         }
         async fn close(self: Box<Self>) -> Result<(), WgError> {
             Ok(())
         }
+    }
+
+    /// A phoned-home node's peer stays for the grace period even when a reconcile runs
+    /// in it (the store no longer lists the tunnel), and goes after it.
+    #[tokio::test]
+    async fn a_phoned_home_peer_outlives_a_reconcile_during_its_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(SqlStore::open_sqlite(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap());
+        let (node, actor) = (NodeName::parse("n1").unwrap(), Actor("test".into()));
+        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment("x"), asset_tag: None };
+        store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
+        let device = RecordingDevice::default();
+        let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
+        let tunnels = Arc::new(TunnelManager::new(store.clone(), Box::new(device.clone()), network, "s1".into()));
+
+        let key = PrivateKey::generate().public_key();
+        let settings = store.merged_node(&node).await.unwrap();
+        let opened = tunnels.open(&node, &key, 600, None, settings, &actor).await.unwrap();
+        assert!(device.has(&key));
+        assert!(tunnels.phone_home(&opened, &BootReport::default()).await.unwrap());
+        let report = tunnels.reconcile().await.unwrap();
+        assert_eq!(report, ReconcileReport::default(), "nothing to repair");
+        assert!(device.has(&key), "the peer stays for the grace period");
+        tokio::time::sleep(PHONE_HOME_GRACE + Duration::from_millis(500)).await;
+        assert!(!device.has(&key), "and goes after it");
+        assert!(tunnels.lingering.lock().unwrap().is_empty());
     }
 
     fn comment(text: &str) -> Settings {
@@ -404,7 +472,7 @@ mod tests {
         let new = NewNode { name: node.clone(), profiles: vec![], settings: comment("before"), asset_tag: None };
         store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
         let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-        let tunnels = TunnelManager::new(store.clone(), Box::new(AcceptingDevice), network, "s1".into());
+        let tunnels = TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
 
         let admitted = store.merged_node(&node).await.unwrap();
         let key = PrivateKey::generate().public_key();
@@ -419,7 +487,7 @@ mod tests {
         assert_eq!(seen.settings.comment.as_deref(), Some("before"), "the admission snapshot");
 
         // After a restart the tunnel comes from the store: its first document reads them.
-        let restarted = TunnelManager::new(store.clone(), Box::new(AcceptingDevice), network, "s1".into());
+        let restarted = TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
         restarted.reconcile().await.unwrap();
         let seen = restarted.active(opened.address).unwrap().merged(store.as_ref()).await.unwrap();
         assert_eq!(seen.settings.comment.as_deref(), Some("after"));
