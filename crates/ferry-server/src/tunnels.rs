@@ -434,12 +434,7 @@ mod tests {
     /// in it (the store no longer lists the tunnel), and goes after it.
     #[tokio::test]
     async fn a_phoned_home_peer_outlives_a_reconcile_during_its_grace() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqlStore::open_sqlite(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap());
-        let (node, actor) = (NodeName::parse("n1").unwrap(), Actor("test".into()));
-        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment("x"), asset_tag: None };
-        store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
+        let (_dir, store, node, actor) = store_with_node("x").await;
         let device = RecordingDevice::default();
         let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
         let tunnels = Arc::new(TunnelManager::new(store.clone(), Box::new(device.clone()), network, "s1".into()));
@@ -461,16 +456,22 @@ mod tests {
         Settings { comment: Some(text.into()), ..Default::default() }
     }
 
-    /// The documents of a boot render from the settings its enrollment was decided on
-    /// (read once, at enrollment); a tunnel known only from the store reads them fresh.
-    #[tokio::test]
-    async fn a_tunnel_renders_from_the_settings_its_enrollment_read() {
+    /// A SQLite store in a temporary directory with one node, n1, commented `text`.
+    async fn store_with_node(text: &str) -> (tempfile::TempDir, Arc<dyn Store>, NodeName, Actor) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(SqlStore::open_sqlite(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap());
         let (node, actor) = (NodeName::parse("n1").unwrap(), Actor("test".into()));
-        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment("before"), asset_tag: None };
+        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment(text), asset_tag: None };
         store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
+        (dir, store, node, actor)
+    }
+
+    /// The documents of a boot render from the settings its enrollment was decided on
+    /// (read once, at enrollment); a tunnel known only from the store reads them fresh.
+    #[tokio::test]
+    async fn a_tunnel_renders_from_the_settings_its_enrollment_read() {
+        let (_dir, store, node, actor) = store_with_node("before").await;
         let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
         let tunnels = TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
 
