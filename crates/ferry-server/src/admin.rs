@@ -2,13 +2,12 @@
 //! (SO_PEERCRED), not by anything they send.
 
 use crate::error::{ApiJson, HttpError};
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use axum::{Extension, Router};
 use ferry_api::admin::{
     AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SecretSet, SecretView, SetNodes,
@@ -20,26 +19,11 @@ use ferry_store::{Actor, AuditEntry, Store};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
-use tokio::net::UnixListener;
 
 /// Largest admin request body: a few thousand nodes with templates fit comfortably.
 pub const ADMIN_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
-/// The credentials of the process at the other end of the socket.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerCred {
-    pub uid: Option<u32>,
-    pub pid: Option<i32>,
-}
-
-impl Connected<IncomingStream<'_, UnixListener>> for PeerCred {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
-            Ok(c) => PeerCred { uid: Some(c.uid()), pid: c.pid() },
-            Err(_) => PeerCred { uid: None, pid: None },
-        }
-    }
-}
+pub use crate::listen::PeerCred;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -184,7 +168,8 @@ async fn delete_nodes(
     ApiJson(req): ApiJson<Names>,
 ) -> Result<ApiJson<Changed>, HttpError> {
     let names: Vec<NodeName> = parse_names(&req.names)?;
-    let changed = s.store.delete_nodes(&names, &actor).await?;
+    // Through the tunnel manager: their tunnels close (audited) and their peers go now.
+    let changed = s.tunnels.delete_nodes(&names, &actor).await?;
     tracing::info!(%changed, actor = %actor.0, "nodes deleted");
     Ok(ApiJson(Changed { changed }))
 }

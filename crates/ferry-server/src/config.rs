@@ -127,6 +127,15 @@ pub struct ProvisioningConfig {
     /// Longest time to read a request and produce the answer's headers, seconds; then
     /// 408. Artifact downloads stream their bodies beyond it.
     pub request_timeout_secs: u64,
+    /// A connection on which no byte moved either way and no request is being handled
+    /// for this many seconds is closed (e.g. a client that stopped reading a download).
+    pub idle_timeout_secs: u64,
+    /// Connections open at once from one address (the TCP peer; a proxy or NAT in
+    /// front of many nodes counts as one). Beyond it a new connection is closed at once.
+    /// Shared by the plain and the TLS listener.
+    pub max_connections_per_source: usize,
+    /// Connections open at once in all (plain and TLS listener together).
+    pub max_connections: usize,
     /// A second, TLS listener for the same API (e.g. `0.0.0.0:8443`); agents pin its
     /// certificate (`ferry.tls=sha256:…`, printed by `ferry server-cert`). The plain
     /// listener stays for iPXE, which cannot pin.
@@ -163,6 +172,11 @@ pub struct WireGuardConfig {
     pub tunnel_ttl_secs: u64,
     /// How often the device is reconciled with the store and expired tunnels reaped.
     pub reconcile_interval_secs: u64,
+    /// A tunnel whose node has not completed a WireGuard handshake this many seconds
+    /// after enrollment is closed (audit `reason=no-handshake`): an agent that refused
+    /// the server's key, crashed or never came up holds nothing until the TTL. Checked
+    /// at each reconcile. 0 turns it off (not recommended; logged as a warning).
+    pub handshake_deadline_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -170,6 +184,18 @@ pub struct WireGuardConfig {
 pub struct DatasourceConfig {
     /// Port of the tunnel-only datasource; it listens on the server's tunnel address only.
     pub port: u16,
+    /// As in `[provisioning]`: the request head within this many seconds of connecting
+    /// or of the previous answer (so idle keep-alive connections end too).
+    pub header_timeout_secs: u64,
+    /// A whole request answered within this many seconds, else 408.
+    pub request_timeout_secs: u64,
+    /// No byte moved and no request in progress for this long: closed.
+    pub idle_timeout_secs: u64,
+    /// Connections open at once from one tunnel address (cloud-init and the agent use
+    /// one or two). A tunnel's connections are closed when the tunnel ends.
+    pub max_connections_per_source: usize,
+    /// Connections open at once in all.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -206,6 +232,9 @@ impl Default for ProvisioningConfig {
             max_concurrent_enrollments: 256,
             header_timeout_secs: 10,
             request_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections_per_source: 64,
+            max_connections: 8_192,
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -223,13 +252,21 @@ impl Default for WireGuardConfig {
             network: TunnelNetwork::parse("100.64.0.0/16").expect("default network is valid"),
             tunnel_ttl_secs: 600,
             reconcile_interval_secs: 5,
+            handshake_deadline_secs: 30,
         }
     }
 }
 
 impl Default for DatasourceConfig {
     fn default() -> Self {
-        DatasourceConfig { port: 8471 }
+        DatasourceConfig {
+            port: 8471,
+            header_timeout_secs: 10,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 30,
+            max_connections_per_source: 16,
+            max_connections: 8_192,
+        }
     }
 }
 

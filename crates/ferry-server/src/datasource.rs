@@ -4,6 +4,7 @@
 
 use crate::enroll::url_host;
 use crate::error::HttpError;
+use crate::listen::TcpConn;
 use crate::render::{mentions_secrets, render, Document, FerryContext, TemplateSecrets};
 use crate::tunnels::{ActiveTunnel, TunnelManager};
 use axum::body::Bytes;
@@ -38,11 +39,7 @@ fn forbidden() -> HttpError {
 
 /// The caller's active tunnel, from the source address alone.
 fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
-    let ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
-        v4 => v4,
-    };
-    s.tunnels.active(ip).ok_or_else(|| {
+    s.tunnels.active(peer.ip().to_canonical()).ok_or_else(|| {
         tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
         forbidden()
     })
@@ -55,11 +52,11 @@ fn urls(s: &DatasourceState) -> (String, String) {
 
 async fn document(
     State(s): State<DatasourceState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
     Path(path): Path<String>,
 ) -> Result<Response, HttpError> {
     let started = std::time::Instant::now();
-    let active = caller(&s, peer)?;
+    let active = caller(&s, conn.remote)?;
     let tunnel = &active.record;
     let name = path.rsplit('/').next().unwrap_or_default();
     let Some(doc) = Document::from_name(name) else {
@@ -146,12 +143,12 @@ pub fn boot_report(form: PhoneHome) -> BootReport {
 
 async fn phone_home(
     State(s): State<DatasourceState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
     Path(path): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let active = caller(&s, peer)?;
+    let active = caller(&s, conn.remote)?;
     let tunnel = &active.record;
     if path.split('/').next() != Some("phone-home") {
         return Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", "POST goes to /phone-home"));

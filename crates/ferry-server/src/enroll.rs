@@ -9,12 +9,11 @@ use crate::nonces::NonceStore;
 use crate::tunnels::TunnelManager;
 use crate::Config;
 use axum::body::Bytes;
-use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::serve::IncomingStream;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -25,27 +24,13 @@ use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
 use ferry_core::{MacAddr, NodeName};
 use ferry_store::{Actor, StoreError};
 use ferry_wg::PublicKey;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Enrollment requests are small; anything bigger is not one.
 pub const ENROLL_BODY_LIMIT: usize = 16 * 1024;
 
-/// Both ends of a TCP connection: the remote is the caller, the local address is the
-/// one the node reached us on (the default WireGuard endpoint to hand back).
-#[derive(Debug, Clone, Copy)]
-pub struct TcpConn {
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-}
-
-impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for TcpConn {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        let remote = *stream.remote_addr();
-        let local = stream.io().local_addr().unwrap_or(remote);
-        TcpConn { local, remote }
-    }
-}
+pub use crate::listen::TcpConn;
 
 #[derive(Clone)]
 pub struct ProvisioningState {

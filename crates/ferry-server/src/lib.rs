@@ -1,11 +1,12 @@
 //! ferry's server: configuration, start-up and the HTTP APIs, one module per audience.
 //! - admin API: unix socket, peer credentials (`admin`);
 //! - provisioning network: enrollment (`enroll`), boot scripts and artifacts (`boot`),
-//!   with rate limits and timeouts (`limits`);
+//!   with rate limits (`limits`);
 //! - tunnel-only datasource and phone-home, bound to the server's tunnel address
-//!   (`datasource`).
+//!   (`datasource`), its connections closed with their tunnel (`conns`).
 //!
-//! All WireGuard device changes go through [`tunnels::TunnelManager`].
+//! Every listener runs `listen::serve` (timeouts, connection caps). All WireGuard
+//! device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
 mod artifacts;
@@ -13,11 +14,14 @@ pub mod boot;
 mod client_addr;
 mod cluster;
 pub mod config;
+mod conns;
 pub mod datasource;
 pub mod enroll;
 pub mod error;
 pub mod limits;
+pub mod listen;
 mod metrics;
+mod node_locks;
 mod nonces;
 mod remote;
 pub mod render;
@@ -51,6 +55,38 @@ pub struct Server {
     datasource: datasource::DatasourceState,
     tunnels: Arc<TunnelManager>,
     config: Arc<Config>,
+    limits: ListenerLimits,
+}
+
+/// Each listener's timeouts and connection caps, from the configuration.
+struct ListenerLimits {
+    provisioning: listen::ConnLimits,
+    datasource: listen::ConnLimits,
+}
+
+impl ListenerLimits {
+    fn from_config(c: &Config) -> anyhow::Result<Self> {
+        let (p, d) = (&c.provisioning, &c.datasource);
+        if d.request_timeout_secs == 0 {
+            anyhow::bail!("[datasource] request_timeout_secs must be at least 1");
+        }
+        Ok(ListenerLimits {
+            provisioning: listen::ConnLimits::from_config(
+                "[provisioning]",
+                p.header_timeout_secs,
+                p.idle_timeout_secs,
+                p.max_connections_per_source,
+                p.max_connections,
+            )?,
+            datasource: listen::ConnLimits::from_config(
+                "[datasource]",
+                d.header_timeout_secs,
+                d.idle_timeout_secs,
+                d.max_connections_per_source,
+                d.max_connections,
+            )?,
+        })
+    }
 }
 
 fn backend_choice(b: config::WgBackend) -> ferry_wg::BackendChoice {
@@ -67,6 +103,11 @@ impl Server {
     pub async fn build(config: Config) -> anyhow::Result<Server> {
         // Everything ferry writes (database, keys) is for its own user only.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let listener_limits = ListenerLimits::from_config(&config)?;
+        let l = &listener_limits;
+        let caps = (l.provisioning.max_total + l.datasource.max_total + 2 * listen::ADMIN_LIMITS.max_total) as u64;
+        let open_files = listen::raise_open_files_limit(caps)?;
+        tracing::debug!(open_files, "open-files limit");
         create_private_dir(&config.data_dir)?;
         let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
         let location = config.store_location()?;
@@ -95,7 +136,20 @@ impl Server {
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
         cluster::register(&store, &config, &server_id, &server_public_key.to_base64()).await?;
-        let tunnels = Arc::new(TunnelManager::new(store.clone(), device, wg.network, server_id));
+        let handshake_deadline = match wg.handshake_deadline_secs {
+            0 => {
+                tracing::warn!(
+                    "[wireguard] handshake_deadline_secs = 0: a tunnel whose node never completes a handshake stays \
+                     until its TTL"
+                );
+                None
+            }
+            secs => Some(std::time::Duration::from_secs(secs)),
+        };
+        let tunnels = Arc::new(
+            TunnelManager::new(store.clone(), device, wg.network, server_id)
+                .with_handshake_deadline(handshake_deadline),
+        );
         // The store is the truth: restore active tunnels, drop orphans and expired ones.
         let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
         tracing::info!(?report, "device reconciled at start-up");
@@ -186,6 +240,7 @@ impl Server {
             boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),
             tunnels,
             config,
+            limits: listener_limits,
         })
     }
 
@@ -205,60 +260,79 @@ impl Server {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let timeout = || {
+        let timeout = |secs: u64| {
             tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
-                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(secs),
             )
         };
-        let header_timeout = std::time::Duration::from_secs(self.config.provisioning.header_timeout_secs);
+        let drain = std::time::Duration::from_secs(30);
+        let metrics = self.tunnels.metrics.clone();
+        let admin_caps = || listen::ConnCaps::new("admin", listen::ADMIN_LIMITS, metrics.clone());
         // The TLS listeners are optional; each runs in a task of its own.
-        let spawn_tls = |what: &'static str, listener: TcpListener, tls, app| {
-            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            tracing::info!(listen = %addr, "{what} listener (TLS)");
-            let drain = std::time::Duration::from_secs(30);
-            (what, tokio::spawn(limits::serve(listener, app, header_timeout, drain, stopped(), Some(tls))))
+        let spawn_tls = |listener: listen::Listener<TcpListener>, app| {
+            let addr = listener.incoming.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %addr, "{} listener (TLS)", listener.name);
+            (listener.name, tokio::spawn(listen::serve(listener, app, drain, stopped())))
         };
         let mut tls_tasks = Vec::new();
-        if let Some((listener, tls)) = self.remote_admin {
-            let app = admin::remote_router(self.admin.clone()).layer(timeout());
-            tls_tasks.push(spawn_tls("remote admin", listener, tls, app));
+        if let Some((incoming, tls)) = self.remote_admin {
+            let app = admin::remote_router(self.admin.clone()).layer(timeout(30));
+            let caps = listen::ConnCaps::new("remote-admin", listen::ADMIN_LIMITS, metrics.clone());
+            let listener = listen::Listener { name: "remote-admin", incoming, tls: Some(tls), caps, watcher: None };
+            tls_tasks.push(spawn_tls(listener, app));
         }
         let server_key = self.admin.server_public_key.to_base64();
-        let admin = axum::serve(
-            self.admin_listener,
-            admin::router(self.admin).layer(timeout()).into_make_service_with_connect_info::<admin::PeerCred>(),
-        )
-        .with_graceful_shutdown(stopped());
-        // The provisioning network is anyone's: a header read timeout (slowloris) that
-        // axum::serve does not offer, and a timeout on the whole request of its own.
+        let admin = listen::serve(
+            listen::Listener {
+                name: "admin",
+                incoming: self.admin_listener,
+                tls: None,
+                caps: admin_caps(),
+                watcher: None,
+            },
+            admin::router(self.admin).layer(timeout(30)),
+            drain,
+            stopped(),
+        );
+        // The provisioning network is anyone's: its own request timeout, and the plain
+        // and TLS listeners share their connection caps.
         let p = &self.config.provisioning;
-        let metrics = self.tunnels.metrics.clone();
         let provisioning_app = enroll::router(self.provisioning)
             .merge(boot::router(self.boot))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                std::time::Duration::from_secs(p.request_timeout_secs),
-            ))
-            .layer(axum::middleware::from_fn_with_state(metrics, metrics::Metrics::count_enrollments));
-        if let Some((listener, tls, _)) = self.provisioning_tls {
-            tls_tasks.push(spawn_tls("provisioning", listener, tls, provisioning_app.clone()));
+            .layer(timeout(p.request_timeout_secs))
+            .layer(axum::middleware::from_fn_with_state(metrics.clone(), metrics::Metrics::count_enrollments));
+        let provisioning_caps = listen::ConnCaps::new("provisioning", self.limits.provisioning, metrics.clone());
+        if let Some((incoming, tls, _)) = self.provisioning_tls {
+            let caps = provisioning_caps.clone();
+            let listener = listen::Listener { name: "provisioning", incoming, tls: Some(tls), caps, watcher: None };
+            tls_tasks.push(spawn_tls(listener, provisioning_app.clone()));
         }
-        let provisioning = limits::serve(
-            self.provisioning_listener,
+        let provisioning = listen::serve(
+            listen::Listener {
+                name: "provisioning",
+                incoming: self.provisioning_listener,
+                tls: None,
+                caps: provisioning_caps,
+                watcher: None,
+            },
             provisioning_app,
-            header_timeout,
-            std::time::Duration::from_secs(30),
+            drain,
             stopped(),
-            None,
         );
-        let datasource = axum::serve(
-            self.datasource_listener,
-            datasource::router(self.datasource)
-                .layer(timeout())
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped());
+        // A tunnel's connections end with the tunnel: the tunnel manager watches them.
+        let datasource = listen::serve(
+            listen::Listener {
+                name: "datasource",
+                incoming: self.datasource_listener,
+                tls: None,
+                caps: listen::ConnCaps::new("datasource", self.limits.datasource, metrics.clone()),
+                watcher: Some(self.tunnels.clone()),
+            },
+            datasource::router(self.datasource).layer(timeout(self.config.datasource.request_timeout_secs)),
+            drain,
+            stopped(),
+        );
         let reconciler = reconcile_loop(self.tunnels.clone(), self.config.clone(), stopped());
         let heartbeat = cluster::heartbeat_loop(self.tunnels.clone(), self.config.clone(), server_key, stopped());
         let watcher = cluster::watch_loop(self.tunnels.clone(), stopped());

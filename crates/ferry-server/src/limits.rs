@@ -10,9 +10,9 @@
 //! - **A cap on enrollments in progress** (`/v1/enroll`, `/v1/enroll/tpm`): beyond it
 //!   `503` with `Retry-After: 1`. The body is read before a slot is taken, so a client
 //!   that sends its body slowly holds no slot.
-//! - **Slow clients**: [`serve`] closes a connection whose request headers do not arrive
-//!   within the header timeout (slowloris); the caller adds a timeout on the whole
-//!   request.
+//! - **Slow clients**: `listen::serve` closes a connection whose request headers do not
+//!   arrive within the header timeout (slowloris); the caller adds a timeout on the
+//!   whole request.
 //!
 //! The buckets are `governor`'s (GCRA, lock-free for the global one, a sharded map for
 //! the keyed one). The keyed map is bounded: idle sources (whose bucket is full again)
@@ -32,7 +32,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Router;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use std::net::IpAddr;
@@ -40,7 +39,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most sources tracked at once by the per-source limiter (and by the once-per-second
@@ -304,90 +302,6 @@ pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Reque
     next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
-/// Serves `app` on the provisioning listener until `stopped`: HTTP/1.1 with a header
-/// read timeout (axum::serve does not expose hyper's), each request carrying
-/// `ConnectInfo<TcpConn>` like `into_make_service_with_connect_info` would. On stop it
-/// accepts no more connections and lets open ones finish, for up to `drain`.
-/// Largest request head (request line and headers) the listeners read.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
-
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    header_timeout: Duration,
-    drain: Duration,
-    stopped: impl std::future::Future<Output = ()>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // Request heads (line and headers) above 64 KiB are refused (431); bodies have their
-    // own limits per route.
-    http.timer(TokioTimer::new()).header_read_timeout(header_timeout).max_header_size(MAX_HEAD_BYTES);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(stopped);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    accept_error(e).await;
-                    continue;
-                }
-            },
-            () = &mut stopped => break,
-        };
-        let info = ConnectInfo(TcpConn { local: stream.local_addr().unwrap_or(remote), remote });
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(info);
-            // A Router is always ready, so `call` needs no `poll_ready` first.
-            tower::Service::call(&mut app.clone(), req)
-        });
-        match &tls {
-            None => {
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%remote, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(acceptor) => {
-                // The handshake runs in the connection's task, under the header timeout,
-                // so a slow or silent TLS client holds up no one.
-                let (acceptor, http, watcher) = (acceptor.clone(), http.clone(), graceful.watcher());
-                tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
-                    };
-                    if let Err(e) = watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await {
-                        tracing::debug!(%remote, error = %e, "TLS connection ended with an error");
-                    }
-                });
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!("provisioning connections still open after {} s; closing them", drain.as_secs());
-    }
-    Ok(())
-}
-
-/// Errors of one connection (reset before accept) are the client's business; others
-/// (out of file descriptors) are logged and retried after a pause, as axum::serve does.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::*;
-    if matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
-        return;
-    }
-    tracing::error!(error = %e, "cannot accept a provisioning connection; retrying in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +404,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_house_of_enrollments_answers_503_and_runs_nothing() {
         use axum::routing::post;
+        use axum::Router;
         use tower::ServiceExt;
         let limits = Arc::new(EnrollLimits::new(&config(0.0, 0, 0.0, 0, 1)).unwrap());
         let entered = Arc::new(tokio::sync::Semaphore::new(0));

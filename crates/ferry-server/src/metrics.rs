@@ -26,8 +26,21 @@ pub struct ResultLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// How the tunnel ended: phone-home, expired, replaced, revoked.
+    /// How the tunnel ended: phone-home, expired, replaced, revoked, deleted, no-handshake.
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
+/// A listener's connections: `cause` is the cap that refused one (`per-source`,
+/// `total`), or why the server ended one (`idle`; `closed`: its tunnel ended).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    pub listener: &'static str,
+    pub cause: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +56,9 @@ pub struct Metrics {
     pub phone_home_latency: Histogram,
     pub document_latency: Family<DocumentLabel, Histogram>,
     pub secrets_delivered: Counter,
+    pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connections_refused: Family<ConnectionLabel, Counter>,
+    pub connections_cut: Family<ConnectionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,8 +89,25 @@ impl Default for Metrics {
         registry.register("document_serve_seconds", "Time to serve a datasource document", document_latency.clone());
         let secrets_delivered = Counter::default();
         registry.register("secrets_delivered", "Secrets rendered into tunnel documents", secrets_delivered.clone());
+        let connections_open = Family::<ListenerLabel, Gauge>::default();
+        registry.register("connections", "Connections open now, by listener", connections_open.clone());
+        let connections_refused = Family::<ConnectionLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because a cap was reached, by listener and cap",
+            connections_refused.clone(),
+        );
+        let connections_cut = Family::<ConnectionLabel, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server ended, by listener and cause (idle; closed: their tunnel ended)",
+            connections_cut.clone(),
+        );
         Metrics {
             registry,
+            connections_open,
+            connections_refused,
+            connections_cut,
             enrollments,
             active_tunnels,
             tunnel_lifetime,

@@ -1,7 +1,9 @@
 //! The one place that changes the WireGuard device. Every change is made in the store
 //! first (one transaction) and applied to the device after the commit; a reconcile pass
 //! (at start-up and periodically) makes the device equal to the store's active tunnels,
-//! so a missed or failed device update is repaired rather than trusted.
+//! so a missed or failed device update is repaired rather than trusted. A node's
+//! changes (enrollment, revocation, deletion) take its lock across both steps, so they
+//! reach the device in the order they committed.
 
 use ferry_api::admin::MergedNodeView;
 use ferry_core::tunnel::TunnelNetwork;
@@ -11,12 +13,18 @@ use ferry_wg::{DeviceUpdate, IpNet, PeerConfig, PublicKey, WgDevice};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
+
+use crate::conns::TunnelConnections;
+use crate::node_locks::NodeLocks;
 
 /// How long a phoned-home node's peer stays on the device after the store closed its
 /// tunnel, so the "200 OK" can still travel back through it.
 pub const PHONE_HOME_GRACE: Duration = Duration::from_millis(1500);
+
+/// Default deadline for a new tunnel's first WireGuard handshake.
+pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct TunnelManager {
     pub store: Arc<dyn Store>,
@@ -39,6 +47,17 @@ pub struct TunnelManager {
     /// early would cut the node's answer off, and in a boot storm it made one reconcile
     /// remove thousands of peers at once — ~1 s under the exclusive lock with boringtun).
     lingering: std::sync::Mutex<HashSet<PublicKey>>,
+    /// Peers this process added at enrollment that have not completed a WireGuard
+    /// handshake yet, with when they were added. Reconcile closes those older than
+    /// `handshake_deadline` (`no-handshake`): a grant nobody uses must not stay for its
+    /// whole TTL. Tunnels restored from the store at start-up are not in it (their
+    /// node may be idle and silent until it next speaks; they keep their TTL).
+    awaiting_handshake: std::sync::Mutex<HashMap<PublicKey, Instant>>,
+    /// `None`: unused grants stay until their TTL.
+    handshake_deadline: Option<Duration>,
+    node_locks: NodeLocks,
+    /// The datasource's connections by tunnel, closed when their tunnel ends.
+    pub connections: Arc<TunnelConnections>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -118,6 +137,8 @@ async fn batch_loop(device: Arc<Mutex<Option<Box<dyn WgDevice>>>>, mut rx: mpsc:
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub expired: usize,
+    /// Closed for want of a handshake within the deadline.
+    pub unused: usize,
     pub added: usize,
     pub removed: usize,
 }
@@ -146,8 +167,18 @@ impl TunnelManager {
             batches,
             active: Default::default(),
             lingering: Default::default(),
+            awaiting_handshake: Default::default(),
+            handshake_deadline: Some(DEFAULT_HANDSHAKE_DEADLINE),
+            node_locks: NodeLocks::default(),
+            connections: Default::default(),
             metrics: Default::default(),
         }
+    }
+
+    /// How long a new tunnel may wait for its first handshake; `None`: until its TTL.
+    pub fn with_handshake_deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.handshake_deadline = deadline;
+        self
     }
 
     /// The active tunnel that owns `address`, if any.
@@ -165,8 +196,9 @@ impl TunnelManager {
         self.active.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Forgets closed tunnels (only if the address still belongs to that tunnel) and
-    /// records how long they lived.
+    /// Forgets closed tunnels (only if the address still belongs to that tunnel),
+    /// records how long they lived, and closes their datasource connections (a
+    /// phoned-home tunnel's after [`PHONE_HOME_GRACE`]: one of them carries the answer).
     fn forget(&self, closed: &[TunnelRecord], reason: CloseReason) {
         let now = ferry_store::now_secs();
         for t in closed {
@@ -174,11 +206,27 @@ impl TunnelManager {
             let label = crate::metrics::ReasonLabel { reason: reason.as_str() };
             self.metrics.tunnel_lifetime.get_or_create(&label).observe(lived);
         }
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        for t in closed {
-            if active.get(&t.address).is_some_and(|a| a.record.public_key == t.public_key) {
-                active.remove(&t.address);
+        {
+            let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+            for t in closed {
+                if active.get(&t.address).is_some_and(|a| a.record.public_key == t.public_key) {
+                    active.remove(&t.address);
+                }
             }
+        }
+        if reason != CloseReason::PhoneHome {
+            for t in closed {
+                self.close_connections(t);
+            }
+        }
+    }
+
+    /// Closes the datasource connections of an ended tunnel (after it left `active`, so a
+    /// connection accepted meanwhile sees that and closes itself).
+    fn close_connections(&self, t: &TunnelRecord) {
+        let n = self.connections.close_tunnel(t.address, &t.public_key);
+        if n > 0 {
+            tracing::debug!(node = %t.node, address = %t.address, connections = n, "closed the ended tunnel's connections");
         }
     }
 
@@ -210,6 +258,9 @@ impl TunnelManager {
         settings: MergedNodeView,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
+        // The node's lock first, then `order` (always in this order: reconcile waits for
+        // `order` alone, so no cycle).
+        let _node = self.node_locks.lock(node).await;
         let _order = self.order.read().await;
         let opened = self
             .store
@@ -228,6 +279,9 @@ impl TunnelManager {
             self.store.close_tunnel(node, CloseReason::Revoked, &Actor("ferry:device-error".into())).await?;
             return Err(StoreError::BadRequest(format!("the WireGuard device refused the peer: {e}")));
         }
+        if self.handshake_deadline.is_some() {
+            self.awaiting_handshake.lock().unwrap_or_else(|p| p.into_inner()).insert(*key, Instant::now());
+        }
         Ok(opened.tunnel)
     }
 
@@ -238,6 +292,7 @@ impl TunnelManager {
         reason: CloseReason,
         actor: &Actor,
     ) -> Result<Option<TunnelRecord>, StoreError> {
+        let _node = self.node_locks.lock(node).await;
         let _order = self.order.read().await;
         let closed = self.store.close_tunnel(node, reason, actor).await?;
         if let Some(t) = &closed {
@@ -245,6 +300,19 @@ impl TunnelManager {
             self.remove_peers(std::slice::from_ref(t)).await;
         }
         Ok(closed)
+    }
+
+    /// Deletes nodes from the inventory; their tunnels close in the same transaction
+    /// (audited, reason `deleted`) and their peers go at once. Returns how many nodes.
+    pub async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError> {
+        let _nodes = self.node_locks.lock_all(names).await;
+        let _order = self.order.read().await;
+        let closed = self.store.delete_nodes(names, actor).await?;
+        self.forget(&closed, CloseReason::Deleted);
+        // Another server's peer is that server's to remove (it hears of it and reconciles).
+        let mine: Vec<TunnelRecord> = closed.into_iter().filter(|t| t.server == self.server_id).collect();
+        self.remove_peers(&mine).await;
+        Ok(names.len())
     }
 
     /// Records the boot and closes the tunnel in the store now; the peer goes after
@@ -271,6 +339,7 @@ impl TunnelManager {
             let current = this.active(closed.address).map(|t| t.record.public_key.clone());
             if current != Some(closed.public_key.clone()) {
                 this.remove_peers(std::slice::from_ref(&closed)).await;
+                this.close_connections(&closed);
             }
             if let Ok(key) = closed.public_key.parse::<PublicKey>() {
                 this.lingering.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
@@ -314,7 +383,7 @@ impl TunnelManager {
             tracing::info!(node = %t.node, address = %t.address, "tunnel expired");
         }
         self.forget(&expired, CloseReason::Expired);
-        let wanted: HashMap<PublicKey, TunnelRecord> = self
+        let mut wanted: HashMap<PublicKey, TunnelRecord> = self
             .store
             .list_tunnels()
             .await?
@@ -323,6 +392,9 @@ impl TunnelManager {
             .filter_map(|t| Some((t.public_key.parse().ok()?, t)))
             .collect();
         let status = dev.status().await?;
+        let handshaken: HashSet<PublicKey> =
+            status.peers.iter().filter(|p| p.last_handshake.is_some()).map(|p| p.public_key).collect();
+        let unused = self.close_unused(&mut wanted, &handshaken).await?;
         let present: HashMap<PublicKey, Vec<IpNet>> =
             status.peers.into_iter().map(|p| (p.public_key, p.allowed_ips)).collect();
         let remove: Vec<PublicKey> = {
@@ -341,21 +413,74 @@ impl TunnelManager {
             // The store's list is the truth; entries that did not change keep their snapshot.
             let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
             let mut next = HashMap::with_capacity(wanted.len());
+            let mut ended = Vec::new();
             for t in wanted.values() {
                 let entry = match active.remove(&t.address) {
                     Some(a) if a.record == *t => a,
-                    _ => ActiveTunnel::new(t.clone(), None),
+                    other => {
+                        ended.extend(other.filter(|a| a.record.public_key != t.public_key));
+                        ActiveTunnel::new(t.clone(), None)
+                    }
                 };
                 next.insert(t.address, entry);
             }
-            *active = next;
+            ended.extend(std::mem::replace(&mut *active, next).into_values());
+            drop(active);
+            // Tunnels closed elsewhere (another server, a lost server's reaper).
+            for a in ended {
+                self.close_connections(&a.record);
+            }
         }
-        let report = ReconcileReport { expired: expired.len(), added: add.len(), removed: remove.len() };
+        let report = ReconcileReport { expired: expired.len(), unused, added: add.len(), removed: remove.len() };
         if !remove.is_empty() || !add.is_empty() {
             dev.apply(DeviceUpdate::new().remove_peers(remove).add_peers(add)).await?;
             tracing::info!(?report, "device reconciled with the store");
         }
         Ok(report)
+    }
+
+    /// Closes (reason `no-handshake`) this process's new tunnels whose peer has not
+    /// completed a handshake within the deadline, and takes them out of `wanted` so the
+    /// same device update removes their peers. Called by reconcile, which holds `order`
+    /// exclusively: no enrollment is between its store and its device step.
+    async fn close_unused(
+        &self,
+        wanted: &mut HashMap<PublicKey, TunnelRecord>,
+        handshaken: &HashSet<PublicKey>,
+    ) -> Result<usize, StoreError> {
+        let Some(deadline) = self.handshake_deadline else { return Ok(0) };
+        let overdue: Vec<TunnelRecord> = {
+            let mut awaiting = self.awaiting_handshake.lock().unwrap_or_else(|p| p.into_inner());
+            // Done waiting: it handshook, or its tunnel is gone (phoned home, replaced, ...).
+            awaiting.retain(|k, _| wanted.contains_key(k) && !handshaken.contains(k));
+            awaiting.iter().filter(|(_, added)| added.elapsed() >= deadline).map(|(k, _)| wanted[k].clone()).collect()
+        };
+        if overdue.is_empty() {
+            return Ok(0);
+        }
+        let reaper = Actor("ferry:reaper".into());
+        let closed = self.store.close_tunnels(&overdue, CloseReason::NoHandshake, &reaper).await?;
+        let mut awaiting = self.awaiting_handshake.lock().unwrap_or_else(|p| p.into_inner());
+        for t in &overdue {
+            if let Ok(key) = t.public_key.parse::<PublicKey>() {
+                awaiting.remove(&key);
+            }
+        }
+        drop(awaiting);
+        for t in &closed {
+            tracing::warn!(
+                node = %t.node,
+                address = %t.address,
+                deadline_secs = deadline.as_secs(),
+                "closed a tunnel whose node never completed a WireGuard handshake (a wrong server key pinned, \
+                 or the agent stopped)"
+            );
+            if let Ok(key) = t.public_key.parse::<PublicKey>() {
+                wanted.remove(&key);
+            }
+        }
+        self.forget(&closed, CloseReason::NoHandshake);
+        Ok(closed.len())
     }
 
     /// The device's view of each peer (last handshake), by public key.
@@ -373,124 +498,5 @@ impl TunnelManager {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ferry_api::admin::{AddNodes, NewNode, NodePatch};
-    use ferry_core::model::Settings;
-    use ferry_core::patch::SettingsPatch;
-    use ferry_store::{Sealer, SqlStore};
-    use ferry_wg::{BackendKind, DeviceStatus, PrivateKey, WgError};
-
-    /// Keeps its peers like a device does, so reconcile has something to compare.
-    #[derive(Debug, Default, Clone)]
-    struct RecordingDevice(Arc<std::sync::Mutex<HashMap<PublicKey, Vec<IpNet>>>>);
-
-    impl RecordingDevice {
-        fn has(&self, key: &PublicKey) -> bool {
-            self.0.lock().unwrap().contains_key(key)
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl WgDevice for RecordingDevice {
-        fn name(&self) -> &str {
-            "test0"
-        }
-        fn backend(&self) -> BackendKind {
-            BackendKind::Userspace
-        }
-        async fn apply(&self, update: DeviceUpdate) -> Result<(), WgError> {
-            let mut peers = self.0.lock().unwrap();
-            for key in update.removed() {
-                peers.remove(key);
-            }
-            for p in update.peers() {
-                peers.insert(p.public_key, p.allowed_ips.clone());
-            }
-            Ok(())
-        }
-        async fn status(&self) -> Result<DeviceStatus, WgError> {
-            let peers = self.0.lock().unwrap();
-            let peers = peers
-                .iter()
-                .map(|(k, ips)| ferry_wg::PeerStatus {
-                    public_key: *k,
-                    allowed_ips: ips.clone(),
-                    endpoint: None,
-                    last_handshake: None,
-                    rx_bytes: 0,
-                    tx_bytes: 0,
-                    persistent_keepalive: None,
-                })
-                .collect();
-            Ok(DeviceStatus { peers, ..Default::default() })
-        }
-        async fn close(self: Box<Self>) -> Result<(), WgError> {
-            Ok(())
-        }
-    }
-
-    /// A phoned-home node's peer stays for the grace period even when a reconcile runs
-    /// in it (the store no longer lists the tunnel), and goes after it.
-    #[tokio::test]
-    async fn a_phoned_home_peer_outlives_a_reconcile_during_its_grace() {
-        let (_dir, store, node, actor) = store_with_node("x").await;
-        let device = RecordingDevice::default();
-        let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-        let tunnels = Arc::new(TunnelManager::new(store.clone(), Box::new(device.clone()), network, "s1".into()));
-
-        let key = PrivateKey::generate().public_key();
-        let settings = store.merged_node(&node).await.unwrap();
-        let opened = tunnels.open(&node, &key, 600, None, settings, &actor).await.unwrap();
-        assert!(device.has(&key));
-        assert!(tunnels.phone_home(&opened, &BootReport::default()).await.unwrap());
-        let report = tunnels.reconcile().await.unwrap();
-        assert_eq!(report, ReconcileReport::default(), "nothing to repair");
-        assert!(device.has(&key), "the peer stays for the grace period");
-        tokio::time::sleep(PHONE_HOME_GRACE + Duration::from_millis(500)).await;
-        assert!(!device.has(&key), "and goes after it");
-        assert!(tunnels.lingering.lock().unwrap().is_empty());
-    }
-
-    fn comment(text: &str) -> Settings {
-        Settings { comment: Some(text.into()), ..Default::default() }
-    }
-
-    /// A SQLite store in a temporary directory with one node, n1, commented `text`.
-    async fn store_with_node(text: &str) -> (tempfile::TempDir, Arc<dyn Store>, NodeName, Actor) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(SqlStore::open_sqlite(&dir.path().join("ferry.db"), Sealer::ephemeral()).await.unwrap());
-        let (node, actor) = (NodeName::parse("n1").unwrap(), Actor("test".into()));
-        let new = NewNode { name: node.clone(), profiles: vec![], settings: comment(text), asset_tag: None };
-        store.add_nodes(AddNodes { nodes: vec![new] }, &actor).await.unwrap();
-        (dir, store, node, actor)
-    }
-
-    /// The documents of a boot render from the settings its enrollment was decided on
-    /// (read once, at enrollment); a tunnel known only from the store reads them fresh.
-    #[tokio::test]
-    async fn a_tunnel_renders_from_the_settings_its_enrollment_read() {
-        let (_dir, store, node, actor) = store_with_node("before").await;
-        let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-        let tunnels = TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
-
-        let admitted = store.merged_node(&node).await.unwrap();
-        let key = PrivateKey::generate().public_key();
-        let opened = tunnels.open(&node, &key, 600, None, admitted, &actor).await.unwrap();
-        let patch = NodePatch {
-            profiles: None,
-            settings: SettingsPatch { set: comment("after"), unset: vec![] },
-            asset_tag: None,
-        };
-        store.set_nodes(std::slice::from_ref(&node), &patch, &actor).await.unwrap();
-        let seen = tunnels.active(opened.address).unwrap().merged(store.as_ref()).await.unwrap();
-        assert_eq!(seen.settings.comment.as_deref(), Some("before"), "the admission snapshot");
-
-        // After a restart the tunnel comes from the store: its first document reads them.
-        let restarted = TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
-        restarted.reconcile().await.unwrap();
-        let seen = restarted.active(opened.address).unwrap().merged(store.as_ref()).await.unwrap();
-        assert_eq!(seen.settings.comment.as_deref(), Some("after"));
-    }
-}
+#[path = "tunnels_tests.rs"]
+mod tests;

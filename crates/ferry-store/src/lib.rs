@@ -107,7 +107,9 @@ pub struct AuditEntry {
 pub trait Store: Send + Sync + 'static {
     async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError>;
     async fn set_nodes(&self, names: &[NodeName], patch: &NodePatch, actor: &Actor) -> Result<usize, StoreError>;
-    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError>;
+    /// Deletes nodes (all or none), closing their tunnels in the same transaction
+    /// (audited `tunnel.close`, reason `deleted`). Returns the closed tunnels.
+    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<Vec<TunnelRecord>, StoreError>;
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError>;
     async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError>;
     async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError>;
@@ -149,6 +151,14 @@ pub trait Store: Send + Sync + 'static {
         reason: CloseReason,
         actor: &Actor,
     ) -> Result<Option<TunnelRecord>, StoreError>;
+    /// Closes each of these tunnels that is still its node's current one (same key), in
+    /// one transaction; a tunnel replaced meanwhile is left alone. Returns those closed.
+    async fn close_tunnels(
+        &self,
+        tunnels: &[TunnelRecord],
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Vec<TunnelRecord>, StoreError>;
     /// Closes every tunnel whose expiry is at or before `now` (unix seconds).
     async fn expire_tunnels(&self, now: i64) -> Result<Vec<TunnelRecord>, StoreError>;
     async fn list_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError>;

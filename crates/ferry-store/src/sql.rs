@@ -537,18 +537,23 @@ impl Store for SqlStore {
         Ok(names.len())
     }
 
-    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<usize, StoreError> {
+    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<Vec<crate::TunnelRecord>, StoreError> {
         check_unique(names.iter())?;
         let mut tx = self.begin_write().await?;
+        let mut closed = Vec::new();
         for name in names {
+            // Closed here, audited, rather than dropped by the foreign key unseen.
+            let tunnel = crate::sql_tunnels::delete_tunnel(&mut tx, name, crate::CloseReason::Deleted, actor).await?;
+            closed.extend(tunnel);
             let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound { kind: "node", name: name.to_string() });
             }
             audit(&mut tx, actor, "node.delete", &format!("node/{name}"), "").await?;
         }
+        crate::sql_tunnels::announce(&mut tx, self.backend, &closed).await?;
         tx.commit().await?;
-        Ok(names.len())
+        Ok(closed)
     }
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
@@ -738,6 +743,14 @@ impl Store for SqlStore {
         actor: &Actor,
     ) -> Result<Option<crate::TunnelRecord>, StoreError> {
         self.close_tunnel_impl(node, reason, actor).await
+    }
+    async fn close_tunnels(
+        &self,
+        tunnels: &[crate::TunnelRecord],
+        reason: crate::CloseReason,
+        actor: &Actor,
+    ) -> Result<Vec<crate::TunnelRecord>, StoreError> {
+        self.close_tunnels_impl(tunnels, reason, actor).await
     }
     async fn expire_tunnels(&self, now: i64) -> Result<Vec<crate::TunnelRecord>, StoreError> {
         self.expire_tunnels_impl(now).await

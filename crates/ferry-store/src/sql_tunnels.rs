@@ -18,6 +18,9 @@ pub(crate) const TUNNEL_COLUMNS: &str = "node, public_key, address, created_at, 
 /// The node's tunnel, closed (a re-enrollment replaces it, a revocation ends it).
 pub(crate) const TUNNEL_DELETE_OF_NODE: &str = "DELETE FROM tunnels WHERE node = $1 \
      RETURNING node, public_key, address, created_at, expires_at, mode, server";
+/// The node's tunnel, closed only if it is still the one with this key.
+const TUNNEL_DELETE_IF_CURRENT: &str = "DELETE FROM tunnels WHERE node = $1 AND public_key = $2 \
+     RETURNING node, public_key, address, created_at, expires_at, mode, server";
 pub(crate) const TUNNEL_KEY_OWNER: &str = "SELECT node FROM tunnels WHERE public_key = $1";
 pub(crate) const TUNNEL_ADDRESS_TAKEN: &str = "SELECT 1 FROM tunnels WHERE address = $1";
 pub(crate) const HOST_KEYS_DELETE: &str = "DELETE FROM host_keys WHERE node = $1";
@@ -225,6 +228,34 @@ impl SqlStore {
     ) -> Result<Option<TunnelRecord>, StoreError> {
         let mut tx = self.begin_write().await?;
         let closed = delete_tunnel(&mut tx, node, reason, actor).await?;
+        announce(&mut tx, self.backend, &closed).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    pub(crate) async fn close_tunnels_impl(
+        &self,
+        tunnels: &[TunnelRecord],
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Vec<TunnelRecord>, StoreError> {
+        if tunnels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut closed = Vec::with_capacity(tunnels.len());
+        for t in tunnels {
+            let row: Option<TunnelRow> = sqlx::query_as(TUNNEL_DELETE_IF_CURRENT)
+                .bind(t.node.as_str())
+                .bind(&t.public_key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = row {
+                let t = tunnel(row)?;
+                audit_close(&mut tx, actor, &t, reason).await?;
+                closed.push(t);
+            }
+        }
         announce(&mut tx, self.backend, &closed).await?;
         tx.commit().await?;
         Ok(closed)

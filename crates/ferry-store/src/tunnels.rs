@@ -29,6 +29,11 @@ pub enum CloseReason {
     Revoked,
     /// The server holding the tunnel stopped beating its heartbeat.
     ServerLost,
+    /// The node was deleted from the inventory.
+    Deleted,
+    /// The node never completed a WireGuard handshake within the deadline: an unused
+    /// grant (an agent that refused the server's key, crashed, or never came up).
+    NoHandshake,
 }
 
 impl CloseReason {
@@ -39,6 +44,8 @@ impl CloseReason {
             CloseReason::Replaced => "replaced",
             CloseReason::Revoked => "revoked",
             CloseReason::ServerLost => "server-lost",
+            CloseReason::Deleted => "deleted",
+            CloseReason::NoHandshake => "no-handshake",
         }
     }
 }

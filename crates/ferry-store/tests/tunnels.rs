@@ -108,10 +108,38 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     assert!(audit.iter().any(|e| e.action == "tunnel.close" && e.detail.contains("reason=expired")), "{audit:?}");
 }
 
+/// Deleting a node closes its tunnel in the same transaction, audited (reason
+/// `deleted`), and hands the closed tunnel back so the server can drop the peer; a
+/// targeted close (`close_tunnels`, the no-handshake reaper's) closes a tunnel only if
+/// it is still the node's current one.
+async fn deleting_a_node_and_targeted_closes_are_audited(kind: Kind) {
+    let (_d, s) = store_with(kind, &["a", "b", "c"]).await;
+    let net = TunnelNetwork::parse("100.64.0.0/24").unwrap();
+    let a = s.open_tunnel(&n("a"), "KA", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let closed = s.delete_nodes(&[n("a"), n("c")], &actor()).await.unwrap();
+    assert_eq!(closed, [a], "a's tunnel closed, c had none");
+    assert!(s.list_tunnels().await.unwrap().is_empty());
+    let audit = s.audit(Some("node/a"), 10).await.unwrap();
+    let close = audit.iter().find(|e| e.action == "tunnel.close").expect("the close is audited");
+    assert!(close.detail.contains("reason=deleted") && close.detail.contains("key=KA"), "{close:?}");
+
+    let b1 = s.open_tunnel(&n("b"), "KB1", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let b2 = s.open_tunnel(&n("b"), "KB2", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let none = s.close_tunnels(&[b1], CloseReason::NoHandshake, &actor()).await.unwrap();
+    assert!(none.is_empty(), "a replaced tunnel's record does not close its successor");
+    assert_eq!(s.list_tunnels().await.unwrap(), std::slice::from_ref(&b2));
+    let closed = s.close_tunnels(std::slice::from_ref(&b2), CloseReason::NoHandshake, &actor()).await.unwrap();
+    assert_eq!(closed, [b2]);
+    assert!(s.list_tunnels().await.unwrap().is_empty());
+    let audit = s.audit(Some("node/b"), 10).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "tunnel.close" && e.detail.contains("reason=no-handshake")), "{audit:?}");
+}
+
 both_backends!(
     one_tunnel_per_node_and_unique_addresses,
     exhausted_pool_allocates_nothing,
     expiry_and_phone_home_close_only_their_tunnel,
+    deleting_a_node_and_targeted_closes_are_audited,
     storm_writes_and_administration_take_turns,
 );
 

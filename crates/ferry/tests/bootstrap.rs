@@ -334,3 +334,108 @@ fn re_enrolling_replaces_the_old_peer_and_an_impostor_key_is_refused() {
     c.server.ok(&["tunnel", "revoke", "n1"]);
     assert_all_closed(&c);
 }
+
+/// A node's key in `ferry tunnel list`.
+fn tunnel_key(c: &Cluster, node: &str) -> Option<String> {
+    let tunnels = c.server.json(&["tunnel", "list", "--json"]);
+    tunnels.as_array()?.iter().find(|t| t["node"] == node).map(|t| t["public_key"].as_str().unwrap().to_owned())
+}
+
+/// Finding 10: many enrollments of one node at once. Each commits in the store and then
+/// changes the device; the device must end with exactly the store's one tunnel — read
+/// from the device with `wg show`, with no reconcile in between (one per hour here).
+#[test]
+fn concurrent_re_enrollments_of_one_node_leave_exactly_its_current_peer() {
+    use common::raw::{challenge, in_netns, post};
+    let c = Cluster::with_sections(
+        1,
+        "",
+        "enroll_rate_per_source = 1000\nenroll_burst_per_source = 1000",
+        "reconcile_interval_secs = 3600\n",
+    );
+    c.add_nodes(&["--identity", "network"]);
+    let mac = c.nodes[0].mac.clone();
+    for round in 0..3 {
+        let statuses: Vec<u16> = in_netns(&c.nodes[0].ns.name, || {
+            let nonces: Vec<String> =
+                (0..30).map(|_| challenge().json()["nonce"].as_str().unwrap().to_owned()).collect();
+            let start = std::sync::Barrier::new(nonces.len());
+            // Threads made here live in the node's namespace too.
+            std::thread::scope(|s| {
+                let sent: Vec<_> = nonces
+                    .iter()
+                    .map(|nonce| {
+                        let (start, mac) = (&start, &mac);
+                        s.spawn(move || {
+                            let key = ferry_wg::PrivateKey::generate().public_key().to_base64();
+                            let body = serde_json::json!({"mac": mac, "public_key": key, "nonce": nonce, "proofs": {}});
+                            start.wait();
+                            post("/v1/enroll", "", &body.to_string()).status
+                        })
+                    })
+                    .collect();
+                sent.into_iter().map(|t| t.join().unwrap()).collect()
+            })
+        });
+        assert!(statuses.iter().all(|s| *s == 200), "round {round}: {statuses:?}");
+        let current = tunnel_key(&c, "n1").expect("one tunnel");
+        assert_eq!(active_tunnels(&c), 1);
+        assert_eq!(c.server.wg_peers(), [current], "round {round}: `wg show` lists only the current peer");
+    }
+    let log = c.server.ok(&["audit", "--node", "n1", "--limit", "1000"]);
+    assert_eq!(log.matches("reason=replaced").count(), 89, "every replacement audited");
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+    assert_all_closed(&c);
+}
+
+/// Finding 11: deleting a node closes its tunnel (audited) and removes its peer at once,
+/// not at the next reconcile (one per hour here); other nodes are untouched.
+#[test]
+fn deleting_a_node_closes_its_tunnel_and_removes_its_peer_at_once() {
+    let c = Cluster::with_sections(2, "", "", "reconcile_interval_secs = 3600\n");
+    c.add_nodes(&["--identity", "network"]);
+    let a = c.hold(0);
+    let b = c.hold(1);
+    let (n1_key, n2_key) = (tunnel_key(&c, "n1").unwrap(), tunnel_key(&c, "n2").unwrap());
+    assert_eq!(c.server.wg_peers().len(), 2);
+    c.server.ok(&["node", "delete", "n1"]);
+    assert_eq!(c.server.wg_peers(), [n2_key], "n1's peer removed by the delete itself");
+    assert_eq!(tunnel_key(&c, "n1"), None);
+    let log = audit(&c, "n1");
+    let close = log.lines().find(|l| l.contains("tunnel.close")).unwrap_or_else(|| panic!("no close audited: {log}"));
+    assert!(close.contains("reason=deleted") && close.contains(&n1_key), "{close}");
+    let (code, _) = c.nodes[1].curl(&[&format!("{DATASOURCE}/user-data")]);
+    assert_eq!(code, 200, "n2 is untouched");
+    drop(a);
+    b.stop();
+    c.server.ok(&["tunnel", "revoke", "n2"]);
+    assert_all_closed(&c);
+}
+
+/// Finding 16: a grant nobody uses. The agent pinned to a wrong server key enrolls (the
+/// server grants a tunnel), sees the impostor key and exits 4 without ever completing a
+/// handshake; the tunnel and its peer go after the handshake deadline (2 s here), not
+/// the TTL (10 min), audited `no-handshake`. A node that uses its tunnel keeps it.
+#[test]
+fn an_unused_grant_is_closed_after_the_handshake_deadline() {
+    let c = Cluster::with_sections(2, "", "", "handshake_deadline_secs = 2\n");
+    c.add_nodes(&["--identity", "network"]);
+    let holder = c.hold(1);
+    let held_since = Instant::now();
+    let impostor = ferry_wg::PrivateKey::generate().public_key().to_base64();
+    let out = c.agent_pinning(0, "fetch", &impostor).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let refused_at = Instant::now();
+    assert!(audit(&c, "n1").contains("tunnel.open"), "the server granted a tunnel");
+    eventually(15, "the unused grant to be closed", || tunnel_key(&c, "n1").is_none());
+    println!("unused grant closed {:?} after the agent gave up", refused_at.elapsed());
+    assert!(audit(&c, "n1").contains("reason=no-handshake"), "{}", audit(&c, "n1"));
+    let n2_key = tunnel_key(&c, "n2").expect("n2 keeps its tunnel");
+    assert_eq!(c.server.wg_peers(), [n2_key], "the unused grant's peer is gone from the device");
+    assert!(held_since.elapsed() > std::time::Duration::from_secs(2), "n2 is past the deadline too");
+    let (code, _) = c.nodes[1].curl(&[&format!("{DATASOURCE}/user-data")]);
+    assert_eq!(code, 200, "a used tunnel stays");
+    holder.stop();
+    c.server.ok(&["tunnel", "revoke", "n2"]);
+    assert_all_closed(&c);
+}

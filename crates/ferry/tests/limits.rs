@@ -14,6 +14,7 @@ use common::cluster::{Cluster, SERVER_IP};
 use common::eventually;
 use common::raw::{challenge, connect, exchange, get, in_netns, parse, post, Reply};
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// A cluster of `nodes` registered nodes whose server has these `[provisioning]` keys.
@@ -274,4 +275,100 @@ fn an_agent_throttled_by_its_source_limit_retries_and_enrolls() {
     assert!(c.server.ok(&["audit", "--node", "n1"]).contains("enroll.accepted"));
     assert!(throttle_log_lines(&c) >= 1);
     eventually(10, "phone-home to close the tunnel", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+}
+
+/// Open files of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc/PID/fd").count()
+}
+
+/// Established connections on the server's side of its datasource port.
+fn datasource_connections(c: &Cluster) -> usize {
+    c.server.netns.sh(&["ss", "-Htn", "state", "established", "( sport = :8471 )"]).lines().count()
+}
+
+/// Opens `n` TCP connections to `to` from the current thread's namespace; those the
+/// server refuses end at once, those it admits stay open and idle.
+fn open_idle(to: (&str, u16), n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let addr = std::net::SocketAddr::new(to.0.parse().unwrap(), to.1);
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()
+        })
+        .collect()
+}
+
+/// How many of `conns` the server has not closed.
+fn still_open(conns: &[TcpStream]) -> usize {
+    conns
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count()
+}
+
+/// Finding 4: one node, during its tunnel window, opens thousands of idle connections to
+/// the datasource (through its tunnel) and many to the provisioning listener. The caps
+/// hold (the server's open files stay bounded; the surplus is closed at once), another
+/// node still enrolls, fetches and phones home, and when the first node's tunnel ends,
+/// the server closes its datasource connections. Timeouts are long here, so only the
+/// caps and the tunnel's end can close anything; the server starts with systemd's soft
+/// limit of 1,024 open files and raises it.
+#[test]
+fn a_node_holding_thousands_of_idle_connections_starves_no_one() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let timeouts = "header_timeout_secs = 300\nidle_timeout_secs = 300\n";
+    let c = Cluster::with_sections(
+        2,
+        &format!("[datasource]\nmax_connections_per_source = 12\n{timeouts}"),
+        &format!("max_connections_per_source = 16\n{timeouts}"),
+        "",
+    );
+    c.add_nodes(&["--identity", "network"]);
+    let pid = c.server.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "the server raised its soft limit to the hard one: {open_files}");
+
+    let holder = c.hold(0);
+    let before = open_fds(pid);
+    let start = Instant::now();
+    let (datasource, provisioning) =
+        in_netns(&c.nodes[0].ns.name, || (open_idle(("100.64.0.1", 8471), 3000), open_idle((SERVER_IP, 8470), 1000)));
+    println!(
+        "opened {} datasource and {} provisioning connections in {:?}",
+        datasource.len(),
+        provisioning.len(),
+        start.elapsed()
+    );
+    assert!(datasource.len() >= 2900 && provisioning.len() >= 900, "the connections were accepted, then closed");
+    eventually(20, "the surplus to be closed", || still_open(&datasource) == 12 && still_open(&provisioning) == 16);
+    let during = open_fds(pid);
+    println!("server open files: {before} before, {during} with the node's 4,000 connection attempts");
+    assert!(during <= before + 12 + 16 + 20, "bounded by the caps: {before} -> {during}");
+    let (_, metrics) = c.server.admin_get("/metrics");
+    for cap in ["datasource", "provisioning"] {
+        let line = format!("ferry_connections_refused_total{{listener=\"{cap}\",cause=\"per-source\"}}");
+        let refused = metrics.lines().find(|l| l.starts_with(&line)).unwrap_or_else(|| panic!("{line}: {metrics}"));
+        assert!(!refused.ends_with(" 0"), "{refused}");
+    }
+    assert!(c.server.log_text().lines().filter(|l| l.contains("connection refused")).count() <= 60, "rate-limited log");
+
+    // Another node boots meanwhile: enrollment, the four documents, phone-home.
+    let out = c.agent(1, "fetch").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The first node's tunnel ends: the server closes its datasource connections.
+    assert_eq!(datasource_connections(&c), 12);
+    c.server.ok(&["tunnel", "revoke", "n1"]);
+    eventually(5, "the tunnel's connections to be closed", || datasource_connections(&c) == 0);
+    drop((datasource, provisioning));
+    holder.stop();
+    eventually(10, "no tunnel left", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
 }

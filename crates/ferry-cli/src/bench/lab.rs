@@ -93,10 +93,12 @@ impl Lab {
         std::fs::create_dir_all(&dir)?;
         let config = dir.join("ferry.toml");
         let provisioning: std::net::SocketAddr = format!("127.0.0.1:{}", 8470 + 10 * i).parse()?;
-        // Every simulated node comes from one address, so the per-source limit (meant for
-        // one node per address) is set far above what the storm sends; the global limit
-        // and the enrollment cap too, so the benchmark measures the server, not its
-        // limits — their code still runs on every request.
+        // Every simulated node comes from one address, so the per-source limits (meant for
+        // one node per address: rate and connections) are set far above what the storm
+        // sends; the global limit and the enrollment cap too, so the benchmark measures
+        // the server, not its limits — their code still runs on every request. Simulated
+        // nodes speak no WireGuard, so the no-handshake deadline is off (a --hold storm
+        // outlasts it).
         std::fs::write(
             &config,
             format!(
@@ -104,9 +106,10 @@ impl Lab {
                  [provisioning]\nlisten = \"{provisioning}\"\nmax_pending_nonces = 1000000\n\
                  enroll_rate_per_source = 1000000\nenroll_burst_per_source = 1000000\n\
                  enroll_rate_global = 1000000\nenroll_burst_global = 1000000\n\
-                 max_concurrent_enrollments = 100000\n[datasource]\nport = {}\n\
+                 max_concurrent_enrollments = 100000\nmax_connections_per_source = 100000\n\
+                 [datasource]\nport = {}\n\
                  [wireguard]\ninterface = \"{interface}\"\nbackend = \"{backend}\"\nlisten_port = {}\n\
-                 tunnel_ttl_secs = 3600\n",
+                 tunnel_ttl_secs = 3600\nhandshake_deadline_secs = 0\n",
                 self.dir.join("secrets.key").display(),
                 8471 + 10 * i,
                 51820 + i,

@@ -105,6 +105,12 @@ impl Cluster {
         Self::build(nodes, "", provisioning, USERSPACE, |_| None)
     }
 
+    /// A cluster whose server has extra `top` TOML (top-level keys or other tables, e.g.
+    /// `[datasource]`), `[provisioning]` keys and `[wireguard]` keys (userspace backend).
+    pub fn with_sections(nodes: usize, top: &str, provisioning: &str, wireguard: &str) -> Cluster {
+        Self::build(nodes, top, provisioning, &format!("{USERSPACE}{wireguard}"), |_| None)
+    }
+
     /// A cluster whose server config has `top` (TOML, e.g. a `[tpm]` table) added.
     pub fn with_config(nodes: usize, top: &str) -> Cluster {
         Self::build(nodes, top, "", USERSPACE, |_| None)

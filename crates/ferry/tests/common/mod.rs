@@ -129,13 +129,16 @@ impl TestServer {
         server
     }
 
-    /// (Re)starts the server process with the same data directory.
+    /// (Re)starts the server process with the same data directory, with a soft limit of
+    /// 1,024 open files (systemd's default for services; the server raises it).
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        // prlimit and `ip netns exec` both exec: the child's pid is the server's.
         let child = self
             .netns
-            .cmd(FERRY)
+            .cmd("prlimit")
+            .args(["--nofile=1024:", "--", FERRY])
             .args(["serve", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .arg("--socket")
@@ -147,7 +150,7 @@ impl TestServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("spawn ferry serve");
+            .expect("spawn ferry serve (prlimit is in util-linux)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         // Ready = the admin API answers (the socket is bound before the device is
