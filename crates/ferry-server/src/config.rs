@@ -104,8 +104,13 @@ pub struct ProvisioningConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// How long an enrollment nonce stays valid, seconds.
     pub nonce_ttl_secs: u64,
-    /// Most nonces outstanding at once; beyond it challenges answer 503.
+    /// Most nonces outstanding at once; when the table is full, the oldest is dropped to
+    /// make room (under a flood a nonce still lives this many / the admitted challenge
+    /// rate seconds).
     pub max_pending_nonces: usize,
+    /// Most nonces one source (an IPv4 address, an IPv6 /64) holds at once; beyond it
+    /// its challenges get 429. Nodes behind one NAT share it.
+    pub max_pending_nonces_per_source: usize,
     /// Enrollment requests (challenge, TPM credential, enrollment) admitted per second
     /// from one source address: the TCP peer, or the client a trusted proxy names. One
     /// boot takes 2 (3 with the TPM factor). Beyond it: 429 with Retry-After. 0: no
@@ -115,6 +120,8 @@ pub struct ProvisioningConfig {
     /// (at least 3: one whole enrollment).
     pub enroll_burst_per_source: u32,
     /// Enrollment requests admitted per second from all sources together; 0: no limit.
+    /// A quarter more is kept for sources that send little (booting nodes) when the rest
+    /// is taken, so a flood from many addresses cannot starve them.
     pub enroll_rate_global: f64,
     /// The global burst (at least 3).
     pub enroll_burst_global: u32,
@@ -199,6 +206,7 @@ impl Default for ProvisioningConfig {
             trusted_proxies: Vec::new(),
             nonce_ttl_secs: 60,
             max_pending_nonces: 65_536,
+            max_pending_nonces_per_source: 16,
             enroll_rate_per_source: 10.0,
             enroll_burst_per_source: 30,
             enroll_rate_global: 2_000.0,

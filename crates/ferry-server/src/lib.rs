@@ -155,6 +155,7 @@ impl Server {
         let nonces = Arc::new(nonces::NonceStore::new(
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
             config.provisioning.max_pending_nonces,
+            config.provisioning.max_pending_nonces_per_source,
         ));
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
