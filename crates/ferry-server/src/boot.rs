@@ -1,6 +1,7 @@
 //! Network boot on the provisioning listener: per-node iPXE and GRUB scripts, and the
 //! image artifacts they load. Scripts name no secret; an unknown MAC gets a retry
-//! script that names nothing from the inventory.
+//! script that names nothing from the inventory. A script fetch is audited, repeats
+//! within a minute folded into a count (anyone may ask for a known MAC's script).
 
 use crate::artifacts;
 use crate::enroll::url_host;
@@ -123,7 +124,10 @@ async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Scr
         asset_gate: merged.settings.boot_asset_gate == Some(true) && tag,
     };
     let actor = ferry_store::Actor(format!("mac:{mac}"));
-    let _ = store.record_event(&actor, "boot.script", &format!("node/{node}"), &format!("image={image_name}")).await;
+    let (subject, detail) = (format!("node/{node}"), format!("image={image_name}"));
+    if let Err(e) = store.record_repeatable_event(&actor, "boot.script", &subject, &detail).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
     text(match kind {
         Script::Ipxe => ipxe_script(&merged.settings, &target),
         Script::Grub => grub_config(&merged.settings, &target),

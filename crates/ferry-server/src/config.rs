@@ -27,6 +27,10 @@ pub struct Config {
     /// The store: an SQLite file (`sqlite:PATH` or a path; default `data_dir/ferry.db`)
     /// or `postgres://USER@HOST/DB`, which several servers may share ([cluster]).
     pub store: Option<String>,
+    /// Audit entries older than this many days are deleted (hourly); 0 keeps them all.
+    /// The database records it and refuses to delete anything younger, whoever asks.
+    /// Several servers on one store should agree (each change is audited).
+    pub audit_retention_days: u32,
     pub cluster: ClusterConfig,
     pub provisioning: ProvisioningConfig,
     pub wireguard: WireGuardConfig,
@@ -188,6 +192,7 @@ impl Default for Config {
             secrets_key: None,
             log_format: LogFormat::Text,
             store: None,
+            audit_retention_days: 365,
             cluster: ClusterConfig::default(),
             provisioning: ProvisioningConfig::default(),
             wireguard: WireGuardConfig::default(),

@@ -21,6 +21,7 @@ mod metrics;
 mod nonces;
 mod remote;
 pub mod render;
+mod retention;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -95,6 +96,7 @@ impl Server {
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
         cluster::register(&store, &config, &server_id, &server_public_key.to_base64()).await?;
+        retention::record(store.as_ref(), config.audit_retention_days).await?;
         let tunnels = Arc::new(TunnelManager::new(store.clone(), device, wg.network, server_id));
         // The store is the truth: restore active tunnels, drop orphans and expired ones.
         let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
@@ -260,6 +262,7 @@ impl Server {
                 .into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(stopped());
+        let pruner = tokio::spawn(retention::prune_loop(self.tunnels.store.clone(), stopped()));
         let reconciler = reconcile_loop(self.tunnels.clone(), self.config.clone(), stopped());
         let heartbeat = cluster::heartbeat_loop(self.tunnels.clone(), self.config.clone(), server_key, stopped());
         let watcher = cluster::watch_loop(self.tunnels.clone(), stopped());
@@ -278,6 +281,7 @@ impl Server {
             }
         }
         self.tunnels.shutdown().await;
+        let _ = pruner.await;
         if let Err(e) = self.tunnels.store.flush().await {
             tracing::error!(error = %e, "could not write the last audit entries");
         }

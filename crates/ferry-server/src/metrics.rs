@@ -43,6 +43,10 @@ pub struct Metrics {
     pub phone_home_latency: Histogram,
     pub document_latency: Family<DocumentLabel, Histogram>,
     pub secrets_delivered: Counter,
+    /// Repeated audit events folded into counts, and audit entries lost (the database
+    /// refused them even after retries); copied from the store at each scrape.
+    pub audit_folded: Counter,
+    pub audit_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,14 @@ impl Default for Metrics {
         registry.register("document_serve_seconds", "Time to serve a datasource document", document_latency.clone());
         let secrets_delivered = Counter::default();
         registry.register("secrets_delivered", "Secrets rendered into tunnel documents", secrets_delivered.clone());
+        let audit_folded = Counter::default();
+        registry.register(
+            "audit_folded",
+            "Repeated audit events (boot-script fetches, document deliveries) counted into one entry",
+            audit_folded.clone(),
+        );
+        let audit_lost = Counter::default();
+        registry.register("audit_lost", "Audit entries the database refused even after retries", audit_lost.clone());
         Metrics {
             registry,
             enrollments,
@@ -81,11 +93,20 @@ impl Default for Metrics {
             phone_home_latency,
             document_latency,
             secrets_delivered,
+            audit_folded,
+            audit_lost,
         }
     }
 }
 
 impl Metrics {
+    /// Copies the store's audit counts (kept by the store, exported here).
+    pub fn set_audit_counts(&self, counts: ferry_store::AuditCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.audit_folded.inner().store(counts.folded, Relaxed);
+        self.audit_lost.inner().store(counts.lost, Relaxed);
+    }
+
     pub fn enrollment(&self, result: EnrollResult) {
         self.enrollments.get_or_create(&ResultLabel { result }).inc();
     }
@@ -134,6 +155,7 @@ mod tests {
         m.active_tunnels.set(3);
         m.tunnel_lifetime.get_or_create(&ReasonLabel { reason: "phone-home" }).observe(2.0);
         m.document_latency.get_or_create(&DocumentLabel { document: "user-data" }).observe(0.001);
+        m.set_audit_counts(ferry_store::AuditCounts { folded: 41, lost: 0 });
         let text = m.encode();
         for line in [
             "ferry_enrollments_total{result=\"accepted\"} 1",
@@ -141,6 +163,8 @@ mod tests {
             "ferry_active_tunnels 3",
             "ferry_tunnel_lifetime_seconds_count{reason=\"phone-home\"} 1",
             "ferry_document_serve_seconds_count{document=\"user-data\"} 1",
+            "ferry_audit_folded_total 41",
+            "ferry_audit_lost_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -1,9 +1,12 @@
 //! Network boot over HTTP against a real server: per-node scripts, unknown MACs,
-//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating.
+//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating, and the
+//! audit rows a flood of script fetches leaves.
 
 mod common;
 
-use common::TestServer;
+use common::raw::{get_keep_alive, in_netns};
+use common::{eventually, TestServer};
+use std::time::Instant;
 
 struct Fixture {
     s: TestServer,
@@ -152,4 +155,65 @@ fn asset_tag_gating_on_and_off() {
     assert_eq!(curl(&f.s, &[&format!("{url}?mac=52:54:00:00:00:01&asset=GATE-TAG%207")]).0, 200);
     assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/kernel")]).0, 200, "other images are not gated");
     assert!(!f.s.log_text().contains("GATE-TAG"), "the tag is never logged");
+}
+
+fn audit_actions(s: &TestServer, node: &str, action: &str) -> Vec<String> {
+    let rows = s.json(&["audit", "--node", node, "--limit", "100000", "--json"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .map(|r| r["detail"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn metric(s: &TestServer, line_start: &str) -> f64 {
+    let (_, text) = s.admin_get("/metrics");
+    text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+#[test]
+fn a_flood_of_boot_script_fetches_leaves_few_audit_rows_and_bounded_memory() {
+    let mut f = fixture();
+    let path = "/boot/ipxe?mac=52:54:00:00:00:01";
+    let fetch = |n: usize| in_netns(&f.s.netns.name, || get_keep_alive("127.0.0.1:8470", path, n));
+    assert!(fetch(200).iter().all(|s| *s == 200));
+    let pid = f.s.pid().unwrap();
+    let rss_before = rss_kib(pid);
+    let (threads, each) = (4, 2_500);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| fetch(each))).collect();
+        for w in workers {
+            assert!(w.join().unwrap().iter().all(|s| *s == 200));
+        }
+    });
+    let elapsed = start.elapsed();
+    let total = 200 + threads * each;
+    let rss_after = rss_kib(pid);
+    let rows = audit_actions(&f.s, "n1", "boot.script");
+    println!(
+        "{total} boot-script fetches in {elapsed:?}: {} audit rows, RSS {rss_before} -> {rss_after} KiB",
+        rows.len()
+    );
+    // One row per node and minute, however many fetches.
+    let minutes = elapsed.as_secs() as usize / 60 + 1;
+    assert!(rows.len() <= 2 * minutes, "{} rows for {total} fetches", rows.len());
+    assert!(metric(&f.s, "ferry_audit_folded_total ") >= (total - 2 * minutes) as f64);
+    assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    // Nothing was dropped: at shutdown the open count is written, and every fetch is
+    // accounted for, one row or one count at a time.
+    f.s.stop();
+    f.s.launch();
+    let rows = audit_actions(&f.s, "n1", "boot.script");
+    let accounted: usize =
+        rows.iter().map(|d| d.split_once(" repeated=").map_or(1, |(_, n)| n.parse::<usize>().unwrap())).sum();
+    assert_eq!(accounted, total, "{rows:?}");
+    eventually(5, "metrics answer", || f.s.admin_get("/metrics").0 == 200);
 }
