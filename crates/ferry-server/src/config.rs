@@ -145,6 +145,12 @@ pub struct ProvisioningConfig {
     /// PEM certificate and key; unset: a self-signed pair is made in the data dir.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Asset-tag boot gate (`--boot-asset-gate`): after this many wrong tags for one
+    /// node within `boot_gate_lockout_secs`, its gated artifacts are refused to everyone
+    /// (even with the right tag) for `boot_gate_lockout_secs`. At least 1.
+    pub boot_gate_max_failures: u32,
+    /// The window in which wrong tags are counted, and how long a lock lasts; seconds.
+    pub boot_gate_lockout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -222,6 +228,8 @@ impl Default for ProvisioningConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            boot_gate_max_failures: 10,
+            boot_gate_lockout_secs: 900,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod datasource;
 pub mod enroll;
 pub mod error;
+mod gate;
 pub mod limits;
 mod metrics;
 mod nonces;
@@ -159,6 +160,8 @@ impl Server {
             config.provisioning.max_pending_nonces,
             config.provisioning.max_pending_nonces_per_source,
         ));
+        let boot =
+            boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone())?;
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
             admin_listener,
@@ -186,7 +189,7 @@ impl Server {
                 limits,
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
-            boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),
+            boot,
             tunnels,
             config,
         })

@@ -35,6 +35,12 @@ pub struct DocumentLabel {
     pub document: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabel {
+    /// Why the boot gate refused: wrong-tag, locked, throttled.
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub enrollments: Family<ResultLabel, Counter>,
@@ -43,6 +49,10 @@ pub struct Metrics {
     pub phone_home_latency: Histogram,
     pub document_latency: Family<DocumentLabel, Histogram>,
     pub secrets_delivered: Counter,
+    /// Gated artifact requests refused after naming a gated node, by reason.
+    pub boot_gate_refusals: Family<GateLabel, Counter>,
+    /// Boot gates locked after too many wrong asset tags: alert on any increase.
+    pub boot_gate_lockouts: Counter,
     /// Repeated audit events folded into counts, and audit entries lost (the database
     /// refused them even after retries); copied from the store at each scrape.
     pub audit_folded: Counter,
@@ -77,6 +87,18 @@ impl Default for Metrics {
         registry.register("document_serve_seconds", "Time to serve a datasource document", document_latency.clone());
         let secrets_delivered = Counter::default();
         registry.register("secrets_delivered", "Secrets rendered into tunnel documents", secrets_delivered.clone());
+        let boot_gate_refusals = Family::<GateLabel, Counter>::default();
+        registry.register(
+            "boot_gate_refusals",
+            "Gated boot artifact requests naming a gated node that were refused, by reason",
+            boot_gate_refusals.clone(),
+        );
+        let boot_gate_lockouts = Counter::default();
+        registry.register(
+            "boot_gate_lockouts",
+            "Asset-tag boot gates locked after too many wrong tags (someone guessing a tag)",
+            boot_gate_lockouts.clone(),
+        );
         let audit_folded = Counter::default();
         registry.register(
             "audit_folded",
@@ -93,6 +115,8 @@ impl Default for Metrics {
             phone_home_latency,
             document_latency,
             secrets_delivered,
+            boot_gate_refusals,
+            boot_gate_lockouts,
             audit_folded,
             audit_lost,
         }
@@ -100,6 +124,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn gate_refused(&self, reason: &'static str) {
+        self.boot_gate_refusals.get_or_create(&GateLabel { reason }).inc();
+    }
+
     /// Copies the store's audit counts (kept by the store, exported here).
     pub fn set_audit_counts(&self, counts: ferry_store::AuditCounts) {
         use std::sync::atomic::Ordering::Relaxed;
@@ -155,6 +183,8 @@ mod tests {
         m.active_tunnels.set(3);
         m.tunnel_lifetime.get_or_create(&ReasonLabel { reason: "phone-home" }).observe(2.0);
         m.document_latency.get_or_create(&DocumentLabel { document: "user-data" }).observe(0.001);
+        m.gate_refused("wrong-tag");
+        m.boot_gate_lockouts.inc();
         m.set_audit_counts(ferry_store::AuditCounts { folded: 41, lost: 0 });
         let text = m.encode();
         for line in [
@@ -163,6 +193,8 @@ mod tests {
             "ferry_active_tunnels 3",
             "ferry_tunnel_lifetime_seconds_count{reason=\"phone-home\"} 1",
             "ferry_document_serve_seconds_count{document=\"user-data\"} 1",
+            "ferry_boot_gate_refusals_total{reason=\"wrong-tag\"} 1",
+            "ferry_boot_gate_lockouts_total 1",
             "ferry_audit_folded_total 41",
             "ferry_audit_lost_total 0",
         ] {
