@@ -513,6 +513,7 @@ async fn delete_secret(
 async fn metrics(State(s): State<AdminState>) -> Response {
     use axum::response::IntoResponse;
     s.tunnels.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
+    s.tunnels.metrics.set_audit_counts(s.store.audit_counts());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], s.tunnels.metrics.encode()).into_response()
 }

@@ -1,19 +1,29 @@
 //! Network boot on the provisioning listener: per-node iPXE and GRUB scripts, and the
 //! image artifacts they load. Scripts name no secret; an unknown MAC gets a retry
-//! script that names nothing from the inventory.
+//! script that names nothing from the inventory. A script fetch is audited, repeats
+//! within a minute folded into a count (anyone may ask for a known MAC's script).
+//!
+//! The asset-tag gate (Warewulf compatibility, see `gate`): a gated image is served
+//! only to a request naming a node that boots it with the gate on, with that node's
+//! tag. The tag is compared only for such a node, only after the enrollment rate limits
+//! admitted the request, and never while the node's gate is locked; a wrong tag is
+//! audited (`boot.gate-refused`, never the tag) and counts towards the lock.
 
 use crate::artifacts;
-use crate::enroll::url_host;
+use crate::client_addr::{client_address, source_group};
+use crate::enroll::{url_host, TcpConn};
+use crate::gate::GateGuard;
+use crate::limits::EnrollLimits;
 use crate::tunnels::TunnelManager;
 use crate::Config;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ferry_core::boot::{grub_config, ipxe_chain, ipxe_retry, ipxe_script, BootTarget};
 use ferry_core::merge::merge_node;
-use ferry_core::{MacAddr, Node};
+use ferry_core::{MacAddr, Node, NodeName};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -32,11 +42,22 @@ pub struct BootState {
     pub server_public_key: String,
     /// Images used by at least one asset-gated node, recomputed every few seconds.
     gated: Arc<Mutex<(Option<Instant>, HashSet<String>)>>,
+    /// The enrollment rate limits, which tag guesses go through too.
+    limits: Arc<EnrollLimits>,
+    guard: Arc<GateGuard>,
 }
 
 impl BootState {
-    pub fn new(tunnels: Arc<TunnelManager>, config: Arc<Config>, server_public_key: String) -> Self {
-        BootState { tunnels, config, server_public_key, gated: Arc::new(Mutex::new((None, HashSet::new()))) }
+    pub fn new(
+        tunnels: Arc<TunnelManager>,
+        config: Arc<Config>,
+        server_public_key: String,
+        limits: Arc<EnrollLimits>,
+    ) -> anyhow::Result<Self> {
+        let p = &config.provisioning;
+        let guard = Arc::new(GateGuard::new(p.boot_gate_max_failures, p.boot_gate_lockout_secs)?);
+        let gated = Arc::new(Mutex::new((None, HashSet::new())));
+        Ok(BootState { tunnels, config, server_public_key, gated, limits, guard })
     }
 }
 
@@ -123,7 +144,10 @@ async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Scr
         asset_gate: merged.settings.boot_asset_gate == Some(true) && tag,
     };
     let actor = ferry_store::Actor(format!("mac:{mac}"));
-    let _ = store.record_event(&actor, "boot.script", &format!("node/{node}"), &format!("image={image_name}")).await;
+    let (subject, detail) = (format!("node/{node}"), format!("image={image_name}"));
+    if let Err(e) = store.record_repeatable_event(&actor, "boot.script", &subject, &detail).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
     text(match kind {
         Script::Ipxe => ipxe_script(&merged.settings, &target),
         Script::Grub => grub_config(&merged.settings, &target),
@@ -172,37 +196,83 @@ async fn gated_images(s: &BootState) -> HashSet<String> {
     gated
 }
 
-/// Warewulf-style gating: a gated image is served only to a request naming a node that
-/// boots it, with that node's asset tag. Weak by design (the tag travels in clear).
-async fn gate_allows(s: &BootState, image: &str, q: &MacQuery) -> bool {
-    if !gated_images(s).await.contains(image) {
-        return true;
-    }
-    let (Some(mac), Some(asset)) = (q.mac.as_deref(), q.asset.as_deref()) else { return false };
-    let Ok(mac) = MacAddr::parse(mac) else { return false };
+/// The node a gated-artifact request names, with its tag, if that node boots `image`
+/// with its gate on and has a tag: the only case in which a tag is compared.
+async fn gated_node(s: &BootState, image: &str, mac: Option<&str>) -> Option<(NodeName, ferry_api::Secret)> {
+    let mac = MacAddr::parse(mac?).ok()?;
     let store = &s.tunnels.store;
-    let Ok(Some(node)) = store.node_by_mac(&mac).await else { return false };
-    let Ok((merged, tag)) = store.node_identity(&node).await else { return false };
-    if merged.settings.image.as_deref() != Some(image) {
-        return false;
+    let node = store.node_by_mac(&mac).await.ok()??;
+    let (merged, tag) = store.node_identity(&node).await.ok()?;
+    let gated = merged.settings.image.as_deref() == Some(image) && merged.settings.boot_asset_gate == Some(true);
+    Some((node, tag.filter(|_| gated)?))
+}
+
+/// Warewulf-style gating (see the module's documentation). `Err` is the answer.
+async fn gate(s: &BootState, image: &str, q: &MacQuery, conn: TcpConn, headers: &HeaderMap) -> Result<(), Response> {
+    if !gated_images(s).await.contains(image) {
+        return Ok(());
     }
-    match tag {
-        Some(tag) => subtle::ConstantTimeEq::ct_eq(tag.expose().as_bytes(), asset.as_bytes()).into(),
-        None => merged.settings.boot_asset_gate != Some(true),
+    // The same answer whatever failed, so that it tells nothing about the tag.
+    let forbidden = || (StatusCode::FORBIDDEN, "this image needs the node's asset tag\n").into_response();
+    let Some((node, tag)) = gated_node(s, image, q.mac.as_deref()).await else {
+        tracing::debug!(%image, "gated artifact requested without naming a gated node that boots it");
+        return Err(forbidden());
+    };
+    let metrics = &s.tunnels.metrics;
+    let now = Instant::now();
+    if s.guard.locked(&node, now).is_some() {
+        metrics.gate_refused("locked");
+        tracing::debug!(%node, %image, "gated artifact refused: the node's boot gate is locked");
+        return Err(forbidden());
     }
+    let client = client_address(conn.remote.ip(), headers, &s.config.provisioning.trusted_proxies);
+    if let Err(t) = s.limits.check(client) {
+        metrics.gate_refused("throttled");
+        s.limits.log_refusal(source_group(client), "/boot/images (asset-tag gate)", t);
+        return Err(t.into_response());
+    }
+    let asset = q.asset.as_deref().unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(tag.expose().as_bytes(), asset.as_bytes())) {
+        return Ok(());
+    }
+    let failure = s.guard.failed(&node, now);
+    metrics.gate_refused("wrong-tag");
+    let max = s.guard.max_failures();
+    let lockout = s.guard.lockout().as_secs();
+    tracing::warn!(%node, %client, %image, failures = failure.count, max, "wrong asset tag at the boot gate");
+    let (store, actor, subject) =
+        (&s.tunnels.store, ferry_store::Actor(format!("client:{client}")), format!("node/{node}"));
+    let detail = format!("from={client} image={image} failures={}/{max} within={lockout}s", failure.count);
+    if let Err(e) = store.record_event(&actor, "boot.gate-refused", &subject, &detail).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+    if failure.locked {
+        metrics.boot_gate_lockouts.inc();
+        tracing::error!(
+            %node,
+            %client,
+            "boot gate of node {node} locked for {lockout} s after {max} wrong asset tags within {lockout} s \
+             (is someone guessing its tag?); its gated artifacts are refused meanwhile, even with the right tag"
+        );
+        let detail = format!("from={client} image={image} after={max} locked_for={lockout}s");
+        if let Err(e) = store.record_event(&actor, "boot.gate-locked", &subject, &detail).await {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+    }
+    Err(forbidden())
 }
 
 async fn image_artifact(
     State(s): State<BootState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
     Path((image, artifact)): Path<(String, String)>,
     Query(q): Query<MacQuery>,
     headers: HeaderMap,
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such image artifact\n").into_response();
     let Ok(Some(record)) = s.tunnels.store.get_image(&image).await else { return not_found() };
-    if !gate_allows(&s, &image, &q).await {
-        tracing::warn!(%image, mac = ?q.mac, "gated artifact requested without the node's asset tag");
-        return (StatusCode::FORBIDDEN, "this image needs the node's asset tag\n").into_response();
+    if let Err(refused) = gate(&s, &image, &q, conn, &headers).await {
+        return refused;
     }
     let accepts_zstd = headers
         .get(header::ACCEPT_ENCODING)

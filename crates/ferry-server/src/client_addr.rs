@@ -21,9 +21,32 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted_proxies: &[IpAd
     hops.into_iter().rev().find(|hop| !trusted_proxies.contains(hop)).unwrap_or(peer)
 }
 
+/// The key a caller is limited by (rate limits, outstanding nonces): an IPv4 address, or
+/// an IPv6 /64 — one host usually holds a whole /64 and could otherwise be 2^64 callers.
+/// An IPv4 address seen on a dual-stack socket (`::ffff:a.b.c.d`) is that IPv4 address.
+pub fn source_group(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_callers_are_grouped_by_64_and_mapped_ipv4_is_ipv4() {
+        let g = |s: &str| source_group(s.parse().unwrap()).to_string();
+        assert_eq!(g("10.0.0.9"), "10.0.0.9");
+        assert_eq!(g("::ffff:10.0.0.9"), "10.0.0.9");
+        assert_eq!(g("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(g("2001:db8:1:2::1"), g("2001:db8:1:2:ffff::ffff"), "one /64, one source");
+        assert_ne!(g("2001:db8:1:2::1"), g("2001:db8:1:3::1"));
+    }
 
     fn h(xff: &str) -> HeaderMap {
         let mut m = HeaderMap::new();

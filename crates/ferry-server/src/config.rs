@@ -27,6 +27,10 @@ pub struct Config {
     /// The store: an SQLite file (`sqlite:PATH` or a path; default `data_dir/ferry.db`)
     /// or `postgres://USER@HOST/DB`, which several servers may share ([cluster]).
     pub store: Option<String>,
+    /// Audit entries older than this many days are deleted (hourly); 0 keeps them all.
+    /// The database records it and refuses to delete anything younger, whoever asks.
+    /// Several servers on one store should agree (each change is audited).
+    pub audit_retention_days: u32,
     pub cluster: ClusterConfig,
     pub provisioning: ProvisioningConfig,
     pub wireguard: WireGuardConfig,
@@ -104,8 +108,13 @@ pub struct ProvisioningConfig {
     pub trusted_proxies: Vec<IpAddr>,
     /// How long an enrollment nonce stays valid, seconds.
     pub nonce_ttl_secs: u64,
-    /// Most nonces outstanding at once; beyond it challenges answer 503.
+    /// Most nonces outstanding at once; when the table is full, the oldest is dropped to
+    /// make room (under a flood a nonce still lives this many / the admitted challenge
+    /// rate seconds).
     pub max_pending_nonces: usize,
+    /// Most nonces one source (an IPv4 address, an IPv6 /64) holds at once; beyond it
+    /// its challenges get 429. Nodes behind one NAT share it.
+    pub max_pending_nonces_per_source: usize,
     /// Enrollment requests (challenge, TPM credential, enrollment) admitted per second
     /// from one source address: the TCP peer, or the client a trusted proxy names. One
     /// boot takes 2 (3 with the TPM factor). Beyond it: 429 with Retry-After. 0: no
@@ -115,6 +124,8 @@ pub struct ProvisioningConfig {
     /// (at least 3: one whole enrollment).
     pub enroll_burst_per_source: u32,
     /// Enrollment requests admitted per second from all sources together; 0: no limit.
+    /// A quarter more is kept for sources that send little (booting nodes) when the rest
+    /// is taken, so a flood from many addresses cannot starve them.
     pub enroll_rate_global: f64,
     /// The global burst (at least 3).
     pub enroll_burst_global: u32,
@@ -143,6 +154,12 @@ pub struct ProvisioningConfig {
     /// PEM certificate and key; unset: a self-signed pair is made in the data dir.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Asset-tag boot gate (`--boot-asset-gate`): after this many wrong tags for one
+    /// node within `boot_gate_lockout_secs`, its gated artifacts are refused to everyone
+    /// (even with the right tag) for `boot_gate_lockout_secs`. At least 1.
+    pub boot_gate_max_failures: u32,
+    /// The window in which wrong tags are counted, and how long a lock lasts; seconds.
+    pub boot_gate_lockout_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -207,6 +224,7 @@ impl Default for Config {
             secrets_key: None,
             log_format: LogFormat::Text,
             store: None,
+            audit_retention_days: 365,
             cluster: ClusterConfig::default(),
             provisioning: ProvisioningConfig::default(),
             wireguard: WireGuardConfig::default(),
@@ -225,6 +243,7 @@ impl Default for ProvisioningConfig {
             trusted_proxies: Vec::new(),
             nonce_ttl_secs: 60,
             max_pending_nonces: 65_536,
+            max_pending_nonces_per_source: 16,
             enroll_rate_per_source: 10.0,
             enroll_burst_per_source: 30,
             enroll_rate_global: 2_000.0,
@@ -238,6 +257,8 @@ impl Default for ProvisioningConfig {
             tls_listen: None,
             tls_cert: None,
             tls_key: None,
+            boot_gate_max_failures: 10,
+            boot_gate_lockout_secs: 900,
         }
     }
 }

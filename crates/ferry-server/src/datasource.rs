@@ -86,10 +86,11 @@ async fn document(
         Ok(Some(text)) => {
             for name in secrets.used() {
                 let detail = format!("name={name} document={}", doc.name());
-                s.tunnels.store.record_event(&actor, "secret.delivered", &subject, &detail).await?;
+                s.tunnels.store.record_repeatable_event(&actor, "secret.delivered", &subject, &detail).await?;
                 s.tunnels.metrics.secrets_delivered.inc();
             }
-            s.tunnels.store.record_event(&actor, "document.served", &subject, doc.name()).await?;
+            // A node may fetch again and again: repeats within a minute become one count.
+            s.tunnels.store.record_repeatable_event(&actor, "document.served", &subject, doc.name()).await?;
             let label = crate::metrics::DocumentLabel { document: doc.name() };
             s.tunnels.metrics.document_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
@@ -97,7 +98,7 @@ async fn document(
         Ok(None) => Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("node has no {}", doc.name()))),
         Err(e) => {
             tracing::error!(error = %e, "template failed");
-            s.tunnels.store.record_event(&actor, "document.failed", &subject, &e.to_string()).await?;
+            s.tunnels.store.record_repeatable_event(&actor, "document.failed", &subject, &e.to_string()).await?;
             Err(HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -58,12 +58,18 @@ pub fn router(state: ProvisioningState) -> Router {
         .with_state(state)
 }
 
-async fn challenge(State(s): State<ProvisioningState>) -> Response {
-    match s.nonces.issue() {
+async fn challenge(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    headers: HeaderMap,
+) -> Response {
+    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
+    match s.nonces.issue(crate::client_addr::source_group(client)) {
         Ok(nonce) => {
             ApiJson(Challenge { nonce: B64.encode(nonce), expires_in_secs: s.nonces.ttl().as_secs() }).into_response()
         }
-        Err(_) => limits::busy("too many enrollments in progress; retry shortly", 1),
+        // The rate-limit middleware refuses most of these already; this is the race.
+        Err(_) => s.limits.nonces_held().into_response(),
     }
 }
 

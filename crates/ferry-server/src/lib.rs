@@ -18,6 +18,7 @@ mod conns;
 pub mod datasource;
 pub mod enroll;
 pub mod error;
+mod gate;
 pub mod limits;
 pub mod listen;
 mod metrics;
@@ -25,6 +26,7 @@ mod node_locks;
 mod nonces;
 mod remote;
 pub mod render;
+mod retention;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -136,6 +138,7 @@ impl Server {
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
         cluster::register(&store, &config, &server_id, &server_public_key.to_base64()).await?;
+        retention::record(store.as_ref(), config.audit_retention_days).await?;
         let handshake_deadline = match wg.handshake_deadline_secs {
             0 => {
                 tracing::warn!(
@@ -209,7 +212,10 @@ impl Server {
         let nonces = Arc::new(nonces::NonceStore::new(
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
             config.provisioning.max_pending_nonces,
+            config.provisioning.max_pending_nonces_per_source,
         ));
+        let boot =
+            boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone())?;
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
             admin_listener,
@@ -237,7 +243,7 @@ impl Server {
                 limits,
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
-            boot: boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64()),
+            boot,
             tunnels,
             config,
             limits: listener_limits,
@@ -333,6 +339,7 @@ impl Server {
             drain,
             stopped(),
         );
+        let pruner = tokio::spawn(retention::prune_loop(self.tunnels.store.clone(), stopped()));
         let reconciler = reconcile_loop(self.tunnels.clone(), self.config.clone(), stopped());
         let heartbeat = cluster::heartbeat_loop(self.tunnels.clone(), self.config.clone(), server_key, stopped());
         let watcher = cluster::watch_loop(self.tunnels.clone(), stopped());
@@ -351,6 +358,7 @@ impl Server {
             }
         }
         self.tunnels.shutdown().await;
+        let _ = pruner.await;
         if let Err(e) = self.tunnels.store.flush().await {
             tracing::error!(error = %e, "could not write the last audit entries");
         }

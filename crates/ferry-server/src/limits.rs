@@ -2,11 +2,23 @@
 //! provisioning network can reach it, so no caller may make it do unbounded work.
 //!
 //! - **Rate limits** on the enrollment endpoints (challenge, TPM credential,
-//!   enrollment): a token bucket per source address and one for all sources. Over the
-//!   limit the caller gets `429` with `Retry-After` and nothing happens: no nonce, no
-//!   audit row (a flood must not fill the audit log), at most one log line per second
-//!   per source. Boot scripts and artifacts are not limited here: a boot storm
-//!   downloads them by the thousand.
+//!   enrollment) and on asset-tag guesses at the boot artifact gate (`boot`): a token
+//!   bucket per source and one for all sources. Over the limit the caller gets `429`
+//!   with `Retry-After` and nothing happens: no nonce, no audit row (a flood must not
+//!   fill the audit log), at most one log line per second per source. Boot scripts and
+//!   ungated artifacts are not limited here: a boot storm downloads them by the
+//!   thousand.
+//! - **Fairness under a flood from many addresses.** A source is an IPv4 address or an
+//!   IPv6 /64 ([`source_group`]). Its own bucket is checked first, so what it is
+//!   refused costs the others nothing. Many sources each within their own rate can
+//!   still empty the global bucket; for that case a *reserve* of a quarter of the
+//!   global rate is kept for *light* sources — those that sent at most
+//!   [`LIGHT_BURST`] requests lately, refilled one per [`LIGHT_PERIOD`], which is what
+//!   a booting node sends. A flooding source is light for its first few requests only,
+//!   so 500 flooding addresses take ~17 requests/s from the reserve (500 ×
+//!   1/30 s), far below the default reserve of 500/s: nodes keep enrolling. A challenge
+//!   from a source that already holds its share of outstanding nonces
+//!   (`max_pending_nonces_per_source`) is refused before the global bucket too.
 //! - **A cap on enrollments in progress** (`/v1/enroll`, `/v1/enroll/tpm`): beyond it
 //!   `503` with `Retry-After: 1`. The body is read before a slot is taken, so a client
 //!   that sends its body slowly holds no slot.
@@ -22,7 +34,7 @@
 //! cannot be forged: it is the TCP peer, or the client a *trusted* proxy names
 //! ([`client_address`], the function enrollment itself uses).
 
-use crate::client_addr::client_address;
+use crate::client_addr::{client_address, source_group};
 use crate::config::ProvisioningConfig;
 use crate::enroll::{ProvisioningState, TcpConn, ENROLL_BODY_LIMIT};
 use crate::error::HttpError;
@@ -51,6 +63,13 @@ const SWEEP_WHEN_FULL_EVERY: Duration = Duration::from_millis(100);
 /// Requests in one enrollment at most: challenge, TPM credential, enrollment. A burst
 /// smaller than that could refuse every enrollment's last step for ever.
 const MIN_BURST: u32 = 3;
+/// A source is *light* while it has sent at most this many requests lately (two whole
+/// enrollments), one more allowed every [`LIGHT_PERIOD`]; light sources may use the
+/// reserve when the global bucket is empty.
+pub const LIGHT_BURST: u32 = 2 * MIN_BURST;
+pub const LIGHT_PERIOD: Duration = Duration::from_secs(30);
+/// The reserve for light sources: this fraction of the global rate and burst.
+const RESERVE_DIVISOR: f64 = 4.0;
 
 /// One token bucket: `governor`'s quota plus the period, for Retry-After.
 fn quota(what: &str, rate: f64, burst: u32) -> anyhow::Result<Option<(Quota, Duration)>> {
@@ -71,11 +90,13 @@ fn quota(what: &str, rate: f64, burst: u32) -> anyhow::Result<Option<(Quota, Dur
     Ok(Some((quota, period)))
 }
 
-/// Which bucket refused a request.
+/// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Source,
     Global,
+    /// The source holds its share of outstanding nonces (`max_pending_nonces_per_source`).
+    SourceNonces,
 }
 
 /// A refused request: how long the caller should wait.
@@ -90,6 +111,7 @@ impl IntoResponse for Throttled {
         let message = match self.scope {
             Scope::Source => "too many enrollment requests from this address",
             Scope::Global => "too many enrollment requests",
+            Scope::SourceNonces => "too many challenges outstanding from this address",
         };
         let message = format!("{message}; retry in {} s", self.retry_after_secs);
         with_retry_after(HttpError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message), self.retry_after_secs)
@@ -107,10 +129,14 @@ fn with_retry_after(e: HttpError, secs: u64) -> Response {
     r
 }
 
-/// The enrollment endpoints' limits, shared by every request of the listener.
+/// The enrollment endpoints' limits, shared by every request of the listener. Keys are
+/// source groups ([`source_group`]).
 pub struct EnrollLimits {
     per_source: Option<(DefaultKeyedRateLimiter<IpAddr>, Duration)>,
     global: Option<(DefaultDirectRateLimiter, Duration)>,
+    /// When the global bucket is empty: light sources (`light`) take from `reserve`.
+    light: DefaultKeyedRateLimiter<IpAddr>,
+    reserve: Option<DefaultDirectRateLimiter>,
     permits: Option<Arc<Semaphore>>,
     /// Lets one log line per second per source through.
     log_per_source: DefaultKeyedRateLimiter<IpAddr>,
@@ -132,12 +158,28 @@ impl EnrollLimits {
         if c.header_timeout_secs == 0 || c.request_timeout_secs == 0 {
             bail!("[provisioning] header_timeout_secs and request_timeout_secs must be at least 1");
         }
+        if c.max_pending_nonces == 0 || c.max_pending_nonces_per_source == 0 {
+            bail!("[provisioning] max_pending_nonces and max_pending_nonces_per_source must be at least 1");
+        }
         let per_source = quota("per_source", c.enroll_rate_per_source, c.enroll_burst_per_source)?;
         let global = quota("global", c.enroll_rate_global, c.enroll_burst_global)?;
+        let reserve = match global {
+            None => None,
+            Some(_) => {
+                let burst = ((f64::from(c.enroll_burst_global) / RESERVE_DIVISOR) as u32).max(MIN_BURST);
+                // A rate too small to divide simply has no reserve.
+                quota("global", c.enroll_rate_global / RESERVE_DIVISOR, burst).ok().flatten()
+            }
+        };
+        let light = Quota::with_period(LIGHT_PERIOD)
+            .expect("period > 0")
+            .allow_burst(NonZeroU32::new(LIGHT_BURST).expect("LIGHT_BURST > 0"));
         let once_a_second = Quota::per_second(NonZeroU32::MIN);
         Ok(EnrollLimits {
             per_source: per_source.map(|(q, p)| (DefaultKeyedRateLimiter::keyed(q), p)),
             global: global.map(|(q, p)| (DefaultDirectRateLimiter::direct(q), p)),
+            light: DefaultKeyedRateLimiter::keyed(light),
+            reserve: reserve.map(|(q, _)| DefaultDirectRateLimiter::direct(q)),
             permits: (c.max_concurrent_enrollments > 0)
                 .then(|| Arc::new(Semaphore::new(c.max_concurrent_enrollments.min(Semaphore::MAX_PERMITS)))),
             log_per_source: DefaultKeyedRateLimiter::keyed(once_a_second),
@@ -149,10 +191,18 @@ impl EnrollLimits {
         })
     }
 
-    /// Takes a token from the source's bucket, then from the global one. The source's
-    /// comes first so that one flooding source cannot drain the global bucket: what it
-    /// is refused costs the others nothing.
+    /// Takes a token from the source's bucket, then from the global one (or, for a
+    /// light source when the global one is empty, from the reserve).
     pub fn check(&self, source: IpAddr) -> Result<(), Throttled> {
+        let source = source_group(source);
+        self.check_source(source)?;
+        self.check_global(source)
+    }
+
+    /// The source's own bucket. It comes first so that one flooding source cannot
+    /// drain the global bucket: what it is refused costs the others nothing.
+    /// `source` is a [`source_group`].
+    pub fn check_source(&self, source: IpAddr) -> Result<(), Throttled> {
         self.sweep_if_due();
         if let Some((limiter, period)) = &self.per_source {
             if limiter.len() < self.max_sources {
@@ -172,16 +222,26 @@ impl EnrollLimits {
                 );
             }
         }
-        if let Some((limiter, period)) = &self.global {
-            if let Err(not_until) = limiter.check() {
-                return Err(self.refuse(
-                    Scope::Global,
-                    not_until.wait_time_from(DefaultClock::default().now()),
-                    *period,
-                ));
-            }
-        }
         Ok(())
+    }
+
+    /// The global bucket; when it is empty, the reserve for a light source.
+    pub fn check_global(&self, source: IpAddr) -> Result<(), Throttled> {
+        let Some((limiter, period)) = &self.global else { return Ok(()) };
+        let Err(not_until) = limiter.check() else { return Ok(()) };
+        if self.light_and_reserved(source) {
+            return Ok(());
+        }
+        Err(self.refuse(Scope::Global, not_until.wait_time_from(DefaultClock::default().now()), *period))
+    }
+
+    /// Whether `source` is light and the reserve has a token for it (taking both).
+    fn light_and_reserved(&self, source: IpAddr) -> bool {
+        let Some(reserve) = &self.reserve else { return false };
+        // A full table of light sources admits no new one: the reserve is for sources
+        // known to be light.
+        let light = self.light.len() < self.max_sources && self.light.check_key(&source).is_ok();
+        light && reserve.check().is_ok()
     }
 
     /// Retry-After: when the bucket has room for this request *and* the next one, so
@@ -193,13 +253,20 @@ impl EnrollLimits {
         Throttled { scope, retry_after_secs: secs as u64 }
     }
 
+    /// The refusal of a challenge from a source that holds its share of nonces: they
+    /// are used within a second by booting nodes, so retry after one.
+    pub fn nonces_held(&self) -> Throttled {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Throttled { scope: Scope::SourceNonces, retry_after_secs: 1 }
+    }
+
     /// How many requests were refused by the rate limits since start.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
 
     /// Logs a refusal, at most once per second per source.
-    fn log_refusal(&self, source: IpAddr, path: &str, t: Throttled) {
+    pub fn log_refusal(&self, source: IpAddr, path: &str, t: Throttled) {
         let allowed = if self.log_per_source.len() < self.max_sources {
             self.log_per_source.check_key(&source).is_ok()
         } else {
@@ -227,6 +294,7 @@ impl EnrollLimits {
         }
         let full = || {
             self.per_source.as_ref().is_some_and(|(l, _)| l.len() >= self.max_sources)
+                || self.light.len() >= self.max_sources
                 || self.log_per_source.len() >= self.max_sources
         };
         let due = since >= SWEEP_EVERY || full();
@@ -241,6 +309,8 @@ impl EnrollLimits {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        self.light.retain_recent();
+        self.light.shrink_to_fit();
         self.log_per_source.retain_recent();
         self.log_per_source.shrink_to_fit();
     }
@@ -261,15 +331,24 @@ impl EnrollLimits {
 }
 
 /// Middleware on the enrollment routes: the rate limits, before anything else is done
-/// (the body is not even read).
+/// (the body is not even read). A challenge from a source that already holds its share
+/// of outstanding nonces is refused after its own bucket and before the global one, so
+/// it takes nothing from the others.
 pub async fn rate_limit(
     State(s): State<ProvisioningState>,
     ConnectInfo(conn): ConnectInfo<TcpConn>,
     req: Request,
     next: Next,
 ) -> Response {
-    let source = client_address(conn.remote.ip(), req.headers(), &s.config.provisioning.trusted_proxies);
-    match s.limits.check(source) {
+    let client = client_address(conn.remote.ip(), req.headers(), &s.config.provisioning.trusted_proxies);
+    let source = source_group(client);
+    let challenge = req.uri().path() == ferry_api::enroll::CHALLENGE_PATH;
+    let checked = s
+        .limits
+        .check_source(source)
+        .and_then(|()| if challenge && s.nonces.source_full(source) { Err(s.limits.nonces_held()) } else { Ok(()) })
+        .and_then(|()| s.limits.check_global(source));
+    match checked {
         Ok(()) => next.run(req).await,
         Err(t) => {
             s.limits.log_refusal(source, req.uri().path(), t);
@@ -352,7 +431,41 @@ mod tests {
         }
         assert_eq!(l.check(ip("10.0.0.2")), Ok(()));
         assert_eq!(l.check(ip("10.0.0.2")), Ok(()));
-        assert_eq!(l.check(ip("10.0.0.3")).unwrap_err().scope, Scope::Global, "5 of 5 global tokens used");
+        // 5 of 5 global tokens used: new sources get the reserve (3 tokens), then no more.
+        for i in 3..6 {
+            assert_eq!(l.check(ip(&format!("10.0.0.{i}"))), Ok(()), "light source {i} from the reserve");
+        }
+        assert_eq!(l.check(ip("10.0.0.9")).unwrap_err().scope, Scope::Global, "the reserve is bounded too");
+    }
+
+    #[test]
+    fn sources_flooding_within_their_own_rate_cannot_starve_a_booting_node() {
+        // Generous per-source buckets; a global one of 100 and a reserve of 25.
+        let l = EnrollLimits::new(&config(1e6, 1_000, 0.1, 100, 0)).unwrap();
+        let flooders: Vec<IpAddr> = (1..=3).map(|i| ip(&format!("10.9.0.{i}"))).collect();
+        let mut admitted = 0;
+        for _ in 0..1_000 {
+            for f in &flooders {
+                admitted += usize::from(l.check(*f).is_ok());
+            }
+        }
+        // The global 100, plus each flooder's few light requests from the reserve.
+        assert_eq!(admitted, 100 + 3 * LIGHT_BURST as usize, "{admitted}");
+        assert_eq!(l.check(flooders[0]).unwrap_err().scope, Scope::Global);
+        // A node that boots now gets its challenge and its enrollment through.
+        let node = ip("10.0.0.7");
+        assert_eq!(l.check(node), Ok(()));
+        assert_eq!(l.check(node), Ok(()));
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_source_per_64() {
+        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0)).unwrap();
+        for i in 1..=3 {
+            assert_eq!(l.check(ip(&format!("2001:db8:0:1::{i}"))), Ok(()));
+        }
+        assert_eq!(l.check(ip("2001:db8:0:1:ffff::9")).unwrap_err().scope, Scope::Source, "same /64, same bucket");
+        assert_eq!(l.check(ip("2001:db8:0:2::1")), Ok(()), "another /64");
     }
 
     #[test]
@@ -391,8 +504,9 @@ mod tests {
         std::thread::sleep(SWEEP_WHEN_FULL_EVERY + Duration::from_millis(20));
         assert_eq!(l.check(ip("10.1.0.1")), Ok(()));
         assert!(l.tracked_sources() <= 2, "idle sources evicted: {}", l.tracked_sources());
-        // Everything above went through the global bucket: 151 of 200.
-        for i in 0..49u32 {
+        // Everything above went through the global bucket: 151 of 200; then the reserve
+        // (50) for sources that are light, then nothing.
+        for i in 0..(49 + 50) {
             assert_eq!(l.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a02_0000 + i))), Ok(()));
         }
         assert_eq!(l.check(ip("10.3.0.1")).unwrap_err().scope, Scope::Global);

@@ -48,6 +48,12 @@ pub struct DocumentLabel {
     pub document: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabel {
+    /// Why the boot gate refused: wrong-tag, locked, throttled.
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub enrollments: Family<ResultLabel, Counter>,
@@ -59,6 +65,14 @@ pub struct Metrics {
     pub connections_open: Family<ListenerLabel, Gauge>,
     pub connections_refused: Family<ConnectionLabel, Counter>,
     pub connections_cut: Family<ConnectionLabel, Counter>,
+    /// Gated artifact requests refused after naming a gated node, by reason.
+    pub boot_gate_refusals: Family<GateLabel, Counter>,
+    /// Boot gates locked after too many wrong asset tags: alert on any increase.
+    pub boot_gate_lockouts: Counter,
+    /// Repeated audit events folded into counts, and audit entries lost (the database
+    /// refused them even after retries); copied from the store at each scrape.
+    pub audit_folded: Counter,
+    pub audit_lost: Counter,
 }
 
 impl Default for Metrics {
@@ -103,6 +117,26 @@ impl Default for Metrics {
             "Connections the server ended, by listener and cause (idle; closed: their tunnel ended)",
             connections_cut.clone(),
         );
+        let boot_gate_refusals = Family::<GateLabel, Counter>::default();
+        registry.register(
+            "boot_gate_refusals",
+            "Gated boot artifact requests naming a gated node that were refused, by reason",
+            boot_gate_refusals.clone(),
+        );
+        let boot_gate_lockouts = Counter::default();
+        registry.register(
+            "boot_gate_lockouts",
+            "Asset-tag boot gates locked after too many wrong tags (someone guessing a tag)",
+            boot_gate_lockouts.clone(),
+        );
+        let audit_folded = Counter::default();
+        registry.register(
+            "audit_folded",
+            "Repeated audit events (boot-script fetches, document deliveries) counted into one entry",
+            audit_folded.clone(),
+        );
+        let audit_lost = Counter::default();
+        registry.register("audit_lost", "Audit entries the database refused even after retries", audit_lost.clone());
         Metrics {
             registry,
             connections_open,
@@ -114,11 +148,26 @@ impl Default for Metrics {
             phone_home_latency,
             document_latency,
             secrets_delivered,
+            boot_gate_refusals,
+            boot_gate_lockouts,
+            audit_folded,
+            audit_lost,
         }
     }
 }
 
 impl Metrics {
+    pub fn gate_refused(&self, reason: &'static str) {
+        self.boot_gate_refusals.get_or_create(&GateLabel { reason }).inc();
+    }
+
+    /// Copies the store's audit counts (kept by the store, exported here).
+    pub fn set_audit_counts(&self, counts: ferry_store::AuditCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.audit_folded.inner().store(counts.folded, Relaxed);
+        self.audit_lost.inner().store(counts.lost, Relaxed);
+    }
+
     pub fn enrollment(&self, result: EnrollResult) {
         self.enrollments.get_or_create(&ResultLabel { result }).inc();
     }
@@ -167,6 +216,9 @@ mod tests {
         m.active_tunnels.set(3);
         m.tunnel_lifetime.get_or_create(&ReasonLabel { reason: "phone-home" }).observe(2.0);
         m.document_latency.get_or_create(&DocumentLabel { document: "user-data" }).observe(0.001);
+        m.gate_refused("wrong-tag");
+        m.boot_gate_lockouts.inc();
+        m.set_audit_counts(ferry_store::AuditCounts { folded: 41, lost: 0 });
         let text = m.encode();
         for line in [
             "ferry_enrollments_total{result=\"accepted\"} 1",
@@ -174,6 +226,10 @@ mod tests {
             "ferry_active_tunnels 3",
             "ferry_tunnel_lifetime_seconds_count{reason=\"phone-home\"} 1",
             "ferry_document_serve_seconds_count{document=\"user-data\"} 1",
+            "ferry_boot_gate_refusals_total{reason=\"wrong-tag\"} 1",
+            "ferry_boot_gate_lockouts_total 1",
+            "ferry_audit_folded_total 41",
+            "ferry_audit_lost_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -11,6 +11,7 @@ pub mod sealing;
 pub mod secrets;
 pub mod servers;
 mod sql;
+mod sql_audit;
 mod sql_images;
 mod sql_secrets;
 mod sql_servers;
@@ -21,6 +22,7 @@ mod sqlite_writer;
 pub mod tpm;
 pub mod tunnels;
 
+pub use audit_buffer::{AUDIT_BATCH_MAX, AUDIT_FOLD_WINDOW_SECS, AUDIT_QUEUE_CAPACITY};
 pub use location::StoreLocation;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
@@ -90,6 +92,13 @@ pub struct AuditFilter {
     /// Entries after this id, oldest first.
     pub after_id: Option<i64>,
     pub limit: i64,
+}
+
+/// See [`Store::audit_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditCounts {
+    pub folded: u64,
+    pub lost: u64,
 }
 
 /// One audit log entry.
@@ -193,7 +202,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Appends an audit entry outside any other change (enrollment verdicts, deliveries).
     /// Such entries are written in batches shortly after; [`Store::audit`] sees them.
+    /// When the queue is full ([`AUDIT_QUEUE_CAPACITY`]) this waits for room.
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError>;
+    /// [`Store::record_event`] for an event a caller may repeat at will (a boot-script
+    /// fetch, a document delivery): the first is written; identical ones (same actor,
+    /// action, subject, detail) in the [`AUDIT_FOLD_WINDOW_SECS`] after it are counted
+    /// and written as one entry with `repeated=N` when that window ends, or at
+    /// [`Store::flush`].
+    async fn record_repeatable_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError>;
+    /// Events folded into counts, and entries lost (the database refused them even after
+    /// retries), since the store was opened.
+    fn audit_counts(&self) -> AuditCounts;
+    /// Records the audit retention in the database, whose triggers let only entries
+    /// older than it be deleted (0: keep every entry). A change is audited by the
+    /// database itself (`audit.retention`). Returns the previous value if it changed.
+    async fn set_audit_retention(&self, days: u32) -> Result<Option<u32>, StoreError>;
+    /// Deletes the audit entries older than the retention the database records, in
+    /// batches; audited (`audit.pruned`) when it deleted any. Returns how many.
+    async fn prune_audit(&self) -> Result<u64, StoreError>;
 
     /// Registers an image whose artifacts are already in the object store.
     async fn add_image(&self, image: &ferry_api::image::ImageRecord, actor: &Actor) -> Result<(), StoreError>;
@@ -202,7 +234,7 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an image; refused while a node or profile names it.
     async fn delete_image(&self, name: &str, actor: &Actor) -> Result<(), StoreError>;
 
-    /// Writes every queued audit entry (at shutdown).
+    /// Writes every queued audit entry and the counts of folded ones (at shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
     /// A trivial query: does the database answer (readiness checks)?
     async fn ping(&self) -> Result<(), StoreError>;

@@ -11,6 +11,7 @@
 //!   and the tunnel address search cannot race another server. Multi-statement reads run
 //!   in a REPEATABLE READ snapshot, as a SQLite read transaction does.
 
+use crate::audit_buffer::AuditRow;
 use crate::{format_time, now_secs, Actor, AuditEntry, Sealer, Store, StoreError, StoreLocation};
 use async_trait::async_trait;
 use ferry_api::admin::{
@@ -73,7 +74,8 @@ pub struct SqlStore {
     /// start point: the search itself runs inside the (serialized) write transaction, so
     /// it stays correct when other servers allocate from the same database.
     pub(crate) next_address: std::sync::Mutex<u128>,
-    pub(crate) audit_queue: tokio::sync::mpsc::UnboundedSender<crate::audit_buffer::Item>,
+    pub(crate) audit_queue: tokio::sync::mpsc::Sender<crate::audit_buffer::Item>,
+    pub(crate) audit_counters: std::sync::Arc<crate::audit_buffer::Counters>,
     /// SQLite: the hot write transactions' own thread (see `sqlite_writer`).
     pub(crate) sqlite_writer: Option<std::sync::Arc<crate::sqlite_writer::SqliteWriter>>,
 }
@@ -207,7 +209,9 @@ impl SqlStore {
         postgres_url: Option<String>,
         sealer: Sealer,
     ) -> Self {
-        let audit_queue = crate::audit_buffer::spawn(write.clone(), backend, sqlite_writer.clone());
+        let audit_counters = std::sync::Arc::<crate::audit_buffer::Counters>::default();
+        let audit_queue =
+            crate::audit_buffer::spawn(write.clone(), backend, sqlite_writer.clone(), audit_counters.clone());
         SqlStore {
             backend,
             read,
@@ -216,6 +220,7 @@ impl SqlStore {
             sealer,
             next_address: std::sync::Mutex::new(0),
             audit_queue,
+            audit_counters,
             sqlite_writer,
         }
     }
@@ -798,7 +803,29 @@ impl Store for SqlStore {
         self.watch_tunnels_impl(server).await
     }
     async fn record_event(&self, actor: &Actor, action: &str, subject: &str, detail: &str) -> Result<(), StoreError> {
-        self.record_event_impl(actor, action, subject, detail).await
+        self.queue_audit(crate::audit_buffer::Item::Entry(AuditRow::new(&actor.0, action, subject, detail))).await
+    }
+    async fn record_repeatable_event(
+        &self,
+        actor: &Actor,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.queue_audit(crate::audit_buffer::Item::Repeatable(AuditRow::new(&actor.0, action, subject, detail))).await
+    }
+    fn audit_counts(&self) -> crate::AuditCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::AuditCounts {
+            folded: self.audit_counters.folded.load(Relaxed),
+            lost: self.audit_counters.lost.load(Relaxed),
+        }
+    }
+    async fn set_audit_retention(&self, days: u32) -> Result<Option<u32>, StoreError> {
+        self.set_audit_retention_impl(days).await
+    }
+    async fn prune_audit(&self) -> Result<u64, StoreError> {
+        self.prune_audit_impl().await
     }
 
     async fn add_image(&self, image: &ferry_api::image::ImageRecord, actor: &Actor) -> Result<(), StoreError> {
@@ -815,11 +842,7 @@ impl Store for SqlStore {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.audit_queue.send(crate::audit_buffer::Item::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
-        Ok(())
+        self.flush_audit(true).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -903,8 +926,8 @@ impl Store for SqlStore {
     }
 
     async fn audit_query(&self, filter: &crate::AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-        // Read your writes: queued events land first.
-        self.flush().await?;
+        // Read your writes: queued events land first (folds keep counting).
+        self.flush_audit(false).await?;
         let mut conditions = Vec::new();
         if filter.subject.is_some() {
             conditions.push(format!("subject = ${}", conditions.len() + 1));

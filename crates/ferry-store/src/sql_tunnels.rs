@@ -370,18 +370,6 @@ impl SqlStore {
                 .await?;
         rows.into_iter().map(|(n, k)| Ok((parse_name("node", &n)?, k))).collect()
     }
-
-    pub(crate) async fn record_event_impl(
-        &self,
-        actor: &Actor,
-        action: &str,
-        subject: &str,
-        detail: &str,
-    ) -> Result<(), StoreError> {
-        self.audit_queue
-            .send(crate::audit_buffer::entry(&actor.0, action, subject, detail))
-            .map_err(|_| StoreError::Unavailable("the audit writer stopped".into()))
-    }
 }
 
 #[cfg(test)]

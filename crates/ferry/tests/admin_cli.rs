@@ -307,10 +307,16 @@ fn audit_since_and_follow() {
         }
     });
     let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
-    // What was there: the server's own start entry, then node/a1, in that order.
+    // What was there: the server's own start entry, the audit retention it recorded in
+    // the new database, then node/a1, in that order.
     let mut next_entry = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
     let started = next_entry();
     assert_eq!(started["action"], "server.start", "{started}");
+    let retention = next_entry();
+    assert_eq!(
+        (retention["action"].as_str(), retention["detail"].as_str()),
+        (Some("audit.retention"), Some("days=365 (was 0)"))
+    );
     let first = next_entry();
     assert_eq!(first["subject"], "node/a1");
     s.ok(&["node", "add", "a2"]);

@@ -1,9 +1,12 @@
 //! Network boot over HTTP against a real server: per-node scripts, unknown MACs,
-//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating.
+//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating (and its
+//! defences against guessing), and the audit rows a flood of script fetches leaves.
 
 mod common;
 
-use common::TestServer;
+use common::raw::{get_keep_alive, in_netns};
+use common::{eventually, Netns, TestServer};
+use std::time::{Duration, Instant};
 
 struct Fixture {
     s: TestServer,
@@ -24,7 +27,20 @@ fn curl(s: &TestServer, args: &[&str]) -> (u16, String, Vec<u8>) {
 const BASE: &str = "http://127.0.0.1:8470";
 
 fn fixture() -> Fixture {
-    let s = TestServer::start();
+    fixture_with("")
+}
+
+/// A server with these `[provisioning]` keys, two images (rocky9 with a root file
+/// system, plain without), profile compute (rocky9) and node n1 in it.
+fn fixture_with(provisioning: &str) -> Fixture {
+    let s = TestServer::start_in_with(
+        Netns::new("fys"),
+        "",
+        "127.0.0.1:8470",
+        provisioning,
+        "backend = \"userspace\"\n",
+        None,
+    );
     let dir = s.dir.path();
     let kernel: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("vmlinuz"), &kernel).unwrap();
@@ -152,4 +168,155 @@ fn asset_tag_gating_on_and_off() {
     assert_eq!(curl(&f.s, &[&format!("{url}?mac=52:54:00:00:00:01&asset=GATE-TAG%207")]).0, 200);
     assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/kernel")]).0, 200, "other images are not gated");
     assert!(!f.s.log_text().contains("GATE-TAG"), "the tag is never logged");
+}
+
+const FORBIDDEN: &str = "this image needs the node's asset tag\n";
+const KERNEL: &str = "http://127.0.0.1:8470/boot/images/rocky9/kernel";
+
+/// Gives `node` the asset tag `tag` (from a file, as an admin would).
+fn set_tag(s: &TestServer, node: &str, tag: &str) {
+    let file = s.dir.path().join(format!("{node}.tag"));
+    std::fs::write(&file, tag).unwrap();
+    s.ok(&["node", "set", node, "--asset-tag-file", file.to_str().unwrap()]);
+}
+
+/// n1 gated with tag `GATE-TAG 7`, and the gated-image cache refreshed.
+fn gate_n1(s: &TestServer) {
+    set_tag(s, "n1", "GATE-TAG 7");
+    s.ok(&["profile", "set", "compute", "--boot-asset-gate", "true"]);
+    std::thread::sleep(Duration::from_secs(6)); // the gated-image cache lives 5 s
+}
+
+/// A kernel request naming `mac` with `asset` (URL-encoded): (status, body).
+fn fetch_kernel(s: &TestServer, mac: &str, asset: &str) -> (u16, String) {
+    let (code, _, body) = curl(s, &[&format!("{KERNEL}?mac={mac}&asset={asset}")]);
+    (code, if code == 200 { String::new() } else { String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn audit_actions(s: &TestServer, node: &str, action: &str) -> Vec<String> {
+    let rows = s.json(&["audit", "--node", node, "--limit", "100000", "--json"]);
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == action)
+        .map(|r| r["detail"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn metric(s: &TestServer, line_start: &str) -> f64 {
+    let (_, text) = s.admin_get("/metrics");
+    text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+#[test]
+fn a_node_without_the_gate_never_has_its_tag_compared() {
+    let f = fixture();
+    gate_n1(&f.s);
+    // n2 boots the gated image with its gate off; n3 has its gate on but boots another
+    // image. Both have tags: neither may be compared at rocky9's gate.
+    f.s.ok(&["node", "add", "n2", "-P", "compute", "--mac", "52:54:00:00:00:02", "--boot-asset-gate", "false"]);
+    set_tag(&f.s, "n2", "N2-TAG");
+    f.s.ok(&["node", "add", "n3", "-P", "compute", "--mac", "52:54:00:00:00:03", "--image", "plain"]);
+    set_tag(&f.s, "n3", "N3-TAG");
+    let refusal = fetch_kernel(&f.s, "52:54:00:00:00:01", "WRONG");
+    assert_eq!(refusal, (403, FORBIDDEN.to_owned()));
+    for (mac, right) in [("52:54:00:00:00:02", "N2-TAG"), ("52:54:00:00:00:03", "N3-TAG")] {
+        assert_eq!(fetch_kernel(&f.s, mac, right), refusal, "{mac} with its right tag: the answer to a wrong one");
+        assert_eq!(fetch_kernel(&f.s, mac, "WRONG"), refusal, "{mac} with a wrong tag");
+    }
+    for node in ["n2", "n3"] {
+        assert!(audit_actions(&f.s, node, "boot.gate-refused").is_empty(), "{node}: nothing compared, nothing counted");
+    }
+    assert_eq!(audit_actions(&f.s, "n1", "boot.gate-refused").len(), 1, "n1's wrong tag was compared and counted");
+    assert_eq!(fetch_kernel(&f.s, "52:54:00:00:00:01", "GATE-TAG%207").0, 200);
+}
+
+#[test]
+fn wrong_tags_are_audited_and_lock_the_gate_even_against_the_right_tag() {
+    let f = fixture_with("boot_gate_max_failures = 3\nboot_gate_lockout_secs = 5\n");
+    gate_n1(&f.s);
+    let n1 = "52:54:00:00:00:01";
+    for _ in 0..2 {
+        assert_eq!(fetch_kernel(&f.s, n1, "GUESS").0, 403);
+    }
+    assert_eq!(fetch_kernel(&f.s, n1, "GATE-TAG%207").0, 200, "two wrong tags do not lock");
+    assert_eq!(fetch_kernel(&f.s, n1, "GUESS").0, 403);
+    let locked_at = Instant::now();
+    let refused = audit_actions(&f.s, "n1", "boot.gate-refused");
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused[2].contains("failures=3/3") && refused[2].contains("from=127.0.0.1"), "{refused:?}");
+    assert_eq!(audit_actions(&f.s, "n1", "boot.gate-locked").len(), 1);
+    assert!(f.s.log_text().contains("boot gate of node n1 locked"), "an alert in the log");
+    assert_eq!(metric(&f.s, "ferry_boot_gate_lockouts_total "), 1.0);
+    // Locked: the right tag is refused like any other, and nothing more is compared.
+    assert_eq!(fetch_kernel(&f.s, n1, "GATE-TAG%207"), (403, FORBIDDEN.to_owned()));
+    assert_eq!(metric(&f.s, "ferry_boot_gate_refusals_total{reason=\"locked\"} "), 1.0);
+    assert_eq!(audit_actions(&f.s, "n1", "boot.gate-refused").len(), 3);
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(locked_at.elapsed()) + Duration::from_millis(500));
+    assert_eq!(fetch_kernel(&f.s, n1, "GATE-TAG%207").0, 200, "the lock passed");
+    let everything = format!("{}{}", f.s.log_text(), f.s.ok(&["audit", "--limit", "100000"]));
+    assert!(!everything.contains("GATE-TAG") && !everything.contains("GUESS"), "tags are never logged or audited");
+}
+
+#[test]
+fn guessing_from_one_source_is_throttled_after_its_burst() {
+    let f = fixture_with("enroll_rate_per_source = 0.1\nenroll_burst_per_source = 5\nboot_gate_max_failures = 1000\n");
+    gate_n1(&f.s);
+    let statuses: Vec<u16> = (0..15).map(|i| fetch_kernel(&f.s, "52:54:00:00:00:01", &format!("GUESS{i}")).0).collect();
+    assert_eq!(statuses[..5], [403; 5], "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "then 429: {statuses:?}");
+    let (_, headers, _) = curl(&f.s, &[&format!("{KERNEL}?mac=52:54:00:00:00:01&asset=GATE-TAG%207")]);
+    assert!(
+        headers.starts_with("http/1.1 429") && headers.contains("retry-after: "),
+        "even the right tag waits: {headers}"
+    );
+    assert_eq!(audit_actions(&f.s, "n1", "boot.gate-refused").len(), 5, "only compared guesses are audited");
+    assert_eq!(metric(&f.s, "ferry_boot_gate_refusals_total{reason=\"throttled\"} "), 11.0);
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/kernel")]).0, 200, "ungated images are not limited");
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+#[test]
+fn a_flood_of_boot_script_fetches_leaves_few_audit_rows_and_bounded_memory() {
+    let mut f = fixture();
+    let path = "/boot/ipxe?mac=52:54:00:00:00:01";
+    let fetch = |n: usize| in_netns(&f.s.netns.name, || get_keep_alive("127.0.0.1:8470", path, n));
+    assert!(fetch(200).iter().all(|s| *s == 200));
+    let pid = f.s.pid().unwrap();
+    let rss_before = rss_kib(pid);
+    let (threads, each) = (4, 2_500);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(|| fetch(each))).collect();
+        for w in workers {
+            assert!(w.join().unwrap().iter().all(|s| *s == 200));
+        }
+    });
+    let elapsed = start.elapsed();
+    let total = 200 + threads * each;
+    let rss_after = rss_kib(pid);
+    let rows = audit_actions(&f.s, "n1", "boot.script");
+    println!(
+        "{total} boot-script fetches in {elapsed:?}: {} audit rows, RSS {rss_before} -> {rss_after} KiB",
+        rows.len()
+    );
+    // One row per node and minute, however many fetches.
+    let minutes = elapsed.as_secs() as usize / 60 + 1;
+    assert!(rows.len() <= 2 * minutes, "{} rows for {total} fetches", rows.len());
+    assert!(metric(&f.s, "ferry_audit_folded_total ") >= (total - 2 * minutes) as f64);
+    assert!(rss_after < rss_before + 32 * 1024, "RSS grew from {rss_before} to {rss_after} KiB");
+    // Nothing was dropped: at shutdown the open count is written, and every fetch is
+    // accounted for, one row or one count at a time.
+    f.s.stop();
+    f.s.launch();
+    let rows = audit_actions(&f.s, "n1", "boot.script");
+    let accounted: usize =
+        rows.iter().map(|d| d.split_once(" repeated=").map_or(1, |(_, n)| n.parse::<usize>().unwrap())).sum();
+    assert_eq!(accounted, total, "{rows:?}");
+    eventually(5, "metrics answer", || f.s.admin_get("/metrics").0 == 200);
 }

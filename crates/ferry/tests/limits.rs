@@ -1,7 +1,8 @@
 //! Limits on the provisioning listener (PRODUCT.md invariant 11), against a real server
 //! in a namespace cluster: rate limits per source and their Retry-After, slow clients,
-//! body size, and an agent that is throttled and still enrolls. Every test also checks
-//! that what was refused changed nothing: no tunnel, no device peer, no audit row.
+//! body size, an agent that is throttled and still enrolls, and one that enrolls while
+//! 500 addresses flood the listener. Every test also checks that what was refused
+//! changed nothing: no tunnel, no device peer, no audit row.
 //!
 //! The cap on enrollments in progress is proven at unit level, through the real
 //! middleware with a handler that holds its slot
@@ -11,10 +12,11 @@
 mod common;
 
 use common::cluster::{Cluster, SERVER_IP};
-use common::eventually;
 use common::raw::{challenge, connect, exchange, get, in_netns, parse, post, Reply};
+use common::{eventually, sh, unique, Netns};
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A cluster of `nodes` registered nodes whose server has these `[provisioning]` keys.
@@ -371,4 +373,127 @@ fn a_node_holding_thousands_of_idle_connections_starves_no_one() {
     drop((datasource, provisioning));
     holder.stop();
     eventually(10, "no tunnel left", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+}
+
+/// A namespace on the cluster's bridge holding `count` addresses in 198.19.0.0/16 (the
+/// server's bridge gets an address there too, to answer them).
+fn flooder(c: &Cluster, count: usize) -> (Netns, Vec<Ipv4Addr>) {
+    let ns = Netns::new("ffl");
+    let (a, b) = (unique("fva"), unique("fvb"));
+    sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    sh(&["ip", "link", "set", &a, "netns", &c.server.netns.name]);
+    sh(&["ip", "link", "set", &b, "netns", &ns.name]);
+    c.server.netns.sh(&["ip", "link", "set", &a, "master", "br0", "up"]);
+    c.server.netns.sh(&["ip", "addr", "add", "198.19.255.254/16", "dev", "br0"]);
+    let addrs: Vec<Ipv4Addr> =
+        (0..count).map(|i| Ipv4Addr::new(198, 19, (i / 250) as u8, (i % 250 + 1) as u8)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("addresses");
+    let lines: String = addrs.iter().map(|ip| format!("addr add {ip}/16 dev {b}\n")).collect();
+    std::fs::write(&batch, lines).unwrap();
+    sh(&["ip", "-n", &ns.name, "-batch", batch.to_str().unwrap()]);
+    ns.sh(&["ip", "link", "set", &b, "up"]);
+    ns.sh(&["ip", "route", "add", &format!("{SERVER_IP}/32"), "dev", &b]);
+    (ns, addrs)
+}
+
+/// One POST on a new connection from source address `from` (inside the flooder's
+/// namespace); the status, and the body of a 200.
+fn post_from(from: Ipv4Addr, path: &str, body: &str) -> Option<(u16, String)> {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).ok()?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(from, 0))).ok()?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(SERVER_IP.parse().unwrap(), 8470))).ok()?;
+    let mut sock = TcpStream::from(fd);
+    sock.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {SERVER_IP}:8470\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    sock.read_to_end(&mut raw).ok()?;
+    let r = parse(&raw);
+    Some((r.status, r.body))
+}
+
+/// What the flood got back, by status.
+#[derive(Default)]
+struct FloodStats {
+    sent: AtomicUsize,
+    ok: AtomicUsize,
+    throttled: AtomicUsize,
+    busy: AtomicUsize,
+}
+
+#[test]
+fn a_node_enrolls_while_500_addresses_flood_the_enrollment_endpoints() {
+    // A small server, so that this machine's flood overwhelms it: 100 enrollment
+    // requests/s in all (and a reserve of 25/s for light sources), 1,000 nonces;
+    // per-source limits at their defaults (10/s, 30 at once, 16 nonces).
+    let c = cluster(1, "enroll_rate_global = 100\nenroll_burst_global = 100\nmax_pending_nonces = 1000\n");
+    c.server.ok(&["node", "set", "n1", "--identity", "network"]);
+    let (ns, addrs) = flooder(&c, 500);
+    let stop = AtomicBool::new(false);
+    let stats = FloodStats::default();
+    let flood_worker = |mine: Vec<Ipv4Addr>| {
+        let key = ferry_wg::PrivateKey::generate().public_key().to_base64();
+        let mut i = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            let from = mine[i % mine.len()];
+            i += 1;
+            // Mostly challenges, whose nonces it keeps; now and then an enrollment with a
+            // nonce never issued, for a MAC nobody has.
+            let reply = if i.is_multiple_of(4) {
+                let nonce = base64_32((i % 251) as u8);
+                let body =
+                    serde_json::json!({"mac": "52:54:00:99:99:99", "public_key": key, "nonce": nonce, "proofs": {}})
+                        .to_string();
+                post_from(from, "/v1/enroll", &body)
+            } else {
+                post_from(from, "/v1/enroll/challenge", "")
+            };
+            stats.sent.fetch_add(1, Ordering::Relaxed);
+            match reply.map(|r| r.0) {
+                Some(200) => stats.ok.fetch_add(1, Ordering::Relaxed),
+                Some(429) => stats.throttled.fetch_add(1, Ordering::Relaxed),
+                Some(503) => stats.busy.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+        }
+    };
+    let (agent_out, agent_time, warmup_sent) = std::thread::scope(|scope| {
+        let workers = 16;
+        for w in 0..workers {
+            let mine: Vec<Ipv4Addr> = addrs.iter().copied().skip(w).step_by(workers).collect();
+            let (ns, flood_worker) = (&ns.name, &flood_worker);
+            scope.spawn(move || in_netns(ns, || flood_worker(mine)));
+        }
+        // Long enough for the flood to take every nonce slot and every global token.
+        std::thread::sleep(Duration::from_secs(12));
+        let warmup_sent = stats.sent.load(Ordering::Relaxed);
+        let start = Instant::now();
+        // The node's normal retry budget; it ends before the flood's first nonces expire.
+        let url = format!("http://{SERVER_IP}:8470");
+        let out = c.agent_to(0, "fetch", &url, &c.server.public_key(), "40s").output().unwrap();
+        let took = start.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        (out, took, warmup_sent)
+    });
+    let stderr = String::from_utf8_lossy(&agent_out.stderr);
+    let sent = stats.sent.load(Ordering::Relaxed);
+    println!(
+        "flood from {} addresses: {sent} requests ({warmup_sent} in the first 12 s), {} answered 200, {} 429, {} 503; \
+         the node's agent was done after {agent_time:?}",
+        addrs.len(),
+        stats.ok.load(Ordering::Relaxed),
+        stats.throttled.load(Ordering::Relaxed),
+        stats.busy.load(Ordering::Relaxed),
+    );
+    assert!(warmup_sent > 12 * 300, "the flood outran the server's 125 requests/s: {warmup_sent} in 12 s");
+    assert_eq!(agent_out.status.code(), Some(0), "the node did not enroll within its budget: {stderr}");
+    assert!(c.server.ok(&["audit", "--node", "n1"]).contains("enroll.accepted"));
+    eventually(10, "phone-home to close the tunnel", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
 }

@@ -103,19 +103,27 @@ fn oversized_request_heads_are_refused() {
 }
 
 #[test]
-fn nonce_exhaustion_answers_503_and_recovers_when_they_expire() {
+fn a_challenge_flood_holds_only_its_share_of_nonces_and_others_still_get_theirs() {
     common::require_root();
-    let c = Cluster::with_provisioning(1, &format!("{UNLIMITED}max_pending_nonces = 50\nnonce_ttl_secs = 2\n"));
+    let c = Cluster::with_provisioning(
+        2,
+        &format!("{UNLIMITED}max_pending_nonces = 50\nmax_pending_nonces_per_source = 20\nnonce_ttl_secs = 2\n"),
+    );
     c.add_nodes(&[]);
-    let ns = c.nodes[0].ns.name.clone();
-    let statuses: Vec<u16> = in_netns(&ns, || (0..60).map(|_| challenge().status).collect());
-    assert!(statuses[..50].iter().all(|s| *s == 200), "{statuses:?}");
-    let flooded = in_netns(&ns, challenge);
-    assert_eq!(flooded.status, 503, "{flooded:?}");
-    assert_eq!(flooded.retry_after, Some(1), "{flooded:?}");
+    let (flooder, other) = (c.nodes[0].ns.name.clone(), c.nodes[1].ns.name.clone());
+    let replies: Vec<_> = in_netns(&flooder, || (0..60).map(|_| challenge()).collect());
+    assert!(replies[..20].iter().all(|r| r.status == 200), "{replies:?}");
+    for r in &replies[20..] {
+        // Its share is taken: 429 with a retry in a second, and no nonce.
+        assert_eq!((r.status, r.retry_after), (429, Some(1)), "{r:?}");
+        assert_eq!(r.json()["kind"], "rate-limited", "{r:?}");
+    }
+    // The table is not full for anyone else, however many the flooder asks for.
+    let others: Vec<u16> = in_netns(&other, || (0..20).map(|_| challenge().status).collect());
+    assert!(others.iter().all(|s| *s == 200), "{others:?}");
     assert_nothing_granted(&c);
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert_eq!(in_netns(&ns, challenge).status, 200, "expired nonces free their slots");
+    assert_eq!(in_netns(&flooder, challenge).status, 200, "expired nonces free the source's share");
 }
 
 #[test]

@@ -104,6 +104,7 @@ impl Lab {
             format!(
                 "{store}secrets_key = \"{}\"\n[cluster]\nserver_id = \"s{i}\"\n\
                  [provisioning]\nlisten = \"{provisioning}\"\nmax_pending_nonces = 1000000\n\
+                 max_pending_nonces_per_source = 1000000\n\
                  enroll_rate_per_source = 1000000\nenroll_burst_per_source = 1000000\n\
                  enroll_rate_global = 1000000\nenroll_burst_global = 1000000\n\
                  max_concurrent_enrollments = 100000\nmax_connections_per_source = 100000\n\

@@ -80,3 +80,57 @@ pub fn challenge() -> Reply {
 pub fn get(path: &str) -> Reply {
     exchange(format!("GET {path} HTTP/1.1\r\nHost: {SERVER_IP}:8470\r\nConnection: close\r\n\r\n").as_bytes())
 }
+
+/// `n` GETs of `path` on one keep-alive connection to `addr` (reconnecting if the server
+/// closes it); the status of each. Call inside the right network namespace.
+pub fn get_keep_alive(addr: &str, path: &str, n: usize) -> Vec<u16> {
+    use std::io::{BufRead, BufReader};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let mut statuses = Vec::with_capacity(n);
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut failures = 0;
+    while statuses.len() < n {
+        assert!(failures < 100, "the server closed 100 connections in a row without an answer");
+        let reader = conn.get_or_insert_with(|| {
+            let s = TcpStream::connect(addr).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            BufReader::new(s)
+        });
+        if reader.get_mut().write_all(request.as_bytes()).is_err() {
+            (conn, failures) = (None, failures + 1);
+            continue;
+        }
+        let (mut line, mut status, mut length, mut close) = (String::new(), None, 0usize, false);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if status.is_none() {
+                status = l.split(' ').nth(1).and_then(|c| c.parse::<u16>().ok());
+            } else if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                    close = true;
+                }
+            }
+        }
+        let Some(status) = status else {
+            (conn, failures) = (None, failures + 1);
+            continue;
+        };
+        failures = 0;
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).expect("read the body");
+        statuses.push(status);
+        if close {
+            conn = None;
+        }
+    }
+    statuses
+}
