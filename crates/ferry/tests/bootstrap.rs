@@ -350,7 +350,7 @@ fn concurrent_re_enrollments_of_one_node_leave_exactly_its_current_peer() {
     let c = Cluster::with_sections(
         1,
         "",
-        "enroll_rate_per_source = 1000\nenroll_burst_per_source = 1000",
+        "enroll_rate_per_source = 1000\nenroll_burst_per_source = 1000\nmax_pending_nonces_per_source = 100",
         "reconcile_interval_secs = 3600\n",
     );
     c.add_nodes(&["--identity", "network"]);
