@@ -50,6 +50,7 @@ pub mod cmdline;
 mod config;
 mod enroll;
 mod error;
+mod guard;
 mod http;
 mod mac;
 mod machine;
@@ -63,6 +64,7 @@ pub mod tcti;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 mod tunnel;
+mod watch;
 
 #[cfg(test)]
 mod failover_tests;
@@ -72,6 +74,8 @@ mod machine_tests;
 mod session_tests;
 #[cfg(test)]
 mod test_fakes;
+#[cfg(test)]
+mod watch_tests;
 
 pub use args::{AgentArgs, Mode, TeardownArgs, WgBackendArg};
 pub use error::AgentError;
