@@ -6,10 +6,12 @@
 //!           ▼      │          ▼                          │
 //!         Start ───┴──▶ Challenged ──▶ Enrolled ──▶ TunnelUp ──┬─(fetch)──▶ Fetched ──▶ PhonedHome ──▶ TornDown
 //!           │               │  │           │           │       ├─(cloud-init)──▶ Holding ──(SIGTERM, TTL)──▶ TornDown
-//!           │        401 ───┘  └─ key      │           │       └─(cloud-init, kernel, no --hold)──▶ Detached
-//!           ▼                    mismatch  ▼           ▼                          │    ▲
-//!         Failed ◀──────────────────────────────────────    (several servers:    ▼    │ re-enrolled at the next
-//!                   (a tunnel that is up is removed first)    server lost)  ServerLost  server, tunnel moved
+//!           │        401 ───┘  └─ key      │           │       │                 │   ▲
+//!           │                    mismatch, │           │       │    server lost  ▼   │ moved to the next server
+//!           │                    impostor  │           │       │              ServerLost
+//!           │                              │           │       └─(cloud-init, kernel, one server, no --hold)──▶ Detached
+//!           ▼                              ▼           ▼
+//!         Failed ◀──────────────────────────────────────  (a tunnel that is up is removed first)
 //! ```
 //!
 //! `Holding → ServerLost → Holding`: with several servers, a holding agent watches the
