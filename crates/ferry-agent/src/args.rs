@@ -78,7 +78,8 @@ pub struct AgentArgs {
     pub wg_backend: WgBackendArg,
 
     /// In cloud-init mode with kernel WireGuard, keep running until SIGTERM instead of
-    /// exiting and leaving the interface for `ferry agent teardown`.
+    /// exiting and leaving the interface for `ferry agent teardown`. Implied with several
+    /// servers: the agent stays to move the tunnel if its server is lost.
     #[arg(long)]
     pub hold: bool,
 

@@ -104,6 +104,13 @@ pub struct Tuning {
     pub probe_timeout: Duration,
     /// How long past the tunnel's TTL a holding agent keeps the (dead) interface.
     pub ttl_grace: Duration,
+    /// How often a holding agent with several servers checks that its server still
+    /// answers through the tunnel (`watch.rs`; each wait is jittered down to half).
+    pub watch_interval: Duration,
+    /// How long without an answer through the tunnel before the server may be lost:
+    /// short, because cloud-init gives up its datasource after about 11 s when the
+    /// dead server's WireGuard device still resets connections.
+    pub watch_patience: Duration,
 }
 
 impl Default for Tuning {
@@ -115,6 +122,8 @@ impl Default for Tuning {
             request_timeout: Duration::from_secs(15),
             probe_timeout: Duration::from_secs(3),
             ttl_grace: Duration::from_secs(30),
+            watch_interval: Duration::from_secs(2),
+            watch_patience: Duration::from_secs(4),
         }
     }
 }

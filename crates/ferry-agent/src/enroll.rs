@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, Proofs, CHALLENGE_PATH, ENROLL_PATH};
 use ferry_core::enroll::{asset_tag_proof, NONCE_LEN};
+use ferry_core::tunnel::TunnelNetwork;
 use ferry_wg::PublicKey;
 use hyper::Uri;
 use serde::de::DeserializeOwned;
@@ -131,9 +132,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         };
         let node_address = ip("node_address", &a.node_address)?;
         let server_address = ip("server_address", &a.server_address)?;
-        if node_address.is_ipv4() != server_address.is_ipv4() {
-            return Err(AgentError::Protocol("node_address and server_address are of different IP versions".into()));
-        }
+        check_tunnel_addresses(node_address, server_address, a.prefix_len)?;
         for (what, url) in [("datasource_url", &a.datasource_url), ("phone_home_url", &a.phone_home_url)] {
             check_inside_tunnel(what, url, server_address)?;
         }
@@ -176,11 +175,77 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     }
 }
 
+/// The tunnel addresses must be what a ferry server hands out (ferry-core's
+/// `TunnelNetwork`): one valid tunnel network holds both, the server has its first host
+/// address, the node another host address; none of them loopback, link-local,
+/// multicast or unspecified. Anything else points the node's traffic somewhere the
+/// tunnel does not go.
+fn check_tunnel_addresses(node: IpAddr, server: IpAddr, prefix_len: u8) -> Result<(), AgentError> {
+    let refuse = |why: String| Err(AgentError::Impostor(why));
+    if node.is_ipv4() != server.is_ipv4() {
+        return refuse(format!("node_address {node} and server_address {server} are of different IP versions"));
+    }
+    for (what, ip) in [("server_address", server), ("node_address", node)] {
+        if let Some(kind) = special_kind(ip) {
+            return refuse(format!("{what} {ip} is a {kind} address, not a tunnel address"));
+        }
+    }
+    let Some((base, broadcast)) = network_bounds(node, prefix_len) else {
+        return refuse(format!("the tunnel network prefix /{prefix_len} is not valid for {node}"));
+    };
+    let network = match TunnelNetwork::parse(&format!("{base}/{prefix_len}")) {
+        Ok(n) => n,
+        Err(e) => return refuse(format!("the announced tunnel network {base}/{prefix_len} is not one: {e}")),
+    };
+    if !network.contains(server) || server != network.server_address() {
+        return refuse(format!(
+            "server_address {server} is not the server's address of the announced tunnel network {network} \
+             (that is {})",
+            network.server_address()
+        ));
+    }
+    if node == server || node == base || (node.is_ipv4() && node == broadcast) {
+        return refuse(format!("node_address {node} is not a node address of the tunnel network {network}"));
+    }
+    Ok(())
+}
+
+/// Why `ip` can never be a tunnel address, if it cannot.
+fn special_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        _ if ip.is_loopback() => Some("loopback"),
+        _ if ip.is_unspecified() => Some("unspecified"),
+        _ if ip.is_multicast() => Some("multicast"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("broadcast"),
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("link-local"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("IPv4-mapped"),
+        _ => None,
+    }
+}
+
+/// The network and broadcast (all host bits set) addresses of `ip`/`prefix_len`.
+fn network_bounds(ip: IpAddr, prefix_len: u8) -> Option<(IpAddr, IpAddr)> {
+    match ip {
+        IpAddr::V4(v4) if prefix_len <= 32 => {
+            let host = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+            let v = u32::from(v4);
+            Some((std::net::Ipv4Addr::from(v & !host).into(), std::net::Ipv4Addr::from(v | host).into()))
+        }
+        IpAddr::V6(v6) if prefix_len <= 128 => {
+            let host = u128::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+            let v = u128::from(v6);
+            Some((std::net::Ipv6Addr::from(v & !host).into(), std::net::Ipv6Addr::from(v | host).into()))
+        }
+        _ => None,
+    }
+}
+
 /// A datasource or phone-home URL must be `http://SERVER_TUNNEL_ADDRESS[:port]/...`:
 /// secrets are fetched only through the tunnel.
 fn check_inside_tunnel(what: &str, url: &str, server_address: IpAddr) -> Result<(), AgentError> {
     let outside = || {
-        AgentError::Protocol(format!(
+        AgentError::Impostor(format!(
             "{what} {url:?} is not inside the tunnel (it must be http://{server_address}...): refusing to \
              fetch documents outside the tunnel"
         ))
@@ -212,5 +277,41 @@ mod tests {
         }
         let s6: IpAddr = "fd00::1".parse().expect("ip");
         assert!(check_inside_tunnel("u", "http://[fd00::1]:8081/", s6).is_ok());
+        let e = check_inside_tunnel("datasource_url", "http://127.0.0.1:8081/", s).expect_err("outside");
+        assert_eq!(e.exit_code(), 4, "an impostor's answer: {e}");
+    }
+
+    fn addresses(node: &str, server: &str, prefix: u8) -> Result<(), AgentError> {
+        check_tunnel_addresses(node.parse().expect("ip"), server.parse().expect("ip"), prefix)
+    }
+
+    #[test]
+    fn tunnel_addresses_must_be_a_ferry_servers() {
+        addresses("100.64.0.2", "100.64.0.1", 16).expect("the default network");
+        addresses("100.64.3.7", "100.64.0.1", 16).expect("any node address");
+        addresses("10.0.0.2", "10.0.0.1", 30).expect("the smallest network");
+        addresses("fd42::2", "fd42::1", 64).expect("IPv6");
+        for (node, server, prefix, says) in [
+            ("100.64.0.2", "127.0.0.1", 16, "loopback"),
+            ("127.0.0.2", "127.0.0.1", 8, "loopback"),
+            ("100.64.0.2", "0.0.0.0", 16, "unspecified"),
+            ("100.64.0.2", "224.0.0.1", 16, "multicast"),
+            ("169.254.0.2", "169.254.0.1", 16, "link-local"),
+            ("100.64.0.2", "198.18.0.11", 16, "not the server's address"),
+            ("100.64.0.2", "100.64.0.9", 16, "not the server's address"),
+            ("198.18.0.50", "198.18.0.11", 24, "not the server's address"),
+            ("100.64.0.1", "100.64.0.1", 16, "not a node address"),
+            ("100.64.255.255", "100.64.0.1", 16, "not a node address"),
+            ("100.64.0.2", "100.64.0.1", 0, "not one"),
+            ("100.64.0.2", "100.64.0.1", 33, "not valid"),
+            ("100.64.0.2", "fd42::1", 16, "different IP versions"),
+            ("fd42::2", "fe80::1", 64, "link-local"),
+            ("fd42::2", "::ffff:100.64.0.1", 64, "IPv4-mapped"),
+        ] {
+            let e = addresses(node, server, prefix).expect_err(&format!("{node} {server}/{prefix}"));
+            assert_eq!(e.exit_code(), 4, "{e}");
+            let text = e.to_string();
+            assert!(text.contains(says) && text.contains("impostor"), "{node} {server}/{prefix}: {text}");
+        }
     }
 }

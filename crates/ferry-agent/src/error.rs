@@ -37,6 +37,17 @@ pub enum AgentError {
         offered: String,
     },
 
+    /// The answer carried a pinned key but tunnel parameters no ferry server sends
+    /// (addresses outside the announced tunnel network, a local address, URLs elsewhere):
+    /// whoever sent it echoed the key without holding it, to point the agent's fetches
+    /// somewhere of its choosing. Same exit code as a key mismatch.
+    #[error(
+        "refusing the enrollment answer as an impostor's: {0}; a ferry server announces its tunnel \
+         address and the node's inside one tunnel network and its URLs at its tunnel address: check \
+         that ferry.server= points at a ferry server, and who else answers on the provisioning network"
+    )]
+    Impostor(String),
+
     /// The server could not be reached (or stayed busy) within `--timeout`.
     #[error(
         "could not enroll with the ferry server at {server} within {secs} s (last error: {last}): \
@@ -83,13 +94,14 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// The process exit code: 0 ok (not an error), 2 usage, 3 refused, 4 server key
-    /// mismatch, 5 server unreachable or timed out, 6 tunnel or fetch failure, 1 other.
+    /// The process exit code: 0 ok (not an error), 2 usage, 3 refused, 4 impostor server
+    /// (key mismatch, or an answer pointing outside the tunnel), 5 server unreachable or
+    /// timed out, 6 tunnel or fetch failure, 1 other.
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
             AgentError::Refused { .. } => 3,
-            AgentError::KeyMismatch { .. } => 4,
+            AgentError::KeyMismatch { .. } | AgentError::Impostor(_) => 4,
             AgentError::Unreachable { .. } => 5,
             AgentError::Tunnel(_) | AgentError::Fetch(_) => 6,
             AgentError::Protocol(_) | AgentError::Io { .. } | AgentError::Tpm(_) | AgentError::Teardown(_) => 1,
@@ -119,6 +131,7 @@ mod tests {
         assert_eq!(AgentError::Config("x".into()).exit_code(), 2);
         assert_eq!(AgentError::Refused { mac: "m".into(), node: String::new() }.exit_code(), 3);
         assert_eq!(AgentError::KeyMismatch { pinned: "a".into(), offered: "b".into() }.exit_code(), 4);
+        assert_eq!(AgentError::Impostor("i".into()).exit_code(), 4);
         assert_eq!(AgentError::Unreachable { server: "s".into(), secs: 1, last: "l".into() }.exit_code(), 5);
         assert_eq!(AgentError::Tunnel("t".into()).exit_code(), 6);
         assert_eq!(AgentError::Fetch("f".into()).exit_code(), 6);

@@ -12,9 +12,9 @@ use crate::tunnel::Backend;
 
 const B_CHALLENGE: &str = "http://192.0.2.2:8080/v1/enroll/challenge";
 const B_ENROLL: &str = "http://192.0.2.2:8080/v1/enroll";
-/// Server B's tunnel address differs from A's, so the fake can tell their datasources apart.
-const B_DS: &str = "http://100.64.0.9:8081/";
-const B_PHONE: &str = "http://100.64.0.9:8081/phone-home";
+/// Server B's tunnel network differs from A's, so the fake can tell their datasources apart.
+const B_DS: &str = "http://100.65.0.1:8081/";
+const B_PHONE: &str = "http://100.65.0.1:8081/phone-home";
 
 fn key_b() -> PublicKey {
     PrivateKey::from_bytes([8; 32]).public_key()
@@ -35,8 +35,8 @@ fn serve_b(server: &FakeServer) {
     server.on(Method::Post, B_CHALLENGE, reply(200, &challenge_body()));
     let mut a = answer(&key_b());
     a.endpoint = "192.0.2.2:51820".into();
-    a.server_address = "100.64.0.9".into();
-    a.node_address = "100.64.0.3".into();
+    a.server_address = "100.65.0.1".into();
+    a.node_address = "100.65.0.3".into();
     a.datasource_url = B_DS.into();
     a.phone_home_url = B_PHONE.into();
     server.on(Method::Post, B_ENROLL, reply(200, &answer_body(&a)));

@@ -29,14 +29,23 @@ pub struct Request {
     pub url: String,
     pub json: Option<Vec<u8>>,
     pub timeout: Duration,
+    /// The interface the connection must leave through (`SO_BINDTODEVICE`): requests
+    /// into the tunnel name its interface, so they never go anywhere else (not to a
+    /// local address, not out of another interface).
+    pub interface: Option<String>,
 }
 
 impl Request {
     pub fn get(url: String, timeout: Duration) -> Self {
-        Request { method: Method::Get, url, json: None, timeout }
+        Request { method: Method::Get, url, json: None, timeout, interface: None }
     }
     pub fn post(url: String, json: Option<Vec<u8>>, timeout: Duration) -> Self {
-        Request { method: Method::Post, url, json, timeout }
+        Request { method: Method::Post, url, json, timeout, interface: None }
+    }
+    /// The same request, sent only through `interface`.
+    pub fn via(mut self, interface: &str) -> Self {
+        self.interface = Some(interface.to_string());
+        self
     }
 }
 
@@ -104,7 +113,14 @@ async fn send(req: Request, tls_pins: &[[u8; 32]]) -> Result<Response, Transport
     let authority = uri.authority().ok_or_else(|| TransportError(format!("no host in {}", req.url)))?.clone();
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let stream = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| err("cannot connect to", &e))?;
+    let stream = match req.interface.as_deref() {
+        None => tokio::net::TcpStream::connect((host, port)).await,
+        Some(interface) => match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => connect_via(std::net::SocketAddr::new(ip, port), Some(interface)).await,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a tunnel URL needs an IP address")),
+        },
+    }
+    .map_err(|e| err("cannot connect to", &e))?;
     if !https {
         return exchange(stream, &req, &uri, &authority).await;
     }
@@ -117,6 +133,23 @@ async fn send(req: Request, tls_pins: &[[u8; 32]]) -> Result<Response, Transport
         .await
         .map_err(|e| err("TLS with", &e))?;
     exchange(tls, &req, &uri, &authority).await
+}
+
+/// A TCP connection to `target`, leaving only through `interface` when one is given.
+pub(crate) async fn connect_via(
+    target: std::net::SocketAddr,
+    interface: Option<&str>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = match target {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if let Some(name) = interface {
+        socket.bind_device(Some(name.as_bytes())).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot bind the connection to interface {name}: {e}"))
+        })?;
+    }
+    socket.connect(target).await
 }
 
 /// A TLS client that accepts exactly the pinned certificates.

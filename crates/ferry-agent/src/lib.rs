@@ -13,8 +13,11 @@
 //!    bound to both and the PCRs to quote; the activated secret and the quote (its
 //!    qualifying data binds the nonce, the public key and the node) join the proofs.
 //!    See the `tpm` module and `attest.rs`.
-//! 3. Refuse a server whose key is not the pinned one; otherwise bring up the tunnel
-//!    (peer = the pinned key, allowed IPs = the server's tunnel address only).
+//! 3. Refuse a server whose key is not the pinned one, or whose tunnel parameters no
+//!    ferry server sends (an impostor echoing the key: `enroll.rs`); otherwise bring up
+//!    the tunnel (peer = the pinned key, allowed IPs = the server's tunnel address only),
+//!    kept to root by an nftables rule (`guard.rs`), every request into it bound to its
+//!    interface.
 //! 4. Fetch mode: fetch the NoCloud documents through the tunnel into a private seed
 //!    directory, phone home, remove the tunnel, print `ds=nocloud;s=file://SEED/`.
 //!    cloud-init mode: print `ds=nocloud-net;s=DATASOURCE_URL` and hold the tunnel until
@@ -38,11 +41,13 @@
 //! round the list with back-off. A server lost after enrolling (its tunnel does not
 //! answer within `--tunnel-timeout`, or phone-home fails) means: remove the tunnel,
 //! make a fresh key and enroll at the next server. Re-enrolling replaces the node's
-//! tunnel wherever it was, so the node never needs to know which server failed.
+//! tunnel wherever it was, so the node never needs to know which server failed. A
+//! cloud-init-mode agent holds the tunnel and watches its server; when it is lost it
+//! moves the same interface to the next server (`watch.rs`).
 //!
 //! Exit codes ([`AgentError::exit_code`]): 0 ok, 2 usage or configuration, 3 refused by
-//! the server, 4 server key mismatch, 5 server unreachable or timed out, 6 tunnel or
-//! fetch failure, 1 anything else.
+//! the server, 4 impostor (key mismatch, or an answer pointing outside the tunnel), 5
+//! server unreachable or timed out, 6 tunnel or fetch failure, 1 anything else.
 
 mod args;
 mod attest;
@@ -50,6 +55,7 @@ pub mod cmdline;
 mod config;
 mod enroll;
 mod error;
+mod guard;
 mod http;
 mod mac;
 mod machine;
@@ -63,6 +69,7 @@ pub mod tcti;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 mod tunnel;
+mod watch;
 
 #[cfg(test)]
 mod failover_tests;
@@ -72,6 +79,8 @@ mod machine_tests;
 mod session_tests;
 #[cfg(test)]
 mod test_fakes;
+#[cfg(test)]
+mod watch_tests;
 
 pub use args::{AgentArgs, Mode, TeardownArgs, WgBackendArg};
 pub use error::AgentError;

@@ -6,10 +6,18 @@
 //!           ▼      │          ▼                          │
 //!         Start ───┴──▶ Challenged ──▶ Enrolled ──▶ TunnelUp ──┬─(fetch)──▶ Fetched ──▶ PhonedHome ──▶ TornDown
 //!           │               │  │           │           │       ├─(cloud-init)──▶ Holding ──(SIGTERM, TTL)──▶ TornDown
-//!           │        401 ───┘  └─ key      │           │       └─(cloud-init, kernel, no --hold)──▶ Detached
-//!           ▼                    mismatch  ▼           ▼
+//!           │        401 ───┘  └─ key      │           │       │                 │   ▲
+//!           │                    mismatch, │           │       │    server lost  ▼   │ moved to the next server
+//!           │                    impostor  │           │       │              ServerLost
+//!           │                              │           │       └─(cloud-init, kernel, one server, no --hold)──▶ Detached
+//!           ▼                              ▼           ▼
 //!         Failed ◀──────────────────────────────────────  (a tunnel that is up is removed first)
 //! ```
+//!
+//! `Holding → ServerLost → Holding`: with several servers, a holding agent watches the
+//! server through the tunnel (`watch.rs`); when it is lost, the agent enrolls at the
+//! next server with a fresh key and moves the same interface there, so cloud-init's
+//! retries to the same datasource URL reach the new server.
 //!
 //! With a TPM configured, `Challenged → Attested` is the credential round trip
 //! (`attest.rs`), with the same failures and retries as the other requests;
@@ -71,6 +79,8 @@ pub enum State {
     PhonedHome { lease: Lease, tunnel: Box<dyn Tunnel> },
     /// cloud-init mode: state file written, datasource line printed, tunnel held.
     Holding { lease: Lease, tunnel: Box<dyn Tunnel>, stop: StopFuture },
+    /// cloud-init mode with several servers: the server holding the tunnel is lost.
+    ServerLost { lease: Lease, tunnel: Box<dyn Tunnel>, stop: StopFuture, why: AgentError },
     /// cloud-init mode with kernel WireGuard: the agent exits leaving the interface.
     Detached { lease: Lease },
     /// The interface is gone: done.
@@ -90,6 +100,7 @@ impl State {
             State::Fetched { .. } => "fetched",
             State::PhonedHome { .. } => "phoned-home",
             State::Holding { .. } => "holding",
+            State::ServerLost { .. } => "server-lost",
             State::Detached { .. } => "detached",
             State::TornDown { .. } => "torn-down",
             State::Failed(_) => "failed",
@@ -218,16 +229,25 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// Performs one transition.
     pub async fn step(&mut self, state: State) -> State {
         match state {
-            State::Start => self.challenge().await,
-            State::Challenged { nonce, nonce_bytes } if self.tpm.is_some() => self.attest(nonce, nonce_bytes).await,
-            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes, None).await,
-            State::Attested { nonce, nonce_bytes, evidence } => self.enroll(nonce, &nonce_bytes, Some(*evidence)).await,
+            s @ (State::Start | State::Challenged { .. } | State::Attested { .. }) => self.enrollment_step(s).await,
             State::Enrolled { lease } => self.bring_up(lease).await,
             State::TunnelUp { lease, tunnel } => self.use_tunnel(lease, tunnel).await,
             State::Fetched { lease, tunnel, meta_data } => self.phone_home(lease, tunnel, &meta_data).await,
             State::PhonedHome { lease, tunnel } => self.finish(lease, tunnel).await,
             State::Holding { lease, tunnel, stop } => self.hold(lease, tunnel, stop).await,
+            State::ServerLost { lease, tunnel, stop, why } => self.rehome(lease, tunnel, stop, why).await,
             done @ (State::Detached { .. } | State::TornDown { .. } | State::Failed(_)) => done,
+        }
+    }
+
+    /// The transitions up to `Enrolled` (also used to re-enroll while holding a tunnel).
+    pub(crate) async fn enrollment_step(&mut self, state: State) -> State {
+        match state {
+            State::Start => self.challenge().await,
+            State::Challenged { nonce, nonce_bytes } if self.tpm.is_some() => self.attest(nonce, nonce_bytes).await,
+            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes, None).await,
+            State::Attested { nonce, nonce_bytes, evidence } => self.enroll(nonce, &nonce_bytes, Some(*evidence)).await,
+            other => other,
         }
     }
 
@@ -262,7 +282,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     }
 
     /// Moves on to the next server (round robin).
-    fn next_server(&mut self) {
+    pub(crate) fn next_server(&mut self) {
         if self.has_other_servers() {
             let from = self.server().base.clone();
             self.server_index = (self.server_index + 1) % self.cfg.servers.len();
@@ -304,11 +324,16 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         if let Err(e) = tunnel.close().await {
             tracing::warn!(interface = %name, "{e}");
         }
+        self.fresh_key();
+        self.next_server();
+        State::Start
+    }
+
+    /// A new WireGuard key for the next enrollment (each server sees its own).
+    pub(crate) fn fresh_key(&mut self) {
         let key = PrivateKey::generate();
         self.public_key = key.public_key();
         self.key = Some(key);
-        self.next_server();
-        State::Start
     }
 
     /// Prints the machine-readable line on standard output.

@@ -178,6 +178,61 @@ async fn challenged_answer_pointing_outside_the_tunnel_is_refused() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_impostor_echoing_the_key_cannot_point_the_agent_at_a_local_address() {
+    // The pinned key echoed (anyone can copy a public key), with tunnel parameters that
+    // send the agent's fetches (and cloud-init's) to a listener on the node itself or
+    // out of another interface: refused as an impostor, exit 4, nothing brought up.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lies: [(&str, &str, u8, &str, &str); 5] = [
+        ("100.64.0.2", "127.0.0.1", 16, "http://127.0.0.1:8081/", "loopback"),
+        ("127.0.0.2", "127.0.0.1", 8, "http://127.0.0.1:8081/", "loopback"),
+        ("100.64.0.2", "198.18.0.11", 16, "http://198.18.0.11:8081/", "not the server's address"),
+        ("198.18.0.50", "198.18.0.11", 24, "http://198.18.0.11:8081/", "not the server's address"),
+        ("100.64.0.2", "100.64.0.2", 16, "http://100.64.0.2:8081/", "not the server's address"),
+    ];
+    for (node, server_address, prefix, ds, says) in lies {
+        let mut lie = answer(&server_key());
+        lie.node_address = node.into();
+        lie.server_address = server_address.into();
+        lie.prefix_len = prefix;
+        lie.datasource_url = ds.into();
+        lie.phone_home_url = format!("{ds}phone-home");
+        let server = FakeServer::default();
+        server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+        server.on(Method::Post, ENROLL, reply(200, &answer_body(&lie)));
+        let tunnels = FakeTunnels::new(Backend::Userspace);
+        let (a, out) = agent(test_config(dir.path()), &server, &tunnels);
+        let err = a.run().await.expect_err("impostor");
+        assert_eq!(err.exit_code(), 4, "{server_address}: {err}");
+        let text = err.to_string();
+        assert!(text.starts_with("refusing the enrollment answer as an impostor's: "), "{text}");
+        assert!(text.contains(says), "{server_address}/{prefix}: {text}");
+        assert_eq!(tunnels.counts(), (0, 0, 0), "no tunnel, no route to {server_address}");
+        assert!(server.urls().iter().all(|u| !u.contains(server_address)), "nothing fetched: {:?}", server.urls());
+        assert_eq!(out.text(), "");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_into_the_tunnel_leave_only_through_its_interface() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+    server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+    serve_documents(&server);
+    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let (a, _) = agent(test_config(dir.path()), &server, &tunnels);
+    a.run().await.expect("fetch mode");
+    let log = server.log();
+    assert!(log.len() >= 6, "{log:?}");
+    for req in log {
+        let into_tunnel = req.url.starts_with("http://100.64.0.1:");
+        let expected = into_tunnel.then(|| "ferry-test0".to_string());
+        assert_eq!(req.interface, expected, "{}", req.url);
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn unspecified_endpoint_means_the_enrollment_host() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a0 = answer(&server_key());

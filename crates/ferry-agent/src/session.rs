@@ -1,9 +1,11 @@
 //! Transitions once enrolled: `Enrolled → TunnelUp → Fetched → PhonedHome → TornDown`
 //! (fetch mode) or `TunnelUp → Holding → TornDown` / `TunnelUp → Detached` (cloud-init).
+//! Every request into the tunnel is bound to the tunnel's interface.
 
 use std::time::Duration;
 
 use ferry_api::enroll::PhoneHome;
+use ferry_wg::PrivateKey;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Mode;
@@ -14,7 +16,7 @@ use crate::phone_home;
 use crate::retry::{Backoff, Deadline};
 use crate::seed::{file_ds_line, url_ds_line, write_seed, DOCUMENTS};
 use crate::state::{self, AgentState};
-use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
+use crate::tunnel::{Backend, GuardPolicy, Tunnel, TunnelFactory, TunnelSpec};
 
 /// Longest delay between datasource probes or fetch retries.
 const PROBE_MAX: Duration = Duration::from_secs(2);
@@ -39,17 +41,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let Some(private_key) = self.key.take() else {
             return State::Failed(AgentError::Tunnel("the WireGuard key was already used: restart the agent".into()));
         };
-        let spec = TunnelSpec {
-            interface: self.cfg.interface.clone(),
-            backend: self.cfg.backend,
-            private_key,
-            node_address: lease.node_address,
-            server_address: lease.server_address,
-            server_key: lease.server_key,
-            endpoint: lease.endpoint,
-            keepalive: self.cfg.keepalive,
-        };
-        let tunnel = match self.tunnels.open(spec).await {
+        let tunnel = match self.tunnels.open(self.tunnel_spec(&lease, private_key)).await {
             Ok(t) => t,
             Err(e) => return State::Failed(e),
         };
@@ -59,13 +51,36 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
     }
 
-    async fn wait_for_datasource(&self, lease: &Lease) -> Result<(), AgentError> {
+    /// The tunnel to `lease`'s server with `private_key`.
+    pub(crate) fn tunnel_spec(&self, lease: &Lease, private_key: PrivateKey) -> TunnelSpec {
+        TunnelSpec {
+            interface: self.cfg.interface.clone(),
+            backend: self.cfg.backend,
+            private_key,
+            node_address: lease.node_address,
+            server_address: lease.server_address,
+            server_key: lease.server_key,
+            endpoint: lease.endpoint,
+            keepalive: self.cfg.keepalive,
+            guard: match self.cfg.mode {
+                Mode::CloudInit => GuardPolicy::Required,
+                Mode::Fetch => GuardPolicy::BestEffort,
+            },
+        }
+    }
+
+    /// A request into the tunnel: it may leave only through the tunnel's interface.
+    fn through_tunnel(&self, req: Request) -> Request {
+        req.via(&self.cfg.interface)
+    }
+
+    pub(crate) async fn wait_for_datasource(&self, lease: &Lease) -> Result<(), AgentError> {
         let limit = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
         let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
         let url = join(&lease.datasource_url, "meta-data");
         loop {
             let timeout = limit.cap(self.cfg.tuning.probe_timeout);
-            let last = match self.transport.send(Request::get(url.clone(), timeout)).await {
+            let last = match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
                 Ok(r) if r.is_success() => {
                     tracing::info!("the datasource answers through the tunnel");
                     return Ok(());
@@ -124,7 +139,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let patience = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
-            let last = match self.transport.send(Request::get(url.clone(), timeout)).await {
+            let last = match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
                 Ok(r) if r.is_success() => return Ok(Fetched::Body(r.body)),
                 Ok(r) if r.status == 404 && !required => return Ok(Fetched::Absent),
                 Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
@@ -188,7 +203,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         };
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
-            let req = Request::post(lease.phone_home_url.clone(), Some(body.clone()), timeout);
+            let req = self.through_tunnel(Request::post(lease.phone_home_url.clone(), Some(body.clone()), timeout));
             let last = match self.transport.send(req).await {
                 Ok(r) if r.is_success() => return Ok(()),
                 Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
@@ -214,9 +229,13 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     }
 
     /// cloud-init mode: write the state file, print the datasource line, then hold the
-    /// tunnel (userspace, or `--hold`) or leave a kernel interface behind.
+    /// tunnel (userspace, `--hold`, or several servers) or leave a kernel interface behind.
     async fn serve_cloud_init(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
-        let detach = tunnel.backend() == Backend::Kernel && !self.cfg.hold;
+        // With several servers the agent must stay to watch the server and fail over.
+        let detach = tunnel.backend() == Backend::Kernel && !self.cfg.hold && !self.has_other_servers();
+        if tunnel.backend() == Backend::Kernel && !self.cfg.hold && !detach {
+            tracing::info!("several servers: holding the tunnel (as with --hold) to move it if its server is lost");
+        }
         // Listen for SIGTERM/SIGINT before announcing anything, so a prompt teardown is not lost.
         let stop = match (detach, self.stop_override.take()) {
             (true, _) => None,
@@ -227,18 +246,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             },
         };
         let ds = url_ds_line(&lease.datasource_url);
-        let record = AgentState {
-            interface: tunnel.interface().to_string(),
-            backend: tunnel.backend(),
-            pid: std::process::id(),
-            held: !detach,
-            node: lease.node.clone(),
-            ds: ds.clone(),
-            datasource_url: lease.datasource_url.clone(),
-            phone_home_url: lease.phone_home_url.clone(),
-            expires_at: lease.expires_at.clone(),
-        };
-        if let Err(e) = state::write(&self.cfg.state_dir, &record) {
+        if let Err(e) = self.record(&lease, tunnel.as_ref(), !detach, &ds) {
             return abort(tunnel, e).await;
         }
         if let Err(e) = self.emit(ds) {
@@ -251,24 +259,57 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
                 State::Detached { lease }
             }
             Some(stop) => {
-                tracing::info!(interface = %record.interface, "holding the tunnel for cloud-init until SIGTERM");
+                tracing::info!(interface = %tunnel.interface(), "holding the tunnel for cloud-init until SIGTERM");
                 State::Holding { lease, tunnel, stop }
             }
         }
     }
 
-    /// `Holding → TornDown` on SIGTERM/SIGINT, or once the server's TTL has passed.
-    pub(crate) async fn hold(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>, stop: StopFuture) -> State {
+    /// Writes the state file `teardown` (and boot scripts) read.
+    pub(crate) fn record(&self, lease: &Lease, tunnel: &dyn Tunnel, held: bool, ds: &str) -> Result<(), AgentError> {
+        let record = AgentState {
+            interface: tunnel.interface().to_string(),
+            backend: tunnel.backend(),
+            pid: std::process::id(),
+            held,
+            node: lease.node.clone(),
+            ds: ds.to_string(),
+            datasource_url: lease.datasource_url.clone(),
+            phone_home_url: lease.phone_home_url.clone(),
+            expires_at: lease.expires_at.clone(),
+            guard: tunnel.guard().map(str::to_owned),
+        };
+        state::write(&self.cfg.state_dir, &record)
+    }
+
+    /// `Holding → TornDown` on SIGTERM/SIGINT, or once the server's TTL has passed;
+    /// `Holding → ServerLost` when the watcher loses the server (several servers).
+    pub(crate) async fn hold(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>, mut stop: StopFuture) -> State {
         let ttl = async {
             if lease.expires_in.is_zero() {
                 std::future::pending::<()>().await;
             }
             tokio::time::sleep(lease.expires_in + self.cfg.tuning.ttl_grace).await;
         };
-        tokio::select! {
-            () = stop => tracing::info!("stop requested: removing the tunnel"),
-            () = ttl => tracing::warn!("the tunnel's TTL has passed (the server dropped the peer): removing the interface"),
+        let lost = tokio::select! {
+            () = &mut stop => {
+                tracing::info!("stop requested: removing the tunnel");
+                None
+            }
+            () = ttl => {
+                tracing::warn!("the tunnel's TTL has passed (the server dropped the peer): removing the interface");
+                None
+            }
+            why = self.watch_server(&lease, tunnel.as_ref()) => Some(why),
+        };
+        match lost {
+            Some(why) => State::ServerLost { lease, tunnel, stop, why },
+            None => self.release(lease, tunnel).await,
         }
+    }
+
+    /// Removes a held tunnel (interface and guard) and the state file: `TornDown`.
+    pub(crate) async fn release(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
         let name = tunnel.interface().to_string();
         if let Err(e) = tunnel.close().await {
             tracing::warn!(interface = %name, "{e}");

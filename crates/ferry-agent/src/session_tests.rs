@@ -32,6 +32,7 @@ async fn open(tunnels: &FakeTunnels) -> Box<dyn crate::tunnel::Tunnel> {
         server_key: server_key(),
         endpoint: "192.0.2.1:51820".parse().expect("addr"),
         keepalive: 5,
+        guard: crate::tunnel::GuardPolicy::Required,
     };
     tunnels.open(spec).await.expect("fake open")
 }

@@ -1,4 +1,5 @@
-//! The cloud-init mode state file (`STATE_DIR/agent.json`, 0600) and `ferry agent teardown`.
+//! The cloud-init mode state file (`STATE_DIR/agent.json`, 0600) and `ferry agent teardown`
+//! (stops a holding agent; removes what a detached one left: interface and guard).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::args::TeardownArgs;
 use crate::error::AgentError;
 use crate::seed::{create_private_dir, write_private_file};
-use crate::tunnel::{remove_kernel_interface, Backend};
+use crate::tunnel::{remove_guard_table, remove_kernel_interface, Backend};
 
 /// The state file's name inside `--state-dir`.
 pub const STATE_FILE: &str = "agent.json";
@@ -31,6 +32,10 @@ pub struct AgentState {
     pub datasource_url: String,
     pub phone_home_url: String,
     pub expires_at: String,
+    /// The nftables table that keeps the tunnel to root (removed by `teardown` when a
+    /// detached or killed agent left it). Absent in state files of older agents.
+    #[serde(default)]
+    pub guard: Option<String>,
 }
 
 pub fn state_path(state_dir: &Path) -> PathBuf {
@@ -89,6 +94,10 @@ pub async fn teardown(args: TeardownArgs) -> Result<(), AgentError> {
     if state.backend == Backend::Kernel && remove_kernel_interface(&state.interface).await? {
         tracing::info!(interface = %state.interface, "removed the tunnel interface");
     }
+    // A holding agent removed its guard itself; a detached or killed one left it.
+    if let Some(table) = &state.guard {
+        remove_guard_table(table).await?;
+    }
     remove(&args.state_dir)?;
     Ok(())
 }
@@ -136,6 +145,7 @@ mod tests {
             datasource_url: "http://10.1.0.1:8081/".into(),
             phone_home_url: "http://10.1.0.1:8081/phone-home".into(),
             expires_at: "2030-01-01T00:00:00Z".into(),
+            guard: None,
         }
     }
 

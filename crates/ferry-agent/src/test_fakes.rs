@@ -50,6 +50,10 @@ impl FakeServer {
     pub fn urls(&self) -> Vec<String> {
         self.log.lock().expect("lock").iter().map(|r| r.url.clone()).collect()
     }
+    /// Every request, in order.
+    pub fn log(&self) -> Vec<Request> {
+        self.log.lock().expect("lock").clone()
+    }
     pub fn requests(&self, method: Method, url: &str) -> Vec<Request> {
         self.log.lock().expect("lock").iter().filter(|r| r.method == method && r.url == url).cloned().collect()
     }
@@ -163,6 +167,8 @@ pub fn test_config(dir: &Path) -> Config {
             request_timeout: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(1),
             ttl_grace: Duration::from_secs(1),
+            watch_interval: Duration::from_millis(500),
+            watch_patience: Duration::from_secs(5),
         },
     }
 }
@@ -171,8 +177,12 @@ pub fn test_config(dir: &Path) -> Config {
 #[derive(Default)]
 pub struct TunnelLog {
     pub opened: Vec<(TunnelSpecSeen, PublicKey)>,
+    /// Tunnels moved in place to another server (with the node's new public key).
+    pub reconfigured: Vec<(TunnelSpecSeen, PublicKey)>,
     pub closed: usize,
     pub detached: usize,
+    /// Watcher probes through the tunnel: (server key of the tunnel then, target).
+    pub probes: Vec<(PublicKey, std::net::SocketAddr)>,
 }
 
 /// A `TunnelSpec` without the private key (kept: only its public half).
@@ -191,11 +201,17 @@ pub struct FakeTunnels {
     pub log: Arc<Mutex<TunnelLog>>,
     pub backend: Backend,
     pub fail: Option<String>,
+    /// Servers (by key) whose datasource no longer answers through the tunnel.
+    pub dead: Arc<Mutex<Vec<PublicKey>>>,
 }
 
 impl FakeTunnels {
     pub fn new(backend: Backend) -> Self {
-        FakeTunnels { log: Arc::default(), backend, fail: None }
+        FakeTunnels { log: Arc::default(), backend, fail: None, dead: Arc::default() }
+    }
+    /// From now on, the server with this key answers nothing through the tunnel.
+    pub fn kill(&self, server: PublicKey) {
+        self.dead.lock().expect("lock").push(server);
     }
     pub fn counts(&self) -> (usize, usize, usize) {
         let l = self.log.lock().expect("lock");
@@ -209,16 +225,25 @@ impl TunnelFactory for FakeTunnels {
         if let Some(why) = &self.fail {
             return Err(AgentError::Tunnel(why.clone()));
         }
-        let seen = TunnelSpecSeen {
-            interface: spec.interface.clone(),
-            node_address: spec.node_address,
-            server_address: spec.server_address,
+        self.log.lock().expect("lock").opened.push((seen(&spec), spec.private_key.public_key()));
+        Ok(Box::new(FakeTunnel {
+            name: spec.interface,
+            backend: self.backend,
+            log: self.log.clone(),
             server_key: spec.server_key,
-            endpoint: spec.endpoint,
-            keepalive: spec.keepalive,
-        };
-        self.log.lock().expect("lock").opened.push((seen, spec.private_key.public_key()));
-        Ok(Box::new(FakeTunnel { name: spec.interface, backend: self.backend, log: self.log.clone() }))
+            dead: self.dead.clone(),
+        }))
+    }
+}
+
+fn seen(spec: &TunnelSpec) -> TunnelSpecSeen {
+    TunnelSpecSeen {
+        interface: spec.interface.clone(),
+        node_address: spec.node_address,
+        server_address: spec.server_address,
+        server_key: spec.server_key,
+        endpoint: spec.endpoint,
+        keepalive: spec.keepalive,
     }
 }
 
@@ -226,6 +251,8 @@ struct FakeTunnel {
     name: String,
     backend: Backend,
     log: Arc<Mutex<TunnelLog>>,
+    server_key: PublicKey,
+    dead: Arc<Mutex<Vec<PublicKey>>>,
 }
 
 #[async_trait]
@@ -235,6 +262,22 @@ impl Tunnel for FakeTunnel {
     }
     fn backend(&self) -> Backend {
         self.backend
+    }
+    fn guard(&self) -> Option<&str> {
+        Some("ferry_agent_fake")
+    }
+    async fn probe(&self, target: std::net::SocketAddr, _: Duration) -> Result<(), String> {
+        self.log.lock().expect("lock").probes.push((self.server_key, target));
+        match self.dead.lock().expect("lock").contains(&self.server_key) {
+            true => Err(format!("connect to {target}: no answer")),
+            false => Ok(()),
+        }
+    }
+    async fn reconfigure(&mut self, spec: TunnelSpec) -> Result<(), AgentError> {
+        assert_eq!(spec.interface, self.name, "a tunnel moves on the same interface");
+        self.server_key = spec.server_key;
+        self.log.lock().expect("lock").reconfigured.push((seen(&spec), spec.private_key.public_key()));
+        Ok(())
     }
     async fn close(self: Box<Self>) -> Result<(), AgentError> {
         self.log.lock().expect("lock").closed += 1;

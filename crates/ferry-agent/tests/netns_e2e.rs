@@ -128,6 +128,42 @@ async fn serve_one(mut s: TcpStream, dev: Arc<dyn ferry_wg::WgDevice>, key: Publ
     let _ = s.write_all(resp.as_bytes()).await;
 }
 
+/// The tunnel parameters an impostor (no WireGuard key of its own; the pinned public key
+/// echoed) answers with: a tunnel network whose server address is the node's own.
+fn impostor_answer(key: &PublicKey) -> EnrollResponse {
+    EnrollResponse {
+        node: "n1".into(),
+        server_public_key: key.to_base64(),
+        endpoint: "10.99.0.1:51820".into(),
+        node_address: "172.31.0.2".into(),
+        prefix_len: 24,
+        server_address: ROGUE.into(),
+        expires_in_secs: 600,
+        expires_at: "2030-01-01T00:00:00Z".into(),
+        datasource_url: format!("http://{ROGUE}:8081/"),
+        phone_home_url: format!("http://{ROGUE}:8081/phone-home"),
+    }
+}
+
+/// An address of the node (on its loopback) where a local user's listener plays datasource.
+const ROGUE: &str = "172.31.0.1";
+
+/// The impostor's enrollment API: a nonce, then the lie.
+async fn impostor_loop(l: TcpListener, key: PublicKey) {
+    while let Ok((mut s, _)) = l.accept().await {
+        let mut buf = vec![0u8; 16384];
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let reply = if head.starts_with("POST /v1/enroll/challenge ") {
+            format!(r#"{{"nonce":"{}","expires_in_secs":60}}"#, STANDARD.encode([6u8; 32]))
+        } else {
+            serde_json::to_string(&impostor_answer(&key)).expect("json")
+        };
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}", reply.len());
+        let _ = s.write_all(resp.as_bytes()).await;
+    }
+}
+
 async fn accept_loop(l: TcpListener, dev: Arc<dyn ferry_wg::WgDevice>, key: PublicKey, seen: Arc<Mutex<Seen>>) {
     while let Ok((s, _)) = l.accept().await {
         tokio::spawn(serve_one(s, dev.clone(), key, seen.clone()));
@@ -201,6 +237,8 @@ fn fetch_and_cloud_init_modes_through_a_real_tunnel() {
                 Arc::from(open_device(&srv_if, BackendChoice::Userspace, &setup).await.expect("server device"));
             let enroll = TcpListener::bind("10.99.0.1:8080").await.expect("bind enroll");
             let ds = TcpListener::bind("100.64.0.1:8081").await.expect("bind datasource");
+            let impostor = TcpListener::bind("10.99.0.1:8090").await.expect("bind impostor");
+            tokio::spawn(impostor_loop(impostor, server_pub));
             tokio::spawn(accept_loop(enroll, dev.clone(), server_pub, seen2.clone()));
             tokio::spawn(accept_loop(ds, dev.clone(), server_pub, seen2));
             ready_tx.send(()).expect("ready");
@@ -222,6 +260,47 @@ fn fetch_and_cloud_init_modes_through_a_real_tunnel() {
         .expect_err("impostor refused");
     assert_eq!(err.exit_code(), 4, "{err}");
     assert!(!PathBuf::from(dir.path()).join("seed").exists());
+
+    // An impostor that echoes the pinned key points the node at one of its own addresses,
+    // where a local user's listener waits with documents of its own: refused (exit 4),
+    // nothing fetched, no tunnel.
+    run(&["ip", "-n", &node_ns, "addr", "add", &format!("{ROGUE}/32"), "dev", "lo"]);
+    let rogue_hits = Arc::new(Mutex::new(0usize));
+    let (rogue_ready_tx, rogue_ready_rx) = std::sync::mpsc::channel();
+    let (rogue_stop_tx, rogue_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let hits = rogue_hits.clone();
+    let rogue = in_netns(&node_ns, move || {
+        runtime().block_on(async move {
+            let l = TcpListener::bind(format!("{ROGUE}:8081")).await.expect("bind rogue");
+            rogue_ready_tx.send(()).expect("ready");
+            let serve = async {
+                while let Ok((mut s, _)) = l.accept().await {
+                    *hits.lock().expect("lock") += 1;
+                    let body = "instance-id: rogue\nlocal-hostname: rogue\n";
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                }
+            };
+            tokio::select! { () = serve => {}, _ = rogue_stop_rx => {} }
+        })
+    });
+    rogue_ready_rx.recv_timeout(Duration::from_secs(10)).expect("rogue listener ready");
+    let mut args = agent_args(&server_pub.to_base64(), &node_if, dir.path());
+    args.server = Some("http://10.99.0.1:8090".into());
+    let err = in_netns(&node_ns, move || runtime().block_on(ferry_agent::run(args)))
+        .join()
+        .expect("agent thread")
+        .expect_err("impostor refused");
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains("is an address of this node"), "{err}");
+    assert_eq!(*rogue_hits.lock().expect("lock"), 0, "the local listener was never asked");
+    assert!(!PathBuf::from(dir.path()).join("seed").exists());
+    let gone = Command::new("ip").args(["-n", &node_ns, "link", "show", "dev", &node_if]).output().expect("ip");
+    assert!(!gone.status.success(), "no tunnel interface");
+    let routes = run(&["ip", "-n", &node_ns, "route", "show", "table", "main"]);
+    assert!(!routes.contains(ROGUE), "no route to the impostor's address: {routes}");
+    let _ = rogue_stop_tx.send(());
+    rogue.join().expect("rogue thread");
 
     // The real run: MAC discovered, tunnel up, seed fetched, phone-home, interface removed.
     let args = agent_args(&server_pub.to_base64(), &node_if, dir.path());

@@ -1,13 +1,15 @@
 //! Several ferry servers on one PostgreSQL database (as root, with the test PostgreSQL
 //! that scripts/test.sh starts): a boot storm survives the loss of a server, re-enrolling
-//! elsewhere removes the old peer at once, and a crashed server cleans up when it
-//! comes back.
+//! elsewhere removes the old peer at once, a crashed server cleans up when it comes
+//! back, and a node running real cloud-init moves its tunnel off a server killed under it.
 
 mod common;
 
+use common::chroot::{rootfs_tarball, NodeRoot};
 use common::eventually;
 use common::ha::HaCluster;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufRead;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -184,4 +186,145 @@ fn re_enrolling_at_another_server_removes_the_old_peer_promptly() {
             .any(|e| e["action"] == "tunnel.close" && e["detail"].as_str().unwrap_or("").contains("reason=replaced")),
         "the tunnel at s1 was closed as replaced"
     );
+}
+
+/// What the cloud-init-mode node's profile writes: proof that cloud-init got its documents.
+const USER_DATA: &str = "#cloud-config
+hostname: {{ node.hostname }}
+write_files:
+  - path: /etc/ferry-test
+    content: \"{{ node.name }} configured\\n\"
+";
+
+#[test]
+fn a_cloud_init_node_moves_its_tunnel_off_a_server_killed_under_it() {
+    // The node's cloud-init-mode agent holds its tunnel at s1 and prints the datasource
+    // line; cloud-init starts; s1 is SIGKILLed before cloud-init fetches anything (its
+    // wireguard-go device lives on and resets cloud-init's connections). The agent must
+    // move the tunnel to s2 so that cloud-init's retries, at the same datasource URL,
+    // get the node's documents there and phone home there.
+    let tarball = rootfs_tarball();
+    let unpacking = std::thread::spawn(move || NodeRoot::unpack(&tarball));
+    let mut c = HaCluster::new(3, 1, "heartbeat_secs = 1\nlost_after_secs = 4\n", "");
+    let n = &c.nodes[0];
+    let template = n.path("user-data");
+    std::fs::write(&template, USER_DATA).expect("user-data");
+    let template = template.to_str().expect("utf-8");
+    c.servers[0].ok(&["profile", "add", "compute", "--user-data", template]);
+    c.servers[0].ok(&[
+        "node",
+        "add",
+        &n.name,
+        "--mac",
+        &n.mac,
+        "--ip",
+        &n.ip,
+        "-P",
+        "compute",
+        "--identity",
+        "network",
+    ]);
+    let root = unpacking.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let log = n.path("agent.log");
+    let mut agent = n
+        .agent("cloud-init", &c.server_urls(0), &c.server_keys(), "120s")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("agent log"))
+        .spawn()
+        .expect("agent");
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut ds = String::new();
+    std::io::BufReader::new(agent.stdout.take().expect("stdout")).read_line(&mut ds).expect("ds line");
+    assert_eq!(ds.trim(), "ds=nocloud-net;s=http://100.64.0.1:8471/", "{}", agent_log());
+    assert_eq!(tunnels(&c, 1).iter().map(|t| t.2.as_str()).collect::<Vec<_>>(), ["s1"], "held at s1");
+
+    let killed_at = std::thread::scope(|scope| {
+        let boot = scope.spawn(|| root.boot(&n.ns, ds.trim(), None));
+        // cloud-init has started (its log exists from its first stage on): kill s1.
+        eventually(60, "cloud-init to start", || root.path("/var/log/cloud-init.log").exists());
+        c.servers[0].kill9();
+        let killed_at = Instant::now();
+        while !boot.is_finished() && !agent_log().contains("the tunnel moved to") {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if agent_log().contains("the tunnel moved to") {
+            println!("--- the tunnel moved {:.1} s after s1 was killed", killed_at.elapsed().as_secs_f64());
+        }
+        let boot = boot.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        println!("--- cloud-init's four stages in {:.1?}\n{}", boot.elapsed, boot.status.trim_end());
+        assert!(
+            boot.stages.iter().all(|s| s.ends_with(": exit 0")),
+            "{:?}\n{}\n{}",
+            boot.stages,
+            boot.console,
+            agent_log()
+        );
+        assert!(boot.status.lines().any(|l| l == "status: done"), "{}\n{}", boot.status, agent_log());
+        assert_eq!(
+            root.result_json()["v1"]["datasource"],
+            "DataSourceNoCloudNet [seed=cmdline,http://100.64.0.1:8471/][dsmode=net]",
+            "{}",
+            agent_log()
+        );
+        assert_eq!(root.result_json()["v1"]["errors"], serde_json::json!([]));
+        killed_at
+    });
+    assert_eq!(root.read("/etc/ferry-test"), "n1 configured\n", "cloud-init applied the node's user-data");
+    assert_eq!(root.read("/etc/hostname"), "n1\n");
+    // cloud-init really met the dead server: its first tries failed, a retry got through.
+    let log = root.read("/var/log/cloud-init.log");
+    let attempts = log
+        .lines()
+        .find_map(|l| l.split("Read from http://100.64.0.1:8471/meta-data (200, ").nth(1))
+        .and_then(|rest| rest.split(" after ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("cloud-init never read its meta-data: {log}"));
+    println!("--- cloud-init read its meta-data at attempt {attempts} of 11");
+    assert!(attempts > 1, "s1 was killed before cloud-init fetched: its first attempts failed");
+    let agent_said = agent_log();
+    assert!(agent_said.contains("the tunnel moved to http://198.18.0.2:8470"), "{agent_said}");
+
+    // s2 enrolled the node again and took its phone-home; every document was served
+    // through the moved tunnel (after its opening, in the one audit log).
+    let s2 = c.servers[1].log_text();
+    assert!(s2.lines().any(|l| l.contains("node enrolled") && l.contains("n1")), "{s2}");
+    eventually(20, "cloud-init's phone-home at s2 to close the tunnel", || tunnels(&c, 1).is_empty());
+    assert!(c.servers[1].log_text().lines().any(|l| l.contains("node phoned home") && l.contains("n1")));
+    let entries = audit(&c, 1);
+    let ids = |action: &str| -> Vec<i64> {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["subject"] == "node/n1")
+            .filter_map(|e| e["id"].as_i64())
+            .collect()
+    };
+    let opened = ids("tunnel.open");
+    assert_eq!(opened.len(), 2, "one tunnel at s1, one at s2: {entries:?}");
+    // Before the move, only the agent's own probe of the new tunnel at s1 (meta-data).
+    let served: Vec<(i64, &str)> = entries
+        .iter()
+        .filter(|e| e["action"] == "document.served" && e["subject"] == "node/n1")
+        .filter_map(|e| Some((e["id"].as_i64()?, e["detail"].as_str()?)))
+        .collect();
+    let before: Vec<_> = served.iter().filter(|(id, _)| *id < opened[1]).collect();
+    assert_eq!(before.iter().map(|(_, d)| *d).collect::<Vec<_>>(), ["meta-data"], "{entries:?}");
+    let after: BTreeSet<&str> = served.iter().filter(|(id, _)| *id > opened[1]).map(|(_, d)| *d).collect();
+    assert_eq!(
+        after,
+        BTreeSet::from(["meta-data", "user-data", "vendor-data"]),
+        "cloud-init's, through the moved tunnel"
+    );
+    assert_eq!(ids("node.booted").len(), 1);
+    assert_no_address_was_shared(&entries);
+    println!("the node finished {:.1} s after s1 was killed", killed_at.elapsed().as_secs_f64());
+
+    let out = n.ns.cmd(common::FERRY).args(["agent", "teardown", "--state-dir"]).arg(n.path("state")).output().unwrap();
+    assert!(out.status.success(), "ferry agent teardown: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(agent.wait().expect("agent").code(), Some(0), "{}", agent_log());
+    assert!(!n.has_interface());
+    eventually(20, "survivors' devices empty", || {
+        c.servers[1].wg_peers().is_empty() && c.servers[2].wg_peers().is_empty()
+    });
 }

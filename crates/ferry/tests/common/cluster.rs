@@ -191,6 +191,14 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// SIGKILL (a crashed agent): nothing of its own clean-up runs.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, then the agent's exit code.
     pub fn stop(mut self) -> Option<i32> {
         let child = self.child.take()?;
