@@ -38,7 +38,7 @@ fn fresh_key() -> String {
 fn malformed_bodies_are_clear_errors_and_change_nothing() {
     common::require_root();
     let c = Cluster::with_provisioning(1, UNLIMITED);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let n = &c.nodes[0];
     let audit_before = c.server.json(&["audit", "--limit", "100000", "--json"]).as_array().unwrap().len();
     let results = in_netns(&n.ns.name, || {
@@ -106,7 +106,7 @@ fn oversized_request_heads_are_refused() {
 fn nonce_exhaustion_answers_503_and_recovers_when_they_expire() {
     common::require_root();
     let c = Cluster::with_provisioning(1, &format!("{UNLIMITED}max_pending_nonces = 50\nnonce_ttl_secs = 2\n"));
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let ns = c.nodes[0].ns.name.clone();
     let statuses: Vec<u16> = in_netns(&ns, || (0..60).map(|_| challenge().status).collect());
     assert!(statuses[..50].iter().all(|s| *s == 200), "{statuses:?}");
@@ -123,7 +123,7 @@ fn a_full_address_pool_answers_503_and_allocates_nothing() {
     common::require_root();
     // A /30 has one node address (100.64.0.2) besides the server's.
     let c = Cluster::with_wireguard(2, "backend = \"userspace\"\nnetwork = \"100.64.0.0/30\"\n", |_| None);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let first = c.hold(0);
     let n2 = &c.nodes[1];
     let full = in_netns(&n2.ns.name, || {
@@ -147,7 +147,7 @@ fn a_full_address_pool_answers_503_and_allocates_nothing() {
 fn forged_proxy_headers_change_no_identity_on_any_endpoint() {
     common::require_root();
     let c = Cluster::with_provisioning(2, UNLIMITED);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let (victim, attacker) = (&c.nodes[0], &c.nodes[1]);
     let forged = [
         format!("X-Forwarded-For: {}\r\n", victim.ip),
@@ -202,7 +202,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/servers", ""),
     ("GET", "/metrics", ""),
     ("DELETE", "/v1/tunnels/n1", ""),
-    ("POST", "/v1/nodes/n1/tpm/approve", ""),
+    (
+        "POST",
+        "/v1/nodes/n1/tpm/approve",
+        r#"{"fingerprint":"sha256:0000000000000000000000000000000000000000000000000000000000000000"}"#,
+    ),
     ("PATCH", "/v1/nodes", r#"{"names":["n1"],"patch":{"settings":{"set":{"comment":"changed"}}}}"#),
     ("POST", "/v1/nodes", r#"{"nodes":[{"name":"n9"}]}"#),
     ("DELETE", "/v1/nodes", r#"{"names":["n1"]}"#),
@@ -215,8 +219,10 @@ fn is_read(method: &str) -> bool {
     method == "GET"
 }
 
+/// What an operator may do besides reading (approving a TPM is the admin's: it makes
+/// a machine a node's identity).
 fn is_operation(method: &str, path: &str) -> bool {
-    (method == "DELETE" && path.starts_with("/v1/tunnels/")) || path.ends_with("/tpm/approve")
+    method == "DELETE" && path.starts_with("/v1/tunnels/")
 }
 
 /// `curl` over TLS from inside the server's namespace, pinning its certificate.
