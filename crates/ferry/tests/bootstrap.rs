@@ -167,7 +167,8 @@ fn enroll(c: &Cluster, from: usize, body: &str) -> (u16, String) {
 #[test]
 fn enrollment_refusals_grant_nothing() {
     let c = Cluster::new(2);
-    c.add_nodes(&["--identity", "network"]);
+    // n1 gets an asset tag: ferry's default policy then is network + asset-tag.
+    c.add_nodes(&[]);
     std::fs::write(c.nodes[0].path("tag"), "RIGHT-TAG").unwrap();
     c.server.ok(&["node", "set", "n1", "--asset-tag-file", c.nodes[0].path("tag").to_str().unwrap()]);
 
