@@ -43,7 +43,7 @@ pub enum Command {
     #[command(subcommand)]
     Tunnel(TunnelCommand),
     /// Bearer tokens for the remote admin listener ([remote_admin] listen): viewer,
-    /// operator (also revokes tunnels, approves TPMs) or admin.
+    /// operator (also revokes tunnels) or admin (everything, approving TPMs included).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Secrets for cloud-init templates (`{{ secret("munge.key") }}`), delivered only
