@@ -2,7 +2,8 @@
 //! body into `ferry_api::enroll::EnrollRequest`, then the field parsing the server's
 //! `enroll` and `check_identity` do, in their order: the WireGuard key
 //! (`ferry_wg::PublicKey` from base64), the 32-byte nonce (base64), `MacAddr::parse`, the
-//! mode, the asset-tag proof (base64, then the constant-time HMAC check), and the TPM
+//! mode, the asset-tag proof v2 (base64, the X25519 secret with a stand-in server key,
+//! then the constant-time HMAC check; a v1 proof is only refused), and the TPM
 //! proof as `tpm::check` reads it (secret, quote and signature in base64, PCR values in
 //! hex, then `verify_quote` with the swtpm AK and `check_pcr_policy`).
 #![no_main]
@@ -14,10 +15,10 @@ use base64::Engine;
 use ferry_api::enroll::EnrollRequest;
 use ferry_attest::quote::parse_quote;
 use ferry_attest::{check_pcr_policy, verify_quote};
-use ferry_core::enroll::{tpm_qualifying_data, verify_asset_tag_proof};
+use ferry_core::enroll::{tpm_qualifying_data, verify_asset_tag_proof, ProofContext};
 use ferry_core::{MacAddr, NodeName};
 use ferry_fuzz::ak;
-use ferry_wg::PublicKey;
+use ferry_wg::{PrivateKey, PublicKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -41,9 +42,14 @@ fuzz_target!(|data: &[u8]| {
     let key = key.map(|k| k.0).unwrap_or([0; 32]);
     let nonce = nonce.unwrap_or([0; 32]);
     let node = NodeName::parse("n001").expect("literal");
-    if let Some(proof) = &req.proofs.asset_tag {
-        if let Ok(p) = B64.decode(proof.trim()) {
-            let _ = verify_asset_tag_proof(b"ASSET-TAG-0001", &nonce, &key, &node, &p);
+    if let Some(proof) = &req.proofs.asset_tag_v2 {
+        let server = PrivateKey::from_bytes([7; 32]);
+        let server_key = server.public_key();
+        // A low-order node key gives no secret: the server treats the proof as invalid.
+        if let (Ok(p), Some(shared)) = (B64.decode(proof.trim()), server.shared_secret(&PublicKey(key))) {
+            let ctx =
+                ProofContext { nonce: &nonce, wg_public_key: &key, node: &node, server_public_key: &server_key.0 };
+            let _ = verify_asset_tag_proof(b"ASSET-TAG-0001", &shared, &ctx, &p);
         }
     }
     if let Some(tpm) = &req.proofs.tpm {

@@ -12,8 +12,10 @@ use libfuzzer_sys::fuzz_target;
 
 fn derived(s: &Settings) {
     let _ = s.pcr_policy();
-    let _ = s.identity_policy(true);
-    let _ = s.identity_policy(false);
+    for (tag, tpm) in [(true, false), (false, false), (false, true)] {
+        let policy = s.identity_policy(tag, tpm);
+        let _ = (policy.is_weak(), policy.lacks_opt_in());
+    }
     let _ = s.unique_addresses();
     let _ = s.primary_interface();
 }

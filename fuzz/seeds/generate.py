@@ -92,6 +92,9 @@ write("enroll_request", "network-only", json.dumps(
     {"mac": "52:54:00:12:34:56", "public_key": WG_KEY, "nonce": NONCE, "mode": "fetch"}))
 write("enroll_request", "asset-tag", json.dumps(
     {"mac": "52-54-00-12-34-56", "public_key": WG_KEY, "nonce": NONCE,
+     "proofs": {"asset_tag_v2": b64(bytes(range(32)))}}))
+write("enroll_request", "asset-tag-v1", json.dumps(
+    {"mac": "52-54-00-12-34-56", "public_key": WG_KEY, "nonce": NONCE,
      "proofs": {"asset_tag": b64(bytes(range(32)))}}))
 write("enroll_request", "tpm", json.dumps(
     {"mac": "52:54:00:12:34:56", "public_key": WG_KEY, "nonce": NONCE, "mode": "cloud-init",

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use ferry_api::enroll::{TpmCredentialChallenge, TpmCredentialRequest, TpmProof, TPM_CREDENTIAL_PATH};
 use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::NodeName;
+use ferry_wg::PublicKey;
 
 use crate::error::AgentError;
 use crate::http::Transport;
@@ -79,16 +80,22 @@ pub(crate) trait TpmBackend: Send {
 impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// `Challenged → Attested`; `Start` after a back-off; `Failed` on refusal, a TPM
     /// failure or a malformed challenge.
-    pub(crate) async fn attest(&mut self, nonce: String, nonce_bytes: Vec<u8>) -> State {
+    pub(crate) async fn attest(&mut self, nonce: String, nonce_bytes: Vec<u8>, server_key: Option<PublicKey>) -> State {
         let Some(mut tpm) = self.tpm.take() else {
             return State::Failed(AgentError::Tpm("no TPM is open".into()));
         };
-        let next = self.attest_with(tpm.as_mut(), nonce, nonce_bytes).await;
+        let next = self.attest_with(tpm.as_mut(), nonce, nonce_bytes, server_key).await;
         self.tpm = Some(tpm);
         next
     }
 
-    async fn attest_with(&mut self, tpm: &mut dyn TpmBackend, nonce: String, nonce_bytes: Vec<u8>) -> State {
+    async fn attest_with(
+        &mut self,
+        tpm: &mut dyn TpmBackend,
+        nonce: String,
+        nonce_bytes: Vec<u8>,
+        server_key: Option<PublicKey>,
+    ) -> State {
         let identity = match within(&self.deadline, "read the endorsement key", tpm.identity()).await {
             Ok(i) => i,
             Err(e) => return State::Failed(e),
@@ -128,7 +135,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             signature: STANDARD.encode(&answer.signature),
             pcr_values: answer.pcr_values.iter().map(|(&i, v)| (i, hex(v))).collect(),
         };
-        State::Attested { nonce, nonce_bytes, evidence: Box::new(TpmEvidence { node, proof }) }
+        State::Attested { nonce, nonce_bytes, server_key, evidence: Box::new(TpmEvidence { node, proof }) }
     }
 }
 

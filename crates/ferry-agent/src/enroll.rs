@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, Proofs, CHALLENGE_PATH, ENROLL_PATH};
-use ferry_core::enroll::{asset_tag_proof, NONCE_LEN};
+use ferry_core::enroll::{asset_tag_proof, ProofContext, NONCE_LEN};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_wg::PublicKey;
 use hyper::Uri;
@@ -28,10 +28,18 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             Ok(c) => c,
             Err(next) => return next,
         };
+        // A named key must be one we pin: an impostor is refused before anything is proved.
+        let server_key = match &challenge.server_public_key {
+            None => None,
+            Some(named) => match named.parse::<PublicKey>().ok().filter(|k| self.cfg.pinned.contains(k)) {
+                Some(key) => Some(key),
+                None => return State::Failed(self.key_mismatch(named)),
+            },
+        };
         match STANDARD.decode(challenge.nonce.as_bytes()) {
             Ok(bytes) if bytes.len() == NONCE_LEN => {
                 tracing::debug!("got a nonce, valid for {} s", challenge.expires_in_secs);
-                State::Challenged { nonce: challenge.nonce, nonce_bytes: bytes }
+                State::Challenged { nonce: challenge.nonce, nonce_bytes: bytes, server_key }
             }
             _ => State::Failed(AgentError::Protocol(format!(
                 "the challenge nonce is not {NONCE_LEN} bytes of standard base64"
@@ -70,14 +78,21 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// `Challenged → Enrolled` (or `Attested → Enrolled` with the TPM's evidence); `Start`
     /// after a back-off (a fresh nonce is needed); `Failed` on refusal (no retry: policy),
     /// key mismatch or a malformed answer.
-    pub(crate) async fn enroll(&mut self, nonce: String, nonce_bytes: &[u8], tpm: Option<TpmEvidence>) -> State {
+    pub(crate) async fn enroll(
+        &mut self,
+        nonce: String,
+        nonce_bytes: &[u8],
+        server_key: Option<PublicKey>,
+        tpm: Option<TpmEvidence>,
+    ) -> State {
         // The asset-tag proof binds the node name: the configured one, else the one the
         // server recognised in the TPM round trip.
         let node = self.cfg.node.as_ref().or(tpm.as_ref().map(|t| &t.node));
         let proof = match (&self.cfg.asset_tag, node) {
-            (Some(tag), Some(node)) => {
-                Some(STANDARD.encode(asset_tag_proof(tag.as_bytes(), nonce_bytes, &self.public_key.0, node)))
-            }
+            (Some(tag), Some(node)) => match self.asset_tag_proof(tag.as_bytes(), nonce_bytes, node, server_key) {
+                Ok(proof) => Some(proof),
+                Err(e) => return State::Failed(e),
+            },
             _ => None,
         };
         tracing::info!(
@@ -92,7 +107,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             mac: self.mac.to_string(),
             public_key: self.public_key.to_base64(),
             nonce,
-            proofs: Proofs { asset_tag: proof, tpm: tpm.map(|t| t.proof) },
+            proofs: Proofs { asset_tag_v2: proof, asset_tag_v1: None, tpm: tpm.map(|t| t.proof) },
             mode: Some(match self.cfg.mode {
                 crate::args::Mode::Fetch => "fetch".into(),
                 crate::args::Mode::CloudInit => "cloud-init".into(),
@@ -116,16 +131,40 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
     }
 
+    /// The asset-tag proof (v2, base64): keyed with the tag and the X25519 secret of this
+    /// enrollment's WireGuard key and the pinned server key the challenge named.
+    fn asset_tag_proof(
+        &self,
+        tag: &[u8],
+        nonce: &[u8],
+        node: &ferry_core::NodeName,
+        server_key: Option<PublicKey>,
+    ) -> Result<String, AgentError> {
+        let Some(server_key) = server_key else {
+            return Err(AgentError::Protocol(format!(
+                "the server at {} named no WireGuard key in its challenge, so the asset-tag proof cannot be made; \
+                 it is older than this agent: update the ferry server",
+                self.server().base
+            )));
+        };
+        let shared = self.key.as_ref().and_then(|k| k.shared_secret(&server_key)).ok_or_else(|| {
+            AgentError::Protocol("the pinned server key is not a usable X25519 public key (low order)".into())
+        })?;
+        let ctx = ProofContext { nonce, wg_public_key: &self.public_key.0, node, server_public_key: &server_key.0 };
+        Ok(STANDARD.encode(asset_tag_proof(tag, &shared, &ctx)))
+    }
+
+    fn key_mismatch(&self, offered: &str) -> AgentError {
+        let pinned: Vec<String> = self.cfg.pinned.iter().map(PublicKey::to_base64).collect();
+        AgentError::KeyMismatch { pinned: pinned.join(","), offered: offered.chars().take(64).collect() }
+    }
+
     /// Checks the answer: pinned key first (an impostor gets nothing further), then
     /// addresses, and that both URLs point inside the tunnel.
     pub(crate) async fn validate(&self, a: EnrollResponse) -> Result<Lease, AgentError> {
         let offered = a.server_public_key.parse::<PublicKey>().ok();
         let Some(server_key) = offered.filter(|k| self.cfg.pinned.contains(k)) else {
-            let pinned: Vec<String> = self.cfg.pinned.iter().map(PublicKey::to_base64).collect();
-            return Err(AgentError::KeyMismatch {
-                pinned: pinned.join(","),
-                offered: a.server_public_key.chars().take(64).collect(),
-            });
+            return Err(self.key_mismatch(&a.server_public_key));
         };
         let ip = |what: &str, s: &str| {
             s.parse::<IpAddr>().map_err(|_| AgentError::Protocol(format!("{what} {s:?} is not an IP address")))

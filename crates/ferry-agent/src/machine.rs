@@ -65,10 +65,12 @@ pub struct Lease {
 pub enum State {
     /// Nothing done yet (or a retry after a transient failure): ask for a nonce.
     Start,
-    /// Holding a fresh single-use nonce (base64, as received; and decoded).
-    Challenged { nonce: String, nonce_bytes: Vec<u8> },
+    /// Holding a fresh single-use nonce (base64, as received; and decoded), and the
+    /// pinned server key the challenge named (the asset-tag proof is keyed with the
+    /// X25519 secret shared with it).
+    Challenged { nonce: String, nonce_bytes: Vec<u8>, server_key: Option<PublicKey> },
     /// With a TPM: the credential is activated and the PCRs quoted for this nonce.
-    Attested { nonce: String, nonce_bytes: Vec<u8>, evidence: Box<TpmEvidence> },
+    Attested { nonce: String, nonce_bytes: Vec<u8>, server_key: Option<PublicKey>, evidence: Box<TpmEvidence> },
     /// The server accepted the node and the pinned key matched.
     Enrolled { lease: Lease },
     /// The interface is up and the datasource answered through it.
@@ -244,9 +246,15 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     pub(crate) async fn enrollment_step(&mut self, state: State) -> State {
         match state {
             State::Start => self.challenge().await,
-            State::Challenged { nonce, nonce_bytes } if self.tpm.is_some() => self.attest(nonce, nonce_bytes).await,
-            State::Challenged { nonce, nonce_bytes } => self.enroll(nonce, &nonce_bytes, None).await,
-            State::Attested { nonce, nonce_bytes, evidence } => self.enroll(nonce, &nonce_bytes, Some(*evidence)).await,
+            State::Challenged { nonce, nonce_bytes, server_key } if self.tpm.is_some() => {
+                self.attest(nonce, nonce_bytes, server_key).await
+            }
+            State::Challenged { nonce, nonce_bytes, server_key } => {
+                self.enroll(nonce, &nonce_bytes, server_key, None).await
+            }
+            State::Attested { nonce, nonce_bytes, server_key, evidence } => {
+                self.enroll(nonce, &nonce_bytes, server_key, Some(*evidence)).await
+            }
             other => other,
         }
     }

@@ -15,7 +15,7 @@ use crate::test_fakes::*;
 use crate::tunnel::Backend;
 
 fn challenged() -> State {
-    State::Challenged { nonce: STANDARD.encode(NONCE), nonce_bytes: NONCE.to_vec() }
+    State::Challenged { nonce: STANDARD.encode(NONCE), nonce_bytes: NONCE.to_vec(), server_key: Some(server_key()) }
 }
 
 #[tokio::test(start_paused = true)]
@@ -104,9 +104,34 @@ async fn challenged_to_enrolled_with_a_bound_proof() {
     assert_eq!(req.mac, "52:54:00:12:34:56");
     assert_eq!(req.public_key, a.public_key.to_base64());
     assert_eq!(req.nonce, STANDARD.encode(NONCE));
-    let proof = STANDARD.decode(req.proofs.asset_tag.expect("proof")).expect("base64");
-    let n1 = NodeName::parse("n1").expect("name");
-    assert!(ferry_core::enroll::verify_asset_tag_proof(TAG.as_bytes(), &NONCE, &a.public_key.0, &n1, &proof));
+    assert!(req.proofs.asset_tag_v1.is_none(), "never the v1 proof");
+    assert!(tag_proof_verifies(&a.public_key, &req.proofs.asset_tag_v2.expect("proof")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_challenge_naming_an_unpinned_key_fails_as_an_impostor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    let impostor = PrivateKey::generate().public_key();
+    let body =
+        format!(r#"{{"nonce":"{}","expires_in_secs":60,"server_public_key":"{impostor}"}}"#, STANDARD.encode(NONCE));
+    server.on(Method::Post, CHALLENGE, reply(200, body.as_bytes()));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let State::Failed(err) = a.step(State::Start).await else { panic!("expected failure") };
+    assert_eq!(err.exit_code(), 4, "{err}");
+    assert!(err.to_string().contains(&impostor.to_base64()), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_asset_tag_needs_a_server_that_names_its_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FakeServer::default();
+    server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let old_server = State::Challenged { nonce: STANDARD.encode(NONCE), nonce_bytes: NONCE.to_vec(), server_key: None };
+    let State::Failed(err) = a.step(old_server).await else { panic!("expected failure") };
+    assert!(err.to_string().contains("update the ferry server"), "{err}");
+    assert!(server.requests(Method::Post, ENROLL).is_empty(), "no proof, no request");
 }
 
 #[tokio::test(start_paused = true)]
@@ -120,7 +145,7 @@ async fn challenged_without_node_name_sends_no_proof() {
     assert!(matches!(a.step(challenged()).await, State::Enrolled { .. }));
     let req: EnrollRequest =
         serde_json::from_slice(&server.requests(Method::Post, ENROLL)[0].json.clone().expect("body")).expect("json");
-    assert!(req.proofs.asset_tag.is_none());
+    assert!(req.proofs.asset_tag_v2.is_none());
 }
 
 #[tokio::test(start_paused = true)]
@@ -262,7 +287,7 @@ async fn with_a_tpm_the_credential_round_trip_comes_before_enrolling() {
     let (a, _) = agent(cfg, &server, &FakeTunnels::new(Backend::Userspace));
     let mut a = a.with_tpm(Box::new(tpm.clone()));
 
-    let State::Attested { nonce, nonce_bytes, evidence } = a.step(challenged()).await else {
+    let State::Attested { nonce, nonce_bytes, server_key, evidence } = a.step(challenged()).await else {
         panic!("expected attested")
     };
     assert_eq!((nonce.as_str(), nonce_bytes.as_slice()), (STANDARD.encode(NONCE).as_str(), &NONCE[..]));
@@ -287,7 +312,8 @@ async fn with_a_tpm_the_credential_round_trip_comes_before_enrolling() {
     }
     assert!(server.requests(Method::Post, ENROLL).is_empty(), "not enrolled yet");
 
-    let State::Enrolled { lease: l } = a.step(State::Attested { nonce, nonce_bytes, evidence }).await else {
+    let State::Enrolled { lease: l } = a.step(State::Attested { nonce, nonce_bytes, server_key, evidence }).await
+    else {
         panic!("expected enrolled")
     };
     assert_eq!(l, lease());
@@ -304,8 +330,7 @@ async fn with_a_tpm_the_credential_round_trip_comes_before_enrolling() {
         "PCR index → lowercase hex"
     );
     // The asset tag is proven too, for the node the TPM challenge named.
-    let tag_proof = STANDARD.decode(req.proofs.asset_tag.expect("asset-tag proof")).expect("b64");
-    assert!(ferry_core::enroll::verify_asset_tag_proof(TAG.as_bytes(), &NONCE, &a.public_key.0, &n1, &tag_proof));
+    assert!(tag_proof_verifies(&a.public_key, &req.proofs.asset_tag_v2.expect("asset-tag proof")));
     assert!(a.tpm.is_none(), "the TPM is released once enrolled");
 }
 

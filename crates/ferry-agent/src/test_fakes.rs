@@ -98,12 +98,33 @@ pub fn serve_documents(server: &FakeServer) {
     server.on(Method::Post, PHONE, reply(200, b"{}"));
 }
 
+/// The challenge answer, naming the server's (pinned) key.
 pub fn challenge_body() -> Vec<u8> {
-    format!(r#"{{"nonce":"{}","expires_in_secs":60}}"#, STANDARD.encode(NONCE)).into_bytes()
+    format!(r#"{{"nonce":"{}","expires_in_secs":60,"server_public_key":"{}"}}"#, STANDARD.encode(NONCE), server_key())
+        .into_bytes()
+}
+
+/// The server's static key (its public half is what the test config pins).
+pub fn server_private_key() -> PrivateKey {
+    PrivateKey::from_bytes([7; 32])
 }
 
 pub fn server_key() -> PublicKey {
-    PrivateKey::from_bytes([7; 32]).public_key()
+    server_private_key().public_key()
+}
+
+/// The server's check of an asset-tag proof the agent sent for `TAG` and node n1.
+pub fn tag_proof_verifies(node_key: &PublicKey, proof_b64: &str) -> bool {
+    let node = ferry_core::NodeName::parse("n1").expect("name");
+    let shared = server_private_key().shared_secret(node_key).expect("contributory");
+    let ctx = ferry_core::enroll::ProofContext {
+        nonce: &NONCE,
+        wg_public_key: &node_key.0,
+        node: &node,
+        server_public_key: &server_key().0,
+    };
+    let proof = STANDARD.decode(proof_b64).expect("base64");
+    ferry_core::enroll::verify_asset_tag_proof(TAG.as_bytes(), &shared, &ctx, &proof)
 }
 
 pub fn answer(key: &PublicKey) -> EnrollResponse {

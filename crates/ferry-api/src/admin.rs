@@ -24,8 +24,30 @@ pub struct NodeView {
     pub profiles: Vec<ProfileName>,
     pub settings: Settings,
     pub asset_tag: SecretState,
+    /// The identity policy in effect (merged with the profiles, or ferry's default).
+    pub identity: IdentityView,
     pub revision: i64,
     pub updated_at: String,
+}
+
+/// A node's identity policy in effect and how strong it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityView {
+    /// The factors an enrollment must prove.
+    pub factors: Vec<ferry_core::IdentityFactor>,
+    /// Configured with `--identity` (node or profile) rather than ferry's default.
+    pub explicit: bool,
+    /// No factor stronger than network: whoever takes the node's address on the
+    /// provisioning network receives its configuration and secrets.
+    pub weak: bool,
+    /// Weak without an explicit `--identity network`: enrollment is refused.
+    pub refused: bool,
+}
+
+impl From<&ferry_core::identity::Policy> for IdentityView {
+    fn from(p: &ferry_core::identity::Policy) -> Self {
+        IdentityView { factors: p.factors.clone(), explicit: p.explicit, weak: p.is_weak(), refused: p.lacks_opt_in() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +172,18 @@ pub struct TpmView {
     /// Whether an EK certificate vouched for the key.
     pub certified: bool,
     pub updated_at: String,
+    /// The last *other* TPM that proved itself for this node (passing every other
+    /// factor) while this one was held: refused, kept here for the admin to compare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+}
+
+/// `POST /v1/nodes/{name}/tpm/approve`: approves exactly this pending EK.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmApprove {
+    /// `sha256:<hex>` as `ferry node tpm` shows it, compared with the node's own TPM.
+    pub fingerprint: String,
 }
 
 /// `PUT /v1/nodes/{name}/tpm`: exactly one of the two.

@@ -19,6 +19,11 @@ pub const TPM_CREDENTIAL_PATH: &str = "/v1/enroll/tpm";
 pub struct Challenge {
     pub nonce: String,
     pub expires_in_secs: u64,
+    /// The answering server's static WireGuard public key (base64): the asset-tag proof
+    /// is keyed with the X25519 secret shared with it, so the agent checks it is one of
+    /// its pinned keys first. Absent from servers older than proof v2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,9 +46,14 @@ pub struct EnrollRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Proofs {
-    /// HMAC-SHA256 proof of the asset tag (see `ferry_core::enroll`).
+    /// Proof v2 of the asset tag (see `ferry_core::enroll`): bound to the nonce, the
+    /// WireGuard key, the node and the secret shared with the server's pinned key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asset_tag: Option<String>,
+    pub asset_tag_v2: Option<String>,
+    /// Proof v1, sent by agents older than v2: a sniffed one allowed an offline
+    /// dictionary attack on the tag, so servers refuse it (400: update the agent).
+    #[serde(default, rename = "asset_tag", skip_serializing_if = "Option::is_none")]
+    pub asset_tag_v1: Option<String>,
     /// The answer to the TPM credential challenge issued for the same nonce.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm: Option<TpmProof>,

@@ -43,7 +43,7 @@ pub enum Command {
     #[command(subcommand)]
     Tunnel(TunnelCommand),
     /// Bearer tokens for the remote admin listener ([remote_admin] listen): viewer,
-    /// operator (also revokes tunnels, approves TPMs) or admin.
+    /// operator (also revokes tunnels) or admin (everything, approving TPMs included).
     #[command(subcommand)]
     Token(TokenCommand),
     /// Secrets for cloud-init templates (`{{ secret("munge.key") }}`), delivered only
@@ -308,8 +308,16 @@ pub enum NodeCommand {
         #[command(flatten)]
         tpm: TpmArgs,
     },
-    /// Approve the TPMs that trust-on-first-use discovery holds as pending.
-    Approve { hostlist: String },
+    /// Approve a TPM that trust-on-first-use discovery holds as pending, by the EK
+    /// fingerprint you read from the node's own TPM (compare with `ferry node tpm`).
+    Approve {
+        hostlist: String,
+        /// The EK fingerprint to approve (`sha256:HEX`); for a hostlist of several
+        /// nodes, `NODE=sha256:HEX` once per node. A pending TPM with another
+        /// fingerprint is not approved.
+        #[arg(long = "ek-fingerprint", value_name = "[NODE=]FINGERPRINT", required = true)]
+        ek_fingerprint: Vec<String>,
+    },
     /// List nodes' TPM identities (state, EK fingerprint, whether a certificate vouched).
     Tpm {
         hostlist: Option<String>,

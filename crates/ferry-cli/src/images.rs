@@ -204,6 +204,7 @@ mod tests {
     fn dnsmasq_golden() {
         let node: NodeView = serde_json::from_value(serde_json::json!({
             "name": "n001", "profiles": [], "asset_tag": "unset", "revision": 1, "updated_at": "",
+            "identity": {"factors": ["network"], "explicit": true, "weak": true, "refused": false},
             "settings": {"interfaces": {"eth0": {"mac": "52:54:00:00:00:01", "ipv4": "10.0.1.1"}, "ib0": {"ipv4": "10.1.1.1"}}}
         }))
         .unwrap();

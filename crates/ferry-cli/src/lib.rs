@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser};
 use client::AdminClient;
 use ferry_api::admin::{
     AddNodes, AddProfiles, AssetTagChange, Changed, MergedNodeView, Names, NewNode, NewProfile, NodePatch, NodeView,
-    ProfilePatch, ProfileView, SetNodes, SetProfiles, TpmView,
+    ProfilePatch, ProfileView, SetNodes, SetProfiles, TpmApprove, TpmView,
 };
 use ferry_core::model::LayerKind;
 use ferry_core::patch::{parse_field, Field, SettingsPatch};
@@ -272,10 +272,11 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
             }
             settings::set_tpm(client, name, &tpm).await?;
         }
-        NodeCommand::Approve { hostlist } => {
-            for name in node_names(&hostlist)? {
+        NodeCommand::Approve { hostlist, ek_fingerprint } => {
+            for (name, fingerprint) in approvals(&node_names(&hostlist)?, &ek_fingerprint)? {
+                let body = TpmApprove { fingerprint };
                 let view: TpmView =
-                    client.call(Method::POST, &format!("/v1/nodes/{name}/tpm/approve"), None::<&()>).await?;
+                    client.call(Method::POST, &format!("/v1/nodes/{name}/tpm/approve"), Some(&body)).await?;
                 println!("approved TPM {} for node {}", view.fingerprint, view.node);
             }
         }
@@ -336,6 +337,9 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 nodes.retain(|n| wanted.contains(&n.name));
             }
             println!("{}", if json { output::json(&nodes) } else { output::node_list(&nodes) });
+            if !json {
+                output::weak_identity_note(&nodes);
+            }
         }
         NodeCommand::Show { name, merged, json } => {
             let name = NodeName::parse(&name)?;
@@ -360,6 +364,37 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Pairs each node of an approval with the one fingerprint given for it: a bare
+/// fingerprint for a single node, `NODE=FINGERPRINT` for every node of a hostlist.
+/// Checked before any request, so a mistake approves nothing.
+fn approvals(names: &[NodeName], given: &[String]) -> anyhow::Result<Vec<(NodeName, String)>> {
+    let mut by_node = std::collections::BTreeMap::new();
+    for g in given {
+        let (node, fingerprint) = match g.split_once('=') {
+            Some((node, fp)) => (NodeName::parse(node)?, fp.trim().to_owned()),
+            None if names.len() == 1 && given.len() == 1 => (names[0].clone(), g.trim().to_owned()),
+            None => anyhow::bail!(
+                "--ek-fingerprint {g}: with several nodes, name each one: --ek-fingerprint NODE=sha256:… per node"
+            ),
+        };
+        if !names.contains(&node) {
+            anyhow::bail!("--ek-fingerprint names node {node}, which is not in the hostlist");
+        }
+        if by_node.insert(node.clone(), fingerprint).is_some() {
+            anyhow::bail!("--ek-fingerprint names node {node} twice");
+        }
+    }
+    names
+        .iter()
+        .map(|n| match by_node.remove(n) {
+            Some(fp) => Ok((n.clone(), fp)),
+            None => anyhow::bail!(
+                "no --ek-fingerprint for node {n}: each node's TPM is approved by the fingerprint you checked on it"
+            ),
+        })
+        .collect()
 }
 
 async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()> {
@@ -424,4 +459,29 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn approvals_need_one_fingerprint_per_node() {
+        let names = |list: &[&str]| list.iter().map(|n| NodeName::parse(n).unwrap()).collect::<Vec<_>>();
+        let given = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let one = approvals(&names(&["n1"]), &given(&["sha256:aa"])).unwrap();
+        assert_eq!(one, [(NodeName::parse("n1").unwrap(), "sha256:aa".to_string())]);
+        assert_eq!(approvals(&names(&["n1"]), &given(&["n1=sha256:aa"])).unwrap(), one);
+        let two = approvals(&names(&["n1", "n2"]), &given(&["n2=sha256:bb", "n1=sha256:aa"])).unwrap();
+        assert_eq!(two[1], (NodeName::parse("n2").unwrap(), "sha256:bb".to_string()));
+        for (nodes, fps, why) in [
+            (&["n1", "n2"][..], &["sha256:aa"][..], "name each one"),
+            (&["n1", "n2"], &["n1=sha256:aa"], "no --ek-fingerprint for node n2"),
+            (&["n1"], &["n2=sha256:aa"], "not in the hostlist"),
+            (&["n1"], &["n1=sha256:aa", "n1=sha256:bb"], "twice"),
+        ] {
+            let err = approvals(&names(nodes), &given(fps)).unwrap_err().to_string();
+            assert!(err.contains(why), "{nodes:?} {fps:?}: {err}");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
-use ferry_api::admin::{MergedNodeView, NodeView, ProfileView, SecretState, TpmView};
+use ferry_api::admin::{IdentityView, MergedNodeView, NodeView, ProfileView, SecretState, TpmView};
 use serde_json::Value;
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -34,6 +34,35 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
     }
 }
 
+/// The identity policy in effect, marked when it is weak (network position alone) or
+/// refused (weak without an explicit `--identity network`).
+fn identity(i: &IdentityView) -> String {
+    let factors = join(&i.factors);
+    match (i.weak, i.refused) {
+        (_, true) => format!("{factors} (REFUSED: no opt-in)"),
+        (true, false) => format!("{factors} (WEAK)"),
+        _ => factors,
+    }
+}
+
+/// After a table: how many nodes rely on network position alone, and what to do.
+pub fn weak_identity_note(nodes: &[NodeView]) {
+    let weak = nodes.iter().filter(|n| n.identity.weak && !n.identity.refused).count();
+    let refused = nodes.iter().filter(|n| n.identity.refused).count();
+    if weak > 0 {
+        eprintln!(
+            "note: {weak} node(s) enroll on network position alone (WEAK): anyone on the provisioning network \
+             who takes such an address receives the node's secrets; add an asset tag or a TPM"
+        );
+    }
+    if refused > 0 {
+        eprintln!(
+            "note: {refused} node(s) have no asset tag, TPM or identity policy and are REFUSED at enrollment; \
+             give them one, or accept network position: ferry node set NODES --identity network"
+        );
+    }
+}
+
 pub fn node_list(nodes: &[NodeView]) -> String {
     let rows = nodes
         .iter()
@@ -47,11 +76,12 @@ pub fn node_list(nodes: &[NodeView]) -> String {
                 mac,
                 ip,
                 secret_state(n.asset_tag),
+                identity(&n.identity),
                 n.settings.comment.clone().unwrap_or_default(),
             ]
         })
         .collect();
-    table(&["name", "profiles", "mac", "ipv4", "asset tag", "comment"], rows)
+    table(&["name", "profiles", "mac", "ipv4", "asset tag", "identity", "comment"], rows)
 }
 
 pub fn profile_list(profiles: &[ProfileView]) -> String {
@@ -96,6 +126,7 @@ pub fn node_show(n: &NodeView, boot: Option<&Value>) -> String {
         ("name".to_string(), n.name.to_string()),
         ("profiles".into(), join(&n.profiles)),
         ("asset_tag".into(), secret_state(n.asset_tag)),
+        ("identity (in effect)".into(), identity(&n.identity)),
     ];
     flatten("", &serde_json::to_value(&n.settings).unwrap_or(Value::Null), &mut rows);
     rows.push(("revision".into(), n.revision.to_string()));
@@ -184,8 +215,15 @@ pub fn tpm_list(tpms: &[TpmView]) -> String {
         .iter()
         .map(|t| {
             let certified = if t.certified { "yes" } else { "no" };
-            vec![t.node.to_string(), t.state.clone(), t.fingerprint.clone(), certified.into(), t.updated_at.clone()]
+            vec![
+                t.node.to_string(),
+                t.state.clone(),
+                t.fingerprint.clone(),
+                certified.into(),
+                t.updated_at.clone(),
+                t.conflict.clone().map_or_else(|| "-".into(), |fp| format!("CONFLICT: {fp} refused")),
+            ]
         })
         .collect();
-    table(&["node", "state", "ek fingerprint", "certificate", "updated"], rows)
+    table(&["node", "state", "ek fingerprint", "certificate", "updated", "conflict"], rows)
 }

@@ -154,6 +154,13 @@ pub fn asset_tag(args: &NodeOnlyArgs) -> anyhow::Result<Option<Secret>> {
     };
     let tag = Secret::new(raw.trim_end_matches(['\n', '\r']).to_owned());
     check_asset_tag(tag.expose())?;
+    if let Some(why) = ferry_core::identity::asset_tag_weakness(tag.expose()) {
+        eprintln!(
+            "warning: this asset tag is short or easy to guess ({why}); whoever can try guesses at enrollment \
+             (or reads the tag off the node) can prove it. Prefer a random tag of 16 or more characters \
+             (e.g. `openssl rand -hex 16`, set as the node's chassis asset tag), or add the tpm factor"
+        );
+    }
     Ok(Some(tag))
 }
 

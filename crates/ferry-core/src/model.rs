@@ -351,24 +351,15 @@ impl Settings {
             .map(|(n, i)| (n.as_str(), i))
     }
 
-    /// The identity factors in effect (merged settings), with ferry's default when none
-    /// is configured: `network`, plus `asset-tag` when the node has one.
     /// The merged PCR policy, index → expected SHA-256 value.
     pub fn pcr_policy(&self) -> BTreeMap<u8, Vec<u8>> {
         self.tpm_pcrs.iter().filter_map(|(k, v)| Some((k.parse().ok()?, decode_hex(v)?))).collect()
     }
 
-    pub fn identity_policy(&self, has_asset_tag: bool) -> Vec<IdentityFactor> {
-        let mut factors: Vec<IdentityFactor> = self.identity.iter().filter_map(|f| f.parse().ok()).collect();
-        if factors.is_empty() {
-            factors.push(IdentityFactor::Network);
-            if has_asset_tag {
-                factors.push(IdentityFactor::AssetTag);
-            }
-        }
-        factors.sort();
-        factors.dedup();
-        factors
+    /// The identity policy in effect (of merged settings), with ferry's default when
+    /// none is configured (see [`crate::identity::Policy::new`]).
+    pub fn identity_policy(&self, has_asset_tag: bool, has_registered_tpm: bool) -> crate::identity::Policy {
+        crate::identity::Policy::new(&self.identity, has_asset_tag, has_registered_tpm)
     }
 }
 
@@ -519,10 +510,10 @@ mod tests {
     #[test]
     fn identity_defaults() {
         let s = Settings::default();
-        assert_eq!(s.identity_policy(false), [IdentityFactor::Network]);
-        assert_eq!(s.identity_policy(true), [IdentityFactor::Network, IdentityFactor::AssetTag]);
+        assert_eq!(s.identity_policy(false, false).factors, [IdentityFactor::Network]);
+        assert_eq!(s.identity_policy(true, false).factors, [IdentityFactor::Network, IdentityFactor::AssetTag]);
         let s = Settings { identity: vec!["tpm".into()], ..Default::default() };
-        assert_eq!(s.identity_policy(true), [IdentityFactor::Tpm]);
+        assert_eq!(s.identity_policy(true, false).factors, [IdentityFactor::Tpm]);
     }
 
     #[test]

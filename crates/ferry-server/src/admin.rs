@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use ferry_api::admin::{
     AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SecretSet, SecretView, SetNodes,
-    SetProfiles, TpmRegister, TpmView,
+    SetProfiles, TpmApprove, TpmRegister, TpmView,
 };
 use ferry_api::image::ImageRecord;
 use ferry_core::{NodeName, ProfileName};
@@ -395,6 +395,7 @@ fn tpm_view(node: NodeName, r: ferry_store::TpmRecord) -> TpmView {
         fingerprint: r.registration.fingerprint,
         certified: r.registration.ek_certificate.is_some(),
         updated_at: ferry_store::format_time(r.updated_at),
+        conflict: r.conflict,
     }
 }
 
@@ -442,13 +443,23 @@ async fn clear_tpm(
     Ok(ApiJson(Changed { changed: 1 }))
 }
 
+/// Approves exactly the EK the admin names (`sha256:` and 64 hex digits, any case).
 async fn approve_tpm(
     State(s): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
+    body: Result<axum::Json<TpmApprove>, axum::extract::rejection::JsonRejection>,
 ) -> Result<ApiJson<TpmView>, HttpError> {
     let node = NodeName::parse(&name)?;
-    let rec = s.store.approve_tpm(&node, &actor).await?;
+    let missing = || {
+        HttpError::bad_request(format!(
+            "name the EK fingerprint you approve, as ferry node tpm {node} shows it and as you read it from the \
+             node's own TPM: ferry node approve {node} --ek-fingerprint sha256:…"
+        ))
+    };
+    let axum::Json(req) = body.map_err(|_| missing())?;
+    let fingerprint = crate::tpm::normalize_fingerprint(&req.fingerprint).ok_or_else(missing)?;
+    let rec = s.store.approve_tpm(&node, &fingerprint, &actor).await?;
     Ok(ApiJson(tpm_view(node, rec)))
 }
 

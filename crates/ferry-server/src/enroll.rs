@@ -19,11 +19,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ferry_api::admin::MergedNodeView;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
-use ferry_core::enroll::verify_asset_tag_proof;
+use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
 use ferry_core::{MacAddr, NodeName};
 use ferry_store::{Actor, StoreError};
-use ferry_wg::PublicKey;
+use ferry_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -38,6 +38,9 @@ pub struct ProvisioningState {
     pub nonces: Arc<NonceStore<crate::tpm::PendingTpm>>,
     pub config: Arc<Config>,
     pub server_public_key: PublicKey,
+    /// The server's static WireGuard key, for the X25519 secret asset-tag proofs are
+    /// keyed with (a copy of the device's; never logged).
+    pub server_private_key: Arc<PrivateKey>,
     pub tpm: Arc<crate::tpm::TpmPolicy>,
     /// Rate limits and the cap on enrollments in progress (`limits`).
     pub limits: Arc<EnrollLimits>,
@@ -65,9 +68,12 @@ async fn challenge(
 ) -> Response {
     let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
     match s.nonces.issue(crate::client_addr::source_group(client)) {
-        Ok(nonce) => {
-            ApiJson(Challenge { nonce: B64.encode(nonce), expires_in_secs: s.nonces.ttl().as_secs() }).into_response()
-        }
+        Ok(nonce) => ApiJson(Challenge {
+            nonce: B64.encode(nonce),
+            expires_in_secs: s.nonces.ttl().as_secs(),
+            server_public_key: Some(s.server_public_key.to_base64()),
+        })
+        .into_response(),
         // The rate-limit middleware refuses most of these already; this is the race.
         Err(_) => s.limits.nonces_held().into_response(),
     }
@@ -85,14 +91,23 @@ pub(crate) async fn refuse(
     subject: String,
     reason: impl std::fmt::Display,
 ) -> HttpError {
+    audit_refusal(s, client, &subject, reason.to_string()).await;
+    refused()
+}
+
+async fn audit_refusal(s: &ProvisioningState, client: IpAddr, subject: &str, reason: String) {
     tracing::warn!(%subject, %client, %reason, "enrollment refused");
     let detail = format!("from={client} reason={reason}");
     let actor = Actor(format!("client:{client}"));
-    if let Err(e) = s.tunnels.store.record_event(&actor, "enroll.refused", &subject, &detail).await {
+    if let Err(e) = s.tunnels.store.record_event(&actor, "enroll.refused", subject, &detail).await {
         tracing::error!(error = %e, "cannot write the audit log");
     }
-    refused()
 }
+
+/// What an agent older than asset-tag proof v2 is told (and the audit records).
+pub const OUTDATED_AGENT: &str = "this agent sent an asset-tag proof v1, which a network observer can attack \
+    offline; this server accepts only v2: update ferry on the node (rebuild its initramfs or image with \
+    `ferry image initramfs` of the server's version)";
 
 /// The format of an address inside a URL (IPv6 in brackets).
 pub fn url_host(ip: IpAddr) -> String {
@@ -138,6 +153,10 @@ async fn enroll(
         return Err(refuse(&s, client, format!("mac/{mac}"), "no node has this MAC").await);
     };
     let subject = format!("node/{node}");
+    if req.proofs.asset_tag_v1.is_some() {
+        audit_refusal(&s, client, &subject, format!("asset-tag factor: {OUTDATED_AGENT}")).await;
+        return Err(HttpError::bad_request(OUTDATED_AGENT));
+    }
     let Admitted { policy, ttl, settings } =
         match check_identity(&s, &node, &req, &key, &nonce, client, tpm_challenge).await? {
             Ok(ok) => ok,
@@ -153,7 +172,7 @@ async fn enroll(
         Err(StoreError::Conflict(why)) => return Err(refuse(&s, client, subject, why).await),
         Err(e) => return Err(e.into()),
     };
-    let factors: Vec<String> = policy.iter().map(|f| f.to_string()).collect();
+    let factors: Vec<String> = policy.factors.iter().map(|f| f.to_string()).collect();
     let detail = format!("from={client} factors={} address={}", factors.join(","), tunnel.address);
     s.tunnels.store.record_event(&actor, "enroll.accepted", &subject, &detail).await?;
     tracing::info!(%node, %client, address = %tunnel.address, "node enrolled");
@@ -182,14 +201,15 @@ async fn enroll(
 /// A node that proved who it is: the factors it proved, its tunnel's lifetime, and the
 /// merged settings the decision was made on (its documents render from the same ones).
 struct Admitted {
-    policy: Vec<ferry_core::IdentityFactor>,
+    policy: ferry_core::identity::Policy,
     ttl: u64,
     settings: MergedNodeView,
 }
 
 type Decision = Result<Admitted, Refusal>;
 
-/// Gathers the evidence for the node's policy and evaluates it.
+/// Gathers the evidence for the node's policy and evaluates it. A TPM that proved
+/// itself but is not the node's goes to discovery only when every other factor held.
 async fn check_identity(
     s: &ProvisioningState,
     node: &NodeName,
@@ -200,21 +220,26 @@ async fn check_identity(
     tpm_challenge: Option<crate::tpm::PendingTpm>,
 ) -> Result<Decision, HttpError> {
     let (merged, tag) = s.tunnels.store.node_identity(node).await?;
-    let policy = merged.settings.identity_policy(tag.is_some());
+    // Read now, not at the credential step: a registration revoked since counts for nothing.
+    let held_tpm = s.tunnels.store.node_tpms(Some(node)).await?.pop().map(|(_, r)| r);
+    let registered = held_tpm.as_ref().is_some_and(|r| r.state == ferry_store::TpmState::Registered);
+    let policy = merged.settings.identity_policy(tag.is_some(), registered);
     let network = merged.settings.interfaces.values().any(|i| {
         i.ipv4.map(IpAddr::V4) == Some(client) || i.ipv6.map(IpAddr::V6) == Some(client) || is_mapped(client, i.ipv4)
     });
-    let asset_tag = match (&tag, &req.proofs.asset_tag) {
+    let asset_tag = match (&tag, &req.proofs.asset_tag_v2) {
         (None, None) => AssetTagEvidence::NotConfigured,
         // A proof for a tag the inventory does not know proves nothing; it is ignored.
         (None, Some(_)) => AssetTagEvidence::NotConfigured,
         (Some(_), None) => AssetTagEvidence::Missing,
-        (Some(tag), Some(proof)) => match B64.decode(proof.trim()) {
-            Ok(p) if verify_asset_tag_proof(tag.expose().as_bytes(), nonce, &key.0, node, &p) => {
+        (Some(tag), Some(proof)) => {
+            let ctx = ProofContext { nonce, wg_public_key: &key.0, node, server_public_key: &s.server_public_key.0 };
+            if asset_tag_proof_verifies(tag.expose().as_bytes(), proof, &s.server_private_key, key, &ctx) {
                 AssetTagEvidence::Valid
+            } else {
+                AssetTagEvidence::Invalid
             }
-            _ => AssetTagEvidence::Invalid,
-        },
+        }
     };
     let tpm = crate::tpm::evidence(
         tpm_challenge,
@@ -223,16 +248,96 @@ async fn check_identity(
         &key.0,
         node,
         &merged.settings.pcr_policy(),
+        held_tpm.as_ref(),
     );
     let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
-    Ok(evaluate(&policy, &Evidence { network, asset_tag, tpm }, &client.to_string()).map(|()| Admitted {
-        policy,
-        ttl,
-        settings: merged,
-    }))
+    let evidence = Evidence { network, asset_tag, tpm: tpm.evidence };
+    match (evaluate(&policy, &evidence, &client.to_string()), tpm.candidate) {
+        (Ok(()), _) => Ok(Ok(Admitted { policy, ttl, settings: merged })),
+        // Every other factor held (`evaluate` checks the TPM last): discovery may hold it.
+        (Err(Refusal::TpmUnregistered(_)), Some(candidate)) => {
+            let actor = Actor(format!("node:{node}@{client}"));
+            Ok(Err(Refusal::TpmUnregistered(crate::tpm::discover(s, node, &candidate, &actor).await?)))
+        }
+        (Err(refusal), _) => Ok(Err(refusal)),
+    }
+}
+
+/// Verifies an asset-tag proof v2 (base64) with the X25519 secret of the server's
+/// static key and the node's WireGuard key; a low-order node key never verifies.
+fn asset_tag_proof_verifies(
+    tag: &[u8],
+    proof: &str,
+    server_key: &PrivateKey,
+    node_key: &PublicKey,
+    ctx: &ProofContext<'_>,
+) -> bool {
+    let (Ok(proof), Some(shared)) = (B64.decode(proof.trim()), server_key.shared_secret(node_key)) else {
+        return false;
+    };
+    verify_asset_tag_proof(tag, &shared, ctx, &proof)
+}
+
+/// At start-up: says how many nodes enroll on network position alone (opted in) and how
+/// many are refused for want of any stronger factor or an opt-in.
+pub async fn warn_about_weak_identities(store: &dyn ferry_store::Store) -> anyhow::Result<()> {
+    let nodes = store.list_nodes().await?;
+    let weak = nodes.iter().filter(|n| n.identity.weak && !n.identity.refused).count();
+    let refused = nodes.iter().filter(|n| n.identity.refused).count();
+    if weak > 0 {
+        tracing::warn!(
+            nodes = weak,
+            "{weak} node(s) enroll on network position alone (--identity network): anyone on the provisioning \
+             network who takes such a node's address receives its configuration and secrets; give them an asset \
+             tag or a TPM (ferry node list shows them as WEAK)"
+        );
+    }
+    if refused > 0 {
+        tracing::warn!(
+            nodes = refused,
+            "{refused} node(s) have no asset tag, no registered TPM and no identity policy: their enrollments are \
+             refused until they get one, or an admin accepts network position with --identity network \
+             (ferry node list shows them as REFUSED; see docs/operations.md, upgrade notes)"
+        );
+    }
+    Ok(())
 }
 
 /// An IPv4 client seen on a dual-stack socket as `::ffff:a.b.c.d`.
 fn is_mapped(client: IpAddr, v4: Option<std::net::Ipv4Addr>) -> bool {
     matches!((client, v4), (IpAddr::V6(c), Some(v4)) if c.to_ipv4_mapped() == Some(v4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent's side (node private key, server public key) and the server's (server
+    /// private key, node public key) agree; an observer who has every public value but
+    /// neither private key cannot confirm even the right tag.
+    #[test]
+    fn asset_tag_proofs_need_the_secret_shared_with_the_pinned_server_key() {
+        let (server, node_key) = (PrivateKey::generate(), PrivateKey::generate());
+        let (server_pub, node_pub) = (server.public_key(), node_key.public_key());
+        let node = NodeName::parse("n1").unwrap();
+        let nonce = [9u8; 32];
+        let ctx =
+            ProofContext { nonce: &nonce, wg_public_key: &node_pub.0, node: &node, server_public_key: &server_pub.0 };
+        let agent_shared = node_key.shared_secret(&server_pub).unwrap();
+        let proof = B64.encode(ferry_core::enroll::asset_tag_proof(b"TAG-5e1f-77c0-a9d3", &agent_shared, &ctx));
+        assert!(asset_tag_proof_verifies(b"TAG-5e1f-77c0-a9d3", &proof, &server, &node_pub, &ctx));
+        assert!(!asset_tag_proof_verifies(b"TAG-5e1f-77c0-a9d4", &proof, &server, &node_pub, &ctx), "wrong tag");
+        // Another server (key) cannot check it either: the proof is for the pinned one.
+        assert!(!asset_tag_proof_verifies(b"TAG-5e1f-77c0-a9d3", &proof, &PrivateKey::generate(), &node_pub, &ctx));
+        // The observer: the right tag, keyed with any public value instead of the secret.
+        let raw = B64.decode(&proof).unwrap();
+        for stand_in in [server_pub.0, node_pub.0, nonce, [0u8; 32]] {
+            assert!(!ferry_core::enroll::verify_asset_tag_proof(b"TAG-5e1f-77c0-a9d3", &stand_in, &ctx, &raw));
+        }
+        // A low-order "WireGuard key" would make the secret public: never verifies.
+        let zero = PublicKey([0u8; 32]);
+        let weak_ctx = ProofContext { wg_public_key: &zero.0, ..ctx };
+        let forged = B64.encode(ferry_core::enroll::asset_tag_proof(b"TAG-5e1f-77c0-a9d3", &[0u8; 32], &weak_ctx));
+        assert!(!asset_tag_proof_verifies(b"TAG-5e1f-77c0-a9d3", &forged, &server, &zero, &weak_ctx));
+    }
 }

@@ -126,6 +126,8 @@ impl Server {
         let wg = &config.wireguard;
         let key = wgkey::load_or_create(&config.wireguard_key_path())?;
         let server_public_key = key.public_key();
+        // Enrollment keys asset-tag proofs with the X25519 secret shared with this key.
+        let server_private_key = Arc::new(key.clone());
         let server_address = wg.network.server_address();
         let setup = ferry_wg::InterfaceSetup {
             addresses: vec![ferry_wg::IpNet::new(server_address, wg.network.prefix_len())?],
@@ -156,6 +158,7 @@ impl Server {
         // The store is the truth: restore active tunnels, drop orphans and expired ones.
         let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
         tracing::info!(?report, "device reconciled at start-up");
+        enroll::warn_about_weak_identities(store.as_ref()).await?;
 
         let datasource_addr = std::net::SocketAddr::new(server_address, config.datasource.port);
         let datasource_listener = TcpListener::bind(datasource_addr)
@@ -239,6 +242,7 @@ impl Server {
                 nonces,
                 config: config.clone(),
                 server_public_key,
+                server_private_key,
                 tpm: tpm.clone(),
                 limits,
             },

@@ -1,8 +1,9 @@
 //! The remote admin listener: the admin API over TLS (rustls) for callers that are not on
 //! the server, authenticated by bearer tokens with roles. Tokens are random 256-bit
 //! values shown once; the store keeps their SHA-256, so a stolen database grants
-//! nothing. Roles: `viewer` reads; `operator` also revokes tunnels and approves TPMs;
-//! `admin` changes everything. Token management stays on the unix socket.
+//! nothing. Roles: `viewer` reads; `operator` also revokes tunnels; `admin` changes
+//! everything, approving a TPM included (it makes a machine a node's identity). Token
+//! management stays on the unix socket.
 
 use crate::admin::AdminState;
 use crate::error::HttpError;
@@ -35,8 +36,7 @@ pub fn token_hash(token: &str) -> String {
 /// Whether `role` may call `method path`.
 pub fn allowed(role: &str, method: &Method, path: &str) -> bool {
     let read = method == Method::GET || method == Method::HEAD;
-    let operate = (method == Method::DELETE && path.starts_with("/v1/tunnels/"))
-        || (method == Method::POST && path.starts_with("/v1/nodes/") && path.ends_with("/tpm/approve"));
+    let operate = method == Method::DELETE && path.starts_with("/v1/tunnels/");
     match role {
         "admin" => true,
         "operator" => read || operate,
@@ -160,7 +160,8 @@ mod tests {
         assert!(!allowed("viewer", &Method::PATCH, "/v1/nodes"));
         assert!(!allowed("viewer", &Method::DELETE, "/v1/tunnels/n1"));
         assert!(allowed("operator", &Method::DELETE, "/v1/tunnels/n1"));
-        assert!(allowed("operator", &Method::POST, "/v1/nodes/n1/tpm/approve"));
+        assert!(!allowed("operator", &Method::POST, "/v1/nodes/n1/tpm/approve"), "approving a TPM is admin's");
+        assert!(allowed("admin", &Method::POST, "/v1/nodes/n1/tpm/approve"));
         assert!(!allowed("operator", &Method::PUT, "/v1/secrets/munge.key"));
         assert!(!allowed("operator", &Method::DELETE, "/v1/nodes"));
         assert!(allowed("admin", &Method::PUT, "/v1/secrets/munge.key"));

@@ -5,7 +5,14 @@
 //! The server holds no TPM: MakeCredential, quote and certificate checks are
 //! `ferry-attest`'s pure functions. What a challenge needs at enrollment time (the AK,
 //! the secret, the WireGuard key it was issued for) rides on the nonce, so it is
-//! single-use, expires with the nonce and is bounded by the nonce cap.
+//! single-use, expires with the nonce and is bounded by the nonce cap. A refused
+//! credential request uses its nonce up.
+//!
+//! Discovery (trust on first use) records nothing at the credential step: an unknown
+//! EK only rides on the nonce as a candidate. The enrollment holds it pending once the
+//! TPM really proved itself (credential activated, quote good) and every other factor
+//! of the node's policy passed; a node that already holds another EK keeps it, and the
+//! newcomer is refused as a conflict (`ferry_store::Discovery`).
 
 use crate::client_addr::client_address;
 use crate::enroll::{refuse, ProvisioningState, TcpConn};
@@ -22,9 +29,10 @@ use ferry_attest::{check_pcr_policy, make_credential, verify_quote, CaBundle, Ek
 use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::identity::TpmEvidence;
 use ferry_core::{IdentityFactor, MacAddr, NodeName};
-use ferry_store::{Actor, TpmRegistration, TpmState};
+use ferry_store::{Actor, Discovery, TpmRecord, TpmRegistration, TpmState};
 use rand::RngCore;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -72,6 +80,13 @@ impl TpmPolicy {
     }
 }
 
+/// `sha256:<64 hex>` in lower case, the form EK fingerprints are stored in; `None` if
+/// `s` is not one.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let hex = s.trim().strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| format!("sha256:{}", hex.to_lowercase()))
+}
+
 fn registration(ek: &EkIdentity, certificate: Option<Vec<u8>>) -> TpmRegistration {
     TpmRegistration { ek_spki: ek.spki_der().to_vec(), ek_certificate: certificate, fingerprint: ek.fingerprint() }
 }
@@ -84,14 +99,18 @@ pub struct PendingTpm {
     secret: Zeroizing<[u8; 32]>,
     pcrs: Vec<u8>,
     fingerprint: String,
+    /// The EK was the node's registered one when the challenge was issued.
     registered: bool,
+    /// Discovery's candidate: recorded only if the enrollment proves everything else.
+    discovered: Option<TpmRegistration>,
 }
 
 fn decode(what: &str, s: &str) -> Result<Vec<u8>, HttpError> {
     B64.decode(s.trim()).map_err(|_| HttpError::bad_request(format!("{what} is not standard base64")))
 }
 
-/// `POST /v1/enroll/tpm`.
+/// `POST /v1/enroll/tpm`. Every refusal, and every bad request that names a nonce, uses
+/// the nonce up: a caller gets one try per challenge.
 pub async fn credential(
     State(s): State<ProvisioningState>,
     ConnectInfo(conn): ConnectInfo<TcpConn>,
@@ -100,36 +119,49 @@ pub async fn credential(
 ) -> Result<ApiJson<TpmCredentialChallenge>, HttpError> {
     let req: TpmCredentialRequest = serde_json::from_slice(&body)
         .map_err(|e| HttpError::bad_request(format!("invalid TPM credential request: {e}")))?;
+    let nonce: [u8; 32] = decode("nonce", &req.nonce)?
+        .try_into()
+        .map_err(|_| HttpError::bad_request("nonce must be 32 bytes, base64-encoded"))?;
+    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
+    let answer = challenge(&s, &req, &nonce, client).await;
+    if answer.is_err() {
+        s.nonces.take(&nonce);
+    }
+    answer.map(ApiJson)
+}
+
+async fn challenge(
+    s: &ProvisioningState,
+    req: &TpmCredentialRequest,
+    nonce: &[u8; 32],
+    client: IpAddr,
+) -> Result<TpmCredentialChallenge, HttpError> {
     let key: ferry_wg::PublicKey = req
         .public_key
         .trim()
         .parse()
         .map_err(|_| HttpError::bad_request("public_key is not a WireGuard public key"))?;
-    let nonce: [u8; 32] = decode("nonce", &req.nonce)?
-        .try_into()
-        .map_err(|_| HttpError::bad_request("nonce must be 32 bytes, base64-encoded"))?;
     let mac = MacAddr::parse(&req.mac)?;
     let ek =
         TpmPublic::parse(&decode("ek_public", &req.ek_public)?).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let ak =
         TpmPublic::parse(&decode("ak_public", &req.ak_public)?).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let certificate = req.ek_certificate.as_deref().map(|c| decode("ek_certificate", c)).transpose()?;
-    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
 
-    if !s.nonces.is_live(&nonce) {
-        return Err(refuse(&s, client, format!("mac/{mac}"), "tpm challenge: unknown, used or expired nonce").await);
+    if !s.nonces.is_live(nonce) {
+        return Err(refuse(s, client, format!("mac/{mac}"), "tpm challenge: unknown, used or expired nonce").await);
     }
     let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
-        return Err(refuse(&s, client, format!("mac/{mac}"), "tpm challenge: no node has this MAC").await);
+        return Err(refuse(s, client, format!("mac/{mac}"), "tpm challenge: no node has this MAC").await);
     };
     let subject = format!("node/{node}");
     let ek_id = match ek.check_endorsement_key().and_then(|()| EkIdentity::from_tpm_public(&ek)) {
         Ok(id) => id,
-        Err(e) => return Err(refuse(&s, client, subject, format!("tpm factor: {e}")).await),
+        Err(e) => return Err(refuse(s, client, subject, format!("tpm factor: {e}")).await),
     };
     let fp = ek_id.fingerprint();
     if let Err(e) = ak.check_attestation_key() {
-        return Err(refuse(&s, client, subject, format!("tpm factor: {e} (ek {fp})")).await);
+        return Err(refuse(s, client, subject, format!("tpm factor: {e} (ek {fp})")).await);
     }
     // An EK certificate, when sent and checkable, must verify and certify this EK.
     let certified = match (&certificate, &s.tpm.ca) {
@@ -137,30 +169,41 @@ pub async fn credential(
             Ok(certified) if certified == ek_id => true,
             Ok(other) => {
                 let why = format!("tpm factor: the EK certificate certifies {} (ek {fp})", other.fingerprint());
-                return Err(refuse(&s, client, subject, why).await);
+                return Err(refuse(s, client, subject, why).await);
             }
-            Err(e) => return Err(refuse(&s, client, subject, format!("tpm factor: {e} (ek {fp})")).await),
+            Err(e) => return Err(refuse(s, client, subject, format!("tpm factor: {e} (ek {fp})")).await),
         },
         _ => false,
     };
 
     let (merged, tag) = s.tunnels.store.node_identity(&node).await?;
-    let required = merged.settings.identity_policy(tag.is_some()).contains(&IdentityFactor::Tpm);
-    let registered = match s.tunnels.store.node_tpms(Some(&node)).await?.pop() {
-        Some((_, r)) if r.state == TpmState::Registered && r.registration.fingerprint == fp => true,
-        Some((_, r)) if r.state == TpmState::Registered => {
-            let why = format!(
-                "tpm factor: TPM {fp} is not the one registered for this node ({})",
-                r.registration.fingerprint
-            );
-            return Err(refuse(&s, client, subject, why).await);
-        }
-        _ => false,
-    };
-    if required && !registered {
-        let why = discover(&s, &node, &ek_id, certificate, certified).await?;
-        return Err(refuse(&s, client, subject, why).await);
+    let held = s.tunnels.store.node_tpms(Some(&node)).await?.pop().map(|(_, r)| r);
+    let held_registered = held.as_ref().filter(|r| r.state == TpmState::Registered);
+    let required =
+        merged.settings.identity_policy(tag.is_some(), held_registered.is_some()).requires(IdentityFactor::Tpm);
+    let registered = held_registered.is_some_and(|r| r.registration.fingerprint == fp);
+    let may_discover = required && s.tpm.discovery;
+    if let Some(r) = held_registered.filter(|_| !registered && !may_discover) {
+        let why =
+            format!("tpm factor: TPM {fp} is not the one registered for this node ({})", r.registration.fingerprint);
+        return Err(refuse(s, client, subject, why).await);
     }
+    let discovered = match (required && !registered, may_discover) {
+        (false, _) => None,
+        (true, false) => {
+            let why = format!(
+                "tpm factor: no TPM is registered for this node (it presented {fp}; ferry node set {node} --tpm-ek …)"
+            );
+            return Err(refuse(s, client, subject, why).await);
+        }
+        (true, true) if s.tpm.ca.is_some() && !certified => {
+            let why = format!(
+                "tpm factor: TPM {fp} not held for approval: discovery with a CA bundle needs an EK certificate that verifies"
+            );
+            return Err(refuse(s, client, subject, why).await);
+        }
+        (true, true) => Some(registration(&ek_id, certificate.filter(|_| certified))),
+    };
 
     let mut secret = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(secret.as_mut());
@@ -176,53 +219,61 @@ pub async fn credential(
         pcrs: pcrs.clone(),
         fingerprint: fp.clone(),
         registered,
+        discovered,
     };
-    match s.nonces.attach(&nonce, pending) {
+    match s.nonces.attach(nonce, pending) {
         Ok(()) => {}
         Err(NonceError::AlreadyAttached) => {
-            return Err(refuse(&s, client, subject, "tpm challenge: one was already issued for this nonce").await);
+            return Err(refuse(s, client, subject, "tpm challenge: one was already issued for this nonce").await);
         }
-        Err(_) => return Err(refuse(&s, client, subject, "tpm challenge: the nonce expired meanwhile").await),
+        Err(_) => return Err(refuse(s, client, subject, "tpm challenge: the nonce expired meanwhile").await),
     }
     tracing::debug!(%node, ek = %fp, "TPM credential challenge issued");
-    Ok(ApiJson(TpmCredentialChallenge {
+    Ok(TpmCredentialChallenge {
         node: node.to_string(),
         credential_blob: B64.encode(&made.id_object),
         encrypted_secret: B64.encode(&made.encrypted_secret),
         pcrs,
-    }))
+    })
 }
 
-/// Trust on first use for a node whose policy needs a TPM it has not got: holds the EK
-/// for approval when the configuration allows it. Returns the refusal reason.
-async fn discover(
+/// Trust on first use, at enrollment, for a TPM that proved itself while every other
+/// factor held: holds it pending unless the node holds another. Returns the refusal
+/// reason (a discovered TPM identifies nothing until an admin approves it).
+pub async fn discover(
     s: &ProvisioningState,
     node: &NodeName,
-    ek: &EkIdentity,
-    certificate: Option<Vec<u8>>,
-    certified: bool,
+    candidate: &TpmRegistration,
+    actor: &Actor,
 ) -> Result<String, HttpError> {
-    let fp = ek.fingerprint();
-    if !s.tpm.discovery {
-        return Ok(format!(
-            "tpm factor: no TPM is registered for this node (it presented {fp}; ferry node set {node} --tpm-ek …)"
-        ));
-    }
-    if s.tpm.ca.is_some() && !certified {
-        return Ok(format!(
-            "tpm factor: TPM {fp} not held for approval: discovery with a CA bundle needs an EK certificate that verifies"
-        ));
-    }
-    let reg = registration(ek, certificate.filter(|_| certified));
-    let actor = Actor(format!("node:{node}"));
-    if s.tunnels.store.record_pending_tpm(node, &reg, &actor).await? {
-        Ok(format!("tpm factor: TPM {fp} is new; held pending (approve with: ferry node approve {node})"))
-    } else {
-        Ok(format!("tpm factor: TPM {fp} is pending approval or belongs to another node (ferry node tpm)"))
-    }
+    let fp = &candidate.fingerprint;
+    Ok(match s.tunnels.store.record_pending_tpm(node, candidate, actor).await? {
+        Discovery::Held => format!(
+            "TPM {fp} is new; held pending (compare it with the node's own TPM, then: ferry node approve {node} \
+             --ek-fingerprint {fp})"
+        ),
+        Discovery::AlreadyPending => format!("TPM {fp} is pending approval (ferry node tpm {node})"),
+        Discovery::AlreadyRegistered => {
+            format!("TPM {fp} was registered for this node after the challenge; enroll again")
+        }
+        Discovery::Conflict { held, state } => format!(
+            "TPM {fp} conflicts with the {} TPM {held} of this node; nothing replaced (ferry node tpm {node})",
+            state.as_str()
+        ),
+        Discovery::OtherNode(other) => format!("TPM {fp} is held for node {other}; one TPM identifies one node"),
+    })
 }
 
-/// The verdict on an enrollment's TPM proof, given what its nonce carried.
+/// The verdict on an enrollment's TPM proof, and discovery's candidate if the proof
+/// verified for an EK the node has not registered.
+pub struct Verdict {
+    pub evidence: TpmEvidence,
+    pub candidate: Option<TpmRegistration>,
+}
+
+/// The verdict on an enrollment's TPM proof, given what its nonce carried and the
+/// node's TPM record now: a registration revoked or changed since the challenge is
+/// not honoured.
 pub fn evidence(
     pending: Option<PendingTpm>,
     proof: Option<&TpmProof>,
@@ -230,17 +281,31 @@ pub fn evidence(
     wg_key: &[u8; 32],
     node: &NodeName,
     pcr_policy: &BTreeMap<u8, Vec<u8>>,
-) -> TpmEvidence {
+    held_now: Option<&TpmRecord>,
+) -> Verdict {
+    let verdict = |evidence| Verdict { evidence, candidate: None };
     let (pending, proof) = match (pending, proof) {
-        (_, None) => return TpmEvidence::NotPresented,
-        (None, Some(_)) => return TpmEvidence::Invalid("a TPM proof without a TPM challenge for this nonce".into()),
+        (_, None) => return verdict(TpmEvidence::NotPresented),
+        (None, Some(_)) => {
+            return verdict(TpmEvidence::Invalid("a TPM proof without a TPM challenge for this nonce".into()))
+        }
         (Some(p), Some(proof)) => (p, proof),
     };
     let fp = &pending.fingerprint;
-    match check(&pending, proof, nonce, wg_key, node, pcr_policy) {
-        Err(why) => TpmEvidence::Invalid(format!("{why} (ek {fp})")),
-        Ok(()) if pending.registered => TpmEvidence::Valid,
-        Ok(()) => TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),
+    if let Err(why) = check(&pending, proof, nonce, wg_key, node, pcr_policy) {
+        return verdict(TpmEvidence::Invalid(format!("{why} (ek {fp})")));
+    }
+    let registered_now = held_now.is_some_and(|r| r.state == TpmState::Registered && r.registration.fingerprint == *fp);
+    match (pending.registered, registered_now) {
+        (true, true) => verdict(TpmEvidence::Valid),
+        (true, false) => verdict(TpmEvidence::Invalid(format!(
+            "TPM {fp} is no longer registered for this node: its registration changed or was cleared after the \
+             credential challenge"
+        ))),
+        (false, _) => Verdict {
+            evidence: TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),
+            candidate: pending.discovered,
+        },
     }
 }
 
@@ -272,4 +337,20 @@ fn check(
     let expected = tpm_qualifying_data(nonce, wg_key, node);
     verify_quote(&pending.ak, &attest, &signature, &expected, &pending.pcrs, &values).map_err(|e| e.to_string())?;
     check_pcr_policy(pcr_policy, &values).map_err(|index| format!("PCR {index} differs from the policy"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_are_normalized_or_refused() {
+        let hex = "AB".repeat(32);
+        assert_eq!(normalize_fingerprint(&format!(" sha256:{hex}\n")), Some(format!("sha256:{}", "ab".repeat(32))));
+        for bad in
+            [hex.clone(), format!("sha1:{hex}"), format!("sha256:{}", &hex[2..]), format!("sha256:{}zz", &hex[4..])]
+        {
+            assert_eq!(normalize_fingerprint(&bad), None, "{bad}");
+        }
+    }
 }

@@ -28,7 +28,7 @@ pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus};
 pub use sql::{SqlStore, WRITE_LOCK_KEY};
-pub use tpm::{TpmRecord, TpmRegistration, TpmState};
+pub use tpm::{Discovery, TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 
 use async_trait::async_trait;
@@ -249,16 +249,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// TPM records, of one node or all.
     async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError>;
-    /// Trust on first use: records an EK seen at enrollment as pending, unless the node
-    /// has a registered one or another node holds it. True if recorded.
+    /// Trust on first use: records an EK that proved itself at enrollment as pending if
+    /// the node holds none and no other node holds it. A held EK (pending or
+    /// registered) is never replaced: a different one is recorded as its conflict.
     async fn record_pending_tpm(
         &self,
         node: &NodeName,
         tpm: &TpmRegistration,
         actor: &Actor,
-    ) -> Result<bool, StoreError>;
-    /// Pending → registered.
-    async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError>;
+    ) -> Result<Discovery, StoreError>;
+    /// Pending → registered, only if the pending EK has exactly this fingerprint.
+    async fn approve_tpm(&self, node: &NodeName, fingerprint: &str, actor: &Actor) -> Result<TpmRecord, StoreError>;
 
     /// Sets (replaces) a template secret; sealed at rest, audited without its value.
     async fn set_secret(&self, name: &str, scope: &SecretScope, value: &[u8], actor: &Actor) -> Result<(), StoreError>;

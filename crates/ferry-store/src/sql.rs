@@ -348,15 +348,23 @@ async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNo
         .ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
 }
 
-fn node_view(s: StoredNode) -> NodeView {
-    NodeView {
+/// A node as listings show it, with the identity policy its merged settings give.
+fn node_view(
+    s: StoredNode,
+    profiles: &BTreeMap<ProfileName, Profile>,
+    registered_tpms: &HashSet<String>,
+) -> Result<NodeView, StoreError> {
+    let merged = merge_node(&s.node, profiles)?;
+    let policy = merged.settings.identity_policy(s.asset_tag.is_some(), registered_tpms.contains(s.node.name.as_str()));
+    Ok(NodeView {
         name: s.node.name,
         profiles: s.node.profiles,
         settings: s.node.settings,
         asset_tag: if s.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        identity: (&policy).into(),
         revision: s.revision,
         updated_at: format_time(s.updated_at),
-    }
+    })
 }
 
 /// Validates a node against the current profiles and writes it with its relations.
@@ -564,15 +572,19 @@ impl Store for SqlStore {
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
         let mut tx = self.begin_read().await?;
         let nodes = load_nodes(&mut tx, None).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        let tpms = crate::sql_tpm::registered_tpm_nodes(&mut tx, None).await?;
         tx.commit().await?;
-        Ok(nodes.into_iter().map(node_view).collect())
+        nodes.into_iter().map(|n| node_view(n, &profiles, &tpms)).collect()
     }
 
     async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError> {
         let mut tx = self.begin_read().await?;
         let node = load_node(&mut tx, name).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        let tpms = crate::sql_tpm::registered_tpm_nodes(&mut tx, Some(name)).await?;
         tx.commit().await?;
-        Ok(node_view(node))
+        node_view(node, &profiles, &tpms)
     }
 
     async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError> {
@@ -868,12 +880,17 @@ impl Store for SqlStore {
         node: &NodeName,
         tpm: &crate::TpmRegistration,
         actor: &Actor,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<crate::Discovery, StoreError> {
         self.record_pending_tpm_impl(node, tpm, actor).await
     }
 
-    async fn approve_tpm(&self, node: &NodeName, actor: &Actor) -> Result<crate::TpmRecord, StoreError> {
-        self.approve_tpm_impl(node, actor).await
+    async fn approve_tpm(
+        &self,
+        node: &NodeName,
+        fingerprint: &str,
+        actor: &Actor,
+    ) -> Result<crate::TpmRecord, StoreError> {
+        self.approve_tpm_impl(node, fingerprint, actor).await
     }
 
     async fn set_secret(

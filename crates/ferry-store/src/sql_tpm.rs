@@ -1,12 +1,13 @@
 //! Node TPM identities in the SQL store.
 
 use crate::sql::{audit, SqlStore};
-use crate::tpm::{TpmRecord, TpmRegistration, TpmState};
+use crate::tpm::{Discovery, TpmRecord, TpmRegistration, TpmState};
 use crate::{now_secs, Actor, StoreError};
 use ferry_core::NodeName;
 use sqlx::{AnyConnection, Row};
 
 const COLUMNS: &str = "node, state, fingerprint, ek_spki, ek_cert, updated_at";
+const READ_COLUMNS: &str = "node, state, fingerprint, ek_spki, ek_cert, updated_at, conflict_fingerprint";
 
 fn record(row: &sqlx::any::AnyRow) -> Result<(NodeName, TpmRecord), StoreError> {
     let node: String = row.get(0);
@@ -17,7 +18,31 @@ fn record(row: &sqlx::any::AnyRow) -> Result<(NodeName, TpmRecord), StoreError> 
     };
     let name = NodeName::parse(&node).map_err(|e| StoreError::Corrupt(format!("node_tpm/{node}"), e.to_string()))?;
     let registration = TpmRegistration { fingerprint: row.get(2), ek_spki: row.get(3), ek_certificate: row.get(4) };
-    Ok((name, TpmRecord { state, registration, updated_at: row.get(5) }))
+    Ok((name, TpmRecord { state, registration, updated_at: row.get(5), conflict: row.get(6) }))
+}
+
+/// The nodes with a registered TPM (the default identity policy requires it of them).
+pub(crate) async fn registered_tpm_nodes(
+    conn: &mut AnyConnection,
+    only: Option<&NodeName>,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut q = sqlx::query_scalar::<_, String>(if only.is_some() {
+        "SELECT node FROM node_tpm WHERE state = 'registered' AND node = $1"
+    } else {
+        "SELECT node FROM node_tpm WHERE state = 'registered'"
+    });
+    if let Some(n) = only {
+        q = q.bind(n.as_str());
+    }
+    Ok(q.fetch_all(&mut *conn).await?.into_iter().collect())
+}
+
+async fn read_record(conn: &mut AnyConnection, node: &NodeName) -> Result<Option<TpmRecord>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {READ_COLUMNS} FROM node_tpm WHERE node = $1"))
+        .bind(node.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(record).transpose().map(|r| r.map(|(_, rec)| rec))
 }
 
 async fn node_exists(conn: &mut AnyConnection, node: &NodeName) -> Result<(), StoreError> {
@@ -103,7 +128,7 @@ impl SqlStore {
         only: Option<&NodeName>,
     ) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
         let sql = format!(
-            "SELECT {COLUMNS} FROM node_tpm {} ORDER BY node",
+            "SELECT {READ_COLUMNS} FROM node_tpm {} ORDER BY node",
             if only.is_some() { "WHERE node = $1" } else { "" }
         );
         let mut q = sqlx::query(&sql);
@@ -118,53 +143,79 @@ impl SqlStore {
         node: &NodeName,
         tpm: &TpmRegistration,
         actor: &Actor,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Discovery, StoreError> {
         let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
-        let current = sqlx::query("SELECT state, fingerprint FROM node_tpm WHERE node = $1")
-            .bind(node.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        match current {
-            // A registered EK is never replaced by discovery.
-            Some(row) if row.get::<String, _>(0) == "registered" => return Ok(false),
-            Some(row) if row.get::<String, _>(1) == tpm.fingerprint => return Ok(false),
-            _ => {}
-        }
-        if owner_of(&mut tx, &tpm.fingerprint, node).await?.is_some() {
-            return Ok(false);
-        }
-        upsert(&mut tx, node, TpmState::Pending, tpm).await?;
-        let detail = format!("ek={} certified={}", tpm.fingerprint, tpm.ek_certificate.is_some());
-        audit(&mut tx, actor, "tpm.pending", &format!("node/{node}"), &detail).await?;
+        let subject = format!("node/{node}");
+        let outcome = match read_record(&mut tx, node).await? {
+            Some(held) if held.registration.fingerprint == tpm.fingerprint => match held.state {
+                TpmState::Registered => Discovery::AlreadyRegistered,
+                TpmState::Pending => Discovery::AlreadyPending,
+            },
+            // Whatever is held stays: the admin compares both fingerprints.
+            Some(held) => {
+                sqlx::query("UPDATE node_tpm SET conflict_fingerprint = $1, conflict_at = $2 WHERE node = $3")
+                    .bind(&tpm.fingerprint)
+                    .bind(now_secs())
+                    .bind(node.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                let held_fp = held.registration.fingerprint;
+                let detail = format!("held={held_fp} ({}) presented={}", held.state.as_str(), tpm.fingerprint);
+                audit(&mut tx, actor, "tpm.conflict", &subject, &detail).await?;
+                Discovery::Conflict { held: held_fp, state: held.state }
+            }
+            None => match owner_of(&mut tx, &tpm.fingerprint, node).await? {
+                Some((other, _)) => Discovery::OtherNode(other),
+                None => {
+                    upsert(&mut tx, node, TpmState::Pending, tpm).await?;
+                    let detail = format!("ek={} certified={}", tpm.fingerprint, tpm.ek_certificate.is_some());
+                    audit(&mut tx, actor, "tpm.pending", &subject, &detail).await?;
+                    Discovery::Held
+                }
+            },
+        };
         tx.commit().await?;
-        Ok(true)
+        Ok(outcome)
     }
 
-    pub(crate) async fn approve_tpm_impl(&self, node: &NodeName, actor: &Actor) -> Result<TpmRecord, StoreError> {
+    pub(crate) async fn approve_tpm_impl(
+        &self,
+        node: &NodeName,
+        fingerprint: &str,
+        actor: &Actor,
+    ) -> Result<TpmRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
-        let now = now_secs();
-        let done = sqlx::query(
-            "UPDATE node_tpm SET state = 'registered', updated_at = $1 WHERE node = $2 AND state = 'pending'",
-        )
-        .bind(now)
-        .bind(node.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if done == 0 {
+        let held = read_record(&mut tx, node).await?;
+        let Some(held) = held.filter(|h| h.state == TpmState::Pending) else {
             return Err(StoreError::Conflict(format!(
                 "node {node} has no pending TPM to approve (see ferry node tpm {node})"
             )));
+        };
+        if held.registration.fingerprint != fingerprint {
+            return Err(StoreError::Conflict(format!(
+                "the TPM pending for node {node} is {}, not {fingerprint}; nothing approved. Approve only the \
+                 fingerprint you read from the node's own TPM",
+                held.registration.fingerprint
+            )));
         }
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM node_tpm WHERE node = $1"))
-            .bind(node.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        let (_, rec) = record(&row)?;
-        audit(&mut tx, actor, "tpm.approve", &format!("node/{node}"), &format!("ek={}", rec.registration.fingerprint))
-            .await?;
+        sqlx::query(
+            "UPDATE node_tpm SET state = 'registered', updated_at = $1, conflict_fingerprint = NULL, \
+             conflict_at = NULL WHERE node = $2",
+        )
+        .bind(now_secs())
+        .bind(node.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let detail = match &held.conflict {
+            Some(other) => format!("ek={fingerprint} (conflict {other} cleared)"),
+            None => format!("ek={fingerprint}"),
+        };
+        audit(&mut tx, actor, "tpm.approve", &format!("node/{node}"), &detail).await?;
+        let rec = read_record(&mut tx, node)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { kind: "TPM of node", name: node.to_string() })?;
         tx.commit().await?;
         Ok(rec)
     }

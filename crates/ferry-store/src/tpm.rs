@@ -36,4 +36,22 @@ pub struct TpmRecord {
     pub state: TpmState,
     pub registration: TpmRegistration,
     pub updated_at: i64,
+    /// The fingerprint of the last other TPM refused as a conflict with this one.
+    pub conflict: Option<String>,
+}
+
+/// What trust-on-first-use did with a TPM that proved itself for a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discovery {
+    /// Held as pending for the node (audited `tpm.pending`).
+    Held,
+    /// This very EK is already pending for the node.
+    AlreadyPending,
+    /// This very EK is registered for the node (approved meanwhile).
+    AlreadyRegistered,
+    /// The node holds another EK: nothing replaced; recorded as the node's conflict and
+    /// audited `tpm.conflict` with both fingerprints.
+    Conflict { held: String, state: TpmState },
+    /// Another node holds this EK.
+    OtherNode(String),
 }

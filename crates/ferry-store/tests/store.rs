@@ -182,28 +182,52 @@ fn tpm(fingerprint: &str) -> ferry_store::TpmRegistration {
 }
 
 async fn tpm_identity_register_discover_approve(kind: Kind) {
-    use ferry_store::TpmState;
+    use ferry_store::{Discovery, TpmState};
     let (_d, s) = store(kind).await;
     let nodes = vec![new_node("n1", json!({})), new_node("n2", json!({}))];
     s.add_nodes(AddNodes { nodes }, &actor()).await.unwrap();
+    assert!(s.get_node(&n("n1")).await.unwrap().identity.refused, "no tag, no TPM, no policy");
 
     s.set_node_tpm(&n("n1"), Some(&tpm("sha256:aa")), &actor()).await.unwrap();
+    // A registered TPM is part of the default policy: n1 is no longer weak.
+    let identity = s.get_node(&n("n1")).await.unwrap().identity;
+    assert_eq!(identity.factors, [ferry_core::IdentityFactor::Network, ferry_core::IdentityFactor::Tpm]);
+    assert!(!identity.weak && !identity.refused);
     // One TPM identifies one node, whatever state it is in.
     let err = s.set_node_tpm(&n("n2"), Some(&tpm("sha256:aa")), &actor()).await.unwrap_err();
     assert!(err.to_string().contains("already registered for node n1"), "{err}");
-    assert!(!s.record_pending_tpm(&n("n2"), &tpm("sha256:aa"), &actor()).await.unwrap());
+    let found = s.record_pending_tpm(&n("n2"), &tpm("sha256:aa"), &actor()).await.unwrap();
+    assert_eq!(found, Discovery::OtherNode("n1".into()));
     assert!(s.node_tpms(Some(&n("n2"))).await.unwrap().is_empty(), "nothing changed");
-    // Discovery never replaces a registered EK.
-    assert!(!s.record_pending_tpm(&n("n1"), &tpm("sha256:bb"), &actor()).await.unwrap());
-    assert_eq!(s.node_tpms(Some(&n("n1"))).await.unwrap()[0].1.registration.fingerprint, "sha256:aa");
+    // Discovery never replaces a registered EK: a conflict, with both fingerprints.
+    let found = s.record_pending_tpm(&n("n1"), &tpm("sha256:bb"), &actor()).await.unwrap();
+    assert_eq!(found, Discovery::Conflict { held: "sha256:aa".into(), state: TpmState::Registered });
+    let rec = &s.node_tpms(Some(&n("n1"))).await.unwrap()[0].1;
+    assert_eq!((rec.registration.fingerprint.as_str(), rec.conflict.as_deref()), ("sha256:aa", Some("sha256:bb")));
+    assert_eq!(
+        s.record_pending_tpm(&n("n1"), &tpm("sha256:aa"), &actor()).await.unwrap(),
+        Discovery::AlreadyRegistered
+    );
 
-    assert!(s.approve_tpm(&n("n2"), &actor()).await.is_err(), "nothing pending");
-    assert!(s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap());
-    assert!(!s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap(), "already pending");
+    assert!(s.approve_tpm(&n("n2"), "sha256:cc", &actor()).await.is_err(), "nothing pending");
+    assert_eq!(s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap(), Discovery::Held);
+    assert_eq!(s.record_pending_tpm(&n("n2"), &tpm("sha256:cc"), &actor()).await.unwrap(), Discovery::AlreadyPending);
     assert_eq!(s.node_tpms(Some(&n("n2"))).await.unwrap()[0].1.state, TpmState::Pending);
-    let approved = s.approve_tpm(&n("n2"), &actor()).await.unwrap();
+    assert!(s.get_node(&n("n2")).await.unwrap().identity.refused, "a pending TPM is no identity");
+    // A pending EK is never replaced either: the attacker's EK is only the conflict.
+    let found = s.record_pending_tpm(&n("n2"), &tpm("sha256:dd"), &actor()).await.unwrap();
+    assert_eq!(found, Discovery::Conflict { held: "sha256:cc".into(), state: TpmState::Pending });
+    // Approval names the fingerprint: the conflicting one (or any other) is refused.
+    let err = s.approve_tpm(&n("n2"), "sha256:dd", &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("is sha256:cc, not sha256:dd"), "{err}");
+    assert_eq!(s.node_tpms(Some(&n("n2"))).await.unwrap()[0].1.state, TpmState::Pending, "nothing approved");
+    let approved = s.approve_tpm(&n("n2"), "sha256:cc", &actor()).await.unwrap();
     assert_eq!((approved.state, approved.registration.fingerprint.as_str()), (TpmState::Registered, "sha256:cc"));
-    assert!(matches!(s.approve_tpm(&n("nope"), &actor()).await, Err(StoreError::NotFound { .. })));
+    assert_eq!(approved.conflict, None, "approval clears the conflict");
+    assert!(matches!(s.approve_tpm(&n("nope"), "sha256:cc", &actor()).await, Err(StoreError::NotFound { .. })));
+    let log = s.audit(Some("node/n2"), 100).await.unwrap();
+    let conflict = log.iter().find(|e| e.action == "tpm.conflict").expect("conflict audited");
+    assert!(conflict.detail.contains("held=sha256:cc") && conflict.detail.contains("presented=sha256:dd"));
 
     s.set_node_tpm(&n("n1"), None, &actor()).await.unwrap();
     assert_eq!(s.node_tpms(None).await.unwrap().len(), 1);
@@ -314,9 +338,10 @@ both_backends!(
     the_audit_log_is_append_only_in_the_database,
 );
 
-/// A SQLite database written by the previous release (migrations 0001-0008, applied by
-/// sqlx's own SQLite driver) opens through `Any`: only 0009 is applied, and its tunnels
-/// become the `local` server's.
+/// A SQLite database written by an earlier release (migrations 0001-0008, applied by
+/// sqlx's own SQLite driver) opens through `Any`: 0009 on makes its tunnels the `local`
+/// server's, its TPM rows readable without a conflict; and its node without asset tag,
+/// TPM or identity policy shows as refused until an admin opts in (`--identity network`).
 #[tokio::test]
 async fn a_sqlite_database_of_the_previous_release_upgrades() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,11 +369,23 @@ async fn a_sqlite_database_of_the_previous_release_upgrades() {
         .execute(&pool)
         .await
         .unwrap();
+    sqlx::query("INSERT INTO nodes (name, settings, revision, updated_at) VALUES ('n2', '{}', 1, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO node_tpm (node, state, fingerprint, ek_spki, updated_at) VALUES ('n2', 'pending', 'sha256:ee', x'00', 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
 
     let s = SqlStore::open_sqlite(&file, Sealer::ephemeral()).await.unwrap();
     let tunnels = s.list_tunnels().await.unwrap();
     assert_eq!((tunnels.len(), tunnels[0].server.as_str()), (1, "local"));
-    assert_eq!(s.get_node(&n("n1")).await.unwrap().revision, 1);
+    let n1 = s.get_node(&n("n1")).await.unwrap();
+    assert_eq!(n1.revision, 1);
+    assert!(n1.identity.weak && n1.identity.refused, "{:?}", n1.identity);
+    let tpms = s.node_tpms(None).await.unwrap();
+    assert_eq!((tpms[0].1.state, tpms[0].1.conflict.as_ref()), (ferry_store::TpmState::Pending, None));
     assert!(s.list_servers().await.unwrap().is_empty());
 }

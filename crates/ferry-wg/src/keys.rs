@@ -115,6 +115,13 @@ impl PrivateKey {
     pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
         self.0.as_bytes()
     }
+
+    /// X25519 with a peer's public key (the same secret on both sides). `None` when the
+    /// peer's key is a low-order point: the result would not depend on this key.
+    pub fn shared_secret(&self, peer: &PublicKey) -> Option<Zeroizing<[u8; KEY_LEN]>> {
+        let shared = self.0.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
+        shared.was_contributory().then(|| Zeroizing::new(*shared.as_bytes()))
+    }
 }
 
 impl FromStr for PrivateKey {
@@ -210,6 +217,18 @@ mod tests {
         // a trailing newline (as in a key file) is accepted for private keys
         let k2: PrivateKey = format!("{PRIV_B64}\n").parse().expect("newline");
         assert_eq!(k2.public_key(), pk);
+    }
+
+    #[test]
+    fn shared_secrets_agree_and_low_order_keys_give_none() {
+        let (node, server) = (PrivateKey::generate(), PrivateKey::generate());
+        let a = node.shared_secret(&server.public_key()).expect("contributory");
+        let b = server.shared_secret(&node.public_key()).expect("contributory");
+        assert_eq!(*a, *b);
+        let third = PrivateKey::generate();
+        assert_ne!(*a, *third.shared_secret(&server.public_key()).expect("contributory"));
+        // The all-zero point (low order) would make the "secret" known to everyone.
+        assert!(server.shared_secret(&PublicKey([0u8; KEY_LEN])).is_none());
     }
 
     #[test]

@@ -236,6 +236,28 @@ fn asset_tag_never_appears_in_output_or_logs() {
     }
 }
 
+/// Finding 6 of the outside review: a short or low-entropy asset tag is set (it may be
+/// what the firmware holds) but the admin is warned, without the tag being echoed.
+#[test]
+fn short_or_guessable_asset_tags_are_set_with_a_warning() {
+    let s = TestServer::start();
+    let set = |node: &str, tag: &str| {
+        let file = s.dir.path().join(format!("{node}.tag"));
+        std::fs::write(&file, tag).unwrap();
+        let out = s.run(&["node", "add", node, "--identity", "asset-tag", "--asset-tag-file", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (node, weak) in [("n1", "CZ1234567X"), ("n2", "1234567890123456"), ("n3", "aaaaaaaaaaaaaaaaaaaaaaaa")] {
+        let err = set(node, weak);
+        assert!(err.contains("warning: this asset tag is short or easy to guess"), "{weak}: {err}");
+        assert!(!err.contains(weak), "the tag is not echoed: {err}");
+    }
+    let err = set("n4", "3f9c2a7b1e6d4c8f0a5b9e2d7c1f4a6b");
+    assert!(!err.contains("warning"), "a random 32-character tag: {err}");
+    assert_eq!(s.json(&["node", "show", "n1", "--json"])["asset_tag"], "set", "warned, not refused");
+}
+
 #[test]
 fn serve_needs_no_config_and_reports_bad_config() {
     let s = TestServer::start();

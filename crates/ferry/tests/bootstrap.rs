@@ -43,7 +43,8 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
         nc.to_str().unwrap(),
     ]);
     c.add_nodes(&["-P", "compute"]);
-    c.server.ok(&["node", "set", "n1", "--tag", "rack=r1"]);
+    // n1 has nothing but its address: it must say so (secure default, finding 3).
+    c.server.ok(&["node", "set", "n1", "--tag", "rack=r1", "--identity", "network"]);
     c.server.ok(&["node", "set", "n2", "--tag", "rack=r2"]);
     c.server.ok(&["node", "set", "n3", "--tag", "rack=r3", "--identity", "asset-tag"]);
     // n2 and n3 have asset tags: n2 then needs network + asset-tag (the default), n3 asset-tag alone.
@@ -104,24 +105,50 @@ impl OutputAsync for std::process::Command {
 struct Attempt {
     key: ferry_wg::PrivateKey,
     nonce: String,
+    /// The server key the challenge named.
+    server_key: ferry_wg::PublicKey,
 }
 
 impl Attempt {
     fn new(c: &Cluster, from: usize) -> Attempt {
         let (code, body) = c.nodes[from].curl(&["-X", "POST", &format!("http://{SERVER_IP}:8470/v1/enroll/challenge")]);
         assert_eq!(code, 200, "{body}");
-        let nonce = serde_json::from_str::<serde_json::Value>(&body).unwrap()["nonce"].as_str().unwrap().to_owned();
-        Attempt { key: ferry_wg::PrivateKey::generate(), nonce }
+        let v = serde_json::from_str::<serde_json::Value>(&body).unwrap();
+        let server_key = v["server_public_key"].as_str().expect("the challenge names the server key").parse().unwrap();
+        assert_eq!(server_key, c.server.public_key().parse().unwrap(), "the server's own key");
+        Attempt { key: ferry_wg::PrivateKey::generate(), nonce: v["nonce"].as_str().unwrap().to_owned(), server_key }
     }
 
-    fn proof(&self, tag: &str, key: &ferry_wg::PublicKey, node: &str) -> String {
+    /// The agent's asset-tag proof (v2) for this attempt's WireGuard key.
+    fn proof(&self, tag: &str, node: &str) -> String {
         let nonce = B64.decode(&self.nonce).unwrap();
         let node = ferry_core::NodeName::parse(node).unwrap();
-        B64.encode(ferry_core::enroll::asset_tag_proof(tag.as_bytes(), &nonce, &key.0, &node))
+        let shared = self.key.shared_secret(&self.server_key).unwrap();
+        let ctx = ferry_core::enroll::ProofContext {
+            nonce: &nonce,
+            wg_public_key: &self.key.public_key().0,
+            node: &node,
+            server_public_key: &self.server_key.0,
+        };
+        B64.encode(ferry_core::enroll::asset_tag_proof(tag.as_bytes(), &shared, &ctx))
     }
 
     fn body(&self, mac: &str, key: &ferry_wg::PublicKey, proof: Option<String>) -> String {
-        serde_json::json!({"mac": mac, "public_key": key.to_base64(), "nonce": self.nonce, "proofs": {"asset_tag": proof}}).to_string()
+        serde_json::json!({"mac": mac, "public_key": key.to_base64(), "nonce": self.nonce, "proofs": {"asset_tag_v2": proof}}).to_string()
+    }
+
+    /// What an agent older than proof v2 sends: an HMAC keyed by the tag alone.
+    fn body_v1(&self, mac: &str, tag: &str, node: &str) -> String {
+        use hmac::Mac;
+        let mut m = <hmac::Hmac<sha2::Sha256>>::new_from_slice(tag.as_bytes()).unwrap();
+        let nonce = B64.decode(&self.nonce).unwrap();
+        let public = self.key.public_key();
+        for part in [&b"ferry enrollment asset-tag proof v1"[..], &nonce, &public.0, node.as_bytes()] {
+            m.update(&(part.len() as u32).to_be_bytes());
+            m.update(part);
+        }
+        let proof = B64.encode(m.finalize().into_bytes());
+        serde_json::json!({"mac": mac, "public_key": public.to_base64(), "nonce": self.nonce, "proofs": {"asset_tag": proof}}).to_string()
     }
 }
 
@@ -140,6 +167,7 @@ fn enroll(c: &Cluster, from: usize, body: &str) -> (u16, String) {
 #[test]
 fn enrollment_refusals_grant_nothing() {
     let c = Cluster::new(2);
+    // n1 gets an asset tag: ferry's default policy then is network + asset-tag.
     c.add_nodes(&[]);
     std::fs::write(c.nodes[0].path("tag"), "RIGHT-TAG").unwrap();
     c.server.ok(&["node", "set", "n1", "--asset-tag-file", c.nodes[0].path("tag").to_str().unwrap()]);
@@ -153,14 +181,14 @@ fn enrollment_refusals_grant_nothing() {
     // Enrolling from an address that is not the node's (n2's namespace claims n1's MAC).
     let a = Attempt::new(&c, 1);
     let pk = a.key.public_key();
-    let (code, body) = enroll(&c, 1, &a.body(&c.nodes[0].mac, &pk, Some(a.proof("RIGHT-TAG", &pk, "n1"))));
+    let (code, body) = enroll(&c, 1, &a.body(&c.nodes[0].mac, &pk, Some(a.proof("RIGHT-TAG", "n1"))));
     assert_eq!((code, body.contains("\"refused\"")), (401, true), "{body}");
     assert!(audit(&c, "n1").contains("came from 198.18.0.12"));
 
     // A valid enrollment, then the same request replayed: the nonce is single-use.
     let a = Attempt::new(&c, 0);
     let pk = a.key.public_key();
-    let good = a.body(&c.nodes[0].mac, &pk, Some(a.proof("RIGHT-TAG", &pk, "n1")));
+    let good = a.body(&c.nodes[0].mac, &pk, Some(a.proof("RIGHT-TAG", "n1")));
     assert_eq!(enroll(&c, 0, &good).0, 200);
     assert_eq!(c.server.wg_peers(), [pk.to_base64()]);
     assert_eq!(enroll(&c, 0, &good).0, 401, "replayed nonce");
@@ -174,8 +202,17 @@ fn enrollment_refusals_grant_nothing() {
     let a = Attempt::new(&c, 0);
     let victim = a.key.public_key();
     let attacker = ferry_wg::PrivateKey::generate().public_key();
-    let (code, _) = enroll(&c, 0, &a.body(&c.nodes[0].mac, &attacker, Some(a.proof("RIGHT-TAG", &victim, "n1"))));
-    assert_eq!(code, 401, "proof bound to another key");
+    let (code, _) = enroll(&c, 0, &a.body(&c.nodes[0].mac, &attacker, Some(a.proof("RIGHT-TAG", "n1"))));
+    assert_eq!(code, 401, "proof bound to another key ({victim})");
+
+    // An agent older than proof v2 (HMAC keyed by the tag alone, which a sniffed
+    // enrollment lets anyone attack offline): a clear 400 that says to update it, audited.
+    let a = Attempt::new(&c, 0);
+    let (code, body) = enroll(&c, 0, &a.body_v1(&c.nodes[0].mac, "RIGHT-TAG", "n1"));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("asset-tag proof v1") && body.contains("update ferry on the node"), "{body}");
+    assert!(audit(&c, "n1").contains("reason=asset-tag factor: this agent sent an asset-tag proof v1"));
+    assert!(c.server.wg_peers().is_empty(), "nothing granted");
 
     // Unknown MAC, malformed input: nothing granted either.
     let a = Attempt::new(&c, 1);
@@ -188,10 +225,50 @@ fn enrollment_refusals_grant_nothing() {
     assert_all_closed(&c);
 }
 
+/// Finding 3 of the outside review: a node with no asset tag, no TPM and no identity
+/// policy would enroll on its address alone (anyone on the provisioning network who
+/// takes it gets the node's secrets). By default it is refused, and says how to opt in;
+/// `--identity network` admits it, marked WEAK; `ferry serve` counts both at start-up.
+#[test]
+fn a_node_with_nothing_but_its_address_enrolls_only_after_an_explicit_opt_in() {
+    let mut c = Cluster::new(1);
+    c.add_nodes(&[]);
+    let listed = c.server.ok(&["node", "list"]);
+    assert!(listed.contains("network (REFUSED: no opt-in)"), "{listed}");
+    let shown = c.server.json(&["node", "show", "n1", "--json"]);
+    assert_eq!((shown["identity"]["weak"].as_bool(), shown["identity"]["refused"].as_bool()), (Some(true), Some(true)));
+
+    let out = c.agent(0, "fetch").output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "refused: {}", String::from_utf8_lossy(&out.stderr));
+    let log = audit(&c, "n1");
+    assert!(log.contains("only its network address would identify it") && log.contains("--identity network"), "{log}");
+    assert_eq!(active_tunnels(&c), 0);
+    c.server.stop();
+    c.server.launch();
+    let started = c.server.log_text();
+    assert!(started.contains("1 node(s) have no asset tag, no registered TPM and no identity policy"), "{started}");
+
+    c.server.ok(&["node", "set", "n1", "--identity", "network"]);
+    let listed = c.server.ok(&["node", "list"]);
+    assert!(listed.contains("network (WEAK)"), "{listed}");
+    let shown = c.server.json(&["node", "show", "n1", "--json"]);
+    assert_eq!(
+        (shown["identity"]["weak"].as_bool(), shown["identity"]["refused"].as_bool()),
+        (Some(true), Some(false))
+    );
+    let out = c.agent(0, "fetch").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "opted in: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(audit(&c, "n1").contains("factors=network "));
+    c.server.stop();
+    c.server.launch();
+    assert!(c.server.log_text().contains("1 node(s) enroll on network position alone"));
+    assert_all_closed(&c);
+}
+
 #[test]
 fn the_datasource_answers_only_tunnels_and_only_with_their_own_node() {
     let c = Cluster::new(3);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let a = c.hold(0);
     let b = c.hold(1);
     let tunnels = c.server.json(&["tunnel", "list", "--json"]);
@@ -247,7 +324,7 @@ fn the_datasource_answers_only_tunnels_and_only_with_their_own_node() {
 #[test]
 fn an_abandoned_tunnel_expires() {
     let c = Cluster::new(1);
-    c.add_nodes(&["--tunnel-ttl", "5s"]);
+    c.add_nodes(&["--tunnel-ttl", "5s", "--identity", "network"]);
     let _holder = c.hold(0);
     assert_eq!(active_tunnels(&c), 1);
     assert_all_closed(&c);
@@ -257,7 +334,7 @@ fn an_abandoned_tunnel_expires() {
 #[test]
 fn a_server_restarted_mid_boot_keeps_its_key_and_the_node_finishes() {
     let mut c = Cluster::new(1);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let key = c.server.public_key();
     let holder = c.hold(0);
     c.server.stop();
@@ -294,7 +371,7 @@ fn after_a_crash_the_restarted_server_drops_orphan_peers() {
     });
     let _wg_go = wg_go.lock().unwrap().take();
     let ifname = c.server.interface.clone();
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let holder = c.hold(0);
     assert_eq!(c.server.wg_peers().len(), 1);
     c.server.kill9();
@@ -313,7 +390,7 @@ fn after_a_crash_the_restarted_server_drops_orphan_peers() {
 #[test]
 fn re_enrolling_replaces_the_old_peer_and_an_impostor_key_is_refused() {
     let c = Cluster::new(1);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let first = Attempt::new(&c, 0);
     assert_eq!(enroll(&c, 0, &first.body(&c.nodes[0].mac, &first.key.public_key(), None)).0, 200);
     let second = Attempt::new(&c, 0);

@@ -70,7 +70,7 @@ fn three_servers_survive_the_loss_of_one_mid_storm() {
     let mut c = HaCluster::new(3, NODES, "heartbeat_secs = 1\nlost_after_secs = 4\n", "");
     // One inventory for all: added through s1, seen by s3.
     for n in &c.nodes {
-        c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip]);
+        c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip, "--identity", "network"]);
     }
     assert_eq!(c.servers[2].json(&["node", "list", "--json"]).as_array().map(Vec::len), Some(NODES));
     let listed = c.servers[1].json(&["server", "list", "--json"]);
@@ -154,7 +154,7 @@ fn re_enrolling_at_another_server_removes_the_old_peer_promptly() {
     // make s1 drop the peer within seconds.
     let c = HaCluster::new(2, 1, "", "reconcile_interval_secs = 60\n");
     let n = &c.nodes[0];
-    c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip]);
+    c.servers[0].ok(&["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip, "--identity", "network"]);
     let keys = c.server_keys();
     let mut holder = n
         .agent("cloud-init", "http://198.18.0.1:8470", &keys, "60s")

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 /// A cluster of `nodes` registered nodes whose server has these `[provisioning]` keys.
 fn cluster(nodes: usize, provisioning: &str) -> Cluster {
     let c = Cluster::with_provisioning(nodes, provisioning);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     c
 }
 

@@ -21,7 +21,7 @@ fn metric(text: &str, name: &str) -> f64 {
 fn metrics_health_and_readiness() {
     common::require_root();
     let c = Cluster::new(2);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     assert_eq!(get(&c, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(&c, "/readyz"), (200, "ready\n".into()));
 

@@ -16,7 +16,7 @@ fn agent(c: &Cluster, i: usize, server: &str, pin: &str, timeout: &str) -> std::
 fn an_agent_pinning_the_certificate_enrolls_over_tls_and_no_other_pin_works() {
     common::require_root();
     let c = Cluster::with_provisioning(2, &format!("tls_listen = \"{SERVER_IP}:8443\""));
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let pin = c.server.ok(&["server-cert"]).trim().to_owned();
     assert!(pin.starts_with("sha256:") && pin.len() == 71, "{pin}");
     let https = format!("https://{SERVER_IP}:8443");

@@ -37,7 +37,7 @@ fn secrets_reach_only_their_nodes_through_the_tunnel_and_nowhere_else() {
     let ud = c.nodes[0].path("user-data.tmpl");
     std::fs::write(&ud, USER_DATA).unwrap();
     c.server.ok(&["profile", "add", "compute", "--user-data", ud.to_str().unwrap()]);
-    c.add_nodes(&["-P", "compute"]);
+    c.add_nodes(&["-P", "compute", "--identity", "network"]);
 
     // A binary munge key (from a file) for every node; a token, global and for n2.
     let munge: Vec<u8> = (0..1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();

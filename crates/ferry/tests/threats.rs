@@ -38,7 +38,7 @@ fn fresh_key() -> String {
 fn malformed_bodies_are_clear_errors_and_change_nothing() {
     common::require_root();
     let c = Cluster::with_provisioning(1, UNLIMITED);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let n = &c.nodes[0];
     let audit_before = c.server.json(&["audit", "--limit", "100000", "--json"]).as_array().unwrap().len();
     let results = in_netns(&n.ns.name, || {
@@ -109,7 +109,7 @@ fn a_challenge_flood_holds_only_its_share_of_nonces_and_others_still_get_theirs(
         2,
         &format!("{UNLIMITED}max_pending_nonces = 50\nmax_pending_nonces_per_source = 20\nnonce_ttl_secs = 2\n"),
     );
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let (flooder, other) = (c.nodes[0].ns.name.clone(), c.nodes[1].ns.name.clone());
     let replies: Vec<_> = in_netns(&flooder, || (0..60).map(|_| challenge()).collect());
     assert!(replies[..20].iter().all(|r| r.status == 200), "{replies:?}");
@@ -131,7 +131,7 @@ fn a_full_address_pool_answers_503_and_allocates_nothing() {
     common::require_root();
     // A /30 has one node address (100.64.0.2) besides the server's.
     let c = Cluster::with_wireguard(2, "backend = \"userspace\"\nnetwork = \"100.64.0.0/30\"\n", |_| None);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let first = c.hold(0);
     let n2 = &c.nodes[1];
     let full = in_netns(&n2.ns.name, || {
@@ -155,7 +155,7 @@ fn a_full_address_pool_answers_503_and_allocates_nothing() {
 fn forged_proxy_headers_change_no_identity_on_any_endpoint() {
     common::require_root();
     let c = Cluster::with_provisioning(2, UNLIMITED);
-    c.add_nodes(&[]);
+    c.add_nodes(&["--identity", "network"]);
     let (victim, attacker) = (&c.nodes[0], &c.nodes[1]);
     let forged = [
         format!("X-Forwarded-For: {}\r\n", victim.ip),
@@ -210,7 +210,11 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/servers", ""),
     ("GET", "/metrics", ""),
     ("DELETE", "/v1/tunnels/n1", ""),
-    ("POST", "/v1/nodes/n1/tpm/approve", ""),
+    (
+        "POST",
+        "/v1/nodes/n1/tpm/approve",
+        r#"{"fingerprint":"sha256:0000000000000000000000000000000000000000000000000000000000000000"}"#,
+    ),
     ("PATCH", "/v1/nodes", r#"{"names":["n1"],"patch":{"settings":{"set":{"comment":"changed"}}}}"#),
     ("POST", "/v1/nodes", r#"{"nodes":[{"name":"n9"}]}"#),
     ("DELETE", "/v1/nodes", r#"{"names":["n1"]}"#),
@@ -223,8 +227,10 @@ fn is_read(method: &str) -> bool {
     method == "GET"
 }
 
+/// What an operator may do besides reading (approving a TPM is the admin's: it makes
+/// a machine a node's identity).
 fn is_operation(method: &str, path: &str) -> bool {
-    (method == "DELETE" && path.starts_with("/v1/tunnels/")) || path.ends_with("/tpm/approve")
+    method == "DELETE" && path.starts_with("/v1/tunnels/")
 }
 
 /// `curl` over TLS from inside the server's namespace, pinning its certificate.

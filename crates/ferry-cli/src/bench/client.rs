@@ -98,12 +98,25 @@ pub async fn enroll_only(i: usize, targets: Arc<Vec<Target>>, stats: Arc<Stats>)
     let key = ferry_wg::PrivateKey::generate();
     let public = key.public_key();
     let node = ferry_core::NodeName::parse(&node_name(i)).ok()?;
-    let proof = ferry_core::enroll::asset_tag_proof(node_tag(i).as_bytes(), &nonce, &public.0, &node);
+    // Like the agent: the proof is keyed with the secret shared with the pinned key.
+    let pinned: ferry_wg::PublicKey = server_key.parse().ok()?;
+    if challenge.server_public_key.as_deref() != Some(server_key.as_str()) {
+        stats.error("challenge: server key mismatch".into());
+        return None;
+    }
+    let shared = key.shared_secret(&pinned)?;
+    let ctx = ferry_core::enroll::ProofContext {
+        nonce: &nonce,
+        wg_public_key: &public.0,
+        node: &node,
+        server_public_key: &pinned.0,
+    };
+    let proof = ferry_core::enroll::asset_tag_proof(node_tag(i).as_bytes(), &shared, &ctx);
     let req = EnrollRequest {
         mac: node_mac(i),
         public_key: public.to_base64(),
         nonce: challenge.nonce,
-        proofs: Proofs { asset_tag: Some(B64.encode(proof)), tpm: None },
+        proofs: Proofs { asset_tag_v2: Some(B64.encode(proof)), asset_tag_v1: None, tpm: None },
         // Like the agent in fetch mode: the node fetches and phones home itself.
         mode: Some("fetch".into()),
     };
