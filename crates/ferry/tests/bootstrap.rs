@@ -489,19 +489,33 @@ fn deleting_a_node_closes_its_tunnel_and_removes_its_peer_at_once() {
     assert_all_closed(&c);
 }
 
-/// Finding 16: a grant nobody uses. The agent pinned to a wrong server key enrolls (the
-/// server grants a tunnel), sees the impostor key and exits 4 without ever completing a
-/// handshake; the tunnel and its peer go after the handshake deadline (2 s here), not
-/// the TTL (10 min), audited `no-handshake`. A node that uses its tunnel keeps it.
+/// Finding 16: a grant nobody uses. An agent pinned to a wrong server key now stops
+/// before enrolling (the challenge names the server's key); a node that enrolls and then
+/// never completes a handshake (a crashed agent, here a raw enrollment) has its tunnel
+/// and peer closed after the handshake deadline (2 s here), not the TTL (10 min),
+/// audited `no-handshake`. A node that uses its tunnel keeps it.
 #[test]
 fn an_unused_grant_is_closed_after_the_handshake_deadline() {
     let c = Cluster::with_sections(2, "", "", "handshake_deadline_secs = 2\n");
     c.add_nodes(&["--identity", "network"]);
     let holder = c.hold(1);
     let held_since = Instant::now();
+    // An agent pinned to a wrong key stops at the challenge, which names the server's
+    // key (finding 6): it asks for no tunnel at all.
     let impostor = ferry_wg::PrivateKey::generate().public_key().to_base64();
     let out = c.agent_pinning(0, "fetch", &impostor).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!audit(&c, "n1").contains("tunnel.open"), "no grant for an agent that refuses the server");
+    // A grant nobody uses: an enrollment whose node never completes a handshake (an
+    // agent that crashed right after enrolling).
+    let mac = c.nodes[0].mac.clone();
+    let status = common::raw::in_netns(&c.nodes[0].ns.name, || {
+        let nonce = common::raw::challenge().json()["nonce"].as_str().unwrap().to_owned();
+        let key = ferry_wg::PrivateKey::generate().public_key().to_base64();
+        let body = serde_json::json!({"mac": mac, "public_key": key, "nonce": nonce, "proofs": {}});
+        common::raw::post("/v1/enroll", "", &body.to_string()).status
+    });
+    assert_eq!(status, 200, "enrolled");
     let refused_at = Instant::now();
     assert!(audit(&c, "n1").contains("tunnel.open"), "the server granted a tunnel");
     eventually(15, "the unused grant to be closed", || tunnel_key(&c, "n1").is_none());
