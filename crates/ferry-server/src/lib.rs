@@ -68,12 +68,15 @@ impl Server {
         // Everything ferry writes (database, keys) is for its own user only.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
         create_private_dir(&config.data_dir)?;
-        let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
+        let key_file = config.secrets_key_path();
+        let key_was_made = !key_file.exists();
+        let sealer = Sealer::load_or_create(&key_file)?;
         let location = config.store_location()?;
         let server_id = config.server_id()?;
         let store =
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
+        cluster::check_sealing_key(&store, &server_id, &key_file, key_was_made).await?;
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
         // First of the sockets: a second server on the same socket stops here, before
