@@ -157,17 +157,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// Builds the configuration from flags, the kernel command line and the asset tag file.
+    /// Builds the configuration from flags, the pins baked into the initramfs, the
+    /// kernel command line and the asset tag file.
     pub fn from_args(args: &AgentArgs) -> Result<Self, AgentError> {
+        let baked = crate::baked::read(&args.pins_file)?;
+        let complete =
+            (args.server.is_some() || !baked.servers.is_empty()) && (args.pubkey.is_some() || baked.pubkey.is_some());
         let params = match FerryParams::read(&args.cmdline) {
             Ok(p) => p,
-            // With everything on the command line, a missing /proc/cmdline does not matter.
-            Err(e) if args.server.is_some() && args.pubkey.is_some() => {
+            // With the server and its key known otherwise, a missing /proc/cmdline does not matter.
+            Err(e) if complete => {
                 tracing::debug!("ignoring the kernel command line: {e}");
                 FerryParams::default()
             }
             Err(e) => return Err(e),
         };
+        if baked != FerryParams::default() {
+            tracing::info!(pins = %args.pins_file.display(), "using the server pins baked into this initramfs");
+        }
+        let params = crate::baked::apply(params, baked, &args.pins_file);
         let asset_tag = read_asset_tag(&args.asset_tag_file)?;
         Self::build(args, params, asset_tag)
     }
@@ -287,7 +295,7 @@ impl Config {
 }
 
 /// `sha256:HEX` (or bare HEX, colons allowed as `openssl x509 -fingerprint` prints it).
-fn parse_pin(pin: &str) -> Result<[u8; 32], AgentError> {
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], AgentError> {
     let hex: String = pin.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
     ferry_core::model::decode_hex(&hex).and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
         AgentError::Config(format!("invalid ferry.tls= / --tls-pin {pin:?}: expected sha256: and 64 hex digits"))
@@ -500,6 +508,59 @@ mod tests {
             let err = result.expect_err("no TPM support");
             assert!(err.to_string().contains("without TPM support"), "{err}");
         }
+    }
+
+    /// Finding 14: an on-path attacker rewrites the iPXE script, so the kernel command
+    /// line names its server and key. The pins baked into the initramfs win.
+    #[test]
+    fn baked_pins_win_over_a_rewritten_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let evil = ferry_wg::PrivateKey::from_bytes([6; 32]).public_key().to_base64();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            format!("quiet ferry.server=http://203.0.113.66:8470 ferry.pubkey={evil} ferry.node=n7\n"),
+        )
+        .expect("write");
+        let pins = dir.path().join("pins");
+        let files = |extra: &[&str]| {
+            let mut a = vec!["--cmdline", cmdline.to_str().unwrap(), "--pins-file", pins.to_str().unwrap()];
+            a.extend_from_slice(&["--asset-tag-file", "/nonexistent/tag"]);
+            a.extend_from_slice(extra);
+            Config::from_args(&args(&a)).expect("valid")
+        };
+        // Nothing baked: the command line decides (what the attacker relies on).
+        let c = files(&[]);
+        assert_eq!((c.first_server().host.as_str(), c.pinned[0].to_base64()), ("203.0.113.66", evil.clone()));
+
+        let baked = crate::baked::render(Some("http://10.0.0.1:8470,http://10.0.0.2:8470"), Some(KEY), None)
+            .expect("valid")
+            .expect("pins");
+        std::fs::write(&pins, baked).expect("write");
+        let c = files(&[]);
+        let hosts: Vec<&str> = c.servers.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2"], "the baked servers");
+        assert_eq!(c.pinned.iter().map(PublicKey::to_base64).collect::<Vec<_>>(), [KEY], "only the baked key");
+        assert_eq!(
+            c.node.as_ref().map(NodeName::as_str),
+            Some("n7"),
+            "the node name still comes from the command line"
+        );
+        // Flags (root on the node) still win over both.
+        let c = files(&["--server", "http://10.9.9.9:1", "--pubkey", &evil]);
+        assert_eq!((c.first_server().host.as_str(), c.pinned[0].to_base64()), ("10.9.9.9", evil));
+        // A baked https server needs its certificate pin: a command line cannot drop or swap it.
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let baked = crate::baked::render(Some("https://10.0.0.1:8443"), Some(KEY), Some(&pin)).expect("valid");
+        std::fs::write(&pins, baked.expect("pins")).expect("write");
+        std::fs::write(&cmdline, format!("ferry.server=http://10.0.0.1:8470 ferry.tls=sha256:{}", "cd".repeat(32)))
+            .expect("write");
+        let c = files(&[]);
+        assert!(c.first_server().https);
+        assert_eq!(c.tls_pins, vec![[0xab; 32]]);
+        // With everything baked, the agent needs no kernel command line at all.
+        std::fs::remove_file(&cmdline).expect("rm");
+        assert_eq!(files(&[]).pinned.len(), 1);
     }
 
     #[test]

@@ -46,6 +46,7 @@
 
 mod args;
 mod attest;
+pub mod baked;
 pub mod cmdline;
 mod config;
 mod enroll;
