@@ -74,11 +74,26 @@ impl ServerUrl {
         if authority.as_str().contains('@') {
             return Err(bad("user names in the URL are not supported"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        if host.is_empty() {
-            return Err(bad("no host"));
+        // `http:/10.0.0.1:8470` (one slash) would otherwise be host "http", port 80.
+        if authority.as_str().ends_with(':') {
+            return Err(bad("empty port (a scheme needs two slashes: http://HOST:PORT)"));
         }
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = match authority.host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6.to_string(),
+            Some(_) => return Err(bad("not an IPv6 address in brackets")),
+            None if is_host_name(authority.host()) => authority.host().to_string(),
+            None => return Err(bad("the host must be an IP address or a DNS name")),
+        };
+        // What follows the host; `Authority::port` would say "no port" for `h:99999`.
+        let port = match &authority.as_str()[authority.host().len()..] {
+            "" if https => 443,
+            "" => 80,
+            rest => rest
+                .strip_prefix(':')
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("expected HOST or HOST:PORT with a port 1-65535"))?,
+        };
         let path = uri.path().trim_end_matches('/');
         let scheme = if https { "https" } else { "http" };
         Ok(ServerUrl { base: format!("{scheme}://{authority}{path}"), https, host, port })
@@ -88,6 +103,22 @@ impl ServerUrl {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+}
+
+/// An IPv4 address or a DNS name: dot-separated labels of letters, digits and inner
+/// hyphens (what the agent can connect to; the URL parser alone lets `[`, `%` and the
+/// like through).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Internal timings; tests shorten them.
@@ -413,9 +444,27 @@ mod tests {
         assert_eq!((s.host.as_str(), s.port), ("fd00::1", 80));
         assert_eq!(s.url("/v1/enroll"), "http://[fd00::1]/ferry/v1/enroll");
         assert!(ServerUrl::parse("https://x").expect("https (with a pin)").https);
-        for bad in ["ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y"] {
+        for bad in ["ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y", "http://x:/y"] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
+        // Found by fuzzing: a scheme with one slash made the scheme the host; hosts the
+        // URL parser lets through but nothing can connect to; ports beyond u16 became 80.
+        let e = ServerUrl::parse("http:/10.0.0.1:8470").expect_err("one slash").to_string();
+        assert!(e.contains("two slashes"), "{e}");
+        for bad in [
+            "https:/h",
+            "http://b0exampl[:]500",
+            "http://a%41b/",
+            "http://[fd00::zz]/",
+            "http://h:99999",
+            "http://h:0",
+            "http://-h/",
+            "http://a..b/",
+            "https://[fd00::]1:843/",
+        ] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ServerUrl::parse("http://boot-1.example.:8470").expect("a DNS name").host, "boot-1.example.");
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 
 /// A datasource or phone-home URL must be `http://SERVER_TUNNEL_ADDRESS[:port]/...`:
 /// secrets are fetched only through the tunnel.
-fn check_inside_tunnel(what: &str, url: &str, server_address: IpAddr) -> Result<(), AgentError> {
+pub fn check_inside_tunnel(what: &str, url: &str, server_address: IpAddr) -> Result<(), AgentError> {
     let outside = || {
         AgentError::Protocol(format!(
             "{what} {url:?} is not inside the tunnel (it must be http://{server_address}...): refusing to \

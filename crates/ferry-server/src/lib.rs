@@ -27,6 +27,14 @@ mod wgkey;
 
 pub use config::{Config, LogFormat};
 
+/// The provisioning listener's own header parsers, for the cargo-fuzz targets in `fuzz/`
+/// (docs/fuzzing.md) and nothing else: re-exported here so that their modules stay private.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::artifacts::{parse_range, RangeRequest};
+    pub use crate::client_addr::client_address;
+}
+
 use anyhow::Context;
 use ferry_store::{Sealer, SqlStore, Store};
 use std::collections::HashSet;
