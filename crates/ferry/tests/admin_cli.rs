@@ -307,8 +307,11 @@ fn audit_since_and_follow() {
         }
     });
     let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
-    // What was there: the server's own start entry, then node/a1, in that order.
+    // What was there: the new store's sealing key record, the server's own start entry,
+    // then node/a1, in that order.
     let mut next_entry = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let recorded = next_entry();
+    assert_eq!(recorded["action"], "store.sealing-key", "{recorded}");
     let started = next_entry();
     assert_eq!(started["action"], "server.start", "{started}");
     let first = next_entry();
