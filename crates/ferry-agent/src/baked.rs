@@ -124,8 +124,73 @@ pub fn apply(mut cmdline: FerryParams, baked: FerryParams, path: &Path) -> Ferry
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::AgentArgs;
+    use clap::Parser;
+    use ferry_core::NodeName;
 
     const KEY: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    fn args(extra: &[&str]) -> AgentArgs {
+        Cli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
+    }
+
+    /// Finding 14: an on-path attacker rewrites the iPXE script, so the kernel command
+    /// line names its server and key. The pins baked into the initramfs win.
+    #[test]
+    fn baked_pins_win_over_a_rewritten_command_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let evil = ferry_wg::PrivateKey::from_bytes([6; 32]).public_key().to_base64();
+        let cmdline = dir.path().join("cmdline");
+        std::fs::write(
+            &cmdline,
+            format!("quiet ferry.server=http://203.0.113.66:8470 ferry.pubkey={evil} ferry.node=n7\n"),
+        )
+        .expect("write");
+        let pins = dir.path().join("pins");
+        let files = |extra: &[&str]| {
+            let mut a = vec!["--cmdline", cmdline.to_str().unwrap(), "--pins-file", pins.to_str().unwrap()];
+            a.extend_from_slice(&["--asset-tag-file", "/nonexistent/tag"]);
+            a.extend_from_slice(extra);
+            crate::config::Config::from_args(&args(&a)).expect("valid")
+        };
+        // Nothing baked: the command line decides (what the attacker relies on).
+        let c = files(&[]);
+        assert_eq!((c.first_server().host.as_str(), c.pinned[0].to_base64()), ("203.0.113.66", evil.clone()));
+
+        let baked =
+            render(Some("http://10.0.0.1:8470,http://10.0.0.2:8470"), Some(KEY), None).expect("valid").expect("pins");
+        std::fs::write(&pins, baked).expect("write");
+        let c = files(&[]);
+        let hosts: Vec<&str> = c.servers.iter().map(|s| s.host.as_str()).collect();
+        assert_eq!(hosts, ["10.0.0.1", "10.0.0.2"], "the baked servers");
+        assert_eq!(c.pinned.iter().map(PublicKey::to_base64).collect::<Vec<_>>(), [KEY], "only the baked key");
+        assert_eq!(
+            c.node.as_ref().map(NodeName::as_str),
+            Some("n7"),
+            "the node name still comes from the command line"
+        );
+        // Flags (root on the node) still win over both.
+        let c = files(&["--server", "http://10.9.9.9:1", "--pubkey", &evil]);
+        assert_eq!((c.first_server().host.as_str(), c.pinned[0].to_base64()), ("10.9.9.9", evil));
+        // A baked https server needs its certificate pin: a command line cannot drop or swap it.
+        let pin = format!("sha256:{}", "ab".repeat(32));
+        let baked = render(Some("https://10.0.0.1:8443"), Some(KEY), Some(&pin)).expect("valid");
+        std::fs::write(&pins, baked.expect("pins")).expect("write");
+        std::fs::write(&cmdline, format!("ferry.server=http://10.0.0.1:8470 ferry.tls=sha256:{}", "cd".repeat(32)))
+            .expect("write");
+        let c = files(&[]);
+        assert!(c.first_server().https);
+        assert_eq!(c.tls_pins, vec![[0xab; 32]]);
+        // With everything baked, the agent needs no kernel command line at all.
+        std::fs::remove_file(&cmdline).expect("rm");
+        assert_eq!(files(&[]).pinned.len(), 1);
+    }
 
     #[test]
     fn rendered_pins_read_back() {
