@@ -4,7 +4,8 @@ from real structure (cloud-init's phone-home form, swtpm's TPM structures, wireg
 UAPI replies, ...). Run from anywhere: python3 fuzz/seeds/generate.py
 
 Needs ssh-keygen (host keys for the phone-home form) and openssl (DER forms of the
-fixture CAs). The output is committed; rerun only to change the seeds.
+fixture CAs). The output is committed; rerun only to change the seeds (the phone_home
+host keys are new on every run: `git checkout fuzz/seeds/phone_home` keeps the old ones).
 """
 import base64
 import json
@@ -197,3 +198,61 @@ for i, s in enumerate([
     "meta-data.region", "user-data", "tpm-pcr.7", "tunnel-ttl", "profiles", "asset-tag", "boot-asset-gate",
 ]):
     write("patch_field", f"seed-{i}", s)
+
+# 14. range_header: 8 bytes of file length (low two bits 3: the length is the value >> 2),
+# then a Range header as curl, iPXE and browsers send it
+def file_len(n):
+    return ((n << 2) | 3).to_bytes(8, "little")
+
+for i, (n, value) in enumerate([
+    (1_000_000, "bytes=0-1023"), (1_000_000, "bytes=1000-"), (1_000_000, "bytes=-500"),
+    (1, "bytes=0-0"), (100, "bytes=0-1,5-6"), (100, "bytes=999999999999-"), (100, "items=0-1"),
+    (0, "bytes=0-"), (2**40, "bytes=1099511627775-1099511627775"),
+]):
+    write("range_header", f"seed-{i}", file_len(n) + value.encode())
+
+# 15. forwarded_for: peer index, trusted-proxy bit mask (into the target's address
+# table: 198.18.0.1, 198.18.0.10, 10.0.0.1, 10.0.0.9, 127.0.0.1, ::1, fd00::1,
+# 2001:db8::5), then header lines
+for i, (peer, trusted, lines) in enumerate([
+    (2, 0b100, "X-Forwarded-For: 10.0.0.9, 198.18.0.10\n"),
+    (2, 0b101, "X-Forwarded-For: 198.18.0.10\nX-Forwarded-For: 198.18.0.1\nForwarded: for=127.0.0.1\n"),
+    (3, 0b000, "X-Forwarded-For: 10.0.0.1\nX-Real-IP: ::1\n"),
+    (6, 0b1000000, "x-forwarded-for: 2001:db8::5, fd00::1\nForwarded: for=\"[::1]\";proto=http\n"),
+    (2, 0b100, "X-Forwarded-For: garbage, 10.0.0.9\n"),
+]):
+    write("forwarded_for", f"seed-{i}", bytes([peer, trusted]) + lines.encode())
+
+# 16. server_url: ferry.server= and ferry.tls= values as the kernel command line carries them
+for i, s in enumerate([
+    "http://10.0.0.1:8470,http://10.0.0.2:8470",
+    "https://[fd00::1]:8443/ferry/, boot.example:9000",
+    "https://prov1.cluster.example",
+    f"sha256:{'ab' * 32}",
+    f"sha256:{'AB:' * 31}AB,{'cd' * 32}",
+]):
+    write("server_url", f"seed-{i}", s)
+
+# 17. agent_answers: byte 0 picks the answer (0 challenge, 1 enrollment, 2 TPM
+# credential challenge, 3 error body, 4 Retry-After), then the answer as ferry sends it
+answers = [
+    (0, json.dumps({"nonce": NONCE, "expires_in_secs": 60})),
+    (1, json.dumps({
+        "node": "n001", "server_public_key": WG_KEY, "endpoint": "198.18.0.1:51820",
+        "node_address": "100.64.0.2", "prefix_len": 16, "server_address": "100.64.0.1",
+        "expires_in_secs": 600, "expires_at": "2030-03-17T12:00:00Z",
+        "datasource_url": "http://100.64.0.1:8471/", "phone_home_url": "http://100.64.0.1:8471/phone-home"})),
+    (1, json.dumps({
+        "node": "n002", "server_public_key": WG_KEY, "endpoint": "[::]:51820",
+        "node_address": "fd00:64::2", "prefix_len": 64, "server_address": "fd00:64::1",
+        "expires_in_secs": 600, "expires_at": "2030-03-17T12:00:00Z",
+        "datasource_url": "http://[fd00:64::1]:8471/", "phone_home_url": "http://[fd00:64::1]:8471/phone-home"})),
+    (2, json.dumps({"node": "n001", "credential_blob": b64(bytes(range(68))),
+                    "encrypted_secret": b64(bytes(range(256))), "pcrs": [0, 7]})),
+    (3, json.dumps({"error": "refused", "kind": "refused"})),
+    (3, "<html>\r\n<h1>502 Bad Gateway</h1>\r\n</html>\r\n"),
+    (4, "120"),
+    (4, "Sun, 06 Nov 1994 08:49:37 GMT"),
+]
+for i, (which, body) in enumerate(answers):
+    write("agent_answers", f"seed-{i}", bytes([which]) + body.encode())

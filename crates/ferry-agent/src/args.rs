@@ -29,8 +29,9 @@ pub enum WgBackendArg {
 /// WireGuard tunnel, phone home and tear the tunnel down.
 ///
 /// Configuration comes from the kernel command line (`ferry.server=URL[,URL...]`,
-/// `ferry.pubkey=KEY[,KEY...]`, optional `ferry.node=NAME`); flags override it. Only the
-/// datasource line is printed on standard output; logs go to standard error.
+/// `ferry.pubkey=KEY[,KEY...]`, optional `ferry.node=NAME`); pins baked into the
+/// initramfs (`--pins-file`) override it, and flags override both. Only the datasource
+/// line is printed on standard output; logs go to standard error.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AgentArgs {
     /// Enrollment server URL(s), comma-separated (overrides ferry.server=). With
@@ -107,6 +108,12 @@ pub struct AgentArgs {
     /// The kernel command line to read ferry.* parameters from.
     #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]
     pub cmdline: PathBuf,
+
+    /// Server pins baked into the initramfs (`ferry image initramfs --pin-...`): the
+    /// ferry.server=, ferry.pubkey= and ferry.tls= it holds win over the kernel command
+    /// line, which the boot channel can rewrite. A missing file pins nothing.
+    #[arg(long, value_name = "FILE", default_value = crate::baked::BAKED_PINS_PATH)]
+    pub pins_file: PathBuf,
 
     /// The file holding the chassis asset tag.
     #[arg(long, value_name = "FILE", default_value = "/sys/class/dmi/id/chassis_asset_tag")]

@@ -46,7 +46,7 @@ pub(crate) struct TpmIdentity {
 
 /// The server's credential challenge, decoded, with the quote's qualifying data.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CredentialChallenge {
+pub struct CredentialChallenge {
     pub credential_blob: Vec<u8>,
     pub encrypted_secret: Vec<u8>,
     pub qualifying: [u8; 32],
@@ -140,7 +140,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 }
 
 /// Checks and decodes the server's challenge; computes the quote's qualifying data.
-fn decode(
+pub fn decode(
     c: TpmCredentialChallenge,
     nonce: &[u8],
     wg_public_key: &[u8; 32],

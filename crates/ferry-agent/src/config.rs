@@ -74,11 +74,26 @@ impl ServerUrl {
         if authority.as_str().contains('@') {
             return Err(bad("user names in the URL are not supported"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        if host.is_empty() {
-            return Err(bad("no host"));
+        // `http:/10.0.0.1:8470` (one slash) would otherwise be host "http", port 80.
+        if authority.as_str().ends_with(':') {
+            return Err(bad("empty port (a scheme needs two slashes: http://HOST:PORT)"));
         }
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = match authority.host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6.to_string(),
+            Some(_) => return Err(bad("not an IPv6 address in brackets")),
+            None if is_host_name(authority.host()) => authority.host().to_string(),
+            None => return Err(bad("the host must be an IP address or a DNS name")),
+        };
+        // What follows the host; `Authority::port` would say "no port" for `h:99999`.
+        let port = match &authority.as_str()[authority.host().len()..] {
+            "" if https => 443,
+            "" => 80,
+            rest => rest
+                .strip_prefix(':')
+                .and_then(|p| p.parse::<u16>().ok())
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("expected HOST or HOST:PORT with a port 1-65535"))?,
+        };
         let path = uri.path().trim_end_matches('/');
         let scheme = if https { "https" } else { "http" };
         Ok(ServerUrl { base: format!("{scheme}://{authority}{path}"), https, host, port })
@@ -88,6 +103,22 @@ impl ServerUrl {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+}
+
+/// An IPv4 address or a DNS name: dot-separated labels of letters, digits and inner
+/// hyphens (what the agent can connect to; the URL parser alone lets `[`, `%` and the
+/// like through).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// Internal timings; tests shorten them.
@@ -166,17 +197,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// Builds the configuration from flags, the kernel command line and the asset tag file.
+    /// Builds the configuration from flags, the pins baked into the initramfs, the
+    /// kernel command line and the asset tag file.
     pub fn from_args(args: &AgentArgs) -> Result<Self, AgentError> {
+        let baked = crate::baked::read(&args.pins_file)?;
+        let complete =
+            (args.server.is_some() || !baked.servers.is_empty()) && (args.pubkey.is_some() || baked.pubkey.is_some());
         let params = match FerryParams::read(&args.cmdline) {
             Ok(p) => p,
-            // With everything on the command line, a missing /proc/cmdline does not matter.
-            Err(e) if args.server.is_some() && args.pubkey.is_some() => {
+            // With the server and its key known otherwise, a missing /proc/cmdline does not matter.
+            Err(e) if complete => {
                 tracing::debug!("ignoring the kernel command line: {e}");
                 FerryParams::default()
             }
             Err(e) => return Err(e),
         };
+        if baked != FerryParams::default() {
+            tracing::info!(pins = %args.pins_file.display(), "using the server pins baked into this initramfs");
+        }
+        let params = crate::baked::apply(params, baked, &args.pins_file);
         let asset_tag = read_asset_tag(&args.asset_tag_file)?;
         Self::build(args, params, asset_tag)
     }
@@ -296,7 +335,7 @@ impl Config {
 }
 
 /// `sha256:HEX` (or bare HEX, colons allowed as `openssl x509 -fingerprint` prints it).
-fn parse_pin(pin: &str) -> Result<[u8; 32], AgentError> {
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], AgentError> {
     let hex: String = pin.trim().trim_start_matches("sha256:").chars().filter(|c| *c != ':').collect();
     ferry_core::model::decode_hex(&hex).and_then(|v| <[u8; 32]>::try_from(v).ok()).ok_or_else(|| {
         AgentError::Config(format!("invalid ferry.tls= / --tls-pin {pin:?}: expected sha256: and 64 hex digits"))
@@ -414,9 +453,27 @@ mod tests {
         assert_eq!((s.host.as_str(), s.port), ("fd00::1", 80));
         assert_eq!(s.url("/v1/enroll"), "http://[fd00::1]/ferry/v1/enroll");
         assert!(ServerUrl::parse("https://x").expect("https (with a pin)").https);
-        for bad in ["ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y"] {
+        for bad in ["ftp://x", "http://", "http://x?y=1", "http://u@x", "http://x y", "http://x:/y"] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
+        // Found by fuzzing: a scheme with one slash made the scheme the host; hosts the
+        // URL parser lets through but nothing can connect to; ports beyond u16 became 80.
+        let e = ServerUrl::parse("http:/10.0.0.1:8470").expect_err("one slash").to_string();
+        assert!(e.contains("two slashes"), "{e}");
+        for bad in [
+            "https:/h",
+            "http://b0exampl[:]500",
+            "http://a%41b/",
+            "http://[fd00::zz]/",
+            "http://h:99999",
+            "http://h:0",
+            "http://-h/",
+            "http://a..b/",
+            "https://[fd00::]1:843/",
+        ] {
+            assert!(ServerUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(ServerUrl::parse("http://boot-1.example.:8470").expect("a DNS name").host, "boot-1.example.");
     }
 
     #[test]

@@ -282,7 +282,7 @@ fn network_bounds(ip: IpAddr, prefix_len: u8) -> Option<(IpAddr, IpAddr)> {
 
 /// A datasource or phone-home URL must be `http://SERVER_TUNNEL_ADDRESS[:port]/...`:
 /// secrets are fetched only through the tunnel.
-fn check_inside_tunnel(what: &str, url: &str, server_address: IpAddr) -> Result<(), AgentError> {
+pub fn check_inside_tunnel(what: &str, url: &str, server_address: IpAddr) -> Result<(), AgentError> {
     let outside = || {
         AgentError::Impostor(format!(
             "{what} {url:?} is not inside the tunnel (it must be http://{server_address}...): refusing to \

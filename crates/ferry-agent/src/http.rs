@@ -13,7 +13,9 @@ use hyper_util::rt::TokioIo;
 /// Largest response body accepted (cloud-init documents included).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Longest Retry-After honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest server error text repeated, in characters.
+pub const MAX_ERROR_TEXT: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -62,12 +64,16 @@ impl Response {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
-    /// The error text of a ferry error body, or the start of the body.
+    /// The error text of a ferry error body, or the start of the body: at most
+    /// [`MAX_ERROR_TEXT`] characters on one line, control characters (newlines, terminal
+    /// escapes) replaced by spaces. It goes into the agent's errors and onto the console,
+    /// and whoever answers (an impostor, anyone on the path of plain HTTP) chooses it.
     pub fn error_text(&self) -> String {
-        match serde_json::from_slice::<ferry_api::ApiError>(&self.body) {
+        let text = match serde_json::from_slice::<ferry_api::ApiError>(&self.body) {
             Ok(e) => e.error,
-            Err(_) => String::from_utf8_lossy(&self.body[..self.body.len().min(200)]).trim().to_string(),
-        }
+            Err(_) => String::from_utf8_lossy(&self.body[..self.body.len().min(4 * MAX_ERROR_TEXT)]).into_owned(),
+        };
+        text.trim().chars().take(MAX_ERROR_TEXT).map(|c| if c.is_control() { ' ' } else { c }).collect()
     }
 }
 
@@ -303,6 +309,21 @@ mod tests {
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:48:37 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn error_texts_are_short_single_lines() {
+        let answer = |body: Vec<u8>| Response { status: 500, retry_after: None, body };
+        let json = |error: &str| serde_json::to_vec(&serde_json::json!({"error": error, "kind": "x"})).unwrap();
+        assert_eq!(answer(json("  database busy\n")).error_text(), "database busy");
+        let long = answer(json(&"x".repeat(1 << 20))).error_text();
+        assert_eq!(long.chars().count(), MAX_ERROR_TEXT, "a megabyte of error is cut");
+        let forged = answer(json("refused\n2038-01-01 INFO enrolled \u{1b}[2Jok")).error_text();
+        assert!(!forged.chars().any(char::is_control), "{forged:?}");
+        assert!(forged.starts_with("refused 2038"), "{forged:?}");
+        let plain = answer(b"<html>\r\n<h1>Bad Gateway</h1>".to_vec()).error_text();
+        assert_eq!(plain, "<html>  <h1>Bad Gateway</h1>");
+        assert_eq!(answer("é".repeat(1000).into_bytes()).error_text().chars().count(), MAX_ERROR_TEXT);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! datasource and phone-home.
 //!
 //! 1. Read `ferry.server=`, `ferry.pubkey=` (the server's WireGuard key, pinned) and
-//!    `ferry.node=` from the kernel command line (flags override them), and the chassis
-//!    asset tag from DMI.
+//!    `ferry.node=` from the kernel command line (pins baked into the initramfs override
+//!    the command line's, see `baked`; flags override both), and the chassis asset tag
+//!    from DMI.
 //! 2. Generate a WireGuard key pair in memory; ask the server for a nonce; send the MAC
 //!    of the interface that routes to the server, the public key, the nonce and, when
 //!    the node name is known, the asset-tag proof (an HMAC keyed by the tag over the
@@ -51,6 +52,7 @@
 
 mod args;
 mod attest;
+pub mod baked;
 pub mod cmdline;
 mod config;
 mod enroll;
@@ -87,6 +89,17 @@ pub use error::AgentError;
 pub use machine::Outcome;
 pub use state::{AgentState, STATE_FILE};
 pub use tunnel::Backend;
+
+/// The agent's parsers of outside input (the kernel command line's server URLs and
+/// certificate pins, the server's answers), for the cargo-fuzz targets in `fuzz/`
+/// (docs/fuzzing.md) and nothing else: re-exported here so that their modules stay private.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::attest::{decode as decode_credential_challenge, CredentialChallenge, PCR_COUNT};
+    pub use crate::config::{parse_pin, ServerUrl};
+    pub use crate::enroll::check_inside_tunnel;
+    pub use crate::http::{parse_retry_after, Response, MAX_ERROR_TEXT, MAX_RETRY_AFTER};
+}
 
 use config::Config;
 use mac::MacError;

@@ -189,6 +189,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         ssh_dir: dir.join("ssh"),
         cmdline: dir.join("no-cmdline"),
         asset_tag_file: dir.join("no-asset-tag"),
+        pins_file: dir.join("no-pins"),
     }
 }
 

@@ -227,6 +227,10 @@ pub struct ServerView {
     /// Its WireGuard listener, `host:port`.
     pub endpoint: String,
     pub public_key: String,
+    /// The id of its sealing key (16 hex digits, derived from the key, not the key):
+    /// every server of a store shows the same one. Empty: registered by an older ferry.
+    #[serde(default)]
+    pub sealing_key_id: String,
     pub started_at: String,
     /// Seconds since its last heartbeat.
     pub heartbeat_age_secs: i64,

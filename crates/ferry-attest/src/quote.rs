@@ -12,6 +12,10 @@ use subtle::ConstantTimeEq;
 
 const TPM_GENERATED_VALUE: u32 = 0xff54_4347;
 const TPM_ST_ATTEST_QUOTE: u16 = 0x8018;
+/// The largest `sizeofSelect` a quote may carry: a real TPM refuses a selection larger
+/// than its `PCR_SELECT_MAX` (3 bytes for the 24 PCRs of the PC Client profile, 4 on
+/// TPMs with 32), so anything longer was not made by a TPM.
+pub const PCR_SELECT_MAX: u8 = 4;
 
 /// What a verified quote says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,14 +74,16 @@ pub fn parse_quote(attest: &[u8]) -> Result<QuoteInfo, AttestError> {
     for _ in 0..banks {
         let hash = r.u16()?;
         let size = r.u8()?;
-        // 32 bytes select PCRs 0-255, far more than any TPM has (PC Client: 3 bytes).
-        if size > 32 {
-            return Err(AttestError::malformed("TPMS_ATTEST", format!("a {size}-byte PCR selection")));
+        if size > PCR_SELECT_MAX {
+            return Err(AttestError::malformed(
+                "TPMS_ATTEST",
+                format!("a {size}-byte PCR selection (a TPM selects with at most {PCR_SELECT_MAX})"),
+            ));
         }
         let bitmap = r.bytes(usize::from(size))?;
         let indexes = (0..bitmap.len() * 8)
             .filter(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
-            .map(|i| i as u8) // at most 256 bits: indexes 0..=255
+            .map(|i| i as u8) // at most 32 bits: indexes 0..=31
             .collect();
         selection.push((hash, indexes));
     }
@@ -193,12 +199,22 @@ mod tests {
 
     #[test]
     fn an_oversized_pcr_selection_is_malformed() {
-        // The fixture's selection: count 1, bank SHA-256, 3 bytes. Make it 33 bytes.
-        let mut attest = fixture("quote.msg");
-        let at = attest.windows(3).position(|w| w == [0x00, 0x0b, 0x03]).unwrap();
-        attest[at + 2] = 33;
-        attest.splice(at + 6..at + 6, [0u8; 30]);
-        assert!(parse_quote(&attest).unwrap_err().to_string().contains("33-byte PCR selection"));
+        // The fixture's selection: count 1, bank SHA-256, 3 bytes (PCRs 0 and 7).
+        let fixture = fixture("quote.msg");
+        let at = fixture.windows(3).position(|w| w == [0x00, 0x0b, 0x03]).unwrap();
+        let resized = |size: u8| {
+            let mut attest = fixture.clone();
+            attest[at + 2] = size;
+            attest.splice(at + 6..at + 6, vec![0u8; usize::from(size) - 3]);
+            attest
+        };
+        // Up to PCR_SELECT_MAX bytes is what a TPM with 32 PCRs sends.
+        assert_eq!(parse_quote(&resized(4)).unwrap().selection, vec![(alg::SHA256, vec![0, 7])]);
+        // One byte more (PCRs 32-39) and the 33 bytes that once wrapped bit 256 to PCR 0.
+        for size in [5, 33] {
+            let e = parse_quote(&resized(size)).unwrap_err().to_string();
+            assert!(e.contains(&format!("a {size}-byte PCR selection")), "{e}");
+        }
     }
 
     #[test]

@@ -155,6 +155,19 @@ pub struct InitramfsArgs {
     /// gzip compression level: 1 fastest, 9 smallest.
     #[arg(long, value_name = "0-9", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub gzip_level: u32,
+    /// Bake the servers' WireGuard public keys (`ferry server-key` on each) into the
+    /// initramfs: the agent pins these instead of ferry.pubkey= on the kernel command
+    /// line, which anyone on the path of the (plain HTTP) boot script can rewrite.
+    #[arg(long, value_name = "KEY[,KEY...]")]
+    pub pin_server_key: Option<String>,
+    /// Bake the enrollment server URL(s) into the initramfs (used instead of
+    /// ferry.server= on the kernel command line).
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub pin_server_url: Option<String>,
+    /// Bake the https servers' certificate pins (`ferry server-cert`) into the
+    /// initramfs (used instead of ferry.tls= on the kernel command line).
+    #[arg(long, value_name = "sha256:HEX[,...]")]
+    pub pin_tls_cert: Option<String>,
     /// Print what was built as JSON.
     #[arg(long)]
     pub json: bool,

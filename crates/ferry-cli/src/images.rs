@@ -120,6 +120,11 @@ pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
     opts.ferry = args.ferry;
     opts.strip = !args.no_strip;
     opts.compression = args.gzip_level;
+    opts.pins = ferry_agent::baked::render(
+        args.pin_server_url.as_deref(),
+        args.pin_server_key.as_deref(),
+        args.pin_tls_cert.as_deref(),
+    )?;
     let summary = build_initramfs_with_progress(&opts, &mut |step| eprintln!("{step}"))?;
     if args.json {
         let v = serde_json::json!({
@@ -130,6 +135,7 @@ pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             "libraries": summary.libraries,
             "ferry": summary.ferry,
             "ferry_stripped": summary.ferry_stripped,
+            "server_pins": summary.pinned,
             "entries": summary.entries,
             "uncompressed_bytes": summary.uncompressed_bytes,
             "compressed_bytes": summary.compressed_bytes,
@@ -137,13 +143,14 @@ pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "wrote {} for kernel {} ({:.1} MiB): busybox, ferry{}, {} libraries, {} modules",
+            "wrote {} for kernel {} ({:.1} MiB): busybox, ferry{}, {} libraries, {} modules{}",
             summary.output.display(),
             summary.kernel_version,
             summary.compressed_bytes as f64 / 1048576.0,
             if summary.ferry_stripped { " (stripped)" } else { "" },
             summary.libraries.len(),
-            summary.modules.len()
+            summary.modules.len(),
+            if summary.pinned { ", server pins" } else { "" }
         );
     }
     Ok(())
@@ -199,6 +206,12 @@ pub fn dnsmasq_config(url: &str, tftp_root: &str, nodes: &[NodeView]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The builder writes the pins where the agent reads them by default.
+    #[test]
+    fn pins_go_where_the_agent_reads_them() {
+        assert_eq!(format!("/{}", ferry_image::initramfs::PINS_PATH), ferry_agent::baked::BAKED_PINS_PATH);
+    }
 
     #[test]
     fn dnsmasq_golden() {

@@ -203,11 +203,12 @@ pub fn server_list(servers: &[ferry_api::admin::ServerView]) -> String {
                 s.active_tunnels.to_string(),
                 s.endpoint.clone(),
                 s.public_key.clone(),
+                if s.sealing_key_id.is_empty() { "-".to_owned() } else { s.sealing_key_id.clone() },
                 s.started_at.clone(),
             ]
         })
         .collect();
-    table(&["server", "liveness", "heartbeat", "tunnels", "endpoint", "public key", "started"], rows)
+    table(&["server", "liveness", "heartbeat", "tunnels", "endpoint", "public key", "sealing key", "started"], rows)
 }
 
 pub fn tpm_list(tpms: &[TpmView]) -> String {

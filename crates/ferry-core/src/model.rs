@@ -498,6 +498,16 @@ mod tests {
     }
 
     #[test]
+    fn decode_hex_takes_hex_digits_only() {
+        // u8::from_str_radix alone accepts a leading '+' in each pair.
+        for bad in ["+f", "+0+0", "0a+f", " f", "0x", "-f"] {
+            assert_eq!(decode_hex(bad), None, "{bad:?}");
+        }
+        assert_eq!(decode_hex(""), Some(vec![]));
+        assert_eq!(decode_hex("00ff7F"), Some(vec![0, 0xff, 0x7f]));
+    }
+
+    #[test]
     fn secret_names() {
         for good in ["munge.key", "a", "ssh_host-key.2"] {
             assert!(check_secret_name(good).is_ok(), "{good}");

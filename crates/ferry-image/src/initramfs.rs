@@ -31,6 +31,9 @@ pub const FERRY_PATH: &str = "usr/bin/ferry";
 pub const BUSYBOX_PATH: &str = "bin/busybox";
 pub const MODULE_LIST_PATH: &str = "lib/ferry/modules";
 pub const KERNEL_VERSION_PATH: &str = "lib/ferry/kernel-version";
+/// The server pins baked in (`InitramfsOptions::pins`); the agent's `--pins-file`
+/// default (`ferry_agent::baked::BAKED_PINS_PATH`).
+pub const PINS_PATH: &str = "etc/ferry/pins";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
@@ -69,6 +72,11 @@ pub struct InitramfsOptions {
     pub strip: bool,
     /// gzip level, 0–9.
     pub compression: u32,
+    /// The server pins to bake in (`ferry.server=`, `ferry.pubkey=`, `ferry.tls=` in
+    /// kernel command line syntax, as `ferry_agent::baked::render` writes them): the
+    /// agent prefers them over the kernel command line, which the boot channel can
+    /// rewrite. Written to [`PINS_PATH`].
+    pub pins: Option<String>,
 }
 
 impl InitramfsOptions {
@@ -82,6 +90,7 @@ impl InitramfsOptions {
             ferry: None,
             strip: true,
             compression: 6,
+            pins: None,
         }
     }
 }
@@ -99,6 +108,8 @@ pub struct InitramfsSummary {
     pub libraries: Vec<PathBuf>,
     pub ferry: PathBuf,
     pub ferry_stripped: bool,
+    /// Whether server pins were baked in.
+    pub pinned: bool,
     pub entries: usize,
     pub uncompressed_bytes: u64,
     pub compressed_bytes: u64,
@@ -184,6 +195,14 @@ pub fn build_initramfs_with_progress(
     cpio.char_device("dev/null", 0o666, 1, 3).map_err(w)?;
     cpio.file("init", 0o755, INIT_SCRIPT.as_bytes()).map_err(w)?;
     cpio.file("usr/share/udhcpc/default.script", 0o755, UDHCPC_SCRIPT.as_bytes()).map_err(w)?;
+    if let Some(pins) = &opts.pins {
+        cpio.dir("etc/ferry", 0o755).map_err(w)?;
+        cpio.file(PINS_PATH, 0o644, pins.as_bytes()).map_err(w)?;
+        progress(&format!(
+            "server pins baked into /{PINS_PATH}: {}",
+            pins.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
     cpio.file(
         "etc/ferry-initramfs",
         0o644,
@@ -244,6 +263,7 @@ pub fn build_initramfs_with_progress(
         libraries,
         ferry,
         ferry_stripped: stripped,
+        pinned: opts.pins.is_some(),
         entries,
         uncompressed_bytes,
         compressed_bytes,

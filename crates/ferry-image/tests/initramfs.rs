@@ -2,7 +2,7 @@
 //! for ferry, a synthetic module tree with xz-compressed modules) and reads it back.
 
 use ferry_image::cpio::{read_archive, Entry, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG};
-use ferry_image::initramfs::{build_initramfs, InitramfsError, InitramfsOptions, INIT_SCRIPT};
+use ferry_image::initramfs::{build_initramfs, InitramfsError, InitramfsOptions, INIT_SCRIPT, PINS_PATH};
 use std::io::Read;
 use std::path::Path;
 
@@ -110,9 +110,30 @@ fn builds_a_bootable_layout() {
             );
         }
     }
+    assert!(!summary.pinned && !entries.iter().any(|e| e.name.starts_with("etc/ferry/")), "nothing pinned unasked");
     // Only the output is left in its directory.
     let left: Vec<_> = std::fs::read_dir(tmp.path().join("out")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["initrd.img"]);
+}
+
+/// Finding 14: the server pins go into the initramfs the administrator builds, where
+/// the agent reads them in preference to the kernel command line.
+#[test]
+fn server_pins_are_baked_in() {
+    require_busybox();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("out")).unwrap();
+    let mut opts = options(tmp.path());
+    let pins = "ferry.server=http://10.0.0.1:8470\nferry.pubkey=pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=\n";
+    opts.pins = Some(pins.into());
+    let summary = build_initramfs(&opts).unwrap();
+    assert!(summary.pinned);
+    let entries = unpack(&opts.output);
+    let file = entries.iter().find(|e| e.name == PINS_PATH).expect("the pins file");
+    assert_eq!((file.kind(), file.perm(), file.data.as_slice()), (S_IFREG, 0o644, pins.as_bytes()));
+    let at = |name: &str| entries.iter().position(|e| e.name == name).unwrap_or_else(|| panic!("{name} missing"));
+    assert_eq!(entries[at("etc/ferry")].kind(), S_IFDIR);
+    assert!(at("etc") < at("etc/ferry") && at("etc/ferry") < at(PINS_PATH), "parents first");
 }
 
 #[test]

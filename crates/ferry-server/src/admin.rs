@@ -334,6 +334,7 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_a
                 id: st.server.id,
                 endpoint: st.server.endpoint,
                 public_key: st.server.public_key,
+                sealing_key_id: st.server.sealing_key_id,
             }
         })
         .collect();

@@ -24,11 +24,13 @@ pub fn parse_range(value: Option<&str>, len: u64) -> RangeRequest {
     }
     let Some((a, b)) = spec.split_once('-') else { return RangeRequest::Full };
     let (a, b) = (a.trim(), b.trim());
+    // RFC 9110: 1*DIGIT. `u64::from_str` alone would also take a leading '+'.
+    let number = |s: &str| s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse::<u64>().ok()).flatten();
     let parsed = match (a.is_empty(), b.is_empty()) {
-        (true, false) => b.parse::<u64>().ok().map(|n| (len.saturating_sub(n), len.saturating_sub(1), n > 0)),
-        (false, true) => a.parse::<u64>().ok().map(|s| (s, len.saturating_sub(1), true)),
-        (false, false) => match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(s), Ok(e)) if s <= e => Some((s, e.min(len.saturating_sub(1)), true)),
+        (true, false) => number(b).map(|n| (len.saturating_sub(n), len.saturating_sub(1), n > 0)),
+        (false, true) => number(a).map(|s| (s, len.saturating_sub(1), true)),
+        (false, false) => match (number(a), number(b)) {
+            (Some(s), Some(e)) if s <= e => Some((s, e.min(len.saturating_sub(1)), true)),
             _ => None,
         },
         (true, true) => None,
@@ -126,5 +128,13 @@ mod tests {
         assert_eq!(parse_range(Some("items=0-1"), 100), Full);
         assert_eq!(parse_range(Some("bytes=x-y"), 100), Full);
         assert_eq!(parse_range(Some("bytes=0-0"), 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn range_numbers_are_digits_only() {
+        for signed in ["bytes=+5-9", "bytes=5-+9", "bytes=+90-", "bytes=-+10", "bytes=٣-9"] {
+            assert_eq!(parse_range(Some(signed), 100), Full, "{signed}");
+        }
+        assert_eq!(parse_range(Some("bytes= 5 - 9 "), 100), Partial(5, 9), "whitespace stays tolerated");
     }
 }

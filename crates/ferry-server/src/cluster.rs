@@ -15,6 +15,40 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Proves this server's sealing key is the store's (see [`Store::check_sealing_key`]),
+/// before it registers: a server with another key must not join, as healthy, a cluster
+/// whose secrets it cannot open.
+pub async fn check_sealing_key(
+    store: &Arc<dyn Store>,
+    id: &str,
+    key_file: &std::path::Path,
+    key_was_made: bool,
+) -> anyhow::Result<()> {
+    let actor = ferry_store::Actor(format!("server:{id}"));
+    let made = if key_was_made { " (made at this start: the file did not exist)" } else { "" };
+    let outcome = store
+        .check_sealing_key(&actor)
+        .await
+        .with_context(|| format!("the sealing key {}{made} does not fit this store", key_file.display()))?;
+    let key_id = store.sealing_key_id();
+    match outcome {
+        ferry_store::SealingKeyCheck::Verified => tracing::info!(key_id, "sealing key verified against the store"),
+        ferry_store::SealingKeyCheck::Recorded => tracing::info!(key_id, "sealing key recorded in the new store"),
+        ferry_store::SealingKeyCheck::Adopted { opened, unreadable } => {
+            tracing::info!(key_id, opened, "sealing key adopted: it opens the store's sealed values");
+            if !unreadable.is_empty() {
+                tracing::warn!(
+                    key_id,
+                    unreadable = %unreadable.join(", "),
+                    "these sealed values were sealed under another key and no server can open them: set them again \
+                     (ferry secret set, ferry node set --asset-tag-file)"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Records this server in the store, refusing an id that a live server with another
 /// WireGuard key holds (two servers with one id would undo each other's peers).
 pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_key: &str) -> anyhow::Result<()> {
@@ -40,6 +74,7 @@ pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_
         public_key: public_key.to_owned(),
         started_at: now,
         heartbeat_at: now,
+        sealing_key_id: store.sealing_key_id().to_owned(),
     };
     store.register_server(&record).await.context("cannot register this server in the store")?;
     tracing::info!(

@@ -33,6 +33,14 @@ mod wgkey;
 
 pub use config::{Config, LogFormat};
 
+/// The provisioning listener's own header parsers, for the cargo-fuzz targets in `fuzz/`
+/// (docs/fuzzing.md) and nothing else: re-exported here so that their modules stay private.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::artifacts::{parse_range, RangeRequest};
+    pub use crate::client_addr::client_address;
+}
+
 use anyhow::Context;
 use ferry_store::{Sealer, SqlStore, Store};
 use std::collections::HashSet;
@@ -111,12 +119,15 @@ impl Server {
         let open_files = listen::raise_open_files_limit(caps)?;
         tracing::debug!(open_files, "open-files limit");
         create_private_dir(&config.data_dir)?;
-        let sealer = Sealer::load_or_create(&config.secrets_key_path())?;
+        let key_file = config.secrets_key_path();
+        let key_was_made = !key_file.exists();
+        let sealer = Sealer::load_or_create(&key_file)?;
         let location = config.store_location()?;
         let server_id = config.server_id()?;
         let store =
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
+        cluster::check_sealing_key(&store, &server_id, &key_file, key_was_made).await?;
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
         // First of the sockets: a second server on the same socket stops here, before

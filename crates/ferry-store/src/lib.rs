@@ -13,6 +13,7 @@ pub mod servers;
 mod sql;
 mod sql_audit;
 mod sql_images;
+mod sql_sealing;
 mod sql_secrets;
 mod sql_servers;
 mod sql_tokens;
@@ -28,6 +29,7 @@ pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus};
 pub use sql::{SqlStore, WRITE_LOCK_KEY};
+pub use sql_sealing::SealingKeyCheck;
 pub use tpm::{Discovery, TpmRecord, TpmRegistration, TpmState};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord};
 
@@ -178,6 +180,15 @@ pub trait Store: Send + Sync + 'static {
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
     /// Every node's recorded SSH host keys: `(node, "type key")`.
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
+    /// The id of the sealing key this store handle seals with ([`Sealer::key_id`]).
+    fn sealing_key_id(&self) -> &str;
+    /// Proves at start-up, before the server registers, that this handle's sealing key is
+    /// the store's: it opens the check value recorded for its key id. With no key
+    /// recorded yet, records it — on an empty store, or on a store made before keys
+    /// were recorded if the key opens most of its sealed values (audited as
+    /// `store.sealing-key`). Refused (SealError) when the store records only other keys,
+    /// or when the key does not open most of the sealed values.
+    async fn check_sealing_key(&self, actor: &Actor) -> Result<SealingKeyCheck, StoreError>;
     /// Registers a server, or re-registers it at a restart (upsert by id; `started_at`
     /// and `heartbeat_at` become now). Audited as `server.start`.
     async fn register_server(&self, server: &ServerRecord) -> Result<(), StoreError>;

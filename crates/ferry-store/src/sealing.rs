@@ -2,6 +2,7 @@
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
 use rand::RngCore;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -18,6 +19,39 @@ pub enum SealError {
     KeyMode { path: String, mode: u32 },
     #[error("a sealed secret could not be opened: wrong key file, or the database was altered")]
     Open,
+    #[error(
+        "this server's sealing key (key id {ours}) is not the key this store's asset tags and secrets are \
+         sealed with (key id {store}). Every server on one store needs the same key: copy the cluster's \
+         secrets.key from a running server (or point `secrets_key` / --secrets-key at a copy of it) and \
+         start again. A single server whose key file was lost must restore it from backup: a new key \
+         opens nothing already sealed"
+    )]
+    WrongKey { ours: String, store: String },
+    #[error(
+        "this server's sealing key (key id {ours}) opens {opened} of the {total} sealed values in this store \
+         (made before sealing keys were recorded), so it is not the key they were sealed with: start with \
+         the key that sealed them (restore secrets.key from backup, or copy it from the server that has it). \
+         Values it cannot open: {unreadable}"
+    )]
+    NotTheStoresKey { ours: String, opened: usize, total: usize, unreadable: String },
+    #[error(
+        "the store's check value for sealing key id {key_id} does not open with the key of that id: the \
+         database was altered; restore it from backup"
+    )]
+    CheckValueAltered { key_id: String },
+}
+
+/// What a key id is derived from: `HMAC-SHA256(key, KEY_ID_LABEL)`, a one-way function of
+/// the key, so the id names the key without revealing anything about it.
+const KEY_ID_LABEL: &[u8] = b"ferry/sealing-key-id/v1";
+/// Bytes of that HMAC shown as the key id (16 hex digits).
+const KEY_ID_BYTES: usize = 8;
+
+fn key_id(key: &[u8]) -> String {
+    // HMAC takes keys of any length; 32 bytes here.
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(KEY_ID_LABEL);
+    mac.finalize().into_bytes()[..KEY_ID_BYTES].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Seals values with XChaCha20-Poly1305 under a 32-byte key kept in a 0600 file. The
@@ -25,6 +59,7 @@ pub enum SealError {
 /// tag copied onto another node does not open.
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    key_id: String,
 }
 
 impl Sealer {
@@ -54,14 +89,20 @@ impl Sealer {
             return Err(SealError::KeyLength { path: shown });
         }
         let cipher = XChaCha20Poly1305::new_from_slice(&key).map_err(|_| SealError::KeyLength { path: shown })?;
-        Ok(Sealer { cipher })
+        Ok(Sealer { cipher, key_id: key_id(&key) })
     }
 
     /// A sealer with a random key, for tests.
     pub fn ephemeral() -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(key.as_mut());
-        Sealer { cipher: XChaCha20Poly1305::new(key.as_ref().into()) }
+        Sealer { cipher: XChaCha20Poly1305::new(key.as_ref().into()), key_id: key_id(key.as_ref()) }
+    }
+
+    /// The key's public name (16 hex digits): equal ids mean the same key. Shown by
+    /// `ferry server list`, recorded in the store with the key's check value.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
@@ -97,6 +138,20 @@ mod tests {
         assert!(s.open(&sealed, b"node:n2").is_err(), "bound to its row");
         assert!(Sealer::ephemeral().open(&sealed, b"node:n1").is_err(), "bound to its key");
         assert!(s.open(&sealed[..10], b"node:n1").is_err());
+    }
+
+    #[test]
+    fn key_ids_name_keys_without_revealing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.key");
+        let a = Sealer::load_or_create(&path).unwrap();
+        assert_eq!(a.key_id().len(), 16);
+        assert!(a.key_id().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(Sealer::load_or_create(&path).unwrap().key_id(), a.key_id(), "same key, same id");
+        assert_ne!(Sealer::ephemeral().key_id(), a.key_id(), "another key, another id");
+        let key = std::fs::read(&path).unwrap();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!hex.contains(a.key_id()), "the id is not a piece of the key");
     }
 
     #[test]

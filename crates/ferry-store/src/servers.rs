@@ -15,6 +15,10 @@ pub struct ServerRecord {
     pub started_at: i64,
     /// Unix seconds.
     pub heartbeat_at: i64,
+    /// The id of its sealing key (`Sealer::key_id`); empty for a server that registered
+    /// before key ids were recorded.
+    #[serde(default)]
+    pub sealing_key_id: String,
 }
 
 /// A server and how many active tunnels it holds.

@@ -264,11 +264,12 @@ impl SqlStore {
 
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
         check_asset_tag(tag.expose())?;
-        Ok(self.sealer.seal(tag.expose().as_bytes(), aad(node).as_bytes()))
+        Ok(self.sealer.seal(tag.expose().as_bytes(), asset_tag_aad(node).as_bytes()))
     }
 }
 
-fn aad(node: &NodeName) -> String {
+/// Binds a sealed asset tag to its node.
+pub(crate) fn asset_tag_aad(node: &NodeName) -> String {
     format!("ferry/asset-tag/{node}")
 }
 
@@ -594,7 +595,7 @@ impl Store for SqlStore {
     async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError> {
         let (merged, sealed) = self.merged_and_sealed(name).await?;
         let Some(sealed) = sealed else { return Ok((merged, None)) };
-        let clear = self.sealer.open(&sealed, aad(name).as_bytes())?;
+        let clear = self.sealer.open(&sealed, asset_tag_aad(name).as_bytes())?;
         let text = String::from_utf8(clear.to_vec())
             .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
         Ok((merged, Some(Secret::new(text))))
@@ -790,6 +791,12 @@ impl Store for SqlStore {
     }
     async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError> {
         self.host_keys_impl().await
+    }
+    fn sealing_key_id(&self) -> &str {
+        self.sealer.key_id()
+    }
+    async fn check_sealing_key(&self, actor: &Actor) -> Result<crate::SealingKeyCheck, StoreError> {
+        self.check_sealing_key_impl(actor).await
     }
     async fn register_server(&self, server: &crate::ServerRecord) -> Result<(), StoreError> {
         self.register_server_impl(server).await

@@ -23,18 +23,22 @@ impl SqlStore {
         let now = now_secs();
         let mut tx = self.begin_write().await?;
         sqlx::query(
-            "INSERT INTO servers (id, endpoint, public_key, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO servers (id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET endpoint = excluded.endpoint, public_key = excluded.public_key, \
-             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+             started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, \
+             sealing_key_id = excluded.sealing_key_id",
         )
         .bind(&server.id)
         .bind(&server.endpoint)
         .bind(&server.public_key)
         .bind(now)
         .bind(now)
+        .bind(&server.sealing_key_id)
         .execute(&mut *tx)
         .await?;
-        let detail = format!("endpoint={} key={}", server.endpoint, server.public_key);
+        let detail =
+            format!("endpoint={} key={} sealing_key_id={}", server.endpoint, server.public_key, server.sealing_key_id);
         let actor = Actor(format!("server:{}", server.id));
         audit(&mut tx, &actor, "server.start", &format!("server/{}", server.id), &detail).await?;
         tx.commit().await?;
@@ -57,17 +61,17 @@ impl SqlStore {
     }
 
     pub(crate) async fn list_servers_impl(&self) -> Result<Vec<ServerStatus>, StoreError> {
-        let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT s.id, s.endpoint, s.public_key, s.started_at, s.heartbeat_at, COUNT(t.node) \
+        let rows: Vec<(String, String, String, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT s.id, s.endpoint, s.public_key, s.started_at, s.heartbeat_at, s.sealing_key_id, COUNT(t.node) \
              FROM servers s LEFT JOIN tunnels t ON t.server = s.id \
-             GROUP BY s.id, s.endpoint, s.public_key, s.started_at, s.heartbeat_at ORDER BY s.id",
+             GROUP BY s.id, s.endpoint, s.public_key, s.started_at, s.heartbeat_at, s.sealing_key_id ORDER BY s.id",
         )
         .fetch_all(&self.read)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, endpoint, public_key, started_at, heartbeat_at, active_tunnels)| ServerStatus {
-                server: ServerRecord { id, endpoint, public_key, started_at, heartbeat_at },
+            .map(|(id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id, active_tunnels)| ServerStatus {
+                server: ServerRecord { id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id },
                 active_tunnels,
             })
             .collect())

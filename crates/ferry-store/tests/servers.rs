@@ -30,6 +30,7 @@ fn server(id: &str) -> ServerRecord {
         public_key: format!("KEY-OF-{id}"),
         started_at: 0,
         heartbeat_at: 0,
+        sealing_key_id: format!("SEALING-KEY-OF-{id}"),
     }
 }
 
@@ -56,6 +57,7 @@ async fn servers_register_heartbeat_and_list(kind: Kind) {
     assert_eq!(summary, [("a", 2), ("b", 1)], "ordered by id, with counts");
     assert!(listed.iter().all(|x| x.server.started_at >= before && x.server.heartbeat_at >= before));
     assert_eq!(listed[0].server.endpoint, "a.example:51820");
+    assert_eq!(listed[0].server.sealing_key_id, "SEALING-KEY-OF-a", "each server's sealing key id is kept");
     let json = serde_json::to_value(&listed[0]).unwrap();
     assert_eq!((json["id"].as_str(), json["active_tunnels"].as_i64()), (Some("a"), Some(2)), "flattened: {json}");
 

@@ -329,9 +329,11 @@ fn audit_since_and_follow() {
         }
     });
     let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
-    // What was there: the server's own start entry, the audit retention it recorded in
-    // the new database, then node/a1, in that order.
+    // What was there: the new store's sealing key record, the server's own start entry,
+    // the audit retention it recorded in the new database, then node/a1, in that order.
     let mut next_entry = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let recorded = next_entry();
+    assert_eq!(recorded["action"], "store.sealing-key", "{recorded}");
     let started = next_entry();
     assert_eq!(started["action"], "server.start", "{started}");
     let retention = next_entry();
@@ -351,4 +353,29 @@ fn audit_since_and_follow() {
     assert_eq!(next[1]["action"], "node.delete");
     assert!(next[1]["id"].as_i64() > next[0]["id"].as_i64(), "in order, none twice");
     assert!(next[0]["actor"].as_str().unwrap().starts_with("uid:"), "admin changes name their actor");
+}
+
+/// A single server whose key file was lost must not make a new key over its database
+/// (finding 15): a fresh key opens none of the sealed values, and would seal new ones
+/// that the restored key could not open. It refuses, and says to restore the key.
+#[test]
+fn a_server_whose_sealing_key_was_replaced_refuses_to_start() {
+    let mut s = TestServer::start();
+    let mut tag = tempfile::NamedTempFile::new().unwrap();
+    tag.write_all(b"ASSET-0042").unwrap();
+    s.ok(&["node", "add", "n1", "--asset-tag-file", tag.path().to_str().unwrap()]);
+    s.stop();
+    let key = s.dir.path().join("data/secrets.key");
+    let original = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let status = s.try_launch().expect_err("a regenerated sealing key must not start");
+    assert_eq!(status.code(), Some(1));
+    let log = s.log_text();
+    for needed in ["made at this start", "A single server whose key file was lost must restore it from backup"] {
+        assert!(log.contains(needed), "{needed:?} missing: {log}");
+    }
+    // The key comes back from the backup: the server starts and the tag still opens.
+    std::fs::write(&key, original).unwrap();
+    s.launch();
+    assert!(s.ok(&["node", "show", "n1"]).contains("asset_tag"));
 }

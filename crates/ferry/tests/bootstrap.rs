@@ -530,3 +530,56 @@ fn an_unused_grant_is_closed_after_the_handshake_deadline() {
     c.server.ok(&["tunnel", "revoke", "n2"]);
     assert_all_closed(&c);
 }
+
+/// Finding 14: the boot script travels over plain HTTP, so someone on the path can
+/// rewrite the kernel command line to name their server and key. Without baked pins
+/// the agent follows it (here: to an address where nobody answers); with the pins
+/// `ferry image initramfs --pin-server-url/--pin-server-key` bakes into /etc/ferry/pins,
+/// the same command line is overruled and the node boots from the real server.
+#[test]
+fn baked_pins_overrule_a_rewritten_kernel_command_line() {
+    let c = Cluster::new(1);
+    c.add_nodes(&["--identity", "network"]);
+    let n = &c.nodes[0];
+    let impostor = ferry_wg::PrivateKey::generate().public_key().to_base64();
+    let cmdline = n.path("cmdline");
+    std::fs::write(
+        &cmdline,
+        format!("quiet ferry.server=http://198.18.0.250:8470 ferry.pubkey={impostor} ferry.node=n1\n"),
+    )
+    .unwrap();
+    let pins = n.path("pins");
+    let agent = || {
+        let mut cmd = n.ns.cmd(common::FERRY);
+        cmd.args(["agent", "--mode", "fetch", "--interface", &n.interface, "--timeout", "8s"])
+            .arg("--cmdline")
+            .arg(&cmdline)
+            .arg("--pins-file")
+            .arg(&pins)
+            .arg("--seed-dir")
+            .arg(n.path("seed"))
+            .arg("--state-dir")
+            .arg(n.path("state"))
+            .arg("--ssh-dir")
+            .arg(n.path("ssh"))
+            .arg("--asset-tag-file")
+            .arg(n.path("asset-tag"))
+            .env("FERRY_LOG", "debug")
+            .stdin(std::process::Stdio::null());
+        cmd.output().unwrap()
+    };
+    let out = agent();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "followed the rewritten line to nobody: {log}");
+    assert!(log.contains("198.18.0.250"), "{log}");
+
+    std::fs::write(&pins, format!("ferry.server=http://{SERVER_IP}:8470\nferry.pubkey={}\n", c.server.public_key()))
+        .unwrap();
+    let out = agent();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ds=nocloud;s=file://"), "{log}");
+    assert!(log.contains("differs from the one baked into"), "the rewrite is reported: {log}");
+    assert!(audit(&c, "n1").contains("node.booted"));
+    assert_all_closed(&c);
+}

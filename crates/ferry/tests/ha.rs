@@ -328,3 +328,55 @@ fn a_cloud_init_node_moves_its_tunnel_off_a_server_killed_under_it() {
         c.servers[1].wg_peers().is_empty() && c.servers[2].wg_peers().is_empty()
     });
 }
+
+/// Finding 15 of the outside review: a server started as the several-servers line of the
+/// README once showed (`--store`, `--server-id`, no shared `secrets_key`) made its own
+/// sealing key, registered, answered `/readyz` 200 and showed as alive, then failed
+/// every node whose profile uses a secret. It must refuse to start, say why, and never
+/// register; with the shared key it joins, and every server shows the same key id.
+#[test]
+fn a_server_without_the_clusters_sealing_key_refuses_to_start() {
+    let mut c = HaCluster::new(1, 0, "", "");
+    let cluster_key_id = c.servers[0].json(&["server", "list", "--json"])[0]["sealing_key_id"]
+        .as_str()
+        .expect("a sealing key id")
+        .to_owned();
+    assert_eq!(cluster_key_id.len(), 16, "{cluster_key_id}");
+    let shared_key = std::fs::read(c.keys.path().join("secrets.key")).expect("the shared key");
+
+    // s2 with no secrets_key: it makes its own key in its data directory.
+    let mut stranger = c.configure_server(2, "", "", "");
+    let status = stranger.try_launch().expect_err("a server with its own sealing key must not start");
+    assert_eq!(status.code(), Some(1), "{}", stranger.log_text());
+    let log = stranger.log_text();
+    let own_key = stranger.dir.path().join("data/secrets.key");
+    for needed in [
+        format!("the sealing key {}", own_key.display()),
+        "made at this start".to_owned(),
+        format!("is not the key this store's asset tags and secrets are sealed with (key id {cluster_key_id})"),
+        "copy the cluster's secrets.key".to_owned(),
+    ] {
+        assert!(log.contains(&needed), "{needed:?} missing from the error: {log}");
+    }
+    assert!(!log.contains("WireGuard device up"), "it stopped before its device: {log}");
+    let listed = c.servers[0].json(&["server", "list", "--json"]);
+    let ids: Vec<&str> = listed.as_array().expect("servers").iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(ids, ["s1"], "the refused server never registered");
+    let key_hex: String = shared_key.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!log.contains(&key_hex), "no key in the log");
+
+    // The same server with the cluster's key (a copy, as on another machine) starts.
+    let copy = stranger.dir.path().join("cluster-secrets.key");
+    std::fs::write(&copy, &shared_key).expect("copy the key");
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let config = std::fs::read_to_string(&stranger.config).expect("config");
+    let config = format!("secrets_key = \"{}\"\n{config}", copy.display());
+    std::fs::write(&stranger.config, config).expect("config");
+    stranger.launch();
+    let listed = c.servers[0].json(&["server", "list", "--json"]);
+    let servers = listed.as_array().expect("servers");
+    assert_eq!(servers.len(), 2, "{listed}");
+    assert!(servers.iter().all(|s| s["alive"] == true && s["sealing_key_id"] == cluster_key_id.as_str()), "{listed}");
+    let table = c.servers[0].ok(&["server", "list"]);
+    assert!(table.contains("SEALING KEY") && table.matches(&cluster_key_id).count() == 2, "{table}");
+}

@@ -77,29 +77,39 @@ impl HaCluster {
         let keys = tempfile::tempdir().expect("tempdir");
         let mut c = HaCluster { servers: Vec::new(), devices: Vec::new(), nodes: Vec::new(), hub, db, keys };
         for i in 1..=servers {
-            let ns = Netns::new("fcs");
-            let (a, b) = (unique("fha"), unique("fhb"));
-            sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
-            sh(&["ip", "link", "set", &a, "netns", &c.hub.name]);
-            sh(&["ip", "link", "set", &b, "netns", &ns.name]);
-            c.hub.sh(&["ip", "link", "set", &a, "master", BRIDGE, "up"]);
-            ns.sh(&["ip", "addr", "add", &format!("198.18.0.{i}/24"), "dev", &b]);
-            ns.sh(&["ip", "link", "set", &b, "up"]);
-            // Every server uses the same tunnel network and server address, each on
-            // its own device: a node only ever talks to the server it enrolled with.
-            let (interface, device) = wireguard_go(&ns, "100.64.0.1/16");
-            let top = format!(
-                "store = \"{}\"\nsecrets_key = \"{}\"\n[cluster]\nserver_id = \"s{i}\"\n{cluster}\n",
-                c.db.url,
-                c.keys.path().join("secrets.key").display()
-            );
-            let listen = format!("198.18.0.{i}:8470");
-            let wg = format!("backend = \"uapi\"\n{wireguard}");
-            c.servers.push(TestServer::start_in_with(ns, &top, &listen, "", &wg, Some(interface)));
-            c.devices.push(device);
+            let mut server = c.configure_server(i, &c.shared_key_config(), cluster, wireguard);
+            server.launch();
+            c.servers.push(server);
         }
         c.nodes = (1..=nodes).map(|i| Node::on_bridge(&c.hub, BRIDGE, i)).collect();
         c
+    }
+
+    /// The top-level config line that gives a server the cluster's shared sealing key.
+    pub fn shared_key_config(&self) -> String {
+        format!("secrets_key = \"{}\"\n", self.keys.path().join("secrets.key").display())
+    }
+
+    /// Server `i` (id `si`) in its own namespace at 198.18.0.`i` with its own
+    /// wireguard-go device (kept in `devices`), configured but not started. `top` is
+    /// extra top-level TOML, e.g. [`HaCluster::shared_key_config`].
+    pub fn configure_server(&mut self, i: usize, top: &str, cluster: &str, wireguard: &str) -> TestServer {
+        let ns = Netns::new("fcs");
+        let (a, b) = (unique("fha"), unique("fhb"));
+        sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+        sh(&["ip", "link", "set", &a, "netns", &self.hub.name]);
+        sh(&["ip", "link", "set", &b, "netns", &ns.name]);
+        self.hub.sh(&["ip", "link", "set", &a, "master", BRIDGE, "up"]);
+        ns.sh(&["ip", "addr", "add", &format!("198.18.0.{i}/24"), "dev", &b]);
+        ns.sh(&["ip", "link", "set", &b, "up"]);
+        // Every server uses the same tunnel network and server address, each on
+        // its own device: a node only ever talks to the server it enrolled with.
+        let (interface, device) = wireguard_go(&ns, "100.64.0.1/16");
+        self.devices.push(device);
+        let top = format!("store = \"{}\"\n{top}[cluster]\nserver_id = \"s{i}\"\n{cluster}\n", self.db.url);
+        let listen = format!("198.18.0.{i}:8470");
+        let wg = format!("backend = \"uapi\"\n{wireguard}");
+        TestServer::configure_in_with(ns, &top, &listen, "", &wg, Some(interface))
     }
 
     /// Every server's provisioning URL, starting with server `first` (0-based).

@@ -106,6 +106,21 @@ impl TestServer {
         wireguard: &str,
         interface: Option<String>,
     ) -> TestServer {
+        let mut server = Self::configure_in_with(netns, top, listen, provisioning, wireguard, interface);
+        server.launch();
+        server
+    }
+
+    /// [`TestServer::start_in_with`] without starting it: [`TestServer::launch`] or
+    /// [`TestServer::try_launch`] does.
+    pub fn configure_in_with(
+        netns: Netns,
+        top: &str,
+        listen: &str,
+        provisioning: &str,
+        wireguard: &str,
+        interface: Option<String>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let interface = interface.unwrap_or_else(|| unique("fy"));
         let config = dir.path().join("ferry.toml");
@@ -116,7 +131,7 @@ impl TestServer {
             "{top}\n[provisioning]\nlisten = \"{listen}\"\n{provisioning}\n[wireguard]\ninterface = \"{interface}\"\n{reconcile}{wireguard}\n"
         );
         std::fs::write(&config, toml).expect("config");
-        let mut server = TestServer {
+        TestServer {
             socket: dir.path().join("run/admin.sock"),
             log: dir.path().join("server.log"),
             config,
@@ -124,14 +139,20 @@ impl TestServer {
             netns,
             interface,
             child: None,
-        };
-        server.launch();
-        server
+        }
     }
 
     /// (Re)starts the server process with the same data directory, with a soft limit of
     /// 1,024 open files (systemd's default for services; the server raises it).
     pub fn launch(&mut self) {
+        if let Err(status) = self.try_launch() {
+            panic!("ferry serve exited with {status}: {}", self.log_text());
+        }
+    }
+
+    /// [`TestServer::launch`], or the exit status of a server that stopped before it
+    /// was ready (its log says why).
+    pub fn try_launch(&mut self) -> Result<(), std::process::ExitStatus> {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         // prlimit and `ip netns exec` both exec: the child's pid is the server's.
@@ -157,11 +178,13 @@ impl TestServer {
         // reconciled, so a connect alone is too early).
         while !self.run(&["server-key"]).status.success() {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("ferry serve exited with {status}: {}", self.log_text());
+                self.child = None;
+                return Err(status);
             }
             assert!(Instant::now() < deadline, "ferry serve did not start: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {
