@@ -84,11 +84,10 @@ mod test_fakes;
 #[cfg(test)]
 mod watch_tests;
 
-pub use args::{AgentArgs, Mode, TeardownArgs, WgBackendArg};
+pub use args::{AgentArgs, Mode, TeardownArgs};
 pub use error::AgentError;
 pub use machine::Outcome;
 pub use state::{AgentState, STATE_FILE};
-pub use tunnel::Backend;
 
 /// The agent's parsers of outside input (the kernel command line's server URLs and
 /// certificate pins, the server's answers), for the cargo-fuzz targets in `fuzz/`

@@ -16,7 +16,8 @@ use crate::phone_home;
 use crate::retry::{Backoff, Deadline};
 use crate::seed::{file_ds_line, url_ds_line, write_seed, DOCUMENTS};
 use crate::state::{self, AgentState};
-use crate::tunnel::{Backend, GuardPolicy, Tunnel, TunnelFactory, TunnelSpec};
+use crate::tunnel::{GuardPolicy, Tunnel, TunnelFactory, TunnelSpec};
+use ferry_wg::BackendKind;
 
 /// Longest delay between datasource probes or fetch retries.
 const PROBE_MAX: Duration = Duration::from_secs(2);
@@ -232,8 +233,8 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// tunnel (userspace, `--hold`, or several servers) or leave a kernel interface behind.
     async fn serve_cloud_init(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
         // With several servers the agent must stay to watch the server and fail over.
-        let detach = tunnel.backend() == Backend::Kernel && !self.cfg.hold && !self.has_other_servers();
-        if tunnel.backend() == Backend::Kernel && !self.cfg.hold && !detach {
+        let detach = tunnel.backend() == BackendKind::Kernel && !self.cfg.hold && !self.has_other_servers();
+        if tunnel.backend() == BackendKind::Kernel && !self.cfg.hold && !detach {
             tracing::info!("several servers: holding the tunnel (as with --hold) to move it if its server is lost");
         }
         // Listen for SIGTERM/SIGINT before announcing anything, so a prompt teardown is not lost.
