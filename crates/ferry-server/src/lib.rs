@@ -31,7 +31,7 @@ mod tpm;
 pub mod tunnels;
 mod wgkey;
 
-pub use config::{Config, LogFormat};
+pub use config::{Config, ConfigError, LogFormat, Overrides};
 
 /// The provisioning listener's own header parsers, for the cargo-fuzz targets in `fuzz/`
 /// (docs/fuzzing.md) and nothing else: re-exported here so that their modules stay private.
@@ -75,45 +75,35 @@ struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    fn from_config(c: &Config) -> anyhow::Result<Self> {
+    fn from_config(c: &Config) -> Self {
         let (p, d) = (&c.provisioning, &c.datasource);
-        if d.request_timeout_secs == 0 {
-            anyhow::bail!("[datasource] request_timeout_secs must be at least 1");
-        }
-        Ok(ListenerLimits {
-            provisioning: listen::ConnLimits::from_config(
-                "[provisioning]",
+        ListenerLimits {
+            provisioning: listen::ConnLimits::new(
                 p.header_timeout_secs,
                 p.idle_timeout_secs,
                 p.max_connections_per_source,
                 p.max_connections,
-            )?,
-            datasource: listen::ConnLimits::from_config(
-                "[datasource]",
+            ),
+            datasource: listen::ConnLimits::new(
                 d.header_timeout_secs,
                 d.idle_timeout_secs,
                 d.max_connections_per_source,
                 d.max_connections,
-            )?,
-        })
-    }
-}
-
-fn backend_choice(b: config::WgBackend) -> ferry_wg::BackendChoice {
-    match b {
-        config::WgBackend::Auto => ferry_wg::BackendChoice::Auto,
-        config::WgBackend::Kernel => ferry_wg::BackendChoice::Kernel,
-        config::WgBackend::Userspace => ferry_wg::BackendChoice::Userspace,
-        config::WgBackend::Uapi => ferry_wg::BackendChoice::Uapi,
+            ),
+        }
     }
 }
 
 impl Server {
-    /// Opens the data directory and store, and binds the admin socket.
+    /// Validates the configuration, then opens the data directory and store, and binds
+    /// the admin socket.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
+        // The one check of the configuration, before anything is created or opened;
+        // all that follows trusts its values.
+        config.validate()?;
         // Everything ferry writes (database, keys) is for its own user only.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let listener_limits = ListenerLimits::from_config(&config)?;
+        let listener_limits = ListenerLimits::from_config(&config);
         let l = &listener_limits;
         let caps = (l.provisioning.max_total + l.datasource.max_total + 2 * listen::ADMIN_LIMITS.max_total) as u64;
         let open_files = listen::raise_open_files_limit(caps)?;
@@ -123,7 +113,7 @@ impl Server {
         let key_was_made = !key_file.exists();
         let sealer = Sealer::load_or_create(&key_file)?;
         let location = config.store_location()?;
-        let server_id = config.server_id()?;
+        let server_id = config.server_id();
         let store =
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
@@ -146,7 +136,7 @@ impl Server {
             listen_port: Some(wg.listen_port),
             ..Default::default()
         };
-        let device = ferry_wg::open_device(&wg.interface, backend_choice(wg.backend), &setup)
+        let device = ferry_wg::open_device(&wg.interface, wg.backend, &setup)
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
@@ -187,8 +177,7 @@ impl Server {
                 names.push(addr.ip().to_string());
                 let files = remote::TlsFiles {
                     section: "[remote_admin]",
-                    cert: ra.tls_cert.as_deref(),
-                    key: ra.tls_key.as_deref(),
+                    configured: config::tls_files(&ra.tls_cert, &ra.tls_key),
                     names,
                     stem: "remote-admin",
                 };
@@ -209,8 +198,7 @@ impl Server {
                 }
                 let files = remote::TlsFiles {
                     section: "[provisioning]",
-                    cert: p.tls_cert.as_deref(),
-                    key: p.tls_key.as_deref(),
+                    configured: config::tls_files(&p.tls_cert, &p.tls_key),
                     names,
                     stem: "provisioning",
                 };
@@ -221,15 +209,14 @@ impl Server {
                 Some((listener, tokio_rustls::TlsAcceptor::from(tls), pin))
             }
         };
-        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning)?);
+        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning));
         let config = Arc::new(config);
         let nonces = Arc::new(nonces::NonceStore::new(
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
             config.provisioning.max_pending_nonces,
             config.provisioning.max_pending_nonces_per_source,
         ));
-        let boot =
-            boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone())?;
+        let boot = boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone());
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
             admin_listener,

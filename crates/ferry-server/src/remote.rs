@@ -92,8 +92,8 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
 pub struct TlsFiles<'a> {
     /// `[remote_admin]` or `[provisioning]`, for messages.
     pub section: &'static str,
-    pub cert: Option<&'a Path>,
-    pub key: Option<&'a Path>,
+    /// The configured certificate and key ([`crate::config::tls_files`]); none: self-signed.
+    pub configured: Option<(&'a Path, &'a Path)>,
     /// Names for a self-signed certificate.
     pub names: Vec<String>,
     /// `data_dir/<stem>.crt` and `.key` when self-signed.
@@ -106,9 +106,9 @@ pub struct TlsFiles<'a> {
 pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert_path, key_path) = match (files.cert, files.key) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        (None, None) => {
+    let (cert_path, key_path) = match files.configured {
+        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
+        None => {
             let (c, k) = (data_dir.join(format!("{}.crt", files.stem)), data_dir.join(format!("{}.key", files.stem)));
             if !c.exists() || !k.exists() {
                 let mut names = files.names.clone();
@@ -127,9 +127,6 @@ pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<
                 std::io::Write::write_all(&mut f, made.signing_key.serialize_pem().as_bytes())?;
             }
             (c, k)
-        }
-        _ => {
-            anyhow::bail!("{} needs both tls_cert and tls_key, or neither (a self-signed pair is made)", files.section)
         }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
