@@ -146,16 +146,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use seconds like 300, or 90s, 5m)"))
 }
 
+/// `ferry agent` alone on a command line (tests).
+#[cfg(test)]
+#[derive(clap::Parser)]
+pub(crate) struct TestCli {
+    #[command(flatten)]
+    pub args: AgentArgs,
+}
+
+/// `ferry agent`'s flags from `extra` (the tests of the modules that read them).
+#[cfg(test)]
+pub(crate) fn parse_for_tests(extra: &[&str]) -> AgentArgs {
+    use clap::Parser;
+    TestCli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
+}
+
 #[cfg(test)]
 mod tests {
+    use super::TestCli as Cli;
     use super::*;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
 
     #[test]
     fn durations() {

@@ -390,19 +390,9 @@ pub fn clean_asset_tag(raw: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::args::parse_for_tests as args;
 
     const KEY: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
-
-    fn args(extra: &[&str]) -> AgentArgs {
-        Cli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
-    }
 
     #[test]
     fn asset_tag_placeholders_mean_no_tag() {

@@ -78,8 +78,6 @@ mod failover_tests;
 #[cfg(test)]
 mod machine_tests;
 #[cfg(test)]
-mod retry_after_tests;
-#[cfg(test)]
 mod session_tests;
 #[cfg(test)]
 mod test_fakes;

@@ -269,3 +269,86 @@ async fn full_fetch_run() {
     assert_eq!(out.text(), format!("{}\n", outcome.ds), "stdout carries only the ds line");
     assert_eq!(tunnels.counts(), (1, 1, 0));
 }
+
+/// The three retry loops once enrolled: the request each repeats, and the step that
+/// runs it. (Enrollment's Retry-After: `machine_tests`.)
+#[derive(Debug, Clone, Copy)]
+enum RetryLoop {
+    DatasourceProbe,
+    DocumentFetch,
+    PhoneHome,
+}
+
+/// What one run of a loop came to.
+struct Ran {
+    state: State,
+    phoned_home: bool,
+    took: Duration,
+    requests: usize,
+}
+
+impl RetryLoop {
+    const ALL: [RetryLoop; 3] = [RetryLoop::DatasourceProbe, RetryLoop::DocumentFetch, RetryLoop::PhoneHome];
+
+    /// Runs the loop's step against a server whose first answer to the loop's request is
+    /// 503 with `Retry-After: retry_after_secs`, and the right answer after that. The
+    /// test config probes 10 ms to 2 s apart: a longer wait can only be the server's.
+    async fn run(self, retry_after_secs: u64) -> Ran {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::default();
+        let (method, url) = match self {
+            RetryLoop::DatasourceProbe => (Method::Get, doc("meta-data")),
+            RetryLoop::DocumentFetch => (Method::Get, doc("user-data")),
+            RetryLoop::PhoneHome => (Method::Post, PHONE.to_string()),
+        };
+        // Replies queue up per URL: the 503 comes first.
+        server.on(method, &url, busy(retry_after_secs));
+        serve_documents(&server);
+        let tunnels = FakeTunnels::new(BackendKind::Userspace);
+        let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
+        let from = match self {
+            RetryLoop::DatasourceProbe => State::Enrolled { lease: lease() },
+            RetryLoop::DocumentFetch => State::TunnelUp { lease: lease(), tunnel: open(&tunnels).await },
+            RetryLoop::PhoneHome => {
+                State::Fetched { lease: lease(), tunnel: open(&tunnels).await, meta_data: Vec::new() }
+            }
+        };
+        let began = tokio::time::Instant::now();
+        let state = a.step(from).await;
+        let took = began.elapsed();
+        Ran { state, phoned_home: a.phoned_home, took, requests: server.requests(method, &url).len() }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_loop_once_enrolled_honours_retry_after() {
+    for l in RetryLoop::ALL {
+        let ran = l.run(5).await;
+        let through = match (&ran.state, l) {
+            (State::TunnelUp { .. }, RetryLoop::DatasourceProbe)
+            | (State::Fetched { .. }, RetryLoop::DocumentFetch) => true,
+            (State::PhonedHome { .. }, RetryLoop::PhoneHome) => ran.phoned_home,
+            _ => false,
+        };
+        assert!(through, "{l:?}: {:?}", ran.state);
+        assert!(ran.took >= Duration::from_secs(5), "{l:?} waited {:?}, not the 5 s asked", ran.took);
+        assert_eq!(ran.requests, 2, "{l:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_loop_once_enrolled_gives_up_at_once_on_a_retry_after_past_its_deadline() {
+    // An hour: past --timeout (60 s) and --tunnel-timeout (10 s) of the test config.
+    for l in RetryLoop::ALL {
+        let ran = l.run(3600).await;
+        assert!(ran.took < Duration::from_secs(1), "{l:?} waited {:?} for nothing", ran.took);
+        assert_eq!(ran.requests, 1, "{l:?}");
+        match (ran.state, l) {
+            (State::Failed(e), RetryLoop::DatasourceProbe | RetryLoop::DocumentFetch) => {
+                assert!(e.to_string().contains("Retry-After 3600 s"), "{l:?}: {e}")
+            }
+            (State::PhonedHome { .. }, RetryLoop::PhoneHome) => assert!(!ran.phoned_home, "not fatal, not done"),
+            (other, _) => panic!("{l:?}: {other:?}"),
+        }
+    }
+}

@@ -53,8 +53,8 @@ use tunnels::TunnelManager;
 /// A server that has opened its store, brought up its device and bound its sockets.
 pub struct Server {
     admin_listener: UnixListener,
-    /// The remote admin listener and its TLS, when configured.
-    remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// The remote admin listener, its TLS and certificate pin, when configured.
+    remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     /// The provisioning API's TLS listener, its TLS and certificate pin, when configured.
     provisioning_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     provisioning_listener: TcpListener,
@@ -169,45 +169,13 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (set [provisioning] listen)", config.provisioning.listen))?;
 
-        let remote_admin = match config.remote_admin.listen {
+        let remote_admin = match remote::TlsFiles::remote_admin(&config) {
+            Some(files) => Some(remote::bind_tls(&files, &config.data_dir).await?),
             None => None,
-            Some(addr) => {
-                let ra = &config.remote_admin;
-                let mut names = ra.tls_names.clone();
-                names.push(addr.ip().to_string());
-                let files = remote::TlsFiles {
-                    section: "[remote_admin]",
-                    configured: config::tls_files(&ra.tls_cert, &ra.tls_key),
-                    names,
-                    stem: "remote-admin",
-                };
-                let (tls, _) = remote::tls_config(&files, &config.data_dir)?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (set [remote_admin] listen)"))?;
-                Some((listener, tokio_rustls::TlsAcceptor::from(tls)))
-            }
         };
-        let provisioning_tls = match config.provisioning.tls_listen {
+        let provisioning_tls = match remote::TlsFiles::provisioning(&config) {
+            Some(files) => Some(remote::bind_tls(&files, &config.data_dir).await?),
             None => None,
-            Some(addr) => {
-                let p = &config.provisioning;
-                let mut names = vec![addr.ip().to_string(), p.listen.ip().to_string()];
-                if let Some(host) = p.public_url.as_deref().and_then(|u| u.parse::<axum::http::Uri>().ok()) {
-                    names.extend(host.host().map(str::to_owned));
-                }
-                let files = remote::TlsFiles {
-                    section: "[provisioning]",
-                    configured: config::tls_files(&p.tls_cert, &p.tls_key),
-                    names,
-                    stem: "provisioning",
-                };
-                let (tls, pin) = remote::tls_config(&files, &config.data_dir)?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (set [provisioning] tls_listen)"))?;
-                Some((listener, tokio_rustls::TlsAcceptor::from(tls), pin))
-            }
         };
         let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning));
         let config = Arc::new(config);
@@ -284,7 +252,7 @@ impl Server {
             (listener.name, tokio::spawn(listen::serve(listener, app, drain, stopped())))
         };
         let mut tls_tasks = Vec::new();
-        if let Some((incoming, tls)) = self.remote_admin {
+        if let Some((incoming, tls, _)) = self.remote_admin {
             let app = admin::remote_router(self.admin.clone()).layer(timeout(30));
             let caps = listen::ConnCaps::new("remote-admin", listen::ADMIN_LIMITS, metrics.clone());
             let listener = listen::Listener { name: "remote-admin", incoming, tls: Some(tls), caps, watcher: None };

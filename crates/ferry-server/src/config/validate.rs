@@ -19,6 +19,24 @@ pub const MAX_BOOT_GATE_FAILURES: u32 = 1_000;
 /// Longest server id (a DNS label).
 const MAX_SERVER_ID: usize = 63;
 
+/// The timeouts and connection caps of a listener section (`[provisioning]`,
+/// `[datasource]`: two types with these keys in common); 0 would cut off or refuse
+/// every connection.
+macro_rules! check_listener {
+    ($section:literal, $s:expr) => {
+        at_least_one(
+            $section,
+            &[
+                ("header_timeout_secs", $s.header_timeout_secs),
+                ("request_timeout_secs", $s.request_timeout_secs),
+                ("idle_timeout_secs", $s.idle_timeout_secs),
+                ("max_connections_per_source", $s.max_connections_per_source as u64),
+                ("max_connections", $s.max_connections as u64),
+            ],
+        )
+    };
+}
+
 fn invalid(message: String) -> ConfigError {
     ConfigError::Invalid(message)
 }
@@ -36,17 +54,7 @@ impl Config {
         }
         self.store_location()?;
         self.check_provisioning()?;
-        let d = &self.datasource;
-        at_least_one(
-            "[datasource]",
-            &[
-                ("header_timeout_secs", d.header_timeout_secs),
-                ("request_timeout_secs", d.request_timeout_secs),
-                ("idle_timeout_secs", d.idle_timeout_secs),
-                ("max_connections_per_source", d.max_connections_per_source as u64),
-                ("max_connections", d.max_connections as u64),
-            ],
-        )?;
+        check_listener!("[datasource]", self.datasource)?;
         let r = &self.remote_admin;
         if r.listen.is_some() {
             tls_pair("[remote_admin]", &r.tls_cert, &r.tls_key)?;
@@ -79,14 +87,10 @@ impl Config {
                 )));
             }
         }
+        check_listener!("[provisioning]", p)?;
         at_least_one(
             "[provisioning]",
             &[
-                ("header_timeout_secs", p.header_timeout_secs),
-                ("request_timeout_secs", p.request_timeout_secs),
-                ("idle_timeout_secs", p.idle_timeout_secs),
-                ("max_connections_per_source", p.max_connections_per_source as u64),
-                ("max_connections", p.max_connections as u64),
                 ("max_pending_nonces", p.max_pending_nonces as u64),
                 ("max_pending_nonces_per_source", p.max_pending_nonces_per_source as u64),
                 ("boot_gate_lockout_secs", p.boot_gate_lockout_secs),
