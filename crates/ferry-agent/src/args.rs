@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry_wg::BackendChoice;
+
 /// What the agent does once the tunnel is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -14,15 +16,17 @@ pub enum Mode {
     CloudInit,
 }
 
-/// Which WireGuard implementation carries the tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum WgBackendArg {
-    /// Kernel WireGuard if the module is available, else userspace.
-    Auto,
-    /// The kernel module.
-    Kernel,
-    /// boringtun inside this process (the tunnel lives as long as the agent).
-    Userspace,
+/// The WireGuard backends the agent can use: `auto`, `kernel`, `userspace`. Not `uapi`:
+/// the agent makes its own interface (addresses, route, guard) rather than attach to
+/// one another process runs.
+fn agent_backends() -> impl clap::builder::TypedValueParser<Value = BackendChoice> {
+    use clap::builder::TypedValueParser;
+    use clap::ValueEnum;
+    let offered = BackendChoice::value_variants()
+        .iter()
+        .filter(|b| **b != BackendChoice::Uapi)
+        .filter_map(ValueEnum::to_possible_value);
+    clap::builder::PossibleValuesParser::new(offered).try_map(|word| word.parse::<BackendChoice>())
 }
 
 /// `ferry agent`: enroll this node, fetch its cloud-init seed through an ephemeral
@@ -75,8 +79,8 @@ pub struct AgentArgs {
     pub interface: String,
 
     /// WireGuard implementation.
-    #[arg(long, value_enum, default_value_t = WgBackendArg::Auto)]
-    pub wg_backend: WgBackendArg,
+    #[arg(long, default_value_t = BackendChoice::Auto, value_parser = agent_backends())]
+    pub wg_backend: BackendChoice,
 
     /// In cloud-init mode with kernel WireGuard, keep running until SIGTERM instead of
     /// exiting and leaving the interface for `ferry agent teardown`. Implied with several
@@ -142,16 +146,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use seconds like 300, or 90s, 5m)"))
 }
 
+/// `ferry agent` alone on a command line (tests).
+#[cfg(test)]
+#[derive(clap::Parser)]
+pub(crate) struct TestCli {
+    #[command(flatten)]
+    pub args: AgentArgs,
+}
+
+/// `ferry agent`'s flags from `extra` (the tests of the modules that read them).
+#[cfg(test)]
+pub(crate) fn parse_for_tests(extra: &[&str]) -> AgentArgs {
+    use clap::Parser;
+    TestCli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
+}
+
 #[cfg(test)]
 mod tests {
+    use super::TestCli as Cli;
     use super::*;
     use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
 
     #[test]
     fn durations() {
@@ -174,12 +188,25 @@ mod tests {
         let cli = Cli::try_parse_from(["agent", "--mode", "cloud-init", "--wg-backend", "userspace", "--timeout", "2"])
             .expect("parse");
         assert_eq!(cli.args.mode, Mode::CloudInit);
-        assert_eq!(cli.args.wg_backend, WgBackendArg::Userspace);
+        assert_eq!(cli.args.wg_backend, BackendChoice::Userspace);
         assert_eq!(cli.args.timeout, Duration::from_secs(2));
         assert_eq!(cli.args.tpm, None);
         let cli = Cli::try_parse_from(["agent", "--tpm", "--mode", "fetch"]).expect("bare --tpm");
         assert_eq!(cli.args.tpm.as_deref(), Some("device"));
         let cli = Cli::try_parse_from(["agent", "--tpm", "swtpm:port=2321"]).expect("--tpm TCTI");
         assert_eq!(cli.args.tpm.as_deref(), Some("swtpm:port=2321"));
+    }
+
+    /// The agent makes its own interface: of ferry-wg's backends it offers all but uapi,
+    /// spelled as everywhere else.
+    #[test]
+    fn the_wg_backend_flag_offers_the_backends_that_make_an_interface() {
+        let backend = |word: &str| Cli::try_parse_from(["agent", "--wg-backend", word]).map(|c| c.args.wg_backend);
+        assert_eq!(Cli::try_parse_from(["agent"]).expect("default").args.wg_backend, BackendChoice::Auto);
+        for choice in [BackendChoice::Auto, BackendChoice::Kernel, BackendChoice::Userspace] {
+            assert_eq!(backend(&choice.to_string()).expect("offered"), choice);
+        }
+        let refused = backend("uapi").expect_err("uapi attaches to another process's interface").to_string();
+        assert!(refused.contains("[possible values: auto, kernel, userspace]"), "{refused}");
     }
 }

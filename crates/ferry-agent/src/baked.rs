@@ -124,21 +124,10 @@ pub fn apply(mut cmdline: FerryParams, baked: FerryParams, path: &Path) -> Ferry
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::AgentArgs;
-    use clap::Parser;
+    use crate::args::parse_for_tests as args;
     use ferry_core::NodeName;
 
     const KEY: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
-
-    fn args(extra: &[&str]) -> AgentArgs {
-        Cli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
-    }
 
     /// Finding 14: an on-path attacker rewrites the iPXE script, so the kernel command
     /// line names its server and key. The pins baked into the initramfs win.

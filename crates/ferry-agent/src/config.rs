@@ -10,7 +10,7 @@ use ferry_wg::{BackendChoice, PublicKey};
 use hyper::Uri;
 use zeroize::Zeroizing;
 
-use crate::args::{AgentArgs, Mode, WgBackendArg};
+use crate::args::{AgentArgs, Mode};
 use crate::cmdline::{split_list, FerryParams};
 use crate::error::AgentError;
 use crate::tcti::Tcti;
@@ -295,11 +295,6 @@ impl Config {
                  node's policy requires the asset tag"
             );
         }
-        let backend = match args.wg_backend {
-            WgBackendArg::Auto => BackendChoice::Auto,
-            WgBackendArg::Kernel => BackendChoice::Kernel,
-            WgBackendArg::Userspace => BackendChoice::Userspace,
-        };
         if args.timeout.is_zero() {
             return Err(AgentError::Config("--timeout must be more than 0".into()));
         }
@@ -313,7 +308,7 @@ impl Config {
             mac,
             mode: args.mode,
             interface: args.interface.clone(),
-            backend,
+            backend: args.wg_backend,
             hold: args.hold,
             timeout: args.timeout,
             tunnel_timeout: args.tunnel_timeout,
@@ -395,19 +390,9 @@ pub fn clean_asset_tag(raw: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use crate::args::parse_for_tests as args;
 
     const KEY: &str = "pOCSkrZRwni5dyxWn1+puxPZBrRqtoyd+dwrRAn4ogk=";
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: AgentArgs,
-    }
-
-    fn args(extra: &[&str]) -> AgentArgs {
-        Cli::try_parse_from(std::iter::once("agent").chain(extra.iter().copied())).expect("flags parse").args
-    }
 
     #[test]
     fn asset_tag_placeholders_mean_no_tag() {

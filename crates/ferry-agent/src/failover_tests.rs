@@ -8,7 +8,7 @@ use ferry_wg::{PrivateKey, PublicKey};
 use crate::config::{Config, ServerUrl};
 use crate::http::Method;
 use crate::test_fakes::*;
-use crate::tunnel::Backend;
+use ferry_wg::BackendKind;
 
 const B_CHALLENGE: &str = "http://192.0.2.2:8080/v1/enroll/challenge";
 const B_ENROLL: &str = "http://192.0.2.2:8080/v1/enroll";
@@ -52,7 +52,7 @@ async fn an_unreachable_server_is_skipped_for_the_next() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default(); // A answers nothing
     serve_b(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(two_servers(dir.path()), &server, &tunnels);
     let outcome = a.run().await.expect("enrolled at B");
     assert!(outcome.phoned_home);
@@ -72,7 +72,7 @@ async fn a_server_lost_after_enrolling_means_enrolling_again_elsewhere() {
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
     serve_b(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(two_servers(dir.path()), &server, &tunnels);
     let began = tokio::time::Instant::now();
     let outcome = a.run().await.expect("completed at B");
@@ -108,7 +108,7 @@ async fn a_server_lost_before_phone_home_means_booting_again_elsewhere() {
     }
     server.on(Method::Get, &format!("{DS}network-config"), reply(404, b"{}"));
     serve_b(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(two_servers(dir.path()), &server, &tunnels);
     let outcome = a.run().await.expect("completed at B");
     assert!(outcome.phoned_home, "B recorded the boot");
@@ -127,7 +127,7 @@ async fn one_server_keeps_the_old_behaviour() {
     let server = FakeServer::default();
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(cfg, &server, &tunnels);
     let err = a.run().await.expect_err("no datasource");
     assert_eq!(err.exit_code(), 6, "{err}");
@@ -142,7 +142,7 @@ async fn a_key_pinned_for_another_server_is_still_accepted_but_an_unpinned_one_i
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     let rogue = PrivateKey::from_bytes([9; 32]).public_key();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&rogue))));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(two_servers(dir.path()), &server, &tunnels);
     let err = a.run().await.expect_err("impostor");
     assert_eq!(err.exit_code(), 4, "{err}");

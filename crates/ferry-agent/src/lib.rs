@@ -84,11 +84,10 @@ mod test_fakes;
 #[cfg(test)]
 mod watch_tests;
 
-pub use args::{AgentArgs, Mode, TeardownArgs, WgBackendArg};
+pub use args::{AgentArgs, Mode, TeardownArgs};
 pub use error::AgentError;
 pub use machine::Outcome;
 pub use state::{AgentState, STATE_FILE};
-pub use tunnel::Backend;
 
 /// The agent's parsers of outside input (the kernel command line's server URLs and
 /// certificate pins, the server's answers), for the cargo-fuzz targets in `fuzz/`
@@ -103,7 +102,7 @@ pub mod fuzzing {
 
 use config::Config;
 use mac::MacError;
-use retry::{Backoff, Deadline};
+use retry::{Deadline, RetryPolicy};
 
 /// Runs the agent. In fetch mode it returns once the seed is written and the tunnel is
 /// removed; in cloud-init mode once the tunnel is released (SIGTERM/SIGINT, TTL) or,
@@ -138,13 +137,14 @@ pub async fn teardown(args: TeardownArgs) -> Result<(), AgentError> {
 
 /// Finds the MAC, retrying while the network is not ready, within `--timeout`.
 async fn discover_mac(cfg: &Config, deadline: &Deadline) -> Result<ferry_core::MacAddr, AgentError> {
-    let mut backoff = Backoff::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
+    let mut retry = RetryPolicy::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
     loop {
         match mac::discover(cfg.first_server(), &cfg.sys_class_net).await {
             Ok(mac) => return Ok(mac),
             Err(MacError::Fatal(e)) => return Err(e),
             Err(MacError::NotYet(why)) => {
-                let wait = backoff.next_delay();
+                // No server answered: there is no Retry-After to honour.
+                let wait = retry.delay(None);
                 tracing::warn!("network not ready: {why}; retrying in {:.1} s", wait.as_secs_f64());
                 if !deadline.sleep_within(wait).await {
                     return Err(AgentError::Unreachable {

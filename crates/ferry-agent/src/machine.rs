@@ -40,7 +40,7 @@ use crate::attest::{TpmBackend, TpmEvidence};
 use crate::config::Config;
 use crate::error::AgentError;
 use crate::http::{Response, Transport};
-use crate::retry::{Backoff, Deadline};
+use crate::retry::{Deadline, RetryPolicy};
 use crate::tunnel::{Tunnel, TunnelFactory};
 
 /// A future that resolves when the agent should stop holding the tunnel.
@@ -156,7 +156,8 @@ pub struct Agent<T, F> {
     /// The TPM, when one is configured; released once enrolled.
     pub(crate) tpm: Option<Box<dyn TpmBackend>>,
     pub(crate) deadline: Deadline,
-    pub(crate) backoff: Backoff,
+    /// Enrollment's waits between attempts, within `deadline`.
+    pub(crate) retry: RetryPolicy,
     /// Which of `cfg.servers` is in use.
     pub(crate) server_index: usize,
     out: Box<dyn Write + Send>,
@@ -172,7 +173,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let key = PrivateKey::generate();
         let public_key = key.public_key();
         let deadline = Deadline::after(cfg.timeout);
-        let backoff = Backoff::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
+        let retry = RetryPolicy::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
         Agent {
             cfg,
             mac,
@@ -182,7 +183,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             public_key,
             tpm: None,
             deadline,
-            backoff,
+            retry,
             server_index: 0,
             out,
             stop_override: None,
@@ -301,7 +302,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// Waits before retrying enrollment (at the next server, when there are several),
     /// or fails when `--timeout` would pass.
     pub(crate) async fn retry_enrollment(&mut self, why: String, retry_after: Option<Duration>) -> State {
-        let wait = self.backoff.delay(retry_after);
+        let wait = self.retry.delay(retry_after);
         tracing::warn!(
             "enrollment at {} not done yet: {why}; retrying in {:.1} s",
             self.server().base,

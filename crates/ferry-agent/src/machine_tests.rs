@@ -12,7 +12,7 @@ use ferry_wg::PrivateKey;
 use crate::http::Method;
 use crate::machine::State;
 use crate::test_fakes::*;
-use crate::tunnel::Backend;
+use ferry_wg::BackendKind;
 
 fn challenged() -> State {
     State::Challenged { nonce: STANDARD.encode(NONCE), nonce_bytes: NONCE.to_vec(), server_key: Some(server_key()) }
@@ -23,7 +23,7 @@ async fn start_to_challenged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     match a.step(State::Start).await {
         State::Challenged { nonce_bytes, .. } => assert_eq!(nonce_bytes, NONCE),
         other => panic!("expected challenged, got {other:?}"),
@@ -40,7 +40,7 @@ async fn start_retries_then_succeeds_honouring_retry_after() {
     server.on(Method::Post, CHALLENGE, unreachable_reply(CHALLENGE));
     server.on(Method::Post, CHALLENGE, busy(20));
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     assert!(matches!(a.step(State::Start).await, State::Start), "unreachable: retry");
     let before = tokio::time::Instant::now();
     assert!(matches!(a.step(State::Start).await, State::Start), "503: retry");
@@ -54,7 +54,7 @@ async fn start_unreachable_until_timeout() {
     let mut cfg = test_config(dir.path());
     cfg.timeout = Duration::from_secs(3);
     let server = FakeServer::default(); // nothing answers
-    let (mut a, _) = agent(cfg, &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(cfg, &server, &FakeTunnels::new(BackendKind::Userspace));
     let began = tokio::time::Instant::now();
     let mut state = State::Start;
     while matches!(state, State::Start) {
@@ -78,7 +78,7 @@ async fn start_fails_at_once_on_refusal_or_a_bad_nonce() {
     ] {
         let server = FakeServer::default();
         server.on(Method::Post, CHALLENGE, r);
-        let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+        let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
         match a.step(State::Start).await {
             State::Failed(e) => assert_eq!(e.exit_code(), code, "{e}"),
             other => panic!("expected failure, got {other:?}"),
@@ -92,7 +92,7 @@ async fn challenged_to_enrolled_with_a_bound_proof() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     match a.step(challenged()).await {
         State::Enrolled { lease: l } => assert_eq!(l, lease()),
         other => panic!("expected enrolled, got {other:?}"),
@@ -116,7 +116,7 @@ async fn a_challenge_naming_an_unpinned_key_fails_as_an_impostor() {
     let body =
         format!(r#"{{"nonce":"{}","expires_in_secs":60,"server_public_key":"{impostor}"}}"#, STANDARD.encode(NONCE));
     server.on(Method::Post, CHALLENGE, reply(200, body.as_bytes()));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let State::Failed(err) = a.step(State::Start).await else { panic!("expected failure") };
     assert_eq!(err.exit_code(), 4, "{err}");
     assert!(err.to_string().contains(&impostor.to_base64()), "{err}");
@@ -127,7 +127,7 @@ async fn an_asset_tag_needs_a_server_that_names_its_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let old_server = State::Challenged { nonce: STANDARD.encode(NONCE), nonce_bytes: NONCE.to_vec(), server_key: None };
     let State::Failed(err) = a.step(old_server).await else { panic!("expected failure") };
     assert!(err.to_string().contains("update the ferry server"), "{err}");
@@ -141,7 +141,7 @@ async fn challenged_without_node_name_sends_no_proof() {
     cfg.node = None;
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
-    let (mut a, _) = agent(cfg, &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(cfg, &server, &FakeTunnels::new(BackendKind::Userspace));
     assert!(matches!(a.step(challenged()).await, State::Enrolled { .. }));
     let req: EnrollRequest =
         serde_json::from_slice(&server.requests(Method::Post, ENROLL)[0].json.clone().expect("body")).expect("json");
@@ -153,7 +153,7 @@ async fn challenged_refused_is_not_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(401, br#"{"error":"refused","kind":"refused"}"#));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let State::Failed(err) = a.step(challenged()).await else { panic!("expected failure") };
     assert_eq!(err.exit_code(), 3);
     assert!(err.to_string().contains("ferry audit"), "says what to do: {err}");
@@ -165,7 +165,7 @@ async fn challenged_busy_goes_back_for_a_fresh_nonce() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, busy(1));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     assert!(matches!(a.step(challenged()).await, State::Start));
 }
 
@@ -176,7 +176,7 @@ async fn challenged_key_mismatch_brings_nothing_up() {
     let server = FakeServer::default();
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&impostor))));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
     let State::Failed(err) = a.step(challenged()).await else { panic!("expected failure") };
     assert_eq!(err.exit_code(), 4);
@@ -197,7 +197,7 @@ async fn challenged_answer_pointing_outside_the_tunnel_is_refused() {
     bad.datasource_url = "http://192.0.2.1:8081/".into();
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&bad)));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let State::Failed(err) = a.step(challenged()).await else { panic!("expected failure") };
     assert!(err.to_string().contains("not inside the tunnel"), "{err}");
 }
@@ -225,7 +225,7 @@ async fn an_impostor_echoing_the_key_cannot_point_the_agent_at_a_local_address()
         let server = FakeServer::default();
         server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
         server.on(Method::Post, ENROLL, reply(200, &answer_body(&lie)));
-        let tunnels = FakeTunnels::new(Backend::Userspace);
+        let tunnels = FakeTunnels::new(BackendKind::Userspace);
         let (a, out) = agent(test_config(dir.path()), &server, &tunnels);
         let err = a.run().await.expect_err("impostor");
         assert_eq!(err.exit_code(), 4, "{server_address}: {err}");
@@ -245,7 +245,7 @@ async fn requests_into_the_tunnel_leave_only_through_its_interface() {
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
     serve_documents(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(test_config(dir.path()), &server, &tunnels);
     a.run().await.expect("fetch mode");
     let log = server.log();
@@ -264,7 +264,7 @@ async fn unspecified_endpoint_means_the_enrollment_host() {
     a0.endpoint = "0.0.0.0:51999".into();
     let server = FakeServer::default();
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&a0)));
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let State::Enrolled { lease } = a.step(challenged()).await else { panic!("expected enrolled") };
     assert_eq!(lease.endpoint, "192.0.2.1:51999".parse().expect("addr"));
 }
@@ -284,7 +284,7 @@ async fn with_a_tpm_the_credential_round_trip_comes_before_enrolling() {
     cfg.node = None; // the node name comes from the TPM challenge
     let server = tpm_server();
     let tpm = FakeTpm::default();
-    let (a, _) = agent(cfg, &server, &FakeTunnels::new(Backend::Userspace));
+    let (a, _) = agent(cfg, &server, &FakeTunnels::new(BackendKind::Userspace));
     let mut a = a.with_tpm(Box::new(tpm.clone()));
 
     let State::Attested { nonce, nonce_bytes, server_key, evidence } = a.step(challenged()).await else {
@@ -345,7 +345,7 @@ async fn a_whole_run_with_a_tpm_and_retries_reuse_the_attestation_key() {
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
     serve_documents(&server);
     let tpm = FakeTpm::default();
-    let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     let outcome = a.with_tpm(Box::new(tpm.clone())).run().await.expect("enrolled");
     assert_eq!(outcome.node, "n1");
     let enrollment: Vec<String> = server.urls().into_iter().filter(|u| u.contains("/v1/enroll")).collect();
@@ -359,7 +359,7 @@ async fn a_whole_run_with_a_tpm_and_retries_reuse_the_attestation_key() {
 async fn tpm_refusal_tpm_failure_and_bad_challenges() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |server: FakeServer, tpm: FakeTpm| {
-        let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+        let (a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
         let mut a = a.with_tpm(Box::new(tpm));
         async move { a.step(challenged()).await }
     };
@@ -388,7 +388,7 @@ async fn tpm_refusal_tpm_failure_and_bad_challenges() {
 async fn without_a_tpm_there_is_no_credential_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = tpm_server();
-    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(Backend::Userspace));
+    let (mut a, _) = agent(test_config(dir.path()), &server, &FakeTunnels::new(BackendKind::Userspace));
     assert!(matches!(a.step(challenged()).await, State::Enrolled { .. }));
     assert!(server.requests(Method::Post, TPM).is_empty());
     let req: EnrollRequest =

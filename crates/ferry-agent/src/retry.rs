@@ -1,40 +1,53 @@
-//! Exponential back-off with jitter, and the overall deadline.
+//! The agent's one retry policy, and the deadlines that bound it.
 //!
-//! A boot storm of hundreds of nodes must not retry in lockstep: every delay is drawn
-//! from [d/2, d] ("equal jitter"), and a server's Retry-After is honoured with up to
-//! 10 % (at most 1 s) added.
+//! Every retry loop of the agent (enrollment, the datasource probe, the document
+//! fetches, phone-home, MAC discovery, re-enrollment after a lost server) waits through
+//! a [`RetryPolicy`]: doubling delays from an initial one up to a maximum, each drawn
+//! from [d/2, d] ("equal jitter") so that a boot storm of hundreds of nodes does not
+//! retry in lockstep; a server's `Retry-After`, when it sent one, instead of the
+//! back-off (with up to 10 %, at most 1 s, added); and never a wait that would end
+//! after the loop's [`Deadline`] — such a loop gives up at once with its last error.
 
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
 
-/// Doubling delays from `initial` up to `max`.
+/// How one retry loop waits between attempts (see the module's documentation).
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub struct RetryPolicy {
     next: Duration,
     max: Duration,
 }
 
-impl Backoff {
+impl RetryPolicy {
+    /// Delays doubling from `initial` up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        Backoff { next: initial, max: max.max(initial) }
+        RetryPolicy { next: initial, max: max.max(initial) }
     }
 
-    /// The next delay, jittered; doubles the following one.
-    pub fn next_delay(&mut self) -> Duration {
+    /// The next back-off delay, jittered; doubles the following one.
+    fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (d * 2).min(self.max);
         jitter(d)
     }
 
-    /// The delay before the next attempt, honouring the server's Retry-After.
+    /// The delay before the next attempt: the server's Retry-After when it gave one,
+    /// else the back-off.
     pub fn delay(&mut self, retry_after: Option<Duration>) -> Duration {
         let backoff = self.next_delay();
         match retry_after {
             Some(r) => r + rand_upto((r / 10).min(Duration::from_secs(1))),
             None => backoff,
         }
+    }
+
+    /// Waits [`RetryPolicy::delay`] if that ends before `deadline`; false, at once and
+    /// without waiting, if it would not (the loop gives up).
+    pub async fn wait(&mut self, retry_after: Option<Duration>, deadline: &Deadline) -> bool {
+        let wait = self.delay(retry_after);
+        deadline.sleep_within(wait).await
     }
 }
 
@@ -88,7 +101,7 @@ mod tests {
 
     #[test]
     fn delays_double_with_jitter_and_are_capped() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let mut b = RetryPolicy::new(Duration::from_secs(1), Duration::from_secs(8));
         let bounds = [(500, 1000), (1000, 2000), (2000, 4000), (4000, 8000), (4000, 8000)];
         for (lo, hi) in bounds {
             let d = b.next_delay();
@@ -98,7 +111,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured() {
-        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(10));
+        let mut b = RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(10));
         let d = b.delay(Some(Duration::from_secs(20)));
         assert!(d >= Duration::from_secs(20) && d <= Duration::from_secs(21), "{d:?}");
         assert_eq!(b.delay(Some(Duration::ZERO)), Duration::ZERO);
@@ -111,5 +124,17 @@ mod tests {
         assert!(d.sleep_within(Duration::from_secs(4)).await);
         assert!(!d.sleep_within(Duration::from_secs(7)).await, "would end after the deadline");
         assert_eq!(d.cap(Duration::from_secs(60)), Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_past_the_deadline_gives_up_at_once() {
+        let d = Deadline::after(Duration::from_secs(10));
+        let mut p = RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(10));
+        let began = Instant::now();
+        assert!(p.wait(Some(Duration::from_secs(3)), &d).await);
+        assert!(began.elapsed() >= Duration::from_secs(3), "honoured");
+        assert!(!p.wait(Some(Duration::from_secs(60)), &d).await, "would end after the deadline");
+        assert!(began.elapsed() < Duration::from_secs(4), "and was not waited for");
+        assert!(p.wait(None, &d).await, "the back-off fits");
     }
 }

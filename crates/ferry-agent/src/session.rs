@@ -10,13 +10,14 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::args::Mode;
 use crate::error::AgentError;
-use crate::http::{join, Request, Transport};
+use crate::http::{join, Request, Response, Transport};
 use crate::machine::{abort, Agent, Lease, State, StopFuture};
 use crate::phone_home;
-use crate::retry::{Backoff, Deadline};
+use crate::retry::{Deadline, RetryPolicy};
 use crate::seed::{file_ds_line, url_ds_line, write_seed, DOCUMENTS};
 use crate::state::{self, AgentState};
-use crate::tunnel::{Backend, GuardPolicy, Tunnel, TunnelFactory, TunnelSpec};
+use crate::tunnel::{GuardPolicy, Tunnel, TunnelFactory, TunnelSpec};
+use ferry_wg::BackendKind;
 
 /// Longest delay between datasource probes or fetch retries.
 const PROBE_MAX: Duration = Duration::from_secs(2);
@@ -69,6 +70,16 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
     }
 
+    /// How long a request into the tunnel is retried: until `--timeout`; with several
+    /// servers until `--tunnel-timeout`, so that one that stops answering is given up
+    /// sooner.
+    fn patience(&self) -> Deadline {
+        match self.has_other_servers() {
+            true => Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout)),
+            false => self.deadline,
+        }
+    }
+
     /// A request into the tunnel: it may leave only through the tunnel's interface.
     fn through_tunnel(&self, req: Request) -> Request {
         req.via(&self.cfg.interface)
@@ -76,28 +87,29 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 
     pub(crate) async fn wait_for_datasource(&self, lease: &Lease) -> Result<(), AgentError> {
         let limit = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
-        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        let mut retry = RetryPolicy::new(self.cfg.tuning.probe_initial, PROBE_MAX);
         let url = join(&lease.datasource_url, "meta-data");
         loop {
             let timeout = limit.cap(self.cfg.tuning.probe_timeout);
-            let last = match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
-                Ok(r) if r.is_success() => {
-                    tracing::info!("the datasource answers through the tunnel");
-                    return Ok(());
-                }
-                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
-                Ok(r) => {
-                    return Err(AgentError::Tunnel(format!(
-                        "the datasource answered HTTP {} ({}) through the tunnel: the server does not serve \
+            let (last, retry_after) =
+                match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
+                    Ok(r) if r.is_success() => {
+                        tracing::info!("the datasource answers through the tunnel");
+                        return Ok(());
+                    }
+                    Ok(r) if r.status == 429 || r.status >= 500 => retry_later(&r),
+                    Ok(r) => {
+                        return Err(AgentError::Tunnel(format!(
+                            "the datasource answered HTTP {} ({}) through the tunnel: the server does not serve \
                          this tunnel (expired? check `ferry audit` on the server)",
-                        r.status,
-                        r.error_text()
-                    )))
-                }
-                Err(e) => e.0,
-            };
+                            r.status,
+                            r.error_text()
+                        )))
+                    }
+                    Err(e) => (e.0, None),
+                };
             tracing::debug!("datasource not reachable through the tunnel yet: {last}");
-            if !limit.sleep_within(backoff.next_delay()).await {
+            if !retry.wait(retry_after, &limit).await {
                 return Err(AgentError::Tunnel(format!(
                     "the datasource {url} did not answer through the tunnel within {} s (last error: {last}): \
                      check that UDP reaches the server's WireGuard endpoint {} from this node, and that \
@@ -135,37 +147,38 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// servers until `--tunnel-timeout` (then the server counts as lost).
     async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, FetchFailure> {
         let url = join(&lease.datasource_url, name);
-        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
-        let patience = Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout));
+        let mut retry = RetryPolicy::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        let patience = self.patience();
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
-            let last = match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
-                Ok(r) if r.is_success() => return Ok(Fetched::Body(r.body)),
-                Ok(r) if r.status == 404 && !required => return Ok(Fetched::Absent),
-                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
-                Ok(r) => {
-                    return Err(FetchFailure::Fatal(AgentError::Fetch(format!(
-                        "{url} answered HTTP {} ({}){}",
-                        r.status,
-                        r.error_text(),
-                        if r.status == 404 { ": the server has no such document for this node" } else { "" }
-                    ))))
-                }
-                Err(e) => e.0,
-            };
-            let delay = backoff.next_delay();
-            if self.has_other_servers() && !patience.sleep_within(delay).await {
-                return Err(FetchFailure::ServerLost(AgentError::Fetch(format!(
+            let (last, retry_after) =
+                match self.transport.send(self.through_tunnel(Request::get(url.clone(), timeout))).await {
+                    Ok(r) if r.is_success() => return Ok(Fetched::Body(r.body)),
+                    Ok(r) if r.status == 404 && !required => return Ok(Fetched::Absent),
+                    Ok(r) if r.status == 429 || r.status >= 500 => retry_later(&r),
+                    Ok(r) => {
+                        return Err(FetchFailure::Fatal(AgentError::Fetch(format!(
+                            "{url} answered HTTP {} ({}){}",
+                            r.status,
+                            r.error_text(),
+                            if r.status == 404 { ": the server has no such document for this node" } else { "" }
+                        ))))
+                    }
+                    Err(e) => (e.0, None),
+                };
+            if retry.wait(retry_after, &patience).await {
+                continue;
+            }
+            return Err(match self.has_other_servers() {
+                true => FetchFailure::ServerLost(AgentError::Fetch(format!(
                     "{url}: {last} (no answer within the --tunnel-timeout of {} s)",
                     patience.total().as_secs()
-                ))));
-            }
-            if !self.has_other_servers() && !self.deadline.sleep_within(delay).await {
-                return Err(FetchFailure::Fatal(AgentError::Fetch(format!(
+                ))),
+                false => FetchFailure::Fatal(AgentError::Fetch(format!(
                     "{url}: {last} (gave up at the --timeout of {} s)",
-                    self.deadline.total().as_secs()
-                ))));
-            }
+                    patience.total().as_secs()
+                ))),
+            });
         }
     }
 
@@ -195,22 +208,18 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 
     async fn post_phone_home(&self, lease: &Lease, report: &PhoneHome) -> Result<(), String> {
         let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
-        let mut backoff = Backoff::new(self.cfg.tuning.probe_initial, PROBE_MAX);
-        // With several servers, one that stops answering is given up sooner.
-        let patience = match self.has_other_servers() {
-            true => Deadline::after(self.deadline.cap(self.cfg.tunnel_timeout)),
-            false => self.deadline,
-        };
+        let mut retry = RetryPolicy::new(self.cfg.tuning.probe_initial, PROBE_MAX);
+        let patience = self.patience();
         loop {
             let timeout = self.deadline.cap(self.cfg.tuning.request_timeout);
             let req = self.through_tunnel(Request::post(lease.phone_home_url.clone(), Some(body.clone()), timeout));
-            let last = match self.transport.send(req).await {
+            let (last, retry_after) = match self.transport.send(req).await {
                 Ok(r) if r.is_success() => return Ok(()),
-                Ok(r) if r.status == 429 || r.status >= 500 => format!("HTTP {}: {}", r.status, r.error_text()),
+                Ok(r) if r.status == 429 || r.status >= 500 => retry_later(&r),
                 Ok(r) => return Err(format!("HTTP {}: {}", r.status, r.error_text())),
-                Err(e) => e.0,
+                Err(e) => (e.0, None),
             };
-            if !patience.sleep_within(backoff.next_delay()).await {
+            if !retry.wait(retry_after, &patience).await {
                 return Err(last);
             }
         }
@@ -232,8 +241,8 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// tunnel (userspace, `--hold`, or several servers) or leave a kernel interface behind.
     async fn serve_cloud_init(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
         // With several servers the agent must stay to watch the server and fail over.
-        let detach = tunnel.backend() == Backend::Kernel && !self.cfg.hold && !self.has_other_servers();
-        if tunnel.backend() == Backend::Kernel && !self.cfg.hold && !detach {
+        let detach = tunnel.backend() == BackendKind::Kernel && !self.cfg.hold && !self.has_other_servers();
+        if tunnel.backend() == BackendKind::Kernel && !self.cfg.hold && !detach {
             tracing::info!("several servers: holding the tunnel (as with --hold) to move it if its server is lost");
         }
         // Listen for SIGTERM/SIGINT before announcing anything, so a prompt teardown is not lost.
@@ -319,6 +328,13 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
         State::TornDown { lease }
     }
+}
+
+/// An answer worth another try (429, 5xx): what to report if it is the last, and the
+/// server's Retry-After for the wait.
+fn retry_later(r: &Response) -> (String, Option<Duration>) {
+    let after = r.retry_after.map(|d| format!(", Retry-After {} s", d.as_secs())).unwrap_or_default();
+    (format!("HTTP {}: {}{after}", r.status, r.error_text()), r.retry_after)
 }
 
 fn stop_signals() -> Result<StopFuture, AgentError> {

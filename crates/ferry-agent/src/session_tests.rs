@@ -11,7 +11,8 @@ use crate::http::Method;
 use crate::machine::{State, StopFuture};
 use crate::state::{state_path, AgentState};
 use crate::test_fakes::*;
-use crate::tunnel::{Backend, TunnelFactory, TunnelSpec};
+use crate::tunnel::{TunnelFactory, TunnelSpec};
+use ferry_wg::BackendKind;
 
 fn doc(name: &str) -> String {
     format!("{DS}{name}")
@@ -43,7 +44,7 @@ async fn enrolled_to_tunnel_up_with_the_pinned_key() {
     let server = FakeServer::default();
     server.on(Method::Get, &doc("meta-data"), unreachable_reply("handshake pending"));
     server.on(Method::Get, &doc("meta-data"), reply(200, b"instance-id: x\n"));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
     let public = a.public_key;
     assert!(matches!(a.step(State::Enrolled { lease: lease() }).await, State::TunnelUp { .. }));
@@ -64,7 +65,7 @@ async fn enrolled_tunnel_that_never_answers_is_removed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
     cfg.tunnel_timeout = Duration::from_secs(2);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(cfg, &FakeServer::default(), &tunnels);
     let State::Failed(err) = a.step(State::Enrolled { lease: lease() }).await else { panic!("expected failure") };
     assert_eq!(err.exit_code(), 6);
@@ -75,7 +76,7 @@ async fn enrolled_tunnel_that_never_answers_is_removed() {
 #[tokio::test(start_paused = true)]
 async fn enrolled_tunnel_that_cannot_be_created_fails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut tunnels = FakeTunnels::new(Backend::Userspace);
+    let mut tunnels = FakeTunnels::new(BackendKind::Userspace);
     tunnels.fail = Some("cannot create interface ferry-test0: permission denied".into());
     let (mut a, _) = agent(test_config(dir.path()), &FakeServer::default(), &tunnels);
     let State::Failed(err) = a.step(State::Enrolled { lease: lease() }).await else { panic!("expected failure") };
@@ -89,7 +90,7 @@ async fn tunnel_up_to_fetched_skips_absent_documents() {
     serve_documents(&server);
     server.on(Method::Get, &doc("user-data"), busy(0)); // first a 503, then the document
     server.on(Method::Get, &doc("user-data"), reply(200, b"#cloud-config\n"));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let cfg = test_config(dir.path());
     let seed = cfg.seed_dir.clone();
     let (mut a, _) = agent(cfg, &server, &tunnels);
@@ -116,7 +117,7 @@ async fn tunnel_up_missing_required_document_fails_and_removes_the_tunnel() {
         for name in ["meta-data", "user-data", "vendor-data"].iter().filter(|n| **n != missing) {
             server.on(Method::Get, &doc(name), reply(200, b"x"));
         }
-        let tunnels = FakeTunnels::new(Backend::Userspace);
+        let tunnels = FakeTunnels::new(BackendKind::Userspace);
         let cfg = test_config(dir.path());
         let seed = cfg.seed_dir.clone();
         let (mut a, _) = agent(cfg, &server, &tunnels);
@@ -141,7 +142,7 @@ async fn fetched_to_phoned_home_reports_instance_and_host_keys() {
     std::fs::write(cfg.ssh_dir.join("ssh_host_ed25519_key"), "-----BEGIN OPENSSH PRIVATE KEY-----").expect("w");
     let server = FakeServer::default();
     serve_documents(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(cfg, &server, &tunnels);
     let tunnel = open(&tunnels).await;
     let meta_data = b"instance-id: i-n1-7\nlocal-hostname: n1\n".to_vec();
@@ -164,7 +165,7 @@ async fn fetched_phone_home_failure_is_not_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     server.on(Method::Post, PHONE, reply(403, br#"{"error":"forbidden","kind":"forbidden"}"#));
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
     let tunnel = open(&tunnels).await;
     let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data: Vec::new() }).await;
@@ -175,7 +176,7 @@ async fn fetched_phone_home_failure_is_not_fatal() {
 #[tokio::test(start_paused = true)]
 async fn phoned_home_to_torn_down_prints_the_seed_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let cfg = test_config(dir.path());
     let seed = cfg.seed_dir.display().to_string();
     let (mut a, out) = agent(cfg, &FakeServer::default(), &tunnels);
@@ -191,7 +192,7 @@ async fn cloud_init_holds_until_stopped() {
     let mut cfg = test_config(dir.path());
     cfg.mode = Mode::CloudInit;
     let state_dir = cfg.state_dir.clone();
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let stop: StopFuture = Box::pin(async move {
         let _ = rx.await;
@@ -206,7 +207,7 @@ async fn cloud_init_holds_until_stopped() {
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
     assert!(record.held);
     assert_eq!((record.pid, record.interface.as_str()), (std::process::id(), "ferry-test0"));
-    assert_eq!((record.backend, record.datasource_url.as_str()), (Backend::Userspace, DS));
+    assert_eq!((record.backend, record.datasource_url.as_str()), (BackendKind::Userspace, DS));
     assert_eq!(mode(&state_path(&state_dir)), 0o600);
     assert_eq!(tunnels.counts(), (1, 0, 0), "still up while holding");
     tx.send(()).expect("stop");
@@ -220,7 +221,7 @@ async fn holding_ends_after_the_ttl() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = test_config(dir.path());
     cfg.mode = Mode::CloudInit;
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (a, _) = agent(cfg, &FakeServer::default(), &tunnels);
     let mut a = a.with_stop(Box::pin(std::future::pending()));
     let tunnel = open(&tunnels).await;
@@ -237,7 +238,7 @@ async fn cloud_init_with_kernel_wireguard_detaches() {
     let mut cfg = test_config(dir.path());
     cfg.mode = Mode::CloudInit;
     let state_dir = cfg.state_dir.clone();
-    let tunnels = FakeTunnels::new(Backend::Kernel);
+    let tunnels = FakeTunnels::new(BackendKind::Kernel);
     let (mut a, out) = agent(cfg, &FakeServer::default(), &tunnels);
     let tunnel = open(&tunnels).await;
     assert!(matches!(a.step(State::TunnelUp { lease: lease(), tunnel }).await, State::Detached { .. }));
@@ -246,7 +247,7 @@ async fn cloud_init_with_kernel_wireguard_detaches() {
     let record: AgentState =
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
     assert!(!record.held);
-    assert_eq!(record.backend, Backend::Kernel);
+    assert_eq!(record.backend, BackendKind::Kernel);
 }
 
 #[tokio::test(start_paused = true)]
@@ -257,7 +258,7 @@ async fn full_fetch_run() {
     server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
     server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
     serve_documents(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let cfg = test_config(dir.path());
     let seed = cfg.seed_dir.display().to_string();
     let (a, out) = agent(cfg, &server, &tunnels);
@@ -267,4 +268,87 @@ async fn full_fetch_run() {
     assert_eq!(outcome.ds, format!("ds=nocloud;s=file://{seed}/"));
     assert_eq!(out.text(), format!("{}\n", outcome.ds), "stdout carries only the ds line");
     assert_eq!(tunnels.counts(), (1, 1, 0));
+}
+
+/// The three retry loops once enrolled: the request each repeats, and the step that
+/// runs it. (Enrollment's Retry-After: `machine_tests`.)
+#[derive(Debug, Clone, Copy)]
+enum RetryLoop {
+    DatasourceProbe,
+    DocumentFetch,
+    PhoneHome,
+}
+
+/// What one run of a loop came to.
+struct Ran {
+    state: State,
+    phoned_home: bool,
+    took: Duration,
+    requests: usize,
+}
+
+impl RetryLoop {
+    const ALL: [RetryLoop; 3] = [RetryLoop::DatasourceProbe, RetryLoop::DocumentFetch, RetryLoop::PhoneHome];
+
+    /// Runs the loop's step against a server whose first answer to the loop's request is
+    /// 503 with `Retry-After: retry_after_secs`, and the right answer after that. The
+    /// test config probes 10 ms to 2 s apart: a longer wait can only be the server's.
+    async fn run(self, retry_after_secs: u64) -> Ran {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::default();
+        let (method, url) = match self {
+            RetryLoop::DatasourceProbe => (Method::Get, doc("meta-data")),
+            RetryLoop::DocumentFetch => (Method::Get, doc("user-data")),
+            RetryLoop::PhoneHome => (Method::Post, PHONE.to_string()),
+        };
+        // Replies queue up per URL: the 503 comes first.
+        server.on(method, &url, busy(retry_after_secs));
+        serve_documents(&server);
+        let tunnels = FakeTunnels::new(BackendKind::Userspace);
+        let (mut a, _) = agent(test_config(dir.path()), &server, &tunnels);
+        let from = match self {
+            RetryLoop::DatasourceProbe => State::Enrolled { lease: lease() },
+            RetryLoop::DocumentFetch => State::TunnelUp { lease: lease(), tunnel: open(&tunnels).await },
+            RetryLoop::PhoneHome => {
+                State::Fetched { lease: lease(), tunnel: open(&tunnels).await, meta_data: Vec::new() }
+            }
+        };
+        let began = tokio::time::Instant::now();
+        let state = a.step(from).await;
+        let took = began.elapsed();
+        Ran { state, phoned_home: a.phoned_home, took, requests: server.requests(method, &url).len() }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_loop_once_enrolled_honours_retry_after() {
+    for l in RetryLoop::ALL {
+        let ran = l.run(5).await;
+        let through = match (&ran.state, l) {
+            (State::TunnelUp { .. }, RetryLoop::DatasourceProbe)
+            | (State::Fetched { .. }, RetryLoop::DocumentFetch) => true,
+            (State::PhonedHome { .. }, RetryLoop::PhoneHome) => ran.phoned_home,
+            _ => false,
+        };
+        assert!(through, "{l:?}: {:?}", ran.state);
+        assert!(ran.took >= Duration::from_secs(5), "{l:?} waited {:?}, not the 5 s asked", ran.took);
+        assert_eq!(ran.requests, 2, "{l:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_retry_loop_once_enrolled_gives_up_at_once_on_a_retry_after_past_its_deadline() {
+    // An hour: past --timeout (60 s) and --tunnel-timeout (10 s) of the test config.
+    for l in RetryLoop::ALL {
+        let ran = l.run(3600).await;
+        assert!(ran.took < Duration::from_secs(1), "{l:?} waited {:?} for nothing", ran.took);
+        assert_eq!(ran.requests, 1, "{l:?}");
+        match (ran.state, l) {
+            (State::Failed(e), RetryLoop::DatasourceProbe | RetryLoop::DocumentFetch) => {
+                assert!(e.to_string().contains("Retry-After 3600 s"), "{l:?}: {e}")
+            }
+            (State::PhonedHome { .. }, RetryLoop::PhoneHome) => assert!(!ran.phoned_home, "not fatal, not done"),
+            (other, _) => panic!("{l:?}: {other:?}"),
+        }
+    }
 }

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::args::TeardownArgs;
 use crate::error::AgentError;
 use crate::seed::{create_private_dir, write_private_file};
-use crate::tunnel::{remove_guard_table, remove_kernel_interface, Backend};
+use crate::tunnel::{remove_guard_table, remove_kernel_interface};
+use ferry_wg::BackendKind;
 
 /// The state file's name inside `--state-dir`.
 pub const STATE_FILE: &str = "agent.json";
@@ -20,7 +21,7 @@ pub const STATE_FILE: &str = "agent.json";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
     pub interface: String,
-    pub backend: Backend,
+    pub backend: BackendKind,
     /// The agent's process id.
     pub pid: u32,
     /// True when that process keeps running and holds the tunnel (stop it with SIGTERM);
@@ -91,7 +92,7 @@ pub async fn teardown(args: TeardownArgs) -> Result<(), AgentError> {
     if state.held {
         stop_agent(state.pid, args.wait).await?;
     }
-    if state.backend == Backend::Kernel && remove_kernel_interface(&state.interface).await? {
+    if state.backend == BackendKind::Kernel && remove_kernel_interface(&state.interface).await? {
         tracing::info!(interface = %state.interface, "removed the tunnel interface");
     }
     // A holding agent removed its guard itself; a detached or killed one left it.
@@ -137,7 +138,7 @@ mod tests {
     fn sample(pid: u32, held: bool) -> AgentState {
         AgentState {
             interface: "ferry-test0".into(),
-            backend: Backend::Userspace,
+            backend: BackendKind::Userspace,
             pid,
             held,
             node: "n1".into(),

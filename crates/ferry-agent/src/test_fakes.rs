@@ -21,7 +21,8 @@ use crate::config::{Config, ServerUrl, Tuning};
 use crate::error::AgentError;
 use crate::http::{Method, Request, Response, Transport, TransportError};
 use crate::machine::{Agent, Lease};
-use crate::tunnel::{Backend, Tunnel, TunnelFactory, TunnelSpec};
+use crate::tunnel::{Tunnel, TunnelFactory, TunnelSpec};
+use ferry_wg::BackendKind;
 
 pub const CHALLENGE: &str = "http://192.0.2.1:8080/v1/enroll/challenge";
 pub const TPM: &str = "http://192.0.2.1:8080/v1/enroll/tpm";
@@ -220,14 +221,14 @@ pub struct TunnelSpecSeen {
 #[derive(Clone)]
 pub struct FakeTunnels {
     pub log: Arc<Mutex<TunnelLog>>,
-    pub backend: Backend,
+    pub backend: BackendKind,
     pub fail: Option<String>,
     /// Servers (by key) whose datasource no longer answers through the tunnel.
     pub dead: Arc<Mutex<Vec<PublicKey>>>,
 }
 
 impl FakeTunnels {
-    pub fn new(backend: Backend) -> Self {
+    pub fn new(backend: BackendKind) -> Self {
         FakeTunnels { log: Arc::default(), backend, fail: None, dead: Arc::default() }
     }
     /// From now on, the server with this key answers nothing through the tunnel.
@@ -270,7 +271,7 @@ fn seen(spec: &TunnelSpec) -> TunnelSpecSeen {
 
 struct FakeTunnel {
     name: String,
-    backend: Backend,
+    backend: BackendKind,
     log: Arc<Mutex<TunnelLog>>,
     server_key: PublicKey,
     dead: Arc<Mutex<Vec<PublicKey>>>,
@@ -281,7 +282,7 @@ impl Tunnel for FakeTunnel {
     fn interface(&self) -> &str {
         &self.name
     }
-    fn backend(&self) -> Backend {
+    fn backend(&self) -> BackendKind {
         self.backend
     }
     fn guard(&self) -> Option<&str> {

@@ -7,20 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_wg::{open_device, BackendChoice, BackendKind, DeviceUpdate, InterfaceSetup, IpNet, PeerConfig};
 use ferry_wg::{PrivateKey, PublicKey, WgDevice};
-use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
 use crate::{guard, netlink};
-
-/// Which implementation carries a tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// The kernel module: the interface outlives the agent unless removed.
-    Kernel,
-    /// boringtun in the agent's process: the interface ends with the process.
-    Userspace,
-}
 
 /// What a tunnel is made of.
 #[derive(Debug)]
@@ -55,7 +44,9 @@ pub enum GuardPolicy {
 #[async_trait]
 pub trait Tunnel: Send + Sync {
     fn interface(&self) -> &str;
-    fn backend(&self) -> Backend;
+    /// What carries the tunnel: a kernel interface outlives the agent unless removed; a
+    /// userspace one (boringtun in the agent's process) ends with the process.
+    fn backend(&self) -> BackendKind;
     /// The nftables table that keeps the tunnel to root, if one is installed.
     fn guard(&self) -> Option<&str>;
     /// Whether a TCP connection to `target` through the tunnel (bound to its interface)
@@ -164,10 +155,7 @@ impl TunnelFactory for WgTunnels {
             remove_guard(guard.as_deref()).await;
             return Err(AgentError::Tunnel(e));
         }
-        let kind = match dev.backend() {
-            BackendKind::Kernel => Backend::Kernel,
-            _ => Backend::Userspace,
-        };
+        let kind = dev.backend();
         tracing::info!(%interface, backend = ?kind, %node_address, %server_address, %endpoint, "tunnel interface up");
         Ok(Box::new(WgTunnel { dev, kind, guard, node_address }))
     }
@@ -183,7 +171,7 @@ async fn remove_guard(table: Option<&str>) {
 
 struct WgTunnel {
     dev: Box<dyn WgDevice>,
-    kind: Backend,
+    kind: BackendKind,
     guard: Option<String>,
     node_address: IpAddr,
 }
@@ -193,7 +181,7 @@ impl Tunnel for WgTunnel {
     fn interface(&self) -> &str {
         self.dev.name()
     }
-    fn backend(&self) -> Backend {
+    fn backend(&self) -> BackendKind {
         self.kind
     }
     fn guard(&self) -> Option<&str> {

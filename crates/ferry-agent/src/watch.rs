@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use crate::error::AgentError;
 use crate::http::{Request, Transport};
 use crate::machine::{Agent, Lease, State, StopFuture};
-use crate::retry::{jitter, Backoff, Deadline};
+use crate::retry::{jitter, Deadline, RetryPolicy};
 use crate::tunnel::{Tunnel, TunnelFactory};
 
 /// What the watcher makes of the probes so far.
@@ -143,7 +143,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     ) -> State {
         tracing::warn!("lost the server {}: {why}; moving the tunnel to the next server", self.server().base);
         self.deadline = Deadline::after(self.cfg.timeout);
-        self.backoff = Backoff::new(self.cfg.tuning.retry_initial, self.cfg.tuning.retry_max);
+        self.retry = RetryPolicy::new(self.cfg.tuning.retry_initial, self.cfg.tuning.retry_max);
         self.fresh_key();
         self.next_server();
         let moved = tokio::select! {

@@ -12,7 +12,7 @@ use crate::http::Method;
 use crate::machine::{Agent, State};
 use crate::state::{state_path, AgentState};
 use crate::test_fakes::*;
-use crate::tunnel::Backend;
+use ferry_wg::BackendKind;
 
 const B_CHALLENGE: &str = "http://192.0.2.2:8080/v1/enroll/challenge";
 const B_ENROLL: &str = "http://192.0.2.2:8080/v1/enroll";
@@ -83,7 +83,7 @@ async fn a_lost_server_is_left_for_the_next_with_the_same_interface_and_datasour
     let server = FakeServer::default();
     serve_a(&server);
     serve(&server, 2, None);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, out) = agent(servers(dir.path(), 2), &server, &tunnels);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     a = a.with_stop(Box::pin(async move {
@@ -140,7 +140,7 @@ async fn a_server_that_closed_the_tunnel_itself_is_not_left() {
     serve_a(&server);
     server.on(Method::Get, A_PROVISIONING, reply(404, b"not found"));
     serve(&server, 2, None);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(servers(dir.path(), 2), &server, &tunnels);
     a = a.with_stop(Box::pin(tokio::time::sleep(Duration::from_secs(60))));
     let holding = held(&mut a).await;
@@ -158,7 +158,7 @@ async fn with_one_server_nothing_is_watched() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     serve_a(&server);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(servers(dir.path(), 1), &server, &tunnels);
     a = a.with_stop(Box::pin(tokio::time::sleep(Duration::from_secs(60))));
     let holding = held(&mut a).await;
@@ -176,7 +176,7 @@ async fn a_server_serving_another_datasource_url_is_passed_over() {
     serve_a(&server);
     serve(&server, 2, Some("http://100.65.0.1:8081/"));
     serve(&server, 3, None);
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(servers(dir.path(), 3), &server, &tunnels);
     a = a.with_stop(Box::pin(pending()));
     let holding = held(&mut a).await;
@@ -196,7 +196,7 @@ async fn when_no_server_takes_the_node_the_tunnel_is_removed_and_the_agent_fails
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     serve_a(&server); // B answers nothing
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let mut cfg = servers(dir.path(), 2);
     cfg.timeout = Duration::from_secs(20);
     let (mut a, out) = agent(cfg, &server, &tunnels);
@@ -219,7 +219,7 @@ async fn a_stop_request_while_moving_removes_the_tunnel_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     serve_a(&server); // B answers nothing: the move goes on retrying
-    let tunnels = FakeTunnels::new(Backend::Userspace);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let (mut a, _) = agent(servers(dir.path(), 2), &server, &tunnels);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     a = a.with_stop(Box::pin(async move {
@@ -245,7 +245,7 @@ async fn with_several_servers_a_kernel_tunnel_is_held_not_detached() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = FakeServer::default();
     serve_a(&server);
-    let tunnels = FakeTunnels::new(Backend::Kernel);
+    let tunnels = FakeTunnels::new(BackendKind::Kernel);
     let (mut a, _) = agent(servers(dir.path(), 2), &server, &tunnels);
     a = a.with_stop(Box::pin(pending()));
     held(&mut a).await;

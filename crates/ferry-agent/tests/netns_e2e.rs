@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use ferry_agent::{AgentArgs, AgentState, Mode, TeardownArgs, WgBackendArg};
+use ferry_agent::{AgentArgs, AgentState, Mode, TeardownArgs};
 use ferry_api::enroll::{EnrollRequest, EnrollResponse, PhoneHome};
 use ferry_wg::{open_device, BackendChoice, DeviceUpdate, InterfaceSetup, PeerConfig, PrivateKey, PublicKey};
 use nix::sched::{setns, CloneFlags};
@@ -180,7 +180,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         mode: Mode::Fetch,
         mac: None,
         interface: interface.into(),
-        wg_backend: WgBackendArg::Userspace,
+        wg_backend: BackendChoice::Userspace,
         hold: false,
         timeout: Duration::from_secs(30),
         tunnel_timeout: Duration::from_secs(15),

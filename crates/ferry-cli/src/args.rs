@@ -243,6 +243,25 @@ pub enum LogFormatArg {
     Json,
 }
 
+impl ServeArgs {
+    /// What these flags (or, for each flag not given, its `FERRY_*` variable: clap reads
+    /// both) set over the configuration file; `socket` is the global `--socket`.
+    pub fn overrides(self, socket: Option<PathBuf>) -> ferry_server::Overrides {
+        ferry_server::Overrides {
+            config_file: self.config,
+            data_dir: self.data_dir,
+            admin_socket: socket,
+            log_format: self.log_format.map(|f| match f {
+                LogFormatArg::Text => ferry_server::LogFormat::Text,
+                LogFormatArg::Json => ferry_server::LogFormat::Json,
+            }),
+            secrets_key: self.secrets_key,
+            store: self.store,
+            server_id: self.server_id,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create a token; it is printed once (only its SHA-256 is stored).
@@ -505,4 +524,41 @@ pub struct NodeOnlyArgs {
     /// Read the node's asset tag from standard input.
     #[arg(long)]
     pub asset_tag_stdin: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// `ferry serve`: the defaults, then the file, then `FERRY_*` variables, then flags.
+    /// (The only test of this binary that sets these variables; no other reads them.)
+    #[test]
+    fn serve_flags_win_over_ferry_variables_which_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ferry.toml");
+        std::fs::write(&file, "data_dir = \"/file/data\"\nstore = \"/file/ferry.db\"\nlog_format = \"json\"\n")
+            .unwrap();
+        let vars =
+            [("FERRY_CONFIG", file.to_str().unwrap()), ("FERRY_DATA_DIR", "/env/data"), ("FERRY_STORE", "/env/db")];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let load = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Serve(args) = cli.command else { panic!("serve") };
+            ferry_server::Config::load(args.overrides(cli.socket)).unwrap()
+        };
+        let env_only = load(&["ferry", "serve"]);
+        let flags = load(&["ferry", "--socket", "/flag/admin.sock", "serve", "--data-dir", "/flag/data"]);
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        assert_eq!(env_only.data_dir, PathBuf::from("/env/data"), "the variable over the file");
+        assert_eq!(env_only.store.as_deref(), Some("/env/db"));
+        assert_eq!(env_only.log_format, ferry_server::LogFormat::Json, "the file over the defaults");
+        assert_eq!(flags.data_dir, PathBuf::from("/flag/data"), "the flag over the variable");
+        assert_eq!(flags.store.as_deref(), Some("/env/db"));
+        assert_eq!(flags.admin_socket, PathBuf::from("/flag/admin.sock"));
+    }
 }

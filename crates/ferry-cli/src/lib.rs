@@ -8,7 +8,7 @@ mod output;
 mod settings;
 
 use anyhow::Context;
-use args::{Cli, Command, LogFormatArg, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
+use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
 use clap::{CommandFactory, Parser};
 use client::AdminClient;
 use ferry_api::admin::{
@@ -150,31 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => ferry_server::Config::from_file(path)?,
-        None => ferry_server::Config::default(),
-    };
-    if let Some(k) = args.secrets_key {
-        config.secrets_key = Some(k);
-    }
-    if let Some(store) = args.store {
-        config.store = Some(store);
-    }
-    if let Some(id) = args.server_id {
-        config.cluster.server_id = Some(id);
-    }
-    if let Some(d) = args.data_dir {
-        config.data_dir = d;
-    }
-    if let Some(s) = socket {
-        config.admin_socket = s;
-    }
-    if let Some(f) = args.log_format {
-        config.log_format = match f {
-            LogFormatArg::Text => ferry_server::LogFormat::Text,
-            LogFormatArg::Json => ferry_server::LogFormat::Json,
-        };
-    }
+    let config = ferry_server::Config::load(args.overrides(socket))?;
     init_logging(config.log_format);
     ferry_server::Server::build(config).await?.run_until_stopped().await
 }

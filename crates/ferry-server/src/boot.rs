@@ -53,11 +53,11 @@ impl BootState {
         config: Arc<Config>,
         server_public_key: String,
         limits: Arc<EnrollLimits>,
-    ) -> anyhow::Result<Self> {
+    ) -> Self {
         let p = &config.provisioning;
-        let guard = Arc::new(GateGuard::new(p.boot_gate_max_failures, p.boot_gate_lockout_secs)?);
+        let guard = Arc::new(GateGuard::new(p.boot_gate_max_failures, p.boot_gate_lockout_secs));
         let gated = Arc::new(Mutex::new((None, HashSet::new())));
-        Ok(BootState { tunnels, config, server_public_key, gated, limits, guard })
+        BootState { tunnels, config, server_public_key, gated, limits, guard }
     }
 }
 

@@ -92,7 +92,7 @@ pub async fn heartbeat_loop(
     public_key: String,
     stopped: impl Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(config.cluster.heartbeat_secs.max(1)));
+    let mut tick = tokio::time::interval(Duration::from_secs(config.cluster.heartbeat_secs));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stopped);
     loop {

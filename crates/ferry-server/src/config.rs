@@ -1,7 +1,14 @@
-//! Server configuration: built-in defaults, then an optional TOML file, then `FERRY_*`
-//! environment variables and command-line flags (applied by the CLI).
+//! Server configuration: built-in defaults, then an optional TOML file, then what
+//! `FERRY_*` environment variables and command-line flags set ([`Config::load`]); then
+//! [`Config::validate`], once, before the server opens anything. Everything built from
+//! the configuration trusts the values it checked.
+
+mod validate;
+
+pub use validate::{ENROLL_RATE_RANGE, MAX_BOOT_GATE_FAILURES, MIN_ENROLL_BURST};
 
 use ferry_core::tunnel::TunnelNetwork;
+use ferry_wg::BackendChoice;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -162,23 +169,13 @@ pub struct ProvisioningConfig {
     pub boot_gate_lockout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WgBackend {
-    /// Kernel module if present, else in-process userspace (boringtun).
-    #[default]
-    Auto,
-    Kernel,
-    Userspace,
-    /// Attach to an interface run by wireguard-go (its UAPI socket).
-    Uapi,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WireGuardConfig {
     pub interface: String,
-    pub backend: WgBackend,
+    /// `auto` (kernel if the module is there, else in-process userspace), `kernel`,
+    /// `userspace`, or `uapi` (attach to an interface run by wireguard-go).
+    pub backend: BackendChoice,
     pub listen_port: u16,
     /// `host:port` nodes dial. Default: the address the node reached the provisioning
     /// listener on, with `listen_port`.
@@ -267,7 +264,7 @@ impl Default for WireGuardConfig {
     fn default() -> Self {
         WireGuardConfig {
             interface: "ferry0".into(),
-            backend: WgBackend::Auto,
+            backend: BackendChoice::Auto,
             listen_port: 51820,
             endpoint: None,
             network: TunnelNetwork::parse("100.64.0.0/16").expect("default network is valid"),
@@ -301,7 +298,45 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// What `ferry serve`'s flags and `FERRY_*` environment variables set (clap reads
+/// both; a flag wins over its variable). Each value given wins over the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    /// `--config` / `FERRY_CONFIG`: the TOML file; none: the built-in defaults.
+    pub config_file: Option<PathBuf>,
+    /// `--data-dir` / `FERRY_DATA_DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--socket` / `FERRY_ADMIN_SOCKET`.
+    pub admin_socket: Option<PathBuf>,
+    /// `--log-format` / `FERRY_LOG_FORMAT`.
+    pub log_format: Option<LogFormat>,
+    /// `--secrets-key` / `FERRY_SECRETS_KEY`.
+    pub secrets_key: Option<PathBuf>,
+    /// `--store` / `FERRY_STORE`.
+    pub store: Option<String>,
+    /// `--server-id` / `FERRY_SERVER_ID`: `[cluster] server_id`.
+    pub server_id: Option<String>,
+}
+
 impl Config {
+    /// The configuration the server runs with: the built-in defaults, then the file
+    /// (keys it does not set keep their defaults), then the overrides. Not validated
+    /// yet: [`Config::validate`] is the one check.
+    pub fn load(overrides: Overrides) -> Result<Self, ConfigError> {
+        let Overrides { config_file, data_dir, admin_socket, log_format, secrets_key, store, server_id } = overrides;
+        let mut config = match &config_file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.data_dir = data_dir.unwrap_or(config.data_dir);
+        config.admin_socket = admin_socket.unwrap_or(config.admin_socket);
+        config.log_format = log_format.unwrap_or(config.log_format);
+        config.secrets_key = secrets_key.or(config.secrets_key);
+        config.store = store.or(config.store);
+        config.cluster.server_id = server_id.or(config.cluster.server_id);
+        Ok(config)
+    }
+
     /// Reads a TOML config file; keys not in the file keep their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
@@ -317,31 +352,17 @@ impl Config {
         }
     }
 
-    /// This server's id: `[cluster] server_id`, else the host name.
-    pub fn server_id(&self) -> Result<String, ConfigError> {
-        let id = match &self.cluster.server_id {
+    /// This server's id: `[cluster] server_id`, else the host name (else `ferry`).
+    /// [`Config::validate`] checks its syntax.
+    pub fn server_id(&self) -> String {
+        match &self.cluster.server_id {
             Some(id) => id.clone(),
             None => nix::unistd::gethostname()
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "ferry".into()),
-        };
-        let valid = !id.is_empty()
-            && id.len() <= 63
-            && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-        if !valid {
-            return Err(ConfigError::Invalid(format!(
-                "server id {id:?}: use 1 to 63 letters, digits, '-', '.' or '_' (set [cluster] server_id)"
-            )));
         }
-        if self.cluster.heartbeat_secs == 0 || self.cluster.lost_after_secs <= 2 * self.cluster.heartbeat_secs {
-            return Err(ConfigError::Invalid(
-                "[cluster] lost_after_secs must be more than twice heartbeat_secs (and heartbeat_secs at least 1)"
-                    .into(),
-            ));
-        }
-        Ok(id)
     }
 
     pub fn secrets_key_path(&self) -> PathBuf {
@@ -351,6 +372,12 @@ impl Config {
     pub fn wireguard_key_path(&self) -> PathBuf {
         self.data_dir.join("wireguard.key")
     }
+}
+
+/// A listener's configured certificate and key, when both are given; none: a
+/// self-signed pair is made. ([`Config::validate`] refuses one without the other.)
+pub fn tls_files<'a>(cert: &'a Option<PathBuf>, key: &'a Option<PathBuf>) -> Option<(&'a Path, &'a Path)> {
+    cert.as_deref().zip(key.as_deref())
 }
 
 #[cfg(test)]
@@ -364,24 +391,5 @@ mod tests {
         assert_eq!(c, Config { admin_users: vec!["ferryadm".into()], ..Config::default() });
         assert!(toml::from_str::<Config>("data_dri = \"/x\"").is_err());
         assert!(toml::from_str::<Config>("[wireguard]\nnetwork = \"100.64.0.1/16\"").is_err(), "host bits set");
-    }
-
-    #[test]
-    fn server_ids_and_store_urls() {
-        let mut c = Config {
-            cluster: ClusterConfig { server_id: Some("ferry-a.1".into()), ..Default::default() },
-            ..Config::default()
-        };
-        assert_eq!(c.server_id().unwrap(), "ferry-a.1");
-        for bad in ["", "has space", "x/y", &"a".repeat(64)] {
-            c.cluster.server_id = Some(bad.into());
-            assert!(c.server_id().is_err(), "{bad:?}");
-        }
-        c.cluster = ClusterConfig { server_id: Some("a".into()), heartbeat_secs: 5, lost_after_secs: 10 };
-        assert!(c.server_id().is_err(), "lost_after must exceed two heartbeats");
-        c.store = Some("mysql://db/ferry".into());
-        assert!(c.store_location().is_err(), "an unknown scheme is not a file name");
-        c.store = None;
-        assert_eq!(c.store_location().unwrap(), ferry_store::StoreLocation::Sqlite(c.data_dir.join("ferry.db")));
     }
 }

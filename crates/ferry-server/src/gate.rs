@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 /// Entries beyond which finished windows and locks are swept on the next failure.
 const SWEEP_ABOVE: usize = 4_096;
-/// Largest `boot_gate_max_failures` (each node being guessed keeps that many times).
-const MAX_FAILURES_LIMIT: u32 = 1_000;
 
 pub struct GateGuard {
     max_failures: u32,
@@ -42,14 +40,10 @@ pub struct Failure {
 }
 
 impl GateGuard {
-    pub fn new(max_failures: u32, lockout_secs: u64) -> anyhow::Result<GateGuard> {
-        if !(1..=MAX_FAILURES_LIMIT).contains(&max_failures) || lockout_secs == 0 {
-            anyhow::bail!(
-                "[provisioning] boot_gate_max_failures must be 1 to {MAX_FAILURES_LIMIT} and boot_gate_lockout_secs at \
-                 least 1"
-            );
-        }
-        Ok(GateGuard { max_failures, lockout: Duration::from_secs(lockout_secs), nodes: Mutex::new(HashMap::new()) })
+    /// From validated settings (`boot_gate_max_failures`, `boot_gate_lockout_secs`:
+    /// [`crate::Config::validate`]).
+    pub fn new(max_failures: u32, lockout_secs: u64) -> GateGuard {
+        GateGuard { max_failures, lockout: Duration::from_secs(lockout_secs), nodes: Mutex::new(HashMap::new()) }
     }
 
     pub fn max_failures(&self) -> u32 {
@@ -110,7 +104,7 @@ mod tests {
 
     #[test]
     fn n_wrong_tags_within_the_window_lock_the_node_for_the_lockout() {
-        let g = GateGuard::new(3, 60).unwrap();
+        let g = GateGuard::new(3, 60);
         let t0 = Instant::now();
         let s = Duration::from_secs;
         assert_eq!(g.failed(&n("a"), t0), Failure { count: 1, locked: false });
@@ -128,17 +122,17 @@ mod tests {
 
     #[test]
     fn failures_spread_wider_than_the_window_never_lock() {
-        let g = GateGuard::new(3, 60).unwrap();
+        let g = GateGuard::new(3, 60);
         let t0 = Instant::now();
         for i in 0..10 {
             let f = g.failed(&n("a"), t0 + Duration::from_secs(31 * i));
             assert!(!f.locked && f.count <= 2, "{i}: {f:?}");
         }
         // Any 60 s holding 3 does: no window boundary to hide behind.
-        let g = GateGuard::new(3, 60).unwrap();
+        let g = GateGuard::new(3, 60);
         g.failed(&n("a"), t0 + Duration::from_secs(59));
         g.failed(&n("a"), t0 + Duration::from_secs(60));
         assert!(g.failed(&n("a"), t0 + Duration::from_secs(61)).locked);
-        assert!(GateGuard::new(0, 60).is_err() && GateGuard::new(3, 0).is_err() && GateGuard::new(5_000, 60).is_err());
+        // The bounds of both settings moved to `config::validate` (its tests).
     }
 }

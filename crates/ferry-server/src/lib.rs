@@ -31,7 +31,7 @@ mod tpm;
 pub mod tunnels;
 mod wgkey;
 
-pub use config::{Config, LogFormat};
+pub use config::{Config, ConfigError, LogFormat, Overrides};
 
 /// The provisioning listener's own header parsers, for the cargo-fuzz targets in `fuzz/`
 /// (docs/fuzzing.md) and nothing else: re-exported here so that their modules stay private.
@@ -53,8 +53,8 @@ use tunnels::TunnelManager;
 /// A server that has opened its store, brought up its device and bound its sockets.
 pub struct Server {
     admin_listener: UnixListener,
-    /// The remote admin listener and its TLS, when configured.
-    remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    /// The remote admin listener, its TLS and certificate pin, when configured.
+    remote_admin: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     /// The provisioning API's TLS listener, its TLS and certificate pin, when configured.
     provisioning_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     provisioning_listener: TcpListener,
@@ -75,45 +75,35 @@ struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    fn from_config(c: &Config) -> anyhow::Result<Self> {
+    fn from_config(c: &Config) -> Self {
         let (p, d) = (&c.provisioning, &c.datasource);
-        if d.request_timeout_secs == 0 {
-            anyhow::bail!("[datasource] request_timeout_secs must be at least 1");
-        }
-        Ok(ListenerLimits {
-            provisioning: listen::ConnLimits::from_config(
-                "[provisioning]",
+        ListenerLimits {
+            provisioning: listen::ConnLimits::new(
                 p.header_timeout_secs,
                 p.idle_timeout_secs,
                 p.max_connections_per_source,
                 p.max_connections,
-            )?,
-            datasource: listen::ConnLimits::from_config(
-                "[datasource]",
+            ),
+            datasource: listen::ConnLimits::new(
                 d.header_timeout_secs,
                 d.idle_timeout_secs,
                 d.max_connections_per_source,
                 d.max_connections,
-            )?,
-        })
-    }
-}
-
-fn backend_choice(b: config::WgBackend) -> ferry_wg::BackendChoice {
-    match b {
-        config::WgBackend::Auto => ferry_wg::BackendChoice::Auto,
-        config::WgBackend::Kernel => ferry_wg::BackendChoice::Kernel,
-        config::WgBackend::Userspace => ferry_wg::BackendChoice::Userspace,
-        config::WgBackend::Uapi => ferry_wg::BackendChoice::Uapi,
+            ),
+        }
     }
 }
 
 impl Server {
-    /// Opens the data directory and store, and binds the admin socket.
+    /// Validates the configuration, then opens the data directory and store, and binds
+    /// the admin socket.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
+        // The one check of the configuration, before anything is created or opened;
+        // all that follows trusts its values.
+        config.validate()?;
         // Everything ferry writes (database, keys) is for its own user only.
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-        let listener_limits = ListenerLimits::from_config(&config)?;
+        let listener_limits = ListenerLimits::from_config(&config);
         let l = &listener_limits;
         let caps = (l.provisioning.max_total + l.datasource.max_total + 2 * listen::ADMIN_LIMITS.max_total) as u64;
         let open_files = listen::raise_open_files_limit(caps)?;
@@ -123,7 +113,7 @@ impl Server {
         let key_was_made = !key_file.exists();
         let sealer = Sealer::load_or_create(&key_file)?;
         let location = config.store_location()?;
-        let server_id = config.server_id()?;
+        let server_id = config.server_id();
         let store =
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
@@ -146,7 +136,7 @@ impl Server {
             listen_port: Some(wg.listen_port),
             ..Default::default()
         };
-        let device = ferry_wg::open_device(&wg.interface, backend_choice(wg.backend), &setup)
+        let device = ferry_wg::open_device(&wg.interface, wg.backend, &setup)
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
@@ -179,57 +169,22 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {} (set [provisioning] listen)", config.provisioning.listen))?;
 
-        let remote_admin = match config.remote_admin.listen {
+        let remote_admin = match remote::TlsFiles::remote_admin(&config) {
+            Some(files) => Some(remote::bind_tls(&files, &config.data_dir).await?),
             None => None,
-            Some(addr) => {
-                let ra = &config.remote_admin;
-                let mut names = ra.tls_names.clone();
-                names.push(addr.ip().to_string());
-                let files = remote::TlsFiles {
-                    section: "[remote_admin]",
-                    cert: ra.tls_cert.as_deref(),
-                    key: ra.tls_key.as_deref(),
-                    names,
-                    stem: "remote-admin",
-                };
-                let (tls, _) = remote::tls_config(&files, &config.data_dir)?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (set [remote_admin] listen)"))?;
-                Some((listener, tokio_rustls::TlsAcceptor::from(tls)))
-            }
         };
-        let provisioning_tls = match config.provisioning.tls_listen {
+        let provisioning_tls = match remote::TlsFiles::provisioning(&config) {
+            Some(files) => Some(remote::bind_tls(&files, &config.data_dir).await?),
             None => None,
-            Some(addr) => {
-                let p = &config.provisioning;
-                let mut names = vec![addr.ip().to_string(), p.listen.ip().to_string()];
-                if let Some(host) = p.public_url.as_deref().and_then(|u| u.parse::<axum::http::Uri>().ok()) {
-                    names.extend(host.host().map(str::to_owned));
-                }
-                let files = remote::TlsFiles {
-                    section: "[provisioning]",
-                    cert: p.tls_cert.as_deref(),
-                    key: p.tls_key.as_deref(),
-                    names,
-                    stem: "provisioning",
-                };
-                let (tls, pin) = remote::tls_config(&files, &config.data_dir)?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} (set [provisioning] tls_listen)"))?;
-                Some((listener, tokio_rustls::TlsAcceptor::from(tls), pin))
-            }
         };
-        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning)?);
+        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning));
         let config = Arc::new(config);
         let nonces = Arc::new(nonces::NonceStore::new(
             std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
             config.provisioning.max_pending_nonces,
             config.provisioning.max_pending_nonces_per_source,
         ));
-        let boot =
-            boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone())?;
+        let boot = boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone());
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
         Ok(Server {
             admin_listener,
@@ -297,7 +252,7 @@ impl Server {
             (listener.name, tokio::spawn(listen::serve(listener, app, drain, stopped())))
         };
         let mut tls_tasks = Vec::new();
-        if let Some((incoming, tls)) = self.remote_admin {
+        if let Some((incoming, tls, _)) = self.remote_admin {
             let app = admin::remote_router(self.admin.clone()).layer(timeout(30));
             let caps = listen::ConnCaps::new("remote-admin", listen::ADMIN_LIMITS, metrics.clone());
             let listener = listen::Listener { name: "remote-admin", incoming, tls: Some(tls), caps, watcher: None };

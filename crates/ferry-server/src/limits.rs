@@ -35,10 +35,9 @@
 //! ([`client_address`], the function enrollment itself uses).
 
 use crate::client_addr::{client_address, source_group};
-use crate::config::ProvisioningConfig;
+use crate::config::{ProvisioningConfig, ENROLL_RATE_RANGE, MIN_ENROLL_BURST};
 use crate::enroll::{ProvisioningState, TcpConn, ENROLL_BODY_LIMIT};
 use crate::error::HttpError;
-use anyhow::bail;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -60,34 +59,23 @@ pub const MAX_SOURCES: usize = 65_536;
 pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// Least time between two sweeps forced by a full table.
 const SWEEP_WHEN_FULL_EVERY: Duration = Duration::from_millis(100);
-/// Requests in one enrollment at most: challenge, TPM credential, enrollment. A burst
-/// smaller than that could refuse every enrollment's last step for ever.
-const MIN_BURST: u32 = 3;
 /// A source is *light* while it has sent at most this many requests lately (two whole
 /// enrollments), one more allowed every [`LIGHT_PERIOD`]; light sources may use the
 /// reserve when the global bucket is empty.
-pub const LIGHT_BURST: u32 = 2 * MIN_BURST;
+pub const LIGHT_BURST: u32 = 2 * MIN_ENROLL_BURST;
 pub const LIGHT_PERIOD: Duration = Duration::from_secs(30);
 /// The reserve for light sources: this fraction of the global rate and burst.
 const RESERVE_DIVISOR: f64 = 4.0;
 
-/// One token bucket: `governor`'s quota plus the period, for Retry-After.
-fn quota(what: &str, rate: f64, burst: u32) -> anyhow::Result<Option<(Quota, Duration)>> {
+/// One token bucket: `governor`'s quota plus the period, for Retry-After; `None` for a
+/// rate of 0 (no limit). The values are validated ([`crate::Config::validate`]).
+fn bucket(rate: f64, burst: u32) -> Option<(Quota, Duration)> {
     if rate == 0.0 {
-        return Ok(None);
+        return None;
     }
-    if !rate.is_finite() || !(1e-6..=1e9).contains(&rate) {
-        bail!("[provisioning] enroll_rate_{what} = {rate} is not a rate: use requests per second (0 < r <= 1e9), or 0 for no limit");
-    }
-    if burst < MIN_BURST {
-        bail!(
-            "[provisioning] enroll_burst_{what} = {burst} is too small: one enrollment takes up to {MIN_BURST} requests"
-        );
-    }
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let burst = NonZeroU32::new(burst).expect("burst >= MIN_BURST");
-    let quota = Quota::with_period(period).expect("period > 0").allow_burst(burst);
-    Ok(Some((quota, period)))
+    let period = Duration::try_from_secs_f64(1.0 / rate).ok()?;
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst)?);
+    Some((quota, period))
 }
 
 /// Which limit refused a request.
@@ -150,32 +138,28 @@ pub struct EnrollLimits {
 }
 
 impl EnrollLimits {
-    pub fn new(c: &ProvisioningConfig) -> anyhow::Result<Self> {
+    /// The limits of a validated configuration ([`crate::Config::validate`]).
+    pub fn new(c: &ProvisioningConfig) -> Self {
         Self::with_max_sources(c, MAX_SOURCES)
     }
 
-    fn with_max_sources(c: &ProvisioningConfig, max_sources: usize) -> anyhow::Result<Self> {
-        if c.header_timeout_secs == 0 || c.request_timeout_secs == 0 {
-            bail!("[provisioning] header_timeout_secs and request_timeout_secs must be at least 1");
-        }
-        if c.max_pending_nonces == 0 || c.max_pending_nonces_per_source == 0 {
-            bail!("[provisioning] max_pending_nonces and max_pending_nonces_per_source must be at least 1");
-        }
-        let per_source = quota("per_source", c.enroll_rate_per_source, c.enroll_burst_per_source)?;
-        let global = quota("global", c.enroll_rate_global, c.enroll_burst_global)?;
+    fn with_max_sources(c: &ProvisioningConfig, max_sources: usize) -> Self {
+        let per_source = bucket(c.enroll_rate_per_source, c.enroll_burst_per_source);
+        let global = bucket(c.enroll_rate_global, c.enroll_burst_global);
         let reserve = match global {
             None => None,
             Some(_) => {
-                let burst = ((f64::from(c.enroll_burst_global) / RESERVE_DIVISOR) as u32).max(MIN_BURST);
+                let burst = ((f64::from(c.enroll_burst_global) / RESERVE_DIVISOR) as u32).max(MIN_ENROLL_BURST);
                 // A rate too small to divide simply has no reserve.
-                quota("global", c.enroll_rate_global / RESERVE_DIVISOR, burst).ok().flatten()
+                let rate = c.enroll_rate_global / RESERVE_DIVISOR;
+                ENROLL_RATE_RANGE.contains(&rate).then(|| bucket(rate, burst)).flatten()
             }
         };
         let light = Quota::with_period(LIGHT_PERIOD)
             .expect("period > 0")
             .allow_burst(NonZeroU32::new(LIGHT_BURST).expect("LIGHT_BURST > 0"));
         let once_a_second = Quota::per_second(NonZeroU32::MIN);
-        Ok(EnrollLimits {
+        EnrollLimits {
             per_source: per_source.map(|(q, p)| (DefaultKeyedRateLimiter::keyed(q), p)),
             global: global.map(|(q, p)| (DefaultDirectRateLimiter::direct(q), p)),
             light: DefaultKeyedRateLimiter::keyed(light),
@@ -188,7 +172,7 @@ impl EnrollLimits {
             start: Instant::now(),
             last_sweep_ms: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Takes a token from the source's bucket, then from the global one (or, for a
@@ -403,7 +387,7 @@ mod tests {
     #[test]
     fn a_source_gets_its_burst_then_429_with_room_for_two_steps_and_others_are_served() {
         // One token per 10 s: nothing refills while the test runs.
-        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0)).unwrap();
+        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0));
         for _ in 0..3 {
             assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
         }
@@ -420,7 +404,7 @@ mod tests {
 
     #[test]
     fn the_global_bucket_holds_across_sources_and_a_refused_source_does_not_drain_it() {
-        let l = EnrollLimits::new(&config(0.1, 3, 0.1, 5, 0)).unwrap();
+        let l = EnrollLimits::new(&config(0.1, 3, 0.1, 5, 0));
         // One source floods: 3 admitted, the rest refused by its own bucket, which
         // takes nothing from the global one.
         for _ in 0..3 {
@@ -441,7 +425,7 @@ mod tests {
     #[test]
     fn sources_flooding_within_their_own_rate_cannot_starve_a_booting_node() {
         // Generous per-source buckets; a global one of 100 and a reserve of 25.
-        let l = EnrollLimits::new(&config(1e6, 1_000, 0.1, 100, 0)).unwrap();
+        let l = EnrollLimits::new(&config(1e6, 1_000, 0.1, 100, 0));
         let flooders: Vec<IpAddr> = (1..=3).map(|i| ip(&format!("10.9.0.{i}"))).collect();
         let mut admitted = 0;
         for _ in 0..1_000 {
@@ -460,7 +444,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_host_is_one_source_per_64() {
-        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0)).unwrap();
+        let l = EnrollLimits::new(&config(0.1, 3, 0.0, 0, 0));
         for i in 1..=3 {
             assert_eq!(l.check(ip(&format!("2001:db8:0:1::{i}"))), Ok(()));
         }
@@ -468,28 +452,20 @@ mod tests {
         assert_eq!(l.check(ip("2001:db8:0:2::1")), Ok(()), "another /64");
     }
 
+    /// The refusals of bad values moved to `config::validate` (its tests).
     #[test]
-    fn zero_disables_and_bad_values_are_refused_with_the_key_named() {
-        let l = EnrollLimits::new(&config(0.0, 0, 0.0, 0, 0)).unwrap();
+    fn zero_disables_every_limit() {
+        let l = EnrollLimits::new(&config(0.0, 0, 0.0, 0, 0));
         for _ in 0..10_000 {
             assert_eq!(l.check(ip("10.0.0.1")), Ok(()));
         }
         assert!(l.enrollment_slot().is_some());
-        let e = EnrollLimits::new(&config(10.0, 2, 0.0, 0, 0)).err().unwrap().to_string();
-        assert!(e.contains("enroll_burst_per_source = 2"), "{e}");
-        let e = EnrollLimits::new(&config(-1.0, 30, 0.0, 0, 0)).err().unwrap().to_string();
-        assert!(e.contains("enroll_rate_per_source"), "{e}");
-        let e = EnrollLimits::new(&config(10.0, 30, f64::NAN, 30, 0)).err().unwrap().to_string();
-        assert!(e.contains("enroll_rate_global"), "{e}");
-        let bad = ProvisioningConfig { header_timeout_secs: 0, ..ProvisioningConfig::default() };
-        assert!(EnrollLimits::new(&bad).is_err());
-        EnrollLimits::new(&ProvisioningConfig::default()).expect("the defaults are valid");
     }
 
     #[test]
     fn the_source_table_is_bounded_idle_sources_are_evicted_and_a_full_table_falls_back_to_global() {
         // Fast refill (1 ms per token): a bucket is full, so idle, 3 ms after its use.
-        let l = EnrollLimits::with_max_sources(&config(1000.0, 3, 0.1, 200, 0), 100).unwrap();
+        let l = EnrollLimits::with_max_sources(&config(1000.0, 3, 0.1, 200, 0), 100);
         for i in 0..100u32 {
             assert_eq!(l.check(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i))), Ok(()));
         }
@@ -520,7 +496,7 @@ mod tests {
         use axum::routing::post;
         use axum::Router;
         use tower::ServiceExt;
-        let limits = Arc::new(EnrollLimits::new(&config(0.0, 0, 0.0, 0, 1)).unwrap());
+        let limits = Arc::new(EnrollLimits::new(&config(0.0, 0, 0.0, 0, 1)));
         let entered = Arc::new(tokio::sync::Semaphore::new(0));
         let release = Arc::new(tokio::sync::Notify::new());
         let ran = Arc::new(AtomicU64::new(0));

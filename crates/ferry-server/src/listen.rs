@@ -98,29 +98,15 @@ pub struct ConnLimits {
 }
 
 impl ConnLimits {
-    /// From a config section's values (seconds, counts), each at least 1.
-    pub fn from_config(
-        section: &str,
-        header_timeout_secs: u64,
-        idle_timeout_secs: u64,
-        max_per_source: usize,
-        max_total: usize,
-    ) -> anyhow::Result<Self> {
-        let values = [
-            ("header_timeout_secs", header_timeout_secs),
-            ("idle_timeout_secs", idle_timeout_secs),
-            ("max_connections_per_source", max_per_source as u64),
-            ("max_connections", max_total as u64),
-        ];
-        if let Some((key, _)) = values.iter().find(|(_, v)| *v == 0) {
-            anyhow::bail!("{section} {key} must be at least 1");
-        }
-        Ok(ConnLimits {
+    /// From a config section's values (seconds, counts), each at least 1
+    /// ([`crate::Config::validate`]).
+    pub fn new(header_timeout_secs: u64, idle_timeout_secs: u64, max_per_source: usize, max_total: usize) -> Self {
+        ConnLimits {
             header_timeout: Duration::from_secs(header_timeout_secs),
             idle_timeout: Duration::from_secs(idle_timeout_secs),
             max_per_source,
             max_total,
-        })
+        }
     }
 }
 

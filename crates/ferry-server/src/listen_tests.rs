@@ -166,14 +166,6 @@ async fn a_watcher_closes_a_connection_from_outside() {
     eventually("its place given back", || r.caps.open() == 0).await;
 }
 
-#[test]
-fn zero_limits_are_refused_with_the_key_named() {
-    let e = ConnLimits::from_config("[datasource]", 10, 30, 0, 100).unwrap_err().to_string();
-    assert!(e.contains("[datasource] max_connections_per_source"), "{e}");
-    assert!(ConnLimits::from_config("[provisioning]", 0, 30, 1, 1).is_err());
-    assert!(ConnLimits::from_config("[provisioning]", 10, 60, 64, 16_384).is_ok());
-}
-
 /// A soft limit below the hard one (systemd's 1,024) is raised to the hard one.
 #[test]
 fn the_open_files_soft_limit_is_raised_to_the_hard_limit() {

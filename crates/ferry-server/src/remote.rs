@@ -6,6 +6,7 @@
 //! management stays on the unix socket.
 
 use crate::admin::AdminState;
+use crate::config::{tls_files, Config};
 use crate::error::HttpError;
 use anyhow::Context;
 use axum::extract::{Request, State};
@@ -16,9 +17,11 @@ use base64::Engine;
 use ferry_store::Actor;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 /// A new token: `ferry_` and 32 random bytes, base64url.
@@ -88,16 +91,60 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
     next.run(req).await
 }
 
-/// Where a listener's TLS material comes from.
+/// A TLS listener: where it listens and where its TLS material comes from.
 pub struct TlsFiles<'a> {
     /// `[remote_admin]` or `[provisioning]`, for messages.
     pub section: &'static str,
-    pub cert: Option<&'a Path>,
-    pub key: Option<&'a Path>,
+    /// The address, and the key that sets it (for messages).
+    pub listen: (SocketAddr, &'static str),
+    /// The configured certificate and key ([`crate::config::tls_files`]); none: self-signed.
+    pub configured: Option<(&'a Path, &'a Path)>,
     /// Names for a self-signed certificate.
     pub names: Vec<String>,
     /// `data_dir/<stem>.crt` and `.key` when self-signed.
     pub stem: &'static str,
+}
+
+impl<'a> TlsFiles<'a> {
+    /// The remote admin listener, when `[remote_admin] listen` is set.
+    pub fn remote_admin(c: &'a Config) -> Option<Self> {
+        let ra = &c.remote_admin;
+        let addr = ra.listen?;
+        let mut names = ra.tls_names.clone();
+        names.push(addr.ip().to_string());
+        let configured = tls_files(&ra.tls_cert, &ra.tls_key);
+        Some(TlsFiles { section: "[remote_admin]", listen: (addr, "listen"), configured, names, stem: "remote-admin" })
+    }
+
+    /// The provisioning API's TLS listener, when `[provisioning] tls_listen` is set.
+    pub fn provisioning(c: &'a Config) -> Option<Self> {
+        let p = &c.provisioning;
+        let addr = p.tls_listen?;
+        let mut names = vec![addr.ip().to_string(), p.listen.ip().to_string()];
+        if let Some(host) = p.public_url.as_deref().and_then(|u| u.parse::<axum::http::Uri>().ok()) {
+            names.extend(host.host().map(str::to_owned));
+        }
+        let configured = tls_files(&p.tls_cert, &p.tls_key);
+        Some(TlsFiles {
+            section: "[provisioning]",
+            listen: (addr, "tls_listen"),
+            configured,
+            names,
+            stem: "provisioning",
+        })
+    }
+}
+
+/// Binds a TLS listener; with its TLS and the certificate's SHA-256 (hex).
+pub async fn bind_tls(
+    files: &TlsFiles<'_>,
+    data_dir: &Path,
+) -> anyhow::Result<(TcpListener, tokio_rustls::TlsAcceptor, String)> {
+    let (tls, fingerprint) = tls_config(files, data_dir)?;
+    let ((addr, key), section) = (files.listen, files.section);
+    let listener =
+        TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (set {section} {key})"))?;
+    Ok((listener, tokio_rustls::TlsAcceptor::from(tls), fingerprint))
 }
 
 /// The TLS configuration: the configured certificate and key, or a self-signed pair made
@@ -106,9 +153,9 @@ pub struct TlsFiles<'a> {
 pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<rustls::ServerConfig>, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let (cert_path, key_path) = match (files.cert, files.key) {
-        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
-        (None, None) => {
+    let (cert_path, key_path) = match files.configured {
+        Some((c, k)) => (c.to_path_buf(), k.to_path_buf()),
+        None => {
             let (c, k) = (data_dir.join(format!("{}.crt", files.stem)), data_dir.join(format!("{}.key", files.stem)));
             if !c.exists() || !k.exists() {
                 let mut names = files.names.clone();
@@ -127,9 +174,6 @@ pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<
                 std::io::Write::write_all(&mut f, made.signing_key.serialize_pem().as_bytes())?;
             }
             (c, k)
-        }
-        _ => {
-            anyhow::bail!("{} needs both tls_cert and tls_key, or neither (a self-signed pair is made)", files.section)
         }
     };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)

@@ -61,8 +61,11 @@ pub const DEFAULT_INTERFACE: &str = "ferry0";
 /// The default MTU: 1500 minus the largest WireGuard overhead (IPv6 outer header).
 pub const DEFAULT_MTU: u16 = 1420;
 
-/// Which implementation runs a device.
+/// Which implementation runs a device: what [`WgDevice::backend`] answers. Unlike
+/// [`BackendChoice`] it is never `auto`: a device is one of these. Spelled `kernel`,
+/// `userspace`, `uapi` (serde, feature `serde`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
 pub enum BackendKind {
     /// The Linux kernel module.
     Kernel,
@@ -72,18 +75,60 @@ pub enum BackendKind {
     Uapi,
 }
 
-/// Which backend [`open_device`] should use.
+/// Which backend [`open_device`] should use. People write it as `auto`, `kernel`,
+/// `userspace` or `uapi` (the server's `[wireguard] backend`, the agent's
+/// `--wg-backend`); [`FromStr`](std::str::FromStr), [`Display`](std::fmt::Display),
+/// serde (feature `serde`) and clap's `ValueEnum` (feature `clap`) all use those words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BackendChoice {
-    /// Kernel if [`kernel_module_available`] (and the `kernel` feature is built), else userspace.
+    /// Kernel WireGuard if the module is available, else userspace.
     #[default]
     Auto,
-    /// Kernel only.
+    /// The kernel module only.
     Kernel,
-    /// boringtun in this process.
+    /// boringtun inside this process (the interface lives as long as the process).
     Userspace,
-    /// Attach to an interface already run by another process.
+    /// Attach to an interface run by another process (wireguard-go), through its UAPI socket.
     Uapi,
+}
+
+impl BackendChoice {
+    /// Every choice, in the order they are documented.
+    pub const ALL: [BackendChoice; 4] =
+        [BackendChoice::Auto, BackendChoice::Kernel, BackendChoice::Userspace, BackendChoice::Uapi];
+
+    /// The word a configuration or a flag uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Kernel => "kernel",
+            BackendChoice::Userspace => "userspace",
+            BackendChoice::Uapi => "uapi",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that names no [`BackendChoice`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown WireGuard backend {0:?}: use auto, kernel, userspace or uapi")]
+pub struct UnknownBackend(pub String);
+
+impl std::str::FromStr for BackendChoice {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        BackendChoice::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| UnknownBackend(s.chars().take(32).collect()))
+    }
 }
 
 /// How to set up an interface that [`open_device`] creates.
@@ -208,6 +253,51 @@ pub fn validate_interface_name(name: &str) -> Result<(), WgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_choices_read_and_print_as_configured() {
+        for (word, choice) in [
+            ("auto", BackendChoice::Auto),
+            ("kernel", BackendChoice::Kernel),
+            ("userspace", BackendChoice::Userspace),
+            ("uapi", BackendChoice::Uapi),
+        ] {
+            assert_eq!(word.parse::<BackendChoice>(), Ok(choice));
+            assert_eq!(choice.to_string(), word);
+        }
+        assert_eq!(BackendChoice::default(), BackendChoice::Auto);
+        for bad in ["", "Kernel", "wireguard-go", "kernel "] {
+            let e = bad.parse::<BackendChoice>().expect_err(bad).to_string();
+            assert!(e.contains("use auto, kernel, userspace or uapi"), "{e}");
+        }
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_uses_the_same_words() {
+        #[derive(serde::Deserialize)]
+        struct Section {
+            backend: BackendChoice,
+        }
+        for choice in BackendChoice::ALL {
+            let json = format!("{{\"backend\":\"{choice}\"}}");
+            assert_eq!(serde_json::from_str::<Section>(&json).expect("known word").backend, choice);
+        }
+        assert!(serde_json::from_str::<Section>(r#"{"backend":"wireguard-go"}"#).is_err());
+        assert_eq!(serde_json::to_string(&BackendKind::Userspace).expect("json"), r#""userspace""#);
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn clap_offers_the_same_words() {
+        use clap::ValueEnum;
+        let words: Vec<String> = BackendChoice::value_variants()
+            .iter()
+            .filter_map(|b| b.to_possible_value())
+            .map(|v| v.get_name().into())
+            .collect();
+        assert_eq!(words, BackendChoice::ALL.map(|b| b.to_string()));
+    }
 
     #[test]
     fn interface_names() {

@@ -85,9 +85,9 @@ impl Lab {
             wait_for(Duration::from_secs(10), || sock.exists()).context("wireguard-go did not create its socket")?;
             sh(&["ip", "-n", netns, "addr", "add", "100.64.0.1/16", "dev", &interface])?;
             sh(&["ip", "-n", netns, "link", "set", &interface, "up"])?;
-            "uapi"
+            ferry_wg::BackendChoice::Uapi
         } else {
-            "userspace"
+            ferry_wg::BackendChoice::Userspace
         };
         let dir = self.dir.join(format!("s{i}"));
         std::fs::create_dir_all(&dir)?;
