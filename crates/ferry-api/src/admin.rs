@@ -1,8 +1,9 @@
-//! The admin API (unix socket `/run/ferry/admin.sock`, JSON).
+//! The admin API (unix socket `/run/ferry/admin.sock`, JSON): the body of every request
+//! and response. The routes are in [`crate::routes`].
 //!
-//! Routes: `GET /v1/nodes`, `GET /v1/nodes/{name}[?merged=true]`, `POST /v1/nodes`
-//! (add, all or nothing), `PATCH /v1/nodes` (set/unset on many), `DELETE /v1/nodes`;
-//! the same under `/v1/profiles`.
+//! Nodes: `GET /v1/nodes`, `GET /v1/nodes/{name}[?merged=true]`, `POST /v1/nodes` (add,
+//! all or nothing), `PATCH /v1/nodes` (set/unset on many), `DELETE /v1/nodes`; the same
+//! under `/v1/profiles`.
 
 use crate::Secret;
 use ferry_core::merge::MergedField;
@@ -211,7 +212,7 @@ pub struct SecretSet {
 }
 
 /// A secret as listed: never its value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretView {
     pub name: String,
     /// `global`, `profile/NAME` or `node/NAME`.
@@ -241,3 +242,150 @@ pub struct ServerView {
     /// The server that answered the listing.
     pub this: bool,
 }
+
+/// `GET /v1/status`. The fields are in alphabetical order, as the server has always
+/// sent them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub nodes: usize,
+    pub profiles: usize,
+    /// The answering server's ferry version.
+    pub version: String,
+}
+
+/// `GET /v1/server`: the server answering. Alphabetical order, as always sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// Its data directory, where `ferry image import` puts artifacts.
+    pub data_dir: String,
+    /// `sha256:` + hex of the provisioning TLS certificate (what agents pin), when that
+    /// listener is on.
+    pub provisioning_tls_pin: Option<String>,
+    /// Its static WireGuard public key (base64), what nodes pin.
+    pub public_key: String,
+    /// `[provisioning] public_url`, when set.
+    pub public_url: Option<String>,
+    /// Its address in the tunnel network.
+    pub server_address: String,
+    pub server_id: String,
+    /// The tunnel network (CIDR).
+    pub tunnel_network: String,
+}
+
+/// One active tunnel as `ferry tunnel list` shows it (`GET /v1/tunnels`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelView {
+    pub node: NodeName,
+    /// The node's tunnel address.
+    pub address: String,
+    /// The node's WireGuard public key (base64).
+    pub public_key: String,
+    pub age_secs: i64,
+    pub expires_in_secs: i64,
+    /// RFC 3339; `None` before the first handshake, and for other servers' peers.
+    pub last_handshake: Option<String>,
+    /// Whether the peer is on the answering server's device (only that one is visible).
+    pub on_device: bool,
+    /// Which server's device holds the peer.
+    pub server: String,
+    /// Whether that is the server answering.
+    pub mine: bool,
+}
+
+/// What a node reported when it last phoned home (`GET /v1/nodes/{name}/boot`; `null`
+/// for a node that never did).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootInfo {
+    pub node: NodeName,
+    pub booted_at: String,
+    /// Its tunnel address during that boot.
+    pub address: String,
+    pub instance_id: Option<String>,
+    pub hostname: Option<String>,
+    pub boot_count: i64,
+    /// Its SSH host keys, one `known_hosts` key each (`ssh-ed25519 AAAA… root@host`).
+    pub host_keys: Vec<String>,
+}
+
+/// One line of `GET /v1/known-hosts`: `["node", "ssh-ed25519 AAAA…"]`.
+pub type KnownHost = (NodeName, String);
+
+/// One audit log entry (`GET /v1/audit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// `GET /v1/audit?subject=node/n001&limit=N&since=T&after=ID`. In these queries an
+/// absent field is no parameter at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// `node/NAME`, `profile/NAME`, `token/NAME`, ...
+    pub subject: Option<String>,
+    /// At most this many entries; absent: 100.
+    pub limit: Option<i64>,
+    /// Entries at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Entries after this id, oldest first (following the log).
+    pub after: Option<i64>,
+}
+
+/// `GET /v1/nodes/{name}?merged=true`: the effective values with their sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeQuery {
+    #[serde(default)]
+    pub merged: bool,
+}
+
+/// `GET /v1/tpm?node=NAME`: one node's TPM only.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmQuery {
+    pub node: Option<String>,
+}
+
+/// `DELETE /v1/secrets/{name}?node=NAME` (or `?profile=NAME`; neither: global).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretScopeQuery {
+    pub node: Option<String>,
+    pub profile: Option<String>,
+}
+
+/// `POST /v1/tokens` (unix socket only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreate {
+    pub name: String,
+    /// `viewer`, `operator` or `admin` (checked by the server, which says which).
+    pub role: String,
+    /// Seconds from now; absent: never.
+    pub expires_in_secs: Option<u64>,
+}
+
+/// The answer to `POST /v1/tokens`: the token, shown this once (the store keeps its
+/// SHA-256 only). Alphabetical order, as always sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub name: String,
+    pub role: String,
+    pub token: Secret,
+}
+
+/// An admin token as listings show it (`GET /v1/tokens`): never the token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: String,
+    /// viewer, operator or admin.
+    pub role: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    /// active, expired or revoked.
+    pub state: String,
+}
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;

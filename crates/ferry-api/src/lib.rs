@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod enroll;
 pub mod image;
+pub mod routes;
 mod secret;
 
 pub use secret::Secret;

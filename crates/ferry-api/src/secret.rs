@@ -1,7 +1,7 @@
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// A secret value in transit (an asset tag being set). It never prints: `Debug` is
+/// A secret value in transit (an asset tag being set, a new admin token). It never prints: `Debug` is
 /// redacted and there is no `Display`, so it cannot reach a log line by accident.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 #[serde(transparent)]

@@ -4,11 +4,10 @@ use crate::args::{ConfigureCommand, ImageCommand, InitramfsArgs};
 use crate::client::AdminClient;
 use crate::output;
 use anyhow::Context;
-use ferry_api::admin::{Changed, NodeView};
+use ferry_api::admin::NodeView;
 use ferry_api::image::{Artifact, ImageRecord};
 use ferry_image::initramfs::{build_initramfs_with_progress, InitramfsOptions};
 use ferry_image::store::{ObjectStore, Stored};
-use hyper::Method;
 use std::path::Path;
 
 fn artifact(s: Stored) -> Artifact {
@@ -39,9 +38,8 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
     match cmd {
         ImageCommand::Import { name, kernel, initrd, rootfs } => {
             ferry_core::model::check_image_name(&name)?;
-            let server: serde_json::Value = client.get("/v1/server").await?;
-            let data_dir = server["data_dir"].as_str().context("the server did not say where its data directory is")?;
-            let store = ObjectStore::new(Path::new(data_dir));
+            let server = client.server_info().await?;
+            let store = ObjectStore::new(Path::new(&server.data_dir));
             let kernel = put(&store, "kernel", &kernel)?;
             let initrd = put(&store, "initrd", &initrd)?;
             let (rootfs_zst, rootfs_gz) = match rootfs {
@@ -58,32 +56,12 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
             };
             let record =
                 ImageRecord { name: name.clone(), kernel, initrd, rootfs_zst, rootfs_gz, created_at: String::new() };
-            client.call::<Changed>(Method::POST, "/v1/images", Some(&record)).await?;
+            client.add_image(&record).await?;
             println!("imported image {name}");
         }
-        ImageCommand::List { json } => {
-            let images: Vec<ImageRecord> = client.get("/v1/images").await?;
-            if json {
-                println!("{}", output::json(&images));
-            } else {
-                let mib = |a: &Artifact| format!("{:.1} MiB", a.size as f64 / 1048576.0);
-                let rows = images
-                    .iter()
-                    .map(|i| {
-                        vec![
-                            i.name.clone(),
-                            mib(&i.kernel),
-                            mib(&i.initrd),
-                            i.rootfs_zst.as_ref().map(mib).unwrap_or("-".into()),
-                            i.created_at.clone(),
-                        ]
-                    })
-                    .collect();
-                println!("{}", output::table(&["name", "kernel", "initrd", "rootfs (zstd)", "created"], rows));
-            }
-        }
+        ImageCommand::List { json } => println!("{}", crate::listing::listing(&client.list_images().await?, json)),
         ImageCommand::Show { name, json } => {
-            let i: ImageRecord = client.get(&format!("/v1/images/{name}")).await?;
+            let i = client.image(&name).await?;
             if json {
                 println!("{}", output::json(&i));
             } else {
@@ -103,7 +81,7 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
         }
         ImageCommand::Initramfs(args) => initramfs(args)?,
         ImageCommand::Delete { name } => {
-            client.call::<Changed>(Method::DELETE, &format!("/v1/images/{name}"), None::<&()>).await?;
+            client.delete_image(&name).await?;
             println!("deleted image {name}");
         }
     }
@@ -161,15 +139,13 @@ pub async fn configure(client: &AdminClient, cmd: ConfigureCommand) -> anyhow::R
         ConfigureCommand::Dnsmasq { url, tftp_root } => {
             let url = match url {
                 Some(u) => u,
-                None => {
-                    let server: serde_json::Value = client.get("/v1/server").await?;
-                    server["public_url"]
-                        .as_str()
-                        .map(str::to_owned)
-                        .context("the server has no provisioning.public_url: pass --url http://ADDRESS:8470")?
-                }
+                None => client
+                    .server_info()
+                    .await?
+                    .public_url
+                    .context("the server has no provisioning.public_url: pass --url http://ADDRESS:8470")?,
             };
-            let nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+            let nodes = client.list_nodes().await?;
             print!("{}", dnsmasq_config(&url, &tftp_root, &nodes));
         }
     }

@@ -4,6 +4,7 @@ pub mod args;
 mod bench;
 mod client;
 mod images;
+mod listing;
 mod output;
 mod settings;
 
@@ -12,13 +13,13 @@ use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
 use clap::{CommandFactory, Parser};
 use client::AdminClient;
 use ferry_api::admin::{
-    AddNodes, AddProfiles, AssetTagChange, Changed, MergedNodeView, Names, NewNode, NewProfile, NodePatch, NodeView,
-    ProfilePatch, ProfileView, SetNodes, SetProfiles, TpmApprove, TpmView,
+    AddNodes, AddProfiles, AssetTagChange, AuditQuery, Changed, Names, NewNode, NewProfile, NodePatch, ProfilePatch,
+    SetNodes, SetProfiles, TpmApprove, TpmQuery,
 };
 use ferry_core::model::LayerKind;
 use ferry_core::patch::{parse_field, Field, SettingsPatch};
 use ferry_core::{hostlist, NodeName, ProfileName};
-use hyper::Method;
+use listing::{listing, Listing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -50,53 +51,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => node(&client, cmd).await,
         Command::Profile(cmd) => profile(&client, cmd).await,
         Command::Audit { node, limit, since, follow, json } => {
-            let mut query = format!("limit={limit}");
-            if let Some(n) = node {
-                query.push_str(&format!("&subject=node/{}", NodeName::parse(&n)?));
-            }
-            if let Some(t) = since {
-                query.push_str(&format!("&since={}", since_secs(&t)?));
-            }
-            let mut entries: Vec<serde_json::Value> = client.get(&format!("/v1/audit?{query}")).await?;
-            let s = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or_default().to_owned();
-            let row = |e: &serde_json::Value| {
-                vec![s(e, "at"), s(e, "actor"), s(e, "action"), s(e, "subject"), s(e, "detail")]
-            };
-            let header = ["time", "actor", "action", "subject", "detail"];
+            let subject = node.map(|n| NodeName::parse(&n).map(|n| format!("node/{n}"))).transpose()?;
+            let since = since.map(|t| since_secs(&t)).transpose()?;
+            let mut query = AuditQuery { subject, limit: Some(limit), since, after: None };
+            let mut entries = client.audit(&query).await?;
             if !follow {
-                if json {
-                    println!("{}", output::json(&entries));
-                } else {
-                    println!("{}", output::table(&header, entries.iter().map(row).collect()));
-                }
+                println!("{}", listing(&entries, json));
                 return Ok(());
             }
             let mut last = 0;
             loop {
                 for e in &entries {
-                    last = e["id"].as_i64().unwrap_or(last);
-                    if json {
-                        println!("{e}");
-                    } else {
-                        println!("{}", row(e).join("  "));
-                    }
+                    last = e.id;
+                    println!("{}", if json { output::json_line_sorted(e) } else { e.row().join("  ") });
                 }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                entries = client.get(&format!("/v1/audit?{query}&after={last}")).await?;
+                query.after = Some(last);
+                entries = client.audit(&query).await?;
             }
         }
         Command::Secret(cmd) => settings::secret(&client, cmd).await,
         Command::Token(cmd) => settings::token(&client, cmd).await,
         Command::Tunnel(TunnelCommand::List { json }) => {
-            let tunnels: Vec<serde_json::Value> = client.get("/v1/tunnels").await?;
-            println!("{}", if json { output::json(&tunnels) } else { output::tunnel_list(&tunnels) });
+            let tunnels = client.list_tunnels().await?;
+            println!("{}", listing(&tunnels, json));
             Ok(())
         }
         Command::Tunnel(TunnelCommand::Revoke { node }) => {
             let node = NodeName::parse(&node)?;
-            let changed: Changed = client.call(Method::DELETE, &format!("/v1/tunnels/{node}"), None::<&()>).await?;
+            let changed = client.revoke_tunnel(&node).await?;
             if changed.changed == 0 {
                 println!("{node} had no active tunnel");
             } else {
@@ -108,26 +93,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
         Command::Configure(cmd) => images::configure(&client, cmd).await,
         Command::Server(args::ServerCommand::List { json }) => {
-            let servers: Vec<ferry_api::admin::ServerView> = client.get("/v1/servers").await?;
-            println!("{}", if json { output::json(&servers) } else { output::server_list(&servers) });
+            let servers = client.list_servers().await?;
+            println!("{}", listing(&servers, json));
             Ok(())
         }
         Command::ServerKey => {
-            let info: serde_json::Value = client.get("/v1/server").await?;
-            println!("{}", info["public_key"].as_str().unwrap_or_default());
+            println!("{}", client.server_info().await?.public_key);
             Ok(())
         }
         Command::ServerCert => {
-            let info: serde_json::Value = client.get("/v1/server").await?;
-            match info["provisioning_tls_pin"].as_str() {
+            match client.server_info().await?.provisioning_tls_pin {
                 Some(pin) => println!("{pin}"),
                 None => anyhow::bail!("the provisioning TLS listener is off: set [provisioning] tls_listen"),
             }
             Ok(())
         }
         Command::KnownHosts => {
-            let keys: Vec<(String, String)> = client.get("/v1/known-hosts").await?;
-            for (node, key) in keys {
+            for (node, key) in client.known_hosts().await? {
                 println!("{node} {key}");
             }
             Ok(())
@@ -216,17 +198,13 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
             if tag.is_some() && names.len() > 1 {
                 anyhow::bail!("an asset tag belongs to one node; set it per node");
             }
-            let nodes = names
-                .into_iter()
-                .zip(resolved.per_target)
-                .map(|(name, settings)| NewNode {
-                    name,
-                    profiles: resolved.profiles.clone().unwrap_or_default(),
-                    settings,
-                    asset_tag: tag.clone(),
-                })
-                .collect();
-            report("added", "node", client.call(Method::POST, "/v1/nodes", Some(&AddNodes { nodes })).await?);
+            let nodes = resolved.per_name(names, |name, profiles, settings| NewNode {
+                name,
+                profiles,
+                settings,
+                asset_tag: tag.clone(),
+            });
+            report("added", "node", client.add_nodes(&AddNodes { nodes }).await?);
         }
         NodeCommand::Set { hostlist, settings, node, tpm }
             if tpm.tpm_ek.is_some() || tpm.tpm_ek_cert.is_some() || tpm.tpm_clear =>
@@ -250,19 +228,17 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
         }
         NodeCommand::Approve { hostlist, ek_fingerprint } => {
             for (name, fingerprint) in approvals(&node_names(&hostlist)?, &ek_fingerprint)? {
-                let body = TpmApprove { fingerprint };
-                let view: TpmView =
-                    client.call(Method::POST, &format!("/v1/nodes/{name}/tpm/approve"), Some(&body)).await?;
+                let view = client.approve_tpm(&name, &TpmApprove { fingerprint }).await?;
                 println!("approved TPM {} for node {}", view.fingerprint, view.node);
             }
         }
         NodeCommand::Tpm { hostlist, json } => {
-            let mut tpms: Vec<TpmView> = client.get("/v1/tpm").await?;
+            let mut tpms = client.list_tpms(&TpmQuery::default()).await?;
             if let Some(list) = hostlist {
                 let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
                 tpms.retain(|t| wanted.contains(&t.node));
             }
-            println!("{}", if json { output::json(&tpms) } else { output::tpm_list(&tpms) });
+            println!("{}", listing(&tpms, json));
         }
         NodeCommand::Set { hostlist, settings, node, tpm: _ } => {
             let names = node_names(&hostlist)?;
@@ -277,9 +253,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                         settings: SettingsPatch { set, unset: vec![] },
                         asset_tag: asset_tag.clone(),
                     };
-                    client
-                        .call::<Changed>(Method::PATCH, "/v1/nodes", Some(&SetNodes { names: vec![name], patch }))
-                        .await?;
+                    client.set_nodes(&SetNodes { names: vec![name], patch }).await?;
                 }
                 println!("changed nodes");
             } else {
@@ -289,11 +263,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                     settings: SettingsPatch { set, unset: vec![] },
                     asset_tag,
                 };
-                report(
-                    "changed",
-                    "node",
-                    client.call(Method::PATCH, "/v1/nodes", Some(&SetNodes { names, patch })).await?,
-                );
+                report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?);
             }
         }
         NodeCommand::Unset { hostlist, fields } => {
@@ -304,15 +274,15 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 settings: SettingsPatch { set: Default::default(), unset },
                 asset_tag: asset.then_some(AssetTagChange::Unset),
             };
-            report("changed", "node", client.call(Method::PATCH, "/v1/nodes", Some(&SetNodes { names, patch })).await?);
+            report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?);
         }
         NodeCommand::List { hostlist, json } => {
-            let mut nodes: Vec<NodeView> = client.get("/v1/nodes").await?;
+            let mut nodes = client.list_nodes().await?;
             if let Some(list) = hostlist {
                 let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
                 nodes.retain(|n| wanted.contains(&n.name));
             }
-            println!("{}", if json { output::json(&nodes) } else { output::node_list(&nodes) });
+            println!("{}", listing(&nodes, json));
             if !json {
                 output::weak_identity_note(&nodes);
             }
@@ -320,23 +290,22 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Show { name, merged, json } => {
             let name = NodeName::parse(&name)?;
             if merged {
-                let view: MergedNodeView = client.get(&format!("/v1/nodes/{name}?merged=true")).await?;
+                let view = client.merged_node(&name).await?;
                 println!("{}", if json { output::json(&view) } else { output::node_merged(&view) });
             } else {
-                let view: NodeView = client.get(&format!("/v1/nodes/{name}")).await?;
-                let boot: Option<serde_json::Value> = client.get(&format!("/v1/nodes/{name}/boot")).await?;
-                if json {
-                    let mut v = serde_json::to_value(&view)?;
-                    v["boot"] = boot.unwrap_or_default();
-                    println!("{}", output::json(&v));
+                let view = client.node(&name).await?;
+                let boot = client.boot_info(&name).await?;
+                let shown = if json {
+                    output::node_show_json(&view, boot.as_ref())
                 } else {
-                    println!("{}", output::node_show(&view, boot.as_ref()));
-                }
+                    output::node_show(&view, boot.as_ref())
+                };
+                println!("{shown}");
             }
         }
         NodeCommand::Delete { hostlist } => {
             let names = node_names(&hostlist)?.into_iter().map(String::from).collect();
-            report("deleted", "node", client.call(Method::DELETE, "/v1/nodes", Some(&Names { names })).await?);
+            report("deleted", "node", client.delete_nodes(&Names { names }).await?);
         }
     }
     Ok(())
@@ -378,31 +347,15 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
         ProfileCommand::Add { names, settings } => {
             let names = profile_names(&names)?;
             let resolved = settings::resolve(&settings, names.len(), LayerKind::Profile)?;
-            let profiles = names
-                .into_iter()
-                .zip(resolved.per_target)
-                .map(|(name, settings)| NewProfile {
-                    name,
-                    profiles: resolved.profiles.clone().unwrap_or_default(),
-                    settings,
-                })
-                .collect();
-            report(
-                "added",
-                "profile",
-                client.call(Method::POST, "/v1/profiles", Some(&AddProfiles { profiles })).await?,
-            );
+            let profiles = resolved.per_name(names, |name, profiles, settings| NewProfile { name, profiles, settings });
+            report("added", "profile", client.add_profiles(&AddProfiles { profiles }).await?);
         }
         ProfileCommand::Set { names, settings } => {
             let names = profile_names(&names)?;
             let resolved = settings::resolve(&settings, 1, LayerKind::Profile)?;
             let set = resolved.per_target.into_iter().next().unwrap_or_default();
             let patch = ProfilePatch { profiles: resolved.profiles, settings: SettingsPatch { set, unset: vec![] } };
-            report(
-                "changed",
-                "profile",
-                client.call(Method::PATCH, "/v1/profiles", Some(&SetProfiles { names, patch })).await?,
-            );
+            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?);
         }
         ProfileCommand::Unset { names, fields } => {
             let names = profile_names(&names)?;
@@ -414,24 +367,19 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
                 profiles: profiles.then(Vec::new),
                 settings: SettingsPatch { set: Default::default(), unset },
             };
-            report(
-                "changed",
-                "profile",
-                client.call(Method::PATCH, "/v1/profiles", Some(&SetProfiles { names, patch })).await?,
-            );
+            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?);
         }
         ProfileCommand::List { json } => {
-            let profiles: Vec<ProfileView> = client.get("/v1/profiles").await?;
-            println!("{}", if json { output::json(&profiles) } else { output::profile_list(&profiles) });
+            let profiles = client.list_profiles().await?;
+            println!("{}", listing(&profiles, json));
         }
         ProfileCommand::Show { name, json } => {
-            let view: ProfileView =
-                client.get(&format!("/v1/profiles/{}", ProfileName::parse(&name)?)).await.context("profile show")?;
+            let view = client.profile(&ProfileName::parse(&name)?).await.context("profile show")?;
             println!("{}", if json { output::json(&view) } else { output::profile_show(&view) });
         }
         ProfileCommand::Delete { names } => {
             let names = profile_names(&names)?.into_iter().map(String::from).collect();
-            report("deleted", "profile", client.call(Method::DELETE, "/v1/profiles", Some(&Names { names })).await?);
+            report("deleted", "profile", client.delete_profiles(&Names { names }).await?);
         }
     }
     Ok(())

@@ -2,7 +2,8 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
-use ferry_api::admin::{IdentityView, MergedNodeView, NodeView, ProfileView, SecretState, TpmView};
+use ferry_api::admin::{BootInfo, IdentityView, MergedNodeView, NodeView, ProfileView, SecretState};
+use serde::Serialize;
 use serde_json::Value;
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -15,18 +16,30 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n")
 }
 
-pub fn json(v: &impl serde::Serialize) -> String {
+pub fn json(v: &impl Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-fn secret_state(s: SecretState) -> String {
+/// [`json`] with every object's keys in alphabetical order: how `audit`, `tunnel list`,
+/// `token list` and `node show` have always printed (they printed the server's answer
+/// as a generic JSON value, whose keys are sorted), so a script diffing them sees no change.
+pub fn json_sorted(v: &impl Serialize) -> String {
+    serde_json::to_value(v).map(|v| json(&v)).unwrap_or_default()
+}
+
+/// [`json_sorted`] on one line (`audit --follow --json`).
+pub fn json_line_sorted(v: &impl Serialize) -> String {
+    serde_json::to_value(v).map(|v| v.to_string()).unwrap_or_default()
+}
+
+pub(crate) fn secret_state(s: SecretState) -> String {
     match s {
         SecretState::Set => "set".into(),
         SecretState::Unset => "unset".into(),
     }
 }
 
-fn join<T: std::fmt::Display>(items: &[T]) -> String {
+pub(crate) fn join<T: std::fmt::Display>(items: &[T]) -> String {
     if items.is_empty() {
         "-".into()
     } else {
@@ -36,7 +49,7 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
 
 /// The identity policy in effect, marked when it is weak (network position alone) or
 /// refused (weak without an explicit `--identity network`).
-fn identity(i: &IdentityView) -> String {
+pub(crate) fn identity(i: &IdentityView) -> String {
     let factors = join(&i.factors);
     match (i.weak, i.refused) {
         (_, true) => format!("{factors} (REFUSED: no opt-in)"),
@@ -63,42 +76,6 @@ pub fn weak_identity_note(nodes: &[NodeView]) {
     }
 }
 
-pub fn node_list(nodes: &[NodeView]) -> String {
-    let rows = nodes
-        .iter()
-        .map(|n| {
-            let primary = n.settings.primary_interface();
-            let mac = primary.and_then(|(_, i)| i.mac).map(|m| m.to_string()).unwrap_or_else(|| "-".into());
-            let ip = primary.and_then(|(_, i)| i.ipv4).map(|a| a.to_string()).unwrap_or_else(|| "-".into());
-            vec![
-                n.name.to_string(),
-                join(&n.profiles),
-                mac,
-                ip,
-                secret_state(n.asset_tag),
-                identity(&n.identity),
-                n.settings.comment.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    table(&["name", "profiles", "mac", "ipv4", "asset tag", "identity", "comment"], rows)
-}
-
-pub fn profile_list(profiles: &[ProfileView]) -> String {
-    let rows = profiles
-        .iter()
-        .map(|p| {
-            vec![
-                p.name.to_string(),
-                join(&p.profiles),
-                p.nodes.to_string(),
-                p.settings.comment.clone().unwrap_or_default(),
-            ]
-        })
-        .collect();
-    table(&["name", "parents", "nodes", "comment"], rows)
-}
-
 /// Flattens a JSON document into `a.b.c = value` rows; list elements get one row each.
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     match v {
@@ -115,13 +92,32 @@ fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 
 fn scalar(v: &Value) -> String {
     match v {
-        Value::String(s) if s.contains('\n') => format!("<{} lines>", s.lines().count()),
-        Value::String(s) => s.clone(),
+        Value::String(s) => text(s),
         other => other.to_string(),
     }
 }
 
-pub fn node_show(n: &NodeView, boot: Option<&Value>) -> String {
+/// A text value on one table row: several lines are counted, not shown.
+pub(crate) fn text(s: &str) -> String {
+    if s.contains('\n') {
+        format!("<{} lines>", s.lines().count())
+    } else {
+        s.to_owned()
+    }
+}
+
+/// `node show --json`: the node and, under `boot`, its last boot (`null`: never).
+pub fn node_show_json(n: &NodeView, boot: Option<&BootInfo>) -> String {
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        #[serde(flatten)]
+        node: &'a NodeView,
+        boot: Option<&'a BootInfo>,
+    }
+    json_sorted(&Shown { node: n, boot })
+}
+
+pub fn node_show(n: &NodeView, boot: Option<&BootInfo>) -> String {
     let mut rows = vec![
         ("name".to_string(), n.name.to_string()),
         ("profiles".into(), join(&n.profiles)),
@@ -133,12 +129,12 @@ pub fn node_show(n: &NodeView, boot: Option<&Value>) -> String {
     rows.push(("updated_at".into(), n.updated_at.clone()));
     match boot {
         Some(b) => {
-            for k in ["booted_at", "boot_count", "address", "hostname"] {
-                rows.push((format!("boot.{k}"), scalar(&b[k])));
-            }
-            for key in b["host_keys"].as_array().into_iter().flatten() {
-                rows.push(("boot.host_key".into(), scalar(key)));
-            }
+            rows.push(("boot.booted_at".into(), text(&b.booted_at)));
+            rows.push(("boot.boot_count".into(), b.boot_count.to_string()));
+            rows.push(("boot.address".into(), text(&b.address)));
+            // As JSON spells an absent one, which this row has always shown.
+            rows.push(("boot.hostname".into(), b.hostname.as_deref().map_or_else(|| "null".into(), text)));
+            rows.extend(b.host_keys.iter().map(|key| ("boot.host_key".into(), text(key))));
         }
         None => rows.push(("boot".into(), "never".into())),
     }
@@ -166,65 +162,34 @@ pub fn profile_show(p: &ProfileView) -> String {
     table(&["field", "value"], rows.into_iter().map(|(a, b)| vec![a, b]).collect())
 }
 
-pub fn tunnel_list(tunnels: &[Value]) -> String {
-    let secs = |v: &Value| v.as_i64().map(|s| format!("{s}s")).unwrap_or_default();
-    let rows = tunnels
-        .iter()
-        .map(|t| {
-            vec![
-                scalar(&t["node"]),
-                scalar(&t["address"]),
-                secs(&t["age_secs"]),
-                match t["mine"].as_bool() {
-                    Some(false) => "(other server)".to_owned(),
-                    _ => t["last_handshake"].as_str().unwrap_or("never").to_owned(),
-                },
-                secs(&t["expires_in_secs"]),
-                scalar(&t["server"]),
-            ]
-        })
-        .collect();
-    table(&["node", "address", "age", "last handshake", "expires in", "server"], rows)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub fn server_list(servers: &[ferry_api::admin::ServerView]) -> String {
-    let rows = servers
-        .iter()
-        .map(|s| {
-            let liveness = match (s.alive, s.this) {
-                (true, true) => "alive (this)".to_owned(),
-                (true, false) => "alive".to_owned(),
-                (false, _) => format!("LOST ({} s silent)", s.heartbeat_age_secs),
-            };
-            vec![
-                s.id.clone(),
-                liveness,
-                format!("{}s", s.heartbeat_age_secs),
-                s.active_tunnels.to_string(),
-                s.endpoint.clone(),
-                s.public_key.clone(),
-                if s.sealing_key_id.is_empty() { "-".to_owned() } else { s.sealing_key_id.clone() },
-                s.started_at.clone(),
-            ]
-        })
-        .collect();
-    table(&["server", "liveness", "heartbeat", "tunnels", "endpoint", "public key", "sealing key", "started"], rows)
-}
-
-pub fn tpm_list(tpms: &[TpmView]) -> String {
-    let rows = tpms
-        .iter()
-        .map(|t| {
-            let certified = if t.certified { "yes" } else { "no" };
-            vec![
-                t.node.to_string(),
-                t.state.clone(),
-                t.fingerprint.clone(),
-                certified.into(),
-                t.updated_at.clone(),
-                t.conflict.clone().map_or_else(|| "-".into(), |fp| format!("CONFLICT: {fp} refused")),
-            ]
-        })
-        .collect();
-    table(&["node", "state", "ek fingerprint", "certificate", "updated", "conflict"], rows)
+    /// `node show --json`: the node's fields and `boot` (null: never booted), keys sorted.
+    #[test]
+    fn node_show_json_adds_the_boot() {
+        let node: NodeView = serde_json::from_str(
+            r#"{"name":"n1","profiles":[],"asset_tag":"unset","revision":1,"updated_at":"t","settings":{},
+                "identity":{"factors":["network"],"explicit":true,"weak":true,"refused":false}}"#,
+        )
+        .unwrap();
+        let shown = node_show_json(&node, None);
+        assert!(shown.starts_with("{\n  \"asset_tag\": \"unset\",\n  \"boot\": null,\n  \"identity\""), "{shown}");
+        let boot = BootInfo {
+            node: node.name.clone(),
+            booted_at: "t".into(),
+            address: "100.64.0.2".into(),
+            instance_id: None,
+            hostname: None,
+            boot_count: 2,
+            host_keys: vec!["ssh-ed25519 AAAA".into()],
+        };
+        let shown: serde_json::Value = serde_json::from_str(&node_show_json(&node, Some(&boot))).unwrap();
+        assert_eq!(shown["boot"]["boot_count"], 2);
+        assert_eq!(shown["name"], "n1");
+        let table = node_show(&node, Some(&boot));
+        let hostname = table.lines().find(|l| l.trim_start().starts_with("boot.hostname")).unwrap();
+        assert_eq!(hostname.split_whitespace().nth(1), Some("null"), "an absent hostname shows as it always has");
+    }
 }

@@ -2,7 +2,7 @@
 
 use crate::args::{NetdevArgs, NodeOnlyArgs, SettingsArgs, TpmArgs};
 use anyhow::{bail, Context};
-use ferry_api::admin::{TpmRegister, TpmView};
+use ferry_api::admin::{TpmQuery, TpmRegister};
 use ferry_api::Secret;
 use ferry_core::model::{check_asset_tag, Interface, LayerKind};
 use ferry_core::net::{ip_sequence, MacAddr};
@@ -14,6 +14,15 @@ use std::net::IpAddr;
 pub struct Resolved {
     pub profiles: Option<Vec<ProfileName>>,
     pub per_target: Vec<Settings>,
+}
+
+impl Resolved {
+    /// One new record per name: `make(name, profiles, settings)` with the profile list
+    /// (empty if none was given) and that target's settings.
+    pub fn per_name<N, T>(self, names: Vec<N>, make: impl Fn(N, Vec<ProfileName>, Settings) -> T) -> Vec<T> {
+        let profiles = self.profiles.unwrap_or_default();
+        names.into_iter().zip(self.per_target).map(|(name, settings)| make(name, profiles.clone(), settings)).collect()
+    }
 }
 
 pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::Result<Resolved> {
@@ -171,8 +180,6 @@ pub async fn set_tpm(
     tpm: &TpmArgs,
 ) -> anyhow::Result<()> {
     use base64::Engine;
-    use hyper::Method;
-    let path = format!("/v1/nodes/{node}/tpm");
     let request = if let Some(file) = &tpm.tpm_ek {
         let pem =
             std::fs::read_to_string(file).with_context(|| format!("cannot read {} as PEM text", file.display()))?;
@@ -181,12 +188,12 @@ pub async fn set_tpm(
         let der = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         TpmRegister { ek_pem: None, ek_certificate: Some(base64::engine::general_purpose::STANDARD.encode(der)) }
     } else {
-        client.call::<ferry_api::admin::Changed>(Method::DELETE, &path, None::<&()>).await?;
+        client.clear_tpm(node).await?;
         println!("cleared the TPM of node {node}");
         return Ok(());
     };
-    client.call::<ferry_api::admin::Changed>(Method::PUT, &path, Some(&request)).await?;
-    let tpms: Vec<TpmView> = client.get(&format!("/v1/tpm?node={node}")).await?;
+    client.register_tpm(node, &request).await?;
+    let tpms = client.list_tpms(&TpmQuery { node: Some(node.to_string()) }).await?;
     match tpms.first() {
         Some(t) => println!("registered TPM {} for node {node}", t.fingerprint),
         None => println!("registered the TPM of node {node}"),
@@ -198,8 +205,7 @@ pub async fn set_tpm(
 pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::SecretCommand) -> anyhow::Result<()> {
     use crate::args::{SecretCommand, SecretScopeArgs};
     use base64::Engine;
-    use ferry_api::admin::{Changed, SecretSet, SecretView};
-    use hyper::Method;
+    use ferry_api::admin::{SecretScopeQuery, SecretSet};
     let scope = |s: &SecretScopeArgs| -> anyhow::Result<(Option<ferry_core::NodeName>, Option<ProfileName>)> {
         Ok((
             s.node.as_deref().map(ferry_core::NodeName::parse).transpose()?,
@@ -232,31 +238,15 @@ pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::Secre
                 node,
                 profile,
             };
-            client.call::<Changed>(Method::PUT, &format!("/v1/secrets/{name}"), Some(&body)).await?;
+            client.set_secret(&name, &body).await?;
             println!("set secret {name} ({} bytes)", value.len());
         }
-        SecretCommand::List { json } => {
-            let list: Vec<SecretView> = client.get("/v1/secrets").await?;
-            if json {
-                println!("{}", crate::output::json(&list));
-            } else {
-                let rows = list
-                    .iter()
-                    .map(|s| vec![s.name.clone(), s.scope.clone(), s.size.to_string(), s.updated_at.clone()])
-                    .collect();
-                println!("{}", crate::output::table(&["name", "scope", "bytes", "updated"], rows));
-            }
-        }
+        SecretCommand::List { json } => println!("{}", crate::listing::listing(&client.list_secrets().await?, json)),
         SecretCommand::Rm { name, scope: s } => {
             ferry_core::model::check_secret_name(&name)?;
             let (node, profile) = scope(&s)?;
-            let mut path = format!("/v1/secrets/{name}");
-            if let Some(n) = node {
-                path.push_str(&format!("?node={n}"));
-            } else if let Some(p) = profile {
-                path.push_str(&format!("?profile={p}"));
-            }
-            client.call::<Changed>(Method::DELETE, &path, None::<&()>).await?;
+            let scope = SecretScopeQuery { node: node.map(String::from), profile: profile.map(String::from) };
+            client.delete_secret(&name, &scope).await?;
             println!("removed secret {name}");
         }
     }
@@ -266,7 +256,7 @@ pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::Secre
 /// `ferry token create | list | revoke`.
 pub async fn token(client: &crate::client::AdminClient, cmd: crate::args::TokenCommand) -> anyhow::Result<()> {
     use crate::args::TokenCommand;
-    use hyper::Method;
+    use ferry_api::admin::TokenCreate;
     match cmd {
         TokenCommand::Create { name, role, expires } => {
             let expires_in_secs = expires
@@ -274,26 +264,14 @@ pub async fn token(client: &crate::client::AdminClient, cmd: crate::args::TokenC
                 .map(|e| humantime::parse_duration(e).with_context(|| format!("--expires {e:?}: e.g. 30d, 12h")))
                 .transpose()?
                 .map(|d| d.as_secs());
-            let body = serde_json::json!({ "name": name, "role": role, "expires_in_secs": expires_in_secs });
-            let made: serde_json::Value = client.call(Method::POST, "/v1/tokens", Some(&body)).await?;
+            let made =
+                client.create_token(&TokenCreate { name: name.clone(), role: role.clone(), expires_in_secs }).await?;
             eprintln!("token {name} ({role}); shown once, keep it in a 0600 file:");
-            println!("{}", made["token"].as_str().unwrap_or_default());
+            println!("{}", made.token.expose());
         }
-        TokenCommand::List { json } => {
-            let list: Vec<serde_json::Value> = client.get("/v1/tokens").await?;
-            if json {
-                println!("{}", crate::output::json(&list));
-            } else {
-                let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
-                let rows =
-                    list.iter().map(|t| vec![s(t, "name"), s(t, "role"), s(t, "state"), s(t, "expires_at")]).collect();
-                println!("{}", crate::output::table(&["name", "role", "state", "expires"], rows));
-            }
-        }
+        TokenCommand::List { json } => println!("{}", crate::listing::listing(&client.list_tokens().await?, json)),
         TokenCommand::Revoke { name } => {
-            client
-                .call::<ferry_api::admin::Changed>(Method::DELETE, &format!("/v1/tokens/{name}"), None::<&()>)
-                .await?;
+            client.revoke_token(&name).await?;
             println!("revoked token {name}");
         }
     }

@@ -7,16 +7,17 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 use ferry_api::admin::{
-    AddNodes, AddProfiles, Changed, MergedNodeView, Names, NodeView, ProfileView, SecretSet, SecretView, SetNodes,
-    SetProfiles, TpmApprove, TpmRegister, TpmView,
+    AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, KnownHost, MergedNodeView, Names, NodeQuery,
+    NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo, ServerView, SetNodes, SetProfiles,
+    Status, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
+use ferry_api::{routes, Secret};
 use ferry_core::{NodeName, ProfileName};
-use ferry_store::{Actor, AuditEntry, Store};
-use serde::Deserialize;
+use ferry_store::{Actor, Store};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -44,8 +45,8 @@ pub struct AdminState {
 /// callers the kernel vouches for.
 pub fn router(state: AdminState) -> Router {
     routes()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route(routes::TOKENS, get(list_tokens).post(create_token))
+        .route(routes::TOKEN, delete(revoke_token))
         .layer(middleware::from_fn_with_state(state.clone(), require_admin_peer))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(state)
@@ -60,30 +61,31 @@ pub fn remote_router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// Every route of [`routes::ROUTES`] but the unix-socket-only ones.
 fn routes() -> Router<AdminState> {
     Router::new()
-        .route("/v1/nodes", get(list_nodes).post(add_nodes).patch(set_nodes).delete(delete_nodes))
-        .route("/v1/nodes/{name}", get(get_node))
-        .route("/v1/profiles", get(list_profiles).post(add_profiles).patch(set_profiles).delete(delete_profiles))
-        .route("/v1/profiles/{name}", get(get_profile))
-        .route("/v1/nodes/{name}/boot", get(boot_info))
-        .route("/v1/tunnels", get(list_tunnels))
-        .route("/v1/tunnels/{node}", axum::routing::delete(revoke_tunnel))
-        .route("/v1/known-hosts", get(known_hosts))
-        .route("/v1/server", get(server_info))
-        .route("/v1/servers", get(list_servers))
-        .route("/v1/images", get(list_images).post(add_image))
-        .route("/v1/images/{name}", get(get_image).delete(delete_image))
-        .route("/v1/secrets", get(list_secrets))
-        .route("/v1/secrets/{name}", axum::routing::put(set_secret).delete(delete_secret))
-        .route("/v1/tpm", get(list_tpms))
-        .route("/v1/nodes/{name}/tpm", axum::routing::put(register_tpm).delete(clear_tpm))
-        .route("/v1/nodes/{name}/tpm/approve", axum::routing::post(approve_tpm))
-        .route("/v1/audit", get(audit))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(routes::NODES, get(list_nodes).post(add_nodes).patch(set_nodes).delete(delete_nodes))
+        .route(routes::NODE, get(get_node))
+        .route(routes::PROFILES, get(list_profiles).post(add_profiles).patch(set_profiles).delete(delete_profiles))
+        .route(routes::PROFILE, get(get_profile))
+        .route(routes::NODE_BOOT, get(boot_info))
+        .route(routes::TUNNELS, get(list_tunnels))
+        .route(routes::TUNNEL, delete(revoke_tunnel))
+        .route(routes::KNOWN_HOSTS, get(known_hosts))
+        .route(routes::SERVER, get(server_info))
+        .route(routes::SERVERS, get(list_servers))
+        .route(routes::IMAGES, get(list_images).post(add_image))
+        .route(routes::IMAGE, get(get_image).delete(delete_image))
+        .route(routes::SECRETS, get(list_secrets))
+        .route(routes::SECRET, put(set_secret).delete(delete_secret))
+        .route(routes::TPMS, get(list_tpms))
+        .route(routes::NODE_TPM, put(register_tpm).delete(clear_tpm))
+        .route(routes::NODE_TPM_APPROVE, post(approve_tpm))
+        .route(routes::AUDIT, get(audit))
+        .route(routes::STATUS, get(status))
+        .route(routes::METRICS, get(metrics))
+        .route(routes::HEALTHZ, get(healthz))
+        .route(routes::READYZ, get(readyz))
 }
 
 /// Lets through only root, the server's own user and configured admin users; the
@@ -121,16 +123,10 @@ async fn list_nodes(State(s): State<AdminState>) -> Result<ApiJson<Vec<NodeView>
     Ok(ApiJson(s.store.list_nodes().await?))
 }
 
-#[derive(Deserialize)]
-struct ShowQuery {
-    #[serde(default)]
-    merged: bool,
-}
-
 async fn get_node(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-    q: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, HttpError> {
     use axum::response::IntoResponse;
     let name = NodeName::parse(&name)?;
@@ -207,16 +203,6 @@ async fn delete_profiles(
     Ok(ApiJson(Changed { changed: s.store.delete_profiles(&names, &actor).await? }))
 }
 
-#[derive(Deserialize)]
-struct AuditQuery {
-    subject: Option<String>,
-    limit: Option<i64>,
-    /// Unix seconds.
-    since: Option<i64>,
-    /// Entries after this id (following the log).
-    after: Option<i64>,
-}
-
 async fn audit(
     State(s): State<AdminState>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
@@ -231,16 +217,16 @@ async fn audit(
     Ok(ApiJson(s.store.audit_query(&filter).await?))
 }
 
-async fn status(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value>, HttpError> {
+async fn status(State(s): State<AdminState>) -> Result<ApiJson<Status>, HttpError> {
     let nodes = s.store.list_nodes().await?.len();
     let profiles = s.store.list_profiles().await?.len();
-    Ok(ApiJson(serde_json::json!({ "version": env!("CARGO_PKG_VERSION"), "nodes": nodes, "profiles": profiles })))
+    Ok(ApiJson(Status { nodes, profiles, version: env!("CARGO_PKG_VERSION").to_owned() }))
 }
 
 async fn boot_info(
     State(s): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<ApiJson<Option<ferry_store::BootInfo>>, HttpError> {
+) -> Result<ApiJson<Option<BootInfo>>, HttpError> {
     Ok(ApiJson(s.store.boot_info(&NodeName::parse(&name)?).await?))
 }
 
@@ -264,7 +250,7 @@ async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelV
                 .map(|h| humantime::format_rfc3339_seconds(h).to_string()),
             age_secs: now - t.created_at,
             expires_in_secs: t.expires_at - now,
-            node: t.node.to_string(),
+            node: t.node,
             address: t.address.to_string(),
             public_key: t.public_key,
         })
@@ -283,40 +269,24 @@ async fn revoke_tunnel(
     Ok(ApiJson(Changed { changed: usize::from(closed.is_some()) }))
 }
 
-async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<(NodeName, String)>>, HttpError> {
+async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<KnownHost>>, HttpError> {
     Ok(ApiJson(s.store.host_keys().await?))
 }
 
-async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<serde_json::Value>, HttpError> {
-    Ok(ApiJson(serde_json::json!({
-        "server_id": s.tunnels.server_id,
-        "public_key": s.server_public_key.to_base64(),
-        "tunnel_network": s.tunnels.network.to_string(),
-        "server_address": s.tunnels.network.server_address().to_string(),
-        "data_dir": s.data_dir.display().to_string(),
-        "public_url": s.public_url,
-        "provisioning_tls_pin": s.provisioning_tls_pin,
-    })))
-}
-
-/// One active tunnel as `ferry tunnel list` shows it.
-#[derive(serde::Serialize)]
-struct TunnelView {
-    node: String,
-    address: String,
-    public_key: String,
-    age_secs: i64,
-    expires_in_secs: i64,
-    last_handshake: Option<String>,
-    on_device: bool,
-    /// Which server's device holds the peer.
-    server: String,
-    /// Whether that is the server answering.
-    mine: bool,
+async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<ServerInfo>, HttpError> {
+    Ok(ApiJson(ServerInfo {
+        server_id: s.tunnels.server_id.clone(),
+        public_key: s.server_public_key.to_base64(),
+        tunnel_network: s.tunnels.network.to_string(),
+        server_address: s.tunnels.network.server_address().to_string(),
+        data_dir: s.data_dir.display().to_string(),
+        public_url: s.public_url.clone(),
+        provisioning_tls_pin: s.provisioning_tls_pin.clone(),
+    }))
 }
 
 /// The servers sharing the store, as `ferry server list` shows them.
-async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_api::admin::ServerView>>, HttpError> {
+async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerView>>, HttpError> {
     let now = ferry_store::now_secs();
     let views = s
         .store
@@ -325,7 +295,7 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_a
         .into_iter()
         .map(|st| {
             let age = now - st.server.heartbeat_at;
-            ferry_api::admin::ServerView {
+            ServerView {
                 alive: age <= s.lost_after_secs as i64,
                 this: st.server.id == s.tunnels.server_id,
                 heartbeat_age_secs: age,
@@ -400,11 +370,6 @@ fn tpm_view(node: NodeName, r: ferry_store::TpmRecord) -> TpmView {
     }
 }
 
-#[derive(Deserialize)]
-struct TpmQuery {
-    node: Option<String>,
-}
-
 async fn list_tpms(State(s): State<AdminState>, q: Query<TpmQuery>) -> Result<ApiJson<Vec<TpmView>>, HttpError> {
     let only = q.node.as_deref().map(NodeName::parse).transpose()?;
     let rows = s.store.node_tpms(only.as_ref()).await?;
@@ -464,12 +429,6 @@ async fn approve_tpm(
     Ok(ApiJson(tpm_view(node, rec)))
 }
 
-#[derive(Deserialize)]
-struct ScopeQuery {
-    node: Option<String>,
-    profile: Option<String>,
-}
-
 fn secret_scope(node: Option<NodeName>, profile: Option<ProfileName>) -> Result<ferry_store::SecretScope, HttpError> {
     use ferry_store::SecretScope;
     match (node, profile) {
@@ -481,13 +440,7 @@ fn secret_scope(node: Option<NodeName>, profile: Option<ProfileName>) -> Result<
 }
 
 async fn list_secrets(State(s): State<AdminState>) -> Result<ApiJson<Vec<SecretView>>, HttpError> {
-    let listed = s.store.list_secrets().await?;
-    Ok(ApiJson(
-        listed
-            .into_iter()
-            .map(|i| SecretView { name: i.name, scope: i.scope, size: i.size, updated_at: i.updated_at })
-            .collect(),
-    ))
+    Ok(ApiJson(s.store.list_secrets().await?))
 }
 
 async fn set_secret(
@@ -512,7 +465,7 @@ async fn delete_secret(
     State(s): State<AdminState>,
     Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
-    q: Result<Query<ScopeQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<SecretScopeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<ApiJson<Changed>, HttpError> {
     let Query(q) = q?;
     let node = q.node.as_deref().map(NodeName::parse).transpose()?;
@@ -545,29 +498,21 @@ async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> 
     Ok("ready\n")
 }
 
-#[derive(Deserialize)]
-struct TokenCreate {
-    name: String,
-    role: String,
-    /// Seconds from now; absent: never.
-    expires_in_secs: Option<u64>,
-}
-
 /// Creates a token and returns it, once; the store keeps only its SHA-256.
 async fn create_token(
     State(s): State<AdminState>,
     Extension(actor): Extension<Actor>,
     body: Result<axum::Json<TokenCreate>, axum::extract::rejection::JsonRejection>,
-) -> Result<ApiJson<serde_json::Value>, HttpError> {
+) -> Result<ApiJson<TokenCreated>, HttpError> {
     let axum::Json(req) = body?;
     let token = crate::remote::new_token();
     let expires_at =
         req.expires_in_secs.map(|e| ferry_store::now_secs().saturating_add(e.min(10 * 365 * 86_400) as i64));
     s.store.create_token(&req.name, &req.role, &crate::remote::token_hash(&token), expires_at, &actor).await?;
-    Ok(ApiJson(serde_json::json!({ "name": req.name, "role": req.role, "token": token.as_str() })))
+    Ok(ApiJson(TokenCreated { name: req.name, role: req.role, token: Secret::new(token.to_string()) }))
 }
 
-async fn list_tokens(State(s): State<AdminState>) -> Result<ApiJson<Vec<ferry_store::TokenInfo>>, HttpError> {
+async fn list_tokens(State(s): State<AdminState>) -> Result<ApiJson<Vec<TokenInfo>>, HttpError> {
     Ok(ApiJson(s.store.list_tokens().await?))
 }
 
@@ -579,3 +524,7 @@ async fn revoke_token(
     s.store.revoke_token(&name, &actor).await?;
     Ok(ApiJson(Changed { changed: 1 }))
 }
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;

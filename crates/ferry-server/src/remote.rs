@@ -14,6 +14,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use ferry_api::routes::{self, Access};
 use ferry_store::Actor;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -36,14 +37,19 @@ pub fn token_hash(token: &str) -> String {
     Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `role` may call `method path`.
+/// Whether `role` may call `method path`: what the route's entry in [`routes::ROUTES`]
+/// says. A request no remote route matches is answered 404 after this check; it counts
+/// as a read for GET and HEAD and as administering otherwise, as it always has.
 pub fn allowed(role: &str, method: &Method, path: &str) -> bool {
-    let read = method == Method::GET || method == Method::HEAD;
-    let operate = method == Method::DELETE && path.starts_with("/v1/tunnels/");
+    let access = match routes::find(method.as_str(), path) {
+        Some(route) if route.access != Access::LocalOnly => route.access,
+        _ if method == Method::GET || method == Method::HEAD => Access::Read,
+        _ => Access::Administer,
+    };
     match role {
         "admin" => true,
-        "operator" => read || operate,
-        "viewer" => read,
+        "operator" => matches!(access, Access::Read | Access::Operate),
+        "viewer" => access == Access::Read,
         _ => false,
     }
 }
@@ -210,6 +216,39 @@ mod tests {
         assert!(!allowed("operator", &Method::DELETE, "/v1/nodes"));
         assert!(allowed("admin", &Method::PUT, "/v1/secrets/munge.key"));
         assert!(!allowed("root", &Method::GET, "/v1/nodes"));
+    }
+
+    /// The role table covers every route, and says what the documentation does: a
+    /// viewer reads (GET, HEAD), an operator also revokes tunnels, an admin does
+    /// everything; token management is not served remotely (a read of it is a 404).
+    #[test]
+    fn every_route_is_in_the_role_table() {
+        let documented = |role: &str, method: &str, path: &str| {
+            let read = method == "GET" || method == "HEAD";
+            let revoke = method == "DELETE" && routes::matches(routes::TUNNEL, path);
+            match role {
+                "admin" => true,
+                "operator" => read || revoke,
+                _ => read,
+            }
+        };
+        for route in routes::ROUTES {
+            let path = route.path.replace("{name}", "n1").replace("{node}", "n1");
+            let tokens = route.path == routes::TOKENS || route.path == routes::TOKEN;
+            assert_eq!(route.access == Access::LocalOnly, tokens, "{route:?}");
+            let mut methods = vec![route.method.as_str()];
+            if route.method == routes::Method::Get {
+                methods.push("HEAD");
+            }
+            for method in methods {
+                let m = Method::from_bytes(method.as_bytes()).unwrap();
+                for role in ["viewer", "operator", "admin"] {
+                    let expected = documented(role, method, &path);
+                    assert_eq!(allowed(role, &m, &path), expected, "{role} {method} {path}");
+                }
+                assert!(!allowed("root", &m, &path), "an unknown role may do nothing");
+            }
+        }
     }
 
     #[test]

@@ -499,4 +499,4 @@ impl TunnelManager {
 
 #[cfg(test)]
 #[path = "tunnels_tests.rs"]
-mod tests;
+pub(crate) mod tests;

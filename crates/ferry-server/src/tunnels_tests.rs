@@ -10,7 +10,7 @@ use ferry_wg::{BackendKind, DeviceStatus, PrivateKey, WgError};
 /// Keeps its peers like a device does, so reconcile has something to compare; peers
 /// in `handshaken` report a handshake.
 #[derive(Debug, Default, Clone)]
-struct RecordingDevice {
+pub(crate) struct RecordingDevice {
     peers: Arc<std::sync::Mutex<HashMap<PublicKey, Vec<IpNet>>>>,
     handshaken: Arc<std::sync::Mutex<HashSet<PublicKey>>>,
 }

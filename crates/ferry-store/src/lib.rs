@@ -24,6 +24,8 @@ pub mod tpm;
 pub mod tunnels;
 
 pub use audit_buffer::{AUDIT_BATCH_MAX, AUDIT_FOLD_WINDOW_SECS, AUDIT_QUEUE_CAPACITY};
+/// The store returns these as the admin API sends them.
+pub use ferry_api::admin::{AuditEntry, TokenInfo};
 pub use location::StoreLocation;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
@@ -38,7 +40,6 @@ use ferry_api::admin::{AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeVie
 use ferry_api::Secret;
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{CoreError, MacAddr, NodeName, ProfileName};
-use serde::Serialize;
 use std::net::IpAddr;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -73,18 +74,6 @@ pub enum StoreError {
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
-/// An admin token as listings show it (never the token or its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct TokenInfo {
-    pub name: String,
-    /// viewer, operator or admin.
-    pub role: String,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    /// active, expired or revoked.
-    pub state: String,
-}
-
 /// Which audit entries to read.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -101,17 +90,6 @@ pub struct AuditFilter {
 pub struct AuditCounts {
     pub folded: u64,
     pub lost: u64,
-}
-
-/// One audit log entry.
-#[derive(Debug, Clone, Serialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: String,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub detail: String,
 }
 
 #[async_trait]

@@ -1,7 +1,6 @@
 //! Template secrets: what the store keeps about them (never the value, outside sealing).
 
 use ferry_core::{NodeName, ProfileName};
-use serde::{Deserialize, Serialize};
 
 pub use ferry_core::model::MAX_SECRET_BYTES;
 
@@ -45,12 +44,6 @@ impl std::fmt::Display for SecretScope {
     }
 }
 
-/// A secret as listings show it: name, scope, size, time — no value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SecretInfo {
-    pub name: String,
-    /// `global`, `profile/NAME` or `node/NAME`.
-    pub scope: String,
-    pub size: u64,
-    pub updated_at: String,
-}
+/// A secret as listings show it: name, scope, size, time — no value (the admin API's
+/// shape).
+pub use ferry_api::admin::SecretView as SecretInfo;

@@ -67,13 +67,5 @@ pub struct BootReport {
     pub host_keys: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BootInfo {
-    pub node: NodeName,
-    pub booted_at: String,
-    pub address: String,
-    pub instance_id: Option<String>,
-    pub hostname: Option<String>,
-    pub boot_count: i64,
-    pub host_keys: Vec<String>,
-}
+/// What `ferry node show` says of a node's last boot: the admin API's shape.
+pub use ferry_api::admin::BootInfo;
