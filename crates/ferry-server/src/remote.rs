@@ -13,7 +13,7 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use ferry_store::Actor;
+use ferry_store::{Actor, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::OpenOptionsExt;
@@ -34,14 +34,13 @@ pub fn token_hash(token: &str) -> String {
 }
 
 /// Whether `role` may call `method path`.
-pub fn allowed(role: &str, method: &Method, path: &str) -> bool {
+pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
     let read = method == Method::GET || method == Method::HEAD;
     let operate = method == Method::DELETE && path.starts_with("/v1/tunnels/");
     match role {
-        "admin" => true,
-        "operator" => read || operate,
-        "viewer" => read,
-        _ => false,
+        Role::Admin => true,
+        Role::Operator => read || operate,
+        Role::Viewer => read,
     }
 }
 
@@ -75,7 +74,7 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
         }
         Err(e) => return HttpError::from(e).into_response(),
     };
-    if !allowed(&info.role, req.method(), req.uri().path()) {
+    if !allowed(info.role, req.method(), req.uri().path()) {
         tracing::warn!(token = %info.name, role = %info.role, method = %req.method(), path = %req.uri().path(), "remote admin: role does not allow this");
         return HttpError::new(
             StatusCode::FORBIDDEN,
@@ -156,16 +155,17 @@ mod tests {
 
     #[test]
     fn roles() {
-        assert!(allowed("viewer", &Method::GET, "/v1/nodes"));
-        assert!(!allowed("viewer", &Method::PATCH, "/v1/nodes"));
-        assert!(!allowed("viewer", &Method::DELETE, "/v1/tunnels/n1"));
-        assert!(allowed("operator", &Method::DELETE, "/v1/tunnels/n1"));
-        assert!(!allowed("operator", &Method::POST, "/v1/nodes/n1/tpm/approve"), "approving a TPM is admin's");
-        assert!(allowed("admin", &Method::POST, "/v1/nodes/n1/tpm/approve"));
-        assert!(!allowed("operator", &Method::PUT, "/v1/secrets/munge.key"));
-        assert!(!allowed("operator", &Method::DELETE, "/v1/nodes"));
-        assert!(allowed("admin", &Method::PUT, "/v1/secrets/munge.key"));
-        assert!(!allowed("root", &Method::GET, "/v1/nodes"));
+        assert!(allowed(Role::Viewer, &Method::GET, "/v1/nodes"));
+        assert!(!allowed(Role::Viewer, &Method::PATCH, "/v1/nodes"));
+        assert!(!allowed(Role::Viewer, &Method::DELETE, "/v1/tunnels/n1"));
+        assert!(allowed(Role::Operator, &Method::DELETE, "/v1/tunnels/n1"));
+        assert!(!allowed(Role::Operator, &Method::POST, "/v1/nodes/n1/tpm/approve"), "approving a TPM is admin's");
+        assert!(allowed(Role::Admin, &Method::POST, "/v1/nodes/n1/tpm/approve"));
+        assert!(!allowed(Role::Operator, &Method::PUT, "/v1/secrets/munge.key"));
+        assert!(!allowed(Role::Operator, &Method::DELETE, "/v1/nodes"));
+        assert!(allowed(Role::Admin, &Method::PUT, "/v1/secrets/munge.key"));
+        // No other role exists: a token's role is parsed once, when it is created.
+        assert!("root".parse::<Role>().is_err());
     }
 
     #[test]
