@@ -370,7 +370,7 @@ pub struct TokenCreate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenCreated {
     pub name: String,
-    pub role: String,
+    pub role: ferry_core::access::Role,
     pub token: Secret,
 }
 
@@ -378,8 +378,7 @@ pub struct TokenCreated {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
     pub name: String,
-    /// viewer, operator or admin.
-    pub role: String,
+    pub role: ferry_core::access::Role,
     pub created_at: String,
     pub expires_at: Option<String>,
     /// active, expired or revoked.

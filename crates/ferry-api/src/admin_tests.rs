@@ -94,12 +94,16 @@ fn audit_entry() {
 
 #[test]
 fn tokens() {
-    let made = TokenCreated { name: "ci".into(), role: "viewer".into(), token: Secret::new("ferry_x".into()) };
+    let made = TokenCreated {
+        name: "ci".into(),
+        role: ferry_core::access::Role::Viewer,
+        token: Secret::new("ferry_x".into()),
+    };
     assert!(!format!("{made:?}").contains("ferry_x"), "a new token never reaches a log through Debug");
     pinned(made, r#"{"name":"ci","role":"viewer","token":"ferry_x"}"#);
     let listed = TokenInfo {
         name: "ci".into(),
-        role: "viewer".into(),
+        role: ferry_core::access::Role::Viewer,
         created_at: "2026-01-01T00:00:00Z".into(),
         expires_at: None,
         state: "active".into(),

@@ -133,7 +133,7 @@ impl Listing for TokenInfo {
     const HEADER: &'static [&'static str] = &["name", "role", "state", "expires"];
     const SORTED_JSON: bool = true;
     fn row(&self) -> Vec<String> {
-        vec![self.name.clone(), self.role.clone(), self.state.clone(), or_dash(self.expires_at.clone())]
+        vec![self.name.clone(), self.role.to_string(), self.state.clone(), or_dash(self.expires_at.clone())]
     }
 }
 

@@ -4,6 +4,7 @@
 //! This crate performs no I/O: everything here is a pure function of its inputs, so every
 //! rule can be unit-tested and reused by the server, the store and the CLI alike.
 
+pub mod access;
 pub mod boot;
 pub mod enroll;
 pub mod error;
@@ -15,6 +16,8 @@ pub mod names;
 pub mod net;
 pub mod patch;
 pub mod tunnel;
+pub mod wgkey;
+mod words;
 
 pub use error::CoreError;
 pub use model::{IdentityFactor, Interface, Node, Profile, RootMode, Settings};

@@ -1,8 +1,19 @@
 //! The tunnel network: the server takes its first host address, nodes the rest.
 
+use crate::words::word_enum;
 use crate::CoreError;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
+
+word_enum! {
+    /// How a node's agent uses its tunnel: it fetches the seed itself, phones home and
+    /// removes the tunnel (`fetch`), or keeps the tunnel up for cloud-init to fetch
+    /// through (`cloud-init`).
+    pub enum AgentMode ("agent mode") {
+        Fetch = "fetch",
+        CloudInit = "cloud-init",
+    }
+}
 
 /// A tunnel network such as `100.64.0.0/16` or `fd42:ferry::/64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +140,14 @@ mod tests {
         assert_eq!(v6.address_at(*v6.node_offsets().start()).to_string(), "fd42::2");
         assert_eq!(*TunnelNetwork::parse("100.64.0.0/16").unwrap().node_offsets().end(), 65_534);
         assert!(!v6.contains("100.64.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn agent_modes_are_words() {
+        assert_eq!("cloud-init".parse::<AgentMode>(), Ok(AgentMode::CloudInit));
+        assert_eq!(AgentMode::Fetch.to_string(), "fetch");
+        let e = "pull".parse::<AgentMode>().unwrap_err().to_string();
+        assert_eq!(e, "invalid agent mode \"pull\": fetch or cloud-init");
     }
 
     #[test]

@@ -252,7 +252,7 @@ async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelV
             expires_in_secs: t.expires_at - now,
             node: t.node,
             address: t.address.to_string(),
-            public_key: t.public_key,
+            public_key: t.public_key.to_base64(),
         })
         .collect();
     Ok(ApiJson(views))
@@ -303,7 +303,7 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerV
                 active_tunnels: st.active_tunnels,
                 id: st.server.id,
                 endpoint: st.server.endpoint,
-                public_key: st.server.public_key,
+                public_key: st.server.public_key.to_base64(),
                 sealing_key_id: st.server.sealing_key_id,
             }
         })
@@ -505,11 +505,12 @@ async fn create_token(
     body: Result<axum::Json<TokenCreate>, axum::extract::rejection::JsonRejection>,
 ) -> Result<ApiJson<TokenCreated>, HttpError> {
     let axum::Json(req) = body?;
+    let role: ferry_store::Role = req.role.parse()?;
     let token = crate::remote::new_token();
     let expires_at =
         req.expires_in_secs.map(|e| ferry_store::now_secs().saturating_add(e.min(10 * 365 * 86_400) as i64));
-    s.store.create_token(&req.name, &req.role, &crate::remote::token_hash(&token), expires_at, &actor).await?;
-    Ok(ApiJson(TokenCreated { name: req.name, role: req.role, token: Secret::new(token.to_string()) }))
+    s.store.create_token(&req.name, role, &crate::remote::token_hash(&token), expires_at, &actor).await?;
+    Ok(ApiJson(TokenCreated { name: req.name, role, token: Secret::new(token.to_string()) }))
 }
 
 async fn list_tokens(State(s): State<AdminState>) -> Result<ApiJson<Vec<TokenInfo>>, HttpError> {

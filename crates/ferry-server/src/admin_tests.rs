@@ -23,7 +23,7 @@ async fn state(dir: &std::path::Path) -> AdminState {
         asset_tag: None,
     };
     store.add_nodes(AddNodes { nodes: vec![n1] }, &actor).await.unwrap();
-    store.create_token("t", "admin", &crate::remote::token_hash(TOKEN), None, &actor).await.unwrap();
+    store.create_token("t", ferry_store::Role::Admin, &crate::remote::token_hash(TOKEN), None, &actor).await.unwrap();
     let network = TunnelNetwork::parse("100.64.0.0/24").unwrap();
     let tunnels =
         crate::tunnels::TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());

@@ -10,12 +10,12 @@
 use crate::config::Config;
 use crate::tunnels::TunnelManager;
 use anyhow::Context;
-use ferry_store::{ServerRecord, Store, StoreError};
+use ferry_store::{PublicKey, ServerRecord, Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Proves this server's sealing key is the store's (see [`Store::check_sealing_key`]),
+/// Proves this server's sealing key is the store's (see [`ferry_store::SealingStore::check_sealing_key`]),
 /// before it registers: a server with another key must not join, as healthy, a cluster
 /// whose secrets it cannot open.
 pub async fn check_sealing_key(
@@ -51,13 +51,13 @@ pub async fn check_sealing_key(
 
 /// Records this server in the store, refusing an id that a live server with another
 /// WireGuard key holds (two servers with one id would undo each other's peers).
-pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_key: &str) -> anyhow::Result<()> {
+pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_key: &PublicKey) -> anyhow::Result<()> {
     let now = ferry_store::now_secs();
     let lost_after = config.cluster.lost_after_secs as i64;
     let servers = store.list_servers().await.context("cannot read the servers from the store")?;
     if let Some(other) = servers.iter().find(|s| s.server.id == id) {
         let age = now - other.server.heartbeat_at;
-        if other.server.public_key != public_key && age < lost_after {
+        if other.server.public_key != *public_key && age < lost_after {
             anyhow::bail!(
                 "server id {id:?} is in use by another live server (WireGuard key {}, heartbeat {age} s ago): \
                  give each server its own [cluster] server_id",
@@ -71,7 +71,7 @@ pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_
     let record = ServerRecord {
         id: id.to_owned(),
         endpoint,
-        public_key: public_key.to_owned(),
+        public_key: *public_key,
         started_at: now,
         heartbeat_at: now,
         sealing_key_id: store.sealing_key_id().to_owned(),
@@ -89,7 +89,7 @@ pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_
 pub async fn heartbeat_loop(
     tunnels: Arc<TunnelManager>,
     config: Arc<Config>,
-    public_key: String,
+    public_key: PublicKey,
     stopped: impl Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(config.cluster.heartbeat_secs));

@@ -10,6 +10,7 @@
 
 use crate::listen::{ConnectionWatcher, TcpConn};
 use crate::tunnels::TunnelManager;
+use ferry_wg::PublicKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 struct Entry {
     id: u64,
-    /// The tunnel's WireGuard key (base64) when the connection was accepted.
-    key: Option<String>,
+    /// The tunnel's WireGuard key when the connection was accepted.
+    key: Option<PublicKey>,
     close: CancellationToken,
 }
 
@@ -49,7 +50,12 @@ impl Drop for Registration {
 }
 
 impl TunnelConnections {
-    pub fn register(self: &Arc<Self>, address: IpAddr, key: Option<String>, close: CancellationToken) -> Registration {
+    pub fn register(
+        self: &Arc<Self>,
+        address: IpAddr,
+        key: Option<PublicKey>,
+        close: CancellationToken,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(address).or_default().push(Entry { id, key, close });
@@ -58,11 +64,11 @@ impl TunnelConnections {
 
     /// Closes the connections of the tunnel `(address, key)` and those from `address`
     /// that belong to no tunnel. Returns how many.
-    pub fn close_tunnel(&self, address: IpAddr, key: &str) -> usize {
+    pub fn close_tunnel(&self, address: IpAddr, key: &PublicKey) -> usize {
         let map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         let Some(entries) = map.get(&address) else { return 0 };
         let mut closed = 0;
-        for e in entries.iter().filter(|e| e.key.as_deref().is_none_or(|k| k == key)) {
+        for e in entries.iter().filter(|e| e.key.as_ref().is_none_or(|k| k == key)) {
             e.close.cancel();
             closed += 1;
         }
@@ -79,9 +85,9 @@ impl TunnelConnections {
 impl ConnectionWatcher<TcpConn> for TunnelManager {
     fn connected(&self, info: &TcpConn, close: CancellationToken) -> Box<dyn Send + Sync> {
         let address = info.remote.ip().to_canonical();
-        let key = |m: &TunnelManager| m.active(address).map(|t| t.record.public_key.clone());
+        let key = |m: &TunnelManager| m.active(address).map(|t| t.record.public_key);
         let tagged = key(self);
-        let registration = self.connections.register(address, tagged.clone(), close.clone());
+        let registration = self.connections.register(address, tagged, close.clone());
         // The tunnel may have ended between the look-up and the registration, missing
         // the close: check again now that the connection can be found.
         if tagged.is_some() && key(self) != tagged {
@@ -100,16 +106,17 @@ mod tests {
         let r = Arc::new(TunnelConnections::default());
         let (a, b): (IpAddr, IpAddr) = ("100.64.0.2".parse().unwrap(), "100.64.0.3".parse().unwrap());
         let tokens: Vec<CancellationToken> = (0..4).map(|_| CancellationToken::new()).collect();
-        let _ra = r.register(a, Some("KA".into()), tokens[0].clone());
+        let [ka, kold, kb] = [1, 2, 3].map(|b| PublicKey([b; 32]));
+        let _ra = r.register(a, Some(ka), tokens[0].clone());
         let _rn = r.register(a, None, tokens[1].clone());
-        let _rold = r.register(a, Some("KOLD".into()), tokens[2].clone());
-        let rb = r.register(b, Some("KB".into()), tokens[3].clone());
-        assert_eq!(r.close_tunnel(a, "KA"), 2);
+        let _rold = r.register(a, Some(kold), tokens[2].clone());
+        let rb = r.register(b, Some(kb), tokens[3].clone());
+        assert_eq!(r.close_tunnel(a, &ka), 2);
         let cancelled: Vec<bool> = tokens.iter().map(|t| t.is_cancelled()).collect();
         assert_eq!(cancelled, [true, true, false, false], "another tunnel's and another address's stay");
         assert_eq!(r.count(b), 1);
         drop(rb);
         assert_eq!(r.count(b), 0, "a connection that ended is forgotten");
-        assert_eq!(r.close_tunnel(b, "KB"), 0);
+        assert_eq!(r.close_tunnel(b, &kb), 0);
     }
 }

@@ -73,7 +73,7 @@ async fn document(
         server_address: s.tunnels.network.server_address().to_string(),
         datasource_url: &datasource_url,
         phone_home_url: &phone_home_url,
-        fetch_mode: tunnel.mode.as_deref() == Some("fetch"),
+        fetch_mode: tunnel.mode == Some(ferry_store::AgentMode::Fetch),
     };
     let actor = Actor(format!("node:{}", tunnel.node));
     let subject = format!("node/{}", tunnel.node);

@@ -22,7 +22,7 @@ use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
 use ferry_core::{MacAddr, NodeName};
-use ferry_store::{Actor, StoreError};
+use ferry_store::{Actor, AgentMode, StoreError};
 use ferry_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -139,10 +139,10 @@ async fn enroll(
         .map_err(|_| HttpError::bad_request("public_key is not a WireGuard public key"))?;
     let nonce = decode32("nonce", &req.nonce)?;
     let mac = MacAddr::parse(&req.mac)?;
-    let mode = match req.mode.as_deref() {
-        None | Some("cloud-init") => "cloud-init",
-        Some("fetch") => "fetch",
-        Some(_) => return Err(HttpError::bad_request("mode must be fetch or cloud-init")),
+    let mode = match req.mode.as_deref().map(str::parse::<AgentMode>) {
+        None => AgentMode::CloudInit,
+        Some(Ok(mode)) => mode,
+        Some(Err(_)) => return Err(HttpError::bad_request("mode must be fetch or cloud-init")),
     };
     let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
     // Consume the nonce first: a refused attempt cannot be retried with it.

@@ -140,7 +140,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
-        cluster::register(&store, &config, &server_id, &server_public_key.to_base64()).await?;
+        cluster::register(&store, &config, &server_id, &server_public_key).await?;
         retention::record(store.as_ref(), config.audit_retention_days).await?;
         let handshake_deadline = match wg.handshake_deadline_secs {
             0 => {
@@ -258,7 +258,7 @@ impl Server {
             let listener = listen::Listener { name: "remote-admin", incoming, tls: Some(tls), caps, watcher: None };
             tls_tasks.push(spawn_tls(listener, app));
         }
-        let server_key = self.admin.server_public_key.to_base64();
+        let server_key = self.admin.server_public_key;
         let admin = listen::serve(
             listen::Listener {
                 name: "admin",

@@ -6,7 +6,7 @@
 //! reach the device in the order they committed.
 
 use ferry_api::admin::MergedNodeView;
-use ferry_core::tunnel::TunnelNetwork;
+use ferry_core::tunnel::{AgentMode, TunnelNetwork};
 use ferry_core::NodeName;
 use ferry_store::{Actor, BootReport, CloseReason, Store, StoreError, TunnelRecord};
 use ferry_wg::{DeviceUpdate, IpNet, PeerConfig, PublicKey, WgDevice};
@@ -147,9 +147,8 @@ fn host_net(t: &TunnelRecord) -> IpNet {
     IpNet::from(t.address)
 }
 
-fn peer_of(t: &TunnelRecord) -> Option<PeerConfig> {
-    let key: PublicKey = t.public_key.parse().ok()?;
-    Some(PeerConfig::new(key).allowed_ip(host_net(t)))
+fn peer_of(t: &TunnelRecord) -> PeerConfig {
+    PeerConfig::new(t.public_key).allowed_ip(host_net(t))
 }
 
 impl TunnelManager {
@@ -254,7 +253,7 @@ impl TunnelManager {
         node: &NodeName,
         key: &PublicKey,
         ttl_secs: u64,
-        mode: Option<&str>,
+        mode: Option<AgentMode>,
         settings: MergedNodeView,
         actor: &Actor,
     ) -> Result<TunnelRecord, StoreError> {
@@ -262,16 +261,13 @@ impl TunnelManager {
         // `order` alone, so no cycle).
         let _node = self.node_locks.lock(node).await;
         let _order = self.order.read().await;
-        let opened = self
-            .store
-            .open_tunnel(node, &key.to_base64(), &self.network, ttl_secs, mode, &self.server_id, actor)
-            .await?;
+        let opened = self.store.open_tunnel(node, key, &self.network, ttl_secs, mode, &self.server_id, actor).await?;
         self.forget(opened.replaced.as_slice(), CloseReason::Replaced);
         self.active
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(opened.tunnel.address, ActiveTunnel::new(opened.tunnel.clone(), Some(settings)));
-        let remove: Vec<PublicKey> = opened.replaced.iter().filter_map(|t| t.public_key.parse().ok()).collect();
+        let remove: Vec<PublicKey> = opened.replaced.iter().map(|t| t.public_key).collect();
         let add = vec![PeerConfig::new(*key).allowed_ip(host_net(&opened.tunnel))];
         if let Err(e) = self.submit(add, remove).await {
             tracing::error!(node = %node, error = %e, "could not add the peer; closing the tunnel again");
@@ -324,9 +320,7 @@ impl TunnelManager {
             self.forget(closed.as_slice(), CloseReason::PhoneHome);
             if let Some(t) = &closed {
                 self.metrics.phone_home_latency.observe((ferry_store::now_secs() - t.created_at).max(0) as f64);
-                if let Ok(key) = t.public_key.parse() {
-                    self.lingering.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
-                }
+                self.lingering.lock().unwrap_or_else(|p| p.into_inner()).insert(t.public_key);
             }
             closed
         };
@@ -336,20 +330,18 @@ impl TunnelManager {
             tokio::time::sleep(PHONE_HOME_GRACE).await;
             let _order = this.order.read().await;
             // Only if the node has not re-enrolled with the same key meanwhile.
-            let current = this.active(closed.address).map(|t| t.record.public_key.clone());
-            if current != Some(closed.public_key.clone()) {
+            let current = this.active(closed.address).map(|t| t.record.public_key);
+            if current != Some(closed.public_key) {
                 this.remove_peers(std::slice::from_ref(&closed)).await;
                 this.close_connections(&closed);
             }
-            if let Ok(key) = closed.public_key.parse::<PublicKey>() {
-                this.lingering.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
-            }
+            this.lingering.lock().unwrap_or_else(|p| p.into_inner()).remove(&closed.public_key);
         });
         Ok(true)
     }
 
     async fn remove_peers(&self, tunnels: &[TunnelRecord]) {
-        let keys: Vec<PublicKey> = tunnels.iter().filter_map(|t| t.public_key.parse().ok()).collect();
+        let keys: Vec<PublicKey> = tunnels.iter().map(|t| t.public_key).collect();
         if keys.is_empty() {
             return;
         }
@@ -389,7 +381,7 @@ impl TunnelManager {
             .await?
             .into_iter()
             .filter(|t| t.server == self.server_id)
-            .filter_map(|t| Some((t.public_key.parse().ok()?, t)))
+            .map(|t| (t.public_key, t))
             .collect();
         let status = dev.status().await?;
         let handshaken: HashSet<PublicKey> =
@@ -407,7 +399,7 @@ impl TunnelManager {
                 present.get(k).map(|ips| ips.iter().copied().collect::<HashSet<_>>())
                     != Some(HashSet::from([host_net(t)]))
             })
-            .filter_map(|(_, t)| peer_of(t))
+            .map(|(_, t)| peer_of(t))
             .collect();
         {
             // The store's list is the truth; entries that did not change keep their snapshot.
@@ -462,9 +454,7 @@ impl TunnelManager {
         let closed = self.store.close_tunnels(&overdue, CloseReason::NoHandshake, &reaper).await?;
         let mut awaiting = self.awaiting_handshake.lock().unwrap_or_else(|p| p.into_inner());
         for t in &overdue {
-            if let Ok(key) = t.public_key.parse::<PublicKey>() {
-                awaiting.remove(&key);
-            }
+            awaiting.remove(&t.public_key);
         }
         drop(awaiting);
         for t in &closed {
@@ -475,20 +465,18 @@ impl TunnelManager {
                 "closed a tunnel whose node never completed a WireGuard handshake (a wrong server key pinned, \
                  or the agent stopped)"
             );
-            if let Ok(key) = t.public_key.parse::<PublicKey>() {
-                wanted.remove(&key);
-            }
+            wanted.remove(&t.public_key);
         }
         self.forget(&closed, CloseReason::NoHandshake);
         Ok(closed.len())
     }
 
     /// The device's view of each peer (last handshake), by public key.
-    pub async fn handshakes(&self) -> HashMap<String, Option<std::time::SystemTime>> {
+    pub async fn handshakes(&self) -> HashMap<PublicKey, Option<std::time::SystemTime>> {
         let device = self.device.lock().await;
         let Some(dev) = device.as_ref() else { return HashMap::new() };
         match dev.status().await {
-            Ok(s) => s.peers.into_iter().map(|p| (p.public_key.to_base64(), p.last_handshake)).collect(),
+            Ok(s) => s.peers.into_iter().map(|p| (p.public_key, p.last_handshake)).collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the WireGuard device");
                 HashMap::new()

@@ -15,11 +15,9 @@
 //! and the count is written as one more entry, `… repeated=N`, when that window ends
 //! (or when the store is flushed at shutdown). Nothing is lost, only summed.
 
+use crate::audit_rows::{AuditBatch, AuditRow};
 use crate::now_secs;
-use crate::sql::{begin_write, Backend};
-use crate::sqlite_writer::SqliteWriter;
-use crate::StoreError;
-use sqlx::AnyPool;
+use crate::writer::Writer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,28 +45,6 @@ pub(crate) enum Item {
     Flush(oneshot::Sender<()>),
     /// Also writes the counts of folded entries whose window is still open (shutdown).
     FlushFolds(oneshot::Sender<()>),
-}
-
-/// One audit entry as it is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct AuditRow {
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub subject: String,
-    pub detail: String,
-}
-
-impl AuditRow {
-    pub(crate) fn new(actor: &str, action: &str, subject: &str, detail: &str) -> AuditRow {
-        AuditRow {
-            at: now_secs(),
-            actor: actor.into(),
-            action: action.into(),
-            subject: subject.into(),
-            detail: detail.into(),
-        }
-    }
 }
 
 /// What the audit writer did besides writing: entries folded into counts, and entries
@@ -156,12 +132,7 @@ fn summary(key: &FoldKey, f: &Fold) -> Option<AuditRow> {
 
 /// Starts the writer; it ends when every sender is gone, after writing what it holds
 /// (the open folds' counts included).
-pub(crate) fn spawn(
-    write: AnyPool,
-    backend: Backend,
-    sqlite_writer: Option<Arc<SqliteWriter>>,
-    counters: Arc<Counters>,
-) -> mpsc::Sender<Item> {
+pub(crate) fn spawn(writer: Arc<Writer>, counters: Arc<Counters>) -> mpsc::Sender<Item> {
     let (tx, mut rx) = mpsc::channel::<Item>(AUDIT_QUEUE_CAPACITY);
     tokio::spawn(async move {
         let mut folds = Folds::new(AUDIT_FOLD_WINDOW_SECS, MAX_FOLDS);
@@ -202,7 +173,7 @@ pub(crate) fn spawn(
             }
             rows.extend(folds.due(if closing || all_folds { i64::MAX } else { now_secs() }));
             if !rows.is_empty() {
-                write_with_retries(&write, backend, sqlite_writer.as_ref(), rows, &counters).await;
+                write_with_retries(&writer, rows, &counters).await;
             }
             for done in flushes {
                 let _ = done.send(());
@@ -217,23 +188,12 @@ pub(crate) fn spawn(
 
 /// Writes a batch; a failure is retried (the rows are kept meanwhile, and the bounded
 /// queue holds the callers back), and only then logged and counted as lost.
-async fn write_with_retries(
-    write: &AnyPool,
-    backend: Backend,
-    sqlite_writer: Option<&Arc<SqliteWriter>>,
-    rows: Vec<AuditRow>,
-    counters: &Counters,
-) {
+async fn write_with_retries(writer: &Writer, rows: Vec<AuditRow>, counters: &Counters) {
     let rows = Arc::new(rows);
     for attempt in 0..=WRITE_RETRIES {
-        let written = match sqlite_writer {
-            Some(writer) => {
-                let rows = rows.clone();
-                writer.run(move |tx| crate::sqlite_writer::write_audit_batch(tx, &rows)).await
-            }
-            None => write_batch(write, backend, &rows).await.map_err(StoreError::from),
-        };
-        match written {
+        // The write path like every other writer (SQLite: the writer thread;
+        // PostgreSQL: the advisory lock).
+        match writer.run(AuditBatch(rows.clone())).await {
             Ok(()) => return,
             Err(e) if attempt < WRITE_RETRIES => {
                 tracing::warn!(error = %e, entries = rows.len(), "cannot write audit entries; retrying");
@@ -249,22 +209,6 @@ async fn write_with_retries(
             }
         }
     }
-}
-
-async fn write_batch(write: &AnyPool, backend: Backend, rows: &[AuditRow]) -> Result<(), sqlx::Error> {
-    // The write path like every other writer (on PostgreSQL: the advisory lock).
-    let mut tx = begin_write(write, backend).await?;
-    for AuditRow { at, actor, action, subject, detail } in rows {
-        sqlx::query(crate::sql::AUDIT_INSERT)
-            .bind(at)
-            .bind(actor)
-            .bind(action)
-            .bind(subject)
-            .bind(detail)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Image records of the SQL store.
 
-use crate::sql::{audit, SqlStore};
-use crate::{format_time, now_secs, Actor, StoreError};
+use crate::audit_rows::audit;
+use crate::sql::SqlStore;
+use crate::{format_time, now_secs, Actor, ImageStore, StoreError};
+use async_trait::async_trait;
 use ferry_api::image::{Artifact, ImageRecord};
 use ferry_core::model::check_image_name;
 use sqlx::Row;
@@ -13,8 +15,9 @@ fn artifact(sha: Option<String>, size: Option<i64>) -> Option<Artifact> {
     Some(Artifact { sha256: sha?, size: size.unwrap_or(0).max(0) as u64 })
 }
 
-impl SqlStore {
-    pub(crate) async fn add_image_impl(&self, image: &ImageRecord, actor: &Actor) -> Result<(), StoreError> {
+#[async_trait]
+impl ImageStore for SqlStore {
+    async fn add_image(&self, image: &ImageRecord, actor: &Actor) -> Result<(), StoreError> {
         check_image_name(&image.name)?;
         let all = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];
         if all.iter().flatten().any(|a| !a.valid()) {
@@ -52,30 +55,15 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn list_images_impl(&self, only: Option<&str>) -> Result<Vec<ImageRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM images {} ORDER BY name",
-            if only.is_some() { "WHERE name = $1" } else { "" }
-        );
-        let mut q = sqlx::query(&sql);
-        if let Some(n) = only {
-            q = q.bind(n);
-        }
-        let rows = q.fetch_all(&self.read).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ImageRecord {
-                name: r.get(0),
-                kernel: Artifact { sha256: r.get(1), size: r.get::<i64, _>(2).max(0) as u64 },
-                initrd: Artifact { sha256: r.get(3), size: r.get::<i64, _>(4).max(0) as u64 },
-                rootfs_zst: artifact(r.get(5), r.get(6)),
-                rootfs_gz: artifact(r.get(7), r.get(8)),
-                created_at: format_time(r.get(9)),
-            })
-            .collect())
+    async fn list_images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.images(None).await
     }
 
-    pub(crate) async fn delete_image_impl(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
+    async fn get_image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        Ok(self.images(Some(name)).await?.pop())
+    }
+
+    async fn delete_image(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         // Settings are JSON documents: find users by decoding them (portable SQL).
         let mut users = Vec::new();
@@ -103,5 +91,31 @@ impl SqlStore {
         audit(&mut tx, actor, "image.delete", &format!("image/{name}"), "").await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl SqlStore {
+    /// Every image, or the one named.
+    async fn images(&self, only: Option<&str>) -> Result<Vec<ImageRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM images {} ORDER BY name",
+            if only.is_some() { "WHERE name = $1" } else { "" }
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(n) = only {
+            q = q.bind(n);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ImageRecord {
+                name: r.get(0),
+                kernel: Artifact { sha256: r.get(1), size: r.get::<i64, _>(2).max(0) as u64 },
+                initrd: Artifact { sha256: r.get(3), size: r.get::<i64, _>(4).max(0) as u64 },
+                rootfs_zst: artifact(r.get(5), r.get(6)),
+                rootfs_gz: artifact(r.get(7), r.get(8)),
+                created_at: format_time(r.get(9)),
+            })
+            .collect())
     }
 }

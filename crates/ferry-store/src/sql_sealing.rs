@@ -3,9 +3,11 @@
 //! store's before it registers. A server with another key would join as healthy and
 //! fail every delivery of a secret; it refuses to start instead.
 
-use crate::secrets::SecretScope;
-use crate::sql::{asset_tag_aad, audit, SqlStore};
+use crate::audit_rows::audit;
+use crate::secrets::{asset_tag_aad, SealingKeyCheck, SealingStore, SecretScope};
+use crate::sql::SqlStore;
 use crate::{now_secs, Actor, SealError, StoreError};
+use async_trait::async_trait;
 use ferry_core::{NodeName, ProfileName};
 use sqlx::AnyConnection;
 
@@ -18,19 +20,6 @@ fn check_aad(key_id: &str) -> String {
     format!("ferry/sealing-key-check/{key_id}")
 }
 
-/// How a server's sealing key was found to fit the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SealingKeyCheck {
-    /// The store's check value for this key id opened with this key.
-    Verified,
-    /// Nothing was sealed and no key recorded: this key is now the store's.
-    Recorded,
-    /// A store made before keys were recorded: this key opened most of its sealed values
-    /// (`opened`) and is now the store's. `unreadable` names the others, sealed under
-    /// another key (no server can deliver them): they must be set again.
-    Adopted { opened: usize, unreadable: Vec<String> },
-}
-
 /// `a, b, c and 4 more`.
 fn name_some(names: &[String]) -> String {
     let mut text = names.iter().take(NAMED_AT_MOST).cloned().collect::<Vec<_>>().join(", ");
@@ -40,8 +29,13 @@ fn name_some(names: &[String]) -> String {
     text
 }
 
-impl SqlStore {
-    pub(crate) async fn check_sealing_key_impl(&self, actor: &Actor) -> Result<SealingKeyCheck, StoreError> {
+#[async_trait]
+impl SealingStore for SqlStore {
+    fn sealing_key_id(&self) -> &str {
+        self.sealer.key_id()
+    }
+
+    async fn check_sealing_key(&self, actor: &Actor) -> Result<SealingKeyCheck, StoreError> {
         let ours = self.sealer.key_id().to_owned();
         // One writer at a time (every server of a PostgreSQL store): two servers starting
         // together on a store without a key cannot both record theirs.
@@ -86,7 +80,9 @@ impl SqlStore {
         tx.commit().await?;
         Ok(outcome)
     }
+}
 
+impl SqlStore {
     /// Tries this key on every sealed value (asset tags, template secrets): how many
     /// open, and the names of those that do not.
     async fn open_every_sealed_value(&self, conn: &mut AnyConnection) -> Result<(usize, Vec<String>), StoreError> {

@@ -1,8 +1,10 @@
 //! Template secrets in the SQL store: sealed values, listings without them.
 
-use crate::secrets::{SecretInfo, SecretScope, MAX_SECRET_BYTES};
-use crate::sql::{audit, SqlStore};
+use crate::audit_rows::audit;
+use crate::secrets::{SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
+use crate::sql::SqlStore;
 use crate::{format_time, now_secs, Actor, StoreError};
+use async_trait::async_trait;
 use ferry_core::model::check_secret_name;
 use ferry_core::{NodeName, ProfileName};
 use sqlx::{AnyConnection, Row};
@@ -21,14 +23,9 @@ async fn target_exists(conn: &mut AnyConnection, scope: &SecretScope) -> Result<
     }
 }
 
-impl SqlStore {
-    pub(crate) async fn set_secret_impl(
-        &self,
-        name: &str,
-        scope: &SecretScope,
-        value: &[u8],
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
+#[async_trait]
+impl SecretStore for SqlStore {
+    async fn set_secret(&self, name: &str, scope: &SecretScope, value: &[u8], actor: &Actor) -> Result<(), StoreError> {
         check_secret_name(name)?;
         if value.is_empty() || value.len() > MAX_SECRET_BYTES {
             return Err(StoreError::BadRequest(format!(
@@ -69,12 +66,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn delete_secret_impl(
-        &self,
-        name: &str,
-        scope: &SecretScope,
-        actor: &Actor,
-    ) -> Result<(), StoreError> {
+    async fn delete_secret(&self, name: &str, scope: &SecretScope, actor: &Actor) -> Result<(), StoreError> {
         check_secret_name(name)?;
         let mut tx = self.begin_write().await?;
         let gone = sqlx::query("DELETE FROM secrets WHERE name = $1 AND scope = $2 AND target = $3")
@@ -92,7 +84,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn list_secrets_impl(&self) -> Result<Vec<SecretInfo>, StoreError> {
+    async fn list_secrets(&self) -> Result<Vec<SecretInfo>, StoreError> {
         let rows =
             sqlx::query("SELECT name, scope, target, size, updated_at FROM secrets ORDER BY name, scope, target")
                 .fetch_all(&self.read)
@@ -113,7 +105,7 @@ impl SqlStore {
 
     /// Every secret a node sees, opened: global, then its profiles in order, then its
     /// own — each later one replacing an earlier one of the same name.
-    pub(crate) async fn secrets_for_impl(
+    async fn secrets_for(
         &self,
         node: &NodeName,
         profiles: &[ProfileName],

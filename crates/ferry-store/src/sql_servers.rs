@@ -1,9 +1,12 @@
 //! Server records of the SQL store: registration, heartbeats, the tunnels of lost
 //! servers, and (PostgreSQL) the notifications that tell a server its tunnels changed.
 
-use crate::sql::{audit, SqlStore, TUNNELS_CHANNEL};
-use crate::sql_tunnels::{announce, delete_tunnel, tunnel, TunnelRow, TUNNEL_COLUMNS};
-use crate::{now_secs, Actor, CloseReason, ServerRecord, ServerStatus, StoreError, TunnelRecord};
+use crate::audit_rows::audit;
+use crate::codec::parse_name;
+use crate::sql::SqlStore;
+use crate::tunnel_tx::{CloseTunnelsOfLostServers, TUNNELS_CHANNEL};
+use crate::{now_secs, Actor, ServerRecord, ServerStatus, ServerStore, StoreError, TunnelRecord};
+use async_trait::async_trait;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -15,8 +18,9 @@ async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-impl SqlStore {
-    pub(crate) async fn register_server_impl(&self, server: &ServerRecord) -> Result<(), StoreError> {
+#[async_trait]
+impl ServerStore for SqlStore {
+    async fn register_server(&self, server: &ServerRecord) -> Result<(), StoreError> {
         if server.id.is_empty() {
             return Err(StoreError::BadRequest("a server needs a non-empty id".into()));
         }
@@ -31,7 +35,7 @@ impl SqlStore {
         )
         .bind(&server.id)
         .bind(&server.endpoint)
-        .bind(&server.public_key)
+        .bind(server.public_key.to_base64())
         .bind(now)
         .bind(now)
         .bind(&server.sealing_key_id)
@@ -45,7 +49,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn heartbeat_impl(&self, id: &str, now: i64) -> Result<(), StoreError> {
+    async fn heartbeat(&self, id: &str, now: i64) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE servers SET heartbeat_at = $1 WHERE id = $2")
             .bind(now)
@@ -60,7 +64,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn list_servers_impl(&self) -> Result<Vec<ServerStatus>, StoreError> {
+    async fn list_servers(&self) -> Result<Vec<ServerStatus>, StoreError> {
         let rows: Vec<(String, String, String, i64, i64, String, i64)> = sqlx::query_as(
             "SELECT s.id, s.endpoint, s.public_key, s.started_at, s.heartbeat_at, s.sealing_key_id, COUNT(t.node) \
              FROM servers s LEFT JOIN tunnels t ON t.server = s.id \
@@ -68,50 +72,26 @@ impl SqlStore {
         )
         .fetch_all(&self.read)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id, active_tunnels)| ServerStatus {
-                server: ServerRecord { id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id },
-                active_tunnels,
+        rows.into_iter()
+            .map(|(id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id, active_tunnels)| {
+                let public_key = parse_name(&format!("server {id}"), &public_key)?;
+                let server = ServerRecord { id, endpoint, public_key, started_at, heartbeat_at, sealing_key_id };
+                Ok(ServerStatus { server, active_tunnels })
             })
-            .collect())
+            .collect()
     }
 
-    pub(crate) async fn close_tunnels_of_lost_servers_impl(
+    async fn close_tunnels_of_lost_servers(
         &self,
         now: i64,
         grace_secs: i64,
         except: &str,
     ) -> Result<Vec<TunnelRecord>, StoreError> {
-        let cutoff = now.saturating_sub(grace_secs.max(0));
-        let mut tx = self.begin_write().await?;
-        // Lost: no server row with a heartbeat at or after the cutoff.
-        let rows: Vec<TunnelRow> = sqlx::query_as(&format!(
-            "SELECT {TUNNEL_COLUMNS} FROM tunnels t WHERE t.server <> $1 AND NOT EXISTS \
-             (SELECT 1 FROM servers s WHERE s.id = t.server AND s.heartbeat_at >= $2) ORDER BY t.node"
-        ))
-        .bind(except)
-        .bind(cutoff)
-        .fetch_all(&mut *tx)
-        .await?;
-        let reaper = Actor(format!("server:{except}"));
-        let mut closed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let t = tunnel(row)?;
-            if let Some(t) = delete_tunnel(&mut tx, &t.node, CloseReason::ServerLost, &reaper).await? {
-                closed.push(t);
-            }
-        }
-        // Should a lost server come back, it learns its peers are gone.
-        announce(&mut tx, self.backend, &closed).await?;
-        tx.commit().await?;
-        Ok(closed)
+        let except = except.to_owned();
+        self.writer.run(CloseTunnelsOfLostServers { now, grace_secs, except }).await
     }
 
-    pub(crate) async fn watch_tunnels_impl(
-        &self,
-        server: &str,
-    ) -> Result<Option<mpsc::UnboundedReceiver<()>>, StoreError> {
+    async fn watch_tunnels(&self, server: &str) -> Result<Option<mpsc::UnboundedReceiver<()>>, StoreError> {
         let Some(url) = self.postgres_url.clone() else { return Ok(None) };
         // The first connection fails the call; later ones are retried in the background.
         let first = listen(&url).await?;

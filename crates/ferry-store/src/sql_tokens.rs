@@ -1,10 +1,11 @@
 //! Admin tokens in the SQL store: hashes, roles, expiry, revocation.
 
-use crate::sql::{audit, SqlStore};
-use crate::{format_time, now_secs, Actor, StoreError, TokenInfo};
+use crate::audit_rows::audit;
+use crate::codec::parse_name;
+use crate::sql::SqlStore;
+use crate::{format_time, now_secs, Actor, Role, StoreError, TokenInfo, TokenStore};
+use async_trait::async_trait;
 use sqlx::Row;
-
-const ROLES: [&str; 3] = ["viewer", "operator", "admin"];
 
 fn check_name(name: &str) -> Result<(), StoreError> {
     let ok =
@@ -16,13 +17,14 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
-fn info(r: &sqlx::any::AnyRow) -> TokenInfo {
+fn info(r: &sqlx::any::AnyRow) -> Result<TokenInfo, StoreError> {
     let now = now_secs();
     let expires: Option<i64> = r.get(3);
     let revoked: Option<i64> = r.get(4);
-    TokenInfo {
-        name: r.get(0),
-        role: r.get(1),
+    let name: String = r.get(0);
+    Ok(TokenInfo {
+        role: parse_name(&format!("token {name}"), r.get::<&str, _>(1))?,
+        name,
         created_at: format_time(r.get(2)),
         expires_at: expires.map(format_time),
         state: match (revoked, expires) {
@@ -30,29 +32,27 @@ fn info(r: &sqlx::any::AnyRow) -> TokenInfo {
             (None, Some(e)) if e <= now => "expired".into(),
             _ => "active".into(),
         },
-    }
+    })
 }
 
-impl SqlStore {
-    pub(crate) async fn create_token_impl(
+#[async_trait]
+impl TokenStore for SqlStore {
+    async fn create_token(
         &self,
         name: &str,
-        role: &str,
+        role: Role,
         hash: &str,
         expires_at: Option<i64>,
         actor: &Actor,
     ) -> Result<(), StoreError> {
         check_name(name)?;
-        if !ROLES.contains(&role) {
-            return Err(StoreError::BadRequest(format!("invalid role {role:?}: viewer, operator or admin")));
-        }
         let mut tx = self.begin_write().await?;
         if sqlx::query("SELECT 1 FROM tokens WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?.is_some() {
             return Err(StoreError::Conflict(format!("a token named {name} exists; revoke it or pick another name")));
         }
         sqlx::query("INSERT INTO tokens (name, role, hash, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(name)
-            .bind(role)
+            .bind(role.as_str())
             .bind(hash)
             .bind(now_secs())
             .bind(expires_at)
@@ -64,14 +64,14 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn list_tokens_impl(&self) -> Result<Vec<TokenInfo>, StoreError> {
+    async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
         let rows = sqlx::query("SELECT name, role, created_at, expires_at, revoked_at FROM tokens ORDER BY name")
             .fetch_all(&self.read)
             .await?;
-        Ok(rows.iter().map(info).collect())
+        rows.iter().map(info).collect()
     }
 
-    pub(crate) async fn revoke_token_impl(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
+    async fn revoke_token(&self, name: &str, actor: &Actor) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
             .bind(now_secs())
@@ -87,11 +87,11 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn token_by_hash_impl(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>, StoreError> {
         let row = sqlx::query("SELECT name, role, created_at, expires_at, revoked_at FROM tokens WHERE hash = $1")
             .bind(hash)
             .fetch_optional(&self.read)
             .await?;
-        Ok(row.as_ref().map(info))
+        row.as_ref().map(info).transpose()
     }
 }

@@ -1,8 +1,10 @@
 //! Node TPM identities in the SQL store.
 
-use crate::sql::{audit, SqlStore};
-use crate::tpm::{Discovery, TpmRecord, TpmRegistration, TpmState};
+use crate::audit_rows::audit;
+use crate::sql::SqlStore;
+use crate::tpm::{Discovery, TpmRecord, TpmRegistration, TpmState, TpmStore};
 use crate::{now_secs, Actor, StoreError};
+use async_trait::async_trait;
 use ferry_core::NodeName;
 use sqlx::{AnyConnection, Row};
 
@@ -85,8 +87,9 @@ async fn upsert(
     Ok(())
 }
 
-impl SqlStore {
-    pub(crate) async fn set_node_tpm_impl(
+#[async_trait]
+impl TpmStore for SqlStore {
+    async fn set_node_tpm(
         &self,
         node: &NodeName,
         tpm: Option<&TpmRegistration>,
@@ -123,10 +126,7 @@ impl SqlStore {
         Ok(())
     }
 
-    pub(crate) async fn node_tpms_impl(
-        &self,
-        only: Option<&NodeName>,
-    ) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
+    async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError> {
         let sql = format!(
             "SELECT {READ_COLUMNS} FROM node_tpm {} ORDER BY node",
             if only.is_some() { "WHERE node = $1" } else { "" }
@@ -138,7 +138,7 @@ impl SqlStore {
         q.fetch_all(&self.read).await?.iter().map(record).collect()
     }
 
-    pub(crate) async fn record_pending_tpm_impl(
+    async fn record_pending_tpm(
         &self,
         node: &NodeName,
         tpm: &TpmRegistration,
@@ -179,12 +179,7 @@ impl SqlStore {
         Ok(outcome)
     }
 
-    pub(crate) async fn approve_tpm_impl(
-        &self,
-        node: &NodeName,
-        fingerprint: &str,
-        actor: &Actor,
-    ) -> Result<TpmRecord, StoreError> {
+    async fn approve_tpm(&self, node: &NodeName, fingerprint: &str, actor: &Actor) -> Result<TpmRecord, StoreError> {
         let mut tx = self.begin_write().await?;
         node_exists(&mut tx, node).await?;
         let held = read_record(&mut tx, node).await?;

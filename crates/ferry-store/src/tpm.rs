@@ -1,6 +1,34 @@
-//! A node's TPM identity as the inventory records it.
+//! A node's TPM identity as the inventory records it ([`TpmStore`]).
 
+use crate::{Actor, StoreError};
+use async_trait::async_trait;
+use ferry_core::NodeName;
 use serde::{Deserialize, Serialize};
+
+#[async_trait]
+pub trait TpmStore: Send + Sync {
+    /// Registers (`Some`) or clears (`None`) a node's TPM; the EK must not identify
+    /// another node.
+    async fn set_node_tpm(
+        &self,
+        node: &NodeName,
+        tpm: Option<&TpmRegistration>,
+        actor: &Actor,
+    ) -> Result<(), StoreError>;
+    /// TPM records, of one node or all.
+    async fn node_tpms(&self, only: Option<&NodeName>) -> Result<Vec<(NodeName, TpmRecord)>, StoreError>;
+    /// Trust on first use: records an EK that proved itself at enrollment as pending if
+    /// the node holds none and no other node holds it. A held EK (pending or
+    /// registered) is never replaced: a different one is recorded as its conflict.
+    async fn record_pending_tpm(
+        &self,
+        node: &NodeName,
+        tpm: &TpmRegistration,
+        actor: &Actor,
+    ) -> Result<Discovery, StoreError>;
+    /// Pending → registered, only if the pending EK has exactly this fingerprint.
+    async fn approve_tpm(&self, node: &NodeName, fingerprint: &str, actor: &Actor) -> Result<TpmRecord, StoreError>;
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,20 +1,66 @@
-//! Tunnel, boot and host-key records: the types the `Store` trait speaks.
+//! Tunnels, boots and host keys: what the store records of them ([`TunnelStore`]).
 
+use crate::{Actor, StoreError};
+use async_trait::async_trait;
+use ferry_core::tunnel::{AgentMode, TunnelNetwork};
+use ferry_core::wgkey::PublicKey;
 use ferry_core::NodeName;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
+#[async_trait]
+pub trait TunnelStore: Send + Sync {
+    /// Opens a tunnel for a node, held by `server`'s WireGuard device, replacing the
+    /// node's current one (which may belong to another server), in one transaction.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_tunnel(
+        &self,
+        node: &NodeName,
+        public_key: &PublicKey,
+        network: &TunnelNetwork,
+        ttl_secs: u64,
+        mode: Option<AgentMode>,
+        server: &str,
+        actor: &Actor,
+    ) -> Result<OpenedTunnel, StoreError>;
+    /// Closes a node's tunnel; None if it had none.
+    async fn close_tunnel(
+        &self,
+        node: &NodeName,
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Option<TunnelRecord>, StoreError>;
+    /// Closes each of these tunnels that is still its node's current one (same key), in
+    /// one transaction; a tunnel replaced meanwhile is left alone. Returns those closed.
+    async fn close_tunnels(
+        &self,
+        tunnels: &[TunnelRecord],
+        reason: CloseReason,
+        actor: &Actor,
+    ) -> Result<Vec<TunnelRecord>, StoreError>;
+    /// Closes every tunnel whose expiry is at or before `now` (unix seconds).
+    async fn expire_tunnels(&self, now: i64) -> Result<Vec<TunnelRecord>, StoreError>;
+    async fn list_tunnels(&self) -> Result<Vec<TunnelRecord>, StoreError>;
+    async fn tunnel_by_address(&self, address: IpAddr) -> Result<Option<TunnelRecord>, StoreError>;
+    /// Records a completed boot and closes the tunnel it came through, atomically.
+    /// Returns the closed tunnel, or None if `tunnel` is no longer active.
+    async fn phone_home(&self, tunnel: &TunnelRecord, report: &BootReport) -> Result<Option<TunnelRecord>, StoreError>;
+    async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
+    /// Every node's recorded SSH host keys: `(node, "type key")`.
+    async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelRecord {
     pub node: NodeName,
-    /// The node's WireGuard public key, base64.
-    pub public_key: String,
+    /// The node's WireGuard public key (base64 in JSON and in the database).
+    pub public_key: PublicKey,
     pub address: IpAddr,
     pub created_at: i64,
     pub expires_at: i64,
-    /// `fetch` or `cloud-init` (None: not declared).
+    /// How the node's agent uses the tunnel (None: not declared).
     #[serde(default)]
-    pub mode: Option<String>,
+    pub mode: Option<AgentMode>,
     /// Which server's WireGuard device holds the peer (`local` on a single server).
     #[serde(default)]
     pub server: String,

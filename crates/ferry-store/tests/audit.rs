@@ -6,7 +6,8 @@
 mod common;
 
 use common::{Kind, TestDb};
-use ferry_store::{Actor, Store, AUDIT_BATCH_MAX, AUDIT_QUEUE_CAPACITY, WRITE_LOCK_KEY};
+use ferry_store::prelude::*;
+use ferry_store::{Actor, AUDIT_BATCH_MAX, AUDIT_QUEUE_CAPACITY, WRITE_LOCK_KEY};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,7 +10,8 @@ use common::{Kind, TestDb};
 use ferry_api::admin::{AddNodes, NewNode};
 use ferry_api::Secret;
 use ferry_core::NodeName;
-use ferry_store::{Actor, SealError, Sealer, SealingKeyCheck, SecretScope, SqlStore, Store, StoreError};
+use ferry_store::prelude::*;
+use ferry_store::{Actor, SealError, Sealer, SealingKeyCheck, SecretScope, SqlStore, StoreError};
 use sqlx::Row;
 use std::path::{Path, PathBuf};
 

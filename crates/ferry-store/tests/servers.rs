@@ -5,11 +5,12 @@
 #[macro_use]
 mod common;
 
-use common::{Kind, TestDb};
+use common::{key, Kind, TestDb};
 use ferry_api::admin::{AddNodes, NewNode};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::NodeName;
-use ferry_store::{Actor, CloseReason, ServerRecord, SqlStore, Store, StoreError};
+use ferry_store::prelude::*;
+use ferry_store::{Actor, CloseReason, ServerRecord, SqlStore, StoreError};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +28,7 @@ fn server(id: &str) -> ServerRecord {
     ServerRecord {
         id: id.into(),
         endpoint: format!("{id}.example:51820"),
-        public_key: format!("KEY-OF-{id}"),
+        public_key: key(&format!("KEYOF{id}")),
         started_at: 0,
         heartbeat_at: 0,
         sealing_key_id: format!("SEALING-KEY-OF-{id}"),
@@ -49,8 +50,8 @@ async fn servers_register_heartbeat_and_list(kind: Kind) {
     s.register_server(&server("b")).await.unwrap();
     s.register_server(&server("a")).await.unwrap();
     add_nodes(&s, ["n1", "n2", "n3"].map(String::from)).await;
-    for (node, key, srv) in [("n1", "K1", "a"), ("n2", "K2", "a"), ("n3", "K3", "b")] {
-        s.open_tunnel(&n(node), key, &net(), 600, None, srv, &actor()).await.unwrap();
+    for (node, label, srv) in [("n1", "K1", "a"), ("n2", "K2", "a"), ("n3", "K3", "b")] {
+        s.open_tunnel(&n(node), &key(label), &net(), 600, None, srv, &actor()).await.unwrap();
     }
     let listed = s.list_servers().await.unwrap();
     let summary: Vec<(&str, i64)> = listed.iter().map(|x| (x.server.id.as_str(), x.active_tunnels)).collect();
@@ -87,7 +88,7 @@ async fn lost_servers_lose_their_tunnels(kind: Kind) {
     add_nodes(&s, (1..=5).map(|i| format!("n{i}"))).await;
     let holders = [("n1", "alive"), ("n2", "stale"), ("n3", "stale"), ("n4", "me"), ("n5", "never-registered")];
     for (i, (node, srv)) in holders.iter().enumerate() {
-        s.open_tunnel(&n(node), &format!("K{i}"), &net(), 600, None, srv, &actor()).await.unwrap();
+        s.open_tunnel(&n(node), &key(&format!("K{i}")), &net(), 600, None, srv, &actor()).await.unwrap();
     }
     let now = ferry_store::now_secs() + 100;
     s.heartbeat("alive", now - 10).await.unwrap();
@@ -124,7 +125,7 @@ async fn two_servers_never_share_an_address(kind: Kind) {
             let (store, srv) = if i % 2 == 0 { (a.clone(), "A") } else { (b.clone(), "B") };
             tokio::spawn(async move {
                 store
-                    .open_tunnel(&n(&format!("n{i}")), &format!("KEY{i}"), &net(), 600, None, srv, &actor())
+                    .open_tunnel(&n(&format!("n{i}")), &key(&format!("KEY{i}")), &net(), 600, None, srv, &actor())
                     .await
                     .unwrap()
                     .tunnel
@@ -170,25 +171,25 @@ async fn a_tunnel_taken_over_by_another_server_wakes_its_old_server(kind: Kind) 
     };
     assert_eq!(kind, Kind::Postgres);
     let b = db.open().await;
-    a.open_tunnel(&n("n1"), "K1", &net(), 600, None, "A", &actor()).await.unwrap();
-    let opened = b.open_tunnel(&n("n1"), "K2", &net(), 600, None, "B", &actor()).await.unwrap();
+    a.open_tunnel(&n("n1"), &key("K1"), &net(), 600, None, "A", &actor()).await.unwrap();
+    let opened = b.open_tunnel(&n("n1"), &key("K2"), &net(), 600, None, "B", &actor()).await.unwrap();
     assert_eq!(opened.replaced.as_ref().map(|t| t.server.as_str()), Some("A"), "A's tunnel was replaced");
     assert_eq!(opened.tunnel.server, "B");
     assert!(recv_within(&mut rx, 2).await, "watch_tunnels(A) yields within 2 s");
 
     // B's own changes are B's business: A hears nothing.
-    b.open_tunnel(&n("n1"), "K3", &net(), 600, None, "B", &actor()).await.unwrap();
+    b.open_tunnel(&n("n1"), &key("K3"), &net(), 600, None, "B", &actor()).await.unwrap();
     b.close_tunnel(&n("n1"), CloseReason::Revoked, &actor()).await.unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(), "nothing for A");
 
     // Revocation, expiry and phone-home of A's tunnel.
-    a.open_tunnel(&n("n1"), "K4", &net(), 600, None, "A", &actor()).await.unwrap();
+    a.open_tunnel(&n("n1"), &key("K4"), &net(), 600, None, "A", &actor()).await.unwrap();
     b.close_tunnel(&n("n1"), CloseReason::Revoked, &actor()).await.unwrap();
     assert!(recv_within(&mut rx, 2).await, "a revocation wakes A");
-    let t = a.open_tunnel(&n("n1"), "K5", &net(), 10, None, "A", &actor()).await.unwrap().tunnel;
+    let t = a.open_tunnel(&n("n1"), &key("K5"), &net(), 10, None, "A", &actor()).await.unwrap().tunnel;
     assert_eq!(b.expire_tunnels(t.expires_at).await.unwrap().len(), 1);
     assert!(recv_within(&mut rx, 2).await, "an expiry wakes A");
-    let t = a.open_tunnel(&n("n1"), "K6", &net(), 600, None, "A", &actor()).await.unwrap().tunnel;
+    let t = a.open_tunnel(&n("n1"), &key("K6"), &net(), 600, None, "A", &actor()).await.unwrap().tunnel;
     a.phone_home(&t, &Default::default()).await.unwrap().unwrap();
     assert!(tokio::time::timeout(Duration::from_millis(500), rx.recv()).await.is_err(), "phone-home: A's own");
 
@@ -202,8 +203,8 @@ async fn a_tunnel_taken_over_by_another_server_wakes_its_old_server(kind: Kind) 
     .await
     .unwrap();
     assert!(recv_within(&mut rx, 5).await, "a reconnect yields");
-    a.open_tunnel(&n("n1"), "K7", &net(), 600, None, "A", &actor()).await.unwrap();
-    b.open_tunnel(&n("n1"), "K8", &net(), 600, None, "B", &actor()).await.unwrap();
+    a.open_tunnel(&n("n1"), &key("K7"), &net(), 600, None, "A", &actor()).await.unwrap();
+    b.open_tunnel(&n("n1"), &key("K8"), &net(), 600, None, "B", &actor()).await.unwrap();
     assert!(recv_within(&mut rx, 2).await, "listening again after the reconnect");
     raw.close().await;
 }

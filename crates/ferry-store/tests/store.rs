@@ -11,7 +11,8 @@ use ferry_api::admin::{
 use ferry_api::Secret;
 use ferry_core::patch::SettingsPatch;
 use ferry_core::{NodeName, ProfileName, Settings};
-use ferry_store::{Actor, Sealer, SqlStore, Store, StoreError};
+use ferry_store::prelude::*;
+use ferry_store::{Actor, Sealer, SqlStore, StoreError};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -365,7 +366,7 @@ async fn a_sqlite_database_of_the_previous_release_upgrades() {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("INSERT INTO tunnels (node, public_key, address, created_at, expires_at) VALUES ('n1', 'K', '100.64.0.2', 0, 9999999999)")
+    sqlx::query("INSERT INTO tunnels (node, public_key, address, created_at, expires_at) VALUES ('n1', 'KAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=', '100.64.0.2', 0, 9999999999)")
         .execute(&pool)
         .await
         .unwrap();

@@ -3,11 +3,12 @@
 #[macro_use]
 mod common;
 
-use common::{Kind, TestDb};
+use common::{key, Kind, TestDb};
 use ferry_api::admin::{AddNodes, NewNode};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::NodeName;
-use ferry_store::{Actor, BootReport, CloseReason, SqlStore, Store, StoreError};
+use ferry_store::prelude::*;
+use ferry_store::{Actor, AgentMode, BootReport, CloseReason, SqlStore, StoreError};
 
 async fn store_with(kind: Kind, nodes: &[&str]) -> (TestDb, SqlStore) {
     let db = TestDb::new(kind).await;
@@ -35,33 +36,35 @@ fn n(s: &str) -> NodeName {
 async fn one_tunnel_per_node_and_unique_addresses(kind: Kind) {
     let (_d, s) = store_with(kind, &["a", "b"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
-    let a1 = s.open_tunnel(&n("a"), "KEYA1", &net, 600, Some("fetch"), "local", &actor()).await.unwrap();
-    assert_eq!(s.tunnel_by_address(a1.tunnel.address).await.unwrap().unwrap().mode.as_deref(), Some("fetch"));
+    let a1 = s.open_tunnel(&n("a"), &key("KEYA1"), &net, 600, Some(AgentMode::Fetch), "local", &actor()).await.unwrap();
+    assert_eq!(s.tunnel_by_address(a1.tunnel.address).await.unwrap().unwrap().mode, Some(AgentMode::Fetch));
     assert_eq!(a1.tunnel.address.to_string(), "100.64.0.2");
     assert_eq!(s.list_tunnels().await.unwrap()[0].server, "local");
     assert!(a1.replaced.is_none());
-    let b = s.open_tunnel(&n("b"), "KEYB", &net, 600, None, "local", &actor()).await.unwrap();
+    let b = s.open_tunnel(&n("b"), &key("KEYB"), &net, 600, None, "local", &actor()).await.unwrap();
     assert_eq!(b.tunnel.address.to_string(), "100.64.0.3");
-    let a2 = s.open_tunnel(&n("a"), "KEYA2", &net, 600, None, "local", &actor()).await.unwrap();
-    assert_eq!(a2.replaced.as_ref().map(|t| t.public_key.as_str()), Some("KEYA1"));
+    let a2 = s.open_tunnel(&n("a"), &key("KEYA2"), &net, 600, None, "local", &actor()).await.unwrap();
+    assert_eq!(a2.replaced.as_ref().map(|t| t.public_key), Some(key("KEYA1")));
     let tunnels = s.list_tunnels().await.unwrap();
     assert_eq!(tunnels.len(), 2);
-    assert!(tunnels.iter().any(|t| t.public_key == "KEYA2") && !tunnels.iter().any(|t| t.public_key == "KEYA1"));
+    assert!(
+        tunnels.iter().any(|t| t.public_key == key("KEYA2")) && !tunnels.iter().any(|t| t.public_key == key("KEYA1"))
+    );
     // B's key cannot be enrolled for A.
     assert!(matches!(
-        s.open_tunnel(&n("a"), "KEYB", &net, 600, None, "local", &actor()).await,
+        s.open_tunnel(&n("a"), &key("KEYB"), &net, 600, None, "local", &actor()).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(s.list_tunnels().await.unwrap().len(), 2, "the failed attempt changed nothing (A keeps KEYA2)");
-    assert!(s.list_tunnels().await.unwrap().iter().any(|t| t.public_key == "KEYA2"));
+    assert!(s.list_tunnels().await.unwrap().iter().any(|t| t.public_key == key("KEYA2")));
 }
 
 async fn exhausted_pool_allocates_nothing(kind: Kind) {
     let (_d, s) = store_with(kind, &["a", "b"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/30").unwrap();
-    s.open_tunnel(&n("a"), "KA", &net, 600, None, "local", &actor()).await.unwrap();
+    s.open_tunnel(&n("a"), &key("KA"), &net, 600, None, "local", &actor()).await.unwrap();
     assert!(matches!(
-        s.open_tunnel(&n("b"), "KB", &net, 600, None, "local", &actor()).await,
+        s.open_tunnel(&n("b"), &key("KB"), &net, 600, None, "local", &actor()).await,
         Err(StoreError::PoolExhausted(_))
     ));
     assert_eq!(s.list_tunnels().await.unwrap().len(), 1);
@@ -70,9 +73,9 @@ async fn exhausted_pool_allocates_nothing(kind: Kind) {
 async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     let (_d, s) = store_with(kind, &["a", "b", "c"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-    let a = s.open_tunnel(&n("a"), "KA", &net, 30, None, "local", &actor()).await.unwrap().tunnel;
-    let b = s.open_tunnel(&n("b"), "KB", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
-    s.open_tunnel(&n("c"), "KC", &net, 600, None, "local", &actor()).await.unwrap();
+    let a = s.open_tunnel(&n("a"), &key("KA"), &net, 30, None, "local", &actor()).await.unwrap().tunnel;
+    let b = s.open_tunnel(&n("b"), &key("KB"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    s.open_tunnel(&n("c"), &key("KC"), &net, 600, None, "local", &actor()).await.unwrap();
     let expired = s.expire_tunnels(a.expires_at).await.unwrap();
     assert_eq!(expired.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(), ["a"]);
     let report =
@@ -85,7 +88,7 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     assert_eq!((info.boot_count, info.host_keys.len()), (1, 1));
     assert_eq!(s.host_keys().await.unwrap(), [(n("b"), "ssh-ed25519 AAAAC3Nza b".to_string())]);
     // The next boot of b counts on and replaces the last one's facts.
-    let b2 = s.open_tunnel(&n("b"), "KB2", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let b2 = s.open_tunnel(&n("b"), &key("KB2"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
     let again = BootReport { hostname: Some("b.example".into()), ..Default::default() };
     assert!(s.phone_home(&b2, &again).await.unwrap().is_some());
     let info = s.boot_info(&n("b")).await.unwrap().unwrap();
@@ -97,11 +100,11 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     assert_eq!(phone_home_closes.count(), 2, "each phone-home closes its tunnel, audited: {closes:?}");
     // A replaced tunnel's record cannot close its successor.
     let c1 = s.list_tunnels().await.unwrap().remove(0);
-    s.open_tunnel(&n("c"), "KC2", &net, 600, None, "local", &actor()).await.unwrap();
+    s.open_tunnel(&n("c"), &key("KC2"), &net, 600, None, "local", &actor()).await.unwrap();
     assert!(s.phone_home(&c1, &report).await.unwrap().is_none());
     assert_eq!(
         s.close_tunnel(&n("c"), CloseReason::Revoked, &actor()).await.unwrap().map(|t| t.public_key),
-        Some("KC2".into())
+        Some(key("KC2"))
     );
     assert!(s.list_tunnels().await.unwrap().is_empty());
     let audit = s.audit(Some("node/a"), 10).await.unwrap();
@@ -115,7 +118,7 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
 async fn deleting_a_node_and_targeted_closes_are_audited(kind: Kind) {
     let (_d, s) = store_with(kind, &["a", "b", "c"]).await;
     let net = TunnelNetwork::parse("100.64.0.0/24").unwrap();
-    let a = s.open_tunnel(&n("a"), "KA", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let a = s.open_tunnel(&n("a"), &key("KA"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
     let closed = s.delete_nodes(&[n("a"), n("c")], &actor()).await.unwrap();
     assert_eq!(closed, [a], "a's tunnel closed, c had none");
     assert!(s.list_tunnels().await.unwrap().is_empty());
@@ -123,8 +126,8 @@ async fn deleting_a_node_and_targeted_closes_are_audited(kind: Kind) {
     let close = audit.iter().find(|e| e.action == "tunnel.close").expect("the close is audited");
     assert!(close.detail.contains("reason=deleted") && close.detail.contains("key=KA"), "{close:?}");
 
-    let b1 = s.open_tunnel(&n("b"), "KB1", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
-    let b2 = s.open_tunnel(&n("b"), "KB2", &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let b1 = s.open_tunnel(&n("b"), &key("KB1"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
+    let b2 = s.open_tunnel(&n("b"), &key("KB2"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
     let none = s.close_tunnels(&[b1], CloseReason::NoHandshake, &actor()).await.unwrap();
     assert!(none.is_empty(), "a replaced tunnel's record does not close its successor");
     assert_eq!(s.list_tunnels().await.unwrap(), std::slice::from_ref(&b2));
@@ -161,7 +164,7 @@ async fn storm_writes_and_administration_take_turns(kind: Kind) {
         let (s, net, node) = (s.clone(), net, n(name));
         tasks.push(tokio::spawn(async move {
             for boot in 0..BOOTS {
-                let t = s.open_tunnel(&node, &format!("K{i}-{boot}"), &net, 600, None, "local", &actor()).await?;
+                let t = s.open_tunnel(&node, &key(&format!("K{i}x{boot}")), &net, 600, None, "local", &actor()).await?;
                 s.record_event(&actor(), "enroll.accepted", &format!("node/{node}"), "").await?;
                 let report = BootReport { instance_id: Some(format!("i-{boot}")), ..Default::default() };
                 assert!(s.phone_home(&t.tunnel, &report).await?.is_some(), "{node} boot {boot}");

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use ferry_store::{Sealer, SqlStore, StoreLocation};
+use ferry_store::{PublicKey, Sealer, SqlStore, StoreLocation};
 use sqlx::AnyPool;
 use sqlx::Row;
 
@@ -166,6 +166,12 @@ impl Drop for TestDb {
             panic!("cannot drop the test database");
         }
     }
+}
+
+/// A WireGuard public key whose base64 text starts with `label` (base64 letters and
+/// digits only), so audit text and assertions can name it.
+pub fn key(label: &str) -> PublicKey {
+    format!("{label:A<43}=").parse().unwrap_or_else(|e| panic!("key label {label:?}: {e}"))
 }
 
 /// Generates `NAME::sqlite` and `NAME::postgres` tests from `async fn NAME(kind: Kind)`.

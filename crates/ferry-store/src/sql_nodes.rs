@@ -1,0 +1,299 @@
+//! Nodes in the SQL store ([`NodeStore`]): settings, relations (profiles, unique
+//! addresses), sealed asset tags, and the tunnels a deletion closes.
+
+use crate::audit_rows::audit;
+use crate::codec::{check_unique, parse_json, parse_name, to_json};
+use crate::secrets::asset_tag_aad;
+use crate::sql::SqlStore;
+use crate::sql_profiles::{describe_patch, load_profiles, profile_map};
+use crate::sql_tpm::registered_tpm_nodes;
+use crate::tunnel_tx::{announce, delete_tunnel};
+use crate::write_conn::SqlxConn;
+use crate::{format_time, now_secs, Actor, CloseReason, NodeStore, StoreError, TunnelRecord};
+use async_trait::async_trait;
+use ferry_api::admin::{AddNodes, AssetTagChange, MergedNodeView, NodePatch, NodeView, SecretState};
+use ferry_api::Secret;
+use ferry_core::merge::merge_node;
+use ferry_core::model::{check_asset_tag, check_node_addresses, LayerKind};
+use ferry_core::{patch, MacAddr, Node, NodeName, Profile, ProfileName};
+use sqlx::AnyConnection;
+use std::collections::{BTreeMap, HashSet};
+
+struct StoredNode {
+    node: Node,
+    asset_tag: Option<Vec<u8>>,
+    revision: i64,
+    updated_at: i64,
+}
+
+async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
+    let (filter, name) = match only {
+        Some(n) => (" WHERE name = $1", n.as_str()),
+        None => ("", ""),
+    };
+    let sql = format!("SELECT name, settings, asset_tag, revision, updated_at FROM nodes{filter} ORDER BY name");
+    let mut q = sqlx::query_as::<_, (String, String, Option<Vec<u8>>, i64, i64)>(&sql);
+    if only.is_some() {
+        q = q.bind(name);
+    }
+    let mut nodes = Vec::new();
+    for (n, settings, asset_tag, revision, updated_at) in q.fetch_all(&mut *conn).await? {
+        let name: NodeName = parse_name("node", &n)?;
+        let settings = parse_json(&format!("node {name}"), &settings)?;
+        nodes.push(StoredNode { node: Node { name, profiles: vec![], settings }, asset_tag, revision, updated_at });
+    }
+    let sql =
+        format!("SELECT node, profile FROM node_profiles{} ORDER BY node, position", filter.replace("name", "node"));
+    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+    if only.is_some() {
+        q = q.bind(name);
+    }
+    let mut by_name: BTreeMap<String, Vec<ProfileName>> = BTreeMap::new();
+    for (node, profile) in q.fetch_all(&mut *conn).await? {
+        by_name.entry(node).or_default().push(parse_name("profile", &profile)?);
+    }
+    for n in &mut nodes {
+        n.node.profiles = by_name.remove(n.node.name.as_str()).unwrap_or_default();
+    }
+    Ok(nodes)
+}
+
+async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
+    load_nodes(conn, Some(name))
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
+}
+
+/// A node as listings show it, with the identity policy its merged settings give.
+fn node_view(
+    s: StoredNode,
+    profiles: &BTreeMap<ProfileName, Profile>,
+    registered_tpms: &HashSet<String>,
+) -> Result<NodeView, StoreError> {
+    let merged = merge_node(&s.node, profiles)?;
+    let policy = merged.settings.identity_policy(s.asset_tag.is_some(), registered_tpms.contains(s.node.name.as_str()));
+    Ok(NodeView {
+        name: s.node.name,
+        profiles: s.node.profiles,
+        settings: s.node.settings,
+        asset_tag: if s.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        identity: (&policy).into(),
+        revision: s.revision,
+        updated_at: format_time(s.updated_at),
+    })
+}
+
+/// Validates a node against the current profiles and writes it with its relations.
+async fn write_node(
+    conn: &mut AnyConnection,
+    node: &Node,
+    asset_tag: Option<&[u8]>,
+    profiles: &BTreeMap<ProfileName, Profile>,
+    existing_revision: Option<i64>,
+) -> Result<(), StoreError> {
+    node.settings.validate(LayerKind::Node)?;
+    check_node_addresses(node)?;
+    merge_node(node, profiles)?;
+    let now = now_secs();
+    let settings = to_json(&node.settings);
+    match existing_revision {
+        None => {
+            let taken = sqlx::query("SELECT 1 FROM nodes WHERE name = $1")
+                .bind(node.name.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            if taken.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "node {} already exists; use `ferry node set` to change it",
+                    node.name
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO nodes (name, settings, asset_tag, revision, updated_at) VALUES ($1, $2, $3, 1, $4)",
+            )
+            .bind(node.name.as_str())
+            .bind(&settings)
+            .bind(asset_tag)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Some(rev) => {
+            sqlx::query(
+                "UPDATE nodes SET settings = $1, asset_tag = $2, revision = $3, updated_at = $4 WHERE name = $5",
+            )
+            .bind(&settings)
+            .bind(asset_tag)
+            .bind(rev + 1)
+            .bind(now)
+            .bind(node.name.as_str())
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("DELETE FROM node_profiles WHERE node = $1")
+                .bind(node.name.as_str())
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM node_addresses WHERE node = $1")
+                .bind(node.name.as_str())
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    for (pos, p) in node.profiles.iter().enumerate() {
+        sqlx::query("INSERT INTO node_profiles (node, position, profile) VALUES ($1, $2, $3)")
+            .bind(node.name.as_str())
+            .bind(pos as i64)
+            .bind(p.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for (kind, value) in node.settings.unique_addresses() {
+        let owner: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = $1 AND value = $2")
+            .bind(kind.as_str())
+            .bind(&value)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((owner,)) = owner {
+            let what = if kind == ferry_core::model::AddressKind::Mac { "MAC address" } else { "IP address" };
+            return Err(StoreError::Conflict(format!(
+                "{what} {value} of node {} is already used by node {owner}; each node needs its own",
+                node.name
+            )));
+        }
+        sqlx::query("INSERT INTO node_addresses (kind, value, node) VALUES ($1, $2, $3)")
+            .bind(kind.as_str())
+            .bind(&value)
+            .bind(node.name.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl SqlStore {
+    /// A node merged with its profiles, and its sealed tag, from one read snapshot.
+    async fn merged_and_sealed(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Vec<u8>>), StoreError> {
+        let mut tx = self.begin_read().await?;
+        let stored = load_node(&mut tx, name).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        tx.commit().await?;
+        let merged = merge_node(&stored.node, &profiles)?;
+        let view = MergedNodeView {
+            name: stored.node.name,
+            profiles: merged.profiles,
+            settings: merged.settings,
+            fields: merged.fields,
+            asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+        };
+        Ok((view, stored.asset_tag))
+    }
+
+    fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
+        check_asset_tag(tag.expose())?;
+        Ok(self.sealer.seal(tag.expose().as_bytes(), asset_tag_aad(node).as_bytes()))
+    }
+}
+
+#[async_trait]
+impl NodeStore for SqlStore {
+    async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError> {
+        check_unique(req.nodes.iter().map(|n| n.name.clone()))?;
+        let mut tx = self.begin_write().await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        for new in &req.nodes {
+            let node = Node { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() };
+            let sealed = new.asset_tag.as_ref().map(|t| self.seal_tag(&node.name, t)).transpose()?;
+            write_node(&mut tx, &node, sealed.as_deref(), &profiles, None).await?;
+            let detail = if new.asset_tag.is_some() { "with asset tag" } else { "" };
+            audit(&mut tx, actor, "node.add", &format!("node/{}", node.name), detail).await?;
+        }
+        tx.commit().await?;
+        Ok(req.nodes.len())
+    }
+
+    async fn set_nodes(&self, names: &[NodeName], patch: &NodePatch, actor: &Actor) -> Result<usize, StoreError> {
+        if patch.is_empty() {
+            return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
+        }
+        check_unique(names.iter())?;
+        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), patch.asset_tag.as_ref());
+        let mut tx = self.begin_write().await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        for name in names {
+            let mut stored = load_node(&mut tx, name).await?;
+            stored.node.settings = patch::apply(&stored.node.settings, &patch.settings, LayerKind::Node)?;
+            if let Some(p) = &patch.profiles {
+                stored.node.profiles = p.clone();
+            }
+            let asset = match &patch.asset_tag {
+                None => stored.asset_tag.take(),
+                Some(AssetTagChange::Unset) => None,
+                Some(AssetTagChange::Set(t)) => Some(self.seal_tag(name, t)?),
+            };
+            write_node(&mut tx, &stored.node, asset.as_deref(), &profiles, Some(stored.revision)).await?;
+            audit(&mut tx, actor, "node.set", &format!("node/{name}"), &detail).await?;
+        }
+        tx.commit().await?;
+        Ok(names.len())
+    }
+
+    async fn delete_nodes(&self, names: &[NodeName], actor: &Actor) -> Result<Vec<TunnelRecord>, StoreError> {
+        check_unique(names.iter())?;
+        let mut tx = self.begin_write().await?;
+        let mut closed = Vec::new();
+        for name in names {
+            // Closed here, audited, rather than dropped by the foreign key unseen.
+            let tunnel = delete_tunnel(&mut SqlxConn::new(&mut tx), name, CloseReason::Deleted, actor).await?;
+            closed.extend(tunnel);
+            let done = sqlx::query("DELETE FROM nodes WHERE name = $1").bind(name.as_str()).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound { kind: "node", name: name.to_string() });
+            }
+            audit(&mut tx, actor, "node.delete", &format!("node/{name}"), "").await?;
+        }
+        announce(&mut SqlxConn::new(&mut tx), &closed).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let nodes = load_nodes(&mut tx, None).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        let tpms = registered_tpm_nodes(&mut tx, None).await?;
+        tx.commit().await?;
+        nodes.into_iter().map(|n| node_view(n, &profiles, &tpms)).collect()
+    }
+
+    async fn get_node(&self, name: &NodeName) -> Result<NodeView, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let node = load_node(&mut tx, name).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        let tpms = registered_tpm_nodes(&mut tx, Some(name)).await?;
+        tx.commit().await?;
+        node_view(node, &profiles, &tpms)
+    }
+
+    async fn merged_node(&self, name: &NodeName) -> Result<MergedNodeView, StoreError> {
+        Ok(self.merged_and_sealed(name).await?.0)
+    }
+
+    async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError> {
+        let (merged, sealed) = self.merged_and_sealed(name).await?;
+        let Some(sealed) = sealed else { return Ok((merged, None)) };
+        let clear = self.sealer.open(&sealed, asset_tag_aad(name).as_bytes())?;
+        let text = String::from_utf8(clear.to_vec())
+            .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
+        Ok((merged, Some(Secret::new(text))))
+    }
+
+    async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = $1")
+                .bind(mac.to_string())
+                .fetch_optional(&self.read)
+                .await?;
+        row.map(|(n,)| parse_name("node", &n)).transpose()
+    }
+}

@@ -1,0 +1,97 @@
+//! The write path: which connection a write transaction runs on, and how writers take
+//! turns. SQLite admits one writer: the boot path's transactions ([`Transact`] jobs)
+//! run on the writer thread (`sqlite_writer`), and every other write goes through sqlx's
+//! single writer connection after pausing that thread. PostgreSQL: every write
+//! transaction first takes one transaction-level advisory lock, so the writers of every
+//! server on the database are serialized exactly as SQLite's single writer serializes
+//! them (check-then-insert code and the tunnel address search cannot race).
+
+use crate::sqlite_writer::{Paused, SqliteWriter};
+use crate::write_conn::{SqlxConn, Transact};
+use crate::StoreError;
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+
+/// The PostgreSQL advisory lock every write transaction takes (`pg_advisory_xact_lock`):
+/// "ferry" in ASCII and a 1. One key for every ferry server on the database (public so
+/// that tools and tests can find or hold it: `pg_locks` shows it as an advisory lock).
+pub const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
+
+/// Which database engine is behind the pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A write transaction through sqlx; used as its connection (`&mut *tx`). Dropped
+/// without [`commit`](Self::commit), it rolls back.
+pub(crate) struct WriteTx {
+    // Declared first, dropped first: the transaction ends before the writer resumes.
+    tx: Transaction<'static, Any>,
+    _paused: Option<Paused>,
+}
+
+impl WriteTx {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        let WriteTx { tx, _paused } = self;
+        tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// Where write transactions run (shared by the store and its audit writer).
+pub(crate) struct Writer {
+    backend: Backend,
+    /// SQLite: the single sqlx writer connection. PostgreSQL: a pool of its own, so
+    /// writers waiting for the advisory lock never take the readers' connections.
+    pool: AnyPool,
+    /// SQLite: the boot path's own thread.
+    sqlite: Option<SqliteWriter>,
+}
+
+impl Writer {
+    pub(crate) fn new(backend: Backend, pool: AnyPool, sqlite: Option<SqliteWriter>) -> Self {
+        Writer { backend, pool, sqlite }
+    }
+
+    /// Runs a transaction written for both connections: on SQLite whole on the writer
+    /// thread, on PostgreSQL through sqlx after the advisory lock.
+    pub(crate) async fn run<J: Transact>(&self, job: J) -> Result<J::Output, StoreError> {
+        if let Some(thread) = &self.sqlite {
+            return thread.run(job).await;
+        }
+        let mut tx = self.begin().await?;
+        let value = job.run(&mut SqlxConn::new(&mut tx)).await?;
+        tx.commit().await?;
+        Ok(value)
+    }
+
+    /// Begins a sqlx write transaction. SQLite: the writer thread is paused until it
+    /// ends. PostgreSQL: serialized with every other writer of the database (all ferry
+    /// servers) by the advisory lock. The transaction stays READ COMMITTED on purpose:
+    /// each statement after the lock sees everything committed by the writers before it
+    /// (a REPEATABLE READ snapshot would be taken before the lock wait).
+    pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let paused = match &self.sqlite {
+            Some(thread) => Some(thread.pause().await?),
+            None => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *tx).await?;
+        }
+        Ok(WriteTx { tx, _paused: paused })
+    }
+}
