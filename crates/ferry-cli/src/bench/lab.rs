@@ -244,8 +244,29 @@ impl Lab {
                 let secs = cpu_secs(&std::fs::read_to_string(path.join("stat")).unwrap_or_default());
                 *cpu.by_thread.entry(thread_kind(comm.trim())).or_default() += secs;
             }
+            // wireguard-go is the server's device in its own process: its CPU is the
+            // server's too (`ip netns exec` execs it, so the child's pid is its own).
+            if let Some(wg) = &s.wg_go {
+                let secs = cpu_secs(&Self::proc_field(wg.id(), "stat"));
+                cpu.total += secs;
+                *cpu.by_thread.entry("wireguard-go").or_default() += secs;
+            }
         }
         cpu
+    }
+
+    /// UDP datagrams the namespace dropped for a full socket receive buffer so far
+    /// (`RcvbufErrors`): in wire mode, packets the server's device socket could not take.
+    pub fn udp_receive_drops(&self) -> u64 {
+        let Ok(out) = sh(&["ip", "netns", "exec", &self.netns, "cat", "/proc/net/snmp"]) else { return 0 };
+        let mut udp = out.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "RcvbufErrors")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Forgets the servers' peak RSS so far (`clear_refs` 5), so each run reports its own.
@@ -257,17 +278,7 @@ impl Lab {
 
     /// The largest peak RSS among the servers.
     pub fn server_peak_rss_kib(&self) -> u64 {
-        self.servers
-            .iter()
-            .map(|s| {
-                Self::proc_field(s.pid, "status")
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0)
+        self.servers.iter().map(|s| peak_rss_kib(&s.pid.to_string())).max().unwrap_or(0)
     }
 
     /// Waits (bounded) for every device and the store to hold no tunnel.
@@ -331,6 +342,16 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A process's peak RSS (`VmHWM`) in KiB; `pid` may be "self".
+pub fn peak_rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User + system CPU seconds from a `/proc/.../stat` line.

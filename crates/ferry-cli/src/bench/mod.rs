@@ -131,9 +131,11 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     let wire = plan.wire;
     lab.route_tunnel_network_to_lo(!wire)?;
     lab.reset_peak_rss();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let plan = Arc::new(plan);
     let stats = Arc::new(report::Stats::default());
     let cpu_before = lab.server_cpu();
+    let drops_before = lab.udp_receive_drops();
     let client_before = client_cpu_secs();
     let started = Instant::now();
     let (nodes, concurrency, hold) = (args.nodes, args.concurrency, args.hold);
@@ -160,11 +162,13 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     .await?;
     let elapsed = started.elapsed();
     let client_cpu_s = client_cpu_secs() - client_before;
+    let client_peak_rss_kib = lab::peak_rss_kib("self");
     let server_cpu = lab.server_cpu().since(&cpu_before);
     let server_peak_rss_kib = lab.server_peak_rss_kib();
+    let udp_receive_drops = lab.udp_receive_drops() - drops_before;
     let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
     let stats = Arc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("a simulated node outlived the storm"))?;
-    Ok(report::Run { wire, stats, elapsed, server_cpu, server_peak_rss_kib, client_cpu_s, leaks })
+    Ok(report::Run { wire, stats, elapsed, server_cpu, server_peak_rss_kib, client_cpu_s, client_peak_rss_kib, udp_receive_drops, leaks })
 }
 
 /// This process's CPU seconds so far: the simulated nodes (and the bench's own idle

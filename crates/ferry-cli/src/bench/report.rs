@@ -41,6 +41,8 @@ pub struct Stats {
     peak_tunnels: AtomicUsize,
     /// WireGuard cookie replies the nodes received (the server's device under load).
     cookie_replies: AtomicUsize,
+    /// WireGuard handshake initiations the nodes sent, retransmissions included.
+    initiations: AtomicUsize,
 }
 
 impl Stats {
@@ -64,8 +66,9 @@ impl Stats {
     pub fn tunnel_closed(&self) {
         self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
     }
-    pub fn cookie_replies(&self, n: u32) {
-        self.cookie_replies.fetch_add(n as usize, Ordering::Relaxed);
+    pub fn handshakes(&self, initiations: u32, cookie_replies: u32) {
+        self.initiations.fetch_add(initiations as usize, Ordering::Relaxed);
+        self.cookie_replies.fetch_add(cookie_replies as usize, Ordering::Relaxed);
     }
     pub fn peak_tunnels(&self) -> usize {
         self.peak_tunnels.load(Ordering::Relaxed)
@@ -116,6 +119,9 @@ pub struct Run {
     pub server_cpu: Cpu,
     pub server_peak_rss_kib: u64,
     pub client_cpu_s: f64,
+    pub client_peak_rss_kib: u64,
+    /// Datagrams dropped for a full UDP receive buffer in the lab's namespace.
+    pub udp_receive_drops: u64,
     pub leaks: Leaks,
 }
 
@@ -155,7 +161,9 @@ impl Run {
             "nodes_per_s": completed as f64 / self.elapsed.as_secs_f64().max(1e-9),
             "steps": steps,
             "errors": errors,
+            "handshake_initiations": self.stats.initiations.load(Ordering::Relaxed),
             "cookie_replies": self.stats.cookie_replies.load(Ordering::Relaxed),
+            "udp_receive_drops": self.udp_receive_drops,
             "server": {
                 "peak_rss_mib": self.server_peak_rss_kib as f64 / 1024.0,
                 "cpu_s": self.server_cpu.total,
@@ -163,7 +171,11 @@ impl Run {
                 "cpu_by_thread": threads,
                 "peak_active_tunnels": self.stats.peak_tunnels(),
             },
-            "client": {"cpu_s": self.client_cpu_s, "cpu_ms_per_node": per_node(self.client_cpu_s)},
+            "client": {
+                "cpu_s": self.client_cpu_s,
+                "cpu_ms_per_node": per_node(self.client_cpu_s),
+                "peak_rss_mib": self.client_peak_rss_kib as f64 / 1024.0,
+            },
             "leaks": self.leaks,
             "method": if self.wire {
                 "each simulated node is a WireGuard peer (boringtun noise + smoltcp) sending UDP to the server's device"
@@ -299,7 +311,10 @@ fn run_text(j: &serde_json::Value, run: &serde_json::Value) -> String {
     let errors = run["errors"].as_object().map(|e| e.len()).unwrap_or(0);
     s += &format!("errors: {}\n", if errors == 0 { "none".to_string() } else { run["errors"].to_string() });
     if run["mode"] == "wire" {
-        s += &format!("WireGuard cookie replies (server under load): {}\n", run["cookie_replies"]);
+        s += &format!(
+            "WireGuard: {} handshake initiations sent (retransmissions included), {} cookie replies (server under load), {} datagrams dropped by full UDP receive buffers\n",
+            run["handshake_initiations"], run["cookie_replies"], run["udp_receive_drops"]
+        );
     }
     let server = &run["server"];
     let threads: Vec<String> = server["cpu_by_thread"]
@@ -317,9 +332,10 @@ fn run_text(j: &serde_json::Value, run: &serde_json::Value) -> String {
         server["peak_active_tunnels"]
     );
     s += &format!(
-        "client (this process): CPU {:.2} s = {:.3} ms per node\n",
+        "client (this process): CPU {:.2} s = {:.3} ms per node, peak RSS {:.1} MiB\n",
         f(&run["client"]["cpu_s"]),
-        f(&run["client"]["cpu_ms_per_node"])
+        f(&run["client"]["cpu_ms_per_node"]),
+        f(&run["client"]["peak_rss_mib"])
     );
     s += &format!(
         "after: {} active tunnels, {} device peers (must be 0 and 0)\n",

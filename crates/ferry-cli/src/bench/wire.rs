@@ -102,13 +102,18 @@ struct Wire {
     out: Box<[u8]>,
     /// Cookie replies received (the server is "under load" and wants a second try).
     cookies: u32,
+    /// Handshake initiations sent, retransmissions included.
+    initiations: u32,
     last_timers: Instant,
 }
 
 impl Wire {
     /// Sends without waiting: on loopback a full send buffer means the datagram is lost,
     /// which WireGuard and TCP recover from as on a real network.
-    fn send(udp: &std::net::UdpSocket, datagram: &[u8]) {
+    fn send(udp: &std::net::UdpSocket, initiations: &mut u32, datagram: &[u8]) {
+        if datagram.first() == Some(&1) {
+            *initiations += 1;
+        }
         let _ = udp.send(datagram);
     }
 
@@ -118,10 +123,10 @@ impl Wire {
         }
         match self.tunn.decapsulate(None, datagram, &mut self.out) {
             TunnResult::WriteToNetwork(reply) => {
-                Self::send(&self.sender, reply);
+                Self::send(&self.sender, &mut self.initiations, reply);
                 // Packets queued while the handshake was under way.
                 while let TunnResult::WriteToNetwork(p) = self.tunn.decapsulate(None, &[], &mut self.out) {
-                    Self::send(&self.sender, p);
+                    Self::send(&self.sender, &mut self.initiations, p);
                 }
             }
             TunnResult::WriteToTunnelV4(packet, _) => packets.rx.push_back(packet.to_vec()),
@@ -131,7 +136,7 @@ impl Wire {
 
     fn encrypt(&mut self, packet: &[u8]) {
         if let TunnResult::WriteToNetwork(datagram) = self.tunn.encapsulate(packet, &mut self.out) {
-            Self::send(&self.sender, datagram);
+            Self::send(&self.sender, &mut self.initiations, datagram);
         }
     }
 
@@ -139,7 +144,7 @@ impl Wire {
         if self.last_timers.elapsed() >= TIMER_TICK {
             self.last_timers = Instant::now();
             if let TunnResult::WriteToNetwork(p) = self.tunn.update_timers(&mut self.out) {
-                Self::send(&self.sender, p);
+                Self::send(&self.sender, &mut self.initiations, p);
             }
         }
     }
@@ -162,7 +167,12 @@ pub type WireResult<T> = Result<T, &'static str>;
 
 impl Tunnel {
     pub async fn open(p: &TunnelParams) -> WireResult<Tunnel> {
-        let sender = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|_| "udp bind")?;
+        // Each node sends from an address of its own in 127.0.0.0/8 (all of it is local):
+        // the server's device sees one endpoint per node, as on a real network, so its
+        // per-source defences (cookies, wireguard-go's rate limit) apply per node.
+        let i = p.index;
+        let source = Ipv4Addr::new(127, 1 + ((i >> 16) % 254) as u8, (i >> 8) as u8, i as u8);
+        let sender = std::net::UdpSocket::bind((source, 0)).map_err(|_| "udp bind")?;
         sender.connect(p.endpoint).map_err(|_| "udp connect")?;
         sender.set_nonblocking(true).map_err(|_| "udp socket")?;
         let udp = UdpSocket::from_std(sender.try_clone().map_err(|_| "udp socket")?).map_err(|_| "udp socket")?;
@@ -183,7 +193,7 @@ impl Tunnel {
         };
         iface.routes_mut().add_default_ipv4_route(gateway).map_err(|_| "route")?;
         Ok(Tunnel {
-            wire: Wire { udp, sender, tunn, out: vec![0; DATAGRAM].into(), cookies: 0, last_timers: Instant::now() },
+            wire: Wire { udp, sender, tunn, out: vec![0; DATAGRAM].into(), cookies: 0, initiations: 0, last_timers: Instant::now() },
             iface,
             sockets: SocketSet::new(Vec::new()),
             packets,
@@ -199,6 +209,11 @@ impl Tunnel {
         self.wire.cookies
     }
 
+    /// Handshake initiations sent so far, retransmissions included.
+    pub fn initiations(&self) -> u32 {
+        self.wire.initiations
+    }
+
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
@@ -208,7 +223,7 @@ impl Tunnel {
     /// session exists or `deadline`.
     pub async fn handshake(&mut self, deadline: Instant) -> WireResult<()> {
         if let TunnResult::WriteToNetwork(p) = self.wire.tunn.format_handshake_initiation(&mut self.wire.out, false) {
-            Wire::send(&self.wire.sender, p);
+            Wire::send(&self.wire.sender, &mut self.wire.initiations, p);
         }
         while self.wire.tunn.stats().0.is_none() {
             self.step(deadline).await.map_err(|_| "handshake timeout")?;

@@ -22,7 +22,7 @@ pub async fn finish(s: Session, plan: &Plan, stats: &Stats) {
     };
     let t = Instant::now();
     let shook = tunnel.handshake(deadline).await;
-    stats.cookie_replies(tunnel.cookies());
+    stats.handshakes(tunnel.initiations(), tunnel.cookies());
     if let Err(kind) = shook {
         return stats.error(format!("handshake {kind}"));
     }
