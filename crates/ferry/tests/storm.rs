@@ -30,7 +30,10 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
     // cookie retries, or the bench is losing them (not only slowing the handshake).
     let initiations = r["handshake_initiations"].as_u64().unwrap_or(0);
     let cookies = r["cookie_replies"].as_u64().unwrap_or(0);
-    assert!((500..750).contains(&(initiations - cookies.min(initiations))), "{initiations} initiations, {cookies} cookies");
+    assert!(
+        (500..750).contains(&(initiations - cookies.min(initiations))),
+        "{initiations} initiations, {cookies} cookies"
+    );
     assert!(r["churn"]["ratio"].as_f64().unwrap_or(0.0) > 1.0, "batched churn beats one process per peer");
     let peak = r["server"]["peak_active_tunnels"].as_u64().unwrap_or(0);
     assert!((1..=50).contains(&peak), "at most --concurrency tunnels at once, and some: {peak}");

@@ -168,7 +168,17 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     let udp_receive_drops = lab.udp_receive_drops() - drops_before;
     let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
     let stats = Arc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("a simulated node outlived the storm"))?;
-    Ok(report::Run { wire, stats, elapsed, server_cpu, server_peak_rss_kib, client_cpu_s, client_peak_rss_kib, udp_receive_drops, leaks })
+    Ok(report::Run {
+        wire,
+        stats,
+        elapsed,
+        server_cpu,
+        server_peak_rss_kib,
+        client_cpu_s,
+        client_peak_rss_kib,
+        udp_receive_drops,
+        leaks,
+    })
 }
 
 /// This process's CPU seconds so far: the simulated nodes (and the bench's own idle

@@ -193,7 +193,15 @@ impl Tunnel {
         };
         iface.routes_mut().add_default_ipv4_route(gateway).map_err(|_| "route")?;
         Ok(Tunnel {
-            wire: Wire { udp, sender, tunn, out: vec![0; DATAGRAM].into(), cookies: 0, initiations: 0, last_timers: Instant::now() },
+            wire: Wire {
+                udp,
+                sender,
+                tunn,
+                out: vec![0; DATAGRAM].into(),
+                cookies: 0,
+                initiations: 0,
+                last_timers: Instant::now(),
+            },
             iface,
             sockets: SocketSet::new(Vec::new()),
             packets,
