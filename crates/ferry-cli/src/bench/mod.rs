@@ -86,6 +86,15 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         "several servers need a shared store: add --store postgres://..."
     );
     let modes = if args.compare { vec![true, false] } else { vec![!args.no_wire] };
+    // The lab's servers share one namespace, and every ferry server uses the same
+    // tunnel address on its own device: only one device can own the route back to the
+    // nodes, so real tunnels work against one server at a time here.
+    anyhow::ensure!(
+        args.servers == 1 || modes == [false],
+        "several servers share the lab's namespace and tunnel address, so their tunnels cannot all route: \
+         add --no-wire to --servers {}",
+        args.servers
+    );
     let lab = lab::Lab::start(&args).await?;
     let pids: Vec<String> = lab.servers.iter().map(|s| s.pid.to_string()).collect();
     eprintln!(
