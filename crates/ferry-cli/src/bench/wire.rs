@@ -347,3 +347,48 @@ impl Tunnel {
         self.poll();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's first initiation leaves at once and a responder's answer completes the
+    /// handshake: no 5 s wait for WireGuard's retransmission (tokio's `try_send` on a
+    /// new socket used to drop that first datagram).
+    #[tokio::test]
+    async fn handshake_sends_its_first_initiation_at_once() {
+        let server_secret = boringtun::x25519::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let node_secret = boringtun::x25519::StaticSecret::random_from_rng(rand::rngs::OsRng);
+        let server_public = boringtun::x25519::PublicKey::from(&server_secret);
+        let node_public = boringtun::x25519::PublicKey::from(&node_secret);
+        let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.expect("bind");
+        let params = TunnelParams {
+            node_key: node_secret.to_bytes(),
+            server_key: server_public.to_bytes(),
+            endpoint: server.local_addr().expect("addr"),
+            node_address: Ipv4Addr::new(100, 64, 0, 2),
+            datasource: "100.64.0.1:8471".parse().expect("addr"),
+            index: 7,
+        };
+        let mut tunnel = Tunnel::open(&params).await.expect("open");
+        let node = tokio::spawn(async move {
+            let r = tunnel.handshake(Instant::now() + Duration::from_secs(20)).await;
+            (r, tunnel.initiations())
+        });
+        let mut responder = Tunn::new(server_secret, node_public, None, None, 1, None);
+        let mut buf = vec![0; DATAGRAM];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(2), server.recv_from(&mut buf))
+            .await
+            .expect("the first initiation arrives within 2 s, not after the 5 s retransmission")
+            .expect("recv");
+        assert_eq!((buf[0], n), (1, 148), "a handshake initiation");
+        let mut out = vec![0; DATAGRAM];
+        match responder.decapsulate(Some(from.ip()), &buf[..n], &mut out) {
+            TunnResult::WriteToNetwork(response) => server.send_to(response, from).await.expect("send"),
+            other => panic!("the responder did not answer: {other:?}"),
+        };
+        let (result, initiations) = node.await.expect("node task");
+        assert_eq!(result, Ok(()));
+        assert_eq!(initiations, 1, "no retransmission was needed");
+    }
+}
