@@ -208,7 +208,10 @@ pub async fn full_boot(i: usize, plan: Arc<Plan>, stats: Arc<Stats>) {
     finish(s, plan, stats).await;
 }
 
-/// Runs the futures with at most `sem` permits in flight, in order of creation.
+/// Runs the futures with at most `sem` permits in flight, in order of creation. A task
+/// is spawned only once it has its permit: spawning all N at once allocated every
+/// node's whole future up front (an async fn's future is as large as its largest
+/// state), ~26 KiB per node in wire mode (client peak RSS 345 → 84 MiB at 10,000 nodes).
 pub async fn run_all<Fut, T>(
     futs: impl IntoIterator<Item = Fut>,
     sem: &Arc<tokio::sync::Semaphore>,
@@ -218,18 +221,17 @@ where
     Fut: Future<Output = T> + Send + 'static,
     T: Send + 'static + Default,
 {
-    let handles: Vec<_> = futs
-        .into_iter()
-        .map(|f| {
-            let (sem, pb) = (sem.clone(), progress.clone());
-            tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                let r = f.await;
-                pb.inc(1);
-                r
-            })
-        })
-        .collect();
+    let mut handles = Vec::new();
+    for f in futs {
+        let Ok(permit) = sem.clone().acquire_owned().await else { break };
+        let pb = progress.clone();
+        handles.push(tokio::spawn(async move {
+            let r = f.await;
+            drop(permit);
+            pb.inc(1);
+            r
+        }));
+    }
     let mut out = Vec::with_capacity(handles.len());
     for h in handles {
         out.push(h.await.unwrap_or_default());
