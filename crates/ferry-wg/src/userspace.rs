@@ -19,6 +19,9 @@
 //!   [`WgDevice::status`] corrects the former and reads the latter.
 //! - Dropping the handle only signals the workers; the TUN interface disappears when the
 //!   last worker has exited, so `close` waits for that.
+//! - It opens its UDP sockets with the system's default receive buffer (208 KiB on
+//!   Debian), which a boot storm's bursts overflow (each lost packet costs the node a
+//!   TCP retransmission, ~1 s for a lost SYN): [`raise_receive_buffers`] enlarges them.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -79,6 +82,14 @@ impl UserspaceDevice {
             first = first.listen_port(port);
         }
         device.client.set(&first).await?;
+        let port = match setup.listen_port {
+            Some(port) => Some(port),
+            None => device.client.get().await?.listen_port,
+        };
+        if let Some(port) = port {
+            let raised = raise_receive_buffers(port);
+            tracing::debug!(interface = name, port, sockets = raised, "raised the device's UDP receive buffers");
+        }
         let nl = netlink::connect(name)?;
         netlink::configure_link(&nl, name, &setup.addresses, setup.mtu).await?;
         Ok(device)
@@ -97,6 +108,45 @@ impl UserspaceDevice {
             Err(poisoned) => poisoned.into_inner().is_some(),
         }
     }
+}
+
+/// Receive buffer for the device's UDP sockets: room for a few thousand datagrams, so a
+/// storm's burst waits in the queue instead of being dropped. Memory is used only while
+/// datagrams wait.
+const DEVICE_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Raises the receive buffer of this process's UDP sockets bound to `port` (boringtun's,
+/// which offers no setting for it; they are this process's own descriptors) to
+/// [`DEVICE_RECEIVE_BUFFER`]: beyond `net.core.rmem_max` when the process may
+/// (`SO_RCVBUFFORCE`, CAP_NET_ADMIN), else up to it. Returns how many sockets it raised.
+fn raise_receive_buffers(port: u16) -> usize {
+    use nix::sys::socket::{getsockname, getsockopt, setsockopt, sockopt, SockType, SockaddrStorage};
+    use std::os::fd::BorrowedFd;
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    let mut raised = 0;
+    for entry in fds.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if !std::fs::read_link(entry.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:")) {
+            continue;
+        }
+        // SAFETY: `fd` was open a moment ago and is only borrowed here: a descriptor
+        // closed in between fails the calls below with EBADF, nothing else.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        if getsockopt(&fd, sockopt::SockType) != Ok(SockType::Datagram) {
+            continue;
+        }
+        let Ok(local) = getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&fd)) else { continue };
+        let bound = local.as_sockaddr_in().map(|a| a.port()).or_else(|| local.as_sockaddr_in6().map(|a| a.port()));
+        if bound != Some(port) {
+            continue;
+        }
+        if setsockopt(&fd, sockopt::RcvBufForce, &DEVICE_RECEIVE_BUFFER).is_ok()
+            || setsockopt(&fd, sockopt::RcvBuf, &DEVICE_RECEIVE_BUFFER).is_ok()
+        {
+            raised += 1;
+        }
+    }
+    raised
 }
 
 /// Creates the boringtun device in a dedicated thread (see the module docs).

@@ -1,7 +1,7 @@
 //! The server under test: a `ferry serve` process in a network namespace of its own.
 
 use super::client::{node_mac, node_name, node_tag};
-use super::report::Leaks;
+use super::report::{Cpu, Leaks};
 use super::StormArgs;
 use crate::client::AdminClient;
 use anyhow::{bail, Context};
@@ -51,7 +51,6 @@ impl Lab {
         let mut lab =
             Lab { netns: netns.clone(), servers: Vec::new(), dir: dir.clone(), scratch: None, cleaned: false };
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
-        sh(&["ip", "-n", &netns, "route", "add", "local", "100.64.0.0/16", "dev", "lo"])?;
         let store = match &args.store {
             Some(url) => {
                 let scratch = super::scratch::ScratchDatabase::create(url).await?;
@@ -96,9 +95,11 @@ impl Lab {
         // Every simulated node comes from one address, so the per-source limits (meant for
         // one node per address: rate and connections) are set far above what the storm
         // sends; the global limit and the enrollment cap too, so the benchmark measures
-        // the server, not its limits — their code still runs on every request. Simulated
-        // nodes speak no WireGuard, so the no-handshake deadline is off (a --hold storm
-        // outlasts it).
+        // the server, not its limits — their code still runs on every request. The
+        // no-handshake deadline stays at its default unless --hold (whose nodes handshake
+        // only after every node has enrolled, which can outlast it); --no-wire nodes never
+        // handshake, but phone home long before the deadline.
+        let deadline = if args.hold { "handshake_deadline_secs = 0\n" } else { "" };
         std::fs::write(
             &config,
             format!(
@@ -110,7 +111,7 @@ impl Lab {
                  max_concurrent_enrollments = 100000\nmax_connections_per_source = 100000\n\
                  [datasource]\nport = {}\n\
                  [wireguard]\ninterface = \"{interface}\"\nbackend = \"{backend}\"\nlisten_port = {}\n\
-                 tunnel_ttl_secs = 3600\nhandshake_deadline_secs = 0\n",
+                 tunnel_ttl_secs = 3600\n{deadline}",
                 self.dir.join("secrets.key").display(),
                 8471 + 10 * i,
                 51820 + i,
@@ -219,34 +220,65 @@ impl Lab {
         std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
     }
 
-    /// The servers' user + system CPU seconds so far, summed.
-    pub fn server_cpu_secs(&self) -> f64 {
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
-        let mut total = 0.0;
-        for s in &self.servers {
-            let stat = Self::proc_field(s.pid, "stat");
-            // Fields after the command name (which may contain spaces) start after ')'.
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            total += (ticks(11) + ticks(12)) / hz;
+    /// For --no-wire: the namespace delivers the tunnel network to loopback, so a
+    /// simulated node can bind its tunnel address. Off for real tunnels, whose replies
+    /// must leave through the server's device.
+    pub fn route_tunnel_network_to_lo(&self, on: bool) -> anyhow::Result<()> {
+        let verb = if on { "add" } else { "del" };
+        let r = sh(&["ip", "-n", &self.netns, "route", verb, "local", "100.64.0.0/16", "dev", "lo", "table", "local"]);
+        match r {
+            Err(e) if !on && e.to_string().contains("No such process") => Ok(()), // was not there
+            r => r.map(|_| ()),
         }
-        total
+    }
+
+    /// The servers' user + system CPU seconds so far, summed, by kind of thread.
+    pub fn server_cpu(&self) -> Cpu {
+        let mut cpu = Cpu::default();
+        for s in &self.servers {
+            cpu.total += cpu_secs(&Self::proc_field(s.pid, "stat"));
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", s.pid)) else { continue };
+            for task in tasks.flatten() {
+                let path = task.path();
+                let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+                let secs = cpu_secs(&std::fs::read_to_string(path.join("stat")).unwrap_or_default());
+                *cpu.by_thread.entry(thread_kind(comm.trim())).or_default() += secs;
+            }
+            // wireguard-go is the server's device in its own process: its CPU is the
+            // server's too (`ip netns exec` execs it, so the child's pid is its own).
+            if let Some(wg) = &s.wg_go {
+                let secs = cpu_secs(&Self::proc_field(wg.id(), "stat"));
+                cpu.total += secs;
+                *cpu.by_thread.entry("wireguard-go").or_default() += secs;
+            }
+        }
+        cpu
+    }
+
+    /// UDP datagrams the namespace dropped for a full socket receive buffer so far
+    /// (`RcvbufErrors`): in wire mode, packets the server's device socket could not take.
+    pub fn udp_receive_drops(&self) -> u64 {
+        let Ok(out) = sh(&["ip", "netns", "exec", &self.netns, "cat", "/proc/net/snmp"]) else { return 0 };
+        let mut udp = out.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "RcvbufErrors")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Forgets the servers' peak RSS so far (`clear_refs` 5), so each run reports its own.
+    pub fn reset_peak_rss(&self) {
+        for s in &self.servers {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", s.pid), "5");
+        }
     }
 
     /// The largest peak RSS among the servers.
     pub fn server_peak_rss_kib(&self) -> u64 {
-        self.servers
-            .iter()
-            .map(|s| {
-                Self::proc_field(s.pid, "status")
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            })
-            .max()
-            .unwrap_or(0)
+        self.servers.iter().map(|s| peak_rss_kib(&s.pid.to_string())).max().unwrap_or(0)
     }
 
     /// Waits (bounded) for every device and the store to hold no tunnel.
@@ -309,6 +341,44 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A process's peak RSS (`VmHWM`) in KiB; `pid` may be "self".
+pub fn peak_rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds from a `/proc/.../stat` line.
+pub fn cpu_secs(stat: &str) -> f64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    // Fields after the command name (which may contain spaces) start after ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// What a server thread does, from its name: boringtun's workers inherit the name of
+/// the thread that created the device (`wg-create-IFACE`); tokio's workers run the HTTP
+/// listeners, enrollment and the tunnel manager; the store has its SQLite writer
+/// thread and sqlx's connection threads.
+fn thread_kind(comm: &str) -> &'static str {
+    if comm.starts_with("wg-create") {
+        "wireguard"
+    } else if comm.starts_with("tokio-r") {
+        "runtime"
+    } else if comm.starts_with("ferry-sqlite") {
+        "store-writer"
+    } else if comm.starts_with("sqlx") {
+        "store-sqlx"
+    } else {
+        "other"
     }
 }
 

@@ -2,16 +2,24 @@
 //! own network namespace, SQLite store, real WireGuard device), through the complete
 //! node protocol for N simulated nodes.
 //!
-//! To reach the datasource from N tunnel addresses without N WireGuard clients, the
-//! namespace routes the tunnel network to loopback (`ip route add local 100.64.0.0/16
-//! dev lo`) and each simulated node binds its socket to its own tunnel address: the
-//! server sees exactly the source address a real tunnel would deliver.
+//! By default (`--wire`) every simulated node is a real WireGuard peer inside this
+//! process (`wire.rs`: boringtun's Noise state machine and smoltcp's TCP/IP): it
+//! handshakes with the server's device over UDP and fetches its documents and phones
+//! home through the encrypted tunnel. `--no-wire` takes WireGuard out of the data path:
+//! the namespace routes the tunnel network to loopback (`ip route add local
+//! 100.64.0.0/16 dev lo`) and each simulated node binds its socket to its tunnel
+//! address, so the server sees the source address a tunnel would deliver but never
+//! handshakes nor decrypts. `--compare` runs both against the same server, one after
+//! the other, and reports the ratio.
 
 mod churn;
 mod client;
 mod lab;
 mod report;
 mod scratch;
+mod wire;
+mod wire_http;
+mod wire_node;
 
 use anyhow::Context;
 use clap::Args;
@@ -30,6 +38,22 @@ pub struct StormArgs {
     /// Enroll every node before any fetches or phones home (peak tunnels = nodes).
     #[arg(long)]
     pub hold: bool,
+    /// Every simulated node is a real WireGuard peer: handshake, then HTTP through the
+    /// encrypted tunnel (the default).
+    #[arg(long, overrides_with = "no_wire")]
+    pub wire: bool,
+    /// Take WireGuard out of the data path: nodes fetch over loopback from their tunnel
+    /// address, the server never handshakes nor decrypts (the figures of earlier rounds).
+    #[arg(long, overrides_with = "wire")]
+    pub no_wire: bool,
+    /// Run the storm twice against the same server, with WireGuard and without, and
+    /// report both side by side with their ratio.
+    #[arg(long, conflicts_with_all = ["wire", "no_wire"])]
+    pub compare: bool,
+    /// Inside the tunnel, one TCP connection for all of a node's requests instead of one
+    /// per request (cloud-init and today's agent open one per document).
+    #[arg(long)]
+    pub keep_alive: bool,
     /// WireGuard backend of the server under test: userspace or wireguard-go.
     #[arg(long, default_value = "userspace", value_parser = ["userspace", "wireguard-go"])]
     pub backend: String,
@@ -61,59 +85,47 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         args.servers == 1 || args.store.is_some(),
         "several servers need a shared store: add --store postgres://..."
     );
+    let modes = if args.compare { vec![true, false] } else { vec![!args.no_wire] };
+    // The lab's servers share one namespace, and every ferry server uses the same
+    // tunnel address on its own device: only one device can own the route back to the
+    // nodes, so real tunnels work against one server at a time here.
+    anyhow::ensure!(
+        args.servers == 1 || modes == [false],
+        "several servers share the lab's namespace and tunnel address, so their tunnels cannot all route: \
+         add --no-wire to --servers {}",
+        args.servers
+    );
     let lab = lab::Lab::start(&args).await?;
     let pids: Vec<String> = lab.servers.iter().map(|s| s.pid.to_string()).collect();
     eprintln!(
-        "storm: {} nodes, concurrency {}, {} server(s) (pid {}) in namespace {} ({} backend, {} store); tunnel \
-         network routed to lo, simulated nodes bind their tunnel addresses",
+        "storm: {} nodes, concurrency {}, {} server(s) (pid {}) in namespace {} ({} backend, {} store); {}",
         args.nodes,
         args.concurrency,
         lab.servers.len(),
         pids.join(", "),
         lab.netns,
         args.backend,
-        if args.store.is_some() { "PostgreSQL" } else { "SQLite" }
+        if args.store.is_some() { "PostgreSQL" } else { "SQLite" },
+        match &modes[..] {
+            [true] => "nodes are WireGuard peers (handshake, HTTP inside the tunnel)",
+            [false] => "no WireGuard: tunnel network routed to lo, nodes bind their tunnel addresses",
+            _ => "with WireGuard, then without (--compare)",
+        }
     );
     lab.add_nodes(args.nodes).await?;
-    let targets = Arc::new(lab.targets().await?);
-    let stats = Arc::new(report::Stats::default());
-    let started = Instant::now();
-    let cpu_before = lab.server_cpu_secs();
-    let nodes = args.nodes;
-    let (concurrency, hold) = (args.concurrency, args.hold);
-    let stats2 = stats.clone();
-    let tg = targets.clone();
-    lab.in_netns(move || async move {
-        let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
-        progress.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        progress.set_message("nodes");
-        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
-        if hold {
-            let enroll = (0..nodes).map(|i| client::enroll_only(i, tg.clone(), stats2.clone()));
-            let sessions = client::run_all(enroll, &sem, &progress).await;
-            let finish = sessions.into_iter().map(|s| client::finish(s, stats2.clone()));
-            client::run_all(finish, &sem, &progress).await;
-        } else {
-            let boots = (0..nodes).map(|i| client::full_boot(i, tg.clone(), stats2.clone()));
-            client::run_all(boots, &sem, &progress).await;
-        }
-        progress.finish_and_clear();
-    })
-    .await?;
-    let peak_tunnels = stats.peak_tunnels();
-    let elapsed = started.elapsed();
-    let cpu = lab.server_cpu_secs() - cpu_before;
-    let rss_peak = lab.server_peak_rss_kib();
-    let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
+    let targets = lab.targets().await?;
+    let mut runs = Vec::new();
+    for wire in modes {
+        let plan = client::Plan { targets: lab.targets().await?, wire, keep_alive: args.keep_alive };
+        runs.push(run(&lab, &args, plan).await?);
+    }
+    drop(targets);
     let churn = if args.churn_peers > 0 {
         Some(churn::compare(&lab, args.churn_peers, args.backend == "wireguard-go").await?)
     } else {
         None
     };
-    let report = Report::new(&args, &stats, elapsed, cpu, rss_peak, peak_tunnels, leaks, churn);
+    let report = Report::new(&args, &runs, churn);
     lab.stop().await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
@@ -121,4 +133,65 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         print!("{}", report.to_text());
     }
     report.ok().then_some(()).context("the storm had errors or leaks (see above)")
+}
+
+/// One storm through every node, then the leak check.
+async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Result<report::Run> {
+    let wire = plan.wire;
+    lab.route_tunnel_network_to_lo(!wire)?;
+    lab.reset_peak_rss();
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let plan = Arc::new(plan);
+    let stats = Arc::new(report::Stats::default());
+    let cpu_before = lab.server_cpu();
+    let drops_before = lab.udp_receive_drops();
+    let client_before = client_cpu_secs();
+    let started = Instant::now();
+    let (nodes, concurrency, hold) = (args.nodes, args.concurrency, args.hold);
+    let stats2 = stats.clone();
+    lab.in_netns(move || async move {
+        let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
+        progress.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        progress.set_message(if wire { "nodes (wire)" } else { "nodes (no wire)" });
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        if hold {
+            let enroll = (0..nodes).map(|i| client::enroll_only(i, plan.clone(), stats2.clone()));
+            let sessions = client::run_all(enroll, &sem, &progress).await;
+            let finish = sessions.into_iter().map(|s| client::finish(s, plan.clone(), stats2.clone()));
+            client::run_all(finish, &sem, &progress).await;
+        } else {
+            let boots = (0..nodes).map(|i| client::full_boot(i, plan.clone(), stats2.clone()));
+            client::run_all(boots, &sem, &progress).await;
+        }
+        progress.finish_and_clear();
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let client_cpu_s = client_cpu_secs() - client_before;
+    let client_peak_rss_kib = lab::peak_rss_kib("self");
+    let server_cpu = lab.server_cpu().since(&cpu_before);
+    let server_peak_rss_kib = lab.server_peak_rss_kib();
+    let udp_receive_drops = lab.udp_receive_drops() - drops_before;
+    let leaks = lab.verify_no_leaks(Duration::from_secs(20)).await?;
+    let stats = Arc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("a simulated node outlived the storm"))?;
+    Ok(report::Run {
+        wire,
+        stats,
+        elapsed,
+        server_cpu,
+        server_peak_rss_kib,
+        client_cpu_s,
+        client_peak_rss_kib,
+        udp_receive_drops,
+        leaks,
+    })
+}
+
+/// This process's CPU seconds so far: the simulated nodes (and the bench's own idle
+/// runtime).
+fn client_cpu_secs() -> f64 {
+    lab::cpu_secs(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
 }

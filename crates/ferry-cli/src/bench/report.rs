@@ -10,6 +10,8 @@ use std::time::Duration;
 pub enum Step {
     Challenge,
     Enroll,
+    /// The WireGuard handshake (wire mode).
+    Handshake,
     Document,
     PhoneHome,
     Node,
@@ -20,6 +22,7 @@ impl Step {
         match self {
             Step::Challenge => "challenge",
             Step::Enroll => "enroll",
+            Step::Handshake => "handshake",
             Step::Document => "document",
             Step::PhoneHome => "phone-home",
             Step::Node => "node total",
@@ -36,6 +39,10 @@ pub struct Stats {
     /// there ever were at once.
     open_tunnels: AtomicUsize,
     peak_tunnels: AtomicUsize,
+    /// WireGuard cookie replies the nodes received (the server's device under load).
+    cookie_replies: AtomicUsize,
+    /// WireGuard handshake initiations the nodes sent, retransmissions included.
+    initiations: AtomicUsize,
 }
 
 impl Stats {
@@ -59,6 +66,10 @@ impl Stats {
     pub fn tunnel_closed(&self) {
         self.open_tunnels.fetch_sub(1, Ordering::Relaxed);
     }
+    pub fn handshakes(&self, initiations: u32, cookie_replies: u32) {
+        self.initiations.fetch_add(initiations as usize, Ordering::Relaxed);
+        self.cookie_replies.fetch_add(cookie_replies as usize, Ordering::Relaxed);
+    }
     pub fn peak_tunnels(&self) -> usize {
         self.peak_tunnels.load(Ordering::Relaxed)
     }
@@ -78,6 +89,104 @@ pub struct Churn {
     pub ratio: f64,
 }
 
+/// CPU seconds of the servers so far, by kind of thread (see `Lab::cpu`).
+#[derive(Debug, Clone, Default)]
+pub struct Cpu {
+    pub total: f64,
+    pub by_thread: BTreeMap<&'static str, f64>,
+}
+
+impl Cpu {
+    /// What was spent between `before` and `self`; threads that ended in between are
+    /// counted under "other".
+    pub fn since(&self, before: &Cpu) -> Cpu {
+        let mut by_thread = BTreeMap::new();
+        for (k, v) in &self.by_thread {
+            by_thread.insert(*k, (v - before.by_thread.get(k).copied().unwrap_or(0.0)).max(0.0));
+        }
+        let total = self.total - before.total;
+        let named: f64 = by_thread.iter().filter(|(k, _)| **k != "other").map(|(_, v)| v).sum();
+        by_thread.insert("other", (total - named).max(0.0));
+        Cpu { total, by_thread }
+    }
+}
+
+/// One storm: every node through the protocol in one mode.
+pub struct Run {
+    pub wire: bool,
+    pub stats: Stats,
+    pub elapsed: Duration,
+    pub server_cpu: Cpu,
+    pub server_peak_rss_kib: u64,
+    pub client_cpu_s: f64,
+    pub client_peak_rss_kib: u64,
+    /// Datagrams dropped for a full UDP receive buffer in the lab's namespace.
+    pub udp_receive_drops: u64,
+    pub leaks: Leaks,
+}
+
+impl Run {
+    fn ok(&self, nodes: usize) -> bool {
+        let errors = self.stats.errors.lock().map(|e| e.is_empty()).unwrap_or(false);
+        errors
+            && self.stats.completed.load(Ordering::Relaxed) == nodes
+            && self.leaks.active_tunnels == 0
+            && self.leaks.device_peers == 0
+    }
+
+    fn to_json(&self, nodes: usize) -> serde_json::Value {
+        let completed = self.stats.completed.load(Ordering::Relaxed);
+        let mut steps = serde_json::Map::new();
+        if let Ok(mut l) = self.stats.latencies.lock() {
+            for (step, v) in l.iter_mut() {
+                v.sort();
+                steps.insert(
+                    step.name().into(),
+                    serde_json::json!({"count": v.len(), "p50_ms": pct(v, 0.5), "p95_ms": pct(v, 0.95), "p99_ms": pct(v, 0.99), "max_ms": pct(v, 1.0)}),
+                );
+            }
+        }
+        let errors: BTreeMap<String, usize> = self.stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        let per_node = |s: f64| s * 1000.0 / completed.max(1) as f64;
+        let threads: serde_json::Map<String, serde_json::Value> = self
+            .server_cpu
+            .by_thread
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!({"cpu_s": v, "ms_per_node": per_node(*v)})))
+            .collect();
+        serde_json::json!({
+            "mode": if self.wire { "wire" } else { "no-wire" },
+            "completed": completed,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "nodes_per_s": completed as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            "steps": steps,
+            "errors": errors,
+            "handshake_initiations": self.stats.initiations.load(Ordering::Relaxed),
+            "cookie_replies": self.stats.cookie_replies.load(Ordering::Relaxed),
+            "udp_receive_drops": self.udp_receive_drops,
+            "server": {
+                "peak_rss_mib": self.server_peak_rss_kib as f64 / 1024.0,
+                "cpu_s": self.server_cpu.total,
+                "cpu_ms_per_node": per_node(self.server_cpu.total),
+                "cpu_by_thread": threads,
+                "peak_active_tunnels": self.stats.peak_tunnels(),
+            },
+            "client": {
+                "cpu_s": self.client_cpu_s,
+                "cpu_ms_per_node": per_node(self.client_cpu_s),
+                "peak_rss_mib": self.client_peak_rss_kib as f64 / 1024.0,
+            },
+            "leaks": self.leaks,
+            "method": if self.wire {
+                "each simulated node is a WireGuard peer (boringtun noise + smoltcp) sending UDP to the server's device"
+            } else {
+                "simulated nodes bind their tunnel addresses; the namespace routes 100.64.0.0/16 to lo (no WireGuard)"
+            },
+            "ok": self.ok(nodes),
+        })
+    }
+}
+
 pub struct Report {
     json: serde_json::Value,
     ok: bool,
@@ -92,48 +201,44 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 impl Report {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        args: &StormArgs,
-        stats: &Stats,
-        elapsed: Duration,
-        cpu_secs: f64,
-        rss_kib: u64,
-        peak_tunnels: usize,
-        leaks: Leaks,
-        churn: Option<Churn>,
-    ) -> Report {
-        let completed = stats.completed.load(Ordering::Relaxed);
-        let mut steps = serde_json::Map::new();
-        if let Ok(mut l) = stats.latencies.lock() {
-            for (step, v) in l.iter_mut() {
-                v.sort();
-                steps.insert(
-                    step.name().into(),
-                    serde_json::json!({"count": v.len(), "p50_ms": pct(v, 0.5), "p95_ms": pct(v, 0.95), "p99_ms": pct(v, 0.99), "max_ms": pct(v, 1.0)}),
-                );
-            }
-        }
-        let errors: BTreeMap<String, usize> = stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
-        let ok = errors.is_empty() && completed == args.nodes && leaks.active_tunnels == 0 && leaks.device_peers == 0;
-        let json = serde_json::json!({
+    /// The first run's figures at the top level; with `--compare`, every run under
+    /// `runs` and the first against the second under `ratio`.
+    pub fn new(args: &StormArgs, runs: &[Run], churn: Option<Churn>) -> Report {
+        let ok = runs.iter().all(|r| r.ok(args.nodes));
+        let all: Vec<serde_json::Value> = runs.iter().map(|r| r.to_json(args.nodes)).collect();
+        let mut json = all.first().cloned().unwrap_or_default();
+        let fields = serde_json::json!({
             "nodes": args.nodes,
             "concurrency": args.concurrency,
             "hold": args.hold,
+            "keep_alive": args.keep_alive,
             "backend": args.backend,
             "servers": args.servers,
             "store": if args.store.is_some() { "postgres" } else { "sqlite" },
-            "completed": completed,
-            "elapsed_s": elapsed.as_secs_f64(),
-            "nodes_per_s": completed as f64 / elapsed.as_secs_f64().max(1e-9),
-            "steps": steps,
-            "errors": errors,
-            "server": {"peak_rss_mib": rss_kib as f64 / 1024.0, "cpu_s": cpu_secs, "peak_active_tunnels": peak_tunnels},
-            "leaks": leaks,
             "churn": churn,
-            "method": "simulated nodes bind their tunnel addresses; the namespace routes 100.64.0.0/16 to lo",
             "ok": ok,
         });
+        if let (Some(j), Some(f)) = (json.as_object_mut(), fields.as_object()) {
+            j.extend(f.clone());
+            if let [a, b] = &all[..] {
+                let ratio = |path: &[&str]| {
+                    let get = |v: &serde_json::Value| path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
+                    get(a) / get(b).max(1e-9)
+                };
+                j.insert(
+                    "ratio".into(),
+                    serde_json::json!({
+                        "of": format!("{} / {}", a["mode"].as_str().unwrap_or(""), b["mode"].as_str().unwrap_or("")),
+                        "nodes_per_s": ratio(&["nodes_per_s"]),
+                        "server_cpu_per_node": ratio(&["server", "cpu_ms_per_node"]),
+                        "client_cpu_per_node": ratio(&["client", "cpu_ms_per_node"]),
+                        "p99_enroll": ratio(&["steps", "enroll", "p99_ms"]),
+                        "p99_document": ratio(&["steps", "document", "p99_ms"]),
+                    }),
+                );
+            }
+            j.insert("runs".into(), serde_json::Value::Array(all));
+        }
         Report { json, ok }
     }
 
@@ -147,44 +252,22 @@ impl Report {
 
     pub fn to_text(&self) -> String {
         let j = &self.json;
-        let mut s = format!(
-            "storm: {} of {} nodes completed in {:.2} s = {:.0} nodes/s (concurrency {}, {} server(s), {}, {}{})\n",
-            j["completed"],
-            j["nodes"],
-            j["elapsed_s"].as_f64().unwrap_or(0.0),
-            j["nodes_per_s"].as_f64().unwrap_or(0.0),
-            j["concurrency"],
-            j["servers"],
-            j["store"].as_str().unwrap_or(""),
-            j["backend"].as_str().unwrap_or(""),
-            if j["hold"].as_bool() == Some(true) { ", hold" } else { "" }
-        );
-        s += "step            count     p50 ms    p95 ms    p99 ms    max ms\n";
-        if let Some(steps) = j["steps"].as_object() {
-            for (name, v) in steps {
-                let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
-                s += &format!(
-                    "{name:<12} {:>8} {:>10.2} {:>9.2} {:>9.2} {:>9.2}\n",
-                    v["count"],
-                    f("p50_ms"),
-                    f("p95_ms"),
-                    f("p99_ms"),
-                    f("max_ms")
-                );
-            }
+        let mut s = String::new();
+        for run in j["runs"].as_array().into_iter().flatten() {
+            s += &run_text(j, run);
         }
-        let errors = j["errors"].as_object().map(|e| e.len()).unwrap_or(0);
-        s += &format!("errors: {}\n", if errors == 0 { "none".to_string() } else { j["errors"].to_string() });
-        s += &format!(
-            "server(s): peak RSS {:.1} MiB (largest), CPU {:.2} s (all), peak active tunnels {}\n",
-            j["server"]["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            j["server"]["cpu_s"].as_f64().unwrap_or(0.0),
-            j["server"]["peak_active_tunnels"]
-        );
-        s += &format!(
-            "after: {} active tunnels, {} device peers (must be 0 and 0)\n",
-            j["leaks"]["active_tunnels"], j["leaks"]["device_peers"]
-        );
+        if let Some(r) = j["ratio"].as_object() {
+            let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            s += &format!(
+                "ratio {}: nodes/s {:.2}x, server CPU per node {:.2}x, client CPU per node {:.2}x, p99 enroll {:.2}x, p99 document {:.2}x\n",
+                r.get("of").and_then(|v| v.as_str()).unwrap_or(""),
+                f("nodes_per_s"),
+                f("server_cpu_per_node"),
+                f("client_cpu_per_node"),
+                f("p99_enroll"),
+                f("p99_document")
+            );
+        }
         if let Some(c) = j["churn"].as_object() {
             s += &format!(
                 "peer churn ({} peers added then removed, same device): ferry batched {:.1} ms, one `wg set` per peer {:.1} ms: {:.1}x\n",
@@ -194,4 +277,69 @@ impl Report {
         s += &format!("result: {}\n", if self.ok { "OK" } else { "FAILED" });
         s
     }
+}
+
+fn run_text(j: &serde_json::Value, run: &serde_json::Value) -> String {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let mut s = format!(
+        "storm ({}): {} of {} nodes completed in {:.2} s = {:.0} nodes/s (concurrency {}, {} server(s), {}, {}{}{})\n",
+        run["mode"].as_str().unwrap_or(""),
+        run["completed"],
+        j["nodes"],
+        f(&run["elapsed_s"]),
+        f(&run["nodes_per_s"]),
+        j["concurrency"],
+        j["servers"],
+        j["store"].as_str().unwrap_or(""),
+        j["backend"].as_str().unwrap_or(""),
+        if j["hold"].as_bool() == Some(true) { ", hold" } else { "" },
+        if j["keep_alive"].as_bool() == Some(true) && run["mode"] == "wire" { ", keep-alive" } else { "" },
+    );
+    s += "step            count     p50 ms    p95 ms    p99 ms    max ms\n";
+    if let Some(steps) = run["steps"].as_object() {
+        for (name, v) in steps {
+            s += &format!(
+                "{name:<12} {:>8} {:>10.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                v["count"],
+                f(&v["p50_ms"]),
+                f(&v["p95_ms"]),
+                f(&v["p99_ms"]),
+                f(&v["max_ms"])
+            );
+        }
+    }
+    let errors = run["errors"].as_object().map(|e| e.len()).unwrap_or(0);
+    s += &format!("errors: {}\n", if errors == 0 { "none".to_string() } else { run["errors"].to_string() });
+    if run["mode"] == "wire" {
+        s += &format!(
+            "WireGuard: {} handshake initiations sent (retransmissions included), {} cookie replies (server under load), {} datagrams dropped by full UDP receive buffers\n",
+            run["handshake_initiations"], run["cookie_replies"], run["udp_receive_drops"]
+        );
+    }
+    let server = &run["server"];
+    let threads: Vec<String> = server["cpu_by_thread"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k} {:.3}", f(&v["ms_per_node"])))
+        .collect();
+    s += &format!(
+        "server(s): peak RSS {:.1} MiB (largest), CPU {:.2} s = {:.3} ms per node ({}), peak active tunnels {}\n",
+        f(&server["peak_rss_mib"]),
+        f(&server["cpu_s"]),
+        f(&server["cpu_ms_per_node"]),
+        threads.join(", "),
+        server["peak_active_tunnels"]
+    );
+    s += &format!(
+        "client (this process): CPU {:.2} s = {:.3} ms per node, peak RSS {:.1} MiB\n",
+        f(&run["client"]["cpu_s"]),
+        f(&run["client"]["cpu_ms_per_node"]),
+        f(&run["client"]["peak_rss_mib"])
+    );
+    s += &format!(
+        "after: {} active tunnels, {} device peers (must be 0 and 0)\n",
+        run["leaks"]["active_tunnels"], run["leaks"]["device_peers"]
+    );
+    s
 }
