@@ -15,6 +15,7 @@ use ferry_api::admin::{
     Status, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
+use ferry_api::ErrorKind;
 use ferry_api::{routes, Secret};
 use ferry_core::{NodeName, ProfileName};
 use ferry_store::{Actor, Store};
@@ -105,7 +106,7 @@ async fn require_admin_peer(
             tracing::warn!(uid = ?other, pid = ?peer.pid, "admin socket: refused a caller that is not an admin user");
             Err(HttpError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorKind::Forbidden,
                 "permission denied: the admin API is for root, the ferry service user and `admin_users`",
             ))
         }
@@ -320,7 +321,7 @@ async fn get_image(State(s): State<AdminState>, Path(name): Path<String>) -> Res
         .get_image(&name)
         .await?
         .map(ApiJson)
-        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("image {name:?} not found")))
+        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, format!("image {name:?} not found")))
 }
 
 /// Registers an image whose artifacts `ferry image import` put in the object store;
@@ -490,7 +491,7 @@ async fn healthz() -> &'static str {
 
 /// Ready to provision: the store answers and the WireGuard device is up.
 async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> {
-    let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why);
+    let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::NotReady, why);
     s.store.ping().await.map_err(|e| unavailable(format!("the store does not answer: {e}")))?;
     if !s.tunnels.device_up().await {
         return Err(unavailable("the WireGuard device is down".into()));

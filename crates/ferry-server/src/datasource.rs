@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ferry_api::enroll::PhoneHome;
+use ferry_api::ErrorKind;
 use ferry_store::{Actor, BootReport};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ pub fn router(state: DatasourceState) -> Router {
 }
 
 fn forbidden() -> HttpError {
-    HttpError::new(StatusCode::FORBIDDEN, "forbidden", "forbidden: not an active ferry tunnel")
+    HttpError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, "forbidden: not an active ferry tunnel")
 }
 
 /// The caller's active tunnel, from the source address alone.
@@ -62,7 +63,7 @@ async fn document(
     let Some(doc) = Document::from_name(name) else {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
-            "not-found",
+            ErrorKind::NotFound,
             "no such document (meta-data, user-data, vendor-data, network-config)",
         ));
     };
@@ -95,13 +96,15 @@ async fn document(
             s.tunnels.metrics.document_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }
-        Ok(None) => Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("node has no {}", doc.name()))),
+        Ok(None) => {
+            Err(HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, format!("node has no {}", doc.name())))
+        }
         Err(e) => {
             tracing::error!(error = %e, "template failed");
             s.tunnels.store.record_repeatable_event(&actor, "document.failed", &subject, &e.to_string()).await?;
             Err(HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorKind::Internal,
                 "the document does not render; see the server's audit log",
             ))
         }
@@ -152,7 +155,7 @@ async fn phone_home(
     let active = caller(&s, conn.remote)?;
     let tunnel = &active.record;
     if path.split('/').next() != Some("phone-home") {
-        return Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", "POST goes to /phone-home"));
+        return Err(HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, "POST goes to /phone-home"));
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)

@@ -19,6 +19,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ferry_api::admin::MergedNodeView;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
+use ferry_api::ErrorKind;
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
 use ferry_core::{MacAddr, NodeName};
@@ -80,7 +81,7 @@ async fn challenge(
 }
 
 fn refused() -> HttpError {
-    HttpError::new(StatusCode::UNAUTHORIZED, "refused", "refused")
+    HttpError::new(StatusCode::UNAUTHORIZED, ErrorKind::Refused, "refused")
 }
 
 /// Records why an attempt was refused (audit log and server log) and returns the bare
@@ -167,7 +168,11 @@ async fn enroll(
         Ok(t) => t,
         Err(StoreError::PoolExhausted(net)) => {
             tracing::error!(%net, "tunnel address pool exhausted");
-            return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "no tunnel address free; retry later"));
+            return Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Busy,
+                "no tunnel address free; retry later",
+            ));
         }
         Err(StoreError::Conflict(why)) => return Err(refuse(&s, client, subject, why).await),
         Err(e) => return Err(e.into()),

@@ -43,6 +43,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ferry_api::ErrorKind;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use std::net::IpAddr;
@@ -102,13 +103,16 @@ impl IntoResponse for Throttled {
             Scope::SourceNonces => "too many challenges outstanding from this address",
         };
         let message = format!("{message}; retry in {} s", self.retry_after_secs);
-        with_retry_after(HttpError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message), self.retry_after_secs)
+        with_retry_after(
+            HttpError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited, message),
+            self.retry_after_secs,
+        )
     }
 }
 
 /// `503 busy` with `Retry-After`.
 pub fn busy(message: &str, retry_after_secs: u64) -> Response {
-    with_retry_after(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message), retry_after_secs)
+    with_retry_after(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Busy, message), retry_after_secs)
 }
 
 fn with_retry_after(e: HttpError, secs: u64) -> Response {
@@ -352,7 +356,7 @@ pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Reque
                 .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
             return if too_large {
                 let m = format!("an enrollment request is at most {ENROLL_BODY_LIMIT} bytes");
-                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid", m).into_response()
+                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::Invalid, m).into_response()
             } else {
                 HttpError::bad_request(format!("cannot read the request body: {e}")).into_response()
             };

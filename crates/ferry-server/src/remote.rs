@@ -15,6 +15,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ferry_api::routes::{self, Access};
+use ferry_api::ErrorKind;
 use ferry_store::{Actor, Role};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -56,7 +57,7 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
 fn unauthorized() -> Response {
     let mut r = HttpError::new(
         StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorKind::Unauthorized,
         "a valid bearer token is required (ferry token create)",
     )
     .into_response();
@@ -87,7 +88,7 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
         tracing::warn!(token = %info.name, role = %info.role, method = %req.method(), path = %req.uri().path(), "remote admin: role does not allow this");
         return HttpError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorKind::Forbidden,
             format!("token {} has role {}, which may not {} {}", info.name, info.role, req.method(), req.uri().path()),
         )
         .into_response();
