@@ -88,6 +88,14 @@ pub fn check_interface_name(s: &str) -> Result<(), CoreError> {
     }
 }
 
+/// An address as the host part of a URL: IPv6 in brackets.
+pub fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
 /// Checks that a netmask is a contiguous run of ones (255.255.252.0, not 255.0.255.0).
 pub fn check_netmask(mask: Ipv4Addr) -> Result<(), CoreError> {
     let bits = u32::from(mask);

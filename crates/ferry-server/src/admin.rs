@@ -30,7 +30,9 @@ pub use crate::listen::PeerCred;
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub allowed_uids: Arc<HashSet<u32>>,
+    /// Tunnel listing, revocation and node deletion (which closes tunnels).
     pub tunnels: Arc<crate::tunnels::TunnelManager>,
     pub server_public_key: ferry_wg::PublicKey,
     pub data_dir: std::path::PathBuf,
@@ -57,7 +59,7 @@ pub fn router(state: AdminState) -> Router {
 /// managed on the unix socket only.
 pub fn remote_router(state: AdminState) -> Router {
     routes()
-        .layer(middleware::from_fn_with_state(state.clone(), crate::remote::require_token))
+        .layer(middleware::from_fn_with_state(state.store.clone(), crate::remote::require_token))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(state)
 }
@@ -242,7 +244,7 @@ async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelV
         .map(|t| TunnelView {
             // Only this server's device is visible here.
             on_device: handshakes.contains_key(&t.public_key),
-            mine: t.server == s.tunnels.server_id,
+            mine: t.server == s.tunnels.server_id(),
             server: t.server,
             last_handshake: handshakes
                 .get(&t.public_key)
@@ -276,10 +278,10 @@ async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<KnownHos
 
 async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<ServerInfo>, HttpError> {
     Ok(ApiJson(ServerInfo {
-        server_id: s.tunnels.server_id.clone(),
+        server_id: s.tunnels.server_id().to_owned(),
         public_key: s.server_public_key.to_base64(),
-        tunnel_network: s.tunnels.network.to_string(),
-        server_address: s.tunnels.network.server_address().to_string(),
+        tunnel_network: s.tunnels.network().to_string(),
+        server_address: s.tunnels.network().server_address().to_string(),
         data_dir: s.data_dir.display().to_string(),
         public_url: s.public_url.clone(),
         provisioning_tls_pin: s.provisioning_tls_pin.clone(),
@@ -298,7 +300,7 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerV
             let age = now - st.server.heartbeat_at;
             ServerView {
                 alive: age <= s.lost_after_secs as i64,
-                this: st.server.id == s.tunnels.server_id,
+                this: st.server.id == s.tunnels.server_id(),
                 heartbeat_age_secs: age,
                 started_at: ferry_store::format_time(st.server.started_at),
                 active_tunnels: st.active_tunnels,
@@ -478,10 +480,10 @@ async fn delete_secret(
 /// Prometheus/OpenMetrics text.
 async fn metrics(State(s): State<AdminState>) -> Response {
     use axum::response::IntoResponse;
-    s.tunnels.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
-    s.tunnels.metrics.set_audit_counts(s.store.audit_counts());
+    s.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
+    s.metrics.set_audit_counts(s.store.audit_counts());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], s.tunnels.metrics.encode()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, content_type)], s.metrics.encode()).into_response()
 }
 
 /// The process answers.

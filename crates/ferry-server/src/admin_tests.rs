@@ -1,7 +1,7 @@
 //! The admin routers serve exactly the routes of `ferry_api::routes::ROUTES`.
 
 use super::*;
-use crate::tunnels::tests::RecordingDevice;
+use crate::testing::RecordingDevice;
 use axum::body::Body;
 use ferry_api::routes::{Access, ROUTES};
 use ferry_core::tunnel::TunnelNetwork;
@@ -29,6 +29,7 @@ async fn state(dir: &std::path::Path) -> AdminState {
         crate::tunnels::TunnelManager::new(store.clone(), Box::new(RecordingDevice::default()), network, "s1".into());
     AdminState {
         store,
+        metrics: Default::default(),
         allowed_uids: Arc::new(HashSet::from([0])),
         tunnels: Arc::new(tunnels),
         server_public_key: ferry_wg::PrivateKey::generate().public_key(),

@@ -5,7 +5,6 @@
 //! everything, approving a TPM included (it makes a machine a node's identity). Token
 //! management stays on the unix socket.
 
-use crate::admin::AdminState;
 use crate::config::{tls_files, Config};
 use crate::error::HttpError;
 use anyhow::Context;
@@ -16,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ferry_api::routes::{self, Access};
 use ferry_api::ErrorKind;
-use ferry_store::{Actor, Role};
+use ferry_store::{Actor, Role, Store};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -67,7 +66,7 @@ fn unauthorized() -> Response {
 
 /// Authenticates the bearer token and enforces its role; the token's name becomes the
 /// audit actor.
-pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+pub async fn require_token(State(store): State<Arc<dyn Store>>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -76,7 +75,7 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
         .map(|t| Zeroizing::new(t.trim().to_owned()));
     let Some(token) = presented else { return unauthorized() };
     // The look-up is by hash: equal hashes, not a byte-by-byte comparison of secrets.
-    let info = match s.store.token_by_hash(&token_hash(&token)).await {
+    let info = match store.token_by_hash(&token_hash(&token)).await {
         Ok(Some(info)) if info.state == "active" => info,
         Ok(_) => {
             tracing::warn!(path = %req.uri().path(), "remote admin: unknown, expired or revoked token");
