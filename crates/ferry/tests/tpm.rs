@@ -147,17 +147,6 @@ fn tpm_config(ca: &LocalCa, discovery: bool) -> String {
     format!("[tpm]\nek_ca_bundle = \"{}\"\ndiscovery = {discovery}\n", ca.bundle().display())
 }
 
-fn audit(c: &Cluster, node: &str) -> String {
-    c.server.ok(&["audit", "--node", node, "--limit", "500"])
-}
-
-/// Nothing granted: no tunnel in the store, no peer on the device.
-fn assert_nothing_granted(c: &Cluster) {
-    let tunnels = c.server.json(&["tunnel", "list", "--json"]);
-    assert_eq!(tunnels.as_array().map_or(0, |a| a.len()), 0, "no tunnel: {tunnels}");
-    assert!(c.server.wg_peers().is_empty(), "no peer on the device");
-}
-
 fn agent_with_tpm(c: &Cluster, i: usize, tcti: &str) -> std::process::Output {
     c.agent(i, "fetch").args(["--tpm", tcti]).output().expect("agent")
 }
@@ -207,7 +196,7 @@ fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
         assert_eq!(out.status.code(), Some(0), "node {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
     for (node, factors) in [("n1", "factors=tpm "), ("n2", "factors=network,tpm "), ("n3", "factors=asset-tag,tpm ")] {
-        let log = audit(&c, node);
+        let log = c.server.audit(node);
         assert!(log.contains("enroll.accepted") && log.contains(factors), "{node}: {log}");
         assert!(log.contains("phone"), "{node} phoned home: {log}");
     }
@@ -219,8 +208,8 @@ fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
     // Without the TPM (no ferry.tpm), a tpm policy refuses: exit code 3, nothing granted.
     let out = c.agent(0, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("no TPM proof sent"));
-    assert_nothing_granted(&c);
+    assert!(c.server.audit("n1").contains("no TPM proof sent"));
+    c.server.assert_nothing_granted();
 }
 
 #[test]
@@ -371,7 +360,7 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
     // The refused credential request's nonce and the replayed enrollment's.
     assert_eq!(log.matches("reason=unknown, used or expired nonce").count(), 2, "{log}");
     assert_eq!(log.matches("enroll.refused").count() - refusals_before, attacks.len() + 1, "{log}");
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     let tpms = c.server.json(&["node", "tpm", "--json"]);
     assert_eq!(tpms.as_array().unwrap().len(), 1, "no TPM recorded by any attack: {tpms}");
 }
@@ -423,15 +412,15 @@ fn discovery_holds_a_new_tpm_until_an_admin_approves_it() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0]["node"].as_str(), listed[0]["state"].as_str()), (Some("n1"), Some("pending")));
     assert_eq!(listed[0]["fingerprint"].as_str(), Some(fp.as_str()));
-    assert!(audit(&c, "n1").contains("held pending"));
+    assert!(c.server.audit("n1").contains("held pending"));
     // A pending TPM is no identity: still refused.
     assert_eq!(agent_with_tpm(&c, 0, &tcti1).status.code(), Some(3));
-    assert!(audit(&c, "n1").contains("is pending approval"));
+    assert!(c.server.audit("n1").contains("is pending approval"));
     // A TPM certified by an unknown CA is not even held.
     assert_eq!(agent_with_tpm(&c, 1, &tcti2).status.code(), Some(3));
-    assert!(audit(&c, "n2").contains("not signed by a CA of the configured bundle"));
+    assert!(c.server.audit("n2").contains("not signed by a CA of the configured bundle"));
     assert_eq!(tpm_rows(&c).len(), 1, "n2 not held");
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
 
     // Approval names the fingerprint the admin checked: none, a wrong one, a hostlist
     // without one per node, or an operator's token approve nothing.
@@ -451,7 +440,7 @@ fn discovery_holds_a_new_tpm_until_an_admin_approves_it() {
     assert!(err.contains("no pending TPM"), "{err}");
     let out = agent_with_tpm(&c, 0, &tcti1);
     assert_eq!(out.status.code(), Some(0), "approved: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("tpm.approve"));
+    assert!(c.server.audit("n1").contains("tpm.approve"));
 }
 
 /// The attacker's whole run with its own (genuine) TPM and the victim's MAC, from the
@@ -502,14 +491,14 @@ fn discovery_cannot_be_hijacked_by_another_tpm_with_the_victims_mac() {
     let attacker_fp = fingerprint(&endorsement(&attacker_ns, &tcti));
     let (credential, enrolled) = in_netns(&attacker_ns, || attack_with_own_tpm(&mac, &tcti, Some(tag)));
     assert_eq!((credential, enrolled), (200, 401));
-    assert!(audit(&c, "n1").contains("network factor"));
+    assert!(c.server.audit("n1").contains("network factor"));
     assert!(tpm_rows(&c).is_empty(), "nothing recorded: {:?}", tpm_rows(&c));
     // At the victim's address (it took it) but with a wrong asset tag: nothing either.
     attacker_tpm.stop();
     let tcti = in_netns(&victim_ns, || attacker_tpm.start());
     let (_, enrolled) = in_netns(&victim_ns, || attack_with_own_tpm(&mac, &tcti, Some("TAG-GUESSED-0000000")));
     assert_eq!(enrolled, 401);
-    assert!(audit(&c, "n1").contains("asset-tag factor: proof did not verify"));
+    assert!(c.server.audit("n1").contains("asset-tag factor: proof did not verify"));
     assert!(tpm_rows(&c).is_empty(), "nothing recorded: {:?}", tpm_rows(&c));
 
     // The victim boots: its TPM is held pending.
@@ -526,7 +515,7 @@ fn discovery_cannot_be_hijacked_by_another_tpm_with_the_victims_mac() {
     assert_eq!(rows[0]["conflict"].as_str(), Some(attacker_fp.as_str()), "the conflict is shown");
     let table = c.server.ok(&["node", "tpm"]);
     assert!(table.contains(&victim_fp) && table.contains(&attacker_fp) && table.contains("CONFLICT"), "{table}");
-    let log = audit(&c, "n1");
+    let log = c.server.audit("n1");
     assert_eq!(log.matches("tpm.conflict").count(), 3, "{log}");
     assert!(log.contains(&format!("held={victim_fp} (pending) presented={attacker_fp}")), "{log}");
 
@@ -541,7 +530,7 @@ fn discovery_cannot_be_hijacked_by_another_tpm_with_the_victims_mac() {
         (rows[0]["state"].as_str(), rows[0]["fingerprint"].as_str()),
         (Some("registered"), Some(victim_fp.as_str()))
     );
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     let out = agent_with_tpm(&c, 0, &victim_tcti);
     assert_eq!(out.status.code(), Some(0), "the victim enrolls: {}", String::from_utf8_lossy(&out.stderr));
     eventually(10, "the tunnel to close", || c.server.wg_peers().is_empty());

@@ -34,11 +34,6 @@ fn nft_tables(n: &Node) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn active(c: &Cluster, node: &str) -> bool {
-    let list = c.server.json(&["tunnel", "list", "--json"]);
-    list.as_array().expect("tunnels").iter().any(|t| t["node"] == node)
-}
-
 #[test]
 fn only_root_on_the_node_can_use_the_tunnel_while_it_is_held() {
     let c = Cluster::new(1);
@@ -62,7 +57,7 @@ fn only_root_on_the_node_can_use_the_tunnel_while_it_is_held() {
         let (code, body) = curl_as_nobody(n, &[bound, &form[..]].concat());
         assert_eq!(code, 0, "nobody {bound:?} phoned home: {body}");
     }
-    assert!(active(&c, &n.name), "the tunnel is still open: nobody's phone-home never arrived");
+    assert!(c.server.tunnel_nodes().contains(&n.name), "the tunnel is still open: nobody's phone-home never arrived");
     let audit = c.server.ok(&["audit", "--node", &n.name, "--limit", "100"]);
     assert!(!audit.contains("node.booted"), "{audit}");
     // Root (the agent, cloud-init) still reaches the datasource.

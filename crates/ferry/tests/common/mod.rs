@@ -242,6 +242,32 @@ impl TestServer {
         self.netns.sh(&["wg", "show", &self.interface, "peers"]).lines().map(str::to_owned).collect()
     }
 
+    /// The nodes with an active tunnel (`ferry tunnel list`).
+    pub fn tunnel_nodes(&self) -> Vec<String> {
+        let list = self.json(&["tunnel", "list", "--json"]);
+        list.as_array()
+            .expect("tunnel list")
+            .iter()
+            .map(|t| t["node"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// How many tunnels are active.
+    pub fn active_tunnels(&self) -> usize {
+        self.tunnel_nodes().len()
+    }
+
+    /// Nothing granted: no tunnel in the store, no peer on the device.
+    pub fn assert_nothing_granted(&self) {
+        assert_eq!(self.tunnel_nodes(), Vec::<String>::new(), "no tunnel");
+        assert!(self.wg_peers().is_empty(), "no device peer: {:?}", self.wg_peers());
+    }
+
+    /// A node's audit log as `ferry audit --node` prints it (its last 500 entries).
+    pub fn audit(&self, node: &str) -> String {
+        self.ok(&["audit", "--node", node, "--limit", "500"])
+    }
+
     pub fn public_key(&self) -> String {
         self.ok(&["server-key"]).trim().to_owned()
     }
