@@ -165,6 +165,12 @@ mod tests {
     }
 
     #[test]
+    fn url_hosts_bracket_ipv6() {
+        assert_eq!(url_host("100.64.0.1".parse().unwrap()), "100.64.0.1");
+        assert_eq!(url_host("fd00::1".parse().unwrap()), "[fd00::1]");
+    }
+
+    #[test]
     fn netmasks_and_ifnames() {
         assert!(check_netmask("255.255.252.0".parse().unwrap()).is_ok());
         assert!(check_netmask("255.0.255.0".parse().unwrap()).is_err());
