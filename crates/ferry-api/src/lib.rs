@@ -49,31 +49,6 @@ pub enum ErrorKind {
     Unknown,
 }
 
-impl ErrorKind {
-    /// The word on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Invalid => "invalid",
-            ErrorKind::NotFound => "not-found",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::Forbidden => "forbidden",
-            ErrorKind::Unauthorized => "unauthorized",
-            ErrorKind::Refused => "refused",
-            ErrorKind::RateLimited => "rate-limited",
-            ErrorKind::Busy => "busy",
-            ErrorKind::NotReady => "not-ready",
-            ErrorKind::Internal => "internal",
-            ErrorKind::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +72,6 @@ mod tests {
         for (kind, word) in all {
             let body = serde_json::to_value(ApiError { error: "e".into(), kind }).unwrap();
             assert_eq!(body, serde_json::json!({"error": "e", "kind": word}));
-            assert_eq!(kind.as_str(), word);
             let read: ApiError = serde_json::from_value(body).unwrap();
             assert_eq!(read.kind, kind);
         }

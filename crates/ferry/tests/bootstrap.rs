@@ -544,23 +544,7 @@ fn baked_pins_overrule_a_rewritten_kernel_command_line() {
     .unwrap();
     let pins = n.path("pins");
     let agent = || {
-        let mut cmd = n.ns.cmd(common::FERRY);
-        cmd.args(["agent", "--mode", "fetch", "--interface", &n.interface, "--timeout", "8s"])
-            .arg("--cmdline")
-            .arg(&cmdline)
-            .arg("--pins-file")
-            .arg(&pins)
-            .arg("--seed-dir")
-            .arg(n.path("seed"))
-            .arg("--state-dir")
-            .arg(n.path("state"))
-            .arg("--ssh-dir")
-            .arg(n.path("ssh"))
-            .arg("--asset-tag-file")
-            .arg(n.path("asset-tag"))
-            .env("FERRY_LOG", "debug")
-            .stdin(std::process::Stdio::null());
-        cmd.output().unwrap()
+        n.agent_with_files("fetch", "8s").arg("--cmdline").arg(&cmdline).arg("--pins-file").arg(&pins).output().unwrap()
     };
     let out = agent();
     let log = String::from_utf8_lossy(&out.stderr);

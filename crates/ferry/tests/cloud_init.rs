@@ -183,21 +183,7 @@ fn configure(c: &Cluster) {
     ]);
     for (n, e) in c.nodes.iter().zip(&EXPECT) {
         let rack = format!("rack=r0{}", &n.name[1..]);
-        c.server.ok(&[
-            "node",
-            "add",
-            &n.name,
-            "--mac",
-            &n.mac,
-            "--ip",
-            &n.ip,
-            "-P",
-            e.profile,
-            "--meta",
-            &rack,
-            "--identity",
-            "network",
-        ]);
+        n.add_to(&c.server, &["-P", e.profile, "--meta", &rack, "--identity", "network"]);
     }
 }
 

@@ -24,9 +24,7 @@ use tpm_kit::*;
 
 #[test]
 fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let c = Cluster::with_config(3, &tpm_config(&ca, false));
     c.add_nodes(&[]);
     let tpms: Vec<(Swtpm, String)> =
@@ -85,9 +83,7 @@ fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
 
 #[test]
 fn every_tpm_attack_is_refused_and_grants_nothing() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let rogue_ca = LocalCa::new(&dir.path().join("rogue-ca"));
     let c = Cluster::with_config(2, &tpm_config(&ca, false));
     c.add_nodes(&["--identity", "tpm"]);
@@ -248,9 +244,7 @@ fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
 #[test]
 #[ignore]
 fn tpm_enrollment_latency() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let c = Cluster::with_config(2, &tpm_config(&ca, false));
     c.add_nodes(&["--identity", "network"]);
     let (_t, tcti) = node_tpm(&dir.path().join("t1"), &ca, &c.nodes[0].ns.name);

@@ -49,9 +49,7 @@ fn tpm_rows(c: &Cluster) -> Vec<serde_json::Value> {
 
 #[test]
 fn discovery_holds_a_new_tpm_until_an_admin_approves_it() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let rogue_ca = LocalCa::new(&dir.path().join("rogue-ca"));
     let c = discovery_cluster(&ca, 2);
     c.add_nodes(&["--identity", "tpm"]);
@@ -122,9 +120,7 @@ fn attack_with_own_tpm(mac: &str, tcti: &str, tag: Option<&str>) -> (u16, u16) {
 /// fingerprints shown); approval takes the exact fingerprint.
 #[test]
 fn discovery_cannot_be_hijacked_by_another_tpm_with_the_victims_mac() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let c = discovery_cluster(&ca, 2);
     c.add_nodes(&[]);
     let tag = "TAG-N1-3f9c2a7b1e6d4c8f";

@@ -22,9 +22,7 @@ fn curl_as_nobody(n: &Node, args: &[&str]) -> (u16, String) {
             .args(args)
             .output()
             .expect("setpriv curl (apt-get install -y util-linux curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    common::curl_answer(&out)
 }
 
 /// The nftables tables of the node's namespace (the `nft` tool reads them back).

@@ -16,6 +16,14 @@ pub mod qemu;
 pub mod raw;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// What curl run with `-w "\n%{http_code}"` printed: (HTTP status, body); status 0 when
+/// nothing answered.
+pub fn curl_answer(out: &Output) -> (u16, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Fails (never skips) when a test needs root.
@@ -228,9 +236,7 @@ impl TestServer {
             .arg(format!("http://ferry{path}"))
             .output()
             .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        curl_answer(&out)
     }
 
     pub fn log_text(&self) -> String {

@@ -16,6 +16,14 @@ use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::NodeName;
 use std::path::Path;
 
+/// As root, a scratch directory and the local CA that manufactures the lab's TPMs.
+pub fn tpm_lab() -> (tempfile::TempDir, LocalCa) {
+    crate::common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::new(&dir.path().join("ca"));
+    (dir, ca)
+}
+
 /// A TPM manufactured by `ca` and running in node namespace `ns`.
 pub fn node_tpm(dir: &Path, ca: &LocalCa, ns: &str) -> (Swtpm, String) {
     let mut tpm = Swtpm::manufacture(dir, ca);
