@@ -41,6 +41,12 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> no module cycles (ferry-store, ferry-server)"
+for crate in ferry-store ferry-server; do
+  python3 scripts/module-cycles.py "crates/$crate/src" > /tmp/ferry-cycles.$$.txt \
+    || { cat /tmp/ferry-cycles.$$.txt; die "module cycle in $crate (see the last line above)"; }
+done
+rm -f /tmp/ferry-cycles.$$.txt
 # The store tests run against SQLite and PostgreSQL: a throwaway server, unless
 # FERRY_TEST_POSTGRES already names one. It is stopped at the end only if this run
 # started it (another run on the machine may be using one it started).

@@ -43,7 +43,7 @@ pub enum ClientError {
     /// The server refused: its message, its status, and its error kind (`None` when the
     /// body was not ferry's error shape).
     #[error("{message}")]
-    Api { status: u16, kind: Option<String>, message: String },
+    Api { status: u16, kind: Option<ferry_api::ErrorKind>, message: String },
     #[error("the server's answer is not the expected JSON (client and server versions differ?)")]
     Decode(#[source] serde_json::Error),
 }

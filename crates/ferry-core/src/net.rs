@@ -58,17 +58,42 @@ impl std::str::FromStr for MacAddr {
     }
 }
 
-/// Checks a Linux interface name (IFNAMSIZ - 1 = 15 bytes, no '/', whitespace or ':').
-pub fn check_interface_name(s: &str) -> Result<(), CoreError> {
-    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if s.is_empty() || s.len() > 15 || !s.chars().all(ok) || s.starts_with('.') {
-        return Err(CoreError::invalid(
-            "interface name",
-            s,
-            "must be 1 to 15 characters of letters, digits, '-', '_', '.'",
-        ));
+/// Why `s` cannot be an interface name, or `None` if it can: 1 to 15 (IFNAMSIZ - 1)
+/// characters from `A-Z a-z 0-9 _ . -`, not starting with `.` (so never the path
+/// components `.` and `..`: the name becomes a file name under `/sys/class/net` and
+/// `/var/run/wireguard`). The one rule for every interface name ferry takes: node
+/// interfaces in the inventory, the server's WireGuard device, the agent's.
+pub fn interface_name_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("it is empty")
+    } else if s.len() > 15 {
+        Some("it is longer than 15 characters")
+    } else if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        Some("it contains a character outside A-Z a-z 0-9 _ . -")
+    } else if s.starts_with('.') {
+        Some("it starts with '.'")
+    } else {
+        None
     }
-    Ok(())
+}
+
+/// What to type instead of a name [`interface_name_problem`] refuses.
+pub const INTERFACE_NAME_HINT: &str = "use 1 to 15 characters from A-Z a-z 0-9 _ . -, not starting with '.'";
+
+/// Checks an interface name ([`interface_name_problem`]).
+pub fn check_interface_name(s: &str) -> Result<(), CoreError> {
+    match interface_name_problem(s) {
+        Some(problem) => Err(CoreError::invalid("interface name", s, format!("{problem} ({INTERFACE_NAME_HINT})"))),
+        None => Ok(()),
+    }
+}
+
+/// An address as the host part of a URL: IPv6 in brackets.
+pub fn url_host(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
 }
 
 /// Checks that a netmask is a contiguous run of ones (255.255.252.0, not 255.0.255.0).
@@ -140,11 +165,24 @@ mod tests {
     }
 
     #[test]
+    fn url_hosts_bracket_ipv6() {
+        assert_eq!(url_host("100.64.0.1".parse().unwrap()), "100.64.0.1");
+        assert_eq!(url_host("fd00::1".parse().unwrap()), "[fd00::1]");
+    }
+
+    #[test]
     fn netmasks_and_ifnames() {
         assert!(check_netmask("255.255.252.0".parse().unwrap()).is_ok());
         assert!(check_netmask("255.0.255.0".parse().unwrap()).is_err());
         assert!(check_interface_name("eth0.100").is_ok());
         assert!(check_interface_name("this-name-is-too-long").is_err());
         assert!(check_interface_name("eth/0").is_err());
+        for ok in ["ferry0", "wg-a.b_c", "a", "123456789012345"] {
+            assert_eq!(interface_name_problem(ok), None, "{ok}");
+        }
+        for bad in ["", "1234567890123456", "wg 0", "wg/0", "wg:0", "wé", ".", "..", ".hidden", "a\n"] {
+            let e = check_interface_name(bad).expect_err(bad).to_string();
+            assert!(e.starts_with("invalid interface name") && e.contains(INTERFACE_NAME_HINT), "{e}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use ferry_api::admin::{
     Status, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
+use ferry_api::ErrorKind;
 use ferry_api::{routes, Secret};
 use ferry_core::{NodeName, ProfileName};
 use ferry_store::{Actor, Store};
@@ -29,7 +30,9 @@ pub use crate::listen::PeerCred;
 #[derive(Clone)]
 pub struct AdminState {
     pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub allowed_uids: Arc<HashSet<u32>>,
+    /// Tunnel listing, revocation and node deletion (which closes tunnels).
     pub tunnels: Arc<crate::tunnels::TunnelManager>,
     pub server_public_key: ferry_wg::PublicKey,
     pub data_dir: std::path::PathBuf,
@@ -56,7 +59,7 @@ pub fn router(state: AdminState) -> Router {
 /// managed on the unix socket only.
 pub fn remote_router(state: AdminState) -> Router {
     routes()
-        .layer(middleware::from_fn_with_state(state.clone(), crate::remote::require_token))
+        .layer(middleware::from_fn_with_state(state.store.clone(), crate::remote::require_token))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT))
         .with_state(state)
 }
@@ -105,7 +108,7 @@ async fn require_admin_peer(
             tracing::warn!(uid = ?other, pid = ?peer.pid, "admin socket: refused a caller that is not an admin user");
             Err(HttpError::new(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorKind::Forbidden,
                 "permission denied: the admin API is for root, the ferry service user and `admin_users`",
             ))
         }
@@ -241,7 +244,7 @@ async fn list_tunnels(State(s): State<AdminState>) -> Result<ApiJson<Vec<TunnelV
         .map(|t| TunnelView {
             // Only this server's device is visible here.
             on_device: handshakes.contains_key(&t.public_key),
-            mine: t.server == s.tunnels.server_id,
+            mine: t.server == s.tunnels.server_id(),
             server: t.server,
             last_handshake: handshakes
                 .get(&t.public_key)
@@ -275,10 +278,10 @@ async fn known_hosts(State(s): State<AdminState>) -> Result<ApiJson<Vec<KnownHos
 
 async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<ServerInfo>, HttpError> {
     Ok(ApiJson(ServerInfo {
-        server_id: s.tunnels.server_id.clone(),
+        server_id: s.tunnels.server_id().to_owned(),
         public_key: s.server_public_key.to_base64(),
-        tunnel_network: s.tunnels.network.to_string(),
-        server_address: s.tunnels.network.server_address().to_string(),
+        tunnel_network: s.tunnels.network().to_string(),
+        server_address: s.tunnels.network().server_address().to_string(),
         data_dir: s.data_dir.display().to_string(),
         public_url: s.public_url.clone(),
         provisioning_tls_pin: s.provisioning_tls_pin.clone(),
@@ -297,7 +300,7 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerV
             let age = now - st.server.heartbeat_at;
             ServerView {
                 alive: age <= s.lost_after_secs as i64,
-                this: st.server.id == s.tunnels.server_id,
+                this: st.server.id == s.tunnels.server_id(),
                 heartbeat_age_secs: age,
                 started_at: ferry_store::format_time(st.server.started_at),
                 active_tunnels: st.active_tunnels,
@@ -320,7 +323,7 @@ async fn get_image(State(s): State<AdminState>, Path(name): Path<String>) -> Res
         .get_image(&name)
         .await?
         .map(ApiJson)
-        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("image {name:?} not found")))
+        .ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, format!("image {name:?} not found")))
 }
 
 /// Registers an image whose artifacts `ferry image import` put in the object store;
@@ -477,10 +480,10 @@ async fn delete_secret(
 /// Prometheus/OpenMetrics text.
 async fn metrics(State(s): State<AdminState>) -> Response {
     use axum::response::IntoResponse;
-    s.tunnels.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
-    s.tunnels.metrics.set_audit_counts(s.store.audit_counts());
+    s.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
+    s.metrics.set_audit_counts(s.store.audit_counts());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(axum::http::header::CONTENT_TYPE, content_type)], s.tunnels.metrics.encode()).into_response()
+    ([(axum::http::header::CONTENT_TYPE, content_type)], s.metrics.encode()).into_response()
 }
 
 /// The process answers.
@@ -490,7 +493,7 @@ async fn healthz() -> &'static str {
 
 /// Ready to provision: the store answers and the WireGuard device is up.
 async fn readyz(State(s): State<AdminState>) -> Result<&'static str, HttpError> {
-    let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", why);
+    let unavailable = |why: String| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::NotReady, why);
     s.store.ping().await.map_err(|e| unavailable(format!("the store does not answer: {e}")))?;
     if !s.tunnels.device_up().await {
         return Err(unavailable("the WireGuard device is down".into()));

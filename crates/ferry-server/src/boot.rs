@@ -11,10 +11,10 @@
 
 use crate::artifacts;
 use crate::client_addr::{client_address, source_group};
-use crate::enroll::{url_host, TcpConn};
 use crate::gate::GateGuard;
 use crate::limits::EnrollLimits;
-use crate::tunnels::TunnelManager;
+use crate::listen::TcpConn;
+use crate::metrics::Metrics;
 use crate::Config;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -23,7 +23,9 @@ use axum::routing::get;
 use axum::Router;
 use ferry_core::boot::{grub_config, ipxe_chain, ipxe_retry, ipxe_script, BootTarget};
 use ferry_core::merge::merge_node;
+use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::{MacAddr, Node, NodeName};
+use ferry_store::Store;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -37,7 +39,10 @@ pub fn object_path(data_dir: &std::path::Path, sha256: &str) -> PathBuf {
 
 #[derive(Clone)]
 pub struct BootState {
-    pub tunnels: Arc<TunnelManager>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// The tunnel network: boot scripts name the datasource on its server address.
+    pub network: TunnelNetwork,
     pub config: Arc<Config>,
     pub server_public_key: String,
     /// Images used by at least one asset-gated node, recomputed every few seconds.
@@ -49,7 +54,9 @@ pub struct BootState {
 
 impl BootState {
     pub fn new(
-        tunnels: Arc<TunnelManager>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        network: TunnelNetwork,
         config: Arc<Config>,
         server_public_key: String,
         limits: Arc<EnrollLimits>,
@@ -57,7 +64,7 @@ impl BootState {
         let p = &config.provisioning;
         let guard = Arc::new(GateGuard::new(p.boot_gate_max_failures, p.boot_gate_lockout_secs));
         let gated = Arc::new(Mutex::new((None, HashSet::new())));
-        BootState { tunnels, config, server_public_key, gated, limits, guard }
+        BootState { store, metrics, network, config, server_public_key, gated, limits, guard }
     }
 }
 
@@ -113,7 +120,7 @@ async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Scr
         };
     };
     let Ok(mac) = MacAddr::parse(mac) else { return retry("that is not a MAC address") };
-    let store = &s.tunnels.store;
+    let store = &s.store;
     let node = match store.node_by_mac(&mac).await {
         Ok(Some(n)) => n,
         Ok(None) => {
@@ -132,8 +139,7 @@ async fn script(s: &BootState, headers: &HeaderMap, mac: Option<&str>, kind: Scr
         Ok(Some(i)) => i,
         _ => return retry("this node's image is not imported"),
     };
-    let server_addr = s.tunnels.network.server_address();
-    let datasource_url = format!("http://{}:{}/", url_host(server_addr), s.config.datasource.port);
+    let (datasource_url, _) = crate::datasource::urls(s.network.server_address(), s.config.datasource.port);
     let target = BootTarget {
         node: &node,
         image: &image.name,
@@ -175,7 +181,7 @@ async fn gated_images(s: &BootState) -> HashSet<String> {
             return cache.1.clone();
         }
     }
-    let store = &s.tunnels.store;
+    let store = &s.store;
     let (Ok(nodes), Ok(profiles)) = (store.list_nodes().await, store.list_profiles().await) else {
         return HashSet::new();
     };
@@ -200,7 +206,7 @@ async fn gated_images(s: &BootState) -> HashSet<String> {
 /// with its gate on and has a tag: the only case in which a tag is compared.
 async fn gated_node(s: &BootState, image: &str, mac: Option<&str>) -> Option<(NodeName, ferry_api::Secret)> {
     let mac = MacAddr::parse(mac?).ok()?;
-    let store = &s.tunnels.store;
+    let store = &s.store;
     let node = store.node_by_mac(&mac).await.ok()??;
     let (merged, tag) = store.node_identity(&node).await.ok()?;
     let gated = merged.settings.image.as_deref() == Some(image) && merged.settings.boot_asset_gate == Some(true);
@@ -218,7 +224,7 @@ async fn gate(s: &BootState, image: &str, q: &MacQuery, conn: TcpConn, headers: 
         tracing::debug!(%image, "gated artifact requested without naming a gated node that boots it");
         return Err(forbidden());
     };
-    let metrics = &s.tunnels.metrics;
+    let metrics = &s.metrics;
     let now = Instant::now();
     if s.guard.locked(&node, now).is_some() {
         metrics.gate_refused("locked");
@@ -240,8 +246,7 @@ async fn gate(s: &BootState, image: &str, q: &MacQuery, conn: TcpConn, headers: 
     let max = s.guard.max_failures();
     let lockout = s.guard.lockout().as_secs();
     tracing::warn!(%node, %client, %image, failures = failure.count, max, "wrong asset tag at the boot gate");
-    let (store, actor, subject) =
-        (&s.tunnels.store, ferry_store::Actor(format!("client:{client}")), format!("node/{node}"));
+    let (store, actor, subject) = (&s.store, ferry_store::Actor(format!("client:{client}")), format!("node/{node}"));
     let detail = format!("from={client} image={image} failures={}/{max} within={lockout}s", failure.count);
     if let Err(e) = store.record_event(&actor, "boot.gate-refused", &subject, &detail).await {
         tracing::error!(error = %e, "cannot write the audit log");
@@ -270,7 +275,7 @@ async fn image_artifact(
     headers: HeaderMap,
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such image artifact\n").into_response();
-    let Ok(Some(record)) = s.tunnels.store.get_image(&image).await else { return not_found() };
+    let Ok(Some(record)) = s.store.get_image(&image).await else { return not_found() };
     if let Err(refused) = gate(&s, &image, &q, conn, &headers).await {
         return refused;
     }

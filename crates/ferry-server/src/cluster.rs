@@ -87,39 +87,35 @@ pub async fn register(store: &Arc<dyn Store>, config: &Config, id: &str, public_
 
 /// Records that this server is alive every `[cluster] heartbeat_secs`.
 pub async fn heartbeat_loop(
-    tunnels: Arc<TunnelManager>,
+    store: Arc<dyn Store>,
     config: Arc<Config>,
+    id: String,
     public_key: PublicKey,
     stopped: impl Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(config.cluster.heartbeat_secs));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tick.tick() => {
-                let id = &tunnels.server_id;
-                match tunnels.store.heartbeat(id, ferry_store::now_secs()).await {
-                    Ok(()) => {}
-                    // Someone removed this server's row: register again.
-                    Err(StoreError::NotFound { .. }) => {
-                        if let Err(e) = register(&tunnels.store, &config, id, &public_key).await {
-                            tracing::error!(error = %e, "could not register this server again");
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "could not record the heartbeat; other servers will close this server's tunnels if it stays silent"),
+    crate::periodic::every(Duration::from_secs(config.cluster.heartbeat_secs), stopped, || async {
+        match store.heartbeat(&id, ferry_store::now_secs()).await {
+            Ok(()) => {}
+            // Someone removed this server's row: register again.
+            Err(StoreError::NotFound { .. }) => {
+                if let Err(e) = register(&store, &config, &id, &public_key).await {
+                    tracing::error!(error = %e, "could not register this server again");
                 }
             }
+            Err(e) => tracing::error!(
+                error = %e,
+                "could not record the heartbeat; other servers will close this server's tunnels if it stays silent"
+            ),
         }
-    }
+    })
+    .await
 }
 
 /// Reconciles at once when the store says another server closed or replaced one of
 /// this server's tunnels (PostgreSQL LISTEN/NOTIFY); the periodic reconcile stays the
 /// safety net. With SQLite there is one server and nothing to watch.
-pub async fn watch_loop(tunnels: Arc<TunnelManager>, stopped: impl Future<Output = ()>) {
-    let mut changes = match tunnels.store.watch_tunnels(&tunnels.server_id).await {
+pub async fn watch_loop(store: Arc<dyn Store>, tunnels: Arc<TunnelManager>, stopped: impl Future<Output = ()>) {
+    let mut changes = match store.watch_tunnels(tunnels.server_id()).await {
         Ok(Some(rx)) => rx,
         Ok(None) => return,
         Err(e) => {

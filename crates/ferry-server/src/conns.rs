@@ -8,8 +8,6 @@
 //! ends, [`TunnelConnections::close_tunnel`] closes its connections and the untagged
 //! ones from the same address.
 
-use crate::listen::{ConnectionWatcher, TcpConn};
-use crate::tunnels::TunnelManager;
 use ferry_wg::PublicKey;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -75,25 +73,10 @@ impl TunnelConnections {
         closed
     }
 
-    /// Connections registered from `address` (for tests and diagnostics).
+    /// Connections registered from `address`.
+    #[cfg(test)]
     pub fn count(&self, address: IpAddr) -> usize {
         self.by_address.lock().unwrap_or_else(|p| p.into_inner()).get(&address).map_or(0, Vec::len)
-    }
-}
-
-/// The datasource's watcher: tags each connection with its caller's tunnel.
-impl ConnectionWatcher<TcpConn> for TunnelManager {
-    fn connected(&self, info: &TcpConn, close: CancellationToken) -> Box<dyn Send + Sync> {
-        let address = info.remote.ip().to_canonical();
-        let key = |m: &TunnelManager| m.active(address).map(|t| t.record.public_key);
-        let tagged = key(self);
-        let registration = self.connections.register(address, tagged, close.clone());
-        // The tunnel may have ended between the look-up and the registration, missing
-        // the close: check again now that the connection can be found.
-        if tagged.is_some() && key(self) != tagged {
-            close.cancel();
-        }
-        Box::new(registration)
     }
 }
 

@@ -2,9 +2,9 @@
 //! caller is the node whose active tunnel owns the packet's source address — which
 //! WireGuard's cryptokey routing binds to that node's key. No header is ever read.
 
-use crate::enroll::url_host;
 use crate::error::HttpError;
 use crate::listen::TcpConn;
+use crate::metrics::{DocumentLabel, Metrics};
 use crate::render::{mentions_secrets, render, Document, FerryContext, TemplateSecrets};
 use crate::tunnels::{ActiveTunnel, TunnelManager};
 use axum::body::Bytes;
@@ -14,16 +14,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use ferry_api::enroll::PhoneHome;
-use ferry_store::{Actor, BootReport};
-use std::net::SocketAddr;
+use ferry_api::ErrorKind;
+use ferry_core::net::url_host;
+use ferry_store::{Actor, BootReport, Store};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 pub const PHONE_HOME_BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct DatasourceState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// Who is calling (the active tunnel of an address), and phone-home's teardown.
     pub tunnels: Arc<TunnelManager>,
     pub port: u16,
+}
+
+/// The datasource's URL (the NoCloud seed) and its phone-home URL, on the server's
+/// tunnel address: what enrollment answers, boot scripts and documents name.
+pub fn urls(server_address: IpAddr, port: u16) -> (String, String) {
+    let base = format!("http://{}:{port}", url_host(server_address));
+    (format!("{base}/"), format!("{base}/phone-home"))
 }
 
 pub fn router(state: DatasourceState) -> Router {
@@ -34,7 +46,7 @@ pub fn router(state: DatasourceState) -> Router {
 }
 
 fn forbidden() -> HttpError {
-    HttpError::new(StatusCode::FORBIDDEN, "forbidden", "forbidden: not an active ferry tunnel")
+    HttpError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, "forbidden: not an active ferry tunnel")
 }
 
 /// The caller's active tunnel, from the source address alone.
@@ -43,11 +55,6 @@ fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, Ht
         tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
         forbidden()
     })
-}
-
-fn urls(s: &DatasourceState) -> (String, String) {
-    let base = format!("http://{}:{}", url_host(s.tunnels.network.server_address()), s.port);
-    (format!("{base}/"), format!("{base}/phone-home"))
 }
 
 async fn document(
@@ -62,15 +69,16 @@ async fn document(
     let Some(doc) = Document::from_name(name) else {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
-            "not-found",
+            ErrorKind::NotFound,
             "no such document (meta-data, user-data, vendor-data, network-config)",
         ));
     };
-    let node = active.merged(s.tunnels.store.as_ref()).await?;
-    let (datasource_url, phone_home_url) = urls(&s);
+    let node = active.merged(s.store.as_ref()).await?;
+    let server_address = s.tunnels.network().server_address();
+    let (datasource_url, phone_home_url) = urls(server_address, s.port);
     let ctx = FerryContext {
         tunnel_address: tunnel.address.to_string(),
-        server_address: s.tunnels.network.server_address().to_string(),
+        server_address: server_address.to_string(),
         datasource_url: &datasource_url,
         phone_home_url: &phone_home_url,
         fetch_mode: tunnel.mode == Some(ferry_store::AgentMode::Fetch),
@@ -78,7 +86,7 @@ async fn document(
     let actor = Actor(format!("node:{}", tunnel.node));
     let subject = format!("node/{}", tunnel.node);
     let secrets = if mentions_secrets(&node) {
-        TemplateSecrets::new(s.tunnels.store.secrets_for(&node.name, &node.profiles).await?)
+        TemplateSecrets::new(s.store.secrets_for(&node.name, &node.profiles).await?)
     } else {
         TemplateSecrets::new(Default::default())
     };
@@ -86,22 +94,24 @@ async fn document(
         Ok(Some(text)) => {
             for name in secrets.used() {
                 let detail = format!("name={name} document={}", doc.name());
-                s.tunnels.store.record_repeatable_event(&actor, "secret.delivered", &subject, &detail).await?;
-                s.tunnels.metrics.secrets_delivered.inc();
+                s.store.record_repeatable_event(&actor, "secret.delivered", &subject, &detail).await?;
+                s.metrics.secrets_delivered.inc();
             }
             // A node may fetch again and again: repeats within a minute become one count.
-            s.tunnels.store.record_repeatable_event(&actor, "document.served", &subject, doc.name()).await?;
-            let label = crate::metrics::DocumentLabel { document: doc.name() };
-            s.tunnels.metrics.document_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+            s.store.record_repeatable_event(&actor, "document.served", &subject, doc.name()).await?;
+            let label = DocumentLabel { document: doc.name() };
+            s.metrics.document_latency.get_or_create(&label).observe(started.elapsed().as_secs_f64());
             Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
         }
-        Ok(None) => Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", format!("node has no {}", doc.name()))),
+        Ok(None) => {
+            Err(HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, format!("node has no {}", doc.name())))
+        }
         Err(e) => {
             tracing::error!(error = %e, "template failed");
-            s.tunnels.store.record_repeatable_event(&actor, "document.failed", &subject, &e.to_string()).await?;
+            s.store.record_repeatable_event(&actor, "document.failed", &subject, &e.to_string()).await?;
             Err(HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorKind::Internal,
                 "the document does not render; see the server's audit log",
             ))
         }
@@ -152,7 +162,7 @@ async fn phone_home(
     let active = caller(&s, conn.remote)?;
     let tunnel = &active.record;
     if path.split('/').next() != Some("phone-home") {
-        return Err(HttpError::new(StatusCode::NOT_FOUND, "not-found", "POST goes to /phone-home"));
+        return Err(HttpError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, "POST goes to /phone-home"));
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)

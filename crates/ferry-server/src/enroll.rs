@@ -2,46 +2,52 @@
 //! ask; only a node that satisfies every factor of its identity policy gets a tunnel.
 //! Refusals are a bare 401 to the caller and a precise reason in the audit log.
 
-use crate::client_addr::client_address;
+use crate::client_addr::{client_address, source_group};
 use crate::error::{ApiJson, HttpError};
-use crate::limits::{self, EnrollLimits};
+use crate::limits::{self, EnrollLimits, ENROLL_BODY_LIMIT};
 use crate::nonces::NonceStore;
+use crate::tpm::{NotIssued, PendingTpm, TpmPolicy};
 use crate::tunnels::TunnelManager;
 use crate::Config;
 use axum::body::Bytes;
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ferry_api::admin::MergedNodeView;
-use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
+use ferry_api::enroll::{
+    Challenge, EnrollRequest, EnrollResponse, TpmCredentialChallenge, TpmCredentialRequest, CHALLENGE_PATH,
+    ENROLL_PATH, TPM_CREDENTIAL_PATH,
+};
+use ferry_api::ErrorKind;
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
+use ferry_core::net::url_host;
 use ferry_core::{MacAddr, NodeName};
-use ferry_store::{Actor, AgentMode, StoreError};
+use ferry_store::{Actor, AgentMode, Store, StoreError};
 use ferry_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// Enrollment requests are small; anything bigger is not one.
-pub const ENROLL_BODY_LIMIT: usize = 16 * 1024;
 
 pub use crate::listen::TcpConn;
 
 #[derive(Clone)]
 pub struct ProvisioningState {
+    pub store: Arc<dyn Store>,
+    /// Opens the tunnel of a node that proved who it is.
     pub tunnels: Arc<TunnelManager>,
-    pub nonces: Arc<NonceStore<crate::tpm::PendingTpm>>,
+    pub nonces: Arc<NonceStore<PendingTpm>>,
     pub config: Arc<Config>,
     pub server_public_key: PublicKey,
     /// The server's static WireGuard key, for the X25519 secret asset-tag proofs are
     /// keyed with (a copy of the device's; never logged).
     pub server_private_key: Arc<PrivateKey>,
-    pub tpm: Arc<crate::tpm::TpmPolicy>,
+    pub tpm: Arc<TpmPolicy>,
     /// Rate limits and the cap on enrollments in progress (`limits`).
     pub limits: Arc<EnrollLimits>,
 }
@@ -55,8 +61,8 @@ pub fn router(state: ProvisioningState) -> Router {
     Router::new()
         .route(CHALLENGE_PATH, post(challenge))
         .route(ENROLL_PATH, post(enroll).layer(slot()))
-        .route(TPM_CREDENTIAL_PATH, post(crate::tpm::credential).layer(slot()))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::rate_limit))
+        .route(TPM_CREDENTIAL_PATH, post(tpm_credential).layer(slot()))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), rate_limit))
         .layer(DefaultBodyLimit::max(ENROLL_BODY_LIMIT))
         .with_state(state)
 }
@@ -80,17 +86,39 @@ async fn challenge(
 }
 
 fn refused() -> HttpError {
-    HttpError::new(StatusCode::UNAUTHORIZED, "refused", "refused")
+    HttpError::new(StatusCode::UNAUTHORIZED, ErrorKind::Refused, "refused")
+}
+
+/// Middleware on the enrollment routes: the rate limits (`limits`), before anything
+/// else is done (the body is not even read). A challenge from a source that already
+/// holds its share of outstanding nonces is refused after its own bucket and before the
+/// global one, so it takes nothing from the others.
+async fn rate_limit(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let client = client_address(conn.remote.ip(), req.headers(), &s.config.provisioning.trusted_proxies);
+    let source = source_group(client);
+    let challenge = req.uri().path() == CHALLENGE_PATH;
+    let checked = s
+        .limits
+        .check_source(source)
+        .and_then(|()| if challenge && s.nonces.source_full(source) { Err(s.limits.nonces_held()) } else { Ok(()) })
+        .and_then(|()| s.limits.check_global(source));
+    match checked {
+        Ok(()) => next.run(req).await,
+        Err(t) => {
+            s.limits.log_refusal(source, req.uri().path(), t);
+            t.into_response()
+        }
+    }
 }
 
 /// Records why an attempt was refused (audit log and server log) and returns the bare
 /// refusal the caller gets.
-pub(crate) async fn refuse(
-    s: &ProvisioningState,
-    client: IpAddr,
-    subject: String,
-    reason: impl std::fmt::Display,
-) -> HttpError {
+async fn refuse(s: &ProvisioningState, client: IpAddr, subject: String, reason: impl std::fmt::Display) -> HttpError {
     audit_refusal(s, client, &subject, reason.to_string()).await;
     refused()
 }
@@ -99,7 +127,7 @@ async fn audit_refusal(s: &ProvisioningState, client: IpAddr, subject: &str, rea
     tracing::warn!(%subject, %client, %reason, "enrollment refused");
     let detail = format!("from={client} reason={reason}");
     let actor = Actor(format!("client:{client}"));
-    if let Err(e) = s.tunnels.store.record_event(&actor, "enroll.refused", subject, &detail).await {
+    if let Err(e) = s.store.record_event(&actor, "enroll.refused", subject, &detail).await {
         tracing::error!(error = %e, "cannot write the audit log");
     }
 }
@@ -108,14 +136,6 @@ async fn audit_refusal(s: &ProvisioningState, client: IpAddr, subject: &str, rea
 pub const OUTDATED_AGENT: &str = "this agent sent an asset-tag proof v1, which a network observer can attack \
     offline; this server accepts only v2: update ferry on the node (rebuild its initramfs or image with \
     `ferry image initramfs` of the server's version)";
-
-/// The format of an address inside a URL (IPv6 in brackets).
-pub fn url_host(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    }
-}
 
 fn decode32(what: &str, s: &str) -> Result<[u8; 32], HttpError> {
     B64.decode(s.trim())
@@ -149,7 +169,7 @@ async fn enroll(
     let Some(tpm_challenge) = s.nonces.take(&nonce) else {
         return Err(refuse(&s, client, format!("mac/{mac}"), "unknown, used or expired nonce").await);
     };
-    let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
+    let Some(node) = s.store.node_by_mac(&mac).await? else {
         return Err(refuse(&s, client, format!("mac/{mac}"), "no node has this MAC").await);
     };
     let subject = format!("node/{node}");
@@ -167,35 +187,64 @@ async fn enroll(
         Ok(t) => t,
         Err(StoreError::PoolExhausted(net)) => {
             tracing::error!(%net, "tunnel address pool exhausted");
-            return Err(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "no tunnel address free; retry later"));
+            return Err(HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Busy,
+                "no tunnel address free; retry later",
+            ));
         }
         Err(StoreError::Conflict(why)) => return Err(refuse(&s, client, subject, why).await),
         Err(e) => return Err(e.into()),
     };
     let factors: Vec<String> = policy.factors.iter().map(|f| f.to_string()).collect();
     let detail = format!("from={client} factors={} address={}", factors.join(","), tunnel.address);
-    s.tunnels.store.record_event(&actor, "enroll.accepted", &subject, &detail).await?;
+    s.store.record_event(&actor, "enroll.accepted", &subject, &detail).await?;
     tracing::info!(%node, %client, address = %tunnel.address, "node enrolled");
 
     let wg = &s.config.wireguard;
-    let server_address = s.tunnels.network.server_address();
+    let network = s.tunnels.network();
+    let server_address = network.server_address();
     let endpoint = wg.endpoint.clone().unwrap_or_else(|| format!("{}:{}", url_host(conn.local.ip()), wg.listen_port));
-    let base = format!("http://{}:{}", url_host(server_address), s.config.datasource.port);
+    let (datasource_url, phone_home_url) = crate::datasource::urls(server_address, s.config.datasource.port);
     Ok(ApiJson(EnrollResponse {
         node: node.to_string(),
         server_public_key: s.server_public_key.to_base64(),
         endpoint,
         node_address: tunnel.address.to_string(),
-        prefix_len: s.tunnels.network.prefix_len(),
+        prefix_len: network.prefix_len(),
         server_address: server_address.to_string(),
         expires_in_secs: (tunnel.expires_at - tunnel.created_at).max(0) as u64,
         expires_at: humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(tunnel.expires_at as u64),
         )
         .to_string(),
-        datasource_url: format!("{base}/"),
-        phone_home_url: format!("{base}/phone-home"),
+        datasource_url,
+        phone_home_url,
     }))
+}
+
+/// `POST /v1/enroll/tpm`: the TPM credential challenge (`tpm`). Every refusal, and
+/// every bad request that names a nonce, uses the nonce up: a caller gets one try per
+/// challenge.
+async fn tpm_credential(
+    State(s): State<ProvisioningState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<ApiJson<TpmCredentialChallenge>, HttpError> {
+    let req: TpmCredentialRequest = serde_json::from_slice(&body)
+        .map_err(|e| HttpError::bad_request(format!("invalid TPM credential request: {e}")))?;
+    let nonce = crate::tpm::request_nonce(&req)?;
+    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
+    let answer = crate::tpm::challenge(s.store.as_ref(), &s.tpm, &s.nonces, &req, &nonce).await;
+    if answer.is_err() {
+        s.nonces.take(&nonce);
+    }
+    match answer {
+        Ok(challenge) => Ok(ApiJson(challenge)),
+        Err(NotIssued::Refused { subject, reason }) => Err(refuse(&s, client, subject, reason).await),
+        Err(NotIssued::Failed(e)) => Err(e),
+    }
 }
 
 /// A node that proved who it is: the factors it proved, its tunnel's lifetime, and the
@@ -219,9 +268,9 @@ async fn check_identity(
     client: IpAddr,
     tpm_challenge: Option<crate::tpm::PendingTpm>,
 ) -> Result<Decision, HttpError> {
-    let (merged, tag) = s.tunnels.store.node_identity(node).await?;
+    let (merged, tag) = s.store.node_identity(node).await?;
     // Read now, not at the credential step: a registration revoked since counts for nothing.
-    let held_tpm = s.tunnels.store.node_tpms(Some(node)).await?.pop().map(|(_, r)| r);
+    let held_tpm = s.store.node_tpms(Some(node)).await?.pop().map(|(_, r)| r);
     let registered = held_tpm.as_ref().is_some_and(|r| r.state == ferry_store::TpmState::Registered);
     let policy = merged.settings.identity_policy(tag.is_some(), registered);
     let network = merged.settings.interfaces.values().any(|i| {
@@ -257,7 +306,7 @@ async fn check_identity(
         // Every other factor held (`evaluate` checks the TPM last): discovery may hold it.
         (Err(Refusal::TpmUnregistered(_)), Some(candidate)) => {
             let actor = Actor(format!("node:{node}@{client}"));
-            Ok(Err(Refusal::TpmUnregistered(crate::tpm::discover(s, node, &candidate, &actor).await?)))
+            Ok(Err(Refusal::TpmUnregistered(crate::tpm::discover(s.store.as_ref(), node, &candidate, &actor).await?)))
         }
         (Err(refusal), _) => Ok(Err(refusal)),
     }

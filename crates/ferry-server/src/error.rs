@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ferry_api::ApiError;
+use ferry_api::{ApiError, ErrorKind};
 use ferry_core::CoreError;
 use ferry_store::StoreError;
 
@@ -12,16 +12,16 @@ use ferry_store::StoreError;
 #[derive(Debug)]
 pub struct HttpError {
     pub status: StatusCode,
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     pub message: String,
 }
 
 impl HttpError {
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Self {
         HttpError { status, kind, message: message.into() }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorKind::Invalid, message)
     }
 }
 
@@ -36,11 +36,11 @@ impl From<StoreError> for HttpError {
         match e {
             StoreError::Invalid(e) => e.into(),
             StoreError::BadRequest(m) => Self::bad_request(m),
-            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not-found", e.to_string()),
-            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, e.to_string()),
+            StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, ErrorKind::Conflict, m),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal, "internal error; see the server log")
             }
         }
     }
@@ -49,7 +49,7 @@ impl From<StoreError> for HttpError {
 impl From<axum::extract::rejection::JsonRejection> for HttpError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
         let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE { r.status() } else { StatusCode::BAD_REQUEST };
-        Self::new(status, "invalid", r.body_text())
+        Self::new(status, ErrorKind::Invalid, r.body_text())
     }
 }
 
@@ -61,7 +61,7 @@ impl From<axum::extract::rejection::QueryRejection> for HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status, Json(ApiError { error: self.message, kind: self.kind.to_owned() })).into_response()
+        (self.status, Json(ApiError { error: self.message, kind: self.kind })).into_response()
     }
 }
 

@@ -5,10 +5,12 @@
 //! - tunnel-only datasource and phone-home, bound to the server's tunnel address
 //!   (`datasource`), its connections closed with their tunnel (`conns`).
 //!
-//! Every listener runs `listen::serve` (timeouts, connection caps). All WireGuard
-//! device changes go through [`tunnels::TunnelManager`].
+//! Each audience's handlers have a state of their own, built with the routers in one
+//! place (`app`). Every listener runs `listen::serve` (timeouts, connection caps). All
+//! WireGuard device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
+mod app;
 mod artifacts;
 pub mod boot;
 mod client_addr;
@@ -24,9 +26,12 @@ pub mod listen;
 mod metrics;
 mod node_locks;
 mod nonces;
+mod periodic;
 mod remote;
 pub mod render;
 mod retention;
+#[cfg(test)]
+mod testing;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -59,11 +64,12 @@ pub struct Server {
     provisioning_tls: Option<(TcpListener, tokio_rustls::TlsAcceptor, String)>,
     provisioning_listener: TcpListener,
     datasource_listener: TcpListener,
-    admin: admin::AdminState,
-    provisioning: enroll::ProvisioningState,
-    boot: boot::BootState,
-    datasource: datasource::DatasourceState,
+    /// The state of each audience's handlers.
+    handlers: app::Handlers,
+    store: Arc<dyn Store>,
+    metrics: Arc<metrics::Metrics>,
     tunnels: Arc<TunnelManager>,
+    server_public_key: ferry_wg::PublicKey,
     config: Arc<Config>,
     limits: ListenerLimits,
 }
@@ -128,7 +134,7 @@ impl Server {
         let key = wgkey::load_or_create(&config.wireguard_key_path())?;
         let server_public_key = key.public_key();
         // Enrollment keys asset-tag proofs with the X25519 secret shared with this key.
-        let server_private_key = Arc::new(key.clone());
+        let server_key = key.clone();
         let server_address = wg.network.server_address();
         let setup = ferry_wg::InterfaceSetup {
             addresses: vec![ferry_wg::IpNet::new(server_address, wg.network.prefix_len())?],
@@ -152,9 +158,11 @@ impl Server {
             }
             secs => Some(std::time::Duration::from_secs(secs)),
         };
+        let metrics = Arc::new(metrics::Metrics::default());
         let tunnels = Arc::new(
             TunnelManager::new(store.clone(), device, wg.network, server_id)
-                .with_handshake_deadline(handshake_deadline),
+                .with_handshake_deadline(handshake_deadline)
+                .with_metrics(metrics.clone()),
         );
         // The store is the truth: restore active tunnels, drop orphans and expired ones.
         let report = tunnels.reconcile().await.context("initial reconcile of the WireGuard device failed")?;
@@ -177,44 +185,29 @@ impl Server {
             Some(files) => Some(remote::bind_tls(&files, &config.data_dir).await?),
             None => None,
         };
-        let limits = Arc::new(limits::EnrollLimits::new(&config.provisioning));
         let config = Arc::new(config);
-        let nonces = Arc::new(nonces::NonceStore::new(
-            std::time::Duration::from_secs(config.provisioning.nonce_ttl_secs),
-            config.provisioning.max_pending_nonces,
-            config.provisioning.max_pending_nonces_per_source,
-        ));
-        let boot = boot::BootState::new(tunnels.clone(), config.clone(), server_public_key.to_base64(), limits.clone());
         let provisioning_tls_pin = provisioning_tls.as_ref().map(|(_, _, pin)| format!("sha256:{pin}"));
+        let handlers = app::Handlers::new(app::Parts {
+            config: config.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            tunnels: tunnels.clone(),
+            server_key,
+            tpm,
+            allowed_uids,
+            provisioning_tls_pin,
+        });
         Ok(Server {
             admin_listener,
             remote_admin,
             provisioning_tls,
             provisioning_listener,
             datasource_listener,
-            admin: admin::AdminState {
-                store,
-                allowed_uids,
-                tunnels: tunnels.clone(),
-                server_public_key,
-                data_dir: config.data_dir.clone(),
-                public_url: config.provisioning.public_url.clone(),
-                tpm: tpm.clone(),
-                provisioning_tls_pin,
-                lost_after_secs: config.cluster.lost_after_secs,
-            },
-            provisioning: enroll::ProvisioningState {
-                tunnels: tunnels.clone(),
-                nonces,
-                config: config.clone(),
-                server_public_key,
-                server_private_key,
-                tpm: tpm.clone(),
-                limits,
-            },
-            datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
-            boot,
+            handlers,
+            store,
+            metrics,
             tunnels,
+            server_public_key,
             config,
             limits: listener_limits,
         })
@@ -236,15 +229,9 @@ impl Server {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let timeout = |secs: u64| {
-            tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                std::time::Duration::from_secs(secs),
-            )
-        };
         let drain = std::time::Duration::from_secs(30);
-        let metrics = self.tunnels.metrics.clone();
-        let admin_caps = || listen::ConnCaps::new("admin", listen::ADMIN_LIMITS, metrics.clone());
+        let metrics = self.metrics.clone();
+        let routers = self.handlers.routers(&self.config);
         // The TLS listeners are optional; each runs in a task of its own.
         let spawn_tls = |listener: listen::Listener<TcpListener>, app| {
             let addr = listener.incoming.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -253,36 +240,28 @@ impl Server {
         };
         let mut tls_tasks = Vec::new();
         if let Some((incoming, tls, _)) = self.remote_admin {
-            let app = admin::remote_router(self.admin.clone()).layer(timeout(30));
             let caps = listen::ConnCaps::new("remote-admin", listen::ADMIN_LIMITS, metrics.clone());
             let listener = listen::Listener { name: "remote-admin", incoming, tls: Some(tls), caps, watcher: None };
-            tls_tasks.push(spawn_tls(listener, app));
+            tls_tasks.push(spawn_tls(listener, routers.remote_admin));
         }
-        let server_key = self.admin.server_public_key;
         let admin = listen::serve(
             listen::Listener {
                 name: "admin",
                 incoming: self.admin_listener,
                 tls: None,
-                caps: admin_caps(),
+                caps: listen::ConnCaps::new("admin", listen::ADMIN_LIMITS, metrics.clone()),
                 watcher: None,
             },
-            admin::router(self.admin).layer(timeout(30)),
+            routers.admin,
             drain,
             stopped(),
         );
-        // The provisioning network is anyone's: its own request timeout, and the plain
-        // and TLS listeners share their connection caps.
-        let p = &self.config.provisioning;
-        let provisioning_app = enroll::router(self.provisioning)
-            .merge(boot::router(self.boot))
-            .layer(timeout(p.request_timeout_secs))
-            .layer(axum::middleware::from_fn_with_state(metrics.clone(), metrics::Metrics::count_enrollments));
+        // The plain and TLS provisioning listeners share their connection caps.
         let provisioning_caps = listen::ConnCaps::new("provisioning", self.limits.provisioning, metrics.clone());
         if let Some((incoming, tls, _)) = self.provisioning_tls {
             let caps = provisioning_caps.clone();
             let listener = listen::Listener { name: "provisioning", incoming, tls: Some(tls), caps, watcher: None };
-            tls_tasks.push(spawn_tls(listener, provisioning_app.clone()));
+            tls_tasks.push(spawn_tls(listener, routers.provisioning.clone()));
         }
         let provisioning = listen::serve(
             listen::Listener {
@@ -292,7 +271,7 @@ impl Server {
                 caps: provisioning_caps,
                 watcher: None,
             },
-            provisioning_app,
+            routers.provisioning,
             drain,
             stopped(),
         );
@@ -305,14 +284,21 @@ impl Server {
                 caps: listen::ConnCaps::new("datasource", self.limits.datasource, metrics.clone()),
                 watcher: Some(self.tunnels.clone()),
             },
-            datasource::router(self.datasource).layer(timeout(self.config.datasource.request_timeout_secs)),
+            routers.datasource,
             drain,
             stopped(),
         );
-        let pruner = tokio::spawn(retention::prune_loop(self.tunnels.store.clone(), stopped()));
+        let pruner = tokio::spawn(retention::prune_loop(self.store.clone(), stopped()));
         let reconciler = reconcile_loop(self.tunnels.clone(), self.config.clone(), stopped());
-        let heartbeat = cluster::heartbeat_loop(self.tunnels.clone(), self.config.clone(), server_key, stopped());
-        let watcher = cluster::watch_loop(self.tunnels.clone(), stopped());
+        let server_id = self.tunnels.server_id().to_owned();
+        let heartbeat = cluster::heartbeat_loop(
+            self.store.clone(),
+            self.config.clone(),
+            server_id,
+            self.server_public_key,
+            stopped(),
+        );
+        let watcher = cluster::watch_loop(self.store.clone(), self.tunnels.clone(), stopped());
         let signal = async move {
             shutdown_signal().await;
             tracing::info!("stopping");
@@ -329,7 +315,7 @@ impl Server {
         }
         self.tunnels.shutdown().await;
         let _ = pruner.await;
-        if let Err(e) = self.tunnels.store.flush().await {
+        if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "could not write the last audit entries");
         }
         let _ = std::fs::remove_file(&self.config.admin_socket);
@@ -348,23 +334,16 @@ async fn reconcile_loop(
     config: Arc<Config>,
     stopped: impl std::future::Future<Output = ()>,
 ) {
-    let interval = config.wireguard.reconcile_interval_secs;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(interval.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tick.tick() => {
-                if let Err(e) = tunnels.reap_lost_servers(config.cluster.lost_after_secs).await {
-                    tracing::error!(error = %e, "could not close the tunnels of lost servers");
-                }
-                if let Err(e) = tunnels.reconcile().await {
-                    tracing::error!(error = %e, "reconcile failed");
-                }
-            }
+    let interval = std::time::Duration::from_secs(config.wireguard.reconcile_interval_secs.max(1));
+    periodic::every(interval, stopped, || async {
+        if let Err(e) = tunnels.reap_lost_servers(config.cluster.lost_after_secs).await {
+            tracing::error!(error = %e, "could not close the tunnels of lost servers");
         }
-    }
+        if let Err(e) = tunnels.reconcile().await {
+            tracing::error!(error = %e, "reconcile failed");
+        }
+    })
+    .await
 }
 
 async fn shutdown_signal() {

@@ -32,17 +32,17 @@
 //! still active, the per-source limit is suspended until a sweep frees room rather
 //! than growing the map — the global bucket still bounds everything then. A source
 //! cannot be forged: it is the TCP peer, or the client a *trusted* proxy names
-//! ([`client_address`], the function enrollment itself uses).
+//! (`client_addr::client_address`, the function enrollment itself uses).
 
-use crate::client_addr::{client_address, source_group};
+use crate::client_addr::source_group;
 use crate::config::{ProvisioningConfig, ENROLL_RATE_RANGE, MIN_ENROLL_BURST};
-use crate::enroll::{ProvisioningState, TcpConn, ENROLL_BODY_LIMIT};
 use crate::error::HttpError;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ferry_api::ErrorKind;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use std::net::IpAddr;
@@ -51,6 +51,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Enrollment requests are small; anything bigger is not one.
+pub const ENROLL_BODY_LIMIT: usize = 16 * 1024;
 
 /// Most sources tracked at once by the per-source limiter (and by the once-per-second
 /// log filter). An entry is a few dozen bytes; entries of idle sources are evicted.
@@ -102,13 +105,16 @@ impl IntoResponse for Throttled {
             Scope::SourceNonces => "too many challenges outstanding from this address",
         };
         let message = format!("{message}; retry in {} s", self.retry_after_secs);
-        with_retry_after(HttpError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message), self.retry_after_secs)
+        with_retry_after(
+            HttpError::new(StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited, message),
+            self.retry_after_secs,
+        )
     }
 }
 
 /// `503 busy` with `Retry-After`.
 pub fn busy(message: &str, retry_after_secs: u64) -> Response {
-    with_retry_after(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message), retry_after_secs)
+    with_retry_after(HttpError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Busy, message), retry_after_secs)
 }
 
 fn with_retry_after(e: HttpError, secs: u64) -> Response {
@@ -314,33 +320,6 @@ impl EnrollLimits {
     }
 }
 
-/// Middleware on the enrollment routes: the rate limits, before anything else is done
-/// (the body is not even read). A challenge from a source that already holds its share
-/// of outstanding nonces is refused after its own bucket and before the global one, so
-/// it takes nothing from the others.
-pub async fn rate_limit(
-    State(s): State<ProvisioningState>,
-    ConnectInfo(conn): ConnectInfo<TcpConn>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let client = client_address(conn.remote.ip(), req.headers(), &s.config.provisioning.trusted_proxies);
-    let source = source_group(client);
-    let challenge = req.uri().path() == ferry_api::enroll::CHALLENGE_PATH;
-    let checked = s
-        .limits
-        .check_source(source)
-        .and_then(|()| if challenge && s.nonces.source_full(source) { Err(s.limits.nonces_held()) } else { Ok(()) })
-        .and_then(|()| s.limits.check_global(source));
-    match checked {
-        Ok(()) => next.run(req).await,
-        Err(t) => {
-            s.limits.log_refusal(source, req.uri().path(), t);
-            t.into_response()
-        }
-    }
-}
-
 /// Middleware on `/v1/enroll` and `/v1/enroll/tpm`: reads the body (at most
 /// [`ENROLL_BODY_LIMIT`]), then takes a slot for the enrollment or answers 503.
 pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Request, next: Next) -> Response {
@@ -352,7 +331,7 @@ pub async fn enrollment_slot(State(limits): State<Arc<EnrollLimits>>, req: Reque
                 .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
             return if too_large {
                 let m = format!("an enrollment request is at most {ENROLL_BODY_LIMIT} bytes");
-                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid", m).into_response()
+                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::Invalid, m).into_response()
             } else {
                 HttpError::bad_request(format!("cannot read the request body: {e}")).into_response()
             };

@@ -5,7 +5,6 @@
 //! everything, approving a TPM included (it makes a machine a node's identity). Token
 //! management stays on the unix socket.
 
-use crate::admin::AdminState;
 use crate::config::{tls_files, Config};
 use crate::error::HttpError;
 use anyhow::Context;
@@ -15,7 +14,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use ferry_api::routes::{self, Access};
-use ferry_store::{Actor, Role};
+use ferry_api::ErrorKind;
+use ferry_store::{Actor, Role, Store};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ pub fn allowed(role: Role, method: &Method, path: &str) -> bool {
 fn unauthorized() -> Response {
     let mut r = HttpError::new(
         StatusCode::UNAUTHORIZED,
-        "unauthorized",
+        ErrorKind::Unauthorized,
         "a valid bearer token is required (ferry token create)",
     )
     .into_response();
@@ -66,7 +66,7 @@ fn unauthorized() -> Response {
 
 /// Authenticates the bearer token and enforces its role; the token's name becomes the
 /// audit actor.
-pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: Next) -> Response {
+pub async fn require_token(State(store): State<Arc<dyn Store>>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -75,7 +75,7 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
         .map(|t| Zeroizing::new(t.trim().to_owned()));
     let Some(token) = presented else { return unauthorized() };
     // The look-up is by hash: equal hashes, not a byte-by-byte comparison of secrets.
-    let info = match s.store.token_by_hash(&token_hash(&token)).await {
+    let info = match store.token_by_hash(&token_hash(&token)).await {
         Ok(Some(info)) if info.state == "active" => info,
         Ok(_) => {
             tracing::warn!(path = %req.uri().path(), "remote admin: unknown, expired or revoked token");
@@ -87,7 +87,7 @@ pub async fn require_token(State(s): State<AdminState>, mut req: Request, next: 
         tracing::warn!(token = %info.name, role = %info.role, method = %req.method(), path = %req.uri().path(), "remote admin: role does not allow this");
         return HttpError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorKind::Forbidden,
             format!("token {} has role {}, which may not {} {}", info.name, info.role, req.method(), req.uri().path()),
         )
         .into_response();

@@ -29,17 +29,12 @@ pub async fn record(store: &dyn Store, days: u32) -> anyhow::Result<()> {
 /// Deletes audit entries older than the recorded retention, at start and every hour,
 /// until `stopped`.
 pub async fn prune_loop(store: Arc<dyn Store>, stopped: impl std::future::Future<Output = ()>) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            _ = tick.tick() => match store.prune_audit().await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "old audit entries pruned (audit_retention_days)"),
-                Err(e) => tracing::error!(error = %e, "cannot prune the audit log; retrying in an hour"),
-            },
+    crate::periodic::every(PRUNE_EVERY, stopped, || async {
+        match store.prune_audit().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "old audit entries pruned (audit_retention_days)"),
+            Err(e) => tracing::error!(error = %e, "cannot prune the audit log; retrying in an hour"),
         }
-    }
+    })
+    .await
 }

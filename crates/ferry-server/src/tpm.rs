@@ -14,14 +14,9 @@
 //! of the node's policy passed; a node that already holds another EK keeps it, and the
 //! newcomer is refused as a conflict (`ferry_store::Discovery`).
 
-use crate::client_addr::client_address;
-use crate::enroll::{refuse, ProvisioningState, TcpConn};
-use crate::error::{ApiJson, HttpError};
-use crate::nonces::NonceError;
+use crate::error::HttpError;
+use crate::nonces::{NonceError, NonceStore};
 use anyhow::Context;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ferry_api::enroll::{TpmCredentialChallenge, TpmCredentialRequest, TpmProof};
@@ -29,10 +24,9 @@ use ferry_attest::{check_pcr_policy, make_credential, verify_quote, CaBundle, Ek
 use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::identity::TpmEvidence;
 use ferry_core::{IdentityFactor, MacAddr, NodeName};
-use ferry_store::{Actor, Discovery, TpmRecord, TpmRegistration, TpmState};
+use ferry_store::{Actor, Discovery, Store, TpmRecord, TpmRegistration, TpmState};
 use rand::RngCore;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -109,33 +103,55 @@ fn decode(what: &str, s: &str) -> Result<Vec<u8>, HttpError> {
     B64.decode(s.trim()).map_err(|_| HttpError::bad_request(format!("{what} is not standard base64")))
 }
 
-/// `POST /v1/enroll/tpm`. Every refusal, and every bad request that names a nonce, uses
-/// the nonce up: a caller gets one try per challenge.
-pub async fn credential(
-    State(s): State<ProvisioningState>,
-    ConnectInfo(conn): ConnectInfo<TcpConn>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<ApiJson<TpmCredentialChallenge>, HttpError> {
-    let req: TpmCredentialRequest = serde_json::from_slice(&body)
-        .map_err(|e| HttpError::bad_request(format!("invalid TPM credential request: {e}")))?;
-    let nonce: [u8; 32] = decode("nonce", &req.nonce)?
+/// The nonce a credential request names (32 bytes, base64).
+pub fn request_nonce(req: &TpmCredentialRequest) -> Result<[u8; 32], HttpError> {
+    decode("nonce", &req.nonce)?
         .try_into()
-        .map_err(|_| HttpError::bad_request("nonce must be 32 bytes, base64-encoded"))?;
-    let client = client_address(conn.remote.ip(), &headers, &s.config.provisioning.trusted_proxies);
-    let answer = challenge(&s, &req, &nonce, client).await;
-    if answer.is_err() {
-        s.nonces.take(&nonce);
-    }
-    answer.map(ApiJson)
+        .map_err(|_| HttpError::bad_request("nonce must be 32 bytes, base64-encoded"))
 }
 
-async fn challenge(
-    s: &ProvisioningState,
+/// Why a credential challenge was not issued.
+pub enum NotIssued {
+    /// The caller gets the bare refusal; the audit log gets `reason` under `subject`.
+    Refused { subject: String, reason: String },
+    /// A bad request or a store failure, answered as it is.
+    Failed(HttpError),
+}
+
+impl NotIssued {
+    fn refused(subject: &str, reason: impl Into<String>) -> Self {
+        NotIssued::Refused { subject: subject.to_owned(), reason: reason.into() }
+    }
+}
+
+impl From<HttpError> for NotIssued {
+    fn from(e: HttpError) -> Self {
+        NotIssued::Failed(e)
+    }
+}
+
+impl From<ferry_core::CoreError> for NotIssued {
+    fn from(e: ferry_core::CoreError) -> Self {
+        NotIssued::Failed(e.into())
+    }
+}
+
+impl From<ferry_store::StoreError> for NotIssued {
+    fn from(e: ferry_store::StoreError) -> Self {
+        NotIssued::Failed(e.into())
+    }
+}
+
+/// The credential challenge for `POST /v1/enroll/tpm` (the caller uses the nonce up
+/// when this fails): checks the EK and AK a node presents against its registration
+/// (or discovery), and attaches what the enrollment needs to the nonce.
+pub async fn challenge(
+    store: &dyn Store,
+    policy: &TpmPolicy,
+    nonces: &NonceStore<PendingTpm>,
     req: &TpmCredentialRequest,
     nonce: &[u8; 32],
-    client: IpAddr,
-) -> Result<TpmCredentialChallenge, HttpError> {
+) -> Result<TpmCredentialChallenge, NotIssued> {
     let key: ferry_wg::PublicKey = req
         .public_key
         .trim()
@@ -148,45 +164,45 @@ async fn challenge(
         TpmPublic::parse(&decode("ak_public", &req.ak_public)?).map_err(|e| HttpError::bad_request(e.to_string()))?;
     let certificate = req.ek_certificate.as_deref().map(|c| decode("ek_certificate", c)).transpose()?;
 
-    if !s.nonces.is_live(nonce) {
-        return Err(refuse(s, client, format!("mac/{mac}"), "tpm challenge: unknown, used or expired nonce").await);
+    if !nonces.is_live(nonce) {
+        return Err(NotIssued::refused(&format!("mac/{mac}"), "tpm challenge: unknown, used or expired nonce"));
     }
-    let Some(node) = s.tunnels.store.node_by_mac(&mac).await? else {
-        return Err(refuse(s, client, format!("mac/{mac}"), "tpm challenge: no node has this MAC").await);
+    let Some(node) = store.node_by_mac(&mac).await? else {
+        return Err(NotIssued::refused(&format!("mac/{mac}"), "tpm challenge: no node has this MAC"));
     };
     let subject = format!("node/{node}");
     let ek_id = match ek.check_endorsement_key().and_then(|()| EkIdentity::from_tpm_public(&ek)) {
         Ok(id) => id,
-        Err(e) => return Err(refuse(s, client, subject, format!("tpm factor: {e}")).await),
+        Err(e) => return Err(NotIssued::refused(&subject, format!("tpm factor: {e}"))),
     };
     let fp = ek_id.fingerprint();
     if let Err(e) = ak.check_attestation_key() {
-        return Err(refuse(s, client, subject, format!("tpm factor: {e} (ek {fp})")).await);
+        return Err(NotIssued::refused(&subject, format!("tpm factor: {e} (ek {fp})")));
     }
     // An EK certificate, when sent and checkable, must verify and certify this EK.
-    let certified = match (&certificate, &s.tpm.ca) {
+    let certified = match (&certificate, &policy.ca) {
         (Some(der), Some(ca)) => match ca.verify_ek_certificate(der, ferry_store::now_secs()) {
             Ok(certified) if certified == ek_id => true,
             Ok(other) => {
                 let why = format!("tpm factor: the EK certificate certifies {} (ek {fp})", other.fingerprint());
-                return Err(refuse(s, client, subject, why).await);
+                return Err(NotIssued::refused(&subject, why));
             }
-            Err(e) => return Err(refuse(s, client, subject, format!("tpm factor: {e} (ek {fp})")).await),
+            Err(e) => return Err(NotIssued::refused(&subject, format!("tpm factor: {e} (ek {fp})"))),
         },
         _ => false,
     };
 
-    let (merged, tag) = s.tunnels.store.node_identity(&node).await?;
-    let held = s.tunnels.store.node_tpms(Some(&node)).await?.pop().map(|(_, r)| r);
+    let (merged, tag) = store.node_identity(&node).await?;
+    let held = store.node_tpms(Some(&node)).await?.pop().map(|(_, r)| r);
     let held_registered = held.as_ref().filter(|r| r.state == TpmState::Registered);
     let required =
         merged.settings.identity_policy(tag.is_some(), held_registered.is_some()).requires(IdentityFactor::Tpm);
     let registered = held_registered.is_some_and(|r| r.registration.fingerprint == fp);
-    let may_discover = required && s.tpm.discovery;
+    let may_discover = required && policy.discovery;
     if let Some(r) = held_registered.filter(|_| !registered && !may_discover) {
         let why =
             format!("tpm factor: TPM {fp} is not the one registered for this node ({})", r.registration.fingerprint);
-        return Err(refuse(s, client, subject, why).await);
+        return Err(NotIssued::refused(&subject, why));
     }
     let discovered = match (required && !registered, may_discover) {
         (false, _) => None,
@@ -194,13 +210,13 @@ async fn challenge(
             let why = format!(
                 "tpm factor: no TPM is registered for this node (it presented {fp}; ferry node set {node} --tpm-ek …)"
             );
-            return Err(refuse(s, client, subject, why).await);
+            return Err(NotIssued::refused(&subject, why));
         }
-        (true, true) if s.tpm.ca.is_some() && !certified => {
+        (true, true) if policy.ca.is_some() && !certified => {
             let why = format!(
                 "tpm factor: TPM {fp} not held for approval: discovery with a CA bundle needs an EK certificate that verifies"
             );
-            return Err(refuse(s, client, subject, why).await);
+            return Err(NotIssued::refused(&subject, why));
         }
         (true, true) => Some(registration(&ek_id, certificate.filter(|_| certified))),
     };
@@ -221,12 +237,12 @@ async fn challenge(
         registered,
         discovered,
     };
-    match s.nonces.attach(nonce, pending) {
+    match nonces.attach(nonce, pending) {
         Ok(()) => {}
         Err(NonceError::AlreadyAttached) => {
-            return Err(refuse(s, client, subject, "tpm challenge: one was already issued for this nonce").await);
+            return Err(NotIssued::refused(&subject, "tpm challenge: one was already issued for this nonce"));
         }
-        Err(_) => return Err(refuse(s, client, subject, "tpm challenge: the nonce expired meanwhile").await),
+        Err(_) => return Err(NotIssued::refused(&subject, "tpm challenge: the nonce expired meanwhile")),
     }
     tracing::debug!(%node, ek = %fp, "TPM credential challenge issued");
     Ok(TpmCredentialChallenge {
@@ -241,13 +257,13 @@ async fn challenge(
 /// factor held: holds it pending unless the node holds another. Returns the refusal
 /// reason (a discovered TPM identifies nothing until an admin approves it).
 pub async fn discover(
-    s: &ProvisioningState,
+    store: &dyn Store,
     node: &NodeName,
     candidate: &TpmRegistration,
     actor: &Actor,
 ) -> Result<String, HttpError> {
     let fp = &candidate.fingerprint;
-    Ok(match s.tunnels.store.record_pending_tpm(node, candidate, actor).await? {
+    Ok(match store.record_pending_tpm(node, candidate, actor).await? {
         Discovery::Held => format!(
             "TPM {fp} is new; held pending (compare it with the node's own TPM, then: ferry node approve {node} \
              --ek-fingerprint {fp})"

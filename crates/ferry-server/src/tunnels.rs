@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Mutex, RwLock};
 
 use crate::conns::TunnelConnections;
+use crate::listen::{ConnectionWatcher, TcpConn};
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::node_locks::NodeLocks;
+use tokio_util::sync::CancellationToken;
 
 /// How long a phoned-home node's peer stays on the device after the store closed its
 /// tunnel, so the "200 OK" can still travel back through it.
@@ -27,10 +30,12 @@ pub const PHONE_HOME_GRACE: Duration = Duration::from_millis(1500);
 pub const DEFAULT_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct TunnelManager {
-    pub store: Arc<dyn Store>,
-    pub network: TunnelNetwork,
+    /// Only for this manager's own store-then-device sequences: handlers hold the store
+    /// themselves (their audience's state), and come here for tunnel operations only.
+    store: Arc<dyn Store>,
+    network: TunnelNetwork,
     /// This server's id: its tunnels are the store's tunnels with this server.
-    pub server_id: String,
+    server_id: String,
     /// Store-then-device sequences hold it shared (many at once); reconcile holds it
     /// exclusively, so it never sees a committed tunnel whose peer is still on its way
     /// to the device (or the reverse) and undoes it.
@@ -57,8 +62,10 @@ pub struct TunnelManager {
     handshake_deadline: Option<Duration>,
     node_locks: NodeLocks,
     /// The datasource's connections by tunnel, closed when their tunnel ends.
-    pub connections: Arc<TunnelConnections>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    connections: Arc<TunnelConnections>,
+    /// The server's metrics (tunnel lifetimes, phone-home latency); shared with the
+    /// handlers through their own states.
+    metrics: Arc<Metrics>,
 }
 
 /// An active tunnel as the datasource sees it, with the node's merged settings read
@@ -180,6 +187,23 @@ impl TunnelManager {
         self
     }
 
+    /// Records into the server's metrics (instead of a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The tunnel network this server allocates addresses from.
+    pub fn network(&self) -> TunnelNetwork {
+        self.network
+    }
+
+    /// This server's id (`[cluster] server_id`): its tunnels are the store's tunnels
+    /// with this server.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
     /// The active tunnel that owns `address`, if any.
     pub fn active(&self, address: IpAddr) -> Option<Arc<ActiveTunnel>> {
         self.active.read().unwrap_or_else(|p| p.into_inner()).get(&address).cloned()
@@ -202,7 +226,7 @@ impl TunnelManager {
         let now = ferry_store::now_secs();
         for t in closed {
             let lived = (now - t.created_at).max(0) as f64;
-            let label = crate::metrics::ReasonLabel { reason: reason.as_str() };
+            let label = ReasonLabel { reason: reason.as_str() };
             self.metrics.tunnel_lifetime.get_or_create(&label).observe(lived);
         }
         {
@@ -358,7 +382,7 @@ impl TunnelManager {
         let closed = self.store.close_tunnels_of_lost_servers(now, lost_after_secs as i64, &self.server_id).await?;
         for t in &closed {
             tracing::warn!(node = %t.node, server = %t.server, address = %t.address, "closed the tunnel of a lost server");
-            let label = crate::metrics::ReasonLabel { reason: CloseReason::ServerLost.as_str() };
+            let label = ReasonLabel { reason: CloseReason::ServerLost.as_str() };
             self.metrics.tunnel_lifetime.get_or_create(&label).observe((now - t.created_at).max(0) as f64);
         }
         Ok(closed.len())
@@ -482,6 +506,23 @@ impl TunnelManager {
                 HashMap::new()
             }
         }
+    }
+}
+
+/// The datasource's watcher: tags each connection with its caller's tunnel, so the
+/// connection ends with the tunnel.
+impl ConnectionWatcher<TcpConn> for TunnelManager {
+    fn connected(&self, info: &TcpConn, close: CancellationToken) -> Box<dyn Send + Sync> {
+        let address = info.remote.ip().to_canonical();
+        let key = |m: &TunnelManager| m.active(address).map(|t| t.record.public_key);
+        let tagged = key(self);
+        let registration = self.connections.register(address, tagged, close.clone());
+        // The tunnel may have ended between the look-up and the registration, missing
+        // the close: check again now that the connection can be found.
+        if tagged.is_some() && key(self) != tagged {
+            close.cancel();
+        }
+        Box::new(registration)
     }
 }
 

@@ -1,68 +1,12 @@
 //! TunnelManager with a device fake that keeps its peers.
 
 use super::*;
+use crate::testing::RecordingDevice;
 use ferry_api::admin::{AddNodes, NewNode, NodePatch};
 use ferry_core::model::Settings;
 use ferry_core::patch::SettingsPatch;
 use ferry_store::{Sealer, SqlStore};
-use ferry_wg::{BackendKind, DeviceStatus, PrivateKey, WgError};
-
-/// Keeps its peers like a device does, so reconcile has something to compare; peers
-/// in `handshaken` report a handshake.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct RecordingDevice {
-    peers: Arc<std::sync::Mutex<HashMap<PublicKey, Vec<IpNet>>>>,
-    handshaken: Arc<std::sync::Mutex<HashSet<PublicKey>>>,
-}
-
-impl RecordingDevice {
-    fn has(&self, key: &PublicKey) -> bool {
-        self.peers.lock().unwrap().contains_key(key)
-    }
-
-    fn keys(&self) -> Vec<PublicKey> {
-        self.peers.lock().unwrap().keys().copied().collect()
-    }
-}
-
-#[async_trait::async_trait]
-impl WgDevice for RecordingDevice {
-    fn name(&self) -> &str {
-        "test0"
-    }
-    fn backend(&self) -> BackendKind {
-        BackendKind::Userspace
-    }
-    async fn apply(&self, update: DeviceUpdate) -> Result<(), WgError> {
-        let mut peers = self.peers.lock().unwrap();
-        for key in update.removed() {
-            peers.remove(key);
-        }
-        for p in update.peers() {
-            peers.insert(p.public_key, p.allowed_ips.clone());
-        }
-        Ok(())
-    }
-    async fn status(&self) -> Result<DeviceStatus, WgError> {
-        let (peers, handshaken) = (self.peers.lock().unwrap(), self.handshaken.lock().unwrap());
-        let peers = peers
-            .iter()
-            .map(|(k, ips)| ferry_wg::PeerStatus {
-                public_key: *k,
-                allowed_ips: ips.clone(),
-                endpoint: None,
-                last_handshake: handshaken.contains(k).then(std::time::SystemTime::now),
-                rx_bytes: 0,
-                tx_bytes: 0,
-                persistent_keepalive: None,
-            })
-            .collect();
-        Ok(DeviceStatus { peers, ..Default::default() })
-    }
-    async fn close(self: Box<Self>) -> Result<(), WgError> {
-        Ok(())
-    }
-}
+use ferry_wg::PrivateKey;
 
 /// A phoned-home node's peer stays for the grace period even when a reconcile runs
 /// in it (the store no longer lists the tunnel), and goes after it.
@@ -196,7 +140,7 @@ async fn an_unused_grant_is_closed_after_the_handshake_deadline() {
     tunnels.open(&node, &unused, 600, None, settings, &actor).await.unwrap();
     let settings = store.merged_node(&other).await.unwrap();
     tunnels.open(&other, &used, 600, None, settings, &actor).await.unwrap();
-    device.handshaken.lock().unwrap().insert(used);
+    device.handshook(used);
 
     assert_eq!(tunnels.reconcile().await.unwrap(), ReconcileReport::default(), "within the deadline");
     tokio::time::sleep(deadline).await;

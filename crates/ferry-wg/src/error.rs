@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum WgError {
     /// The interface name cannot be used.
-    #[error("invalid interface name {name:?}: {reason} (use 1 to 15 characters from A-Z a-z 0-9 _ . -)")]
+    #[error("invalid interface name {name:?}: {reason} ({hint})", hint = ferry_core::net::INTERFACE_NAME_HINT)]
     InvalidName {
         /// The rejected name.
         name: String,

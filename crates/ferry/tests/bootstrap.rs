@@ -13,17 +13,11 @@ use std::time::Instant;
 const USER_DATA: &str =
     "#cloud-config\nhostname: {{ node.name }}\nwrite_files:\n- path: /etc/rack\n  content: '{{ tags.rack }}'\n";
 
-fn audit(c: &Cluster, node: &str) -> String {
-    c.server.ok(&["audit", "--node", node, "--limit", "200"])
-}
-
-fn active_tunnels(c: &Cluster) -> usize {
-    c.server.json(&["tunnel", "list", "--json"]).as_array().map_or(0, |a| a.len())
-}
-
 /// Invariant 7 at the end of every test: peers on the device == active tunnels (0).
 fn assert_all_closed(c: &Cluster) {
-    eventually(10, "device and store to hold no tunnel", || active_tunnels(c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "device and store to hold no tunnel", || {
+        c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty()
+    });
 }
 
 #[test]
@@ -80,7 +74,7 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
         let shown = c.server.json(&["node", "show", &n.name, "--json"]);
         assert_eq!(shown["boot"]["boot_count"], 1, "{} booted once", n.name);
         assert!(shown["boot"]["host_keys"][0].as_str().unwrap().contains(&format!("root@{}", n.name)));
-        let log = audit(&c, &n.name);
+        let log = c.server.audit(&n.name);
         for doc in ["meta-data", "user-data", "vendor-data", "network-config"] {
             assert!(log.contains("document.served") && log.contains(doc), "{} {doc} delivery audited: {log}", n.name);
         }
@@ -176,14 +170,14 @@ fn enrollment_refusals_grant_nothing() {
     std::fs::write(c.nodes[0].path("asset-tag"), "WRONG-TAG").unwrap();
     let out = c.agent(0, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("asset-tag factor: proof did not verify"));
+    assert!(c.server.audit("n1").contains("asset-tag factor: proof did not verify"));
 
     // Enrolling from an address that is not the node's (n2's namespace claims n1's MAC).
     let a = Attempt::new(&c, 1);
     let pk = a.key.public_key();
     let (code, body) = enroll(&c, 1, &a.body(&c.nodes[0].mac, &pk, Some(a.proof("RIGHT-TAG", "n1"))));
     assert_eq!((code, body.contains("\"refused\"")), (401, true), "{body}");
-    assert!(audit(&c, "n1").contains("came from 198.18.0.12"));
+    assert!(c.server.audit("n1").contains("came from 198.18.0.12"));
 
     // A valid enrollment, then the same request replayed: the nonce is single-use.
     let a = Attempt::new(&c, 0);
@@ -193,7 +187,7 @@ fn enrollment_refusals_grant_nothing() {
     assert_eq!(c.server.wg_peers(), [pk.to_base64()]);
     assert_eq!(enroll(&c, 0, &good).0, 401, "replayed nonce");
     assert!(
-        audit(&c, "n1").contains("unknown, used or expired nonce")
+        c.server.audit("n1").contains("unknown, used or expired nonce")
             || c.server.ok(&["audit", "--limit", "50"]).contains("unknown, used or expired nonce")
     );
     c.server.ok(&["tunnel", "revoke", "n1"]);
@@ -211,7 +205,7 @@ fn enrollment_refusals_grant_nothing() {
     let (code, body) = enroll(&c, 0, &a.body_v1(&c.nodes[0].mac, "RIGHT-TAG", "n1"));
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("asset-tag proof v1") && body.contains("update ferry on the node"), "{body}");
-    assert!(audit(&c, "n1").contains("reason=asset-tag factor: this agent sent an asset-tag proof v1"));
+    assert!(c.server.audit("n1").contains("reason=asset-tag factor: this agent sent an asset-tag proof v1"));
     assert!(c.server.wg_peers().is_empty(), "nothing granted");
 
     // Unknown MAC, malformed input: nothing granted either.
@@ -221,7 +215,7 @@ fn enrollment_refusals_grant_nothing() {
     let a = Attempt::new(&c, 1);
     let bad_key = serde_json::json!({"mac": c.nodes[1].mac, "public_key": "AAAA", "nonce": a.nonce}).to_string();
     assert_eq!(enroll(&c, 1, &bad_key).0, 400);
-    assert_eq!(active_tunnels(&c), 0);
+    assert_eq!(c.server.active_tunnels(), 0);
     assert_all_closed(&c);
 }
 
@@ -240,9 +234,9 @@ fn a_node_with_nothing_but_its_address_enrolls_only_after_an_explicit_opt_in() {
 
     let out = c.agent(0, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(3), "refused: {}", String::from_utf8_lossy(&out.stderr));
-    let log = audit(&c, "n1");
+    let log = c.server.audit("n1");
     assert!(log.contains("only its network address would identify it") && log.contains("--identity network"), "{log}");
-    assert_eq!(active_tunnels(&c), 0);
+    assert_eq!(c.server.active_tunnels(), 0);
     c.server.stop();
     c.server.launch();
     let started = c.server.log_text();
@@ -258,7 +252,7 @@ fn a_node_with_nothing_but_its_address_enrolls_only_after_an_explicit_opt_in() {
     );
     let out = c.agent(0, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "opted in: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("factors=network "));
+    assert!(c.server.audit("n1").contains("factors=network "));
     c.server.stop();
     c.server.launch();
     assert!(c.server.log_text().contains("1 node(s) enroll on network position alone"));
@@ -326,9 +320,9 @@ fn an_abandoned_tunnel_expires() {
     let c = Cluster::new(1);
     c.add_nodes(&["--tunnel-ttl", "5s", "--identity", "network"]);
     let _holder = c.hold(0);
-    assert_eq!(active_tunnels(&c), 1);
+    assert_eq!(c.server.active_tunnels(), 1);
     assert_all_closed(&c);
-    assert!(audit(&c, "n1").contains("reason=expired"));
+    assert!(c.server.audit("n1").contains("reason=expired"));
 }
 
 #[test]
@@ -396,8 +390,8 @@ fn re_enrolling_replaces_the_old_peer_and_an_impostor_key_is_refused() {
     let second = Attempt::new(&c, 0);
     assert_eq!(enroll(&c, 0, &second.body(&c.nodes[0].mac, &second.key.public_key(), None)).0, 200);
     assert_eq!(c.server.wg_peers(), [second.key.public_key().to_base64()], "one tunnel per node: the old peer is gone");
-    assert_eq!(active_tunnels(&c), 1);
-    assert!(audit(&c, "n1").contains("reason=replaced"));
+    assert_eq!(c.server.active_tunnels(), 1);
+    assert!(c.server.audit("n1").contains("reason=replaced"));
     c.server.ok(&["tunnel", "revoke", "n1"]);
 
     // The agent pins the server's key: another key (an impostor server) is refused
@@ -456,7 +450,7 @@ fn concurrent_re_enrollments_of_one_node_leave_exactly_its_current_peer() {
         });
         assert!(statuses.iter().all(|s| *s == 200), "round {round}: {statuses:?}");
         let current = tunnel_key(&c, "n1").expect("one tunnel");
-        assert_eq!(active_tunnels(&c), 1);
+        assert_eq!(c.server.active_tunnels(), 1);
         assert_eq!(c.server.wg_peers(), [current], "round {round}: `wg show` lists only the current peer");
     }
     let log = c.server.ok(&["audit", "--node", "n1", "--limit", "1000"]);
@@ -478,7 +472,7 @@ fn deleting_a_node_closes_its_tunnel_and_removes_its_peer_at_once() {
     c.server.ok(&["node", "delete", "n1"]);
     assert_eq!(c.server.wg_peers(), [n2_key], "n1's peer removed by the delete itself");
     assert_eq!(tunnel_key(&c, "n1"), None);
-    let log = audit(&c, "n1");
+    let log = c.server.audit("n1");
     let close = log.lines().find(|l| l.contains("tunnel.close")).unwrap_or_else(|| panic!("no close audited: {log}"));
     assert!(close.contains("reason=deleted") && close.contains(&n1_key), "{close}");
     let (code, _) = c.nodes[1].curl(&[&format!("{DATASOURCE}/user-data")]);
@@ -505,7 +499,7 @@ fn an_unused_grant_is_closed_after_the_handshake_deadline() {
     let impostor = ferry_wg::PrivateKey::generate().public_key().to_base64();
     let out = c.agent_pinning(0, "fetch", &impostor).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!audit(&c, "n1").contains("tunnel.open"), "no grant for an agent that refuses the server");
+    assert!(!c.server.audit("n1").contains("tunnel.open"), "no grant for an agent that refuses the server");
     // A grant nobody uses: an enrollment whose node never completes a handshake (an
     // agent that crashed right after enrolling).
     let mac = c.nodes[0].mac.clone();
@@ -517,10 +511,10 @@ fn an_unused_grant_is_closed_after_the_handshake_deadline() {
     });
     assert_eq!(status, 200, "enrolled");
     let refused_at = Instant::now();
-    assert!(audit(&c, "n1").contains("tunnel.open"), "the server granted a tunnel");
+    assert!(c.server.audit("n1").contains("tunnel.open"), "the server granted a tunnel");
     eventually(15, "the unused grant to be closed", || tunnel_key(&c, "n1").is_none());
     println!("unused grant closed {:?} after the agent gave up", refused_at.elapsed());
-    assert!(audit(&c, "n1").contains("reason=no-handshake"), "{}", audit(&c, "n1"));
+    assert!(c.server.audit("n1").contains("reason=no-handshake"), "{}", c.server.audit("n1"));
     let n2_key = tunnel_key(&c, "n2").expect("n2 keeps its tunnel");
     assert_eq!(c.server.wg_peers(), [n2_key], "the unused grant's peer is gone from the device");
     assert!(held_since.elapsed() > std::time::Duration::from_secs(2), "n2 is past the deadline too");
@@ -550,23 +544,7 @@ fn baked_pins_overrule_a_rewritten_kernel_command_line() {
     .unwrap();
     let pins = n.path("pins");
     let agent = || {
-        let mut cmd = n.ns.cmd(common::FERRY);
-        cmd.args(["agent", "--mode", "fetch", "--interface", &n.interface, "--timeout", "8s"])
-            .arg("--cmdline")
-            .arg(&cmdline)
-            .arg("--pins-file")
-            .arg(&pins)
-            .arg("--seed-dir")
-            .arg(n.path("seed"))
-            .arg("--state-dir")
-            .arg(n.path("state"))
-            .arg("--ssh-dir")
-            .arg(n.path("ssh"))
-            .arg("--asset-tag-file")
-            .arg(n.path("asset-tag"))
-            .env("FERRY_LOG", "debug")
-            .stdin(std::process::Stdio::null());
-        cmd.output().unwrap()
+        n.agent_with_files("fetch", "8s").arg("--cmdline").arg(&cmdline).arg("--pins-file").arg(&pins).output().unwrap()
     };
     let out = agent();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -580,6 +558,6 @@ fn baked_pins_overrule_a_rewritten_kernel_command_line() {
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ds=nocloud;s=file://"), "{log}");
     assert!(log.contains("differs from the one baked into"), "the rewrite is reported: {log}");
-    assert!(audit(&c, "n1").contains("node.booted"));
+    assert!(c.server.audit("n1").contains("node.booted"));
     assert_all_closed(&c);
 }

@@ -183,21 +183,7 @@ fn configure(c: &Cluster) {
     ]);
     for (n, e) in c.nodes.iter().zip(&EXPECT) {
         let rack = format!("rack=r0{}", &n.name[1..]);
-        c.server.ok(&[
-            "node",
-            "add",
-            &n.name,
-            "--mac",
-            &n.mac,
-            "--ip",
-            &n.ip,
-            "-P",
-            e.profile,
-            "--meta",
-            &rack,
-            "--identity",
-            "network",
-        ]);
+        n.add_to(&c.server, &["-P", e.profile, "--meta", &rack, "--identity", "network"]);
     }
 }
 
@@ -232,11 +218,6 @@ impl Drop for Agent {
     }
 }
 
-fn active_tunnels(c: &Cluster) -> Vec<String> {
-    let list = c.server.json(&["tunnel", "list", "--json"]);
-    list.as_array().expect("tunnel list").iter().map(|t| t["node"].as_str().unwrap_or_default().to_owned()).collect()
-}
-
 /// The cloud-init mode flow: the agent brings the tunnel up and prints the `ds=` line for
 /// the kernel command line; cloud-init fetches its seed through the tunnel and its
 /// phone_home (ferry's default vendor-data) closes it; `ferry agent teardown` removes the
@@ -263,10 +244,10 @@ fn boot_through_the_tunnel(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
         "the agent's line (cloud-init 22.4 needs nocloud-net for HTTP): {}",
         agent_log()
     );
-    assert!(active_tunnels(c).contains(&n.name));
+    assert!(c.server.tunnel_nodes().contains(&n.name));
 
     let boot = root.boot(&n.ns, printed, None);
-    eventually(10, "cloud-init's phone_home to close the tunnel", || !active_tunnels(c).contains(&n.name));
+    eventually(10, "cloud-init's phone_home to close the tunnel", || !c.server.tunnel_nodes().contains(&n.name));
 
     let out = n.ns.cmd(common::FERRY).args(["agent", "teardown", "--state-dir"]).arg(n.path("state")).output().unwrap();
     assert!(out.status.success(), "ferry agent teardown: {}", String::from_utf8_lossy(&out.stderr));
@@ -308,7 +289,7 @@ fn boot_from_a_fetched_seed(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
     let seed = n.path("seed");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ds=nocloud;s=file://{}/", seed.display()));
     assert!(!n.has_interface(), "{}: the agent removed its interface", n.name);
-    assert!(!active_tunnels(c).contains(&n.name), "{}: the agent's phone-home closed the tunnel", n.name);
+    assert!(!c.server.tunnel_nodes().contains(&n.name), "{}: the agent's phone-home closed the tunnel", n.name);
 
     let boot = root.boot(&n.ns, "ds=nocloud;s=file:///run/ferry/seed/", Some(&seed));
     for doc in ["user-data", "vendor-data"] {
@@ -451,7 +432,7 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
     assert_eq!(listed, known.into_iter().collect(), "`ferry known-hosts` lists both nodes' keys");
 
     // Every tunnel ended: none in the store, no peer on the device, no node interface.
-    eventually(10, "no tunnel and no peer", || active_tunnels(&c).is_empty() && c.server.wg_peers().is_empty());
+    eventually(10, "no tunnel and no peer", || c.server.tunnel_nodes().is_empty() && c.server.wg_peers().is_empty());
     assert!(c.nodes.iter().all(|n| !n.has_interface()));
     println!("--- setup (cluster + unpacking 2 roots) {ready:.1?}; whole test {:.1?}", started.elapsed());
 }
@@ -499,6 +480,6 @@ fn cloud_init_gets_no_seed_from_the_provisioning_network() {
     );
     let audit = c.server.ok(&["audit", "--limit", "500"]);
     assert!(!audit.contains("document.served"), "{audit}");
-    assert!(active_tunnels(&c).is_empty() && c.server.wg_peers().is_empty());
+    assert!(c.server.tunnel_nodes().is_empty() && c.server.wg_peers().is_empty());
     println!("--- whole test {:.1?}", started.elapsed());
 }

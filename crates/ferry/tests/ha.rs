@@ -211,19 +211,7 @@ fn a_cloud_init_node_moves_its_tunnel_off_a_server_killed_under_it() {
     std::fs::write(&template, USER_DATA).expect("user-data");
     let template = template.to_str().expect("utf-8");
     c.servers[0].ok(&["profile", "add", "compute", "--user-data", template]);
-    c.servers[0].ok(&[
-        "node",
-        "add",
-        &n.name,
-        "--mac",
-        &n.mac,
-        "--ip",
-        &n.ip,
-        "-P",
-        "compute",
-        "--identity",
-        "network",
-    ]);
+    n.add_to(&c.servers[0], &["-P", "compute", "--identity", "network"]);
     let root = unpacking.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
 
     let log = n.path("agent.log");

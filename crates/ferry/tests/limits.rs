@@ -30,15 +30,6 @@ fn audit_rows(c: &Cluster) -> usize {
     c.server.json(&["audit", "--limit", "100000", "--json"]).as_array().map_or(0, |a| a.len())
 }
 
-fn active_tunnels(c: &Cluster) -> usize {
-    c.server.json(&["tunnel", "list", "--json"]).as_array().map_or(0, |a| a.len())
-}
-
-fn assert_nothing_granted(c: &Cluster) {
-    assert_eq!(active_tunnels(c), 0, "no tunnel");
-    assert!(c.server.wg_peers().is_empty(), "no device peer: {:?}", c.server.wg_peers());
-}
-
 /// The server's rate-limit log lines (at most one per second per source).
 fn throttle_log_lines(c: &Cluster) -> usize {
     c.server.log_text().lines().filter(|l| l.contains("over the rate limit")).count()
@@ -83,7 +74,7 @@ fn a_challenge_flood_from_one_source_gets_429_while_others_and_boot_files_are_se
     });
 
     // Nothing changed; the log has at most one line per second for the source.
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     assert_eq!(audit_rows(&c), audit_before, "no audit row for a refused request");
     let lines = throttle_log_lines(&c);
     assert!((1..=elapsed.as_secs() as usize + 2).contains(&lines), "{lines} log lines for {:?}", elapsed);
@@ -130,7 +121,7 @@ fn an_enroll_flood_is_refused_without_consuming_the_nonce_or_writing_the_audit_l
     // Only admitted, well-formed attempts were audited (as refusals); nothing granted.
     let audited = admitted.iter().filter(|r| r.status == 401).count();
     assert_eq!(audit_rows(&c), audit_before + audited, "audit rows: only the {audited} admitted refusals");
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
 
     // The 429 consumed nothing: after Retry-After the same nonce still enrolls.
     std::thread::sleep(Duration::from_secs(good.retry_after.unwrap()));
@@ -138,7 +129,7 @@ fn an_enroll_flood_is_refused_without_consuming_the_nonce_or_writing_the_audit_l
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(c.server.wg_peers(), [key.to_base64()]);
     c.server.ok(&["tunnel", "revoke", &n0.name]);
-    eventually(10, "the tunnel to close", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "the tunnel to close", || c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty());
 }
 
 /// 32 bytes, base64: a nonce the server never issued.
@@ -256,7 +247,7 @@ fn slow_and_oversized_clients_are_cut_off_while_a_normal_request_is_served() {
         assert_eq!(r.status, 413, "{r:?}");
         assert_eq!(r.json()["kind"], "invalid", "{r:?}");
     }
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     assert_eq!(audit_rows(&c), audit_before, "nothing audited");
 }
 
@@ -276,7 +267,9 @@ fn an_agent_throttled_by_its_source_limit_retries_and_enrolls() {
     assert_eq!(stderr.matches("answered 429").count(), 1, "once, then its retry got both steps through: {stderr}");
     assert!(c.server.ok(&["audit", "--node", "n1"]).contains("enroll.accepted"));
     assert!(throttle_log_lines(&c) >= 1);
-    eventually(10, "phone-home to close the tunnel", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "phone-home to close the tunnel", || {
+        c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty()
+    });
 }
 
 /// Open files of process `pid`.
@@ -372,7 +365,7 @@ fn a_node_holding_thousands_of_idle_connections_starves_no_one() {
     eventually(5, "the tunnel's connections to be closed", || datasource_connections(&c) == 0);
     drop((datasource, provisioning));
     holder.stop();
-    eventually(10, "no tunnel left", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "no tunnel left", || c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty());
 }
 
 /// A namespace on the cluster's bridge holding `count` addresses in 198.19.0.0/16 (the
@@ -495,5 +488,7 @@ fn a_node_enrolls_while_500_addresses_flood_the_enrollment_endpoints() {
     assert!(warmup_sent > 12 * 300, "the flood outran the server's 125 requests/s: {warmup_sent} in 12 s");
     assert_eq!(agent_out.status.code(), Some(0), "the node did not enroll within its budget: {stderr}");
     assert!(c.server.ok(&["audit", "--node", "n1"]).contains("enroll.accepted"));
-    eventually(10, "phone-home to close the tunnel", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "phone-home to close the tunnel", || {
+        c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty()
+    });
 }

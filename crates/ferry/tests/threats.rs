@@ -17,15 +17,6 @@ use common::TestServer;
 /// Limits high enough that the per-source rate limit never hides what is tested here.
 const UNLIMITED: &str = "enroll_rate_per_source = 100000\nenroll_burst_per_source = 100000\n";
 
-fn active_tunnels(c: &Cluster) -> usize {
-    c.server.json(&["tunnel", "list", "--json"]).as_array().map_or(0, |a| a.len())
-}
-
-fn assert_nothing_granted(c: &Cluster) {
-    assert_eq!(active_tunnels(c), 0, "no tunnel");
-    assert!(c.server.wg_peers().is_empty(), "no device peer");
-}
-
 fn enroll_body(mac: &str, key: &str, nonce: &str) -> String {
     serde_json::json!({"mac": mac, "public_key": key, "nonce": nonce}).to_string()
 }
@@ -86,7 +77,7 @@ fn malformed_bodies_are_clear_errors_and_change_nothing() {
     assert_eq!(good, 200, "the untouched nonce still enrolls the node");
     c.server.ok(&["tunnel", "revoke", "n1"]);
     eventually(10, "the tunnel to go", || c.server.wg_peers().is_empty());
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
 }
 
 #[test]
@@ -121,7 +112,7 @@ fn a_challenge_flood_holds_only_its_share_of_nonces_and_others_still_get_theirs(
     // The table is not full for anyone else, however many the flooder asks for.
     let others: Vec<u16> = in_netns(&other, || (0..20).map(|_| challenge().status).collect());
     assert!(others.iter().all(|s| *s == 200), "{others:?}");
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert_eq!(in_netns(&flooder, challenge).status, 200, "expired nonces free the source's share");
 }
@@ -148,7 +139,7 @@ fn a_full_address_pool_answers_503_and_allocates_nothing() {
     c.server.ok(&["tunnel", "revoke", "n1"]);
     let out = c.agent(1, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "the freed address serves n2: {}", String::from_utf8_lossy(&out.stderr));
-    eventually(10, "all tunnels closed", || active_tunnels(&c) == 0 && c.server.wg_peers().is_empty());
+    eventually(10, "all tunnels closed", || c.server.active_tunnels() == 0 && c.server.wg_peers().is_empty());
 }
 
 #[test]
@@ -190,7 +181,7 @@ fn forged_proxy_headers_change_no_identity_on_any_endpoint() {
     for s in &scripts {
         assert_eq!(s, &plain, "a forged header changed the boot script");
     }
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
 }
 
 // ---- The remote admin listener: TLS and bearer tokens with roles, tried on every

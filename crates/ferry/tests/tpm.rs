@@ -9,164 +9,22 @@ mod common;
 
 #[path = "../../ferry-agent/tests/common/swtpm.rs"]
 mod swtpm;
+#[path = "common/tpm_kit.rs"]
+mod tpm_kit;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use common::cluster::Cluster;
 use common::eventually;
 use common::raw::in_netns;
-use ferry_agent::tpm::{AttestationKey, Endorsement, Tpm};
-use ferry_api::enroll::{TpmCredentialChallenge, TpmProof};
-use ferry_core::enroll::tpm_qualifying_data;
-use ferry_core::NodeName;
-use std::path::Path;
+use ferry_agent::tpm::{Endorsement, Tpm};
+use ferry_api::enroll::TpmProof;
 use swtpm::{LocalCa, Swtpm};
-
-/// A TPM manufactured by `ca` and running in node namespace `ns`.
-fn node_tpm(dir: &Path, ca: &LocalCa, ns: &str) -> (Swtpm, String) {
-    let mut tpm = Swtpm::manufacture(dir, ca);
-    let tcti = in_netns(ns, || tpm.start());
-    (tpm, tcti)
-}
-
-/// Reads a TPM's endorsement from inside its namespace.
-fn endorsement(ns: &str, tcti: &str) -> Endorsement {
-    in_netns(ns, || Tpm::open(tcti).expect("open TPM").endorsement().expect("endorsement"))
-}
-
-fn pem(ek: &Endorsement) -> String {
-    let public = ferry_attest::TpmPublic::parse(&ek.public).expect("EK public");
-    let id = ferry_attest::EkIdentity::from_tpm_public(&public).expect("EK identity");
-    let b64 = B64.encode(id.spki_der());
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
-}
-
-fn fingerprint(ek: &Endorsement) -> String {
-    let public = ferry_attest::TpmPublic::parse(&ek.public).unwrap();
-    ferry_attest::EkIdentity::from_tpm_public(&public).unwrap().fingerprint()
-}
-
-/// A JSON POST to the provisioning listener, from the current (namespaced) thread.
-fn post(path: &str, body: &serde_json::Value) -> (u16, String) {
-    let reply = common::raw::post(path, "", &body.to_string());
-    (reply.status, reply.body)
-}
-
-/// The attacker's (and a careful node's) view of the protocol, step by step.
-struct Session {
-    mac: String,
-    nonce: Vec<u8>,
-    private: ferry_wg::PrivateKey,
-    key: ferry_wg::PublicKey,
-    /// The server key the challenge named.
-    server_key: ferry_wg::PublicKey,
-}
-
-impl Session {
-    fn start(mac: &str) -> Session {
-        let (status, body) = post("/v1/enroll/challenge", &serde_json::json!({}));
-        assert_eq!(status, 200, "challenge: {body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let nonce = B64.decode(v["nonce"].as_str().unwrap()).unwrap();
-        let server_key = v["server_public_key"].as_str().unwrap().parse().unwrap();
-        let private = ferry_wg::PrivateKey::generate();
-        Session { mac: mac.into(), nonce, key: private.public_key(), private, server_key }
-    }
-
-    /// The same session with another WireGuard key.
-    fn with_key(self, private: ferry_wg::PrivateKey) -> Session {
-        Session { key: private.public_key(), private, ..self }
-    }
-
-    /// The asset-tag proof (v2) an agent holding `tag` would send for `node`.
-    fn tag_proof(&self, tag: &str, node: &str) -> String {
-        let node = NodeName::parse(node).unwrap();
-        let shared = self.private.shared_secret(&self.server_key).unwrap();
-        let ctx = ferry_core::enroll::ProofContext {
-            nonce: &self.nonce,
-            wg_public_key: &self.key.0,
-            node: &node,
-            server_public_key: &self.server_key.0,
-        };
-        B64.encode(ferry_core::enroll::asset_tag_proof(tag.as_bytes(), &shared, &ctx))
-    }
-
-    fn credential(&self, ek: &Endorsement, ak: &AttestationKey) -> Result<TpmCredentialChallenge, (u16, String)> {
-        let req = serde_json::json!({
-            "mac": self.mac,
-            "public_key": self.key.to_base64(),
-            "nonce": B64.encode(&self.nonce),
-            "ek_public": B64.encode(&ek.public),
-            "ek_certificate": ek.certificate.as_ref().map(|c| B64.encode(c)),
-            "ak_public": B64.encode(&ak.public),
-        });
-        match post("/v1/enroll/tpm", &req) {
-            (200, body) => Ok(serde_json::from_str(&body).unwrap()),
-            other => Err(other),
-        }
-    }
-
-    fn qualifying(&self, node: &str, key: &ferry_wg::PublicKey) -> [u8; 32] {
-        tpm_qualifying_data(&self.nonce, &key.0, &NodeName::parse(node).unwrap())
-    }
-
-    fn enroll(&self, proof: &TpmProof) -> (u16, String) {
-        self.enroll_with_tag(proof, None)
-    }
-
-    /// Enrolls with a TPM proof and, given `(tag, node)`, an asset-tag proof.
-    fn enroll_with_tag(&self, proof: &TpmProof, tag: Option<(&str, &str)>) -> (u16, String) {
-        let req = serde_json::json!({
-            "mac": self.mac,
-            "public_key": self.key.to_base64(),
-            "nonce": B64.encode(&self.nonce),
-            "proofs": {"tpm": proof, "asset_tag_v2": tag.map(|(t, n)| self.tag_proof(t, n))},
-        });
-        post("/v1/enroll", &req)
-    }
-}
-
-/// TPM2_ActivateCredential on the server's challenge.
-fn activate(tpm: &mut Tpm, ak: &AttestationKey, ch: &TpmCredentialChallenge) -> Vec<u8> {
-    let blob = B64.decode(&ch.credential_blob).unwrap();
-    let secret = B64.decode(&ch.encrypted_secret).unwrap();
-    tpm.activate_credential(ak, &blob, &secret).expect("activate the credential")
-}
-
-fn proof(secret: &[u8], quote: &ferry_agent::tpm::Quote) -> TpmProof {
-    TpmProof {
-        secret: B64.encode(secret),
-        attest: B64.encode(&quote.attest),
-        signature: B64.encode(&quote.signature),
-        pcr_values: quote.pcr_values.iter().map(|(i, v)| (*i, ferry_agent::tpm::hex(v))).collect(),
-    }
-}
-
-fn tpm_config(ca: &LocalCa, discovery: bool) -> String {
-    format!("[tpm]\nek_ca_bundle = \"{}\"\ndiscovery = {discovery}\n", ca.bundle().display())
-}
-
-fn audit(c: &Cluster, node: &str) -> String {
-    c.server.ok(&["audit", "--node", node, "--limit", "500"])
-}
-
-/// Nothing granted: no tunnel in the store, no peer on the device.
-fn assert_nothing_granted(c: &Cluster) {
-    let tunnels = c.server.json(&["tunnel", "list", "--json"]);
-    assert_eq!(tunnels.as_array().map_or(0, |a| a.len()), 0, "no tunnel: {tunnels}");
-    assert!(c.server.wg_peers().is_empty(), "no peer on the device");
-}
-
-fn agent_with_tpm(c: &Cluster, i: usize, tcti: &str) -> std::process::Output {
-    c.agent(i, "fetch").args(["--tpm", tcti]).output().expect("agent")
-}
+use tpm_kit::*;
 
 #[test]
 fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let c = Cluster::with_config(3, &tpm_config(&ca, false));
     c.add_nodes(&[]);
     let tpms: Vec<(Swtpm, String)> =
@@ -207,7 +65,7 @@ fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
         assert_eq!(out.status.code(), Some(0), "node {i}: {}", String::from_utf8_lossy(&out.stderr));
     }
     for (node, factors) in [("n1", "factors=tpm "), ("n2", "factors=network,tpm "), ("n3", "factors=asset-tag,tpm ")] {
-        let log = audit(&c, node);
+        let log = c.server.audit(node);
         assert!(log.contains("enroll.accepted") && log.contains(factors), "{node}: {log}");
         assert!(log.contains("phone"), "{node} phoned home: {log}");
     }
@@ -219,15 +77,13 @@ fn registered_tpms_enroll_alone_and_with_network_or_asset_tag() {
     // Without the TPM (no ferry.tpm), a tpm policy refuses: exit code 3, nothing granted.
     let out = c.agent(0, "fetch").output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("no TPM proof sent"));
-    assert_nothing_granted(&c);
+    assert!(c.server.audit("n1").contains("no TPM proof sent"));
+    c.server.assert_nothing_granted();
 }
 
 #[test]
 fn every_tpm_attack_is_refused_and_grants_nothing() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let rogue_ca = LocalCa::new(&dir.path().join("rogue-ca"));
     let c = Cluster::with_config(2, &tpm_config(&ca, false));
     c.add_nodes(&["--identity", "tpm"]);
@@ -371,180 +227,9 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
     // The refused credential request's nonce and the replayed enrollment's.
     assert_eq!(log.matches("reason=unknown, used or expired nonce").count(), 2, "{log}");
     assert_eq!(log.matches("enroll.refused").count() - refusals_before, attacks.len() + 1, "{log}");
-    assert_nothing_granted(&c);
+    c.server.assert_nothing_granted();
     let tpms = c.server.json(&["node", "tpm", "--json"]);
     assert_eq!(tpms.as_array().unwrap().len(), 1, "no TPM recorded by any attack: {tpms}");
-}
-
-/// A discovery cluster whose server also has a remote admin listener (for role checks).
-fn discovery_cluster(ca: &LocalCa, nodes: usize) -> Cluster {
-    let top = format!("{}[remote_admin]\nlisten = \"127.0.0.1:8472\"\n", tpm_config(ca, true));
-    Cluster::with_config(nodes, &top)
-}
-
-/// POST /v1/nodes/NODE/tpm/approve over the remote admin listener: the HTTP status.
-fn remote_approve(c: &Cluster, token: &str, node: &str, fingerprint: &str) -> u16 {
-    let cert = c.server.dir.path().join("data/remote-admin.crt");
-    let out = c
-        .server
-        .netns
-        .cmd("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "10", "--cacert"])
-        .arg(&cert)
-        .args(["-X", "POST", "-H", "Content-Type: application/json"])
-        .args(["-H", &format!("Authorization: Bearer {token}")])
-        .args(["--data", &serde_json::json!({ "fingerprint": fingerprint }).to_string()])
-        .arg(format!("https://127.0.0.1:8472/v1/nodes/{node}/tpm/approve"))
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
-}
-
-fn tpm_rows(c: &Cluster) -> Vec<serde_json::Value> {
-    c.server.json(&["node", "tpm", "--json"]).as_array().unwrap().clone()
-}
-
-#[test]
-fn discovery_holds_a_new_tpm_until_an_admin_approves_it() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
-    let rogue_ca = LocalCa::new(&dir.path().join("rogue-ca"));
-    let c = discovery_cluster(&ca, 2);
-    c.add_nodes(&["--identity", "tpm"]);
-    let (_t1, tcti1) = node_tpm(&dir.path().join("t1"), &ca, &c.nodes[0].ns.name);
-    let (_t2, tcti2) = node_tpm(&dir.path().join("t2"), &rogue_ca, &c.nodes[1].ns.name);
-
-    let out = agent_with_tpm(&c, 0, &tcti1);
-    assert_eq!(out.status.code(), Some(3), "held, not admitted: {}", String::from_utf8_lossy(&out.stderr));
-    let ek = endorsement(&c.nodes[0].ns.name, &tcti1);
-    let fp = fingerprint(&ek);
-    let listed = tpm_rows(&c);
-    assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!((listed[0]["node"].as_str(), listed[0]["state"].as_str()), (Some("n1"), Some("pending")));
-    assert_eq!(listed[0]["fingerprint"].as_str(), Some(fp.as_str()));
-    assert!(audit(&c, "n1").contains("held pending"));
-    // A pending TPM is no identity: still refused.
-    assert_eq!(agent_with_tpm(&c, 0, &tcti1).status.code(), Some(3));
-    assert!(audit(&c, "n1").contains("is pending approval"));
-    // A TPM certified by an unknown CA is not even held.
-    assert_eq!(agent_with_tpm(&c, 1, &tcti2).status.code(), Some(3));
-    assert!(audit(&c, "n2").contains("not signed by a CA of the configured bundle"));
-    assert_eq!(tpm_rows(&c).len(), 1, "n2 not held");
-    assert_nothing_granted(&c);
-
-    // Approval names the fingerprint the admin checked: none, a wrong one, a hostlist
-    // without one per node, or an operator's token approve nothing.
-    assert_eq!(c.server.run(&["node", "approve", "n1"]).status.code(), Some(2), "--ek-fingerprint is required");
-    let other = format!("sha256:{}", "0".repeat(64));
-    let err = c.server.fails(&["node", "approve", "n1", "--ek-fingerprint", &other]);
-    assert!(err.contains(&format!("is {fp}, not {other}")), "{err}");
-    let err = c.server.fails(&["node", "approve", "n[1-2]", "--ek-fingerprint", &fp]);
-    assert!(err.contains("name each one"), "{err}");
-    let operator = c.server.ok(&["token", "create", "oncall", "--role", "operator"]).trim().to_owned();
-    assert_eq!(remote_approve(&c, &operator, "n1", &fp), 403, "approving a TPM is the admin's");
-    assert_eq!(tpm_rows(&c)[0]["state"], "pending", "nothing approved");
-
-    let out = c.server.ok(&["node", "approve", "n1", "--ek-fingerprint", &fp]);
-    assert!(out.contains(&fp), "{out}");
-    let err = c.server.fails(&["node", "approve", "n2", "--ek-fingerprint", &other]);
-    assert!(err.contains("no pending TPM"), "{err}");
-    let out = agent_with_tpm(&c, 0, &tcti1);
-    assert_eq!(out.status.code(), Some(0), "approved: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(audit(&c, "n1").contains("tpm.approve"));
-}
-
-/// The attacker's whole run with its own (genuine) TPM and the victim's MAC, from the
-/// current namespace: challenge, credential, activation, quote, enrollment (with an
-/// asset-tag proof for `tag`). Returns the credential step's and the enrollment's status.
-fn attack_with_own_tpm(mac: &str, tcti: &str, tag: Option<&str>) -> (u16, u16) {
-    let mut tpm = Tpm::open(tcti).unwrap();
-    let ek = tpm.endorsement().unwrap();
-    let ak = tpm.create_ak().unwrap();
-    let s = Session::start(mac);
-    let ch = match s.credential(&ek, &ak) {
-        Ok(ch) => ch,
-        Err((status, _)) => return (status, 0),
-    };
-    let secret = activate(&mut tpm, &ak, &ch);
-    let q = tpm.quote(&ak, &s.qualifying(&ch.node, &s.key), &ch.pcrs).unwrap();
-    (200, s.enroll_with_tag(&proof(&secret, &q), tag.map(|t| (t, "n1"))).0)
-}
-
-/// Finding 1 of the outside review: with discovery on, an attacker with any genuine TPM
-/// (here swtpm certified by the configured CA) looping with the victim's MAC used to
-/// replace the victim's pending EK, so the admin's approval of "n1" admitted the
-/// attacker. Now: nothing is recorded before the TPM proved itself and every other
-/// factor held; a held EK is never replaced (the newcomer is a conflict, both
-/// fingerprints shown); approval takes the exact fingerprint.
-#[test]
-fn discovery_cannot_be_hijacked_by_another_tpm_with_the_victims_mac() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
-    let c = discovery_cluster(&ca, 2);
-    c.add_nodes(&[]);
-    let tag = "TAG-N1-3f9c2a7b1e6d4c8f";
-    std::fs::write(c.nodes[0].path("asset-tag"), tag).unwrap();
-    let tag_file = c.nodes[0].path("asset-tag");
-    c.server.ok(&["node", "set", "n1", "--identity", "tpm,network,asset-tag"]);
-    c.server.ok(&["node", "set", "n1", "--asset-tag-file", tag_file.to_str().unwrap()]);
-    let (victim_ns, attacker_ns) = (c.nodes[0].ns.name.clone(), c.nodes[1].ns.name.clone());
-    let mac = c.nodes[0].mac.clone();
-    let (_victim_tpm, victim_tcti) = node_tpm(&dir.path().join("victim"), &ca, &victim_ns);
-    let victim_fp = fingerprint(&endorsement(&victim_ns, &victim_tcti));
-    let mut attacker_tpm = Swtpm::manufacture(&dir.path().join("attacker"), &ca);
-
-    // From its own address (the network factor fails), even with the right tag: the
-    // credential step answers (the server cannot tell yet) but records nothing, and the
-    // enrollment records nothing either.
-    let tcti = in_netns(&attacker_ns, || attacker_tpm.start());
-    let attacker_fp = fingerprint(&endorsement(&attacker_ns, &tcti));
-    let (credential, enrolled) = in_netns(&attacker_ns, || attack_with_own_tpm(&mac, &tcti, Some(tag)));
-    assert_eq!((credential, enrolled), (200, 401));
-    assert!(audit(&c, "n1").contains("network factor"));
-    assert!(tpm_rows(&c).is_empty(), "nothing recorded: {:?}", tpm_rows(&c));
-    // At the victim's address (it took it) but with a wrong asset tag: nothing either.
-    attacker_tpm.stop();
-    let tcti = in_netns(&victim_ns, || attacker_tpm.start());
-    let (_, enrolled) = in_netns(&victim_ns, || attack_with_own_tpm(&mac, &tcti, Some("TAG-GUESSED-0000000")));
-    assert_eq!(enrolled, 401);
-    assert!(audit(&c, "n1").contains("asset-tag factor: proof did not verify"));
-    assert!(tpm_rows(&c).is_empty(), "nothing recorded: {:?}", tpm_rows(&c));
-
-    // The victim boots: its TPM is held pending.
-    assert_eq!(agent_with_tpm(&c, 0, &victim_tcti).status.code(), Some(3));
-    // The attacker with everything but the victim's TPM (its address, its tag), looping:
-    // refused every time; the pending EK stays the victim's, the attacker's is a conflict.
-    for _ in 0..3 {
-        assert_eq!(in_netns(&victim_ns, || attack_with_own_tpm(&mac, &tcti, Some(tag))).1, 401);
-    }
-    let rows = tpm_rows(&c);
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0]["state"], "pending");
-    assert_eq!(rows[0]["fingerprint"].as_str(), Some(victim_fp.as_str()), "the pending EK was not replaced");
-    assert_eq!(rows[0]["conflict"].as_str(), Some(attacker_fp.as_str()), "the conflict is shown");
-    let table = c.server.ok(&["node", "tpm"]);
-    assert!(table.contains(&victim_fp) && table.contains(&attacker_fp) && table.contains("CONFLICT"), "{table}");
-    let log = audit(&c, "n1");
-    assert_eq!(log.matches("tpm.conflict").count(), 3, "{log}");
-    assert!(log.contains(&format!("held={victim_fp} (pending) presented={attacker_fp}")), "{log}");
-
-    // The admin approves by fingerprint: the attacker's is refused, the victim's admitted.
-    let err = c.server.fails(&["node", "approve", "n1", "--ek-fingerprint", &attacker_fp]);
-    assert!(err.contains("nothing approved"), "{err}");
-    c.server.ok(&["node", "approve", "n1", "--ek-fingerprint", &victim_fp]);
-    // Registered now: the attacker still gets nothing and changes nothing.
-    assert_eq!(in_netns(&victim_ns, || attack_with_own_tpm(&mac, &tcti, Some(tag))).1, 401);
-    let rows = tpm_rows(&c);
-    assert_eq!(
-        (rows[0]["state"].as_str(), rows[0]["fingerprint"].as_str()),
-        (Some("registered"), Some(victim_fp.as_str()))
-    );
-    assert_nothing_granted(&c);
-    let out = agent_with_tpm(&c, 0, &victim_tcti);
-    assert_eq!(out.status.code(), Some(0), "the victim enrolls: {}", String::from_utf8_lossy(&out.stderr));
-    eventually(10, "the tunnel to close", || c.server.wg_peers().is_empty());
 }
 
 fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
@@ -559,9 +244,7 @@ fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
 #[test]
 #[ignore]
 fn tpm_enrollment_latency() {
-    common::require_root();
-    let dir = tempfile::tempdir().unwrap();
-    let ca = LocalCa::new(&dir.path().join("ca"));
+    let (dir, ca) = tpm_lab();
     let c = Cluster::with_config(2, &tpm_config(&ca, false));
     c.add_nodes(&["--identity", "network"]);
     let (_t, tcti) = node_tpm(&dir.path().join("t1"), &ca, &c.nodes[0].ns.name);

@@ -22,9 +22,7 @@ fn curl_as_nobody(n: &Node, args: &[&str]) -> (u16, String) {
             .args(args)
             .output()
             .expect("setpriv curl (apt-get install -y util-linux curl)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
+    common::curl_answer(&out)
 }
 
 /// The nftables tables of the node's namespace (the `nft` tool reads them back).
@@ -32,11 +30,6 @@ fn nft_tables(n: &Node) -> String {
     let out = n.ns.cmd("nft").args(["list", "tables"]).output().expect("nft (apt-get install -y nftables)");
     assert!(out.status.success(), "nft list tables: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn active(c: &Cluster, node: &str) -> bool {
-    let list = c.server.json(&["tunnel", "list", "--json"]);
-    list.as_array().expect("tunnels").iter().any(|t| t["node"] == node)
 }
 
 #[test]
@@ -62,7 +55,7 @@ fn only_root_on_the_node_can_use_the_tunnel_while_it_is_held() {
         let (code, body) = curl_as_nobody(n, &[bound, &form[..]].concat());
         assert_eq!(code, 0, "nobody {bound:?} phoned home: {body}");
     }
-    assert!(active(&c, &n.name), "the tunnel is still open: nobody's phone-home never arrived");
+    assert!(c.server.tunnel_nodes().contains(&n.name), "the tunnel is still open: nobody's phone-home never arrived");
     let audit = c.server.ok(&["audit", "--node", &n.name, "--limit", "100"]);
     assert!(!audit.contains("node.booted"), "{audit}");
     // Root (the agent, cloud-init) still reaches the datasource.

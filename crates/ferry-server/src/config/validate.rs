@@ -59,7 +59,7 @@ impl Config {
         if r.listen.is_some() {
             tls_pair("[remote_admin]", &r.tls_cert, &r.tls_key)?;
         }
-        ferry_wg::validate_interface_name(&self.wireguard.interface)
+        ferry_core::net::check_interface_name(&self.wireguard.interface)
             .map_err(|e| invalid(format!("[wireguard] interface: {e}")))?;
         Ok(())
     }

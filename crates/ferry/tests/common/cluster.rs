@@ -53,9 +53,16 @@ impl Node {
     /// `ferry agent` in this node's namespace against `server` (one URL or a
     /// comma-separated list), pinning `pubkey` (one key or a list).
     pub fn agent(&self, mode: &str, server: &str, pubkey: &str, timeout: &str) -> Command {
+        let mut c = self.agent_with_files(mode, timeout);
+        c.args(["--server", server, "--pubkey", pubkey, "--node", &self.name, "--cmdline", "/dev/null"]);
+        c
+    }
+
+    /// `ferry agent` in this node's namespace with the node's own files (seed, state, SSH
+    /// host keys, asset tag) and interface; the caller says where the server is.
+    pub fn agent_with_files(&self, mode: &str, timeout: &str) -> Command {
         let mut c = self.ns.cmd(FERRY);
-        c.args(["agent", "--server", server, "--pubkey", pubkey, "--node", &self.name])
-            .args(["--mode", mode, "--interface", &self.interface, "--timeout", timeout, "--cmdline", "/dev/null"])
+        c.args(["agent", "--mode", mode, "--interface", &self.interface, "--timeout", timeout])
             .arg("--seed-dir")
             .arg(self.path("seed"))
             .arg("--state-dir")
@@ -67,6 +74,13 @@ impl Node {
             .env("FERRY_LOG", "debug")
             .stdin(Stdio::null());
         c
+    }
+
+    /// `ferry node add` of this node (its name, MAC and address) on `server`, with `extra`.
+    pub fn add_to(&self, server: &TestServer, extra: &[&str]) {
+        let mut args = vec!["node", "add", &self.name, "--mac", &self.mac, "--ip", &self.ip];
+        args.extend_from_slice(extra);
+        server.ok(&args);
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -82,9 +96,7 @@ impl Node {
             .args(args)
             .output()
             .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        super::curl_answer(&out)
     }
 
     pub fn has_interface(&self) -> bool {
@@ -144,9 +156,7 @@ impl Cluster {
     /// Registers every node (MAC and IP on eth0), with extra `node add` flags.
     pub fn add_nodes(&self, extra: &[&str]) {
         for n in &self.nodes {
-            let mut args = vec!["node", "add", &n.name, "--mac", &n.mac, "--ip", &n.ip];
-            args.extend_from_slice(extra);
-            self.server.ok(&args);
+            n.add_to(&self.server, extra);
         }
     }
 

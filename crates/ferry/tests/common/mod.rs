@@ -16,6 +16,14 @@ pub mod qemu;
 pub mod raw;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// What curl run with `-w "\n%{http_code}"` printed: (HTTP status, body); status 0 when
+/// nothing answered.
+pub fn curl_answer(out: &Output) -> (u16, String) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Fails (never skips) when a test needs root.
@@ -228,9 +236,7 @@ impl TestServer {
             .arg(format!("http://ferry{path}"))
             .output()
             .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), body.to_owned())
+        curl_answer(&out)
     }
 
     pub fn log_text(&self) -> String {
@@ -240,6 +246,32 @@ impl TestServer {
     /// The peers `wg show` lists on the server's device (the real tool).
     pub fn wg_peers(&self) -> Vec<String> {
         self.netns.sh(&["wg", "show", &self.interface, "peers"]).lines().map(str::to_owned).collect()
+    }
+
+    /// The nodes with an active tunnel (`ferry tunnel list`).
+    pub fn tunnel_nodes(&self) -> Vec<String> {
+        let list = self.json(&["tunnel", "list", "--json"]);
+        list.as_array()
+            .expect("tunnel list")
+            .iter()
+            .map(|t| t["node"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    /// How many tunnels are active.
+    pub fn active_tunnels(&self) -> usize {
+        self.tunnel_nodes().len()
+    }
+
+    /// Nothing granted: no tunnel in the store, no peer on the device.
+    pub fn assert_nothing_granted(&self) {
+        assert_eq!(self.tunnel_nodes(), Vec::<String>::new(), "no tunnel");
+        assert!(self.wg_peers().is_empty(), "no device peer: {:?}", self.wg_peers());
+    }
+
+    /// A node's audit log as `ferry audit --node` prints it (its last 500 entries).
+    pub fn audit(&self, node: &str) -> String {
+        self.ok(&["audit", "--node", node, "--limit", "500"])
     }
 
     pub fn public_key(&self) -> String {
