@@ -428,6 +428,10 @@ pub struct SettingsArgs {
     /// Image name.
     #[arg(long)]
     pub image: Option<String>,
+    /// DNS domain of the node names: a node's FQDN is NAME.DOMAIN (its SSH host
+    /// certificate names it).
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
     /// Kernel version or absolute path.
     #[arg(long)]
     pub kernel: Option<String>,

@@ -27,6 +27,9 @@ mod nonces;
 mod remote;
 pub mod render;
 mod retention;
+mod ssh_admin;
+mod ssh_ca;
+mod ssh_issue;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -63,6 +66,7 @@ pub struct Server {
     provisioning: enroll::ProvisioningState,
     boot: boot::BootState,
     datasource: datasource::DatasourceState,
+    ssh: ssh_issue::SshIssueState,
     tunnels: Arc<TunnelManager>,
     config: Arc<Config>,
     limits: ListenerLimits,
@@ -118,6 +122,7 @@ impl Server {
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
         cluster::check_sealing_key(&store, &server_id, &key_file, key_was_made).await?;
+        ssh_ca::ensure_host_ca(store.as_ref(), &server_id).await.context("cannot set up the SSH host CA")?;
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
         // First of the sockets: a second server on the same socket stops here, before
@@ -213,6 +218,14 @@ impl Server {
                 limits,
             },
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
+            ssh: ssh_issue::SshIssueState {
+                tunnels: tunnels.clone(),
+                validity_secs: config.ssh.host_certificate_validity_secs,
+                node_patterns: match config.ssh.host_patterns.is_empty() {
+                    true => vec!["*".to_owned()],
+                    false => config.ssh.host_patterns.clone(),
+                },
+            },
             boot,
             tunnels,
             config,
@@ -305,7 +318,9 @@ impl Server {
                 caps: listen::ConnCaps::new("datasource", self.limits.datasource, metrics.clone()),
                 watcher: Some(self.tunnels.clone()),
             },
-            datasource::router(self.datasource).layer(timeout(self.config.datasource.request_timeout_secs)),
+            datasource::router(self.datasource)
+                .merge(ssh_issue::router(self.ssh))
+                .layer(timeout(self.config.datasource.request_timeout_secs)),
             drain,
             stopped(),
         );
