@@ -58,6 +58,7 @@ mod config;
 mod enroll;
 mod error;
 mod guard;
+mod host_keys;
 mod http;
 mod mac;
 mod machine;
