@@ -87,6 +87,7 @@ mod watch_tests;
 
 pub use args::{AgentArgs, Mode, TeardownArgs};
 pub use error::AgentError;
+pub use host_keys::HostKeys;
 pub use machine::Outcome;
 pub use state::{AgentState, STATE_FILE};
 
