@@ -99,6 +99,7 @@ pub mod fuzzing {
     pub use crate::attest::{decode as decode_credential_challenge, CredentialChallenge, PCR_COUNT};
     pub use crate::config::{parse_pin, ServerUrl};
     pub use crate::enroll::check_inside_tunnel;
+    pub use crate::host_keys::check_certificates;
     pub use crate::http::{parse_retry_after, Response, MAX_ERROR_TEXT, MAX_RETRY_AFTER};
 }
 

@@ -60,17 +60,14 @@ pub enum SshCaCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make a new CA that signs from now on; the current one stays trusted (in `ferry
-    /// ssh known-hosts`) for the overlap. Distribute the new known_hosts lines before
-    /// the nodes reboot onto certificates of the new CA.
+    /// Make a new host CA that signs from now on; the current one stays trusted (in
+    /// `ferry ssh known-hosts`) for the overlap. Distribute the new known_hosts lines
+    /// before the nodes reboot onto certificates of the new CA.
     Rotate {
         /// How long the old CA stays trusted, e.g. 7d (at least the host certificates'
         /// validity, so that those it signed expire first).
         #[arg(long, default_value = "7d", value_name = "DURATION")]
         overlap: String,
-        /// Rotate the user CA instead of the host CA.
-        #[arg(long)]
-        user: bool,
     },
 }
 
@@ -169,15 +166,13 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
             println!("{}", listing(&client.ssh_cas().await?, json));
             Ok(())
         }
-        SshCommand::Ca(SshCaCommand::Rotate { overlap, user }) => {
+        SshCommand::Ca(SshCaCommand::Rotate { overlap }) => {
             let overlap = humantime::parse_duration(&overlap)
                 .with_context(|| format!("invalid --overlap {overlap:?} (examples: 12h, 7d)"))?;
-            let purpose = if user { SshCaPurpose::User } else { SshCaPurpose::Host };
-            let ca = client.ssh_rotate_ca(&SshCaRotate { purpose, overlap_secs: overlap.as_secs() }).await?;
-            println!("new {purpose} CA {} signs from now on: {}", ca.id, ca.public_key);
-            if purpose == SshCaPurpose::Host {
-                println!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA");
-            }
+            let rotate = SshCaRotate { purpose: SshCaPurpose::Host, overlap_secs: overlap.as_secs() };
+            let ca = client.ssh_rotate_ca(&rotate).await?;
+            println!("new host CA {} signs from now on: {}", ca.id, ca.public_key);
+            println!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA");
             Ok(())
         }
     }

@@ -42,6 +42,7 @@ pub use config::{Config, ConfigError, LogFormat, Overrides};
 pub mod fuzzing {
     pub use crate::artifacts::{parse_range, RangeRequest};
     pub use crate::client_addr::client_address;
+    pub use crate::ssh_ca::parse_host_keys;
 }
 
 use anyhow::Context;

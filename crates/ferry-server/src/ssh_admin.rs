@@ -49,6 +49,11 @@ async fn rotate_ca(
     Extension(actor): Extension<Actor>,
     Json(req): Json<SshCaRotate>,
 ) -> Result<ApiJson<SshCaView>, HttpError> {
+    if req.purpose != SshCaPurpose::Host {
+        return Err(HttpError::bad_request(
+            "only the host CA exists: user certificates (TrustedUserCAKeys) are not built yet",
+        ));
+    }
     if req.overlap_secs > MAX_OVERLAP_SECS {
         return Err(HttpError::bad_request(format!(
             "an overlap of {} s is longer than a year; clients should move to the new CA sooner",

@@ -157,8 +157,19 @@ pub async fn issue_host_certificates(
         });
     }
     let actor = Actor(format!("node:{}", node.name));
-    store.record_ssh_certificates(&node.name, &records, &actor).await?.map_err(IssueError::Refused)?;
+    if let Err(refusal) = store.record_ssh_certificates(&node.name, tunnel.created_at, &records, &actor).await? {
+        refused(store.as_ref(), &node.name, &refusal.to_string()).await?;
+        return Err(IssueError::Refused(refusal));
+    }
     Ok(lines)
+}
+
+/// Audits a refused certificate request, folded: a node repeating it adds a count, not
+/// a row per request.
+pub async fn refused(store: &dyn Store, node: &ferry_core::NodeName, why: &str) -> Result<(), ferry_store::StoreError> {
+    tracing::warn!(%node, "SSH host certificate refused: {why}");
+    let actor = Actor(format!("node:{node}"));
+    store.record_repeatable_event(&actor, "ssh.certificate-refused", &format!("node/{node}"), why).await
 }
 
 #[cfg(test)]

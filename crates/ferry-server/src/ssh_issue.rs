@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH};
+use ferry_store::now_secs;
 use ferry_store::ssh_ca::SshCaPurpose;
-use ferry_store::{now_secs, Actor};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -68,13 +68,10 @@ async fn host_certificates(
     let active = tunnel_caller(&s.tunnels, conn.remote)?;
     let tunnel = &active.record;
     let store = s.tunnels.store.clone();
-    let actor = Actor(format!("node:{}", tunnel.node));
-    let subject = format!("node/{}", tunnel.node);
     if let Some(asked) = query?.0.node.filter(|n| n != tunnel.node.as_str()) {
         let asked: String = asked.chars().filter(|c| !c.is_control()).take(64).collect();
         let why = format!("the tunnel of node {} asked for the names of node {asked:?}", tunnel.node);
-        tracing::warn!(node = %tunnel.node, asked = %asked, "SSH host certificate for another node's name refused");
-        store.record_event(&actor, "ssh.certificate-refused", &subject, &why).await?;
+        crate::ssh_ca::refused(store.as_ref(), &tunnel.node, &why).await?;
         return Err(HttpError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

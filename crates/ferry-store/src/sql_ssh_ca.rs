@@ -6,7 +6,7 @@ use crate::codec::parse_name;
 use crate::sql::SqlStore;
 use crate::ssh_ca::{
     ca_aad, NewSshCertificate, SigningCa, SshCaPurpose, SshCaRecord, SshCaStore, SshCertificateState,
-    SshCertificateView, SshIssueRefusal, SSH_CERTIFICATE_KEEP_SECS,
+    SshCertificateView, SshIssueRefusal, MAX_CERTIFICATES_PER_BOOT, SSH_CERTIFICATE_KEEP_SECS,
 };
 use crate::{format_time, now_secs, Actor, StoreError};
 use async_trait::async_trait;
@@ -167,17 +167,29 @@ impl SshCaStore for SqlStore {
     async fn record_ssh_certificates(
         &self,
         node: &NodeName,
+        boot_started: i64,
         certificates: &[NewSshCertificate],
         actor: &Actor,
     ) -> Result<Result<(), SshIssueRefusal>, StoreError> {
         let subject = format!("node/{node}");
         let mut tx = self.begin_write().await?;
         let mut refusal = None;
-        if sqlx::query("SELECT 1 FROM ssh_revoked_nodes WHERE node = $1")
-            .bind(node.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some()
+        let (issued,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM ssh_certificates WHERE node = $1 AND issued_at >= $2")
+                .bind(node.as_str())
+                .bind(boot_started)
+                .fetch_one(&mut *tx)
+                .await?;
+        if issued + certificates.len() as i64 > MAX_CERTIFICATES_PER_BOOT {
+            let max = MAX_CERTIFICATES_PER_BOOT;
+            refusal = Some(SshIssueRefusal::TooMany { node: node.clone(), issued, max });
+        }
+        if refusal.is_none()
+            && sqlx::query("SELECT 1 FROM ssh_revoked_nodes WHERE node = $1")
+                .bind(node.as_str())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some()
         {
             refusal = Some(SshIssueRefusal::NodeRevoked(node.clone()));
         }
@@ -197,8 +209,6 @@ impl SshCaStore for SqlStore {
             }
         }
         if let Some(refusal) = refusal {
-            audit(&mut tx, actor, "ssh.certificate-refused", &subject, &refusal.to_string()).await?;
-            tx.commit().await?;
             return Ok(Err(refusal));
         }
         for c in certificates {

@@ -14,6 +14,10 @@ pub use ferry_api::ssh::{SshCaPurpose, SshCaState, SshCaView, SshCertificateStat
 /// issuance itself for its own retention).
 pub const SSH_CERTIFICATE_KEEP_SECS: i64 = 30 * 86_400;
 
+/// Most certificates one boot (one tunnel) may get: a node asks once per key type; a
+/// node asking again and again would only fill the store.
+pub const MAX_CERTIFICATES_PER_BOOT: i64 = 16;
+
 /// A CA as the store holds it (the private key stays sealed unless asked for).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshCaRecord {
@@ -74,6 +78,8 @@ pub enum SshIssueRefusal {
          impersonate the other; give each node its own host keys"
     )]
     KeyOfAnotherNode { fingerprint: String, other: NodeName },
+    #[error("this boot of node {node} had {issued} host certificates already (at most {max} per boot)")]
+    TooMany { node: NodeName, issued: i64, max: i64 },
 }
 
 #[async_trait]
@@ -102,13 +108,16 @@ pub trait SshCaStore: Send + Sync {
         overlap_secs: u64,
         actor: &Actor,
     ) -> Result<SshCaRecord, StoreError>;
-    /// Records certificates signed for `node` — unless the node's certificates are
-    /// revoked, or a key was certified for another node (then nothing is recorded, the
-    /// refusal is audited, and the certificates must not be handed out). Each issue is
-    /// audited `ssh.certificate-issued`; certificates long expired are pruned.
+    /// Records certificates signed for `node` in its boot that began at `boot_started` —
+    /// unless the node's certificates are revoked, a key was certified for another node,
+    /// or the boot would exceed [`MAX_CERTIFICATES_PER_BOOT`]: then nothing is written
+    /// (the caller audits the refusal, folded, so that repeating it fills nothing) and
+    /// the certificates must not be handed out. Each issue is audited
+    /// `ssh.certificate-issued`; certificates long expired are pruned.
     async fn record_ssh_certificates(
         &self,
         node: &NodeName,
+        boot_started: i64,
         certificates: &[NewSshCertificate],
         actor: &Actor,
     ) -> Result<Result<(), SshIssueRefusal>, StoreError>;

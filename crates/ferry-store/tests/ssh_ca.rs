@@ -111,8 +111,9 @@ async fn certificates_are_recorded_revoked_and_never_shared_between_nodes(kind: 
     let s = store_with(&db, Sealer::ephemeral(), &["a", "b", "c"]).await;
     let (ca, _) = s.ensure_ssh_ca(SshCaPurpose::Host, "ssh-ed25519 AAAACA", CA_PRIVATE, &actor()).await.unwrap();
     let node_actor = Actor("node:a".into());
+    let boot = now_secs() - 10;
     let ka = cert(u64::MAX >> 1, ca.id, "SHA256:keyA", "ssh-ed25519 AAAAKEYA");
-    assert_eq!(s.record_ssh_certificates(&n("a"), std::slice::from_ref(&ka), &node_actor).await.unwrap(), Ok(()));
+    assert_eq!(s.record_ssh_certificates(&n("a"), boot, std::slice::from_ref(&ka), &node_actor).await.unwrap(), Ok(()));
     let listed = s.list_ssh_certificates(Some(&n("a"))).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!((listed[0].serial, listed[0].state), (u64::MAX >> 1, SshCertificateState::Valid));
@@ -122,14 +123,14 @@ async fn certificates_are_recorded_revoked_and_never_shared_between_nodes(kind: 
 
     // b presents a's key (an image's shared host key): refused, nothing recorded, audited.
     let shared = cert(7, ca.id, "SHA256:keyA", "ssh-ed25519 AAAAKEYA");
-    let refused = s.record_ssh_certificates(&n("b"), &[shared], &Actor("node:b".into())).await.unwrap();
+    let refused = s.record_ssh_certificates(&n("b"), boot, &[shared], &Actor("node:b".into())).await.unwrap();
     assert_eq!(refused, Err(SshIssueRefusal::KeyOfAnotherNode { fingerprint: "SHA256:keyA".into(), other: n("a") }));
     assert!(s.list_ssh_certificates(Some(&n("b"))).await.unwrap().is_empty());
     let audit = s.audit(Some("node/b"), 10).await.unwrap();
-    assert!(audit.iter().any(|e| e.action == "ssh.certificate-refused" && e.detail.contains("node a")), "{audit:?}");
+    assert!(!audit.iter().any(|e| e.action.starts_with("ssh.")), "a refusal writes nothing (the server audits it)");
     // a may certify its own key again (a reboot that kept the key).
     assert_eq!(
-        s.record_ssh_certificates(&n("a"), &[cert(8, ca.id, "SHA256:keyA", "ssh-ed25519 AAAAKEYA")], &node_actor)
+        s.record_ssh_certificates(&n("a"), boot, &[cert(8, ca.id, "SHA256:keyA", "ssh-ed25519 AAAAKEYA")], &node_actor)
             .await
             .unwrap(),
         Ok(())
@@ -146,13 +147,13 @@ async fn certificates_are_recorded_revoked_and_never_shared_between_nodes(kind: 
         .iter()
         .all(|c| c.state == SshCertificateState::Revoked));
     let new_key = [cert(9, ca.id, "SHA256:keyA2", "ssh-ed25519 AAAAKEYA2")];
-    let held = s.record_ssh_certificates(&n("a"), &new_key, &node_actor).await.unwrap();
+    let held = s.record_ssh_certificates(&n("a"), boot, &new_key, &node_actor).await.unwrap();
     assert_eq!(held, Err(SshIssueRefusal::NodeRevoked(n("a"))));
     assert_eq!(s.list_ssh_certificates(None).await.unwrap().len(), 2, "nothing recorded while held");
     s.reinstate_ssh_node(&n("a"), &actor()).await.unwrap();
     assert!(matches!(s.reinstate_ssh_node(&n("a"), &actor()).await, Err(StoreError::NotFound { .. })));
     let again = cert(10, ca.id, "SHA256:keyA2", "ssh-ed25519 AAAAKEYA2");
-    assert_eq!(s.record_ssh_certificates(&n("a"), &[again], &node_actor).await.unwrap(), Ok(()));
+    assert_eq!(s.record_ssh_certificates(&n("a"), boot, &[again], &node_actor).await.unwrap(), Ok(()));
     assert_eq!(s.ssh_revoked_keys().await.unwrap(), ["ssh-ed25519 AAAAKEYA"], "the new key is not revoked");
     assert!(matches!(s.revoke_ssh_node(&n("nope"), &actor()).await, Err(StoreError::NotFound { .. })));
 
@@ -160,6 +161,7 @@ async fn certificates_are_recorded_revoked_and_never_shared_between_nodes(kind: 
     assert_eq!(
         s.record_ssh_certificates(
             &n("c"),
+            boot,
             &[cert(11, ca.id, "SHA256:keyC", "ssh-ed25519 AAAAKEYC")],
             &Actor("node:c".into())
         )
@@ -171,8 +173,29 @@ async fn certificates_are_recorded_revoked_and_never_shared_between_nodes(kind: 
     assert_eq!(s.ssh_revoked_keys().await.unwrap(), ["ssh-ed25519 AAAAKEYA", "ssh-ed25519 AAAAKEYC"]);
 }
 
+async fn a_boot_gets_a_bounded_number_of_certificates(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let s = store_with(&db, Sealer::ephemeral(), &["a"]).await;
+    let (ca, _) = s.ensure_ssh_ca(SshCaPurpose::Host, "ssh-ed25519 AAAACA", CA_PRIVATE, &actor()).await.unwrap();
+    let certs = |from: u64, count: u64| -> Vec<NewSshCertificate> {
+        (from..from + count)
+            .map(|i| cert(i, ca.id, &format!("SHA256:k{i}"), &format!("ssh-ed25519 AAAAK{i}")))
+            .collect()
+    };
+    let boot = now_secs() - 10;
+    let node_actor = Actor("node:a".into());
+    assert_eq!(s.record_ssh_certificates(&n("a"), boot, &certs(1, 10), &node_actor).await.unwrap(), Ok(()));
+    let over = s.record_ssh_certificates(&n("a"), boot, &certs(11, 7), &node_actor).await.unwrap();
+    assert_eq!(over, Err(SshIssueRefusal::TooMany { node: n("a"), issued: 10, max: 16 }));
+    assert_eq!(s.list_ssh_certificates(None).await.unwrap().len(), 10, "nothing of the refused request");
+    assert_eq!(s.record_ssh_certificates(&n("a"), boot, &certs(11, 6), &node_actor).await.unwrap(), Ok(()));
+    // The next boot starts counting again.
+    assert_eq!(s.record_ssh_certificates(&n("a"), now_secs() + 1, &certs(20, 8), &node_actor).await.unwrap(), Ok(()));
+}
+
 both_backends!(
     one_ca_for_every_server_sealed_at_rest,
     rotation_keeps_the_old_ca_trusted_for_the_overlap,
     certificates_are_recorded_revoked_and_never_shared_between_nodes,
+    a_boot_gets_a_bounded_number_of_certificates,
 );
