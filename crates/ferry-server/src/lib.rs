@@ -221,6 +221,7 @@ impl Server {
             datasource: datasource::DatasourceState { tunnels: tunnels.clone(), port: config.datasource.port },
             ssh: ssh_issue::SshIssueState {
                 tunnels: tunnels.clone(),
+                store: tunnels.store.clone(),
                 validity_secs: config.ssh.host_certificate_validity_secs,
                 node_patterns: match config.ssh.host_patterns.is_empty() {
                     true => vec!["*".to_owned()],

@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH};
-use ferry_store::now_secs;
 use ferry_store::ssh_ca::SshCaPurpose;
+use ferry_store::{now_secs, Store};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -30,7 +30,9 @@ const BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub struct SshIssueState {
+    /// The caller's tunnel (by source address).
     pub tunnels: Arc<TunnelManager>,
+    pub store: Arc<dyn Store>,
     /// `[ssh] host_certificate_validity_secs`.
     pub validity_secs: u64,
     /// `[ssh] host_patterns`, or `*`.
@@ -67,7 +69,7 @@ async fn host_certificates(
 ) -> Result<Response, HttpError> {
     let active = tunnel_caller(&s.tunnels, conn.remote)?;
     let tunnel = &active.record;
-    let store = s.tunnels.store.clone();
+    let store = s.store.clone();
     if let Some(asked) = query?.0.node.filter(|n| n != tunnel.node.as_str()) {
         let asked: String = asked.chars().filter(|c| !c.is_control()).take(64).collect();
         let why = format!("the tunnel of node {} asked for the names of node {asked:?}", tunnel.node);
@@ -92,7 +94,7 @@ async fn known_hosts(
 ) -> Result<Response, HttpError> {
     tunnel_caller(&s.tunnels, conn.remote)?;
     let now = now_secs();
-    let cas = s.tunnels.store.list_ssh_cas().await?;
+    let cas = s.store.list_ssh_cas().await?;
     let trusted = cas.iter().filter(|c| c.purpose == SshCaPurpose::Host && c.trusted(now));
     Ok(text(lines(trusted.map(|c| ferry_core::ssh::cert_authority_line(&s.node_patterns, &c.public_key)))))
 }
@@ -102,7 +104,7 @@ async fn revoked_keys(
     ConnectInfo(conn): ConnectInfo<TcpConn>,
 ) -> Result<Response, HttpError> {
     tunnel_caller(&s.tunnels, conn.remote)?;
-    Ok(text(lines(s.tunnels.store.ssh_revoked_keys().await?)))
+    Ok(text(lines(s.store.ssh_revoked_keys().await?)))
 }
 
 /// The script cloud-init mode's default vendor-data runs (`ssh_vendor.py`, cloud-init's
