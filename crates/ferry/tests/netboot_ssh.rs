@@ -108,7 +108,19 @@ fn boot_and_log_in(s: &TestServer, tag: &str, ssh: &dyn Fn() -> Output) -> (Stri
         std::thread::sleep(Duration::from_millis(200));
     }
     let host_key = line("IMAGE-INIT: host key ").unwrap_or_default();
-    let login = ssh();
+    // sshd is up in the guest, but QEMU's port forward may still reset the first
+    // connections: try again on a transport error only, never on a host-key refusal.
+    let mut login = ssh();
+    for _ in 0..10 {
+        let said = String::from_utf8_lossy(&login.stderr);
+        if login.status.success()
+            || !(said.contains("kex_exchange_identification") || said.contains("Connection reset"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        login = ssh();
+    }
     if !login.status.success() {
         eprintln!("guest serial log:\n{}", vm.tail(40));
     }
