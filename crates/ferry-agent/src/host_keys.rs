@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH};
+use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH, NODE_USER_CA_KEYS_PATH};
 use ferry_core::ssh::{self as rules, HOST_KEY_TYPES};
 use ssh_key::certificate::CertType;
 use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey, PublicKey};
@@ -109,13 +109,25 @@ pub fn check_certificates(keys: &[(&'static str, PublicKey)], answer: &str) -> R
     Ok(out)
 }
 
-/// Writes the certificates, the sshd drop-in, the CA lines, the revoked keys and the
-/// ssh_config drop-in into `dir` (paths in the drop-ins are the node's /etc/ssh).
+/// The user CAs the server sent (one public key per line, none when the cluster has
+/// none), checked: sshd would refuse a malformed file and no certificate would log in.
+pub fn check_user_cas(answer: &str) -> Result<Vec<String>, String> {
+    let lines: Vec<String> = answer.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    for line in &lines {
+        PublicKey::from_openssh(line).map_err(|e| format!("a user CA line is no public key: {e}"))?;
+    }
+    Ok(lines)
+}
+
+/// Writes the certificates, the sshd drop-in, the CA lines, the revoked keys, the user
+/// CAs (when there are any) and the ssh_config drop-in into `dir` (paths in the
+/// drop-ins are the node's /etc/ssh).
 pub fn install(
     dir: &Path,
     certificates: &[(&'static str, Certificate)],
     known_hosts: &str,
     revoked: &str,
+    user_cas: &[String],
 ) -> Result<Vec<PathBuf>, String> {
     make_dir(dir)?;
     let mut written = Vec::new();
@@ -128,12 +140,15 @@ pub fn install(
         node_paths.push(format!("{NODE_SSH_DIR}/{name}"));
     }
     let file = |absolute: &str| dir.join(Path::new(absolute).file_name().unwrap_or_default());
-    let files = [
-        (dir.join(rules::SSHD_DROP_IN_NAME), rules::sshd_drop_in(&node_paths)),
+    let mut files = vec![
+        (dir.join(rules::SSHD_DROP_IN_NAME), rules::sshd_drop_in(&node_paths, !user_cas.is_empty())),
         (file(rules::NODE_KNOWN_HOSTS_FILE), known_hosts.to_owned()),
         (file(rules::NODE_REVOKED_KEYS_FILE), revoked.to_owned()),
         (dir.join(rules::SSH_DROP_IN_NAME), rules::SSH_CONFIG_DROP_IN.to_owned()),
     ];
+    if !user_cas.is_empty() {
+        files.push((file(rules::NODE_USER_CA_KEYS_FILE), user_cas.iter().map(|l| format!("{l}\n")).collect()));
+    }
     for (path, text) in files {
         if let Some(parent) = path.parent() {
             make_dir(parent)?;
@@ -180,8 +195,9 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let certs = check_certificates(&keys, &answer)?;
         let known_hosts = self.tunnel_text(self.tunnel_get(lease, NODE_KNOWN_HOSTS_PATH)).await?;
         let revoked = self.tunnel_text(self.tunnel_get(lease, NODE_REVOKED_KEYS_PATH)).await?;
+        let user_cas = check_user_cas(&self.tunnel_text(self.tunnel_get(lease, NODE_USER_CA_KEYS_PATH)).await?)?;
         let kinds = keys.iter().map(|(kind, _)| *kind).zip(certs).collect::<Vec<_>>();
-        install(dir, &kinds, &known_hosts, &revoked)?;
+        install(dir, &kinds, &known_hosts, &revoked, &user_cas)?;
         Ok(kinds.len())
     }
 
@@ -258,9 +274,10 @@ mod tests {
         }
 
         let certs = vec![("ed25519", Certificate::from_openssh(&good).unwrap())];
-        install(&ssh, &certs, "@cert-authority * ssh-ed25519 AAAACA\n", "").unwrap();
+        install(&ssh, &certs, "@cert-authority * ssh-ed25519 AAAACA\n", "", &[]).unwrap();
         let drop_in = std::fs::read_to_string(ssh.join("sshd_config.d/ferry-host-certificates.conf")).unwrap();
         assert!(drop_in.contains("HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub\n"), "{drop_in}");
+        assert!(!drop_in.contains("TrustedUserCAKeys") && !ssh.join("ferry_user_ca_keys").exists(), "no user CA");
         assert_eq!(std::fs::read_to_string(ssh.join("ssh_host_ed25519_key-cert.pub")).unwrap(), format!("{good}\n"));
         assert_eq!(
             std::fs::read_to_string(ssh.join("ferry_known_hosts")).unwrap(),
@@ -269,5 +286,14 @@ mod tests {
         assert_eq!(std::fs::read_to_string(ssh.join("ferry_revoked_keys")).unwrap(), "");
         let ssh_conf = std::fs::read_to_string(ssh.join("ssh_config.d/ferry-known-hosts.conf")).unwrap();
         assert!(ssh_conf.contains("RevokedHostKeys /etc/ssh/ferry_revoked_keys"), "{ssh_conf}");
+    }
+
+    #[test]
+    fn user_ca_lines_must_be_public_keys() {
+        let ca = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
+        let line = ca.public_key().to_openssh().unwrap();
+        assert_eq!(check_user_cas(&format!("\n{line}\n\n")).unwrap(), [line]);
+        assert!(check_user_cas("").unwrap().is_empty());
+        assert!(check_user_cas("<html>not found</html>").unwrap_err().contains("no public key"));
     }
 }

@@ -383,6 +383,9 @@ async fn fetched_certifies_the_host_keys_through_the_tunnel_before_phoning_home(
     server.on(Method::Post, &certify, reply(200, format!("{cert}\n").as_bytes()));
     server.on(Method::Get, &doc("ssh/known-hosts"), reply(200, b"@cert-authority * ssh-ed25519 AAAACA\n"));
     server.on(Method::Get, &doc("ssh/revoked-keys"), reply(200, b"ssh-ed25519 AAAAOLD\n"));
+    let user_ca = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519).expect("ca");
+    let user_ca = user_ca.public_key().to_openssh().expect("text");
+    server.on(Method::Get, &doc("ssh/user-ca-keys"), reply(200, format!("{user_ca}\n").as_bytes()));
     let tunnels = FakeTunnels::new(BackendKind::Userspace);
     let interface = cfg.interface.clone();
     let (mut a, _) = agent(cfg, &server, &tunnels);
@@ -403,6 +406,10 @@ async fn fetched_certifies_the_host_keys_through_the_tunnel_before_phoning_home(
         .contains("HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub"));
     assert_eq!(read("ferry_known_hosts"), "@cert-authority * ssh-ed25519 AAAACA\n");
     assert_eq!(read("ferry_revoked_keys"), "ssh-ed25519 AAAAOLD\n");
+    assert_eq!(read("ferry_user_ca_keys"), format!("{user_ca}\n"));
+    assert!(
+        read("sshd_config.d/ferry-host-certificates.conf").contains("TrustedUserCAKeys /etc/ssh/ferry_user_ca_keys")
+    );
     let report: PhoneHome =
         serde_json::from_slice(&server.requests(Method::Post, PHONE)[0].json.clone().expect("json")).expect("report");
     assert_eq!(report.pub_key_ed25519.as_deref(), Some(read("ssh_host_ed25519_key.pub").trim()));

@@ -53,6 +53,8 @@ paths! {
     SSH_CERTIFICATES = "/v1/ssh/certificates";
     /// PUT revokes a node's host certificates (and holds new ones); DELETE lifts that.
     SSH_REVOCATION = "/v1/ssh/revocations/{node}";
+    /// POST signs a short-lived SSH user certificate for an admin's key.
+    SSH_USER_CERTIFICATES = "/v1/ssh/user-certificates";
 }
 
 /// A template with its one parameter filled in (as given: callers pass validated names).
@@ -186,6 +188,8 @@ pub const ROUTES: &[Route] = &[
     // lifting it vouches for the node again.
     route(Put, SSH_REVOCATION, Operate),
     route(Delete, SSH_REVOCATION, Administer),
+    // A user certificate logs in to every node that trusts the user CA.
+    route(Post, SSH_USER_CERTIFICATES, Administer),
     route(Get, TOKENS, LocalOnly),
     route(Post, TOKENS, LocalOnly),
     route(Delete, TOKEN, LocalOnly),

@@ -12,6 +12,9 @@ pub const HOST_CERTIFICATES_PATH: &str = "/ssh/host-certificates";
 pub const NODE_KNOWN_HOSTS_PATH: &str = "/ssh/known-hosts";
 /// The datasource path of the revoked host keys (`RevokedHostKeys`).
 pub const NODE_REVOKED_KEYS_PATH: &str = "/ssh/revoked-keys";
+/// The datasource path of the user CAs the node's sshd trusts (`TrustedUserCAKeys`):
+/// one public key per line, none until an admin makes a user CA.
+pub const NODE_USER_CA_KEYS_PATH: &str = "/ssh/user-ca-keys";
 
 /// What a CA signs: host certificates (nodes) or user certificates (admins' logins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -131,4 +134,24 @@ pub struct SshKnownHosts {
 pub struct SshRevoked {
     pub node: NodeName,
     pub certificates: usize,
+}
+
+/// `POST /v1/ssh/user-certificates`: a user certificate for an admin's public key, to
+/// log in to nodes as one of `principals` (login names) for `validity_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshUserCertificateRequest {
+    /// The OpenSSH public key line (`ssh-ed25519 AAAA… comment`).
+    pub public_key: String,
+    pub principals: Vec<String>,
+    pub validity_secs: u64,
+}
+
+/// The signed user certificate (`…-cert.pub` contents) and what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshUserCertificate {
+    pub certificate: String,
+    pub serial: u64,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_before: String,
 }

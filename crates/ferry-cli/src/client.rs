@@ -7,7 +7,10 @@ use ferry_api::admin::{
     TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
-use ferry_api::ssh::{SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshKnownHosts, SshRevoked};
+use ferry_api::ssh::{
+    SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshKnownHosts, SshRevoked, SshUserCertificate,
+    SshUserCertificateRequest,
+};
 use ferry_api::{routes, ApiError};
 use ferry_core::{NodeName, ProfileName};
 use http_body_util::{BodyExt, Full};
@@ -166,6 +169,7 @@ typed! {
     ssh_certificates(query: &SshCertificateQuery) -> Vec<SshCertificateView> = GET with_query(routes::SSH_CERTIFICATES, query)?;
     ssh_revoke(node: &NodeName) -> SshRevoked = PUT routes::ssh_revocation(node);
     ssh_reinstate(node: &NodeName) -> Changed = DELETE routes::ssh_revocation(node);
+    ssh_sign_user(req: &SshUserCertificateRequest) -> SshUserCertificate = POST routes::SSH_USER_CERTIFICATES, req;
 }
 
 /// `path?query`, or `path` when every field of the query is absent.

@@ -5,7 +5,9 @@ use crate::listing::{listing, Listing};
 use crate::output::text;
 use anyhow::Context;
 use clap::Subcommand;
-use ferry_api::ssh::{SshCaPurpose, SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView};
+use ferry_api::ssh::{
+    SshCaPurpose, SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshUserCertificateRequest,
+};
 use ferry_core::ssh::{cert_authority_line, check_host_pattern, revoked_line};
 use ferry_core::NodeName;
 use std::path::PathBuf;
@@ -48,6 +50,24 @@ pub enum SshCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a short-lived SSH user certificate for an admin's public key: it logs in as
+    /// the given login names on every node that trusts the cluster's user CA (made with
+    /// `ferry ssh ca rotate --purpose user`; nodes trust it from their next boot).
+    SignUser {
+        /// The public key to certify (e.g. ~/.ssh/id_ed25519.pub); the private key stays
+        /// where it is.
+        key: PathBuf,
+        /// A login name on the nodes the certificate may log in as (repeat for several).
+        #[arg(long = "principal", required = true, value_name = "LOGIN")]
+        principals: Vec<String>,
+        /// How long the certificate is valid, e.g. 1h, 8h (at most 7d).
+        #[arg(long, default_value = "1h", value_name = "DURATION")]
+        validity: String,
+        /// Where to write the certificate. Default: next to the key as NAME-cert.pub,
+        /// where ssh finds it without further options.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// The certificate authorities.
     #[command(subcommand)]
     Ca(SshCaCommand),
@@ -62,8 +82,13 @@ pub enum SshCaCommand {
     },
     /// Make a new host CA that signs from now on; the current one stays trusted (in
     /// `ferry ssh known-hosts`) for the overlap. Distribute the new known_hosts lines
-    /// before the nodes reboot onto certificates of the new CA.
+    /// before the nodes reboot onto certificates of the new CA. With `--purpose user`,
+    /// make (the first time) or replace the user CA that nodes' sshd trusts
+    /// (TrustedUserCAKeys) from their next boot.
     Rotate {
+        /// Which CA: `host` (host certificates of nodes) or `user` (admins' logins).
+        #[arg(long, default_value = "host", value_parser = ["host", "user"])]
+        purpose: String,
         /// How long the old CA stays trusted, e.g. 7d (at least the host certificates'
         /// validity, so that those it signed expire first).
         #[arg(long, default_value = "7d", value_name = "DURATION")]
@@ -166,16 +191,51 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
             println!("{}", listing(&client.ssh_cas().await?, json));
             Ok(())
         }
-        SshCommand::Ca(SshCaCommand::Rotate { overlap }) => {
+        SshCommand::Ca(SshCaCommand::Rotate { purpose, overlap }) => {
             let overlap = humantime::parse_duration(&overlap)
                 .with_context(|| format!("invalid --overlap {overlap:?} (examples: 12h, 7d)"))?;
-            let rotate = SshCaRotate { purpose: SshCaPurpose::Host, overlap_secs: overlap.as_secs() };
-            let ca = client.ssh_rotate_ca(&rotate).await?;
-            println!("new host CA {} signs from now on: {}", ca.id, ca.public_key);
-            println!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA");
+            let purpose = match purpose.as_str() {
+                "user" => SshCaPurpose::User,
+                _ => SshCaPurpose::Host,
+            };
+            let ca = client.ssh_rotate_ca(&SshCaRotate { purpose, overlap_secs: overlap.as_secs() }).await?;
+            println!("new {purpose} CA {} signs from now on: {}", ca.id, ca.public_key);
+            match purpose {
+                SshCaPurpose::Host => {
+                    println!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA")
+                }
+                SshCaPurpose::User => println!(
+                    "nodes trust it (TrustedUserCAKeys) from their next boot; sign admins' keys with `ferry ssh sign-user`"
+                ),
+            }
+            Ok(())
+        }
+        SshCommand::SignUser { key, principals, validity, output } => {
+            let validity = humantime::parse_duration(&validity)
+                .with_context(|| format!("invalid --validity {validity:?} (examples: 1h, 8h)"))?;
+            let public_key = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the public key {}", key.display()))?;
+            let req = SshUserCertificateRequest { public_key, principals, validity_secs: validity.as_secs() };
+            let signed = client.ssh_sign_user(&req).await?;
+            let output = output.unwrap_or_else(|| certificate_path(&key));
+            write_atomically(&output, format!("{}\n", signed.certificate).as_bytes())?;
+            println!(
+                "{}: logs in as {} until {} (serial {}, key ID {:?})",
+                output.display(),
+                signed.principals.join(","),
+                signed.valid_before,
+                signed.serial,
+                signed.key_id
+            );
             Ok(())
         }
     }
+}
+
+/// Where ssh looks for a key's certificate: `id_ed25519.pub` → `id_ed25519-cert.pub`.
+fn certificate_path(key: &std::path::Path) -> PathBuf {
+    let name = key.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    key.with_file_name(format!("{}-cert.pub", name.strip_suffix(".pub").unwrap_or(&name)))
 }
 
 /// Writes `bytes` to a temporary file next to `path`, then renames it over `path`, so

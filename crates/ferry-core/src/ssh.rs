@@ -11,6 +11,8 @@ use std::collections::BTreeSet;
 /// (named by [`SSH_CONFIG_DROP_IN`], so the image's files stay untouched).
 pub const NODE_KNOWN_HOSTS_FILE: &str = "/etc/ssh/ferry_known_hosts";
 pub const NODE_REVOKED_KEYS_FILE: &str = "/etc/ssh/ferry_revoked_keys";
+/// The user CAs the node's sshd trusts (written only when the cluster has one).
+pub const NODE_USER_CA_KEYS_FILE: &str = "/etc/ssh/ferry_user_ca_keys";
 /// The drop-ins' file names (Debian and RHEL include `*.conf` from these directories).
 pub const SSHD_DROP_IN_NAME: &str = "sshd_config.d/ferry-host-certificates.conf";
 pub const SSH_DROP_IN_NAME: &str = "ssh_config.d/ferry-known-hosts.conf";
@@ -102,13 +104,47 @@ pub fn revoked_line(public_key: &str) -> String {
     format!("@revoked * {}", public_key.trim())
 }
 
-/// The sshd drop-in that presents these certificates (paths as sshd sees them).
-pub fn sshd_drop_in(certificate_paths: &[String]) -> String {
+/// The sshd drop-in that presents these certificates (paths as sshd sees them), and
+/// trusts the cluster's user CAs ([`NODE_USER_CA_KEYS_FILE`]) when it has any.
+pub fn sshd_drop_in(certificate_paths: &[String], trust_user_ca: bool) -> String {
     let mut out = String::from("# ferry: host certificates issued through this node's tunnel at boot\n");
     for p in certificate_paths {
         out.push_str(&format!("HostCertificate {p}\n"));
     }
+    if trust_user_ca {
+        out.push_str(&sshd_user_ca_line());
+    }
     out
+}
+
+/// sshd's line that accepts user certificates of ferry's user CAs (the login name must be
+/// one of the certificate's principals).
+pub fn sshd_user_ca_line() -> String {
+    format!("TrustedUserCAKeys {NODE_USER_CA_KEYS_FILE}\n")
+}
+
+/// Longest validity of a user certificate: they stand in for authorized_keys and
+/// should be short-lived (no revocation list for them yet).
+pub const MAX_USER_CERTIFICATE_SECS: u64 = 7 * 86_400;
+
+/// A login name a user certificate may name: 1 to 32 of `a-z 0-9 _ - .`, starting with
+/// a letter or `_` (what useradd accepts by default).
+pub fn check_login_name(name: &str) -> Result<(), CoreError> {
+    let first_ok = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.'));
+    if name.len() > 32 || !first_ok || !rest_ok {
+        return Err(CoreError::invalid(
+            "login name",
+            name.chars().take(64).collect::<String>(),
+            "a user name on the nodes: 1 to 32 of a-z, 0-9, '_', '-', '.', starting with a letter or '_'",
+        ));
+    }
+    Ok(())
+}
+
+/// A user certificate's key ID: who asked for it (the admin token's actor) and when.
+pub fn user_certificate_key_id(actor: &str, issued: &str) -> String {
+    format!("ferry user {actor} at {issued}")
 }
 
 /// The certificate's key ID: the node, the boot (its tunnel, which is made anew each
@@ -168,8 +204,16 @@ mod tests {
 
     #[test]
     fn drop_ins_and_key_ids() {
-        let d = sshd_drop_in(&["/etc/ssh/ssh_host_ed25519_key-cert.pub".into()]);
+        let d = sshd_drop_in(&["/etc/ssh/ssh_host_ed25519_key-cert.pub".into()], false);
         assert!(d.ends_with("\nHostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub\n"), "{d}");
+        let d = sshd_drop_in(&[], true);
+        assert!(d.ends_with("\nTrustedUserCAKeys /etc/ssh/ferry_user_ca_keys\n"), "{d}");
+        for ok in ["root", "hpcadmin", "_svc", "a.b-c_1"] {
+            assert!(check_login_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Root", "1x", "-x", "a b", "a,b", &"x".repeat(33)] {
+            assert!(check_login_name(bad).is_err(), "{bad:?}");
+        }
         assert!(
             SSH_CONFIG_DROP_IN.contains(NODE_KNOWN_HOSTS_FILE) && SSH_CONFIG_DROP_IN.contains(NODE_REVOKED_KEYS_FILE)
         );

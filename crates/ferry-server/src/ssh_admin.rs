@@ -5,12 +5,13 @@ use crate::admin::AdminState;
 use crate::error::{ApiJson, HttpError};
 use crate::ssh_ca::new_ca_key;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use ferry_api::admin::Changed;
 use ferry_api::routes;
 use ferry_api::ssh::{
     SshCaPurpose, SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshKnownHosts, SshRevoked,
+    SshUserCertificate, SshUserCertificateRequest,
 };
 use ferry_core::{NodeName, Profile};
 use ferry_store::{format_time, now_secs, Actor, SshCaRecord};
@@ -25,6 +26,15 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route(routes::SSH_CAS, get(list_cas).post(rotate_ca))
         .route(routes::SSH_CERTIFICATES, get(list_certificates))
         .route(routes::SSH_REVOCATION, put(revoke).delete(reinstate))
+        .route(routes::SSH_USER_CERTIFICATES, post(sign_user))
+}
+
+async fn sign_user(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(req): ApiJson<SshUserCertificateRequest>,
+) -> Result<ApiJson<SshUserCertificate>, HttpError> {
+    Ok(ApiJson(crate::ssh_ca::sign_user_certificate(s.store.as_ref(), &req, &actor).await?))
 }
 
 fn ca_view(ca: &SshCaRecord, now: i64) -> SshCaView {
@@ -49,11 +59,6 @@ async fn rotate_ca(
     Extension(actor): Extension<Actor>,
     Json(req): Json<SshCaRotate>,
 ) -> Result<ApiJson<SshCaView>, HttpError> {
-    if req.purpose != SshCaPurpose::Host {
-        return Err(HttpError::bad_request(
-            "only the host CA exists: user certificates (TrustedUserCAKeys) are not built yet",
-        ));
-    }
     if req.overlap_secs > MAX_OVERLAP_SECS {
         return Err(HttpError::bad_request(format!(
             "an overlap of {} s is longer than a year; clients should move to the new CA sooner",

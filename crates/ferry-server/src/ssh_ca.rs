@@ -164,6 +164,94 @@ pub async fn issue_host_certificates(
     Ok(lines)
 }
 
+/// Why an admin got no user certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum UserCertificateError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the cluster has no SSH user CA: make one with `ferry ssh ca rotate --purpose user`")]
+    NoCa,
+    #[error(transparent)]
+    Store(#[from] ferry_store::StoreError),
+    #[error("signing failed: {0}")]
+    Sign(#[from] ssh_key::Error),
+}
+
+impl From<UserCertificateError> for HttpError {
+    fn from(e: UserCertificateError) -> Self {
+        match e {
+            UserCertificateError::BadRequest(why) => HttpError::bad_request(why),
+            UserCertificateError::NoCa => HttpError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            UserCertificateError::Store(e) => e.into(),
+            other => {
+                tracing::error!(error = %other, "SSH user certificate not issued");
+                HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+            }
+        }
+    }
+}
+
+/// Signs a user certificate with the signing user CA: the admin's key may log in as
+/// `principals` on nodes that trust the CA, for `validity_secs` (at most
+/// [`ferry_core::ssh::MAX_USER_CERTIFICATE_SECS`]). Audited `ssh.user-certificate-issued`.
+pub async fn sign_user_certificate(
+    store: &dyn Store,
+    req: &ferry_api::ssh::SshUserCertificateRequest,
+    actor: &Actor,
+) -> Result<ferry_api::ssh::SshUserCertificate, UserCertificateError> {
+    let bad = |why: String| UserCertificateError::BadRequest(why);
+    let max = ferry_core::ssh::MAX_USER_CERTIFICATE_SECS;
+    if req.validity_secs == 0 || req.validity_secs > max {
+        return Err(bad(format!("a user certificate's validity is 1 s to {max} s (7 days); ask for a shorter one")));
+    }
+    if req.principals.is_empty() || req.principals.len() > 16 {
+        return Err(bad("name 1 to 16 login names (--principal) the certificate may log in as".into()));
+    }
+    for p in &req.principals {
+        ferry_core::ssh::check_login_name(p).map_err(|e| bad(e.to_string()))?;
+    }
+    let mut key = PublicKey::from_openssh(req.public_key.trim())
+        .map_err(|e| bad(format!("not an OpenSSH public key ({e}); give the contents of ~/.ssh/id_ed25519.pub")))?;
+    if key_type(&key.algorithm()).is_none() {
+        return Err(bad(format!("{} keys are not certified; use ed25519, ecdsa or rsa", key.algorithm())));
+    }
+    key.set_comment("");
+    let ca = store.ssh_signing_ca(SshCaPurpose::User).await?.ok_or(UserCertificateError::NoCa)?;
+    let ca_key = PrivateKey::from_openssh(&ca.private_key[..])?;
+    let now = now_secs().max(0) as u64;
+    let (valid_after, valid_before) = (now.saturating_sub(BACKDATE_SECS), now + req.validity_secs);
+    let serial = rand::rngs::OsRng.next_u64() >> 1;
+    let key_id = ferry_core::ssh::user_certificate_key_id(&actor.0, &format_time(now as i64));
+    let mut builder =
+        Builder::new_with_random_nonce(&mut rand::rngs::OsRng, key.key_data().clone(), valid_after, valid_before)?;
+    builder.serial(serial)?.cert_type(CertType::User)?.key_id(key_id.clone())?;
+    for p in &req.principals {
+        builder.valid_principal(p.clone())?;
+    }
+    // What OpenSSH's own `ssh-keygen -s` grants by default: a usable login session.
+    for ext in
+        ["permit-X11-forwarding", "permit-agent-forwarding", "permit-port-forwarding", "permit-pty", "permit-user-rc"]
+    {
+        builder.extension(ext, "")?;
+    }
+    let cert = builder.sign(&ca_key)?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256);
+    let detail = format!(
+        "serial={serial} fingerprint={fingerprint} principals={} valid_before={}",
+        req.principals.join(","),
+        format_time(valid_before as i64)
+    );
+    store.record_event(actor, "ssh.user-certificate-issued", &format!("ssh-ca/{}", ca.ca.id), &detail).await?;
+    tracing::info!(serial, %fingerprint, principals = %req.principals.join(","), "SSH user certificate issued");
+    Ok(ferry_api::ssh::SshUserCertificate {
+        certificate: cert.to_openssh()?,
+        serial,
+        key_id,
+        principals: req.principals.clone(),
+        valid_before: format_time(valid_before as i64),
+    })
+}
+
 /// Audits a refused certificate request, folded: a node repeating it adds a count, not
 /// a row per request.
 pub async fn refused(store: &dyn Store, node: &ferry_core::NodeName, why: &str) -> Result<(), ferry_store::StoreError> {

@@ -19,7 +19,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH};
+use ferry_api::ssh::{HOST_CERTIFICATES_PATH, NODE_KNOWN_HOSTS_PATH, NODE_REVOKED_KEYS_PATH, NODE_USER_CA_KEYS_PATH};
 use ferry_store::ssh_ca::SshCaPurpose;
 use ferry_store::{now_secs, Store};
 use serde::Deserialize;
@@ -44,6 +44,7 @@ pub fn router(state: SshIssueState) -> Router {
         .route(HOST_CERTIFICATES_PATH, post(host_certificates))
         .route(NODE_KNOWN_HOSTS_PATH, get(known_hosts))
         .route(NODE_REVOKED_KEYS_PATH, get(revoked_keys))
+        .route(NODE_USER_CA_KEYS_PATH, get(user_ca_keys))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -99,6 +100,19 @@ async fn known_hosts(
     Ok(text(lines(trusted.map(|c| ferry_core::ssh::cert_authority_line(&s.node_patterns, &c.public_key)))))
 }
 
+/// The user CAs still trusted (signing, or within a rotation's overlap), one public key
+/// per line; empty until an admin makes a user CA.
+async fn user_ca_keys(
+    State(s): State<SshIssueState>,
+    ConnectInfo(conn): ConnectInfo<TcpConn>,
+) -> Result<Response, HttpError> {
+    tunnel_caller(&s.tunnels, conn.remote)?;
+    let now = now_secs();
+    let cas = s.store.list_ssh_cas().await?;
+    let trusted = cas.iter().filter(|c| c.purpose == SshCaPurpose::User && c.trusted(now));
+    Ok(text(lines(trusted.map(|c| c.public_key.trim().to_owned()))))
+}
+
 async fn revoked_keys(
     State(s): State<SshIssueState>,
     ConnectInfo(conn): ConnectInfo<TcpConn>,
@@ -118,9 +132,12 @@ pub fn vendor_script(datasource_url: &str, node: &ferry_core::NodeName) -> Strin
         "certify": format!("{HOST_CERTIFICATES_PATH}?node={node}"),
         "known_hosts": NODE_KNOWN_HOSTS_PATH,
         "revoked_keys": NODE_REVOKED_KEYS_PATH,
+        "user_ca_keys": NODE_USER_CA_KEYS_PATH,
+        "user_ca_keys_file": ssh::NODE_USER_CA_KEYS_FILE,
+        "sshd_user_ca": ssh::sshd_user_ca_line(),
         "types": ssh::HOST_KEY_TYPES,
         "sshd_drop_in_name": ssh::SSHD_DROP_IN_NAME,
-        "sshd_drop_in_header": ssh::sshd_drop_in(&[]),
+        "sshd_drop_in_header": ssh::sshd_drop_in(&[], false),
         "ssh_drop_in_name": ssh::SSH_DROP_IN_NAME,
         "ssh_drop_in": ssh::SSH_CONFIG_DROP_IN,
         "known_hosts_file": ssh::NODE_KNOWN_HOSTS_FILE,

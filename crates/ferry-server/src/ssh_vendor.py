@@ -2,8 +2,9 @@
 # ferry: certify this node's SSH host keys through its tunnel (part of ferry's default
 # vendor-data; cloud-init runs it as root before phone_home closes the tunnel). Only the
 # public keys are sent; ferry answers with host certificates for the names its
-# inventory gives this node. Then sshd presents them (a drop-in with HostCertificate),
-# and this node's own ssh trusts ferry's host CA and refuses the keys ferry revoked.
+# inventory gives this node. Then sshd presents them (a drop-in with HostCertificate)
+# and trusts the cluster's user CA if it has one (TrustedUserCAKeys), and this node's
+# own ssh trusts ferry's host CA and refuses the keys ferry revoked.
 import json
 import os
 import subprocess
@@ -53,7 +54,13 @@ for pub, certificate in zip(pubs, certificates):
     path = pub[: -len(".pub")] + "-cert.pub"
     write(path, certificate + "\n")
     paths.append(path)
-write("/etc/ssh/" + C["sshd_drop_in_name"], C["sshd_drop_in_header"] + "".join("HostCertificate %s\n" % p for p in paths))
+drop_in = C["sshd_drop_in_header"] + "".join("HostCertificate %s\n" % p for p in paths)
+# The cluster's user CAs, if it has any: admins log in with short-lived user certificates.
+user_cas = call(C["user_ca_keys"])
+if user_cas.strip():
+    write(C["user_ca_keys_file"], user_cas)
+    drop_in += C["sshd_user_ca"]
+write("/etc/ssh/" + C["sshd_drop_in_name"], drop_in)
 write(C["known_hosts_file"], call(C["known_hosts"]))
 write(C["revoked_keys_file"], call(C["revoked_keys"]))
 write("/etc/ssh/" + C["ssh_drop_in_name"], C["ssh_drop_in"])

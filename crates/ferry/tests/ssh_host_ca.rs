@@ -137,6 +137,19 @@ fn rand_suffix() -> String {
 /// A real `ssh` from the server's namespace to node `i` as hpcadmin, trusting only
 /// `known_hosts`, naming the host as `alias` (a principal the certificate must carry).
 fn ssh(c: &Cluster, i: usize, dir: &Path, known_hosts: &str, alias: &str, extra: &[&str]) -> Output {
+    ssh_with_key(c, i, dir, known_hosts, alias, extra, &dir.join("id"))
+}
+
+/// [`ssh`] with this identity (and its `-cert.pub`, if any) only.
+fn ssh_with_key(
+    c: &Cluster,
+    i: usize,
+    dir: &Path,
+    known_hosts: &str,
+    alias: &str,
+    extra: &[&str],
+    id: &Path,
+) -> Output {
     let kh = dir.join(format!("known_hosts.{}", rand_suffix()));
     std::fs::write(&kh, known_hosts).unwrap();
     c.server
@@ -147,8 +160,8 @@ fn ssh(c: &Cluster, i: usize, dir: &Path, known_hosts: &str, alias: &str, extra:
         .arg(format!("UserKnownHostsFile={}", kh.display()))
         .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", &format!("HostKeyAlias={alias}")])
         .args(extra)
-        .arg("-i")
-        .arg(dir.join("id"))
+        .args(["-o", "IdentitiesOnly=yes", "-i"])
+        .arg(id)
         .arg(format!("hpcadmin@{}", c.nodes[i].ip))
         .arg("echo logged-in-as-$(id -un)-on-$(cat /etc/hostname)")
         .stdin(Stdio::null())
@@ -195,11 +208,15 @@ fn nodes_get_host_certificates_only_for_their_own_names_and_clients_trust_only_t
     c.server.ok(&["profile", "add", "compute", "--domain", "hpc.example", "--user-data", user_data.to_str().unwrap(),
         "--tag", &format!("admin_key={admin_key}")]);
     c.add_nodes(&["-P", "compute", "--identity", "network"]);
+    // A user CA: nodes' sshd trusts it, admins log in with short-lived user certificates.
+    c.server.ok(&["ssh", "ca", "rotate", "--purpose", "user"]);
+    let user_keys = user_certificates(&c, dir.path());
 
     // What a login node's admin puts in /etc/ssh/ssh_known_hosts: the CA line only.
     let known_hosts = c.server.ok(&["ssh", "known-hosts"]);
     let cas = c.server.json(&["ssh", "ca", "list", "--json"]);
-    let ca_key = cas[0]["public_key"].as_str().unwrap().to_owned();
+    let host_ca = cas.as_array().unwrap().iter().find(|c| c["purpose"] == "host").unwrap();
+    let ca_key = host_ca["public_key"].as_str().unwrap().to_owned();
     assert_eq!(
         known_hosts.trim(),
         format!("@cert-authority *.hpc.example,198.18.0.11,198.18.0.12,n1,n2 {ca_key}"),
@@ -241,7 +258,10 @@ fn nodes_get_host_certificates_only_for_their_own_names_and_clients_trust_only_t
         // The certificate vouches for n1's names only.
         let as_n2 = ssh(&c, 0, dir.path(), &known_hosts, "n2", &[]);
         assert!(!as_n2.status.success() && text(&as_n2).contains("Host key verification failed"), "{}", text(&as_n2));
+        user_logins(&c, 0, dir.path(), &known_hosts, &user_keys);
     });
+    let sshd_drop_in = roots[0].read("/etc/ssh/sshd_config.d/ferry-host-certificates.conf");
+    assert!(sshd_drop_in.contains("TrustedUserCAKeys /etc/ssh/ferry_user_ca_keys"), "{sshd_drop_in}");
 
     // n1 reboots: a fresh root from the image, new host keys; the same known_hosts works.
     boot_cloud_init_mode(&c, 0, &roots[1]);
@@ -252,7 +272,10 @@ fn nodes_get_host_certificates_only_for_their_own_names_and_clients_trust_only_t
     boot_fetch_mode(&c, 1, &roots[2]);
     assert!(keygen_l(&roots[2].path("/etc/ssh/ssh_host_ed25519_key-cert.pub")).contains("n2.hpc.example"));
     let n2_key_line = roots[2].read("/etc/ssh/ssh_host_ed25519_key.pub");
-    with_sshd(&c, 1, &roots[2], || assert_logs_in(&ssh(&c, 1, dir.path(), &known_hosts, "n2", &[]), "n2"));
+    with_sshd(&c, 1, &roots[2], || {
+        assert_logs_in(&ssh(&c, 1, dir.path(), &known_hosts, "n2", &[]), "n2");
+        user_logins(&c, 1, dir.path(), &known_hosts, &user_keys);
+    });
     // Node to node: n2's own ssh trusts ferry's CA through the files its boot installed
     // (ssh_config.d drop-in, ferry_known_hosts with `@cert-authority *`, an empty
     // ferry_revoked_keys) and nothing else.
@@ -314,9 +337,11 @@ fn nodes_get_host_certificates_only_for_their_own_names_and_clients_trust_only_t
     // Rotation: a new CA signs from now on; the old one stays trusted for the overlap.
     c.server.ok(&["ssh", "ca", "rotate", "--overlap", "1h"]);
     let cas = c.server.json(&["ssh", "ca", "list", "--json"]);
-    let states: Vec<_> = cas.as_array().unwrap().iter().map(|c| (c["id"].as_i64(), c["state"].as_str())).collect();
-    assert_eq!(states, [(Some(2), Some("signing")), (Some(1), Some("trusted"))], "{cas}");
-    let new_ca = cas[0]["public_key"].as_str().unwrap().to_owned();
+    let host_cas: Vec<_> = cas.as_array().unwrap().iter().filter(|c| c["purpose"] == "host").collect();
+    let states: Vec<_> = host_cas.iter().map(|c| (c["id"].as_i64(), c["state"].as_str())).collect();
+    // CA 2 is the user CA, untouched by the host CA's rotation.
+    assert_eq!(states, [(Some(3), Some("signing")), (Some(1), Some("trusted"))], "{cas}");
+    let new_ca = host_cas[0]["public_key"].as_str().unwrap().to_owned();
     let rotated = c.server.ok(&["ssh", "known-hosts", "--hosts", "*.hpc.example"]);
     let ca_lines: Vec<&str> = rotated.lines().filter(|l| l.starts_with("@cert-authority ")).collect();
     assert_eq!(
@@ -388,4 +413,50 @@ fn refusals(c: &Cluster, dir: &Path, n2_key_line: &str) {
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("not an active ferry tunnel"), "{body}");
     c.nodes[1].ns.sh(&["ip", "route", "del", "100.64.0.0/16"]);
+}
+
+/// Admins' keys, none in any authorized_keys: one with a user certificate for
+/// `hpcadmin`, one certified for another login name, one with no certificate.
+struct UserKeys {
+    certified: std::path::PathBuf,
+    other_login: std::path::PathBuf,
+    uncertified: std::path::PathBuf,
+}
+
+fn user_certificates(c: &Cluster, dir: &Path) -> UserKeys {
+    let key = |name: &str| {
+        let f = dir.join(name);
+        sh(&["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", f.to_str().unwrap()]);
+        f
+    };
+    let keys = UserKeys { certified: key("alice"), other_login: key("bob"), uncertified: key("carol") };
+    let pub_of = |k: &Path| k.with_extension("pub").to_str().unwrap().to_owned();
+    let signed = c.server.ok(&["ssh", "sign-user", &pub_of(&keys.certified), "--principal", "hpcadmin"]);
+    assert!(signed.contains("alice-cert.pub: logs in as hpcadmin until "), "{signed}");
+    c.server.ok(&["ssh", "sign-user", &pub_of(&keys.other_login), "--principal", "root", "--validity", "10m"]);
+    let shown = keygen_l(&dir.join("alice-cert.pub"));
+    assert!(shown.contains("user certificate") && shown.contains("Key ID: \"ferry user "), "{shown}");
+    let principals: Vec<&str> =
+        shown.lines().skip_while(|l| !l.contains("Principals:")).skip(1).take(1).map(str::trim).collect();
+    assert_eq!(principals, ["hpcadmin"], "{shown}");
+    // Bad requests change nothing: too long, a login name that is no login name.
+    let uncertified = pub_of(&keys.uncertified);
+    let too_long = c.server.fails(&["ssh", "sign-user", &uncertified, "--principal", "hpcadmin", "--validity", "30d"]);
+    assert!(too_long.contains("ask for a shorter one"), "{too_long}");
+    let not_a_login = c.server.fails(&["ssh", "sign-user", &uncertified, "--principal", "Root Admin"]);
+    assert!(not_a_login.contains("login name"), "{not_a_login}");
+    assert!(!dir.join("carol-cert.pub").exists());
+    let audit = c.server.ok(&["audit", "--limit", "100"]);
+    assert_eq!(audit.matches("ssh.user-certificate-issued").count(), 2, "{audit}");
+    keys
+}
+
+/// The certified key logs in to node `i` as hpcadmin; the others are refused.
+fn user_logins(c: &Cluster, i: usize, dir: &Path, known_hosts: &str, keys: &UserKeys) {
+    let name = c.nodes[i].name.clone();
+    assert_logs_in(&ssh_with_key(c, i, dir, known_hosts, &name, &[], &keys.certified), &name);
+    for key in [&keys.other_login, &keys.uncertified] {
+        let refused = ssh_with_key(c, i, dir, known_hosts, &name, &[], key);
+        assert!(!refused.status.success() && text(&refused).contains("Permission denied"), "{}", text(&refused));
+    }
 }
