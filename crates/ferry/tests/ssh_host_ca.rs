@@ -13,6 +13,9 @@
 //!   from outside a tunnel are refused (audited);
 //! - after `ferry ssh revoke`, the client refuses the node with `ferry ssh krl` as its
 //!   `RevokedHostKeys`, and with `ferry ssh known-hosts`'s `@revoked` line.
+//! - the optional user CA: nodes booted after `ferry ssh ca rotate --purpose user` trust
+//!   it (both modes); a key with a `ferry ssh sign-user` certificate logs in as its login
+//!   name, the same key certified for another name or a key without one is refused.
 //!
 //! Run as root: `cargo test -p ferry --test ssh_host_ca -- --nocapture` (the cloud-init
 //! root: `sudo scripts/cloud-init-chroot.sh`, as for tests/cloud_init.rs).
@@ -209,7 +212,6 @@ fn nodes_get_host_certificates_only_for_their_own_names_and_clients_trust_only_t
         "--tag", &format!("admin_key={admin_key}")]);
     c.add_nodes(&["-P", "compute", "--identity", "network"]);
     // A user CA: nodes' sshd trusts it, admins log in with short-lived user certificates.
-    c.server.ok(&["ssh", "ca", "rotate", "--purpose", "user"]);
     let user_keys = user_certificates(&c, dir.path());
 
     // What a login node's admin puts in /etc/ssh/ssh_known_hosts: the CA line only.
@@ -431,6 +433,9 @@ fn user_certificates(c: &Cluster, dir: &Path) -> UserKeys {
     };
     let keys = UserKeys { certified: key("alice"), other_login: key("bob"), uncertified: key("carol") };
     let pub_of = |k: &Path| k.with_extension("pub").to_str().unwrap().to_owned();
+    let no_ca = c.server.fails(&["ssh", "sign-user", &pub_of(&keys.certified), "--principal", "hpcadmin"]);
+    assert!(no_ca.contains("no SSH user CA: make one with `ferry ssh ca rotate --purpose user`"), "{no_ca}");
+    c.server.ok(&["ssh", "ca", "rotate", "--purpose", "user"]);
     let signed = c.server.ok(&["ssh", "sign-user", &pub_of(&keys.certified), "--principal", "hpcadmin"]);
     assert!(signed.contains("alice-cert.pub: logs in as hpcadmin until "), "{signed}");
     c.server.ok(&["ssh", "sign-user", &pub_of(&keys.other_login), "--principal", "root", "--validity", "10m"]);
