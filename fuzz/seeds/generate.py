@@ -256,3 +256,22 @@ answers = [
 ]
 for i, (which, body) in enumerate(answers):
     write("agent_answers", f"seed-{i}", bytes([which]) + body.encode())
+
+# 18. ssh_host_keys: byte 0 picks the side (0 a node's host public keys as it posts them,
+# 1 the server's answer for the target's fixed ed25519 host key), then the text
+SSH_FIXED_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIM4lMPCWZXzG0eHRDgP8PTRKFJz2nK4R1pI+6VKufZvy root@n1"
+with tempfile.TemporaryDirectory() as d:
+    keys = []
+    for t in ("ed25519", "ecdsa", "rsa"):
+        subprocess.run(["ssh-keygen", "-q", "-t", t, "-N", "", "-C", "root@n1", "-f", f"{d}/{t}"], check=True)
+        with open(f"{d}/{t}.pub") as f:
+            keys.append(f.read())
+    write("ssh_host_keys", "seed-0", b"\x00" + "".join(keys).encode())
+    write("ssh_host_keys", "seed-1", b"\x00" + keys[0].encode())
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/ca"], check=True)
+    with open(f"{d}/host.pub", "w") as f:
+        f.write(SSH_FIXED_HOST_KEY + "\n")
+    subprocess.run(["ssh-keygen", "-q", "-s", f"{d}/ca", "-h", "-I", "ferry host n1", "-n", "n1,n1.hpc.example",
+                    "-V", "+7d", "-z", "42", f"{d}/host.pub"], check=True)
+    with open(f"{d}/host-cert.pub") as f:
+        write("ssh_host_keys", "seed-2", b"\x01" + f.read().encode())

@@ -105,9 +105,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
     pub state_dir: PathBuf,
 
-    /// Where the SSH host public keys reported at phone-home are read from.
+    /// Where the SSH host public keys reported at phone-home are read from (and, in
+    /// fetch mode, the host certificates and sshd/ssh drop-ins are written).
     #[arg(long, value_name = "DIR", default_value = "/etc/ssh")]
     pub ssh_dir: PathBuf,
+
+    /// Fetch mode: have the host keys in --ssh-dir certified by ferry's SSH host CA
+    /// through the tunnel before phone-home (certify), make an ed25519 host key there
+    /// first if there is none (generate), or leave SSH alone (off).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = crate::host_keys::HostKeys::Certify)]
+    pub ssh_host_keys: crate::host_keys::HostKeys,
 
     /// The kernel command line to read ferry.* parameters from.
     #[arg(long, value_name = "FILE", default_value = "/proc/cmdline")]

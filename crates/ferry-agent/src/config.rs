@@ -187,6 +187,8 @@ pub struct Config {
     pub seed_dir: PathBuf,
     pub state_dir: PathBuf,
     pub ssh_dir: PathBuf,
+    /// Fetch mode: what to do with the SSH host keys before phone-home.
+    pub host_keys: crate::host_keys::HostKeys,
     /// Persistent keepalive of the server peer, seconds.
     pub keepalive: u16,
     /// The kernel's hostname (phone-home report).
@@ -315,6 +317,7 @@ impl Config {
             seed_dir: args.seed_dir.clone(),
             state_dir: args.state_dir.clone(),
             ssh_dir: args.ssh_dir.clone(),
+            host_keys: args.ssh_host_keys,
             keepalive: 5,
             hostname_file: PathBuf::from("/proc/sys/kernel/hostname"),
             sys_class_net: PathBuf::from("/sys/class/net"),

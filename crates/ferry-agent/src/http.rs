@@ -23,8 +23,8 @@ pub enum Method {
     Post,
 }
 
-/// One request. `json` is sent with `Content-Type: application/json`; a POST without
-/// it has an empty body.
+/// One request. `json` is sent with `Content-Type: application/json` (`text/plain`
+/// when [`Request::post_text`] made it); a POST without it has an empty body.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: Method,
@@ -35,14 +35,20 @@ pub struct Request {
     /// into the tunnel name its interface, so they never go anywhere else (not to a
     /// local address, not out of another interface).
     pub interface: Option<String>,
+    /// The body is plain text, not JSON.
+    pub text: bool,
 }
 
 impl Request {
     pub fn get(url: String, timeout: Duration) -> Self {
-        Request { method: Method::Get, url, json: None, timeout, interface: None }
+        Request { method: Method::Get, url, json: None, timeout, interface: None, text: false }
     }
     pub fn post(url: String, json: Option<Vec<u8>>, timeout: Duration) -> Self {
-        Request { method: Method::Post, url, json, timeout, interface: None }
+        Request { method: Method::Post, url, json, timeout, interface: None, text: false }
+    }
+    /// A POST of plain text (`text/plain; charset=utf-8`).
+    pub fn post_text(url: String, text: String, timeout: Duration) -> Self {
+        Request { text: true, ..Request::post(url, Some(text.into_bytes()), timeout) }
     }
     /// The same request, sent only through `interface`.
     pub fn via(mut self, interface: &str) -> Self {
@@ -252,7 +258,8 @@ where
         .header(hyper::header::USER_AGENT, concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
         .header(hyper::header::CONNECTION, "close");
     if req.json.is_some() {
-        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        let kind = if req.text { "text/plain; charset=utf-8" } else { "application/json" };
+        builder = builder.header(hyper::header::CONTENT_TYPE, kind);
     }
     let body = Full::new(Bytes::from(req.json.clone().unwrap_or_default()));
     let request = builder.body(body).map_err(|e| err("cannot build a request for", &e))?;

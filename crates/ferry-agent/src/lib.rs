@@ -58,6 +58,7 @@ mod config;
 mod enroll;
 mod error;
 mod guard;
+mod host_keys;
 mod http;
 mod mac;
 mod machine;
@@ -86,6 +87,7 @@ mod watch_tests;
 
 pub use args::{AgentArgs, Mode, TeardownArgs};
 pub use error::AgentError;
+pub use host_keys::HostKeys;
 pub use machine::Outcome;
 pub use state::{AgentState, STATE_FILE};
 
@@ -97,6 +99,7 @@ pub mod fuzzing {
     pub use crate::attest::{decode as decode_credential_challenge, CredentialChallenge, PCR_COUNT};
     pub use crate::config::{parse_pin, ServerUrl};
     pub use crate::enroll::check_inside_tunnel;
+    pub use crate::host_keys::check_certificates;
     pub use crate::http::{parse_retry_after, Response, MAX_ERROR_TEXT, MAX_RETRY_AFTER};
 }
 

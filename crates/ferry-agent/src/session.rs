@@ -185,6 +185,8 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
     /// `Fetched → PhonedHome`. A failed phone-home is logged, not fatal: the seed is
     /// written, and the server expires an unconfirmed tunnel at its TTL.
     pub(crate) async fn phone_home(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>, meta_data: &[u8]) -> State {
+        // Host certificates first: the tunnel closes with the phone-home.
+        self.certify_host_keys(&lease).await;
         let hostname = phone_home::kernel_hostname(&self.cfg.hostname_file);
         let report = phone_home::build(meta_data, hostname, &self.cfg.ssh_dir);
         match self.post_phone_home(&lease, &report).await {

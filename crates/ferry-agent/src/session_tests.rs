@@ -352,3 +352,85 @@ async fn every_retry_loop_once_enrolled_gives_up_at_once_on_a_retry_after_past_i
         }
     }
 }
+
+/// A host certificate of `key` from a throwaway CA, as the server would answer.
+fn host_certificate(key: &ssh_key::PublicKey) -> String {
+    let ca = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519).expect("ca");
+    let mut b = ssh_key::certificate::Builder::new_with_random_nonce(
+        &mut rand::rngs::OsRng,
+        key.key_data().clone(),
+        0,
+        1 << 40,
+    )
+    .expect("builder");
+    b.cert_type(ssh_key::certificate::CertType::Host).expect("type").valid_principal("n1").expect("principal");
+    b.sign(&ca).expect("sign").to_openssh().expect("text")
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetched_certifies_the_host_keys_through_the_tunnel_before_phoning_home() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.host_keys = crate::host_keys::HostKeys::Generate;
+    let ssh = cfg.ssh_dir.clone();
+    // Made now (generate keeps an existing key) so that the fake server can certify it.
+    assert!(crate::host_keys::generate_ed25519(&ssh, "n1").expect("key"));
+    let key = crate::host_keys::read_host_keys(&ssh).remove(0).1;
+    let cert = host_certificate(&key);
+    let server = FakeServer::default();
+    serve_documents(&server);
+    let certify = doc("ssh/host-certificates?node=n1");
+    server.on(Method::Post, &certify, reply(200, format!("{cert}\n").as_bytes()));
+    server.on(Method::Get, &doc("ssh/known-hosts"), reply(200, b"@cert-authority * ssh-ed25519 AAAACA\n"));
+    server.on(Method::Get, &doc("ssh/revoked-keys"), reply(200, b"ssh-ed25519 AAAAOLD\n"));
+    let user_ca = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519).expect("ca");
+    let user_ca = user_ca.public_key().to_openssh().expect("text");
+    server.on(Method::Get, &doc("ssh/user-ca-keys"), reply(200, format!("{user_ca}\n").as_bytes()));
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
+    let interface = cfg.interface.clone();
+    let (mut a, _) = agent(cfg, &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data: Vec::new() }).await;
+    assert!(matches!(next, State::PhonedHome { .. }), "{next:?}");
+
+    let urls = server.urls();
+    let at = |u: &str| urls.iter().position(|x| x == u).unwrap_or_else(|| panic!("{u} not requested: {urls:?}"));
+    assert!(at(&certify) < at(PHONE), "certified before phone-home closes the tunnel: {urls:?}");
+    let sent = &server.requests(Method::Post, &certify)[0];
+    assert_eq!((sent.interface.as_deref(), sent.text), (Some(interface.as_str()), true), "through the tunnel");
+    let body = String::from_utf8(sent.json.clone().expect("body")).expect("text");
+    assert_eq!(body, format!("{}\n", key.to_openssh().expect("key")), "the public key only");
+    let read = |p: &str| std::fs::read_to_string(ssh.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("ssh_host_ed25519_key-cert.pub"), format!("{cert}\n"));
+    assert!(read("sshd_config.d/ferry-host-certificates.conf")
+        .contains("HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub"));
+    assert_eq!(read("ferry_known_hosts"), "@cert-authority * ssh-ed25519 AAAACA\n");
+    assert_eq!(read("ferry_revoked_keys"), "ssh-ed25519 AAAAOLD\n");
+    assert_eq!(read("ferry_user_ca_keys"), format!("{user_ca}\n"));
+    assert!(
+        read("sshd_config.d/ferry-host-certificates.conf").contains("TrustedUserCAKeys /etc/ssh/ferry_user_ca_keys")
+    );
+    let report: PhoneHome =
+        serde_json::from_slice(&server.requests(Method::Post, PHONE)[0].json.clone().expect("json")).expect("report");
+    assert_eq!(report.pub_key_ed25519.as_deref(), Some(read("ssh_host_ed25519_key.pub").trim()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn fetched_refused_host_certificates_still_phone_home_without_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = test_config(dir.path());
+    cfg.host_keys = crate::host_keys::HostKeys::Generate;
+    let ssh = cfg.ssh_dir.clone();
+    let server = FakeServer::default();
+    serve_documents(&server);
+    let refused = br#"{"error":"the SSH host certificates of node n1 are revoked","kind":"forbidden"}"#;
+    server.on(Method::Post, &doc("ssh/host-certificates?node=n1"), reply(403, refused));
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
+    let (mut a, _) = agent(cfg, &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data: Vec::new() }).await;
+    assert!(matches!(next, State::PhonedHome { .. }) && a.phoned_home, "{next:?}");
+    assert!(ssh.join("ssh_host_ed25519_key.pub").exists(), "the key was made");
+    assert!(!ssh.join("ssh_host_ed25519_key-cert.pub").exists() && !ssh.join("sshd_config.d").exists());
+    assert_eq!(server.requests(Method::Post, &doc("ssh/host-certificates?node=n1")).len(), 1, "a 403 is not retried");
+}

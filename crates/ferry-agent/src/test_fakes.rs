@@ -179,6 +179,7 @@ pub fn test_config(dir: &Path) -> Config {
         seed_dir: dir.join("run/ferry/seed"),
         state_dir: dir.join("run/ferry"),
         ssh_dir: dir.join("etc/ssh"),
+        host_keys: crate::host_keys::HostKeys::Certify,
         keepalive: 5,
         hostname_file: dir.join("hostname"),
         sys_class_net: dir.join("sys/class/net"),

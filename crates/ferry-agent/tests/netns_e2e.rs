@@ -187,6 +187,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         seed_dir: dir.join("seed"),
         state_dir: dir.join("state"),
         ssh_dir: dir.join("ssh"),
+        ssh_host_keys: ferry_agent::HostKeys::Certify,
         cmdline: dir.join("no-cmdline"),
         asset_tag_file: dir.join("no-asset-tag"),
         pins_file: dir.join("no-pins"),

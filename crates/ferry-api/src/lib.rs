@@ -6,6 +6,7 @@ pub mod enroll;
 pub mod image;
 pub mod routes;
 mod secret;
+pub mod ssh;
 
 pub use secret::Secret;
 

@@ -46,6 +46,15 @@ paths! {
     READYZ = "/readyz";
     TOKENS = "/v1/tokens";
     TOKEN = "/v1/tokens/{name}";
+    /// The host CAs, inventory host patterns and revoked host keys clients need.
+    SSH_KNOWN_HOSTS = "/v1/ssh/known-hosts";
+    /// The SSH CAs; POST rotates one.
+    SSH_CAS = "/v1/ssh/cas";
+    SSH_CERTIFICATES = "/v1/ssh/certificates";
+    /// PUT revokes a node's host certificates (and holds new ones); DELETE lifts that.
+    SSH_REVOCATION = "/v1/ssh/revocations/{node}";
+    /// POST signs a short-lived SSH user certificate for an admin's key.
+    SSH_USER_CERTIFICATES = "/v1/ssh/user-certificates";
 }
 
 /// A template with its one parameter filled in (as given: callers pass validated names).
@@ -82,6 +91,9 @@ pub fn secret(name: impl Display) -> String {
 }
 pub fn token(name: impl Display) -> String {
     fill(TOKEN, name)
+}
+pub fn ssh_revocation(node: impl Display) -> String {
+    fill(SSH_REVOCATION, node)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +179,17 @@ pub const ROUTES: &[Route] = &[
     route(Get, METRICS, Read),
     route(Get, HEALTHZ, Read),
     route(Get, READYZ, Read),
+    route(Get, SSH_KNOWN_HOSTS, Read),
+    route(Get, SSH_CAS, Read),
+    // A new CA changes what every client must trust.
+    route(Post, SSH_CAS, Administer),
+    route(Get, SSH_CERTIFICATES, Read),
+    // Revoking a compromised node's host identity is day-to-day, like revoking a tunnel;
+    // lifting it vouches for the node again.
+    route(Put, SSH_REVOCATION, Operate),
+    route(Delete, SSH_REVOCATION, Administer),
+    // A user certificate logs in to every node that trusts the user CA.
+    route(Post, SSH_USER_CERTIFICATES, Administer),
     route(Get, TOKENS, LocalOnly),
     route(Post, TOKENS, LocalOnly),
     route(Delete, TOKEN, LocalOnly),

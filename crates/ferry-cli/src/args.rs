@@ -58,8 +58,14 @@ pub enum Command {
     /// Print the provisioning TLS certificate's pin (for `ferry.tls=` on the kernel
     /// command line, with an https:// ferry.server).
     ServerCert,
-    /// Print an ssh known_hosts file of the host keys nodes reported at phone-home.
+    /// Print an ssh known_hosts file of the host keys nodes reported at phone-home (the
+    /// same as `ferry ssh known-hosts --plain`; they change at every boot: prefer the
+    /// CA lines of `ferry ssh known-hosts`).
     KnownHosts,
+    /// ferry as the cluster's SSH host certificate authority: known_hosts lines for the
+    /// CA, revocation, the CAs and their rotation.
+    #[command(subcommand)]
+    Ssh(crate::ssh::SshCommand),
     /// Show the audit log.
     Audit {
         /// Only entries about this node.
@@ -428,6 +434,10 @@ pub struct SettingsArgs {
     /// Image name.
     #[arg(long)]
     pub image: Option<String>,
+    /// DNS domain of the node names: a node's FQDN is NAME.DOMAIN (its SSH host
+    /// certificate names it).
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Option<String>,
     /// Kernel version or absolute path.
     #[arg(long)]
     pub kernel: Option<String>,

@@ -7,6 +7,10 @@ use ferry_api::admin::{
     TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
+use ferry_api::ssh::{
+    SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshKnownHosts, SshRevoked, SshUserCertificate,
+    SshUserCertificateRequest,
+};
 use ferry_api::{routes, ApiError};
 use ferry_core::{NodeName, ProfileName};
 use http_body_util::{BodyExt, Full};
@@ -158,6 +162,14 @@ typed! {
     create_token(token: &TokenCreate) -> TokenCreated = POST routes::TOKENS, token;
     list_tokens() -> Vec<TokenInfo> = GET routes::TOKENS;
     revoke_token(name: &str) -> Changed = DELETE routes::token(name);
+    /// The host CAs still trusted, the inventory's host patterns, the revoked host keys.
+    ssh_known_hosts() -> SshKnownHosts = GET routes::SSH_KNOWN_HOSTS;
+    ssh_cas() -> Vec<SshCaView> = GET routes::SSH_CAS;
+    ssh_rotate_ca(rotate: &SshCaRotate) -> SshCaView = POST routes::SSH_CAS, rotate;
+    ssh_certificates(query: &SshCertificateQuery) -> Vec<SshCertificateView> = GET with_query(routes::SSH_CERTIFICATES, query)?;
+    ssh_revoke(node: &NodeName) -> SshRevoked = PUT routes::ssh_revocation(node);
+    ssh_reinstate(node: &NodeName) -> Changed = DELETE routes::ssh_revocation(node);
+    ssh_sign_user(req: &SshUserCertificateRequest) -> SshUserCertificate = POST routes::SSH_USER_CERTIFICATES, req;
 }
 
 /// `path?query`, or `path` when every field of the query is absent.

@@ -7,6 +7,7 @@ mod images;
 mod listing;
 mod output;
 mod settings;
+mod ssh;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
@@ -108,12 +109,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::KnownHosts => {
-            for (node, key) in client.known_hosts().await? {
-                println!("{node} {key}");
-            }
-            Ok(())
-        }
+        Command::KnownHosts => ssh::plain_known_hosts(&client).await,
+        Command::Ssh(cmd) => ssh::ssh(&client, cmd).await,
         Command::Agent { command, args } => {
             init_logging(ferry_server::LogFormat::Text);
             match command {

@@ -34,6 +34,7 @@ pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::R
     let mut base = Settings {
         comment: args.comment.clone(),
         image: args.image.clone(),
+        domain: args.domain.clone(),
         kernel: args.kernel.clone(),
         kernel_args: args.kernel_args.iter().flatten().flat_map(|a| a.split_whitespace().map(str::to_owned)).collect(),
         root: args.root.as_deref().map(str::parse).transpose()?,

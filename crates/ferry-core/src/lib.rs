@@ -15,6 +15,7 @@ pub mod model;
 pub mod names;
 pub mod net;
 pub mod patch;
+pub mod ssh;
 pub mod tunnel;
 pub mod wgkey;
 mod words;

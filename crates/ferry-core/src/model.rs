@@ -114,6 +114,10 @@ pub struct Settings {
     pub comment: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The DNS domain of the node's name: its FQDN is `NAME.DOMAIN` (SSH host
+    /// certificates name it; see [`crate::ssh`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// A kernel version (`6.1.0-28-amd64`) or an absolute path.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
@@ -258,6 +262,9 @@ impl Settings {
         }
         if let Some(i) = &self.image {
             check_image_name(i)?;
+        }
+        if let Some(d) = &self.domain {
+            crate::ssh::check_domain(d)?;
         }
         if let Some(k) = &self.kernel {
             check_token("kernel", k)?;

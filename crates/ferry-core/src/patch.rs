@@ -23,10 +23,10 @@ pub enum Field {
 const INTERFACE_FIELDS: &[&str] =
     &["mac", "ipv4", "netmask", "gateway", "ipv6", "ipv6_prefix", "vlan", "mtu", "primary"];
 const SCALARS: &[&str] =
-    &["comment", "image", "kernel", "kernel_args", "root", "identity", "tunnel_ttl_secs", "boot_asset_gate"];
+    &["comment", "image", "domain", "kernel", "kernel_args", "root", "identity", "tunnel_ttl_secs", "boot_asset_gate"];
 
 /// The field names `unset` accepts, for help texts.
-pub const FIELD_HELP: &str = "comment, image, kernel, kernel-args, root, identity, tunnel-ttl, tags, tag.KEY, \
+pub const FIELD_HELP: &str = "comment, image, domain, kernel, kernel-args, root, identity, tunnel-ttl, tags, tag.KEY, \
     netdev.NAME, netdev.NAME.FIELD (mac, ipv4, netmask, gateway, ipv6, ipv6-prefix, vlan, mtu, primary), \
     meta-data, meta-data.KEY, user-data, vendor-data, network-config, boot-asset-gate, tpm-pcrs, tpm-pcr.INDEX, \
     profiles, asset-tag";

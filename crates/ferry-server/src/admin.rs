@@ -89,6 +89,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::METRICS, get(metrics))
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::READYZ, get(readyz))
+        .merge(crate::ssh_admin::routes())
 }
 
 /// Lets through only root, the server's own user and configured admin users; the

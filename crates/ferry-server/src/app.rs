@@ -14,6 +14,7 @@ use crate::enroll::{self, ProvisioningState};
 use crate::limits::EnrollLimits;
 use crate::metrics::Metrics;
 use crate::nonces::NonceStore;
+use crate::ssh_issue::{self, SshIssueState};
 use crate::tpm::TpmPolicy;
 use crate::tunnels::TunnelManager;
 use crate::Config;
@@ -45,6 +46,8 @@ pub struct Handlers {
     pub provisioning: ProvisioningState,
     pub boot: BootState,
     pub datasource: DatasourceState,
+    /// The tunnel-only SSH certificate endpoints (served on the datasource listener).
+    pub ssh: SshIssueState,
 }
 
 /// One router per listener, each with its own limits and request timeout.
@@ -104,6 +107,15 @@ impl Handlers {
                 server_public_key.to_base64(),
                 limits,
             ),
+            ssh: SshIssueState {
+                tunnels: tunnels.clone(),
+                store: store.clone(),
+                validity_secs: config.ssh.host_certificate_validity_secs,
+                node_patterns: match config.ssh.host_patterns.is_empty() {
+                    true => vec!["*".to_owned()],
+                    false => config.ssh.host_patterns.clone(),
+                },
+            },
             datasource: DatasourceState { store, metrics, tunnels, port: config.datasource.port },
         }
     }
@@ -125,7 +137,9 @@ impl Handlers {
                 .merge(boot::router(self.boot))
                 .layer(timeout(config.provisioning.request_timeout_secs))
                 .layer(axum::middleware::from_fn_with_state(metrics, Metrics::count_enrollments)),
-            datasource: datasource::router(self.datasource).layer(timeout(config.datasource.request_timeout_secs)),
+            datasource: datasource::router(self.datasource)
+                .merge(ssh_issue::router(self.ssh))
+                .layer(timeout(config.datasource.request_timeout_secs)),
         }
     }
 }

@@ -44,6 +44,30 @@ pub struct Config {
     pub datasource: DatasourceConfig,
     pub tpm: TpmConfig,
     pub remote_admin: RemoteAdminConfig,
+    pub ssh: SshConfig,
+}
+
+/// ferry as the cluster's SSH host certificate authority (`ferry ssh ...`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    /// How long a host certificate issued at boot is valid, seconds (5 minutes to 90
+    /// days). A node that runs longer presents an expired certificate until it boots again.
+    pub host_certificate_validity_secs: u64,
+    /// The known_hosts patterns nodes' own SSH clients trust the host CA for (the file
+    /// delivered through the tunnel), e.g. `["*.cluster.example", "n*"]`. Empty: `*`
+    /// (the CA signs only inventory names). `ferry ssh known-hosts` lists the
+    /// inventory's names instead unless given `--hosts`.
+    pub host_patterns: Vec<String>,
+}
+
+/// Shortest and longest validity of a host certificate.
+pub const HOST_CERTIFICATE_VALIDITY_RANGE: std::ops::RangeInclusive<u64> = 300..=90 * 86_400;
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig { host_certificate_validity_secs: 7 * 86_400, host_patterns: Vec::new() }
+    }
 }
 
 /// Several servers on one PostgreSQL store: each has an id, its own WireGuard device
@@ -228,6 +252,7 @@ impl Default for Config {
             datasource: DatasourceConfig::default(),
             tpm: TpmConfig::default(),
             remote_admin: RemoteAdminConfig::default(),
+            ssh: SshConfig::default(),
         }
     }
 }

@@ -51,7 +51,12 @@ fn forbidden() -> HttpError {
 
 /// The caller's active tunnel, from the source address alone.
 fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
-    s.tunnels.active(peer.ip().to_canonical()).ok_or_else(|| {
+    tunnel_caller(&s.tunnels, peer)
+}
+
+/// The active tunnel owning `peer`'s address (every datasource route's caller), or 403.
+pub(crate) fn tunnel_caller(tunnels: &TunnelManager, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
+    tunnels.active(peer.ip().to_canonical()).ok_or_else(|| {
         tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
         forbidden()
     })

@@ -30,6 +30,9 @@ mod periodic;
 mod remote;
 pub mod render;
 mod retention;
+mod ssh_admin;
+mod ssh_ca;
+mod ssh_issue;
 #[cfg(test)]
 mod testing;
 mod tpm;
@@ -44,6 +47,7 @@ pub use config::{Config, ConfigError, LogFormat, Overrides};
 pub mod fuzzing {
     pub use crate::artifacts::{parse_range, RangeRequest};
     pub use crate::client_addr::client_address;
+    pub use crate::ssh_ca::parse_host_keys;
 }
 
 use anyhow::Context;
@@ -124,6 +128,7 @@ impl Server {
             SqlStore::open(&location, sealer).await.with_context(|| format!("cannot open the store {location}"))?;
         let store: Arc<dyn Store> = Arc::new(store);
         cluster::check_sealing_key(&store, &server_id, &key_file, key_was_made).await?;
+        ssh_ca::ensure_host_ca(store.as_ref(), &server_id).await.context("cannot set up the SSH host CA")?;
         let allowed_uids = Arc::new(allowed_uids(&config.admin_users)?);
         let tpm = Arc::new(tpm::TpmPolicy::load(&config.tpm)?);
         // First of the sockets: a second server on the same socket stops here, before

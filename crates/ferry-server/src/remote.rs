@@ -219,13 +219,15 @@ mod tests {
     }
 
     /// The role table covers every route, and says what the documentation does: a
-    /// viewer reads (GET, HEAD), an operator also revokes tunnels, an admin does
-    /// everything; token management is not served remotely (a read of it is a 404).
+    /// viewer reads (GET, HEAD), an operator also revokes tunnels and nodes' SSH host
+    /// certificates, an admin does everything; token management is not served remotely
+    /// (a read of it is a 404).
     #[test]
     fn every_route_is_in_the_role_table() {
         let documented = |role: Role, method: &str, path: &str| {
             let read = method == "GET" || method == "HEAD";
-            let revoke = method == "DELETE" && routes::matches(routes::TUNNEL, path);
+            let revoke = (method == "DELETE" && routes::matches(routes::TUNNEL, path))
+                || (method == "PUT" && routes::matches(routes::SSH_REVOCATION, path));
             match role {
                 Role::Admin => true,
                 Role::Operator => read || revoke,

@@ -88,6 +88,9 @@ struct Context<'a> {
 struct NodeContext<'a> {
     name: &'a str,
     hostname: &'a str,
+    /// The inventory's domain and `NAME.DOMAIN`, when a domain is set.
+    domain: Option<&'a str>,
+    fqdn: Option<String>,
     profiles: Vec<&'a str>,
     comment: Option<&'a str>,
     image: Option<&'a str>,
@@ -137,7 +140,7 @@ pub fn render(
         })),
         Document::VendorData => Ok(Some(match &s.cloud_init.vendor_data {
             Some(t) => template(doc, node, t, ferry, secrets)?,
-            None => default_vendor_data(ferry.phone_home_url, ferry.fetch_mode),
+            None => default_vendor_data(&node.name, &ferry),
         })),
         Document::NetworkConfig => {
             s.cloud_init.network_config.as_ref().map(|t| template(doc, node, t, ferry, secrets)).transpose()
@@ -145,14 +148,34 @@ pub fn render(
     }
 }
 
-/// Without a vendor-data of its own, a node gets cloud-init's phone_home pointed at
-/// ferry, which closes the tunnel when configuration is done. In fetch mode the agent
-/// has phoned home and the tunnel is gone before cloud-init runs: nothing to add.
-fn default_vendor_data(phone_home_url: &str, fetch_mode: bool) -> String {
-    if fetch_mode {
-        return "#cloud-config\n{}\n".into();
+/// Without a vendor-data of its own, a node gets:
+/// - fetch mode: its agent phoned home and removed the tunnel before cloud-init runs, and
+///   reported (and had certified) the host keys in /etc/ssh: cloud-init must keep them;
+/// - cloud-init mode: a MIME multipart of cloud-init's `phone_home` pointed at ferry
+///   (which closes the tunnel when configuration is done) and a vendor script that has
+///   the node's SSH host keys certified through the tunnel first (`scripts-vendor` runs
+///   before `phone-home`; user-data cannot override a vendor script, as it would a
+///   vendor `runcmd`).
+fn default_vendor_data(node: &ferry_core::NodeName, ferry: &FerryContext<'_>) -> String {
+    if ferry.fetch_mode {
+        return "#cloud-config\n# the agent reported (and had certified) these host keys: keep them\nssh_deletekeys: false\n"
+            .into();
     }
-    format!("#cloud-config\nphone_home:\n  url: {phone_home_url}/$INSTANCE_ID\n  post: all\n  tries: 10\n")
+    let boundary = "==ferry-vendor-data==";
+    let part = |content_type: &str, extra: &str, body: &str| {
+        format!("--{boundary}\nContent-Type: {content_type}; charset=\"utf-8\"\nMIME-Version: 1.0\n{extra}\n{body}\n")
+    };
+    let phone_home =
+        format!("#cloud-config\nphone_home:\n  url: {}/$INSTANCE_ID\n  post: all\n  tries: 10\n", ferry.phone_home_url);
+    format!(
+        "Content-Type: multipart/mixed; boundary=\"{boundary}\"\nMIME-Version: 1.0\n\n{}{}--{boundary}--\n",
+        part("text/cloud-config", "", &phone_home),
+        part(
+            "text/x-shellscript",
+            "Content-Disposition: attachment; filename=\"ferry-ssh-host-certificates\"\n",
+            &crate::ssh_issue::vendor_script(ferry.datasource_url, node),
+        ),
+    )
 }
 
 fn template(
@@ -184,6 +207,8 @@ fn template(
         node: NodeContext {
             name: node.name.as_str(),
             hostname: node.name.as_str(),
+            domain: s.domain.as_deref(),
+            fqdn: ferry_core::ssh::fqdn(&node.name, s),
             profiles: node.profiles.iter().map(|p| p.as_str()).collect(),
             comment: s.comment.as_deref(),
             image: s.image.as_deref(),
@@ -248,9 +273,13 @@ mod tests {
         assert!(user.contains("hostname: n001") && user.contains("\"r7 100.64.0.2\""), "{user}");
         let vendor = render(Document::VendorData, &n, ctx(), &none()).unwrap().unwrap();
         assert!(vendor.contains("url: http://100.64.0.1:8471/phone-home/$INSTANCE_ID"), "{vendor}");
+        assert!(vendor.starts_with("Content-Type: multipart/mixed;"), "{vendor}");
+        assert!(vendor.contains("Content-Type: text/x-shellscript;") && vendor.contains("#!/usr/bin/python3"));
+        assert!(vendor.contains(r#"\"certify\":\"/ssh/host-certificates?node=n001\""#), "{vendor}");
         let fetch =
             render(Document::VendorData, &n, FerryContext { fetch_mode: true, ..ctx() }, &none()).unwrap().unwrap();
         assert!(!fetch.contains("phone_home"), "fetch-mode nodes have phoned home already: {fetch}");
+        assert!(fetch.contains("ssh_deletekeys: false"), "cloud-init keeps the keys the agent reported: {fetch}");
         assert!(render(Document::NetworkConfig, &n, ctx(), &none()).unwrap().is_none());
     }
 

@@ -1,7 +1,7 @@
 //! ferry's storage. The [`Store`] trait is what the server needs: one subject trait per
 //! part of it ([`NodeStore`], [`ProfileStore`], [`TunnelStore`], [`ServerStore`],
 //! [`TpmStore`], [`SecretStore`], [`SealingStore`], [`TokenStore`], [`ImageStore`],
-//! [`AuditStore`]), each implemented by [`SqlStore`] in its own module. [`SqlStore`]
+//! [`AuditStore`], [`SshCaStore`]), each implemented by [`SqlStore`] in its own module. [`SqlStore`]
 //! implements them once for both SQLite (embedded, the default) and PostgreSQL (several
 //! servers on one database), through `sqlx::Any`: the SQL is portable (plain types, `$N`
 //! placeholders, no engine-only functions in queries), and the same tests run against
@@ -29,10 +29,12 @@ mod sql_profiles;
 mod sql_sealing;
 mod sql_secrets;
 mod sql_servers;
+mod sql_ssh_ca;
 mod sql_tokens;
 mod sql_tpm;
 mod sql_tunnels;
 mod sqlite_writer;
+pub mod ssh_ca;
 mod time;
 mod tokens;
 pub mod tpm;
@@ -53,6 +55,7 @@ pub use sealing::{SealError, Sealer};
 pub use secrets::{SealingKeyCheck, SealingStore, SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus, ServerStore};
 pub use sql::SqlStore;
+pub use ssh_ca::{NewSshCertificate, SigningCa, SshCaRecord, SshCaStore, SshIssueRefusal};
 pub use time::{format_time, now_secs};
 pub use tokens::{Role, TokenInfo, TokenStore};
 pub use tpm::{Discovery, TpmRecord, TpmRegistration, TpmState, TpmStore};
@@ -75,6 +78,7 @@ pub trait Store:
     + TokenStore
     + ImageStore
     + AuditStore
+    + SshCaStore
     + Send
     + Sync
     + 'static
@@ -87,7 +91,7 @@ pub trait Store:
 /// `dyn Store` (whose methods need no import): `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuditStore, ImageStore, NodeStore, ProfileStore, SealingStore, SecretStore, ServerStore, Store, TokenStore,
-        TpmStore, TunnelStore,
+        AuditStore, ImageStore, NodeStore, ProfileStore, SealingStore, SecretStore, ServerStore, SshCaStore, Store,
+        TokenStore, TpmStore, TunnelStore,
     };
 }

@@ -329,11 +329,14 @@ fn audit_since_and_follow() {
         }
     });
     let mut lines = std::io::BufReader::new(follow.stdout.take().unwrap()).lines();
-    // What was there: the new store's sealing key record, the server's own start entry,
-    // the audit retention it recorded in the new database, then node/a1, in that order.
+    // What was there: the new store's sealing key record, its SSH host CA, the server's
+    // own start entry, the audit retention it recorded in the new database, then
+    // node/a1, in that order.
     let mut next_entry = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
     let recorded = next_entry();
     assert_eq!(recorded["action"], "store.sealing-key", "{recorded}");
+    let ca = next_entry();
+    assert_eq!((ca["action"].as_str(), ca["subject"].as_str()), (Some("ssh.ca-created"), Some("ssh-ca/1")), "{ca}");
     let started = next_entry();
     assert_eq!(started["action"], "server.start", "{started}");
     let retention = next_entry();

@@ -19,7 +19,7 @@
 mod common;
 
 use common::qemu::{self, Qemu, SerialLine};
-use common::{eventually, unique, Netns, TestServer};
+use common::{eventually, sh, unique, Netns, TestServer};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -285,12 +285,17 @@ fn qemu_network_boots_a_node_with_kernel_wireguard_and_phones_home() {
 }
 
 /// The image's own init: proves it runs as PID 1 on a tmpfs root, with the seed the
-/// initramfs fetched, then powers the guest off.
+/// initramfs fetched and the SSH host key it made and had certified, then powers the
+/// guest off.
 const IMAGE_INIT: &str = r#"#!/bin/busybox sh
 bb=/bin/busybox
 echo "IMAGE-INIT: pid $$ root $($bb stat -f -c %T /) image $($bb cat /etc/image-id)"
 echo "IMAGE-INIT: seed $($bb tr '\n' ' ' </run/ferry/seed/meta-data)"
 [ -e /rootfs ] || [ -e /init ] || echo "IMAGE-INIT: the initramfs is gone"
+echo "IMAGE-INIT: ssh key $($bb cat /etc/ssh/ssh_host_ed25519_key.pub) mode $($bb stat -c %a /etc/ssh/ssh_host_ed25519_key)"
+echo "IMAGE-INIT: ssh cert $($bb cat /etc/ssh/ssh_host_ed25519_key-cert.pub)"
+echo "IMAGE-INIT: sshd $($bb grep HostCertificate /etc/ssh/sshd_config.d/ferry-host-certificates.conf)"
+[ -e /run/ferry/ssh ] || echo "IMAGE-INIT: no host key left in /run"
 $bb sync
 $bb poweroff -f
 "#;
@@ -314,7 +319,16 @@ fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
     let tag = add_node(
         &s,
         "n2",
-        &["--image", "tiny", "--root", "tmpfs", "--kernel-args", "console=ttyS0,115200 ferry.timeout=60"],
+        &[
+            "--image",
+            "tiny",
+            "--root",
+            "tmpfs",
+            "--domain",
+            "qemu.example",
+            "--kernel-args",
+            "console=ttyS0,115200 ferry.timeout=60",
+        ],
     );
 
     let vm = netboot(&s, &tag);
@@ -333,9 +347,14 @@ fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
             ("the image's init as PID 1 on tmpfs", "IMAGE-INIT: pid 1 root tmpfs image tiny-1"),
             ("the seed carried into the image", "IMAGE-INIT: seed {   \"instance-id\": \"n2\""),
             ("the initramfs freed", "IMAGE-INIT: the initramfs is gone"),
+            ("the host key the initramfs made, private", "IMAGE-INIT: ssh key ssh-ed25519 "),
+            ("its certificate", "IMAGE-INIT: ssh cert ssh-ed25519-cert-v01@openssh.com "),
+            ("sshd presents it", "IMAGE-INIT: sshd HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub"),
+            ("the private key gone from /run", "IMAGE-INIT: no host key left in /run"),
             ("power-off", "reboot: Power down"),
         ],
     );
+    check_host_certificate(&s, &lines);
     let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
     let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("netboot-tmpfs-serial.log"), serial);
     let shown = s.json(&["node", "show", "n2", "--json"]);
@@ -349,6 +368,42 @@ fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
         test_started.elapsed().as_secs_f64()
     );
     assert!(test_started.elapsed() < BUDGET);
+}
+
+/// The certificate the initramfs agent got for the key it made (issue 18), as
+/// `ssh-keygen -L` reads it: a host certificate of that key, from the cluster's CA, for
+/// the node's name and FQDN, valid for the configured 7 days.
+fn check_host_certificate(s: &TestServer, lines: &[SerialLine]) {
+    let after = |prefix: &str| {
+        let line = lines.iter().find(|l| l.text.contains(prefix)).map(|l| l.text.clone()).unwrap_or_default();
+        line.split_once(prefix).map(|(_, rest)| rest.trim().to_owned()).unwrap_or_default()
+    };
+    let key = after("IMAGE-INIT: ssh key ");
+    let (key, mode) = key.rsplit_once(" mode ").expect("key and mode");
+    assert_eq!(mode, "600", "the private host key is the node's alone");
+    let cert = s.dir.path().join("n2-cert.pub");
+    std::fs::write(&cert, after("IMAGE-INIT: ssh cert ") + "\n").unwrap();
+    let shown = sh(&["ssh-keygen", "-L", "-f", cert.to_str().unwrap()]);
+    println!("$ ssh-keygen -L -f /etc/ssh/ssh_host_ed25519_key-cert.pub   (QEMU guest n2)\n{shown}");
+    let fingerprint = |line: &str| {
+        let f = s.dir.path().join("fp.pub");
+        std::fs::write(&f, format!("{line}\n")).unwrap();
+        sh(&["ssh-keygen", "-l", "-f", f.to_str().unwrap()]).split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let ca = s.json(&["ssh", "ca", "list", "--json"]);
+    let ca_key = ca[0]["public_key"].as_str().unwrap();
+    assert!(shown.contains("host certificate"), "{shown}");
+    assert!(shown.contains(&format!("Public key: ED25519-CERT {}", fingerprint(key))), "{shown}");
+    assert!(shown.contains(&format!("Signing CA: ED25519 {}", fingerprint(ca_key))), "{shown}");
+    let principals: Vec<&str> =
+        shown.lines().skip_while(|l| !l.contains("Principals:")).skip(1).take(3).map(str::trim).collect();
+    assert_eq!(principals, ["n2", "n2.qemu.example", "Critical Options: (none)"], "{shown}");
+    let valid = shown.lines().find(|l| l.contains("Valid: from ")).unwrap().trim().trim_start_matches("Valid: from ");
+    let (from, to) = valid.split_once(" to ").unwrap();
+    let secs = |t: &str| sh(&["date", "-u", "-d", t, "+%s"]).trim().parse::<i64>().unwrap();
+    assert_eq!(secs(to) - secs(from), 7 * 86_400 + 300, "7 days, from 5 minutes back: {valid}");
+    let audit = s.ok(&["audit", "--node", "n2", "--limit", "100"]);
+    assert!(audit.contains("ssh.certificate-issued") && audit.contains("principals=n2,n2.qemu.example"), "{audit}");
 }
 
 #[path = "../../ferry-agent/tests/common/swtpm.rs"]

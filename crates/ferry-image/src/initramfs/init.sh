@@ -5,9 +5,10 @@
 #    /lib/ferry/modules (network driver, WireGuard and their dependencies, in order);
 # 2. configures the first network interface (or ferry.netdev=NAME) with DHCP (udhcpc);
 # 3. runs `ferry agent --mode fetch --wg-backend kernel`: enroll, open the WireGuard
-#    tunnel, fetch the cloud-init seed into /run/ferry/seed through it, phone home,
-#    remove the tunnel (ferry.server=, ferry.pubkey=, ferry.node= come from the kernel
-#    command line);
+#    tunnel, fetch the cloud-init seed into /run/ferry/seed through it, make an SSH host
+#    key in /run/ferry/ssh and have it certified by ferry's host CA (ferry.ssh=generate,
+#    the default; certify: only keys already there; off), phone home, remove the tunnel
+#    (ferry.server=, ferry.pubkey=, ferry.node= come from the kernel command line);
 # 4. prints `FERRY-RESULT: ok 0` or `FERRY-RESULT: fail <code> (<step>)`, then
 #    - ferry.test=poweroff: powers off (tests);
 #    - root=tmpfs (or ramfs, initramfs) with an image tree in /rootfs (the image's root
@@ -45,6 +46,7 @@ NEWINIT=/sbin/init
 NETDEV=
 AGENT_TIMEOUT=
 RESCUE=
+SSH_KEYS=generate
 export FERRY_LOG=info
 set -f
 for arg in $(cat /proc/cmdline); do
@@ -55,6 +57,7 @@ for arg in $(cat /proc/cmdline); do
 	ferry.netdev=*) NETDEV=${arg#ferry.netdev=} ;;
 	ferry.timeout=*) AGENT_TIMEOUT=${arg#ferry.timeout=} ;;
 	ferry.log=*) FERRY_LOG=${arg#ferry.log=} ;;
+	ferry.ssh=*) SSH_KEYS=${arg#ferry.ssh=} ;;
 	ferry.rescue) RESCUE=1 ;;
 	ferry.debug) set -x ;;
 	esac
@@ -143,7 +146,8 @@ say "dhcp ok: $IF $ADDR, router ${GW:-none}"
 # pipe (plain text); its standard output (the datasource line) to /run/ferry/datasource.
 say "agent: enrolling (ferry agent --mode fetch --wg-backend kernel)"
 (
-	/usr/bin/ferry agent --mode fetch --wg-backend kernel ${AGENT_TIMEOUT:+--timeout "$AGENT_TIMEOUT"} >/run/ferry/datasource
+	/usr/bin/ferry agent --mode fetch --wg-backend kernel ${AGENT_TIMEOUT:+--timeout "$AGENT_TIMEOUT"} \
+		--ssh-host-keys "$SSH_KEYS" --ssh-dir /run/ferry/ssh >/run/ferry/datasource
 	echo $? >/run/ferry/agent.rc
 ) 2>&1 | cat
 rc=$(cat /run/ferry/agent.rc 2>/dev/null)
@@ -178,6 +182,14 @@ rm -rf /rootfs
 if [ -d /newroot/etc/cloud ] && [ -d /run/ferry/seed ]; then
 	mkdir -p /newroot/var/lib/cloud/seed/nocloud
 	cp -a /run/ferry/seed/. /newroot/var/lib/cloud/seed/nocloud/
+fi
+# The node's own host key, its certificate and the drop-ins replace the image's keys
+# (a key in a shared image is every node's key); the private key leaves /run.
+if [ -d /run/ferry/ssh ]; then
+	mkdir -p /newroot/etc/ssh
+	cp -a /run/ferry/ssh/. /newroot/etc/ssh/ || fail root 1 "cannot copy the SSH host key into /newroot/etc/ssh"
+	rm -rf /run/ferry/ssh
+	say "ssh: host key and certificate installed in /etc/ssh"
 fi
 for m in run dev proc sys; do
 	mkdir -p "/newroot/$m"

@@ -61,6 +61,22 @@ impl Config {
         }
         ferry_core::net::check_interface_name(&self.wireguard.interface)
             .map_err(|e| invalid(format!("[wireguard] interface: {e}")))?;
+        self.check_ssh()
+    }
+
+    fn check_ssh(&self) -> Result<(), ConfigError> {
+        let range = super::HOST_CERTIFICATE_VALIDITY_RANGE;
+        let validity = self.ssh.host_certificate_validity_secs;
+        if !range.contains(&validity) {
+            return Err(invalid(format!(
+                "[ssh] host_certificate_validity_secs = {validity}: must be {} to {} (5 minutes to 90 days)",
+                range.start(),
+                range.end()
+            )));
+        }
+        for p in &self.ssh.host_patterns {
+            ferry_core::ssh::check_host_pattern(p).map_err(|e| invalid(format!("[ssh] host_patterns: {e}")))?;
+        }
         Ok(())
     }
 
@@ -201,6 +217,9 @@ mod tests {
                 "[remote_admin] needs both tls_cert and tls_key",
             ),
             (|c| c.wireguard.interface = "ferry 0".into(), "[wireguard] interface"),
+            (|c| c.ssh.host_certificate_validity_secs = 60, "[ssh] host_certificate_validity_secs = 60"),
+            (|c| c.ssh.host_certificate_validity_secs = 91 * 86_400, "[ssh] host_certificate_validity_secs"),
+            (|c| c.ssh.host_patterns = vec!["a b".into()], "[ssh] host_patterns"),
         ];
         for (breaks, named) in cases {
             let mut c = Config {

@@ -73,7 +73,8 @@ hostname localhost
 "#;
 
 /// cloud-init's four stages in boot order, then its status, then `cloud-init schema` on
-/// the user-data and vendor-data it was given. $4: a seed directory to place at
+/// the user-data and vendor-data it was given (of a multipart vendor-data, its
+/// cloud-config). $4: a seed directory to place at
 /// /run/ferry/seed first (fetch mode: the agent's seed, carried into the root's /run).
 const BOOT: &str = r#"
 if [ -n "${4:-}" ]; then
@@ -91,6 +92,11 @@ echo "$rc" >"$OUT/status.rc"
 for doc in user-data vendor-data; do
   f=/var/lib/cloud/instance/$doc.txt
   chroot "$ROOT" test -s "$f" || continue
+  # A MIME multipart vendor-data (ferry's default in cloud-init mode: cloud-config and a
+  # script): the schema applies to its cloud-config, which cloud-init keeps apart.
+  if [ "$doc" = vendor-data ] && chroot "$ROOT" grep -q '^Content-Type: multipart/' "$f"; then
+    f=/var/lib/cloud/instance/vendor-cloud-config.txt
+  fi
   rc=0
   chroot "$ROOT" cloud-init schema --config-file "$f" >"$OUT/schema-$doc" 2>&1 || rc=$?
   echo "$rc" >"$OUT/schema-$doc.rc"
