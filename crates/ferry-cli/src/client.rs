@@ -22,7 +22,9 @@ use tokio::net::UnixStream;
 /// (`invalid`, `not-found`, `conflict`, `forbidden`, ...) for callers that tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the ferry server at {0}: is `ferry serve` running? (or set --socket / FERRY_ADMIN_SOCKET)")]
+    #[error(
+        "cannot reach the ferry server at {0}: is `ferry serve` running? (or set --admin-socket / FERRY_ADMIN_SOCKET)"
+    )]
     NotRunning(String),
     #[error("permission denied on {0}: run as root or as a configured admin user")]
     PermissionDenied(String),

@@ -6,6 +6,25 @@ use ferry_api::admin::{BootInfo, IdentityView, MergedNodeView, NodeView, Profile
 use serde::Serialize;
 use serde_json::Value;
 
+/// Writing to standard output failed; [`StdoutError::is_closed_pipe`] when its reader
+/// went away (`ferry audit | head -1`), which is no error for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output: {0}")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
+impl StdoutError {
+    pub fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// What `outln!`/`out!` print through: the error comes back instead of a panic.
+pub fn write_stdout(text: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(text).and_then(|()| stdout.flush()).map_err(StdoutError)
+}
+
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(NOTHING).set_header(header.iter().map(|h| Cell::new(h.to_uppercase())));
