@@ -20,7 +20,7 @@ use base64::Engine;
 use ferry_api::admin::MergedNodeView;
 use ferry_api::enroll::{Challenge, EnrollRequest, EnrollResponse, CHALLENGE_PATH, ENROLL_PATH, TPM_CREDENTIAL_PATH};
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
-use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
+use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal, Refused};
 use ferry_core::{MacAddr, NodeName};
 use ferry_store::{Actor, AgentMode, StoreError};
 use ferry_wg::{PrivateKey, PublicKey};
@@ -206,7 +206,7 @@ struct Admitted {
     settings: MergedNodeView,
 }
 
-type Decision = Result<Admitted, Refusal>;
+type Decision = Result<Admitted, Refused>;
 
 /// Gathers the evidence for the node's policy and evaluates it. A TPM that proved
 /// itself but is not the node's goes to discovery only when every other factor held.
@@ -255,9 +255,10 @@ async fn check_identity(
     match (evaluate(&policy, &evidence, &client.to_string()), tpm.candidate) {
         (Ok(()), _) => Ok(Ok(Admitted { policy, ttl, settings: merged })),
         // Every other factor held (`evaluate` checks the TPM last): discovery may hold it.
-        (Err(Refusal::TpmUnregistered(_)), Some(candidate)) => {
+        (Err(Refused { reason: Refusal::TpmUnregistered(_), verdicts }), Some(candidate)) => {
             let actor = Actor(format!("node:{node}@{client}"));
-            Ok(Err(Refusal::TpmUnregistered(crate::tpm::discover(s, node, &candidate, &actor).await?)))
+            let reason = Refusal::TpmUnregistered(crate::tpm::discover(s, node, &candidate, &actor).await?);
+            Ok(Err(Refused { reason, verdicts }))
         }
         (Err(refusal), _) => Ok(Err(refusal)),
     }
