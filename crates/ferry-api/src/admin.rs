@@ -302,13 +302,27 @@ pub struct BootInfo {
     pub address: String,
     pub instance_id: Option<String>,
     pub hostname: Option<String>,
+    /// The fully qualified name it reported (cloud-init's `fqdn`).
+    #[serde(default)]
+    pub fqdn: Option<String>,
     pub boot_count: i64,
     /// Its SSH host keys, one `known_hosts` key each (`ssh-ed25519 AAAA… root@host`).
     pub host_keys: Vec<String>,
 }
 
-/// One line of `GET /v1/known-hosts`: `["node", "ssh-ed25519 AAAA…"]`.
-pub type KnownHost = (NodeName, String);
+/// One SSH host key a node reported at phone-home (`GET /v1/known-hosts`), with the
+/// names and addresses ssh may reach the node by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownHost {
+    pub node: NodeName,
+    /// The FQDN it reported, only when that is one of its own names (its first label is
+    /// the node's name): a node cannot have its key vouched for another host's name.
+    pub fqdn: Option<String>,
+    /// Its inventory IP addresses.
+    pub addresses: Vec<String>,
+    /// `ssh-ed25519 AAAA… root@host`.
+    pub key: String,
+}
 
 /// One audit log entry (`GET /v1/audit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

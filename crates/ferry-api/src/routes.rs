@@ -33,6 +33,8 @@ paths! {
     SERVER = "/v1/server";
     /// Every server sharing the store.
     SERVERS = "/v1/servers";
+    /// One server's record (DELETE: forget a server gone for good).
+    SERVER_RECORD = "/v1/servers/{id}";
     IMAGES = "/v1/images";
     IMAGE = "/v1/images/{name}";
     SECRETS = "/v1/secrets";
@@ -73,6 +75,9 @@ pub fn profile(name: impl Display) -> String {
 }
 pub fn tunnel(node: impl Display) -> String {
     fill(TUNNEL, node)
+}
+pub fn server_record(id: impl Display) -> String {
+    fill(SERVER_RECORD, id)
 }
 pub fn image(name: impl Display) -> String {
     fill(IMAGE, name)
@@ -154,6 +159,7 @@ pub const ROUTES: &[Route] = &[
     route(Get, KNOWN_HOSTS, Read),
     route(Get, SERVER, Read),
     route(Get, SERVERS, Read),
+    route(Delete, SERVER_RECORD, Administer),
     route(Get, IMAGES, Read),
     route(Post, IMAGES, Administer),
     route(Get, IMAGE, Read),

@@ -230,6 +230,12 @@ pub enum ServerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Forget a server that is gone for good (shown LOST); refused while it is alive or
+    /// still holds tunnels.
+    Remove {
+        /// The server's id (`ferry server list`).
+        id: String,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -142,6 +142,8 @@ typed! {
     known_hosts() -> Vec<KnownHost> = GET routes::KNOWN_HOSTS;
     server_info() -> ServerInfo = GET routes::SERVER;
     list_servers() -> Vec<ServerView> = GET routes::SERVERS;
+    /// Forgets a server gone for good; refused while it is alive.
+    remove_server(id: &str) -> Changed = DELETE routes::server_record(id);
     list_images() -> Vec<ImageRecord> = GET routes::IMAGES;
     image(name: &str) -> ImageRecord = GET routes::image(name);
     /// Registers an image whose artifacts are already in the server's object store.

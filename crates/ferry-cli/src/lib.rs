@@ -121,6 +121,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             outln!("{}", listing(&servers, json))?;
             Ok(())
         }
+        Command::Server(args::ServerCommand::Remove { id }) => {
+            client.remove_server(&id).await?;
+            outln!("removed server {id}")?;
+            Ok(())
+        }
         Command::ServerKey => {
             outln!("{}", client.server_info().await?.public_key)?;
             Ok(())
@@ -133,8 +138,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::KnownHosts => {
-            for (node, key) in client.known_hosts().await? {
-                outln!("{node} {key}")?;
+            for host in client.known_hosts().await? {
+                outln!("{}", output::known_hosts_line(&host))?;
             }
             Ok(())
         }

@@ -74,6 +74,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::KNOWN_HOSTS, get(known_hosts))
         .route(routes::SERVER, get(server_info))
         .route(routes::SERVERS, get(list_servers))
+        .route(routes::SERVER_RECORD, delete(remove_server))
         .route(routes::IMAGES, get(list_images).post(add_image))
         .route(routes::IMAGE, get(get_image).delete(delete_image))
         .route(routes::SECRETS, get(list_secrets))
@@ -309,6 +310,17 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerV
         })
         .collect();
     Ok(ApiJson(views))
+}
+
+/// Forgets a server gone for good (`ferry server remove`); refused while it is alive.
+async fn remove_server(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    s.store.remove_server(&id, ferry_store::now_secs(), s.lost_after_secs as i64, &actor).await?;
+    tracing::info!(server = %id, actor = %actor.0, "server removed from the store");
+    Ok(ApiJson(Changed { changed: 1 }))
 }
 
 async fn list_images(State(s): State<AdminState>) -> Result<ApiJson<Vec<ImageRecord>>, HttpError> {
