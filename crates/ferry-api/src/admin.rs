@@ -135,6 +135,29 @@ pub struct AddProfiles {
     pub profiles: Vec<NewProfile>,
 }
 
+/// `POST /v1/inventory`: profiles and nodes added in one transaction (`ferry import`):
+/// all of them or, on the first refusal, none. With `dry_run` the same transaction is
+/// checked and rolled back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddInventory {
+    pub profiles: Vec<NewProfile>,
+    pub nodes: Vec<NewNode>,
+    /// Where the inventory comes from, for the audit (`warewulf:/etc/warewulf/nodes.conf`).
+    pub source: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `POST /v1/inventory` added (or, with `dry_run`, would add).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryAdded {
+    pub profiles: usize,
+    pub nodes: usize,
+    /// False for a dry run: nothing was written.
+    pub committed: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProfilePatch {

@@ -25,6 +25,8 @@ paths! {
     NODE_TPM = "/v1/nodes/{name}/tpm";
     NODE_TPM_APPROVE = "/v1/nodes/{name}/tpm/approve";
     PROFILES = "/v1/profiles";
+    /// Profiles and nodes in one transaction (`ferry import`).
+    INVENTORY = "/v1/inventory";
     PROFILE = "/v1/profiles/{name}";
     TUNNELS = "/v1/tunnels";
     TUNNEL = "/v1/tunnels/{node}";
@@ -154,6 +156,7 @@ pub const ROUTES: &[Route] = &[
     route(Patch, PROFILES, Administer),
     route(Delete, PROFILES, Administer),
     route(Get, PROFILE, Read),
+    route(Post, INVENTORY, Administer),
     route(Get, TUNNELS, Read),
     route(Delete, TUNNEL, Operate),
     route(Get, KNOWN_HOSTS, Read),

@@ -1,8 +1,10 @@
 //! The command line, as clap parses it. Values are validated into domain types in
 //! `settings.rs`, not here.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+pub use crate::serve_args::{LogFormatArg, ServeArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about = "Secure bootstrap of stateless HPC nodes over ephemeral WireGuard tunnels")]
@@ -40,6 +42,9 @@ pub enum Command {
     /// Print configuration for the tools around ferry.
     #[command(subcommand)]
     Configure(ConfigureCommand),
+    /// Import an inventory kept by another tool (profiles and nodes, in one transaction).
+    #[command(subcommand)]
+    Import(crate::import::ImportCommand),
     /// Active tunnels: list them, or revoke one.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -236,55 +241,6 @@ pub enum ServerCommand {
         /// The server's id (`ferry server list`).
         id: String,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// TOML configuration file (see docs/ferry.example.toml).
-    #[arg(long, env = "FERRY_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// State directory [default: /var/lib/ferry].
-    #[arg(long, env = "FERRY_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Log line format.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormatArg>,
-    /// The sealing key file (32 bytes, mode 0600) [default: DATA_DIR/secrets.key], e.g.
-    /// on a separate, encrypted or removable volume.
-    #[arg(long, env = "FERRY_SECRETS_KEY")]
-    pub secrets_key: Option<PathBuf>,
-    /// The store: an SQLite file [default: DATA_DIR/ferry.db] or postgres://USER@HOST/DB
-    /// (several servers may share one PostgreSQL database; see [cluster]).
-    #[arg(long, env = "FERRY_STORE", value_name = "URL|PATH")]
-    pub store: Option<String>,
-    /// This server's id among those sharing the store [default: the host name].
-    #[arg(long, env = "FERRY_SERVER_ID")]
-    pub server_id: Option<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum LogFormatArg {
-    Text,
-    Json,
-}
-
-impl ServeArgs {
-    /// What these flags (or, for each flag not given, its `FERRY_*` variable: clap reads
-    /// both) set over the configuration file; `socket` is the global `--socket`.
-    pub fn overrides(self, socket: Option<PathBuf>) -> ferry_server::Overrides {
-        ferry_server::Overrides {
-            config_file: self.config,
-            data_dir: self.data_dir,
-            admin_socket: socket,
-            log_format: self.log_format.map(|f| match f {
-                LogFormatArg::Text => ferry_server::LogFormat::Text,
-                LogFormatArg::Json => ferry_server::LogFormat::Json,
-            }),
-            secrets_key: self.secrets_key,
-            store: self.store,
-            server_id: self.server_id,
-        }
-    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -630,95 +586,5 @@ pub fn command() -> clap::Command {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    /// Every argument, flag or positional, of every subcommand says what it is.
-    #[test]
-    fn every_argument_has_help() {
-        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
-            for arg in cmd.get_arguments() {
-                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
-                    missing.push(format!("{path} {}", arg.get_id()));
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                walk(sub, &format!("{path} {}", sub.get_name()), missing);
-            }
-        }
-        let mut missing = Vec::new();
-        let mut cmd = command();
-        cmd.build();
-        walk(&cmd, "ferry", &mut missing);
-        assert!(missing.is_empty(), "arguments without help text: {missing:#?}");
-    }
-
-    fn help(path: &[&str]) -> String {
-        let mut cmd = command();
-        cmd.build();
-        let mut sub = &mut cmd;
-        for name in path {
-            sub = sub.find_subcommand_mut(name).unwrap_or_else(|| panic!("no subcommand {name}"));
-        }
-        sub.render_long_help().to_string()
-    }
-
-    /// The admin socket is called what the config calls it, is described the same way
-    /// everywhere, and is not offered where no admin API is used.
-    #[test]
-    fn the_admin_socket_flag_is_named_and_offered_consistently() {
-        for path in [&["node", "list"][..], &["serve"], &["audit"]] {
-            let text = help(path);
-            assert!(text.contains("--admin-socket <PATH>"), "{path:?}: {text}");
-            assert!(text.contains("admin_socket") && !text.contains("where to listen"), "{path:?}: {text}");
-        }
-        for path in [&["agent"][..], &["agent", "teardown"], &["completions"], &["bench", "storm"]] {
-            let text = help(path);
-            assert!(!text.contains("socket <PATH>"), "{path:?} offers the admin socket: {text}");
-        }
-        // The old spelling still parses (scripts), and the agent refuses it (run()).
-        let cli = Cli::try_parse_from(["ferry", "--socket", "/x.sock", "node", "list"]).unwrap();
-        assert_eq!(cli.socket, Some(PathBuf::from("/x.sock")));
-    }
-
-    #[test]
-    fn help_says_what_newcomers_asked() {
-        let set = help(&["node", "set"]);
-        assert!(set.contains("5s to 24h"), "the tunnel TTL bounds: {set}");
-        assert!(set.contains("network-config template"), "{set}");
-        let secret = help(&["secret", "set"]);
-        assert!(secret.contains("over its profiles'") && secret.contains("over the global one"), "{secret}");
-    }
-
-    /// `ferry serve`: the defaults, then the file, then `FERRY_*` variables, then flags.
-    /// (The only test of this binary that sets these variables; no other reads them.)
-    #[test]
-    fn serve_flags_win_over_ferry_variables_which_win_over_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ferry.toml");
-        std::fs::write(&file, "data_dir = \"/file/data\"\nstore = \"/file/ferry.db\"\nlog_format = \"json\"\n")
-            .unwrap();
-        let vars =
-            [("FERRY_CONFIG", file.to_str().unwrap()), ("FERRY_DATA_DIR", "/env/data"), ("FERRY_STORE", "/env/db")];
-        for (k, v) in vars {
-            std::env::set_var(k, v);
-        }
-        let load = |argv: &[&str]| {
-            let cli = Cli::try_parse_from(argv).unwrap();
-            let Command::Serve(args) = cli.command else { panic!("serve") };
-            ferry_server::Config::load(args.overrides(cli.socket)).unwrap()
-        };
-        let env_only = load(&["ferry", "serve"]);
-        let flags = load(&["ferry", "--socket", "/flag/admin.sock", "serve", "--data-dir", "/flag/data"]);
-        for (k, _) in vars {
-            std::env::remove_var(k);
-        }
-        assert_eq!(env_only.data_dir, PathBuf::from("/env/data"), "the variable over the file");
-        assert_eq!(env_only.store.as_deref(), Some("/env/db"));
-        assert_eq!(env_only.log_format, ferry_server::LogFormat::Json, "the file over the defaults");
-        assert_eq!(flags.data_dir, PathBuf::from("/flag/data"), "the flag over the variable");
-        assert_eq!(flags.store.as_deref(), Some("/env/db"));
-        assert_eq!(flags.admin_socket, PathBuf::from("/flag/admin.sock"));
-    }
-}
+#[path = "args_tests.rs"]
+mod tests;

@@ -2,9 +2,10 @@
 //! route of `ferry_api::routes`, answering with the `ferry_api` types.
 
 use ferry_api::admin::{
-    AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, KnownHost, MergedNodeView, Names, NodeQuery,
-    NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo, ServerView, SetNodes, SetProfiles,
-    TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
+    AddInventory, AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, InventoryAdded, KnownHost,
+    MergedNodeView, Names, NodeQuery, NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo,
+    ServerView, SetNodes, SetProfiles, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister,
+    TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
 use ferry_api::{routes, ApiError};
@@ -136,6 +137,8 @@ typed! {
     add_profiles(profiles: &AddProfiles) -> Changed = POST routes::PROFILES, profiles;
     set_profiles(change: &SetProfiles) -> Changed = PATCH routes::PROFILES, change;
     delete_profiles(names: &Names) -> Changed = DELETE routes::PROFILES, names;
+    /// Profiles and nodes in one transaction (or, with `dry_run`, checked only).
+    add_inventory(inventory: &AddInventory) -> InventoryAdded = POST routes::INVENTORY, inventory;
     list_tunnels() -> Vec<TunnelView> = GET routes::TUNNELS;
     /// Closes the node's tunnel; `changed` is 0 if it had none.
     revoke_tunnel(node: &NodeName) -> Changed = DELETE routes::tunnel(node);

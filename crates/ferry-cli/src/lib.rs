@@ -15,8 +15,10 @@ pub mod args;
 mod bench;
 mod client;
 mod images;
+mod import;
 mod listing;
 mod output;
+mod serve_args;
 mod settings;
 
 use anyhow::Context;
@@ -116,6 +118,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
         Command::Configure(cmd) => images::configure(&client, cmd).await,
+        Command::Import(import::ImportCommand::Warewulf { nodes_conf, dry_run }) => {
+            import::warewulf(&client, &nodes_conf, dry_run).await
+        }
         Command::Server(args::ServerCommand::List { json }) => {
             let servers = client.list_servers().await?;
             outln!("{}", listing(&servers, json))?;

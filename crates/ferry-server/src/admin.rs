@@ -68,6 +68,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::NODE, get(get_node))
         .route(routes::PROFILES, get(list_profiles).post(add_profiles).patch(set_profiles).delete(delete_profiles))
         .route(routes::PROFILE, get(get_profile))
+        .route(routes::INVENTORY, post(crate::admin_inventory::add_inventory))
         .route(routes::NODE_BOOT, get(boot_info))
         .route(routes::TUNNELS, get(list_tunnels))
         .route(routes::TUNNEL, delete(revoke_tunnel))

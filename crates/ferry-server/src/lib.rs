@@ -9,6 +9,7 @@
 //! device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
+mod admin_inventory;
 mod artifacts;
 pub mod boot;
 mod client_addr;
