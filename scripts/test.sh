@@ -12,7 +12,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 # System packages the test suite uses. Only missing ones are installed.
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
-  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables)
+  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

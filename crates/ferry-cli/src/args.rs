@@ -88,6 +88,14 @@ pub enum Command {
     /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the man pages (ferry(1), one per subcommand, ferry.toml(5)) into a directory;
+    /// the packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -568,7 +576,7 @@ pub struct NodeOnlyArgs {
 /// Subcommands that never talk to the admin API: `--admin-socket` is hidden from their
 /// help (clap copies a global flag into every subcommand) and refused on their command
 /// line.
-pub const WITHOUT_ADMIN_SOCKET: &[&str] = &["agent", "bench", "completions"];
+pub const WITHOUT_ADMIN_SOCKET: &[&str] = &["agent", "bench", "completions", "man"];
 
 /// The command line as clap parses it and as completions and man pages describe it.
 pub fn command() -> clap::Command {

@@ -17,6 +17,7 @@ mod client;
 mod images;
 mod import;
 mod listing;
+mod manpages;
 mod output;
 mod serve_args;
 mod settings;
@@ -155,6 +156,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => {
                     ferry_agent::run(*args).await?;
                 }
+            }
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for page in manpages::write_all(&dir)? {
+                outln!("{}", page.display())?;
             }
             Ok(())
         }

@@ -71,7 +71,10 @@ fn a_warewulf_inventory_is_imported_whole_or_not_at_all() {
     assert_eq!(names(&s, "node"), ["n1", "n2"]);
     // Inheritance as Warewulf had it: default, then gpu, then the node.
     let merged = s.json(&["node", "show", "n1", "--merged", "--json"]);
-    assert_eq!(merged["settings"]["kernel_args"], serde_json::json!(["quiet", "crashkernel=no", "nvidia-drm.modeset=1"]));
+    assert_eq!(
+        merged["settings"]["kernel_args"],
+        serde_json::json!(["quiet", "crashkernel=no", "nvidia-drm.modeset=1"])
+    );
     assert_eq!(merged["settings"]["image"], "rockylinux-9");
     let eth0 = &merged["settings"]["interfaces"]["eth0"];
     assert_eq!((eth0["mac"].as_str(), eth0["netmask"].as_str()), (Some("52:54:00:00:00:01"), Some("255.255.255.0")));
