@@ -293,6 +293,34 @@ pub struct ServerInfo {
     pub server_id: String,
     /// The tunnel network (CIDR).
     pub tunnel_network: String,
+    /// How it runs (`ferry doctor` checks the host against it); absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<ServerSetup>,
+}
+
+/// How the answering server runs: what it listens on, its WireGuard device, its store,
+/// its clock. `ferry doctor` compares the host with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSetup {
+    pub version: String,
+    /// Unix seconds on the server's clock when it answered.
+    pub now: i64,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    pub wireguard_interface: String,
+    /// `kernel`, `userspace` or `uapi`: the backend the device runs on.
+    pub wireguard_backend: String,
+    pub wireguard_listen_port: u16,
+    /// `host:port` of each listener.
+    pub provisioning_listen: String,
+    pub provisioning_tls_listen: Option<String>,
+    /// The provisioning TLS certificate file (configured, or the self-signed one).
+    pub provisioning_tls_cert: Option<String>,
+    pub datasource_listen: String,
+    pub remote_admin_listen: Option<String>,
+    pub remote_admin_tls_cert: Option<String>,
+    /// `[cluster] lost_after_secs`.
+    pub lost_after_secs: u64,
 }
 
 /// One active tunnel as `ferry tunnel list` shows it (`GET /v1/tunnels`).

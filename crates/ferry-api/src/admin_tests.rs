@@ -30,6 +30,7 @@ fn server_info() {
         server_address: "100.64.0.1".into(),
         server_id: "s1".into(),
         tunnel_network: "100.64.0.0/16".into(),
+        setup: None,
     };
     pinned(
         info,

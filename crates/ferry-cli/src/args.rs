@@ -66,6 +66,8 @@ pub enum Command {
     ServerCert,
     /// Print an ssh known_hosts file of the host keys nodes reported at phone-home.
     KnownHosts,
+    /// Check this installation (run on the server's host): one line per check, with the fix.
+    Doctor(crate::doctor::DoctorArgs),
     /// Show the audit log.
     Audit {
         /// Only entries about this node.

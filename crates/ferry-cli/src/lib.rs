@@ -14,6 +14,8 @@ macro_rules! out {
 pub mod args;
 mod bench;
 mod client;
+mod doctor;
+mod doctor_checks;
 mod images;
 mod import;
 mod listing;
@@ -74,7 +76,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = cli.socket.clone().unwrap_or_else(|| ferry_server::config::DEFAULT_ADMIN_SOCKET.into());
-    let client = AdminClient::new(socket);
+    let client = AdminClient::new(socket.clone());
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket).await,
         Command::Node(cmd) => node(&client, cmd).await,
@@ -143,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Doctor(args) => doctor::doctor(&client, &socket, args).await,
         Command::KnownHosts => {
             for host in client.known_hosts().await? {
                 outln!("{}", output::known_hosts_line(&host))?;

@@ -39,6 +39,8 @@ pub struct AdminState {
     pub provisioning_tls_pin: Option<String>,
     /// `[cluster] lost_after_secs`: a server silent for longer is shown as lost.
     pub lost_after_secs: u64,
+    /// How this server runs (`GET /v1/server`, for `ferry doctor`).
+    pub setup: Arc<ferry_api::admin::ServerSetup>,
 }
 
 /// The admin API on the unix socket: every route, token management included, for
@@ -284,6 +286,7 @@ async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<ServerInfo>,
         data_dir: s.data_dir.display().to_string(),
         public_url: s.public_url.clone(),
         provisioning_tls_pin: s.provisioning_tls_pin.clone(),
+        setup: Some(ferry_api::admin::ServerSetup { now: ferry_store::now_secs(), ..(*s.setup).clone() }),
     }))
 }
 

@@ -37,6 +37,7 @@ async fn state(dir: &std::path::Path) -> AdminState {
         tpm: Arc::new(crate::tpm::TpmPolicy::load(&Default::default()).unwrap()),
         provisioning_tls_pin: None,
         lost_after_secs: 60,
+        setup: Arc::new(crate::setup::describe(&Default::default(), ferry_wg::BackendKind::Userspace)),
     }
 }
 

@@ -28,6 +28,8 @@ mod nonces;
 mod remote;
 pub mod render;
 mod retention;
+mod setup;
+pub use remote::certificate_file_pin;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -141,6 +143,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
+        let backend = device.backend();
         cluster::register(&store, &config, &server_id, &server_public_key).await?;
         retention::record(store.as_ref(), config.audit_retention_days).await?;
         let handshake_deadline = match wg.handshake_deadline_secs {
@@ -203,6 +206,7 @@ impl Server {
                 tpm: tpm.clone(),
                 provisioning_tls_pin,
                 lost_after_secs: config.cluster.lost_after_secs,
+                setup: Arc::new(setup::describe(&config, backend)),
             },
             provisioning: enroll::ProvisioningState {
                 tunnels: tunnels.clone(),
