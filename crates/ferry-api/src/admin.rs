@@ -310,6 +310,8 @@ pub struct ServerSetup {
     pub wireguard_interface: String,
     /// `kernel`, `userspace` or `uapi`: the backend the device runs on.
     pub wireguard_backend: String,
+    /// `[wireguard] backend` as configured: `auto` or one of the above.
+    pub wireguard_backend_configured: String,
     pub wireguard_listen_port: u16,
     /// `host:port` of each listener.
     pub provisioning_listen: String,

@@ -58,7 +58,8 @@ pub fn wireguard(setup: &ServerSetup, interface_present: bool, module_loaded: bo
              the device is gone: systemctl restart ferry",
         );
     }
-    if backend == "userspace" && !module_loaded {
+    // Userspace by choice is no finding; by fallback (`auto`), a missing module is.
+    if backend == "userspace" && setup.wireguard_backend_configured == "auto" && !module_loaded {
         return Check::warn(
             "wireguard",
             format!("{name} up on userspace WireGuard: the kernel module is not loaded"),

@@ -7,7 +7,7 @@ use serde_json::json;
 fn setup() -> ServerSetup {
     serde_json::from_value(json!({
         "version": "0.1.0", "now": 1_800_000_000, "store": "sqlite", "wireguard_interface": "ferry0",
-        "wireguard_backend": "userspace", "wireguard_listen_port": 51820,
+        "wireguard_backend": "userspace", "wireguard_backend_configured": "auto", "wireguard_listen_port": 51820,
         "provisioning_listen": "0.0.0.0:8470", "provisioning_tls_listen": null, "provisioning_tls_cert": null,
         "datasource_listen": "100.64.0.1:8471", "remote_admin_listen": null, "remote_admin_tls_cert": null,
         "lost_after_secs": 15
@@ -43,7 +43,9 @@ fn server(id: &str, age: i64, alive: bool, key: &str) -> ServerView {
 fn wireguard_needs_the_device_here_and_prefers_the_module() {
     let s = setup();
     assert_eq!(wireguard(&s, true, true).status, Status::Ok);
-    assert_eq!(wireguard(&s, true, false).status, Status::Warn);
+    assert_eq!(wireguard(&s, true, false).status, Status::Warn, "auto fell back to userspace");
+    let chosen = ServerSetup { wireguard_backend_configured: "userspace".into(), ..setup() };
+    assert_eq!(wireguard(&chosen, true, false).status, Status::Ok, "userspace by choice");
     let gone = wireguard(&s, false, true);
     assert_eq!(gone.status, Status::Fail);
     assert!(gone.detail.contains("ferry0") && gone.fix.unwrap().contains("systemctl restart ferry"));

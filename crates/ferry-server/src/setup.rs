@@ -30,6 +30,13 @@ pub fn describe(config: &Config, backend: BackendKind) -> ServerSetup {
             BackendKind::Uapi => "uapi",
         }
         .to_owned(),
+        wireguard_backend_configured: match wg.backend {
+            ferry_wg::BackendChoice::Auto => "auto",
+            ferry_wg::BackendChoice::Kernel => "kernel",
+            ferry_wg::BackendChoice::Userspace => "userspace",
+            ferry_wg::BackendChoice::Uapi => "uapi",
+        }
+        .to_owned(),
         wireguard_listen_port: wg.listen_port,
         provisioning_listen: config.provisioning.listen.to_string(),
         provisioning_tls_listen: config.provisioning.tls_listen.map(|a| a.to_string()),

@@ -263,6 +263,11 @@ fn deb_installs_runs_sandboxed_and_keeps_its_data_through_upgrade_and_removal() 
         assert!(c.data_files().contains(&file.to_owned()), "{file} missing: {:?}", c.data_files());
     }
 
+    // A fresh install passes `ferry doctor` (warnings allowed: no dnsmasq set up, maybe
+    // no kernel WireGuard module on this host).
+    let doctor = c.ok(&["ferry", "doctor"]);
+    assert!(doctor.lines().count() == 10 && !doctor.contains("FAIL"), "{doctor}");
+
     // The measured exposure of the unit, by the systemd that runs it.
     let security = c.ok(&["systemd-analyze", "security", "--no-pager", "ferry.service"]);
     let score: f64 = security
