@@ -46,7 +46,9 @@ fn packages() -> (PathBuf, PathBuf) {
 }
 
 fn build_packages() -> (PathBuf, PathBuf) {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("packages-{}", std::process::id()));
+    // One place, overwritten by each run (the packages are ~40 MB).
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("packages");
+    let _ = std::fs::remove_dir_all(&out);
     let stdout =
         ok(Command::new(repo().join("scripts/package.sh")).args(["--profile", "dev", "--no-build", "--out"]).arg(&out));
     let mut paths = stdout.lines().map(PathBuf::from);
