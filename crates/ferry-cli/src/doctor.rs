@@ -3,7 +3,7 @@
 //! host (interfaces, routes, listeners, files) and prints one line per check with a fix.
 
 use crate::client::AdminClient;
-use crate::doctor_checks::{self as checks, Check, Status};
+use crate::doctor_checks::{self as checks, CertFile, Check, Status};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -126,11 +126,14 @@ async fn run_checks(client: &AdminClient, socket: &Path, args: &DoctorArgs) -> V
         Err(e) => listing_failed("identity", "nodes", e),
     });
 
-    let file_pin = setup
-        .provisioning_tls_cert
-        .as_ref()
-        .map(|cert| ferry_server::certificate_file_pin(Path::new(cert)).map_err(|e| format!("{e:#}")));
-    found.push(checks::tls(&setup, info.provisioning_tls_pin.as_deref(), file_pin));
+    let cert_file = setup.provisioning_tls_cert.as_ref().map(|cert| match std::fs::File::open(cert) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => CertFile::NotAllowed,
+        _ => match ferry_server::certificate_file_pin(Path::new(cert)) {
+            Ok(pin) => CertFile::Pin(pin),
+            Err(e) => CertFile::Broken(format!("{e:#}")),
+        },
+    });
+    found.push(checks::tls(&setup, info.provisioning_tls_pin.as_deref(), cert_file));
 
     found.push(match &servers {
         Ok(servers) => checks::servers(&setup, servers),

@@ -264,11 +264,34 @@ pub fn identity(nodes: &[NodeView]) -> Check {
     )
 }
 
+/// The provisioning certificate file as this user finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertFile {
+    /// Its pin (`sha256:…`).
+    Pin(String),
+    /// Missing or not a certificate: why.
+    Broken(String),
+    /// This user may not read it (the data directory is the service's, 0700).
+    NotAllowed,
+}
+
 /// The provisioning certificate file is the one the server serves (it reads it at start).
-/// `file_pin`: the pin of the file on disk, when TLS is on.
-pub fn tls(setup: &ServerSetup, served_pin: Option<&str>, file_pin: Option<Result<String, String>>) -> Check {
-    let (Some(cert), Some(file_pin)) = (&setup.provisioning_tls_cert, file_pin) else {
+/// `file`: the file on disk, when TLS is on.
+pub fn tls(setup: &ServerSetup, served_pin: Option<&str>, file: Option<CertFile>) -> Check {
+    let (Some(cert), Some(file)) = (&setup.provisioning_tls_cert, file) else {
         return Check::ok("tls", "the provisioning TLS listener is off ([provisioning] tls_listen)");
+    };
+    let file_pin = match file {
+        CertFile::Pin(pin) => Ok(pin),
+        CertFile::Broken(why) => Err(why),
+        CertFile::NotAllowed => {
+            return Check {
+                check: "tls",
+                status: Status::Skipped,
+                detail: format!("this user may not read {cert}"),
+                fix: Some("run ferry doctor as root".into()),
+            }
+        }
     };
     match (file_pin, served_pin) {
         (Err(e), _) => Check::fail("tls", e, format!("restore {cert}, or set [provisioning] tls_cert")),

@@ -131,11 +131,13 @@ fn the_certificate_on_disk_must_be_the_one_served() {
     let mut s = setup();
     assert_eq!(tls(&s, None, None).status, Status::Ok, "TLS off");
     s.provisioning_tls_cert = Some("/var/lib/ferry/provisioning.crt".into());
-    assert_eq!(tls(&s, Some("sha256:aa"), Some(Ok("sha256:aa".into()))).status, Status::Ok);
-    let replaced = tls(&s, Some("sha256:aa"), Some(Ok("sha256:bb".into())));
+    assert_eq!(tls(&s, Some("sha256:aa"), Some(CertFile::Pin("sha256:aa".into()))).status, Status::Ok);
+    let replaced = tls(&s, Some("sha256:aa"), Some(CertFile::Pin("sha256:bb".into())));
     assert_eq!(replaced.status, Status::Fail);
     assert!(replaced.fix.unwrap().contains("systemctl restart ferry"));
-    assert_eq!(tls(&s, Some("sha256:aa"), Some(Err("cannot read".into()))).status, Status::Fail);
+    assert_eq!(tls(&s, Some("sha256:aa"), Some(CertFile::Broken("no such file".into()))).status, Status::Fail);
+    // An admin in admin_users, not root: not a finding about the server.
+    assert_eq!(tls(&s, Some("sha256:aa"), Some(CertFile::NotAllowed)).status, Status::Skipped);
 }
 
 #[test]
