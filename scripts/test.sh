@@ -12,7 +12,8 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 # System packages the test suite uses. Only missing ones are installed.
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
-  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables)
+  swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db
+  systemd-container rpm)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -36,6 +37,12 @@ echo "==> cloud-init node root file system"
 FERRY_CLOUD_INIT_ROOTFS=$(scripts/cloud-init-chroot.sh) || die "building the cloud-init node root failed (see above)"
 export FERRY_CLOUD_INIT_ROOTFS
 echo "    $FERRY_CLOUD_INIT_ROOTFS"
+
+# The clean Debian 12 root the package test installs the .deb into and boots (cached).
+echo "==> package test root file system"
+scripts/package-root.sh >/dev/null || die "building the package test root failed (see above)"
+echo "==> packaging tools (cargo-deb, cargo-generate-rpm)"
+scripts/package.sh --install-tools || die "installing the packaging tools failed (see above)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

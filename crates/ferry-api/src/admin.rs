@@ -135,6 +135,29 @@ pub struct AddProfiles {
     pub profiles: Vec<NewProfile>,
 }
 
+/// `POST /v1/inventory`: profiles and nodes added in one transaction (`ferry import`):
+/// all of them or, on the first refusal, none. With `dry_run` the same transaction is
+/// checked and rolled back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddInventory {
+    pub profiles: Vec<NewProfile>,
+    pub nodes: Vec<NewNode>,
+    /// Where the inventory comes from, for the audit (`warewulf:/etc/warewulf/nodes.conf`).
+    pub source: String,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What `POST /v1/inventory` added (or, with `dry_run`, would add).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryAdded {
+    pub profiles: usize,
+    pub nodes: usize,
+    /// False for a dry run: nothing was written.
+    pub committed: bool,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProfilePatch {
@@ -270,6 +293,36 @@ pub struct ServerInfo {
     pub server_id: String,
     /// The tunnel network (CIDR).
     pub tunnel_network: String,
+    /// How it runs (`ferry doctor` checks the host against it); absent from older servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<ServerSetup>,
+}
+
+/// How the answering server runs: what it listens on, its WireGuard device, its store,
+/// its clock. `ferry doctor` compares the host with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSetup {
+    pub version: String,
+    /// Unix seconds on the server's clock when it answered.
+    pub now: i64,
+    /// `sqlite` or `postgres`.
+    pub store: String,
+    pub wireguard_interface: String,
+    /// `kernel`, `userspace` or `uapi`: the backend the device runs on.
+    pub wireguard_backend: String,
+    /// `[wireguard] backend` as configured: `auto` or one of the above.
+    pub wireguard_backend_configured: String,
+    pub wireguard_listen_port: u16,
+    /// `host:port` of each listener.
+    pub provisioning_listen: String,
+    pub provisioning_tls_listen: Option<String>,
+    /// The provisioning TLS certificate file (configured, or the self-signed one).
+    pub provisioning_tls_cert: Option<String>,
+    pub datasource_listen: String,
+    pub remote_admin_listen: Option<String>,
+    pub remote_admin_tls_cert: Option<String>,
+    /// `[cluster] lost_after_secs`.
+    pub lost_after_secs: u64,
 }
 
 /// One active tunnel as `ferry tunnel list` shows it (`GET /v1/tunnels`).
@@ -302,13 +355,27 @@ pub struct BootInfo {
     pub address: String,
     pub instance_id: Option<String>,
     pub hostname: Option<String>,
+    /// The fully qualified name it reported (cloud-init's `fqdn`).
+    #[serde(default)]
+    pub fqdn: Option<String>,
     pub boot_count: i64,
     /// Its SSH host keys, one `known_hosts` key each (`ssh-ed25519 AAAA… root@host`).
     pub host_keys: Vec<String>,
 }
 
-/// One line of `GET /v1/known-hosts`: `["node", "ssh-ed25519 AAAA…"]`.
-pub type KnownHost = (NodeName, String);
+/// One SSH host key a node reported at phone-home (`GET /v1/known-hosts`), with the
+/// names and addresses ssh may reach the node by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownHost {
+    pub node: NodeName,
+    /// The FQDN it reported, only when that is one of its own names (its first label is
+    /// the node's name): a node cannot have its key vouched for another host's name.
+    pub fqdn: Option<String>,
+    /// Its inventory IP addresses.
+    pub addresses: Vec<String>,
+    /// `ssh-ed25519 AAAA… root@host`.
+    pub key: String,
+}
 
 /// One audit log entry (`GET /v1/audit`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

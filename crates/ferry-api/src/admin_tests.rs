@@ -30,6 +30,7 @@ fn server_info() {
         server_address: "100.64.0.1".into(),
         server_id: "s1".into(),
         tunnel_network: "100.64.0.0/16".into(),
+        setup: None,
     };
     pinned(
         info,
@@ -64,16 +65,25 @@ fn boot_info_and_known_hosts() {
         address: "100.64.0.2".into(),
         instance_id: Some("n1".into()),
         hostname: None,
+        fqdn: Some("n1.cluster".into()),
         boot_count: 1,
         host_keys: vec!["ssh-ed25519 AAAA root@n1".into()],
     };
     pinned(
-        Some(boot),
-        r#"{"node":"n1","booted_at":"2026-01-01T00:00:00Z","address":"100.64.0.2","instance_id":"n1","hostname":null,"boot_count":1,"host_keys":["ssh-ed25519 AAAA root@n1"]}"#,
+        Some(boot.clone()),
+        r#"{"node":"n1","booted_at":"2026-01-01T00:00:00Z","address":"100.64.0.2","instance_id":"n1","hostname":null,"fqdn":"n1.cluster","boot_count":1,"host_keys":["ssh-ed25519 AAAA root@n1"]}"#,
     );
+    // An older server's answer (no fqdn) still reads.
+    let old = r#"{"node":"n1","booted_at":"2026-01-01T00:00:00Z","address":"100.64.0.2","instance_id":"n1","hostname":null,"boot_count":1,"host_keys":["ssh-ed25519 AAAA root@n1"]}"#;
+    assert_eq!(serde_json::from_str::<BootInfo>(old).unwrap(), BootInfo { fqdn: None, ..boot });
     pinned(None::<BootInfo>, "null");
-    let hosts: Vec<KnownHost> = vec![(n1(), "ssh-ed25519 AAAA root@n1".into())];
-    pinned(hosts, r#"[["n1","ssh-ed25519 AAAA root@n1"]]"#);
+    let hosts = vec![KnownHost {
+        node: n1(),
+        fqdn: Some("n1.cluster".into()),
+        addresses: vec!["10.0.0.11".into()],
+        key: "ssh-ed25519 AAAA root@n1".into(),
+    }];
+    pinned(hosts, r#"[{"node":"n1","fqdn":"n1.cluster","addresses":["10.0.0.11"],"key":"ssh-ed25519 AAAA root@n1"}]"#);
 }
 
 #[test]

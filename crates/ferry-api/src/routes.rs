@@ -25,6 +25,8 @@ paths! {
     NODE_TPM = "/v1/nodes/{name}/tpm";
     NODE_TPM_APPROVE = "/v1/nodes/{name}/tpm/approve";
     PROFILES = "/v1/profiles";
+    /// Profiles and nodes in one transaction (`ferry import`).
+    INVENTORY = "/v1/inventory";
     PROFILE = "/v1/profiles/{name}";
     TUNNELS = "/v1/tunnels";
     TUNNEL = "/v1/tunnels/{node}";
@@ -33,6 +35,8 @@ paths! {
     SERVER = "/v1/server";
     /// Every server sharing the store.
     SERVERS = "/v1/servers";
+    /// One server's record (DELETE: forget a server gone for good).
+    SERVER_RECORD = "/v1/servers/{id}";
     IMAGES = "/v1/images";
     IMAGE = "/v1/images/{name}";
     SECRETS = "/v1/secrets";
@@ -82,6 +86,9 @@ pub fn profile(name: impl Display) -> String {
 }
 pub fn tunnel(node: impl Display) -> String {
     fill(TUNNEL, node)
+}
+pub fn server_record(id: impl Display) -> String {
+    fill(SERVER_RECORD, id)
 }
 pub fn image(name: impl Display) -> String {
     fill(IMAGE, name)
@@ -161,11 +168,13 @@ pub const ROUTES: &[Route] = &[
     route(Patch, PROFILES, Administer),
     route(Delete, PROFILES, Administer),
     route(Get, PROFILE, Read),
+    route(Post, INVENTORY, Administer),
     route(Get, TUNNELS, Read),
     route(Delete, TUNNEL, Operate),
     route(Get, KNOWN_HOSTS, Read),
     route(Get, SERVER, Read),
     route(Get, SERVERS, Read),
+    route(Delete, SERVER_RECORD, Administer),
     route(Get, IMAGES, Read),
     route(Post, IMAGES, Administer),
     route(Get, IMAGE, Read),

@@ -49,15 +49,12 @@ impl EkIdentity {
         let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
             .map_err(|e| malformed(format!("bad base64: {e}")))?;
-        let key = RsaPublicKey::from_public_key_der(&der).map_err(|e| malformed(e.to_string()))?;
-        Self::from_rsa(&key)
+        Self::from_spki_der(&der)
     }
 
     /// SubjectPublicKeyInfo DER, as stored.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, AttestError> {
-        let key = RsaPublicKey::from_public_key_der(der)
-            .map_err(|e| AttestError::malformed("EK public key", format!("{e}; expected an RSA key")))?;
-        Self::from_rsa(&key)
+        Self::from_rsa(&rsa_from_spki(der)?)
     }
 
     pub fn spki_der(&self) -> &[u8] {
@@ -70,6 +67,29 @@ impl EkIdentity {
         let digest = Sha256::digest(&self.spki_der);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         format!("sha256:{hex}")
+    }
+}
+
+/// What ferry says about an ECC EK or AK: it is not refused as a malformed RSA key.
+pub(crate) const ONLY_RSA: &str = "ferry supports RSA 2048 EKs and AKs only (the default RSA EK template): \
+    register the node's RSA EK (tpm2_createek -G rsa -f pem -u ek.pem, or its RSA EK certificate: \
+    tpm2_nvread 0x01c00002 -C o) and give the agent an RSA AK";
+
+/// The RSA key of a SubjectPublicKeyInfo; another key type is named as what it is.
+fn rsa_from_spki(der: &[u8]) -> Result<RsaPublicKey, AttestError> {
+    use x509_parser::x509::SubjectPublicKeyInfo;
+    const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+    const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+    let spki = match SubjectPublicKeyInfo::from_der(der) {
+        Ok(([], spki)) => spki,
+        Ok(_) => return Err(AttestError::malformed("EK public key", "trailing bytes after the DER")),
+        Err(e) => return Err(AttestError::malformed("EK public key", e.to_string())),
+    };
+    match spki.algorithm.algorithm.to_id_string().as_str() {
+        RSA_ENCRYPTION => RsaPublicKey::from_public_key_der(der)
+            .map_err(|e| AttestError::malformed("EK public key", format!("{e}; expected an RSA key"))),
+        EC_PUBLIC_KEY => Err(AttestError::Unsupported(format!("EK: an ECC key; {ONLY_RSA}"))),
+        other => Err(AttestError::Unsupported(format!("EK: a key of algorithm {other}; {ONLY_RSA}"))),
     }
 }
 
@@ -157,6 +177,7 @@ pub fn certificate_key(der: &[u8]) -> Result<EkIdentity, AttestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alg;
     use crate::public::strip_tpm2b;
 
     fn fixture(name: &str) -> Vec<u8> {
@@ -181,6 +202,24 @@ mod tests {
         let one_line =
             format!("{}\n{}\n{}", lines.remove(0), lines[..lines.len() - 1].concat(), lines[lines.len() - 1]);
         assert_eq!(EkIdentity::from_pem(&one_line).unwrap(), from_tpm, "line breaks do not matter");
+    }
+
+    /// An ECC EK (the other EK template TPMs ship) is refused as what it is, with
+    /// what to register instead; no message names the RSA OID it is not.
+    #[test]
+    fn an_ecc_ek_is_refused_as_ecc() {
+        let pem = String::from_utf8(fixture("ek-ecc.pem")).unwrap();
+        let mut ecc_public = alg::ECC.to_be_bytes().to_vec();
+        ecc_public.extend_from_slice(&[0; 16]);
+        for err in [
+            EkIdentity::from_pem(&pem).unwrap_err(),
+            certificate_key(&fixture("ek-ecc.der")).unwrap_err(),
+            TpmPublic::parse(&ecc_public).unwrap_err(),
+        ] {
+            let text = err.to_string();
+            assert!(text.contains("ECC") && text.contains("tpm2_createek -G rsa"), "{text}");
+            assert!(!text.contains("1.2.840.113549"), "names the RSA OID: {text}");
+        }
     }
 
     #[test]

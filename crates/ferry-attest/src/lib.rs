@@ -39,6 +39,7 @@ pub mod alg {
     pub const RSA: u16 = 0x0001;
     pub const AES: u16 = 0x0006;
     pub const SHA256: u16 = 0x000B;
+    pub const ECC: u16 = 0x0023;
     pub const NULL: u16 = 0x0010;
     pub const RSASSA: u16 = 0x0014;
     pub const CFB: u16 = 0x0043;

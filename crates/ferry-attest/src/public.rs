@@ -46,6 +46,9 @@ impl TpmPublic {
     pub fn parse(bytes: &[u8]) -> Result<Self, AttestError> {
         let mut r = Reader::new(bytes, "TPMT_PUBLIC");
         let key_type = r.u16()?;
+        if key_type == alg::ECC {
+            return Err(AttestError::Unsupported(format!("key type ECC (TPM_ALG_ECC); {}", crate::ek::ONLY_RSA)));
+        }
         if key_type != alg::RSA {
             return Err(AttestError::Unsupported(format!("key type 0x{key_type:04x}; only RSA keys are supported")));
         }

@@ -1,14 +1,17 @@
 //! The command line, as clap parses it. Values are validated into domain types in
 //! `settings.rs`, not here.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+
+pub use crate::serve_args::{LogFormatArg, ServeArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferry", version, about = "Secure bootstrap of stateless HPC nodes over ephemeral WireGuard tunnels")]
 pub struct Cli {
-    /// The admin socket [default: /run/ferry/admin.sock]; for `serve`, where to listen.
-    #[arg(long, global = true, env = "FERRY_ADMIN_SOCKET")]
+    /// The admin API's unix socket (config key `admin_socket`): where `ferry serve`
+    /// listens and the admin commands connect [default: /run/ferry/admin.sock].
+    #[arg(long = "admin-socket", alias = "socket", global = true, env = "FERRY_ADMIN_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +42,9 @@ pub enum Command {
     /// Print configuration for the tools around ferry.
     #[command(subcommand)]
     Configure(ConfigureCommand),
+    /// Import an inventory kept by another tool (profiles and nodes, in one transaction).
+    #[command(subcommand)]
+    Import(crate::import::ImportCommand),
     /// Active tunnels: list them, or revoke one.
     #[command(subcommand)]
     Tunnel(TunnelCommand),
@@ -66,6 +72,8 @@ pub enum Command {
     /// CA, revocation, the CAs and their rotation.
     #[command(subcommand)]
     Ssh(crate::ssh::SshCommand),
+    /// Check this installation (run on the server's host): one line per check, with the fix.
+    Doctor(crate::doctor::DoctorArgs),
     /// Show the audit log.
     Audit {
         /// Only entries about this node.
@@ -88,8 +96,19 @@ pub enum Command {
     /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the man pages (ferry(1), one per subcommand, ferry.toml(5)) into a directory;
+    /// the packages ship them.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -104,27 +123,37 @@ pub enum ImageCommand {
     /// Import a kernel, an initrd and optionally a root file system (a directory or a
     /// tar archive, packed as zstd and gzip cpio) into the data directory.
     Import {
+        /// The image's name (what `--image` on a node or profile refers to).
         name: String,
+        /// The nodes' kernel (e.g. /boot/vmlinuz-6.1.0-28-amd64).
         #[arg(long, value_name = "FILE")]
         kernel: PathBuf,
+        /// The nodes' initrd: usually the one `ferry image initramfs` builds.
         #[arg(long, value_name = "FILE")]
         initrd: PathBuf,
+        /// The root file system the node switches to: a directory or a tar archive.
         #[arg(long, value_name = "DIR|TAR")]
         rootfs: Option<PathBuf>,
     },
     /// List images.
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one image.
     Show {
+        /// The image's name.
         name: String,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete an image (refused while a node or profile uses it).
-    Delete { name: String },
+    Delete {
+        /// The image's name.
+        name: String,
+    },
     /// Build a node initramfs: busybox, this ferry binary and its libraries, the kernel's
     /// network and WireGuard modules, and an /init that runs `ferry agent` (DHCP, enroll,
     /// fetch through the tunnel, phone home) and then switches to the image (root=tmpfs).
@@ -203,76 +232,41 @@ pub enum AgentCommand {
 pub enum TunnelCommand {
     /// List active tunnels (node, address, age, last handshake, expiry).
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Close a node's tunnel now and remove its peer.
-    Revoke { node: String },
+    Revoke {
+        /// The node whose tunnel closes.
+        node: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
     /// List the servers: liveness (heartbeat), active tunnels, endpoint and key.
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// TOML configuration file (see docs/ferry.example.toml).
-    #[arg(long, env = "FERRY_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// State directory [default: /var/lib/ferry].
-    #[arg(long, env = "FERRY_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Log line format.
-    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormatArg>,
-    /// The sealing key file (32 bytes, mode 0600) [default: DATA_DIR/secrets.key], e.g.
-    /// on a separate, encrypted or removable volume.
-    #[arg(long, env = "FERRY_SECRETS_KEY")]
-    pub secrets_key: Option<PathBuf>,
-    /// The store: an SQLite file [default: DATA_DIR/ferry.db] or postgres://USER@HOST/DB
-    /// (several servers may share one PostgreSQL database; see [cluster]).
-    #[arg(long, env = "FERRY_STORE", value_name = "URL|PATH")]
-    pub store: Option<String>,
-    /// This server's id among those sharing the store [default: the host name].
-    #[arg(long, env = "FERRY_SERVER_ID")]
-    pub server_id: Option<String>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum LogFormatArg {
-    Text,
-    Json,
-}
-
-impl ServeArgs {
-    /// What these flags (or, for each flag not given, its `FERRY_*` variable: clap reads
-    /// both) set over the configuration file; `socket` is the global `--socket`.
-    pub fn overrides(self, socket: Option<PathBuf>) -> ferry_server::Overrides {
-        ferry_server::Overrides {
-            config_file: self.config,
-            data_dir: self.data_dir,
-            admin_socket: socket,
-            log_format: self.log_format.map(|f| match f {
-                LogFormatArg::Text => ferry_server::LogFormat::Text,
-                LogFormatArg::Json => ferry_server::LogFormat::Json,
-            }),
-            secrets_key: self.secrets_key,
-            store: self.store,
-            server_id: self.server_id,
-        }
-    }
+    /// Forget a server that is gone for good (shown LOST); refused while it is alive or
+    /// still holds tunnels.
+    Remove {
+        /// The server's id (`ferry server list`).
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCommand {
     /// Create a token; it is printed once (only its SHA-256 is stored).
     Create {
+        /// The token's name (the audit log's actor is `token:NAME`).
         name: String,
+        /// What the token may do: viewer (read), operator (also revoke tunnels) or admin
+        /// (everything).
         #[arg(long, value_parser = ["viewer", "operator", "admin"])]
         role: String,
         /// Lifetime, e.g. 30d, 12h; default: until revoked.
@@ -281,18 +275,25 @@ pub enum TokenCommand {
     },
     /// List tokens: name, role, state, expiry — never the token.
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Revoke a token now.
-    Revoke { name: String },
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SecretCommand {
     /// Set a secret (global, or for one node or profile); the value never goes on the
-    /// command line.
+    /// command line. A node's templates see the secret of its own (--node) over its
+    /// profiles' (--profile; a later profile of its list over an earlier one, a profile
+    /// over its parents) over the global one of the same name.
     Set {
+        /// The name templates use: `{{ secret("NAME") }}`.
         name: String,
         /// Read the value from this file (any bytes, up to 64 KiB).
         #[arg(long, value_name = "FILE", required_unless_present = "value_stdin", conflicts_with = "value_stdin")]
@@ -305,11 +306,13 @@ pub enum SecretCommand {
     },
     /// List secrets: names, scopes, sizes, times — never values.
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
-    /// Remove a secret.
+    /// Remove a secret (the one of the scope given: global, --node or --profile).
     Rm {
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         scope: SecretScopeArgs,
@@ -320,9 +323,11 @@ pub enum SecretCommand {
 #[derive(Args, Debug, Default)]
 #[group(multiple = false)]
 pub struct SecretScopeArgs {
-    #[arg(long)]
+    /// The secret belongs to this node only (it wins over a profile's or the global one).
+    #[arg(long, value_name = "NODE")]
     pub node: Option<String>,
-    #[arg(long)]
+    /// The secret belongs to this profile's nodes (it wins over the global one).
+    #[arg(long, value_name = "PROFILE")]
     pub profile: Option<String>,
 }
 
@@ -330,6 +335,7 @@ pub struct SecretScopeArgs {
 pub enum NodeCommand {
     /// Add nodes: `ferry node add n[001-128] --profile compute --ip 10.0.1.1` (IPs count up).
     Add {
+        /// The nodes: one name or a hostlist (`n[001-128]`, `n1,n5`).
         hostlist: String,
         #[command(flatten)]
         settings: SettingsArgs,
@@ -338,6 +344,7 @@ pub enum NodeCommand {
     },
     /// Change nodes' own settings (maps merge by key, lists are replaced).
     Set {
+        /// The nodes: one name or a hostlist.
         hostlist: String,
         #[command(flatten)]
         settings: SettingsArgs,
@@ -349,6 +356,7 @@ pub enum NodeCommand {
     /// Approve a TPM that trust-on-first-use discovery holds as pending, by the EK
     /// fingerprint you read from the node's own TPM (compare with `ferry node tpm`).
     Approve {
+        /// The nodes: one name or a hostlist.
         hostlist: String,
         /// The EK fingerprint to approve (`sha256:HEX`); for a hostlist of several
         /// nodes, `NODE=sha256:HEX` once per node. A pending TPM with another
@@ -358,12 +366,15 @@ pub enum NodeCommand {
     },
     /// List nodes' TPM identities (state, EK fingerprint, whether a certificate vouched).
     Tpm {
+        /// Only these nodes (a hostlist) [default: every node with a TPM].
         hostlist: Option<String>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Remove fields from nodes: `ferry node unset n001 comment tag.rack netdev.ib0`.
     Unset {
+        /// The nodes: one name or a hostlist.
         hostlist: String,
         /// Fields to remove; see FIELDS below.
         #[arg(required = true, help = format!("Fields: {}", ferry_core::patch::FIELD_HELP))]
@@ -371,20 +382,29 @@ pub enum NodeCommand {
     },
     /// List nodes (all, or those of a hostlist).
     List {
+        /// Only these nodes (a hostlist) [default: every node].
         hostlist: Option<String>,
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one node; --merged shows effective values and where each came from.
     Show {
+        /// The node's name.
         name: String,
+        /// The effective settings (profiles merged in order, then the node's own), each
+        /// with the profile or node it comes from.
         #[arg(long)]
         merged: bool,
+        /// JSON instead of text (with the last phone-home report: time, FQDN, host keys).
         #[arg(long)]
         json: bool,
     },
-    /// Delete nodes.
-    Delete { hostlist: String },
+    /// Delete nodes (their tunnels close).
+    Delete {
+        /// The nodes: one name or a hostlist.
+        hostlist: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -398,29 +418,37 @@ pub enum ProfileCommand {
     },
     /// Change profiles.
     Set {
+        /// Profile names (or a hostlist-style list).
         names: String,
         #[command(flatten)]
         settings: SettingsArgs,
     },
     /// Remove fields from profiles.
     Unset {
+        /// Profile names (or a hostlist-style list).
         names: String,
         #[arg(required = true, help = format!("Fields: {}", ferry_core::patch::FIELD_HELP))]
         fields: Vec<String>,
     },
     /// List profiles.
     List {
+        /// JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one profile.
     Show {
+        /// The profile's name.
         name: String,
+        /// JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Delete profiles (refused while a node or profile uses them).
-    Delete { names: String },
+    Delete {
+        /// Profile names (or a hostlist-style list).
+        names: String,
+    },
 }
 
 /// Settings shared by nodes and profiles.
@@ -429,6 +457,7 @@ pub struct SettingsArgs {
     /// Profiles to apply, in order (for a profile: its parents). Replaces the list.
     #[arg(short = 'P', long = "profile", value_delimiter = ',')]
     pub profiles: Option<Vec<String>>,
+    /// A free-text note (one line).
     #[arg(long)]
     pub comment: Option<String>,
     /// Image name.
@@ -467,11 +496,11 @@ pub struct SettingsArgs {
     /// cloud-init vendor-data template file.
     #[arg(long, value_name = "FILE")]
     pub vendor_data: Option<PathBuf>,
-    /// cloud-init network-config file.
+    /// cloud-init network-config template file (rendered per node like user-data:
+    /// `{{ node.name }}`, `{{ tags.rack }}`, ...).
     #[arg(long, value_name = "FILE")]
     pub network_config: Option<PathBuf>,
-    /// Tunnel time to live, e.g. 10m, 1h.
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = tunnel_ttl_help())]
     pub tunnel_ttl: Option<String>,
     /// Serve boot artifacts only with the node's asset tag (iPXE `${asset}`; Warewulf
     /// compatibility, weak: the tag travels in clear).
@@ -481,28 +510,48 @@ pub struct SettingsArgs {
     pub netdev: NetdevArgs,
 }
 
+/// `--tunnel-ttl`'s help, with the bounds the server enforces.
+fn tunnel_ttl_help() -> String {
+    let range = ferry_core::model::TUNNEL_TTL_RANGE;
+    format!(
+        "Tunnel time to live, e.g. 10m, 1h: {}s to {}h (unset: the server's tunnel_ttl_secs). A tunnel that has \
+         not phoned home by then is closed",
+        range.start(),
+        range.end() / 3600
+    )
+}
+
 /// One interface's settings; `--netdev` names it (default eth0).
 #[derive(Args, Debug, Default)]
 pub struct NetdevArgs {
+    /// The interface the --mac/--ip/--netmask/... flags of this command set
+    /// [default: eth0].
     #[arg(long, value_name = "NAME")]
     pub netdev: Option<String>,
-    #[arg(long)]
+    /// The interface's MAC address (nodes only; unique across nodes): DHCP leases and
+    /// the agent's enrollment find the node by it.
+    #[arg(long, value_name = "MAC")]
     pub mac: Option<String>,
     /// IPv4 address; with a hostlist, the first node's, counting up.
     #[arg(long = "ip")]
     pub ipv4: Option<String>,
-    #[arg(long)]
+    /// IPv4 netmask, e.g. 255.255.0.0.
+    #[arg(long, value_name = "MASK")]
     pub netmask: Option<String>,
-    #[arg(long)]
+    /// Default gateway (IPv4 or IPv6).
+    #[arg(long, value_name = "IP")]
     pub gateway: Option<String>,
     /// IPv6 address; with a hostlist, the first node's, counting up.
     #[arg(long = "ip6")]
     pub ipv6: Option<String>,
-    #[arg(long = "ip6-prefix")]
+    /// IPv6 prefix length (0 to 128).
+    #[arg(long = "ip6-prefix", value_name = "LEN")]
     pub ipv6_prefix: Option<u8>,
-    #[arg(long)]
+    /// VLAN id (1 to 4094).
+    #[arg(long, value_name = "ID")]
     pub vlan: Option<u16>,
-    #[arg(long)]
+    /// MTU in bytes (576 to 65535).
+    #[arg(long, value_name = "BYTES")]
     pub mtu: Option<u32>,
     /// Mark this interface as the node's primary one.
     #[arg(long)]
@@ -536,39 +585,26 @@ pub struct NodeOnlyArgs {
     pub asset_tag_stdin: bool,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
+/// Subcommands that never talk to the admin API: `--admin-socket` is hidden from their
+/// help (clap copies a global flag into every subcommand) and refused on their command
+/// line.
+pub const WITHOUT_ADMIN_SOCKET: &[&str] = &["agent", "bench", "completions", "man"];
 
-    /// `ferry serve`: the defaults, then the file, then `FERRY_*` variables, then flags.
-    /// (The only test of this binary that sets these variables; no other reads them.)
-    #[test]
-    fn serve_flags_win_over_ferry_variables_which_win_over_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("ferry.toml");
-        std::fs::write(&file, "data_dir = \"/file/data\"\nstore = \"/file/ferry.db\"\nlog_format = \"json\"\n")
-            .unwrap();
-        let vars =
-            [("FERRY_CONFIG", file.to_str().unwrap()), ("FERRY_DATA_DIR", "/env/data"), ("FERRY_STORE", "/env/db")];
-        for (k, v) in vars {
-            std::env::set_var(k, v);
+/// The command line as clap parses it and as completions and man pages describe it.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // clap copies a global flag into each subcommand that has no argument of that id
+    // yet: these get a hidden copy (still global, so their own subcommands too).
+    let hidden = cmd.get_arguments().find(|a| a.get_id() == "socket").cloned().map(|a| a.hide(true));
+    for name in WITHOUT_ADMIN_SOCKET {
+        if let Some(hidden) = hidden.clone() {
+            cmd = cmd.mut_subcommand(name, |sub| sub.arg(hidden));
         }
-        let load = |argv: &[&str]| {
-            let cli = Cli::try_parse_from(argv).unwrap();
-            let Command::Serve(args) = cli.command else { panic!("serve") };
-            ferry_server::Config::load(args.overrides(cli.socket)).unwrap()
-        };
-        let env_only = load(&["ferry", "serve"]);
-        let flags = load(&["ferry", "--socket", "/flag/admin.sock", "serve", "--data-dir", "/flag/data"]);
-        for (k, _) in vars {
-            std::env::remove_var(k);
-        }
-        assert_eq!(env_only.data_dir, PathBuf::from("/env/data"), "the variable over the file");
-        assert_eq!(env_only.store.as_deref(), Some("/env/db"));
-        assert_eq!(env_only.log_format, ferry_server::LogFormat::Json, "the file over the defaults");
-        assert_eq!(flags.data_dir, PathBuf::from("/flag/data"), "the flag over the variable");
-        assert_eq!(flags.store.as_deref(), Some("/env/db"));
-        assert_eq!(flags.admin_socket, PathBuf::from("/flag/admin.sock"));
     }
+    cmd
 }
+
+#[cfg(test)]
+#[path = "args_tests.rs"]
+mod tests;

@@ -2,9 +2,10 @@
 //! route of `ferry_api::routes`, answering with the `ferry_api` types.
 
 use ferry_api::admin::{
-    AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, KnownHost, MergedNodeView, Names, NodeQuery,
-    NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo, ServerView, SetNodes, SetProfiles,
-    TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
+    AddInventory, AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, InventoryAdded, KnownHost,
+    MergedNodeView, Names, NodeQuery, NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo,
+    ServerView, SetNodes, SetProfiles, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister,
+    TpmView, TunnelView,
 };
 use ferry_api::image::ImageRecord;
 use ferry_api::ssh::{
@@ -26,7 +27,9 @@ use tokio::net::UnixStream;
 /// (`invalid`, `not-found`, `conflict`, `forbidden`, ...) for callers that tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the ferry server at {0}: is `ferry serve` running? (or set --socket / FERRY_ADMIN_SOCKET)")]
+    #[error(
+        "cannot reach the ferry server at {0}: is `ferry serve` running? (or set --admin-socket / FERRY_ADMIN_SOCKET)"
+    )]
     NotRunning(String),
     #[error("permission denied on {0}: run as root or as a configured admin user")]
     PermissionDenied(String),
@@ -138,12 +141,16 @@ typed! {
     add_profiles(profiles: &AddProfiles) -> Changed = POST routes::PROFILES, profiles;
     set_profiles(change: &SetProfiles) -> Changed = PATCH routes::PROFILES, change;
     delete_profiles(names: &Names) -> Changed = DELETE routes::PROFILES, names;
+    /// Profiles and nodes in one transaction (or, with `dry_run`, checked only).
+    add_inventory(inventory: &AddInventory) -> InventoryAdded = POST routes::INVENTORY, inventory;
     list_tunnels() -> Vec<TunnelView> = GET routes::TUNNELS;
     /// Closes the node's tunnel; `changed` is 0 if it had none.
     revoke_tunnel(node: &NodeName) -> Changed = DELETE routes::tunnel(node);
     known_hosts() -> Vec<KnownHost> = GET routes::KNOWN_HOSTS;
     server_info() -> ServerInfo = GET routes::SERVER;
     list_servers() -> Vec<ServerView> = GET routes::SERVERS;
+    /// Forgets a server gone for good; refused while it is alive.
+    remove_server(id: &str) -> Changed = DELETE routes::server_record(id);
     list_images() -> Vec<ImageRecord> = GET routes::IMAGES;
     image(name: &str) -> ImageRecord = GET routes::image(name);
     /// Registers an image whose artifacts are already in the server's object store.

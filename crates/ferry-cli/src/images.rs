@@ -57,13 +57,13 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
             let record =
                 ImageRecord { name: name.clone(), kernel, initrd, rootfs_zst, rootfs_gz, created_at: String::new() };
             client.add_image(&record).await?;
-            println!("imported image {name}");
+            outln!("imported image {name}")?;
         }
-        ImageCommand::List { json } => println!("{}", crate::listing::listing(&client.list_images().await?, json)),
+        ImageCommand::List { json } => outln!("{}", crate::listing::listing(&client.list_images().await?, json))?,
         ImageCommand::Show { name, json } => {
             let i = client.image(&name).await?;
             if json {
-                println!("{}", output::json(&i));
+                outln!("{}", output::json(&i))?;
             } else {
                 let mut rows = vec![vec!["name".into(), i.name.clone()], vec!["created".into(), i.created_at.clone()]];
                 for (what, a) in [
@@ -76,13 +76,13 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
                         rows.push(vec![what.into(), format!("sha256:{} ({} bytes)", a.sha256, a.size)]);
                     }
                 }
-                println!("{}", output::table(&["field", "value"], rows));
+                outln!("{}", output::table(&["field", "value"], rows))?;
             }
         }
         ImageCommand::Initramfs(args) => initramfs(args)?,
         ImageCommand::Delete { name } => {
             client.delete_image(&name).await?;
-            println!("deleted image {name}");
+            outln!("deleted image {name}")?;
         }
     }
     Ok(())
@@ -118,9 +118,9 @@ pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             "uncompressed_bytes": summary.uncompressed_bytes,
             "compressed_bytes": summary.compressed_bytes,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else {
-        println!(
+        outln!(
             "wrote {} for kernel {} ({:.1} MiB): busybox, ferry{}, {} libraries, {} modules{}",
             summary.output.display(),
             summary.kernel_version,
@@ -129,7 +129,7 @@ pub fn initramfs(args: InitramfsArgs) -> anyhow::Result<()> {
             summary.libraries.len(),
             summary.modules.len(),
             if summary.pinned { ", server pins" } else { "" }
-        );
+        )?;
     }
     Ok(())
 }
@@ -146,7 +146,7 @@ pub async fn configure(client: &AdminClient, cmd: ConfigureCommand) -> anyhow::R
                     .context("the server has no provisioning.public_url: pass --url http://ADDRESS:8470")?,
             };
             let nodes = client.list_nodes().await?;
-            print!("{}", dnsmasq_config(&url, &tftp_root, &nodes));
+            out!("{}", dnsmasq_config(&url, &tftp_root, &nodes))?;
         }
     }
     Ok(())

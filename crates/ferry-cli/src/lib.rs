@@ -1,17 +1,33 @@
 //! ferry's command line. The binary crate only calls [`main`].
 
+/// `println!` that returns an error instead of panicking when standard output is
+/// closed (`ferry audit | head -1`); [`main`] then exits quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` as [`outln!`] does it.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+
 pub mod args;
 mod bench;
 mod client;
+mod doctor;
+mod doctor_checks;
 mod images;
+mod import;
 mod listing;
+mod manpages;
 mod output;
+mod serve_args;
 mod settings;
 mod ssh;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
-use clap::{CommandFactory, Parser};
+use clap::FromArgMatches;
 use client::AdminClient;
 use ferry_api::admin::{
     AddNodes, AddProfiles, AssetTagChange, AuditQuery, Changed, Names, NewNode, NewProfile, NodePatch, ProfilePatch,
@@ -24,9 +40,21 @@ use listing::{listing, Listing};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Runs the command line; errors print as one clear message and exit 1.
+/// Runs the command line; errors print as one clear message and exit 1. A closed
+/// standard output (the reader of a pipe went away) ends the command quietly with
+/// status 0, as `ripgrep` and friends do, rather than with a panic.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = args::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if let Some(sub) = matches.subcommand_name().filter(|s| args::WITHOUT_ADMIN_SOCKET.contains(s)) {
+        if matches.value_source("socket") == Some(clap::parser::ValueSource::CommandLine) {
+            eprintln!("error: `ferry {sub}` uses no admin socket: leave --admin-socket out");
+            return ExitCode::from(2);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -36,6 +64,9 @@ pub fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.chain().any(|c| c.downcast_ref::<output::StdoutError>().is_some_and(|o| o.is_closed_pipe())) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             // The agent's failures have documented exit codes (refused, key mismatch, ...).
@@ -46,7 +77,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = cli.socket.clone().unwrap_or_else(|| ferry_server::config::DEFAULT_ADMIN_SOCKET.into());
-    let client = AdminClient::new(socket);
+    let client = AdminClient::new(socket.clone());
     match cli.command {
         Command::Serve(args) => serve(args, cli.socket).await,
         Command::Node(cmd) => node(&client, cmd).await,
@@ -57,17 +88,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut query = AuditQuery { subject, limit: Some(limit), since, after: None };
             let mut entries = client.audit(&query).await?;
             if !follow {
-                println!("{}", listing(&entries, json));
+                outln!("{}", listing(&entries, json))?;
                 return Ok(());
             }
             let mut last = 0;
             loop {
                 for e in &entries {
                     last = e.id;
-                    println!("{}", if json { output::json_line_sorted(e) } else { e.row().join("  ") });
+                    outln!("{}", if json { output::json_line_sorted(e) } else { e.row().join("  ") })?;
                 }
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 query.after = Some(last);
                 entries = client.audit(&query).await?;
@@ -77,38 +106,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(cmd) => settings::token(&client, cmd).await,
         Command::Tunnel(TunnelCommand::List { json }) => {
             let tunnels = client.list_tunnels().await?;
-            println!("{}", listing(&tunnels, json));
+            outln!("{}", listing(&tunnels, json))?;
             Ok(())
         }
         Command::Tunnel(TunnelCommand::Revoke { node }) => {
             let node = NodeName::parse(&node)?;
             let changed = client.revoke_tunnel(&node).await?;
             if changed.changed == 0 {
-                println!("{node} had no active tunnel");
+                outln!("{node} had no active tunnel")?;
             } else {
-                println!("revoked the tunnel of {node}");
+                outln!("revoked the tunnel of {node}")?;
             }
             Ok(())
         }
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
         Command::Configure(cmd) => images::configure(&client, cmd).await,
+        Command::Import(import::ImportCommand::Warewulf { nodes_conf, dry_run }) => {
+            import::warewulf(&client, &nodes_conf, dry_run).await
+        }
         Command::Server(args::ServerCommand::List { json }) => {
             let servers = client.list_servers().await?;
-            println!("{}", listing(&servers, json));
+            outln!("{}", listing(&servers, json))?;
+            Ok(())
+        }
+        Command::Server(args::ServerCommand::Remove { id }) => {
+            client.remove_server(&id).await?;
+            outln!("removed server {id}")?;
             Ok(())
         }
         Command::ServerKey => {
-            println!("{}", client.server_info().await?.public_key);
+            outln!("{}", client.server_info().await?.public_key)?;
             Ok(())
         }
         Command::ServerCert => {
             match client.server_info().await?.provisioning_tls_pin {
-                Some(pin) => println!("{pin}"),
+                Some(pin) => outln!("{pin}")?,
                 None => anyhow::bail!("the provisioning TLS listener is off: set [provisioning] tls_listen"),
             }
             Ok(())
         }
+        Command::Doctor(args) => doctor::doctor(&client, &socket, args).await,
         Command::KnownHosts => ssh::plain_known_hosts(&client).await,
         Command::Ssh(cmd) => ssh::ssh(&client, cmd).await,
         Command::Agent { command, args } => {
@@ -121,8 +159,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Man { dir } => {
+            for page in manpages::write_all(&dir)? {
+                outln!("{}", page.display())?;
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            // Into a buffer first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut args::command(), "ferry", &mut script);
+            out!("{}", String::from_utf8_lossy(&script))?;
             Ok(())
         }
     }
@@ -182,8 +229,8 @@ fn unset_fields(fields: &[String]) -> anyhow::Result<(Vec<Vec<String>>, bool, bo
     Ok((paths, profiles, asset))
 }
 
-fn report(verb: &str, what: &str, changed: Changed) {
-    println!("{verb} {} {what}{}", changed.changed, if changed.changed == 1 { "" } else { "s" });
+fn report(verb: &str, what: &str, changed: Changed) -> Result<(), output::StdoutError> {
+    outln!("{verb} {} {what}{}", changed.changed, if changed.changed == 1 { "" } else { "s" })
 }
 
 async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
@@ -201,7 +248,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 settings,
                 asset_tag: tag.clone(),
             });
-            report("added", "node", client.add_nodes(&AddNodes { nodes }).await?);
+            report("added", "node", client.add_nodes(&AddNodes { nodes }).await?)?;
         }
         NodeCommand::Set { hostlist, settings, node, tpm }
             if tpm.tpm_ek.is_some() || tpm.tpm_ek_cert.is_some() || tpm.tpm_clear =>
@@ -226,7 +273,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Approve { hostlist, ek_fingerprint } => {
             for (name, fingerprint) in approvals(&node_names(&hostlist)?, &ek_fingerprint)? {
                 let view = client.approve_tpm(&name, &TpmApprove { fingerprint }).await?;
-                println!("approved TPM {} for node {}", view.fingerprint, view.node);
+                outln!("approved TPM {} for node {}", view.fingerprint, view.node)?;
             }
         }
         NodeCommand::Tpm { hostlist, json } => {
@@ -235,7 +282,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
                 tpms.retain(|t| wanted.contains(&t.node));
             }
-            println!("{}", listing(&tpms, json));
+            outln!("{}", listing(&tpms, json))?;
         }
         NodeCommand::Set { hostlist, settings, node, tpm: _ } => {
             let names = node_names(&hostlist)?;
@@ -252,7 +299,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                     };
                     client.set_nodes(&SetNodes { names: vec![name], patch }).await?;
                 }
-                println!("changed nodes");
+                outln!("changed nodes")?;
             } else {
                 let set = resolved.per_target.into_iter().next().unwrap_or_default();
                 let patch = NodePatch {
@@ -260,7 +307,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                     settings: SettingsPatch { set, unset: vec![] },
                     asset_tag,
                 };
-                report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?);
+                report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?)?;
             }
         }
         NodeCommand::Unset { hostlist, fields } => {
@@ -271,7 +318,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 settings: SettingsPatch { set: Default::default(), unset },
                 asset_tag: asset.then_some(AssetTagChange::Unset),
             };
-            report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?);
+            report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?)?;
         }
         NodeCommand::List { hostlist, json } => {
             let mut nodes = client.list_nodes().await?;
@@ -279,7 +326,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
                 nodes.retain(|n| wanted.contains(&n.name));
             }
-            println!("{}", listing(&nodes, json));
+            outln!("{}", listing(&nodes, json))?;
             if !json {
                 output::weak_identity_note(&nodes);
             }
@@ -288,7 +335,7 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
             let name = NodeName::parse(&name)?;
             if merged {
                 let view = client.merged_node(&name).await?;
-                println!("{}", if json { output::json(&view) } else { output::node_merged(&view) });
+                outln!("{}", if json { output::json(&view) } else { output::node_merged(&view) })?;
             } else {
                 let view = client.node(&name).await?;
                 let boot = client.boot_info(&name).await?;
@@ -297,12 +344,12 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 } else {
                     output::node_show(&view, boot.as_ref())
                 };
-                println!("{shown}");
+                outln!("{shown}")?;
             }
         }
         NodeCommand::Delete { hostlist } => {
             let names = node_names(&hostlist)?.into_iter().map(String::from).collect();
-            report("deleted", "node", client.delete_nodes(&Names { names }).await?);
+            report("deleted", "node", client.delete_nodes(&Names { names }).await?)?;
         }
     }
     Ok(())
@@ -345,14 +392,14 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
             let names = profile_names(&names)?;
             let resolved = settings::resolve(&settings, names.len(), LayerKind::Profile)?;
             let profiles = resolved.per_name(names, |name, profiles, settings| NewProfile { name, profiles, settings });
-            report("added", "profile", client.add_profiles(&AddProfiles { profiles }).await?);
+            report("added", "profile", client.add_profiles(&AddProfiles { profiles }).await?)?;
         }
         ProfileCommand::Set { names, settings } => {
             let names = profile_names(&names)?;
             let resolved = settings::resolve(&settings, 1, LayerKind::Profile)?;
             let set = resolved.per_target.into_iter().next().unwrap_or_default();
             let patch = ProfilePatch { profiles: resolved.profiles, settings: SettingsPatch { set, unset: vec![] } };
-            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?);
+            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?)?;
         }
         ProfileCommand::Unset { names, fields } => {
             let names = profile_names(&names)?;
@@ -364,19 +411,19 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
                 profiles: profiles.then(Vec::new),
                 settings: SettingsPatch { set: Default::default(), unset },
             };
-            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?);
+            report("changed", "profile", client.set_profiles(&SetProfiles { names, patch }).await?)?;
         }
         ProfileCommand::List { json } => {
             let profiles = client.list_profiles().await?;
-            println!("{}", listing(&profiles, json));
+            outln!("{}", listing(&profiles, json))?;
         }
         ProfileCommand::Show { name, json } => {
             let view = client.profile(&ProfileName::parse(&name)?).await.context("profile show")?;
-            println!("{}", if json { output::json(&view) } else { output::profile_show(&view) });
+            outln!("{}", if json { output::json(&view) } else { output::profile_show(&view) })?;
         }
         ProfileCommand::Delete { names } => {
             let names = profile_names(&names)?.into_iter().map(String::from).collect();
-            report("deleted", "profile", client.delete_profiles(&Names { names }).await?);
+            report("deleted", "profile", client.delete_profiles(&Names { names }).await?)?;
         }
     }
     Ok(())

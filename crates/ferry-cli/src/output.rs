@@ -2,9 +2,28 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
-use ferry_api::admin::{BootInfo, IdentityView, MergedNodeView, NodeView, ProfileView, SecretState};
+use ferry_api::admin::{BootInfo, IdentityView, KnownHost, MergedNodeView, NodeView, ProfileView, SecretState};
 use serde::Serialize;
 use serde_json::Value;
+
+/// Writing to standard output failed; [`StdoutError::is_closed_pipe`] when its reader
+/// went away (`ferry audit | head -1`), which is no error for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output: {0}")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
+impl StdoutError {
+    pub fn is_closed_pipe(&self) -> bool {
+        self.0.kind() == std::io::ErrorKind::BrokenPipe
+    }
+}
+
+/// What `outln!`/`out!` print through: the error comes back instead of a panic.
+pub fn write_stdout(text: std::fmt::Arguments<'_>) -> Result<(), StdoutError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(text).and_then(|()| stdout.flush()).map_err(StdoutError)
+}
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
@@ -117,6 +136,17 @@ pub fn node_show_json(n: &NodeView, boot: Option<&BootInfo>) -> String {
     json_sorted(&Shown { node: n, boot })
 }
 
+/// One `known_hosts` line: the node's name, its own FQDN and its addresses, then the key
+/// (`n1,n1.cluster,10.0.1.1 ssh-ed25519 AAAA…`), so `ssh n1`, `ssh n1.cluster` and
+/// `ssh 10.0.1.1` all match it.
+pub fn known_hosts_line(host: &KnownHost) -> String {
+    let mut names = vec![host.node.to_string()];
+    names.extend(host.fqdn.iter().map(|f| f.to_ascii_lowercase()));
+    names.extend(host.addresses.iter().cloned());
+    names.dedup();
+    format!("{} {}", names.join(","), host.key)
+}
+
 pub fn node_show(n: &NodeView, boot: Option<&BootInfo>) -> String {
     let mut rows = vec![
         ("name".to_string(), n.name.to_string()),
@@ -134,6 +164,7 @@ pub fn node_show(n: &NodeView, boot: Option<&BootInfo>) -> String {
             rows.push(("boot.address".into(), text(&b.address)));
             // As JSON spells an absent one, which this row has always shown.
             rows.push(("boot.hostname".into(), b.hostname.as_deref().map_or_else(|| "null".into(), text)));
+            rows.push(("boot.fqdn".into(), b.fqdn.as_deref().map_or_else(|| "null".into(), text)));
             rows.extend(b.host_keys.iter().map(|key| ("boot.host_key".into(), text(key))));
         }
         None => rows.push(("boot".into(), "never".into())),
@@ -182,14 +213,30 @@ mod tests {
             address: "100.64.0.2".into(),
             instance_id: None,
             hostname: None,
+            fqdn: Some("n1.cluster".into()),
             boot_count: 2,
             host_keys: vec!["ssh-ed25519 AAAA".into()],
         };
         let shown: serde_json::Value = serde_json::from_str(&node_show_json(&node, Some(&boot))).unwrap();
         assert_eq!(shown["boot"]["boot_count"], 2);
+        assert_eq!(shown["boot"]["fqdn"], "n1.cluster", "the FQDN phone-home reported");
         assert_eq!(shown["name"], "n1");
         let table = node_show(&node, Some(&boot));
         let hostname = table.lines().find(|l| l.trim_start().starts_with("boot.hostname")).unwrap();
         assert_eq!(hostname.split_whitespace().nth(1), Some("null"), "an absent hostname shows as it always has");
+        assert!(table.lines().any(|l| l.split_whitespace().eq(["boot.fqdn", "n1.cluster"])), "{table}");
+    }
+
+    #[test]
+    fn known_hosts_lines_name_the_node_every_way_ssh_may_reach_it() {
+        let mut host = KnownHost {
+            node: ferry_core::NodeName::parse("n1").unwrap(),
+            fqdn: Some("N1.Cluster".into()),
+            addresses: vec!["10.0.1.1".into(), "fd00::1".into()],
+            key: "ssh-ed25519 AAAA root@n1".into(),
+        };
+        assert_eq!(known_hosts_line(&host), "n1,n1.cluster,10.0.1.1,fd00::1 ssh-ed25519 AAAA root@n1");
+        (host.fqdn, host.addresses) = (None, vec![]);
+        assert_eq!(known_hosts_line(&host), "n1 ssh-ed25519 AAAA root@n1");
     }
 }

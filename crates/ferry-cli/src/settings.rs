@@ -190,14 +190,14 @@ pub async fn set_tpm(
         TpmRegister { ek_pem: None, ek_certificate: Some(base64::engine::general_purpose::STANDARD.encode(der)) }
     } else {
         client.clear_tpm(node).await?;
-        println!("cleared the TPM of node {node}");
+        outln!("cleared the TPM of node {node}")?;
         return Ok(());
     };
     client.register_tpm(node, &request).await?;
     let tpms = client.list_tpms(&TpmQuery { node: Some(node.to_string()) }).await?;
     match tpms.first() {
-        Some(t) => println!("registered TPM {} for node {node}", t.fingerprint),
-        None => println!("registered the TPM of node {node}"),
+        Some(t) => outln!("registered TPM {} for node {node}", t.fingerprint)?,
+        None => outln!("registered the TPM of node {node}")?,
     }
     Ok(())
 }
@@ -240,15 +240,15 @@ pub async fn secret(client: &crate::client::AdminClient, cmd: crate::args::Secre
                 profile,
             };
             client.set_secret(&name, &body).await?;
-            println!("set secret {name} ({} bytes)", value.len());
+            outln!("set secret {name} ({} bytes)", value.len())?;
         }
-        SecretCommand::List { json } => println!("{}", crate::listing::listing(&client.list_secrets().await?, json)),
+        SecretCommand::List { json } => outln!("{}", crate::listing::listing(&client.list_secrets().await?, json))?,
         SecretCommand::Rm { name, scope: s } => {
             ferry_core::model::check_secret_name(&name)?;
             let (node, profile) = scope(&s)?;
             let scope = SecretScopeQuery { node: node.map(String::from), profile: profile.map(String::from) };
             client.delete_secret(&name, &scope).await?;
-            println!("removed secret {name}");
+            outln!("removed secret {name}")?;
         }
     }
     Ok(())
@@ -268,12 +268,12 @@ pub async fn token(client: &crate::client::AdminClient, cmd: crate::args::TokenC
             let made =
                 client.create_token(&TokenCreate { name: name.clone(), role: role.clone(), expires_in_secs }).await?;
             eprintln!("token {name} ({role}); shown once, keep it in a 0600 file:");
-            println!("{}", made.token.expose());
+            outln!("{}", made.token.expose())?;
         }
-        TokenCommand::List { json } => println!("{}", crate::listing::listing(&client.list_tokens().await?, json)),
+        TokenCommand::List { json } => outln!("{}", crate::listing::listing(&client.list_tokens().await?, json))?,
         TokenCommand::Revoke { name } => {
             client.revoke_token(&name).await?;
-            println!("revoked token {name}");
+            outln!("revoked token {name}")?;
         }
     }
     Ok(())

@@ -39,14 +39,21 @@ pub enum SshCommand {
     },
     /// Revoke every host certificate issued to a node and issue it none until
     /// `ferry ssh reinstate`; its keys appear in `ferry ssh krl` and as `@revoked` lines.
-    Revoke { node: String },
+    Revoke {
+        /// The node whose host certificates to revoke.
+        node: String,
+    },
     /// Let a revoked node get host certificates again (from its next boot).
-    Reinstate { node: String },
+    Reinstate {
+        /// The revoked node to reinstate.
+        node: String,
+    },
     /// The host certificates issued (serial, key ID, principals, validity, state).
     Certs {
         /// Only this node's.
         #[arg(long)]
         node: Option<String>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +84,7 @@ pub enum SshCommand {
 pub enum SshCaCommand {
     /// List the CAs: signing, trusted (rotated out, within its overlap) or expired.
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -128,8 +136,8 @@ impl Listing for SshCertificateView {
 
 /// `ferry known-hosts` and `ferry ssh known-hosts --plain`: the keys nodes reported.
 pub async fn plain_known_hosts(client: &AdminClient) -> anyhow::Result<()> {
-    for (node, key) in client.known_hosts().await? {
-        println!("{node} {key}");
+    for host in client.known_hosts().await? {
+        outln!("{}", crate::output::known_hosts_line(&host))?;
     }
     Ok(())
 }
@@ -150,17 +158,17 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
                 anyhow::bail!("the inventory has no nodes: name the hosts to trust the CA for with --hosts");
             }
             for ca in &trust.cas {
-                println!("{}", cert_authority_line(&patterns, &ca.public_key));
+                outln!("{}", cert_authority_line(&patterns, &ca.public_key))?;
             }
             for key in &trust.revoked_keys {
-                println!("{}", revoked_line(key));
+                outln!("{}", revoked_line(key))?;
             }
             Ok(())
         }
         SshCommand::Krl { output } => {
             let keys: String = client.ssh_known_hosts().await?.revoked_keys.iter().map(|k| format!("{k}\n")).collect();
             match output {
-                None => print!("{keys}"),
+                None => out!("{keys}")?,
                 Some(path) => write_atomically(&path, keys.as_bytes())?,
             }
             Ok(())
@@ -168,27 +176,27 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
         SshCommand::Revoke { node } => {
             let node = NodeName::parse(&node)?;
             let done = client.ssh_revoke(&node).await?;
-            println!(
+            outln!(
                 "revoked {} host certificate(s) of {node}; it gets none until `ferry ssh reinstate {node}`. \
                  Distribute `ferry ssh krl` (or `ferry ssh known-hosts`) to clients now",
                 done.certificates
-            );
+            )?;
             Ok(())
         }
         SshCommand::Reinstate { node } => {
             let node = NodeName::parse(&node)?;
             client.ssh_reinstate(&node).await?;
-            println!("{node} gets host certificates again from its next boot");
+            outln!("{node} gets host certificates again from its next boot")?;
             Ok(())
         }
         SshCommand::Certs { node, json } => {
             let node = node.map(|n| NodeName::parse(&n)).transpose()?;
             let certs = client.ssh_certificates(&SshCertificateQuery { node }).await?;
-            println!("{}", listing(&certs, json));
+            outln!("{}", listing(&certs, json))?;
             Ok(())
         }
         SshCommand::Ca(SshCaCommand::List { json }) => {
-            println!("{}", listing(&client.ssh_cas().await?, json));
+            outln!("{}", listing(&client.ssh_cas().await?, json))?;
             Ok(())
         }
         SshCommand::Ca(SshCaCommand::Rotate { purpose, overlap }) => {
@@ -199,14 +207,14 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
                 _ => SshCaPurpose::Host,
             };
             let ca = client.ssh_rotate_ca(&SshCaRotate { purpose, overlap_secs: overlap.as_secs() }).await?;
-            println!("new {purpose} CA {} signs from now on: {}", ca.id, ca.public_key);
+            outln!("new {purpose} CA {} signs from now on: {}", ca.id, ca.public_key)?;
             match purpose {
                 SshCaPurpose::Host => {
-                    println!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA")
+                    outln!("distribute `ferry ssh known-hosts` to clients now: it lists the old and the new CA")?
                 }
-                SshCaPurpose::User => println!(
+                SshCaPurpose::User => outln!(
                     "nodes trust it (TrustedUserCAKeys) from their next boot; sign admins' keys with `ferry ssh sign-user`"
-                ),
+                )?,
             }
             Ok(())
         }
@@ -219,14 +227,14 @@ pub async fn ssh(client: &AdminClient, cmd: SshCommand) -> anyhow::Result<()> {
             let signed = client.ssh_sign_user(&req).await?;
             let output = output.unwrap_or_else(|| certificate_path(&key));
             write_atomically(&output, format!("{}\n", signed.certificate).as_bytes())?;
-            println!(
+            outln!(
                 "{}: logs in as {} until {} (serial {}, key ID {:?})",
                 output.display(),
                 signed.principals.join(","),
                 signed.valid_before,
                 signed.serial,
                 signed.key_id
-            );
+            )?;
             Ok(())
         }
     }

@@ -1,7 +1,7 @@
 //! Identity policy: which factors a node must prove (its configured policy, or ferry's
 //! default), whether that is stronger than network position, and does the evidence a
-//! node presented satisfy every factor? The answer names the first missing factor for
-//! the audit log; the client is only ever told "refused".
+//! node presented satisfy every factor? A refusal names the deciding reason and every
+//! factor's verdict for the audit log; the client is only ever told "refused".
 
 use crate::IdentityFactor;
 use serde::{Deserialize, Serialize};
@@ -109,11 +109,78 @@ pub enum Refusal {
     TpmInvalid(String),
 }
 
+/// What one factor's evidence showed, whether or not the policy required it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    /// Evidence that did not hold, and why.
+    Failed(String),
+    /// Nothing to judge (no proof sent, nothing in the inventory), and which.
+    Absent(&'static str),
+}
+
+/// One factor's verdict on an enrollment attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactorVerdict {
+    pub factor: IdentityFactor,
+    pub required: bool,
+    pub outcome: Outcome,
+}
+
+impl std::fmt::Display for FactorVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let required = if self.required { "required" } else { "not required" };
+        match &self.outcome {
+            Outcome::Passed => write!(f, "{} ({required}): passed", self.factor),
+            Outcome::Failed(why) => write!(f, "{} ({required}): FAILED, {why}", self.factor),
+            Outcome::Absent(what) => write!(f, "{} ({required}): {what}", self.factor),
+        }
+    }
+}
+
+/// Every factor's verdict, in the order network, asset-tag, tpm.
+pub fn verdicts(policy: &Policy, evidence: &Evidence, source: &str) -> Vec<FactorVerdict> {
+    let network = match evidence.network {
+        true => Outcome::Passed,
+        false => Outcome::Failed(format!("came from {source}, not one of the node's inventory addresses")),
+    };
+    let asset_tag = match evidence.asset_tag {
+        AssetTagEvidence::Valid => Outcome::Passed,
+        AssetTagEvidence::Invalid => Outcome::Failed("the proof did not verify".into()),
+        AssetTagEvidence::Missing => Outcome::Absent("no proof sent"),
+        AssetTagEvidence::NotConfigured => Outcome::Absent("no asset tag in the inventory"),
+    };
+    let tpm = match &evidence.tpm {
+        TpmEvidence::Valid => Outcome::Passed,
+        TpmEvidence::Invalid(why) | TpmEvidence::Unregistered(why) => Outcome::Failed(why.clone()),
+        TpmEvidence::NotPresented => Outcome::Absent("no proof sent"),
+    };
+    [(IdentityFactor::Network, network), (IdentityFactor::AssetTag, asset_tag), (IdentityFactor::Tpm, tpm)]
+        .into_iter()
+        .map(|(factor, outcome)| FactorVerdict { factor, required: policy.requires(factor), outcome })
+        .collect()
+}
+
+/// A refused enrollment: the deciding reason, and every factor's verdict (a wrong tag
+/// from a wrong address is recorded as both, not only as the first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}; factors: {}", verdicts.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct Refused {
+    pub reason: Refusal,
+    pub verdicts: Vec<FactorVerdict>,
+}
+
 /// Checks every required factor; `source` is the caller's address, for the audit.
+/// A refusal carries the deciding reason and every factor's verdict.
 ///
-/// The `tpm` factor is checked last, so [`Refusal::TpmUnregistered`] means every other
+/// The `tpm` factor is decided last, so [`Refusal::TpmUnregistered`] means every other
 /// factor held (discovery relies on this: it records a TPM only then).
-pub fn evaluate(policy: &Policy, evidence: &Evidence, source: &str) -> Result<(), Refusal> {
+pub fn evaluate(policy: &Policy, evidence: &Evidence, source: &str) -> Result<(), Refused> {
+    decide(policy, evidence, source).map_err(|reason| Refused { reason, verdicts: verdicts(policy, evidence, source) })
+}
+
+/// The deciding reason of a refusal: the first failing factor in the order below.
+fn decide(policy: &Policy, evidence: &Evidence, source: &str) -> Result<(), Refusal> {
     if policy.lacks_opt_in() {
         return Err(Refusal::NetworkOnlyWithoutOptIn);
     }
@@ -185,6 +252,40 @@ pub fn asset_tag_weakness(tag: &str) -> Option<String> {
 mod tests {
     use super::*;
     use IdentityFactor::*;
+
+    /// The deciding reason only (the verdicts are checked in their own test).
+    fn evaluate(policy: &Policy, evidence: &Evidence, source: &str) -> Result<(), Refusal> {
+        super::evaluate(policy, evidence, source).map_err(|r| r.reason)
+    }
+
+    /// A wrong tag from a wrong address: the audit hears of both, and of the factor
+    /// that was not asked for.
+    #[test]
+    fn a_refusal_records_every_factors_verdict() {
+        let evidence = Evidence {
+            network: false,
+            asset_tag: AssetTagEvidence::Invalid,
+            tpm: TpmEvidence::Unregistered("TPM sha256:ab attested but is not registered".into()),
+        };
+        let refused = super::evaluate(&p(&[Network, AssetTag]), &evidence, "10.0.0.9").unwrap_err();
+        assert_eq!(refused.reason, Refusal::WrongAddress("10.0.0.9".into()));
+        let text = refused.to_string();
+        for part in [
+            "network (required): FAILED, came from 10.0.0.9",
+            "asset-tag (required): FAILED, the proof did not verify",
+            "tpm (not required): FAILED, TPM sha256:ab attested but is not registered",
+        ] {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        let good = Evidence { network: true, asset_tag: AssetTagEvidence::Missing, tpm: TpmEvidence::Valid };
+        let refused = super::evaluate(&p(&[Network, AssetTag, Tpm]), &good, "x").unwrap_err();
+        assert_eq!(refused.reason, Refusal::AssetTagMissing);
+        let outcomes: Vec<_> = refused.verdicts.iter().map(|v| (v.factor, v.outcome.clone())).collect();
+        assert_eq!(
+            outcomes,
+            [(Network, Outcome::Passed), (AssetTag, Outcome::Absent("no proof sent")), (Tpm, Outcome::Passed)]
+        );
+    }
 
     fn ev(network: bool, asset_tag: AssetTagEvidence) -> Evidence {
         Evidence { network, asset_tag, tpm: TpmEvidence::NotPresented }

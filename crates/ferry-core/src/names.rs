@@ -78,9 +78,36 @@ name_type!(
     &['_']
 );
 
+impl NodeName {
+    /// Whether `fqdn` (what the node reported at phone-home) is one of this node's own
+    /// names: a DNS name of RFC 1123 labels (any case, at most 253 characters) whose
+    /// first label is the node's name. Only such a name is put next to the node's host
+    /// key in `ferry known-hosts`, so a node cannot get its key vouched for another
+    /// host (`login1.cluster`, `*`, or a list smuggled in with a comma).
+    pub fn owns_fqdn(&self, fqdn: &str) -> bool {
+        let lower = fqdn.to_ascii_lowercase();
+        let mut labels = lower.split('.');
+        fqdn.len() <= 253
+            && labels.next() == Some(self.as_str())
+            && labels.all(|l| check_label("DNS label", l, &[]).is_ok())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_owns_only_fqdns_that_start_with_its_name() {
+        let n1 = NodeName::parse("n1").unwrap();
+        for own in ["n1", "n1.cluster", "N1.Cluster.Example.org"] {
+            assert!(n1.owns_fqdn(own), "{own}");
+        }
+        for other in ["login1.cluster", "n10.cluster", "n1.cluster,login1", "*", "n1.*", "n1..x", "n1.x y", ""] {
+            assert!(!n1.owns_fqdn(other), "{other:?}");
+        }
+        assert!(!n1.owns_fqdn(&format!("n1.{}", "a.".repeat(130))), "longer than 253");
+    }
 
     #[test]
     fn node_names() {

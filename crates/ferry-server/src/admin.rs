@@ -42,6 +42,8 @@ pub struct AdminState {
     pub provisioning_tls_pin: Option<String>,
     /// `[cluster] lost_after_secs`: a server silent for longer is shown as lost.
     pub lost_after_secs: u64,
+    /// How this server runs (`GET /v1/server`, for `ferry doctor`).
+    pub setup: Arc<ferry_api::admin::ServerSetup>,
 }
 
 /// The admin API on the unix socket: every route, token management included, for
@@ -71,12 +73,14 @@ fn routes() -> Router<AdminState> {
         .route(routes::NODE, get(get_node))
         .route(routes::PROFILES, get(list_profiles).post(add_profiles).patch(set_profiles).delete(delete_profiles))
         .route(routes::PROFILE, get(get_profile))
+        .route(routes::INVENTORY, post(crate::admin_inventory::add_inventory))
         .route(routes::NODE_BOOT, get(boot_info))
         .route(routes::TUNNELS, get(list_tunnels))
         .route(routes::TUNNEL, delete(revoke_tunnel))
         .route(routes::KNOWN_HOSTS, get(known_hosts))
         .route(routes::SERVER, get(server_info))
         .route(routes::SERVERS, get(list_servers))
+        .route(routes::SERVER_RECORD, delete(remove_server))
         .route(routes::IMAGES, get(list_images).post(add_image))
         .route(routes::IMAGE, get(get_image).delete(delete_image))
         .route(routes::SECRETS, get(list_secrets))
@@ -286,6 +290,7 @@ async fn server_info(State(s): State<AdminState>) -> Result<ApiJson<ServerInfo>,
         data_dir: s.data_dir.display().to_string(),
         public_url: s.public_url.clone(),
         provisioning_tls_pin: s.provisioning_tls_pin.clone(),
+        setup: Some(ferry_api::admin::ServerSetup { now: ferry_store::now_secs(), ..(*s.setup).clone() }),
     }))
 }
 
@@ -313,6 +318,17 @@ async fn list_servers(State(s): State<AdminState>) -> Result<ApiJson<Vec<ServerV
         })
         .collect();
     Ok(ApiJson(views))
+}
+
+/// Forgets a server gone for good (`ferry server remove`); refused while it is alive.
+async fn remove_server(
+    State(s): State<AdminState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> Result<ApiJson<Changed>, HttpError> {
+    s.store.remove_server(&id, ferry_store::now_secs(), s.lost_after_secs as i64, &actor).await?;
+    tracing::info!(server = %id, actor = %actor.0, "server removed from the store");
+    Ok(ApiJson(Changed { changed: 1 }))
 }
 
 async fn list_images(State(s): State<AdminState>) -> Result<ApiJson<Vec<ImageRecord>>, HttpError> {

@@ -38,6 +38,8 @@ pub struct Parts {
     pub allowed_uids: Arc<HashSet<u32>>,
     /// `sha256:HEX` of the provisioning TLS certificate, when that listener is on.
     pub provisioning_tls_pin: Option<String>,
+    /// The WireGuard backend the device runs on (for `ferry doctor`'s set-up view).
+    pub backend: ferry_wg::BackendKind,
 }
 
 /// The state of each audience.
@@ -67,7 +69,8 @@ const ADMIN_REQUEST_TIMEOUT_SECS: u64 = 30;
 
 impl Handlers {
     pub fn new(parts: Parts) -> Handlers {
-        let Parts { config, store, metrics, tunnels, server_key, tpm, allowed_uids, provisioning_tls_pin } = parts;
+        let Parts { config, store, metrics, tunnels, server_key, tpm, allowed_uids, provisioning_tls_pin, backend } =
+            parts;
         let server_public_key = server_key.public_key();
         let p = &config.provisioning;
         let limits = Arc::new(EnrollLimits::new(p));
@@ -88,6 +91,7 @@ impl Handlers {
                 tpm: tpm.clone(),
                 provisioning_tls_pin,
                 lost_after_secs: config.cluster.lost_after_secs,
+                setup: Arc::new(crate::setup::describe(&config, backend)),
             },
             provisioning: ProvisioningState {
                 store: store.clone(),

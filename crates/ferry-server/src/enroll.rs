@@ -26,7 +26,7 @@ use ferry_api::enroll::{
 };
 use ferry_api::ErrorKind;
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
-use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal};
+use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal, Refused};
 use ferry_core::net::url_host;
 use ferry_core::{MacAddr, NodeName};
 use ferry_store::{Actor, AgentMode, Store, StoreError};
@@ -255,7 +255,7 @@ struct Admitted {
     settings: MergedNodeView,
 }
 
-type Decision = Result<Admitted, Refusal>;
+type Decision = Result<Admitted, Refused>;
 
 /// Gathers the evidence for the node's policy and evaluates it. A TPM that proved
 /// itself but is not the node's goes to discovery only when every other factor held.
@@ -304,9 +304,11 @@ async fn check_identity(
     match (evaluate(&policy, &evidence, &client.to_string()), tpm.candidate) {
         (Ok(()), _) => Ok(Ok(Admitted { policy, ttl, settings: merged })),
         // Every other factor held (`evaluate` checks the TPM last): discovery may hold it.
-        (Err(Refusal::TpmUnregistered(_)), Some(candidate)) => {
+        (Err(Refused { reason: Refusal::TpmUnregistered(_), verdicts }), Some(candidate)) => {
             let actor = Actor(format!("node:{node}@{client}"));
-            Ok(Err(Refusal::TpmUnregistered(crate::tpm::discover(s.store.as_ref(), node, &candidate, &actor).await?)))
+            let reason =
+                Refusal::TpmUnregistered(crate::tpm::discover(s.store.as_ref(), node, &candidate, &actor).await?);
+            Ok(Err(Refused { reason, verdicts }))
         }
         (Err(refusal), _) => Ok(Err(refusal)),
     }

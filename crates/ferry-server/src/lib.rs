@@ -10,6 +10,7 @@
 //! WireGuard device changes go through [`tunnels::TunnelManager`].
 
 pub mod admin;
+mod admin_inventory;
 mod app;
 mod artifacts;
 pub mod boot;
@@ -30,11 +31,13 @@ mod periodic;
 mod remote;
 pub mod render;
 mod retention;
+mod setup;
 mod ssh_admin;
 mod ssh_ca;
 mod ssh_issue;
 #[cfg(test)]
 mod testing;
+pub use remote::certificate_file_pin;
 mod tpm;
 pub mod tunnels;
 mod wgkey;
@@ -151,6 +154,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot bring up WireGuard interface {}", wg.interface))?;
         tracing::info!(interface = %wg.interface, backend = ?device.backend(), public_key = %server_public_key, "WireGuard device up");
+        let backend = device.backend();
         cluster::register(&store, &config, &server_id, &server_public_key).await?;
         retention::record(store.as_ref(), config.audit_retention_days).await?;
         let handshake_deadline = match wg.handshake_deadline_secs {
@@ -201,6 +205,7 @@ impl Server {
             tpm,
             allowed_uids,
             provisioning_tls_pin,
+            backend,
         });
         Ok(Server {
             admin_listener,

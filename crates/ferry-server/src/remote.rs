@@ -140,6 +140,22 @@ impl<'a> TlsFiles<'a> {
     }
 }
 
+/// SHA-256 (hex) of a DER certificate: what agents pin (`ferry.tls=sha256:…`).
+pub fn certificate_fingerprint(der: &[u8]) -> String {
+    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The pin of the first certificate in a PEM file (`ferry doctor` compares it with the
+/// one the server serves).
+pub fn certificate_file_pin(path: &Path) -> anyhow::Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let first = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|mut i| i.next().transpose())
+        .map_err(|e| anyhow::anyhow!("cannot read the certificate {}: {e}", path.display()))?
+        .with_context(|| format!("{} holds no certificate", path.display()))?;
+    Ok(format!("sha256:{}", certificate_fingerprint(first.as_ref())))
+}
+
 /// Binds a TLS listener; with its TLS and the certificate's SHA-256 (hex).
 pub async fn bind_tls(
     files: &TlsFiles<'_>,
@@ -187,7 +203,7 @@ pub fn tls_config(files: &TlsFiles<'_>, data_dir: &Path) -> anyhow::Result<(Arc<
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| anyhow::anyhow!("cannot read the private key {}: {e}", key_path.display()))?;
     let first = certs.first().context("the certificate file holds no certificate")?;
-    let fingerprint: String = Sha256::digest(first.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+    let fingerprint = certificate_fingerprint(first.as_ref());
     tracing::info!(section = files.section, certificate = %cert_path.display(), sha256 = %fingerprint, "TLS certificate");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ServerConfig::builder_with_provider(provider)

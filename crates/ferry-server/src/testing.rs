@@ -134,6 +134,7 @@ impl TestServer {
             tpm: Arc::new(crate::tpm::TpmPolicy::load(&config.tpm).expect("the TPM policy")),
             allowed_uids: Arc::new(crate::allowed_uids(&config.admin_users).expect("the admin users")),
             provisioning_tls_pin: None,
+            backend: ferry_wg::BackendKind::Userspace,
         });
         let routers = handlers.routers(&config);
         TestServer { store, tunnels, device, config, server_public_key, routers, _dir: dir }

@@ -24,6 +24,7 @@ pub mod servers;
 mod sql;
 mod sql_audit;
 mod sql_images;
+mod sql_inventory;
 mod sql_nodes;
 mod sql_profiles;
 mod sql_sealing;
@@ -50,7 +51,7 @@ pub use ferry_core::tunnel::AgentMode;
 pub use ferry_core::wgkey::PublicKey;
 pub use images::ImageStore;
 pub use location::StoreLocation;
-pub use nodes::{NodeStore, ProfileStore};
+pub use nodes::{InventoryStore, NodeStore, ProfileStore};
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SealingKeyCheck, SealingStore, SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus, ServerStore};
@@ -70,6 +71,7 @@ use async_trait::async_trait;
 pub trait Store:
     NodeStore
     + ProfileStore
+    + InventoryStore
     + TunnelStore
     + ServerStore
     + TpmStore
@@ -91,7 +93,7 @@ pub trait Store:
 /// `dyn Store` (whose methods need no import): `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuditStore, ImageStore, NodeStore, ProfileStore, SealingStore, SecretStore, ServerStore, SshCaStore, Store,
-        TokenStore, TpmStore, TunnelStore,
+        AuditStore, ImageStore, InventoryStore, NodeStore, ProfileStore, SealingStore, SecretStore, ServerStore,
+        SshCaStore, Store, TokenStore, TpmStore, TunnelStore,
     };
 }

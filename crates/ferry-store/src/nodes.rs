@@ -1,9 +1,11 @@
 //! The inventory: nodes and the profiles they inherit from ([`NodeStore`],
-//! [`ProfileStore`]).
+//! [`ProfileStore`], and both at once: [`InventoryStore`]).
 
 use crate::{Actor, StoreError, TunnelRecord};
 use async_trait::async_trait;
-use ferry_api::admin::{AddNodes, AddProfiles, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView};
+use ferry_api::admin::{
+    AddInventory, AddNodes, AddProfiles, InventoryAdded, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView,
+};
 use ferry_api::Secret;
 use ferry_core::{MacAddr, NodeName, ProfileName};
 
@@ -23,6 +25,16 @@ pub trait NodeStore: Send + Sync {
     async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError>;
     /// The node whose interface has this MAC.
     async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError>;
+}
+
+/// Profiles and nodes together (`ferry import`).
+#[async_trait]
+pub trait InventoryStore: Send + Sync {
+    /// Adds every profile, then every node, in one transaction: all or nothing, with the
+    /// same checks (and audit entries) as [`ProfileStore::add_profiles`] and
+    /// [`NodeStore::add_nodes`], plus one `inventory.import` entry naming the source.
+    /// A dry run does the same work and rolls it back.
+    async fn add_inventory(&self, req: AddInventory, actor: &Actor) -> Result<InventoryAdded, StoreError>;
 }
 
 #[async_trait]

@@ -2,7 +2,7 @@
 //! heartbeat; a tunnel records which server's WireGuard device holds its peer
 //! ([`ServerStore`]).
 
-use crate::{StoreError, TunnelRecord};
+use crate::{Actor, StoreError, TunnelRecord};
 use async_trait::async_trait;
 use ferry_core::wgkey::PublicKey;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,10 @@ pub trait ServerStore: Send + Sync {
     async fn heartbeat(&self, id: &str, now: i64) -> Result<(), StoreError>;
     /// Every server with its count of active tunnels, ordered by id.
     async fn list_servers(&self) -> Result<Vec<ServerStatus>, StoreError>;
+    /// Forgets a server that is gone for good: refused (Conflict) while its heartbeat is
+    /// at most `lost_after_secs` old at `now`, or while it still holds tunnels (the
+    /// others close those once it is lost). Audited as `server.remove`.
+    async fn remove_server(&self, id: &str, now: i64, lost_after_secs: i64, actor: &Actor) -> Result<(), StoreError>;
     /// Closes (audited `tunnel.close`, reason `server-lost`) every tunnel held by a server
     /// other than `except` whose heartbeat is older than `now - grace_secs`, or that has
     /// no server row at all. Returns the closed tunnels.

@@ -11,7 +11,7 @@ use crate::tunnel_tx::{announce, delete_tunnel};
 use crate::write_conn::SqlxConn;
 use crate::{format_time, now_secs, Actor, CloseReason, NodeStore, StoreError, TunnelRecord};
 use async_trait::async_trait;
-use ferry_api::admin::{AddNodes, AssetTagChange, MergedNodeView, NodePatch, NodeView, SecretState};
+use ferry_api::admin::{AddNodes, AssetTagChange, MergedNodeView, NewNode, NodePatch, NodeView, SecretState};
 use ferry_api::Secret;
 use ferry_core::merge::merge_node;
 use ferry_core::model::{check_asset_tag, check_node_addresses, LayerKind};
@@ -189,6 +189,25 @@ impl SqlStore {
         Ok((view, stored.asset_tag))
     }
 
+    /// Adds nodes within the caller's write transaction (their profiles must exist in it).
+    pub(crate) async fn insert_nodes(
+        &self,
+        conn: &mut AnyConnection,
+        nodes: &[NewNode],
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        check_unique(nodes.iter().map(|n| n.name.clone()))?;
+        let profiles = profile_map(&load_profiles(&mut *conn).await?);
+        for new in nodes {
+            let node = Node { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() };
+            let sealed = new.asset_tag.as_ref().map(|t| self.seal_tag(&node.name, t)).transpose()?;
+            write_node(&mut *conn, &node, sealed.as_deref(), &profiles, None).await?;
+            let detail = if new.asset_tag.is_some() { "with asset tag" } else { "" };
+            audit(&mut *conn, actor, "node.add", &format!("node/{}", node.name), detail).await?;
+        }
+        Ok(())
+    }
+
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
         check_asset_tag(tag.expose())?;
         Ok(self.sealer.seal(tag.expose().as_bytes(), asset_tag_aad(node).as_bytes()))
@@ -198,16 +217,8 @@ impl SqlStore {
 #[async_trait]
 impl NodeStore for SqlStore {
     async fn add_nodes(&self, req: AddNodes, actor: &Actor) -> Result<usize, StoreError> {
-        check_unique(req.nodes.iter().map(|n| n.name.clone()))?;
         let mut tx = self.begin_write().await?;
-        let profiles = profile_map(&load_profiles(&mut tx).await?);
-        for new in &req.nodes {
-            let node = Node { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() };
-            let sealed = new.asset_tag.as_ref().map(|t| self.seal_tag(&node.name, t)).transpose()?;
-            write_node(&mut tx, &node, sealed.as_deref(), &profiles, None).await?;
-            let detail = if new.asset_tag.is_some() { "with asset tag" } else { "" };
-            audit(&mut tx, actor, "node.add", &format!("node/{}", node.name), detail).await?;
-        }
+        self.insert_nodes(&mut tx, &req.nodes, actor).await?;
         tx.commit().await?;
         Ok(req.nodes.len())
     }

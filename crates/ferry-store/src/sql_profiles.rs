@@ -5,7 +5,7 @@ use crate::codec::{check_unique, parse_json, parse_name, to_json};
 use crate::sql::SqlStore;
 use crate::{format_time, now_secs, Actor, ProfileStore, StoreError};
 use async_trait::async_trait;
-use ferry_api::admin::{AddProfiles, AssetTagChange, ProfilePatch, ProfileView};
+use ferry_api::admin::{AddProfiles, AssetTagChange, NewProfile, ProfilePatch, ProfileView};
 use ferry_core::merge::check_profile_graph;
 use ferry_core::model::LayerKind;
 use ferry_core::{patch, Profile, ProfileName, Settings};
@@ -80,38 +80,48 @@ async fn write_parents(
     Ok(())
 }
 
+/// Adds profiles (parents may be among them) within the caller's write transaction.
+pub(crate) async fn insert_profiles(
+    conn: &mut AnyConnection,
+    profiles: &[NewProfile],
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    check_unique(profiles.iter().map(|p| p.name.clone()))?;
+    let mut all = profile_map(&load_profiles(&mut *conn).await?);
+    let now = now_secs();
+    for new in profiles {
+        new.settings.validate(LayerKind::Profile)?;
+        if all.contains_key(&new.name) {
+            return Err(StoreError::Conflict(format!(
+                "profile {} already exists; use `ferry profile set` to change it",
+                new.name
+            )));
+        }
+        all.insert(
+            new.name.clone(),
+            Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() },
+        );
+        sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES ($1, $2, 1, $3)")
+            .bind(new.name.as_str())
+            .bind(to_json(&new.settings))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    // Parents may be added in the same batch, so links go in after all profiles.
+    check_profile_graph(&all)?;
+    for new in profiles {
+        write_parents(&mut *conn, &new.name, &new.profiles).await?;
+        audit(&mut *conn, actor, "profile.add", &format!("profile/{}", new.name), "").await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl ProfileStore for SqlStore {
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError> {
-        check_unique(req.profiles.iter().map(|p| p.name.clone()))?;
         let mut tx = self.begin_write().await?;
-        let mut all = profile_map(&load_profiles(&mut tx).await?);
-        let now = now_secs();
-        for new in &req.profiles {
-            new.settings.validate(LayerKind::Profile)?;
-            if all.contains_key(&new.name) {
-                return Err(StoreError::Conflict(format!(
-                    "profile {} already exists; use `ferry profile set` to change it",
-                    new.name
-                )));
-            }
-            all.insert(
-                new.name.clone(),
-                Profile { name: new.name.clone(), profiles: new.profiles.clone(), settings: new.settings.clone() },
-            );
-            sqlx::query("INSERT INTO profiles (name, settings, revision, updated_at) VALUES ($1, $2, 1, $3)")
-                .bind(new.name.as_str())
-                .bind(to_json(&new.settings))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        // Parents may be added in the same batch, so links go in after all profiles.
-        check_profile_graph(&all)?;
-        for new in &req.profiles {
-            write_parents(&mut tx, &new.name, &new.profiles).await?;
-            audit(&mut tx, actor, "profile.add", &format!("profile/{}", new.name), "").await?;
-        }
+        insert_profiles(&mut tx, &req.profiles, actor).await?;
         tx.commit().await?;
         Ok(req.profiles.len())
     }

@@ -81,6 +81,35 @@ impl ServerStore for SqlStore {
             .collect()
     }
 
+    async fn remove_server(&self, id: &str, now: i64, lost_after_secs: i64, actor: &Actor) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT heartbeat_at FROM servers WHERE id = $1").bind(id).fetch_optional(&mut *tx).await?;
+        let Some((heartbeat_at,)) = row else {
+            return Err(StoreError::NotFound { kind: "server", name: id.to_owned() });
+        };
+        let silent = now - heartbeat_at;
+        if silent <= lost_after_secs {
+            return Err(StoreError::Conflict(format!(
+                "server {id} is alive (last heartbeat {silent} s ago): stop it first; a server is removed only \
+                 after it has been silent for lost_after_secs ({lost_after_secs} s)"
+            )));
+        }
+        let (tunnels,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM tunnels WHERE server = $1").bind(id).fetch_one(&mut *tx).await?;
+        if tunnels > 0 {
+            return Err(StoreError::Conflict(format!(
+                "server {id} still holds {tunnels} tunnel(s): the running servers close them within a reconcile \
+                 interval of its loss; retry then"
+            )));
+        }
+        sqlx::query("DELETE FROM servers WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let detail = format!("silent for {silent} s");
+        audit(&mut tx, actor, "server.remove", &format!("server/{id}"), &detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn close_tunnels_of_lost_servers(
         &self,
         now: i64,

@@ -11,13 +11,14 @@ use crate::{
     format_time, Actor, BootInfo, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord, TunnelStore,
 };
 use async_trait::async_trait;
+use ferry_api::admin::KnownHost;
 use ferry_core::tunnel::{AgentMode, TunnelNetwork};
 use ferry_core::wgkey::PublicKey;
 use ferry_core::NodeName;
 use std::net::IpAddr;
 
-/// booted_at, address, instance_id, hostname, boot_count
-type BootRow = (i64, String, Option<String>, Option<String>, i64);
+/// booted_at, address, instance_id, hostname, fqdn, boot_count
+type BootRow = (i64, String, Option<String>, Option<String>, Option<String>, i64);
 
 #[async_trait]
 impl TunnelStore for SqlStore {
@@ -92,12 +93,13 @@ impl TunnelStore for SqlStore {
 
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {
         let mut tx = self.begin_read().await?;
-        let row: Option<BootRow> =
-            sqlx::query_as("SELECT booted_at, address, instance_id, hostname, boot_count FROM boots WHERE node = $1")
-                .bind(node.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some((at, address, instance_id, hostname, boot_count)) = row else { return Ok(None) };
+        let row: Option<BootRow> = sqlx::query_as(
+            "SELECT booted_at, address, instance_id, hostname, fqdn, boot_count FROM boots WHERE node = $1",
+        )
+        .bind(node.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((at, address, instance_id, hostname, fqdn, boot_count)) = row else { return Ok(None) };
         let keys: Vec<(String,)> = sqlx::query_as("SELECT key_text FROM host_keys WHERE node = $1 ORDER BY key_type")
             .bind(node.as_str())
             .fetch_all(&mut *tx)
@@ -109,16 +111,35 @@ impl TunnelStore for SqlStore {
             address,
             instance_id,
             hostname,
+            fqdn,
             boot_count,
             host_keys: keys.into_iter().map(|(k,)| k).collect(),
         }))
     }
 
-    async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT node, key_text FROM host_keys ORDER BY node, key_type")
-                .fetch_all(&self.read)
+    async fn host_keys(&self) -> Result<Vec<KnownHost>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let keys: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT h.node, h.key_text, b.fqdn FROM host_keys h LEFT JOIN boots b ON b.node = h.node \
+             ORDER BY h.node, h.key_type",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let ips: Vec<(String, String)> =
+            sqlx::query_as("SELECT node, value FROM node_addresses WHERE kind = 'ip' ORDER BY node, value")
+                .fetch_all(&mut *tx)
                 .await?;
-        rows.into_iter().map(|(n, k)| Ok((parse_name("node", &n)?, k))).collect()
+        tx.commit().await?;
+        let mut addresses: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for (node, ip) in ips {
+            addresses.entry(node).or_default().push(ip);
+        }
+        keys.into_iter()
+            .map(|(n, key, fqdn)| {
+                let node: NodeName = parse_name("node", &n)?;
+                let fqdn = fqdn.filter(|f| node.owns_fqdn(f));
+                Ok(KnownHost { addresses: addresses.get(&n).cloned().unwrap_or_default(), node, fqdn, key })
+            })
+            .collect()
     }
 }

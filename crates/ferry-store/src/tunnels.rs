@@ -46,8 +46,9 @@ pub trait TunnelStore: Send + Sync {
     /// Returns the closed tunnel, or None if `tunnel` is no longer active.
     async fn phone_home(&self, tunnel: &TunnelRecord, report: &BootReport) -> Result<Option<TunnelRecord>, StoreError>;
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError>;
-    /// Every node's recorded SSH host keys: `(node, "type key")`.
-    async fn host_keys(&self) -> Result<Vec<(NodeName, String)>, StoreError>;
+    /// Every reported SSH host key with the node's own FQDN (see
+    /// `NodeName::owns_fqdn`) and inventory addresses.
+    async fn host_keys(&self) -> Result<Vec<ferry_api::admin::KnownHost>, StoreError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,36 @@ async fn lost_servers_lose_their_tunnels(kind: Kind) {
     assert_eq!(s.close_tunnels_of_lost_servers(now + 21, 30, "me").await.unwrap().len(), 1);
 }
 
+/// `ferry server remove`: a server gone for good is forgotten, never one that is alive
+/// or still holds tunnels; the removal is audited.
+async fn only_lost_servers_without_tunnels_are_removed(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let s = db.open().await;
+    for id in ["alive", "gone"] {
+        s.register_server(&server(id)).await.unwrap();
+    }
+    add_nodes(&s, ["n1".to_string()]).await;
+    s.open_tunnel(&n("n1"), &key("K1"), &net(), 600, None, "gone", &actor()).await.unwrap();
+    let now = ferry_store::now_secs() + 100;
+    s.heartbeat("alive", now - 15).await.unwrap();
+    s.heartbeat("gone", now - 16).await.unwrap();
+    let ids = |s: Vec<ferry_store::ServerStatus>| s.into_iter().map(|x| x.server.id).collect::<Vec<_>>();
+
+    let e = s.remove_server("alive", now, 15, &actor()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict(m) if m.contains("is alive") && m.contains("stop it first")), "{e}");
+    let e = s.remove_server("gone", now, 15, &actor()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::Conflict(m) if m.contains("still holds 1 tunnel")), "{e}");
+    let e = s.remove_server("ghost", now, 15, &actor()).await.unwrap_err();
+    assert!(matches!(&e, StoreError::NotFound { kind: "server", .. }), "{e}");
+    assert_eq!(ids(s.list_servers().await.unwrap()), ["alive", "gone"], "nothing removed");
+
+    s.close_tunnels_of_lost_servers(now, 15, "alive").await.unwrap();
+    s.remove_server("gone", now, 15, &actor()).await.unwrap();
+    assert_eq!(ids(s.list_servers().await.unwrap()), ["alive"]);
+    let audit = s.audit(Some("server/gone"), 10).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "server.remove" && e.detail == "silent for 16 s"), "{audit:?}");
+}
+
 /// Two servers (two store handles; on SQLite, where one server owns the file, one handle
 /// used twice) allocate 200 tunnels at once from the same network: no address twice.
 async fn two_servers_never_share_an_address(kind: Kind) {
@@ -212,6 +242,7 @@ async fn a_tunnel_taken_over_by_another_server_wakes_its_old_server(kind: Kind) 
 both_backends!(
     servers_register_heartbeat_and_list,
     lost_servers_lose_their_tunnels,
+    only_lost_servers_without_tunnels_are_removed,
     two_servers_never_share_an_address,
     a_tunnel_taken_over_by_another_server_wakes_its_old_server,
 );

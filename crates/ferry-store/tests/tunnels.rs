@@ -78,19 +78,31 @@ async fn expiry_and_phone_home_close_only_their_tunnel(kind: Kind) {
     s.open_tunnel(&n("c"), &key("KC"), &net, 600, None, "local", &actor()).await.unwrap();
     let expired = s.expire_tunnels(a.expires_at).await.unwrap();
     assert_eq!(expired.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(), ["a"]);
-    let report =
-        BootReport { host_keys: vec![("ed25519".into(), "ssh-ed25519 AAAAC3Nza b".into())], ..Default::default() };
+    let report = BootReport {
+        host_keys: vec![("ed25519".into(), "ssh-ed25519 AAAAC3Nza b".into())],
+        fqdn: Some("b.cluster".into()),
+        ..Default::default()
+    };
     assert_eq!(s.phone_home(&b, &report).await.unwrap().map(|t| t.node), Some(n("b")));
     assert!(s.phone_home(&b, &report).await.unwrap().is_none(), "a closed tunnel cannot phone home twice");
     let left: Vec<_> = s.list_tunnels().await.unwrap().into_iter().map(|t| t.node).collect();
     assert_eq!(left, [n("c")]);
     let info = s.boot_info(&n("b")).await.unwrap().unwrap();
     assert_eq!((info.boot_count, info.host_keys.len()), (1, 1));
-    assert_eq!(s.host_keys().await.unwrap(), [(n("b"), "ssh-ed25519 AAAAC3Nza b".to_string())]);
+    assert_eq!(info.fqdn.as_deref(), Some("b.cluster"), "the FQDN it reported");
+    let known = ferry_api::admin::KnownHost {
+        node: n("b"),
+        fqdn: Some("b.cluster".into()),
+        addresses: vec![],
+        key: "ssh-ed25519 AAAAC3Nza b".into(),
+    };
+    assert_eq!(s.host_keys().await.unwrap(), std::slice::from_ref(&known));
     // The next boot of b counts on and replaces the last one's facts.
     let b2 = s.open_tunnel(&n("b"), &key("KB2"), &net, 600, None, "local", &actor()).await.unwrap().tunnel;
-    let again = BootReport { hostname: Some("b.example".into()), ..Default::default() };
+    let again = BootReport { hostname: Some("b.example".into()), fqdn: Some("a.cluster".into()), ..Default::default() };
     assert!(s.phone_home(&b2, &again).await.unwrap().is_some());
+    let known = ferry_api::admin::KnownHost { fqdn: None, ..known };
+    assert_eq!(s.host_keys().await.unwrap(), [known], "another node's name is not listed with b's key");
     let info = s.boot_info(&n("b")).await.unwrap().unwrap();
     assert_eq!((info.boot_count, info.hostname.as_deref()), (2, Some("b.example")));
     assert_eq!(info.address, b2.address.to_string());

@@ -417,6 +417,15 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
         assert!(actual.len() >= 3, "{}: {actual:?}", e.node);
         assert_eq!(recorded, actual, "{}: ferry has the node's host keys", e.node);
         known.extend(actual.iter().map(|k| format!("{} {k}", e.node)));
+        // Every line names the node by its name and its address (and by its FQDN when
+        // it reported one of its own).
+        let lines = c.server.ok(&["known-hosts"]);
+        let fqdn = b["fqdn"].as_str().filter(|f| f.starts_with(&format!("{}.", e.node)));
+        for line in lines.lines().filter(|l| l.starts_with(&format!("{},", e.node))) {
+            let hosts: Vec<&str> = line.split_once(' ').unwrap().0.split(',').collect();
+            assert!(hosts.contains(&c.nodes[i].ip.as_str()), "{line}");
+            assert!(fqdn.is_none_or(|f| hosts.contains(&f)), "{fqdn:?}: {line}");
+        }
 
         let audit = c.server.ok(&["audit", "--node", e.node, "--limit", "200"]);
         for doc in ["meta-data", "user-data", "vendor-data"] {
@@ -428,7 +437,15 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
         }
         assert!(audit.contains("reason=phone-home"), "{}: {audit}", e.node);
     }
-    let listed: BTreeSet<String> = c.server.ok(&["known-hosts"]).lines().map(str::to_owned).collect();
+    let listed: BTreeSet<String> = c
+        .server
+        .ok(&["known-hosts"])
+        .lines()
+        .map(|l| {
+            let (hosts, key) = l.split_once(' ').unwrap();
+            format!("{} {key}", hosts.split(',').next().unwrap())
+        })
+        .collect();
     assert_eq!(listed, known.into_iter().collect(), "`ferry known-hosts` lists both nodes' keys");
 
     // Every tunnel ended: none in the store, no peer on the device, no node interface.
