@@ -95,17 +95,14 @@ pub enum BenchCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Import a kernel, an initrd and optionally a root file system (a directory or a
-    /// tar archive, packed as zstd and gzip cpio) into the data directory.
-    Import {
-        name: String,
-        #[arg(long, value_name = "FILE")]
-        kernel: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        initrd: PathBuf,
-        #[arg(long, value_name = "DIR|TAR")]
-        rootfs: Option<PathBuf>,
-    },
+    /// Import a kernel, an initrd and optionally a root file system into the server's
+    /// object store (run it on the server host). The root keeps its extended attributes
+    /// (SELinux labels, file capabilities, ACLs) and is sealed with a key of its own
+    /// unless --no-seal.
+    Import(crate::image_import::ImportArgs),
+    /// Re-check an image's artifacts in the object store (SHA-256 and size) and, for a
+    /// sealed root, that the key the server holds opens it (run it on the server host).
+    Verify { name: String },
     /// List images.
     List {
         #[arg(long)]

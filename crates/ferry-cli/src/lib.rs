@@ -3,6 +3,7 @@
 pub mod args;
 mod bench;
 mod client;
+mod image_import;
 mod images;
 mod listing;
 mod output;

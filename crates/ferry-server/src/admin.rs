@@ -14,7 +14,7 @@ use ferry_api::admin::{
     NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo, ServerView, SetNodes, SetProfiles,
     Status, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
-use ferry_api::image::ImageRecord;
+use ferry_api::image::{AddImage, ImageRecord};
 use ferry_api::{routes, Secret};
 use ferry_core::{NodeName, ProfileName};
 use ferry_store::{Actor, Store};
@@ -76,6 +76,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::SERVERS, get(list_servers))
         .route(routes::IMAGES, get(list_images).post(add_image))
         .route(routes::IMAGE, get(get_image).delete(delete_image))
+        .route(routes::IMAGE_VERIFY, get(crate::image_roots::verify))
         .route(routes::SECRETS, get(list_secrets))
         .route(routes::SECRET, put(set_secret).delete(delete_secret))
         .route(routes::TPMS, get(list_tpms))
@@ -324,14 +325,15 @@ async fn get_image(State(s): State<AdminState>, Path(name): Path<String>) -> Res
 }
 
 /// Registers an image whose artifacts `ferry image import` put in the object store;
-/// each must be there with the size the record says.
+/// each must be there with the size the request says. A sealed root's key (write-only)
+/// is sealed at rest.
 async fn add_image(
     State(s): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    ApiJson(image): ApiJson<ImageRecord>,
+    ApiJson(add): ApiJson<AddImage>,
 ) -> Result<ApiJson<Changed>, HttpError> {
-    let artifacts = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];
-    for a in artifacts.into_iter().flatten() {
+    let root = add.root.as_ref().map(|r| r.artifact());
+    for a in [Some(&add.kernel), Some(&add.initrd), root.as_ref()].into_iter().flatten() {
         if !a.valid() {
             return Err(HttpError::bad_request("artifact digests must be 64 lowercase hex characters"));
         }
@@ -346,7 +348,23 @@ async fn add_image(
             }
         }
     }
-    s.store.add_image(&image, &actor).await?;
+    let key = match &add.root_key {
+        Some(k) => Some(zeroize::Zeroizing::new(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.expose())
+                .map_err(|_| HttpError::bad_request("root_key is not base64"))?,
+        )),
+        None => None,
+    };
+    let image = ImageRecord {
+        name: add.name,
+        kernel: add.kernel,
+        initrd: add.initrd,
+        root: add.root,
+        rootfs_zst: None,
+        rootfs_gz: None,
+        created_at: String::new(),
+    };
+    s.store.add_image(&image, key.as_deref().map(|k| &k[..]), &actor).await?;
     Ok(ApiJson(Changed { changed: 1 }))
 }
 

@@ -28,6 +28,7 @@ pub struct DatasourceState {
 
 pub fn router(state: DatasourceState) -> Router {
     Router::new()
+        .route("/image-key", get(crate::image_roots::image_key))
         .route("/{*path}", get(document).post(phone_home))
         .layer(DefaultBodyLimit::max(PHONE_HOME_BODY_LIMIT))
         .with_state(state)
@@ -38,7 +39,7 @@ fn forbidden() -> HttpError {
 }
 
 /// The caller's active tunnel, from the source address alone.
-fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
+pub(crate) fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
     s.tunnels.active(peer.ip().to_canonical()).ok_or_else(|| {
         tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
         forbidden()

@@ -19,6 +19,7 @@ pub mod datasource;
 pub mod enroll;
 pub mod error;
 mod gate;
+mod image_roots;
 pub mod limits;
 pub mod listen;
 mod metrics;
