@@ -9,17 +9,16 @@
 //! 3. Refused (exit 7) unless size and digest are the tunnel's — before anything is
 //!    unpacked; for a sealed root, also unless the key opens it.
 //! 4. Decrypted (every chunk authenticated first), decompressed and unpacked into
-//!    `--image-root` with every extended attribute (`ferry_image::unpack`), the image's
-//!    SELinux policy loaded as soon as its files are there (`selinux`). The cache gives
-//!    its space back as the unpacking goes (holes punched behind the reader), so the
-//!    download costs no memory beyond the unpacked root.
+//!    `--image-root` with every extended attribute (`ferry_image::root::unpack_file`),
+//!    the image's SELinux policy loaded as soon as its files are there (`selinux`). The
+//!    cache gives its space back as the unpacking goes (holes punched behind the
+//!    reader), so the download costs no memory beyond the unpacked root.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use ferry_api::image::ImageRootKey;
+use ferry_image::root::RootError;
 use ferry_image::seal::ImageKey;
 use ferry_image::unpack::{UnpackOptions, UnpackReport, XattrPolicy};
 
@@ -147,24 +146,7 @@ fn policy_for(root: &Path) -> (XattrPolicy, &'static str) {
 
 /// Checks the key, then unpacks the downloaded archive into the root (blocking).
 fn unpack_root(target: &ImageTarget, key: Option<ImageKey>) -> Result<UnpackReport, AgentError> {
-    let open = || std::fs::File::open(&target.cache).map_err(|e| AgentError::io_path("open", &target.cache, e));
-    if let Some(key) = &key {
-        ferry_image::seal::key_opens(std::io::BufReader::new(open()?), key).map_err(|e| {
-            AgentError::ImageRefused(format!(
-                "the key the server delivered does not open the image root ({e}): refused, nothing unpacked"
-            ))
-        })?;
-    }
     let (policy, fs) = policy_for(&target.root);
-    // Read-write: punching holes needs a descriptor open for writing.
-    let cache = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&target.cache)
-        .map_err(|e| AgentError::io_path("open", &target.cache, e))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, PunchHoles::new(cache));
-    let tar = ferry_image::root::decoder(reader, key.as_ref()).map_err(|e| AgentError::Image(e.to_string()))?;
-    let tar = ferry_image::root::pipelined(tar);
     let mut loaded = None;
     let mut hook = |root: &Path| -> Result<(), String> {
         if fs == "tmpfs" {
@@ -175,8 +157,13 @@ fn unpack_root(target: &ImageTarget, key: Option<ImageKey>) -> Result<UnpackRepo
         Ok(())
     };
     let mut opts = UnpackOptions { xattrs: policy, after_first: Some(&mut hook) };
-    let report = ferry_image::unpack::unpack(tar, &target.root, &mut opts)
-        .map_err(|e| AgentError::Image(format!("unpacking into {}: {e}", target.root.display())))?;
+    let report =
+        ferry_image::root::unpack_file(&target.cache, &target.root, key.as_ref(), &mut opts).map_err(|e| match e {
+            RootError::Key(e) => AgentError::ImageRefused(format!(
+                "the key the server delivered does not open the image root ({e}): refused, nothing unpacked"
+            )),
+            other => AgentError::Image(format!("unpacking into {}: {other}", target.root.display())),
+        })?;
     if let Some(l) = &loaded {
         crate::selinux::finish(l).map_err(AgentError::Image)?;
         tracing::info!(enforcing = l.enforcing, "SELinux: every file carries the image's label; mode set");
@@ -196,44 +183,6 @@ fn unpack_root(target: &ImageTarget, key: Option<ImageKey>) -> Result<UnpackRepo
     Ok(report)
 }
 
-/// Reads a file and gives back the space of what it has read (tmpfs takes
-/// `FALLOC_FL_PUNCH_HOLE`), so a downloaded archive shrinks while it is unpacked.
-struct PunchHoles {
-    file: std::fs::File,
-    pos: u64,
-    punched: u64,
-    works: bool,
-}
-
-/// Space given back in steps of this many bytes.
-const PUNCH: u64 = 64 << 20;
-
-impl PunchHoles {
-    fn new(file: std::fs::File) -> PunchHoles {
-        PunchHoles { file, pos: 0, punched: 0, works: true }
-    }
-}
-
-impl Read for PunchHoles {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        self.pos += n as u64;
-        if self.works && self.pos - self.punched >= PUNCH {
-            use nix::fcntl::FallocateFlags as F;
-            let len = self.pos - self.punched;
-            let flags = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
-            match nix::fcntl::fallocate(self.file.as_raw_fd(), flags, self.punched as i64, len as i64) {
-                Ok(()) => self.punched = self.pos,
-                Err(e) => {
-                    tracing::debug!("the image cache keeps its space until the end (no hole punching: {e})");
-                    self.works = false;
-                }
-            }
-        }
-        Ok(n)
-    }
-}
-
 /// Percent-encodes a query value (the asset tag iPXE would send).
 fn percent(value: &str) -> String {
     value
@@ -248,27 +197,6 @@ fn percent(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn punched_holes_give_space_back_and_reads_see_the_data() {
-        use std::io::Write;
-        use std::os::unix::fs::MetadataExt;
-        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
-        let path = dir.path().join("image.part");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let data: Vec<u8> = (0..(3 * PUNCH as usize / 2)).map(|i| (i % 253) as u8).collect();
-        f.write_all(&data).unwrap();
-        drop(f);
-        let mut r = PunchHoles::new(std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap());
-        let mut first = vec![0u8; PUNCH as usize + 10];
-        r.read_exact(&mut first).unwrap();
-        assert_eq!(&first[..], &data[..first.len()]);
-        let blocks = std::fs::metadata(&path).unwrap().blocks() * 512;
-        assert!(blocks < data.len() as u64 - PUNCH + (1 << 20), "{blocks} bytes still held");
-        let mut rest = Vec::new();
-        r.read_to_end(&mut rest).unwrap();
-        assert_eq!(&rest[..], &data[first.len()..]);
-    }
 
     #[test]
     fn asset_tags_are_percent_encoded() {

@@ -79,7 +79,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`.
+    /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`,
+    /// `ferry bench unpack --rootfs DIR`.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
@@ -91,6 +92,9 @@ pub enum BenchCommand {
     /// A boot storm: N simulated nodes through enrollment, the four documents and
     /// phone-home against a real server in its own network namespace.
     Storm(crate::bench::StormArgs),
+    /// How fast a node's agent unpacks an image root into a tmpfs (sealed, zstd, every
+    /// extended attribute), side by side with `tar --xattrs -x` of the same content.
+    Unpack(crate::bench_unpack::UnpackArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,6 +2,7 @@
 
 pub mod args;
 mod bench;
+mod bench_unpack;
 mod client;
 mod image_import;
 mod images;
@@ -92,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
+        Command::Bench(args::BenchCommand::Unpack(a)) => bench_unpack::unpack(a),
         Command::Configure(cmd) => images::configure(&client, cmd).await,
         Command::Server(args::ServerCommand::List { json }) => {
             let servers = client.list_servers().await?;

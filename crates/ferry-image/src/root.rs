@@ -3,9 +3,84 @@
 //! a thread of its own, so decompression and unpacking overlap as `tar` and `zstd` do in
 //! a shell pipeline.
 
-use crate::seal::{ImageKey, SealReader};
+use crate::seal::{key_opens, ImageKey, SealReader};
+use crate::unpack::{unpack, UnpackError, UnpackOptions, UnpackReport};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: String, source: io::Error },
+    /// The key does not open the archive (header and first chunk): nothing was unpacked.
+    #[error("the key does not open the image root ({0})")]
+    Key(io::Error),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+}
+
+/// Unpacks the root archive in the file `archive` (already checked against its digest)
+/// into `root`: for a sealed one, first checks that `key` opens it, then decrypts,
+/// decompresses and unpacks in one pass (decompression in a thread of its own on
+/// several cores), giving the file's space back as it goes (see [`PunchHoles`]). The
+/// node's agent and `ferry bench unpack` both run this.
+pub fn unpack_file(
+    archive: &Path,
+    root: &Path,
+    key: Option<&ImageKey>,
+    opts: &mut UnpackOptions<'_>,
+) -> Result<UnpackReport, RootError> {
+    let open_err = |source| RootError::Open { path: archive.display().to_string(), source };
+    if let Some(key) = key {
+        let file = std::fs::File::open(archive).map_err(open_err)?;
+        key_opens(io::BufReader::new(file), key).map_err(RootError::Key)?;
+    }
+    // Read-write: punching holes needs a descriptor open for writing.
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(archive).map_err(open_err)?;
+    let reader = io::BufReader::with_capacity(1 << 20, PunchHoles::new(file));
+    let tar = decoder(reader, key).map_err(|e| RootError::Unpack(UnpackError::Invalid(e.to_string())))?;
+    Ok(unpack(pipelined(tar), root, opts)?)
+}
+
+/// Reads a file and gives back the space of what it has read (tmpfs takes
+/// `FALLOC_FL_PUNCH_HOLE`), so a downloaded archive shrinks while it is unpacked and
+/// the unpacking needs no memory beyond the unpacked root.
+pub struct PunchHoles {
+    file: std::fs::File,
+    pos: u64,
+    punched: u64,
+    works: bool,
+}
+
+/// Space given back in steps of this many bytes.
+pub const PUNCH: u64 = 64 << 20;
+
+impl PunchHoles {
+    /// `file` must be open for writing too.
+    pub fn new(file: std::fs::File) -> PunchHoles {
+        PunchHoles { file, pos: 0, punched: 0, works: true }
+    }
+}
+
+impl Read for PunchHoles {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.pos += n as u64;
+        if self.works && self.pos - self.punched >= PUNCH {
+            use nix::fcntl::FallocateFlags as F;
+            let len = self.pos - self.punched;
+            let flags = F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE;
+            match nix::fcntl::fallocate(self.file.as_raw_fd(), flags, self.punched as i64, len as i64) {
+                Ok(()) => self.punched = self.pos,
+                // The file keeps its space until it is removed (ramfs, say).
+                Err(_) => self.works = false,
+            }
+        }
+        Ok(n)
+    }
+}
 
 /// The tar stream of a root archive read from `archive`: opened with `key` when the
 /// image is sealed, then decompressed.
@@ -96,6 +171,27 @@ impl Read for Pipelined {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn punched_holes_give_space_back_and_reads_see_the_data() {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let path = dir.path().join("image.part");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let data: Vec<u8> = (0..(3 * PUNCH as usize / 2)).map(|i| (i % 253) as u8).collect();
+        f.write_all(&data).unwrap();
+        drop(f);
+        let mut r = PunchHoles::new(std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap());
+        let mut first = vec![0u8; PUNCH as usize + 10];
+        r.read_exact(&mut first).unwrap();
+        assert_eq!(&first[..], &data[..first.len()]);
+        let held = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(held < data.len() as u64 - PUNCH + (1 << 20), "{held} bytes still held");
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert_eq!(&rest[..], &data[first.len()..]);
+    }
 
     #[test]
     fn a_pipelined_reader_reads_everything_and_passes_errors_on() {
