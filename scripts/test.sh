@@ -13,7 +13,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
   swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db
-  systemd-container rpm)
+  systemd-container rpm attr acl libcap2-bin iputils-ping selinux-utils policycoreutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -43,6 +43,15 @@ echo "==> package test root file system"
 scripts/package-root.sh >/dev/null || die "building the package test root failed (see above)"
 echo "==> packaging tools (cargo-deb, cargo-generate-rpm)"
 scripts/package.sh --install-tools || die "installing the packaging tools failed (see above)"
+# The QEMU image tests' node roots (tests/netboot_images.rs): a tiny one with a file
+# capability, labels and an ACL; Debian 12 with SELinux labelled at build time. Cached
+# like the cloud-init root.
+echo "==> node image roots"
+FERRY_NODE_IMAGE_TINY=$(scripts/node-image.sh tiny) || die "building the tiny node image failed (see above)"
+FERRY_NODE_IMAGE_SELINUX=$(scripts/node-image.sh selinux) || die "building the SELinux node image failed (see above)"
+export FERRY_NODE_IMAGE_TINY FERRY_NODE_IMAGE_SELINUX
+echo "    $FERRY_NODE_IMAGE_TINY"
+echo "    $FERRY_NODE_IMAGE_SELINUX"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

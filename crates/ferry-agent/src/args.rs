@@ -101,6 +101,18 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR", default_value = "/run/ferry/seed")]
     pub seed_dir: PathBuf,
 
+    /// Fetch mode: after the seed and before phone-home, unpack the node's image root
+    /// into DIR (the tmpfs /init switches to): its key and digest come through the
+    /// tunnel, the archive from the provisioning listener; a root that does not match
+    /// its digest is refused (exit 7) before anything is unpacked.
+    #[arg(long, value_name = "DIR")]
+    pub image_root: Option<PathBuf>,
+
+    /// Where the image root's archive is kept while it is checked and unpacked (on a
+    /// tmpfs: its space is given back as the unpacking goes).
+    #[arg(long, value_name = "FILE", default_value = "/run/ferry/image.part")]
+    pub image_cache: PathBuf,
+
     /// Where the cloud-init mode state file (agent.json) is written.
     #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
     pub state_dir: PathBuf,

@@ -196,6 +196,8 @@ pub struct Config {
     /// Where interface MACs are read (`/sys/class/net`).
     pub sys_class_net: PathBuf,
     pub tuning: Tuning,
+    /// `--image-root`: unpack the node's image there (fetch mode).
+    pub image: Option<crate::image::ImageTarget>,
 }
 
 impl Config {
@@ -322,6 +324,7 @@ impl Config {
             hostname_file: PathBuf::from("/proc/sys/kernel/hostname"),
             sys_class_net: PathBuf::from("/sys/class/net"),
             tuning: Tuning::default(),
+            image: crate::image::ImageTarget::from_args(args)?,
         })
     }
 

@@ -88,6 +88,15 @@ pub enum AgentError {
     #[error("{0}")]
     Tpm(String),
 
+    /// The image root did not match what the server said inside the tunnel (digest,
+    /// size, key): substituted, altered or truncated. Nothing was unpacked.
+    #[error("refusing the node image: {0}")]
+    ImageRefused(String),
+
+    /// The image root could not be fetched or unpacked (network, space, file system).
+    #[error("the node image: {0}")]
+    Image(String),
+
     /// `ferry agent teardown` could not finish.
     #[error("teardown: {0}")]
     Teardown(String),
@@ -96,14 +105,16 @@ pub enum AgentError {
 impl AgentError {
     /// The process exit code: 0 ok (not an error), 2 usage, 3 refused, 4 impostor server
     /// (key mismatch, or an answer pointing outside the tunnel), 5 server unreachable or
-    /// timed out, 6 tunnel or fetch failure, 1 other.
+    /// timed out, 6 tunnel, fetch or image failure, 7 image refused (not the image the
+    /// tunnel vouched for), 1 other.
     pub fn exit_code(&self) -> u8 {
         match self {
             AgentError::Config(_) => 2,
             AgentError::Refused { .. } => 3,
             AgentError::KeyMismatch { .. } | AgentError::Impostor(_) => 4,
             AgentError::Unreachable { .. } => 5,
-            AgentError::Tunnel(_) | AgentError::Fetch(_) => 6,
+            AgentError::Tunnel(_) | AgentError::Fetch(_) | AgentError::Image(_) => 6,
+            AgentError::ImageRefused(_) => 7,
             AgentError::Protocol(_) | AgentError::Io { .. } | AgentError::Tpm(_) | AgentError::Teardown(_) => 1,
         }
     }
@@ -135,6 +146,8 @@ mod tests {
         assert_eq!(AgentError::Unreachable { server: "s".into(), secs: 1, last: "l".into() }.exit_code(), 5);
         assert_eq!(AgentError::Tunnel("t".into()).exit_code(), 6);
         assert_eq!(AgentError::Fetch("f".into()).exit_code(), 6);
+        assert_eq!(AgentError::Image("i".into()).exit_code(), 6);
+        assert_eq!(AgentError::ImageRefused("r".into()).exit_code(), 7);
         assert_eq!(AgentError::Protocol("p".into()).exit_code(), 1);
         assert_eq!(AgentError::Tpm("t".into()).exit_code(), 1);
         assert_eq!(AgentError::io("c", io::Error::other("e")).exit_code(), 1);

@@ -165,7 +165,7 @@ pub(crate) async fn connect_via(
 }
 
 /// A TLS client that accepts exactly the pinned certificates.
-fn pinned_tls(pins: Vec<[u8; 32]>) -> std::sync::Arc<rustls::ClientConfig> {
+pub(crate) fn pinned_tls(pins: Vec<[u8; 32]>) -> std::sync::Arc<rustls::ClientConfig> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let verifier = std::sync::Arc::new(PinnedCertificate { pins, provider: provider.clone() });
     let config = rustls::ClientConfig::builder_with_provider(provider)

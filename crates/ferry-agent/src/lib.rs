@@ -46,9 +46,14 @@
 //! cloud-init-mode agent holds the tunnel and watches its server; when it is lost it
 //! moves the same interface to the next server (`watch.rs`).
 //!
+//! With `--image-root` (fetch mode), the node's image root comes between the seed and
+//! phone-home: its key and digest through the tunnel, the archive from the provisioning
+//! listener, checked, then unpacked with its extended attributes (`image.rs`).
+//!
 //! Exit codes ([`AgentError::exit_code`]): 0 ok, 2 usage or configuration, 3 refused by
 //! the server, 4 impostor (key mismatch, or an answer pointing outside the tunnel), 5
-//! server unreachable or timed out, 6 tunnel or fetch failure, 1 anything else.
+//! server unreachable or timed out, 6 tunnel, fetch or image failure, 7 image refused
+//! (not the image the tunnel vouched for; nothing unpacked), 1 anything else.
 
 mod args;
 mod attest;
@@ -60,12 +65,15 @@ mod error;
 mod guard;
 mod host_keys;
 mod http;
+mod image;
+mod image_download;
 mod mac;
 mod machine;
 mod netlink;
 mod phone_home;
 mod retry;
 mod seed;
+mod selinux;
 mod session;
 mod state;
 pub mod tcti;

@@ -4,7 +4,7 @@
 //!            transient error (unreachable, 429, 5xx): back off, retry until --timeout
 //!           ┌──────┐          ┌──────────────────────────┐
 //!           ▼      │          ▼                          │
-//!         Start ───┴──▶ Challenged ──▶ Enrolled ──▶ TunnelUp ──┬─(fetch)──▶ Fetched ──▶ PhonedHome ──▶ TornDown
+//!         Start ───┴──▶ Challenged ──▶ Enrolled ──▶ TunnelUp ──┬─(fetch)──▶ Fetched ──[▶ Unpacked]──▶ PhonedHome ──▶ TornDown
 //!           │               │  │           │           │       ├─(cloud-init)──▶ Holding ──(SIGTERM, TTL)──▶ TornDown
 //!           │        401 ───┘  └─ key      │           │       │                 │   ▲
 //!           │                    mismatch, │           │       │    server lost  ▼   │ moved to the next server
@@ -18,6 +18,10 @@
 //! server through the tunnel (`watch.rs`); when it is lost, the agent enrolls at the
 //! next server with a fresh key and moves the same interface there, so cloud-init's
 //! retries to the same datasource URL reach the new server.
+//!
+//! `Fetched → Unpacked` only with `--image-root`: the image root's key and digest through
+//! the tunnel, the archive from the provisioning listener, checked, then unpacked
+//! (`image.rs`).
 //!
 //! With a TPM configured, `Challenged → Attested` is the credential round trip
 //! (`attest.rs`), with the same failures and retries as the other requests;
@@ -77,6 +81,8 @@ pub enum State {
     TunnelUp { lease: Lease, tunnel: Box<dyn Tunnel> },
     /// The seed is written (fetch mode); meta-data is kept for the phone-home report.
     Fetched { lease: Lease, tunnel: Box<dyn Tunnel>, meta_data: Vec<u8> },
+    /// Fetch mode with `--image-root`: the node's image root is unpacked (`image.rs`).
+    Unpacked { lease: Lease, tunnel: Box<dyn Tunnel>, meta_data: Vec<u8> },
     /// The server was told (or, after retries, could not be told) that the node is done.
     PhonedHome { lease: Lease, tunnel: Box<dyn Tunnel> },
     /// cloud-init mode: state file written, datasource line printed, tunnel held.
@@ -100,6 +106,7 @@ impl State {
             State::Enrolled { .. } => "enrolled",
             State::TunnelUp { .. } => "tunnel-up",
             State::Fetched { .. } => "fetched",
+            State::Unpacked { .. } => "unpacked",
             State::PhonedHome { .. } => "phoned-home",
             State::Holding { .. } => "holding",
             State::ServerLost { .. } => "server-lost",
@@ -235,7 +242,12 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             s @ (State::Start | State::Challenged { .. } | State::Attested { .. }) => self.enrollment_step(s).await,
             State::Enrolled { lease } => self.bring_up(lease).await,
             State::TunnelUp { lease, tunnel } => self.use_tunnel(lease, tunnel).await,
-            State::Fetched { lease, tunnel, meta_data } => self.phone_home(lease, tunnel, &meta_data).await,
+            State::Fetched { lease, tunnel, meta_data } if self.cfg.image.is_some() => {
+                self.unpack_image(lease, tunnel, meta_data).await
+            }
+            State::Fetched { lease, tunnel, meta_data } | State::Unpacked { lease, tunnel, meta_data } => {
+                self.phone_home(lease, tunnel, &meta_data).await
+            }
             State::PhonedHome { lease, tunnel } => self.finish(lease, tunnel).await,
             State::Holding { lease, tunnel, stop } => self.hold(lease, tunnel, stop).await,
             State::ServerLost { lease, tunnel, stop, why } => self.rehome(lease, tunnel, stop, why).await,

@@ -25,12 +25,12 @@ const PROBE_MAX: Duration = Duration::from_secs(2);
 /// The result of fetching one document.
 /// Why a document could not be fetched: the server is gone (another may serve the
 /// node), or it answered something that another server would answer too.
-enum FetchFailure {
+pub(crate) enum FetchFailure {
     ServerLost(AgentError),
     Fatal(AgentError),
 }
 
-enum Fetched {
+pub(crate) enum Fetched {
     Body(Vec<u8>),
     Absent,
 }
@@ -145,7 +145,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 
     /// One document. Unanswered requests are retried until `--timeout`, or with several
     /// servers until `--tunnel-timeout` (then the server counts as lost).
-    async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, FetchFailure> {
+    pub(crate) async fn fetch(&self, lease: &Lease, name: &str, required: bool) -> Result<Fetched, FetchFailure> {
         let url = join(&lease.datasource_url, name);
         let mut retry = RetryPolicy::new(self.cfg.tuning.probe_initial, PROBE_MAX);
         let patience = self.patience();

@@ -193,6 +193,7 @@ pub fn test_config(dir: &Path) -> Config {
             watch_interval: Duration::from_millis(500),
             watch_patience: Duration::from_secs(5),
         },
+        image: None,
     }
 }
 

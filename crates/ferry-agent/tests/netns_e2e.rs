@@ -191,6 +191,8 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         cmdline: dir.join("no-cmdline"),
         asset_tag_file: dir.join("no-asset-tag"),
         pins_file: dir.join("no-pins"),
+        image_root: None,
+        image_cache: dir.join("image.part"),
     }
 }
 

@@ -39,6 +39,8 @@ paths! {
     SERVER_RECORD = "/v1/servers/{id}";
     IMAGES = "/v1/images";
     IMAGE = "/v1/images/{name}";
+    /// The server's own check of an image: its sealed root opens with the key it holds.
+    IMAGE_VERIFY = "/v1/images/{name}/verify";
     SECRETS = "/v1/secrets";
     SECRET = "/v1/secrets/{name}";
     TPMS = "/v1/tpm";
@@ -92,6 +94,9 @@ pub fn server_record(id: impl Display) -> String {
 }
 pub fn image(name: impl Display) -> String {
     fill(IMAGE, name)
+}
+pub fn image_verify(name: impl Display) -> String {
+    fill(IMAGE_VERIFY, name)
 }
 pub fn secret(name: impl Display) -> String {
     fill(SECRET, name)
@@ -179,6 +184,7 @@ pub const ROUTES: &[Route] = &[
     route(Post, IMAGES, Administer),
     route(Get, IMAGE, Read),
     route(Delete, IMAGE, Administer),
+    route(Get, IMAGE_VERIFY, Read),
     route(Get, SECRETS, Read),
     route(Put, SECRET, Administer),
     route(Delete, SECRET, Administer),

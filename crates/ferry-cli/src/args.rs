@@ -93,7 +93,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`.
+    /// Benchmarks (as root): `ferry bench storm --nodes 10000 --concurrency 200`,
+    /// `ferry bench unpack --rootfs DIR`.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Write the man pages (ferry(1), one per subcommand, ferry.toml(5)) into a directory;
@@ -116,25 +117,21 @@ pub enum BenchCommand {
     /// A boot storm: N simulated nodes through enrollment, the four documents and
     /// phone-home against a real server in its own network namespace.
     Storm(crate::bench::StormArgs),
+    /// How fast a node's agent unpacks an image root into a tmpfs (sealed, zstd, every
+    /// extended attribute), side by side with `tar --xattrs -x` of the same content.
+    Unpack(crate::bench_unpack::UnpackArgs),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCommand {
-    /// Import a kernel, an initrd and optionally a root file system (a directory or a
-    /// tar archive, packed as zstd and gzip cpio) into the data directory.
-    Import {
-        /// The image's name (what `--image` on a node or profile refers to).
-        name: String,
-        /// The nodes' kernel (e.g. /boot/vmlinuz-6.1.0-28-amd64).
-        #[arg(long, value_name = "FILE")]
-        kernel: PathBuf,
-        /// The nodes' initrd: usually the one `ferry image initramfs` builds.
-        #[arg(long, value_name = "FILE")]
-        initrd: PathBuf,
-        /// The root file system the node switches to: a directory or a tar archive.
-        #[arg(long, value_name = "DIR|TAR")]
-        rootfs: Option<PathBuf>,
-    },
+    /// Import a kernel, an initrd and optionally a root file system into the server's
+    /// object store (run it on the server host). The root keeps its extended attributes
+    /// (SELinux labels, file capabilities, ACLs) and is sealed with a key of its own
+    /// unless --no-seal.
+    Import(crate::image_import::ImportArgs),
+    /// Re-check an image's artifacts in the object store (SHA-256 and size) and, for a
+    /// sealed root, that the key the server holds opens it (run it on the server host).
+    Verify { name: String },
     /// List images.
     List {
         /// JSON instead of a table.

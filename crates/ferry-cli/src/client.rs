@@ -7,7 +7,7 @@ use ferry_api::admin::{
     ServerView, SetNodes, SetProfiles, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister,
     TpmView, TunnelView,
 };
-use ferry_api::image::ImageRecord;
+use ferry_api::image::{AddImage, ImageRecord, ImageVerified};
 use ferry_api::ssh::{
     SshCaRotate, SshCaView, SshCertificateQuery, SshCertificateView, SshKnownHosts, SshRevoked, SshUserCertificate,
     SshUserCertificateRequest,
@@ -154,7 +154,9 @@ typed! {
     list_images() -> Vec<ImageRecord> = GET routes::IMAGES;
     image(name: &str) -> ImageRecord = GET routes::image(name);
     /// Registers an image whose artifacts are already in the server's object store.
-    add_image(image: &ImageRecord) -> Changed = POST routes::IMAGES, image;
+    add_image(image: &AddImage) -> Changed = POST routes::IMAGES, image;
+    /// The server's check that a sealed root opens with the key it holds.
+    image_verify(name: &str) -> ImageVerified = GET routes::image_verify(name);
     delete_image(name: &str) -> Changed = DELETE routes::image(name);
     list_secrets() -> Vec<SecretView> = GET routes::SECRETS;
     set_secret(name: &str, secret: &SecretSet) -> Changed = PUT routes::secret(name), secret;

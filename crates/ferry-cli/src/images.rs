@@ -5,78 +5,20 @@ use crate::client::AdminClient;
 use crate::output;
 use anyhow::Context;
 use ferry_api::admin::NodeView;
-use ferry_api::image::{Artifact, ImageRecord};
+use ferry_api::image::ImageRecord;
 use ferry_image::initramfs::{build_initramfs_with_progress, InitramfsOptions};
-use ferry_image::store::{ObjectStore, Stored};
-use std::path::Path;
-
-fn artifact(s: Stored) -> Artifact {
-    Artifact { sha256: s.sha256, size: s.size }
-}
-
-fn bar(what: &str, total: Option<u64>) -> indicatif::ProgressBar {
-    let pb = match total {
-        Some(t) => indicatif::ProgressBar::new(t),
-        None => indicatif::ProgressBar::new_spinner(),
-    };
-    let style = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(if total.is_some() { style } else { indicatif::ProgressStyle::default_spinner() });
-    pb.set_message(what.to_owned());
-    pb
-}
-
-fn put(store: &ObjectStore, what: &str, file: &Path) -> anyhow::Result<Artifact> {
-    let size = std::fs::metadata(file).with_context(|| format!("cannot read {what} {}", file.display()))?.len();
-    let pb = bar(what, Some(size));
-    let stored = store.put_file(file, &mut |n| pb.set_position(n))?;
-    pb.finish();
-    Ok(artifact(stored))
-}
 
 pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Import { name, kernel, initrd, rootfs } => {
-            ferry_core::model::check_image_name(&name)?;
-            let server = client.server_info().await?;
-            let store = ObjectStore::new(Path::new(&server.data_dir));
-            let kernel = put(&store, "kernel", &kernel)?;
-            let initrd = put(&store, "initrd", &initrd)?;
-            let (rootfs_zst, rootfs_gz) = match rootfs {
-                Some(src) => {
-                    let pb = bar("rootfs", None);
-                    let (zst, gz) = store.put_rootfs(&src, &mut |n| {
-                        pb.set_message(format!("rootfs {} MiB packed", n >> 20));
-                        pb.tick();
-                    })?;
-                    pb.finish_with_message(format!("rootfs: {} bytes (zstd), {} bytes (gzip)", zst.size, gz.size));
-                    (Some(artifact(zst)), Some(artifact(gz)))
-                }
-                None => (None, None),
-            };
-            let record =
-                ImageRecord { name: name.clone(), kernel, initrd, rootfs_zst, rootfs_gz, created_at: String::new() };
-            client.add_image(&record).await?;
-            outln!("imported image {name}")?;
-        }
+        ImageCommand::Import(args) => crate::image_import::import(client, args).await?,
+        ImageCommand::Verify { name } => crate::image_import::verify(client, &name).await?,
         ImageCommand::List { json } => outln!("{}", crate::listing::listing(&client.list_images().await?, json))?,
         ImageCommand::Show { name, json } => {
             let i = client.image(&name).await?;
             if json {
                 outln!("{}", output::json(&i))?;
             } else {
-                let mut rows = vec![vec!["name".into(), i.name.clone()], vec!["created".into(), i.created_at.clone()]];
-                for (what, a) in [
-                    ("kernel", Some(&i.kernel)),
-                    ("initrd", Some(&i.initrd)),
-                    ("rootfs.zst", i.rootfs_zst.as_ref()),
-                    ("rootfs.gz", i.rootfs_gz.as_ref()),
-                ] {
-                    if let Some(a) = a {
-                        rows.push(vec![what.into(), format!("sha256:{} ({} bytes)", a.sha256, a.size)]);
-                    }
-                }
-                outln!("{}", output::table(&["field", "value"], rows))?;
+                outln!("{}", output::table(&["field", "value"], show_rows(&i)))?;
             }
         }
         ImageCommand::Initramfs(args) => initramfs(args)?,
@@ -86,6 +28,31 @@ pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()
         }
     }
     Ok(())
+}
+
+/// `ferry image show`'s rows: each artifact, and what the root holds.
+fn show_rows(i: &ImageRecord) -> Vec<Vec<String>> {
+    use crate::image_import::mib;
+    let mut rows = vec![vec!["name".into(), i.name.clone()], vec!["created".into(), i.created_at.clone()]];
+    for (what, a) in crate::image_import::artifacts(i) {
+        rows.push(vec![what.into(), format!("sha256:{} ({})", a.sha256, mib(a.size))]);
+    }
+    if let Some(r) = &i.root {
+        let sealed = match r.sealed {
+            true => "sealed (XChaCha20-Poly1305 with a key of its own, delivered only in node tunnels)",
+            false => "NOT sealed (served in clear; its digest is checked)",
+        };
+        rows.push(vec!["root sealing".into(), sealed.into()]);
+        rows.push(vec!["root entries".into(), r.entries.to_string()]);
+        rows.push(vec!["root xattrs".into(), r.xattrs.to_string()]);
+        rows.push(vec![
+            "root unpacked".into(),
+            format!("{} (ratio {:.2})", mib(r.unpacked_bytes), r.unpacked_bytes as f64 / r.size.max(1) as f64),
+        ]);
+    } else if i.rootfs_gz.is_some() {
+        rows.push(vec!["root".into(), "cpio second initrd (no extended attributes): re-import it".into()]);
+    }
+    rows
 }
 
 /// `ferry image initramfs`: builds a node initramfs (no server needed).

@@ -13,9 +13,11 @@ macro_rules! out {
 
 pub mod args;
 mod bench;
+mod bench_unpack;
 mod client;
 mod doctor;
 mod doctor_checks;
+mod image_import;
 mod images;
 mod import;
 mod listing;
@@ -121,6 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
+        Command::Bench(args::BenchCommand::Unpack(a)) => bench_unpack::unpack(a),
         Command::Configure(cmd) => images::configure(&client, cmd).await,
         Command::Import(import::ImportCommand::Warewulf { nodes_conf, dry_run }) => {
             import::warewulf(&client, &nodes_conf, dry_run).await

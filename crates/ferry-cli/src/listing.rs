@@ -114,11 +114,22 @@ impl Listing for TpmView {
 }
 
 impl Listing for ImageRecord {
-    const HEADER: &'static [&'static str] = &["name", "kernel", "initrd", "rootfs (zstd)", "created"];
+    const HEADER: &'static [&'static str] = &["name", "kernel", "initrd", "root", "sealed", "created"];
     fn row(&self) -> Vec<String> {
         let mib = |a: &Artifact| format!("{:.1} MiB", a.size as f64 / 1048576.0);
-        let rootfs = self.rootfs_zst.as_ref().map(mib);
-        vec![self.name.clone(), mib(&self.kernel), mib(&self.initrd), or_dash(rootfs), self.created_at.clone()]
+        let (root, sealed) = match (&self.root, &self.rootfs_zst) {
+            (Some(r), _) => (Some(mib(&r.artifact())), Some(if r.sealed { "yes" } else { "NO" }.to_owned())),
+            (None, Some(legacy)) => (Some(format!("{} (cpio)", mib(legacy))), Some("NO".to_owned())),
+            (None, None) => (None, None),
+        };
+        vec![
+            self.name.clone(),
+            mib(&self.kernel),
+            mib(&self.initrd),
+            or_dash(root),
+            or_dash(sealed),
+            self.created_at.clone(),
+        ]
     }
 }
 

@@ -6,8 +6,9 @@
 //! `ldd` names, the kernel modules for the network driver and WireGuard (with their
 //! dependencies, in load order, decompressed), a udhcpc event script and `/init`
 //! (`initramfs/init.sh`): mount, load modules, DHCP, `ferry agent --mode fetch
-//! --wg-backend kernel`, then power off (`ferry.test=poweroff`) or copy the image's
-//! root (a second initrd unpacking under `/rootfs`) into a tmpfs and switch to it.
+//! --wg-backend kernel` — which, with `root=tmpfs`, also unpacks the image's root into
+//! the tmpfs `/init` mounted on `/newroot` — then power off (`ferry.test=poweroff`) or
+//! switch to the image. The initramfs carries no image: the same one boots every image.
 
 use crate::cpio::CpioWriter;
 use modules::{kernel_and_modules, module_name, read_module, strip_compression, ModuleIndex};
@@ -546,6 +547,9 @@ kernel/net/core/failover.ko.xz:
             "ferry.test=poweroff",
             "switch_root /newroot",
             "--wg-backend kernel",
+            "--image-root /newroot",
+            "7 image refused",
+            "mount -t \"$FSTYPE\"",
         ] {
             assert!(INIT_SCRIPT.contains(marker), "init lacks {marker:?}");
         }

@@ -2,7 +2,8 @@
 //! import: artifacts are written under a temporary name while hashed, then renamed to
 //! their digest, so a reader never sees a partial file and an artifact never changes.
 
-use crate::cpio::{CpioWriter, Meta};
+use crate::pack::{self, PackError, PackStats, Packer};
+use crate::seal::{ImageKey, SealWriter};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
@@ -14,6 +15,8 @@ pub enum ImportError {
     Io { path: String, source: io::Error },
     #[error("{0} is neither a directory nor a tar archive")]
     NotARootfs(String),
+    #[error(transparent)]
+    Pack(#[from] PackError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImportError + '_ {
@@ -92,161 +95,92 @@ impl ObjectStore {
         self.commit(out)
     }
 
-    /// Packs a root file system (a directory or a tar archive) as a cpio archive under
-    /// `rootfs/`, stored twice: zstd- and gzip-compressed. Returns (zstd, gzip).
-    pub fn put_rootfs(&self, src: &Path, progress: &mut dyn FnMut(u64)) -> Result<(Stored, Stored), ImportError> {
-        let zst = zstd::Encoder::new(self.create()?, 9).map_err(io_err(src))?;
-        let gz = flate2::write::GzEncoder::new(self.create()?, flate2::Compression::default());
-        let mut cpio = CpioWriter::new(Tee { a: zst, b: gz, written: 0, progress });
-        cpio.dir("rootfs", 0o755).map_err(io_err(src))?;
+    /// Packs a root file system (a directory, or a tar archive: plain, zstd or gzip) as
+    /// an image's root archive — tar with extended attributes, zstd-compressed at
+    /// `level`, sealed with `key` when one is given — and stores it. `progress` gets the
+    /// bytes of archive packed so far (before compression).
+    pub fn put_root(
+        &self,
+        src: &Path,
+        key: Option<&ImageKey>,
+        level: i32,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(Stored, PackStats), ImportError> {
+        let out = self.create()?;
+        let sink = match key {
+            Some(k) => Sink::Sealed(SealWriter::new(out, k).map_err(io_err(src))?),
+            None => Sink::Plain(out),
+        };
+        let mut zst = zstd::Encoder::new(sink, level).map_err(io_err(src))?;
+        // Several threads when the machine has them (the output does not depend on it).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        if threads > 1 {
+            zst.multithread(threads).map_err(io_err(src))?;
+        }
+        let mut packer = Packer::new(Counting { inner: zst, count: 0, progress });
         if src.is_dir() {
-            // Owners, permissions, links and device nodes as they are on disk.
-            cpio.append_tree(src, "rootfs").map_err(io_err(src))?;
+            pack::pack_dir(src, &mut packer)?;
         } else if src.is_file() {
-            pack_tar(src, &mut cpio)?;
+            pack::pack_tar(src, &mut packer)?;
         } else {
             return Err(ImportError::NotARootfs(src.display().to_string()));
         }
-        let tee = cpio.finish().map_err(io_err(src))?;
-        let zst = tee.a.finish().map_err(io_err(src))?;
-        let gz = tee.b.finish().map_err(io_err(src))?;
-        Ok((self.commit(zst)?, self.commit(gz)?))
+        let (counting, stats) = packer.finish().map_err(io_err(src))?;
+        let file = counting.inner.finish().and_then(Sink::finish).map_err(io_err(src))?;
+        Ok((self.commit(file)?, stats))
+    }
+}
+
+/// Where the compressed archive goes: the object file, through the sealing when sealed.
+enum Sink {
+    Plain(HashingFile),
+    Sealed(SealWriter<HashingFile>),
+}
+
+impl Sink {
+    /// Ends the stream (the sealed image's last chunk) and returns the object file.
+    fn finish(self) -> io::Result<HashingFile> {
+        match self {
+            Sink::Plain(f) => Ok(f),
+            Sink::Sealed(w) => w.finish(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(f) => f.write(buf),
+            Sink::Sealed(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(f) => f.flush(),
+            Sink::Sealed(w) => w.flush(),
+        }
+    }
+}
+
+/// Counts the bytes written through it and reports them.
+struct Counting<'a, W: Write> {
+    inner: W,
+    count: u64,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        (self.progress)(self.count);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-/// Writes the same bytes to two compressors, reporting progress.
-struct Tee<'a, A: Write, B: Write> {
-    a: A,
-    b: B,
-    written: u64,
-    progress: &'a mut dyn FnMut(u64),
-}
-
-impl<A: Write, B: Write> Write for Tee<'_, A, B> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.a.write_all(buf)?;
-        self.b.write_all(buf)?;
-        self.written += buf.len() as u64;
-        (self.progress)(self.written);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.a.flush()?;
-        self.b.flush()
-    }
-}
-
-fn pack_tar<W: Write>(src: &Path, cpio: &mut CpioWriter<W>) -> Result<(), ImportError> {
-    let file = File::open(src).map_err(io_err(src))?;
-    let mut archive = tar::Archive::new(file);
-    for entry in archive.entries().map_err(|_| ImportError::NotARootfs(src.display().to_string()))? {
-        let mut entry = entry.map_err(io_err(src))?;
-        let path = entry.path().map_err(io_err(src))?.to_string_lossy().into_owned();
-        let name = format!("rootfs/{}", path.trim_start_matches("./").trim_end_matches('/'));
-        let h = entry.header();
-        let meta = Meta {
-            perm: h.mode().unwrap_or(0o644) & 0o7777,
-            uid: h.uid().ok().and_then(|u| u32::try_from(u).ok()).unwrap_or(0),
-            gid: h.gid().ok().and_then(|g| u32::try_from(g).ok()).unwrap_or(0),
-        };
-        let size = h.size().unwrap_or(0);
-        let res = match h.entry_type() {
-            tar::EntryType::Directory => cpio.dir_meta(&name, meta),
-            tar::EntryType::Regular | tar::EntryType::Continuous => cpio.file_from_meta(&name, meta, size, &mut entry),
-            tar::EntryType::Symlink => {
-                let target =
-                    entry.link_name().ok().flatten().map(|t| t.to_string_lossy().into_owned()).unwrap_or_default();
-                cpio.symlink_meta(&name, &target, meta)
-            }
-            _ => continue,
-        };
-        res.map_err(io_err(src))?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_addressed_and_rootfs_from_dir_and_tar() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::new(dir.path());
-        let src = dir.path().join("kernel");
-        std::fs::write(&src, b"not really a kernel").unwrap();
-        let a = store.put_file(&src, &mut |_| {}).unwrap();
-        assert_eq!(a.size, 19);
-        assert_eq!(std::fs::read(store.path(&a.sha256)).unwrap(), b"not really a kernel");
-        assert_eq!(store.put_file(&src, &mut |_| {}).unwrap(), a, "same content, same object");
-
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/os-release"), b"ID=ferrytest\n").unwrap();
-        std::os::unix::fs::symlink("os-release", root.join("etc/link")).unwrap();
-        let (zst, gz) = store.put_rootfs(&root, &mut |_| {}).unwrap();
-        let raw = zstd::decode_all(File::open(store.path(&zst.sha256)).unwrap()).unwrap();
-        let mut from_gz = Vec::new();
-        flate2::read::GzDecoder::new(File::open(store.path(&gz.sha256)).unwrap()).read_to_end(&mut from_gz).unwrap();
-        assert_eq!(raw, from_gz, "both compressions hold the same archive");
-        let text = String::from_utf8_lossy(&raw);
-        assert!(
-            text.contains("rootfs/etc/os-release\0")
-                && text.contains("ID=ferrytest")
-                && text.contains("rootfs/etc/link\0")
-        );
-
-        let tar_path = dir.path().join("root.tar");
-        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
-        b.append_dir_all(".", &root).unwrap();
-        b.finish().unwrap();
-        drop(b);
-        let (zst2, _) = store.put_rootfs(&tar_path, &mut |_| {}).unwrap();
-        let raw2 = String::from_utf8_lossy(&zstd::decode_all(File::open(store.path(&zst2.sha256)).unwrap()).unwrap())
-            .into_owned();
-        assert!(raw2.contains("rootfs/etc/os-release\0") && raw2.contains("ID=ferrytest"));
-        assert!(store.put_rootfs(&dir.path().join("missing"), &mut |_| {}).is_err());
-    }
-
-    /// A node boots its image with the owners it was built with (a user's home is not
-    /// root's), from a directory and from a tar archive alike.
-    #[test]
-    fn rootfs_keeps_owners_and_modes() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::new(dir.path());
-        let unpack = |s: &Stored| {
-            let raw = zstd::decode_all(File::open(store.path(&s.sha256)).unwrap()).unwrap();
-            crate::cpio::read_archive(&raw).unwrap()
-        };
-
-        let root = dir.path().join("root");
-        std::fs::create_dir_all(root.join("home/alice")).unwrap();
-        std::fs::write(root.join("home/alice/.profile"), b"x").unwrap();
-        std::fs::set_permissions(root.join("home/alice/.profile"), std::fs::Permissions::from_mode(0o600)).unwrap();
-        let on_disk = std::fs::metadata(root.join("home/alice/.profile")).unwrap();
-        let (zst, _) = store.put_rootfs(&root, &mut |_| {}).unwrap();
-        let e = unpack(&zst).into_iter().find(|e| e.name == "rootfs/home/alice/.profile").unwrap();
-        assert_eq!((e.uid, e.gid, e.perm()), (on_disk.uid(), on_disk.gid(), 0o600));
-
-        let tar_path = dir.path().join("owned.tar");
-        let mut b = tar::Builder::new(File::create(&tar_path).unwrap());
-        let mut h = tar::Header::new_gnu();
-        h.set_path("home/alice/notes").unwrap();
-        h.set_size(2);
-        h.set_mode(0o640);
-        h.set_uid(1000);
-        h.set_gid(1001);
-        h.set_cksum();
-        b.append(&h, &b"hi"[..]).unwrap();
-        b.finish().unwrap();
-        drop(b);
-        let (zst, _) = store.put_rootfs(&tar_path, &mut |_| {}).unwrap();
-        let e = unpack(&zst).into_iter().find(|e| e.name == "rootfs/home/alice/notes").unwrap();
-        assert_eq!((e.uid, e.gid, e.perm(), e.data.as_slice()), (1000, 1001, 0o640, &b"hi"[..]));
-    }
 }

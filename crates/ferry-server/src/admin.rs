@@ -14,37 +14,17 @@ use ferry_api::admin::{
     NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo, ServerView, SetNodes, SetProfiles,
     Status, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister, TpmView, TunnelView,
 };
-use ferry_api::image::ImageRecord;
+use ferry_api::image::{AddImage, ImageRecord};
 use ferry_api::ErrorKind;
 use ferry_api::{routes, Secret};
 use ferry_core::{NodeName, ProfileName};
-use ferry_store::{Actor, Store};
-use std::collections::HashSet;
-use std::sync::Arc;
+use ferry_store::Actor;
 
 /// Largest admin request body: a few thousand nodes with templates fit comfortably.
 pub const ADMIN_BODY_LIMIT: usize = 16 * 1024 * 1024;
 
+pub use crate::admin_state::AdminState;
 pub use crate::listen::PeerCred;
-
-#[derive(Clone)]
-pub struct AdminState {
-    pub store: Arc<dyn Store>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub allowed_uids: Arc<HashSet<u32>>,
-    /// Tunnel listing, revocation and node deletion (which closes tunnels).
-    pub tunnels: Arc<crate::tunnels::TunnelManager>,
-    pub server_public_key: ferry_wg::PublicKey,
-    pub data_dir: std::path::PathBuf,
-    pub public_url: Option<String>,
-    pub tpm: Arc<crate::tpm::TpmPolicy>,
-    /// `sha256:HEX` of the provisioning TLS certificate, when that listener is on.
-    pub provisioning_tls_pin: Option<String>,
-    /// `[cluster] lost_after_secs`: a server silent for longer is shown as lost.
-    pub lost_after_secs: u64,
-    /// How this server runs (`GET /v1/server`, for `ferry doctor`).
-    pub setup: Arc<ferry_api::admin::ServerSetup>,
-}
 
 /// The admin API on the unix socket: every route, token management included, for
 /// callers the kernel vouches for.
@@ -83,6 +63,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::SERVER_RECORD, delete(remove_server))
         .route(routes::IMAGES, get(list_images).post(add_image))
         .route(routes::IMAGE, get(get_image).delete(delete_image))
+        .route(routes::IMAGE_VERIFY, get(crate::image_roots::verify))
         .route(routes::SECRETS, get(list_secrets))
         .route(routes::SECRET, put(set_secret).delete(delete_secret))
         .route(routes::TPMS, get(list_tpms))
@@ -344,14 +325,15 @@ async fn get_image(State(s): State<AdminState>, Path(name): Path<String>) -> Res
 }
 
 /// Registers an image whose artifacts `ferry image import` put in the object store;
-/// each must be there with the size the record says.
+/// each must be there with the size the request says. A sealed root's key (write-only)
+/// is sealed at rest.
 async fn add_image(
     State(s): State<AdminState>,
     Extension(actor): Extension<Actor>,
-    ApiJson(image): ApiJson<ImageRecord>,
+    ApiJson(add): ApiJson<AddImage>,
 ) -> Result<ApiJson<Changed>, HttpError> {
-    let artifacts = [Some(&image.kernel), Some(&image.initrd), image.rootfs_zst.as_ref(), image.rootfs_gz.as_ref()];
-    for a in artifacts.into_iter().flatten() {
+    let root = add.root.as_ref().map(|r| r.artifact());
+    for a in [Some(&add.kernel), Some(&add.initrd), root.as_ref()].into_iter().flatten() {
         if !a.valid() {
             return Err(HttpError::bad_request("artifact digests must be 64 lowercase hex characters"));
         }
@@ -366,7 +348,23 @@ async fn add_image(
             }
         }
     }
-    s.store.add_image(&image, &actor).await?;
+    let key = match &add.root_key {
+        Some(k) => Some(zeroize::Zeroizing::new(
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, k.expose())
+                .map_err(|_| HttpError::bad_request("root_key is not base64"))?,
+        )),
+        None => None,
+    };
+    let image = ImageRecord {
+        name: add.name,
+        kernel: add.kernel,
+        initrd: add.initrd,
+        root: add.root,
+        rootfs_zst: None,
+        rootfs_gz: None,
+        created_at: String::new(),
+    };
+    s.store.add_image(&image, key.as_deref().map(|k| &k[..]), &actor).await?;
     Ok(ApiJson(Changed { changed: 1 }))
 }
 

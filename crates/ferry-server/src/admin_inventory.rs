@@ -1,6 +1,6 @@
 //! `POST /v1/inventory`: profiles and nodes in one transaction (`ferry import`).
 
-use crate::admin::AdminState;
+use crate::admin_state::AdminState;
 use crate::error::{ApiJson, HttpError};
 use axum::extract::State;
 use axum::Extension;

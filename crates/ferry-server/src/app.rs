@@ -141,7 +141,8 @@ impl Handlers {
                 .merge(boot::router(self.boot))
                 .layer(timeout(config.provisioning.request_timeout_secs))
                 .layer(axum::middleware::from_fn_with_state(metrics, Metrics::count_enrollments)),
-            datasource: datasource::router(self.datasource)
+            datasource: datasource::router(self.datasource.clone())
+                .merge(crate::image_roots::router(self.datasource))
                 .merge(ssh_issue::router(self.ssh))
                 .layer(timeout(config.datasource.request_timeout_secs)),
         }

@@ -276,9 +276,15 @@ async fn image_artifact(
 ) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such image artifact\n").into_response();
     let Ok(Some(record)) = s.store.get_image(&image).await else { return not_found() };
-    if let Err(refused) = gate(&s, &image, &q, conn, &headers).await {
-        return refused;
+    // A sealed root is ciphertext: its key, delivered only in the node's tunnel, is its
+    // gate. Everything else of a gated image is gated (Warewulf's scheme).
+    let sealed_root = artifact == "root" && record.root.as_ref().is_some_and(|r| r.sealed);
+    if !sealed_root {
+        if let Err(refused) = gate(&s, &image, &q, conn, &headers).await {
+            return refused;
+        }
     }
+    let root = record.root.as_ref().map(|r| r.artifact());
     let accepts_zstd = headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
@@ -289,6 +295,7 @@ async fn image_artifact(
         // The kernel unpacks either; zstd is smaller and faster where the client says so.
         "rootfs" if accepts_zstd => record.rootfs_zst.as_ref(),
         "rootfs" => record.rootfs_gz.as_ref(),
+        "root" => root.as_ref(),
         _ => None,
     };
     let Some(a) = chosen else { return not_found() };

@@ -6,6 +6,7 @@ use crate::error::HttpError;
 use crate::listen::TcpConn;
 use crate::metrics::{DocumentLabel, Metrics};
 use crate::render::{mentions_secrets, render, Document, FerryContext, TemplateSecrets};
+use crate::tunnel_caller::{not_a_tunnel, tunnel_caller};
 use crate::tunnels::{ActiveTunnel, TunnelManager};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
@@ -45,21 +46,9 @@ pub fn router(state: DatasourceState) -> Router {
         .with_state(state)
 }
 
-fn forbidden() -> HttpError {
-    HttpError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, "forbidden: not an active ferry tunnel")
-}
-
 /// The caller's active tunnel, from the source address alone.
 fn caller(s: &DatasourceState, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
     tunnel_caller(&s.tunnels, peer)
-}
-
-/// The active tunnel owning `peer`'s address (every datasource route's caller), or 403.
-pub(crate) fn tunnel_caller(tunnels: &TunnelManager, peer: SocketAddr) -> Result<Arc<ActiveTunnel>, HttpError> {
-    tunnels.active(peer.ip().to_canonical()).ok_or_else(|| {
-        tracing::warn!(source = %peer, "datasource request from an address without an active tunnel");
-        forbidden()
-    })
 }
 
 async fn document(
@@ -181,7 +170,7 @@ async fn phone_home(
     };
     let report = boot_report(form);
     if !s.tunnels.phone_home(tunnel, &report).await? {
-        return Err(forbidden());
+        return Err(not_a_tunnel());
     }
     tracing::info!(node = %tunnel.node, host_keys = report.host_keys.len(), "node phoned home; tunnel closed");
     Ok((StatusCode::OK, "ok\n").into_response())

@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod admin_inventory;
+mod admin_state;
 mod app;
 mod artifacts;
 pub mod boot;
@@ -22,6 +23,7 @@ pub mod datasource;
 pub mod enroll;
 pub mod error;
 mod gate;
+mod image_roots;
 pub mod limits;
 pub mod listen;
 mod metrics;
@@ -39,6 +41,7 @@ mod ssh_issue;
 mod testing;
 pub use remote::certificate_file_pin;
 mod tpm;
+mod tunnel_caller;
 pub mod tunnels;
 mod wgkey;
 

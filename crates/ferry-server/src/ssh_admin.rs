@@ -1,7 +1,7 @@
 //! The admin API's SSH routes (`/v1/ssh/...`): the CAs and their rotation, what clients
 //! need to trust the cluster's hosts, issued certificates, and revocation.
 
-use crate::admin::AdminState;
+use crate::admin_state::AdminState;
 use crate::error::{ApiJson, HttpError};
 use crate::ssh_ca::new_ca_key;
 use axum::extract::{Path, Query, State};

@@ -8,10 +8,10 @@
 //! - `GET /ssh/known-hosts`: `@cert-authority` lines for the node's own SSH client.
 //! - `GET /ssh/revoked-keys`: the revoked host keys (`RevokedHostKeys`).
 
-use crate::datasource::tunnel_caller;
 use crate::error::HttpError;
 use crate::listen::TcpConn;
 use crate::ssh_ca::{issue_host_certificates, parse_host_keys};
+use crate::tunnel_caller::tunnel_caller;
 use crate::tunnels::TunnelManager;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};

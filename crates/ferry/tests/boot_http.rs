@@ -1,5 +1,5 @@
 //! Network boot over HTTP against a real server: per-node scripts, unknown MACs,
-//! artifacts with Range/ETag, rootfs compression choice, asset-tag gating (and its
+//! artifacts with Range/ETag (the sealed root too), asset-tag gating (and its
 //! defences against guessing), and the audit rows a flood of script fetches leaves.
 
 mod common;
@@ -82,10 +82,9 @@ fn scripts_per_node_and_unknown_macs() {
         script,
         format!(
             "#!ipxe\necho ferry: booting n1 (image rocky9)\n\
-             kernel {BASE}/boot/images/rocky9/kernel initrd=initrd initrd=rootfs console=ttyS0 root=tmpfs \
+             kernel {BASE}/boot/images/rocky9/kernel initrd=initrd console=ttyS0 root=tmpfs \
              ferry.server={BASE} ferry.pubkey={key} ferry.node=n1 ds=nocloud-net;s=http://100.64.0.1:8471/\n\
-             initrd --name initrd {BASE}/boot/images/rocky9/initrd\n\
-             initrd --name rootfs {BASE}/boot/images/rocky9/rootfs\nboot\n"
+             initrd --name initrd {BASE}/boot/images/rocky9/initrd\nboot\n"
         )
     );
     let (_, _, by_path) = curl(&f.s, &[&format!("{BASE}/boot/ipxe/52:54:00:00:00:01")]);
@@ -138,13 +137,17 @@ fn artifacts_stream_with_range_and_etag() {
     let (code, _, body) =
         curl(&f.s, &["-H", &format!("If-Range: \"{}\"", "0".repeat(64)), "-H", "Range: bytes=0-9", &url]);
     assert_eq!((code, body.len()), (200, f.kernel.len()), "a stale If-Range gets the whole file");
-    // rootfs: zstd when the client accepts it, gzip otherwise.
-    let rootfs = format!("{BASE}/boot/images/rocky9/rootfs");
-    let (_, h, zst) = curl(&f.s, &["-H", "Accept-Encoding: zstd, gzip", &rootfs]);
-    assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd], "zstd magic");
-    assert!(h.contains("vary: accept-encoding"));
-    let (_, _, gz) = curl(&f.s, &[&rootfs]);
-    assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip magic");
+    // The root: not in the boot script (the agent fetches it), sealed by default, and
+    // resumable like every artifact.
+    let root = format!("{BASE}/boot/images/rocky9/root");
+    let (code, h, sealed) = curl(&f.s, &[&root]);
+    assert_eq!((code, &sealed[..8]), (200, &b"FERRYIMG"[..]), "a sealed root");
+    assert!(h.contains(&format!("content-length: {}", sealed.len())), "{h}");
+    let (code, _, tail) = curl(&f.s, &["-H", "Range: bytes=100-", &root]);
+    assert_eq!((code, tail.as_slice()), (206, &sealed[100..]));
+    // Images imported before sealed images had a cpio `rootfs`; new ones have none.
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/rocky9/rootfs")]).0, 404);
+    assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/root")]).0, 404);
     assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/nosuch/kernel")]).0, 404);
     assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/plain/rootfs")]).0, 404);
     assert_eq!(curl(&f.s, &[&format!("{BASE}/boot/images/rocky9/etc-passwd")]).0, 404);

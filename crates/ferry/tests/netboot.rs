@@ -18,155 +18,15 @@
 
 mod common;
 
-use common::qemu::{self, Qemu, SerialLine};
-use common::{eventually, sh, unique, Netns, TestServer};
+use common::qemu::SerialLine;
+use common::{eventually, sh, TestServer};
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const MAC: &str = "52:54:00:12:34:56";
-/// The whole test's budget (issue 5: under 90 s); QEMU's own `timeout` is below it.
+use common::netboot::{add_node, import_image, netboot, netboot_with, steps, vm_test, MAC};
+
+/// The whole test's budget (issue 5: under 90 s).
 const BUDGET: Duration = Duration::from_secs(90);
-const QEMU_LIMIT: Duration = Duration::from_secs(75);
-
-/// The QEMU tests run one at a time: each is CPU-bound (TCG) and measures boot times.
-static ONE_VM: Mutex<()> = Mutex::new(());
-
-/// A server as the QEMU guest sees it: provisioning and WireGuard on the namespace's
-/// loopback, announced as 10.0.2.2.
-fn server() -> TestServer {
-    TestServer::start_in_with(
-        Netns::new("fyq"),
-        "",
-        "127.0.0.1:8470",
-        "public_url = \"http://10.0.2.2:8470\"",
-        "backend = \"userspace\"\nendpoint = \"10.0.2.2:51820\"",
-        None,
-    )
-}
-
-/// What every VM test starts with: its prerequisites (or a clear error), its turn on the
-/// machine, the Debian kernel's version and a server.
-fn vm_test() -> (std::sync::MutexGuard<'static, ()>, String, TestServer) {
-    common::require_root();
-    qemu::require_qemu();
-    let kver = qemu::debian_kernel();
-    let one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
-    (one, kver, server())
-}
-
-/// Builds the node initramfs with this ferry binary and imports it with the Debian
-/// kernel as image `name` (with `rootfs` as its root file system, if given).
-fn import_image(s: &TestServer, kver: &str, name: &str, rootfs: Option<&Path>) -> Duration {
-    let initrd = s.dir.path().join("initrd.img");
-    let started = Instant::now();
-    let built = s.json(&[
-        "image",
-        "initramfs",
-        "--output",
-        initrd.to_str().unwrap(),
-        "--kernel-version",
-        kver,
-        "--gzip-level",
-        "1",
-        "--json",
-    ]);
-    let took = started.elapsed();
-    assert_eq!(built["ferry_stripped"], true, "strip (binutils) makes the initramfs smaller: {built}");
-    let modules: Vec<&str> = built["modules"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
-    assert!(modules.last().is_some_and(|m| m.ends_with("/wireguard.ko")), "wireguard loads last: {modules:?}");
-    for m in ["virtio_net.ko", "failover.ko", "net_failover.ko", "udp_tunnel.ko", "libchacha20poly1305.ko"] {
-        assert!(modules.iter().any(|x| x.ends_with(&format!("/{m}"))), "{m} in {modules:?}");
-    }
-    let kernel = format!("/boot/vmlinuz-{kver}");
-    let mut args = vec!["image", "import", name, "--kernel", &kernel, "--initrd", initrd.to_str().unwrap()];
-    if let Some(r) = rootfs {
-        args.extend(["--rootfs", r.to_str().unwrap()]);
-    }
-    s.ok(&args);
-    took
-}
-
-/// Adds node `name` with our MAC, an asset tag (its only identity factor) and `extra`
-/// settings; returns the tag for QEMU's SMBIOS table.
-fn add_node(s: &TestServer, name: &str, extra: &[&str]) -> String {
-    let tag = format!("FERRY-QEMU-{}", unique("t"));
-    let tag_file = s.dir.path().join("asset-tag");
-    std::fs::write(&tag_file, &tag).unwrap();
-    let mut args = vec![
-        "node",
-        "add",
-        name,
-        "--mac",
-        MAC,
-        "--identity",
-        "asset-tag",
-        "--asset-tag-file",
-        tag_file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    s.ok(&args);
-    tag
-}
-
-/// Network-boots the guest (SeaBIOS → iPXE ROM → DHCP → ferry's /boot/ipxe) and waits
-/// until it powers off.
-fn netboot(s: &TestServer, tag: &str) -> Qemu {
-    netboot_with(s, tag, &[])
-}
-
-/// [`netboot`] with extra QEMU arguments (a TPM).
-fn netboot_with(s: &TestServer, tag: &str, extra: &[String]) -> Qemu {
-    let mut args: Vec<String> = [
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-        "-m",
-        "512",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        // SeaBIOS's serial console carries the BIOS and iPXE text (`-device sga` is deprecated).
-        "-machine",
-        "graphics=off",
-        "-boot",
-        "n",
-        "-netdev",
-        "user,id=n0,bootfile=http://10.0.2.2:8470/boot/ipxe",
-        "-device",
-        &format!("virtio-net-pci,netdev=n0,mac={MAC}"),
-        "-smbios",
-        &format!("type=3,asset={tag}"),
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.extend_from_slice(extra);
-    let mut vm = Qemu::spawn(&s.netns, s.dir.path(), QEMU_LIMIT, &args);
-    let status = vm.wait(QEMU_LIMIT + Duration::from_secs(5));
-    let tail = vm.tail(80);
-    match status {
-        Some(st) => assert!(st.success(), "QEMU exited with {st}; serial log:\n{tail}"),
-        None => panic!("the guest did not power off within {QEMU_LIMIT:?}; serial log:\n{tail}"),
-    }
-    vm
-}
-
-/// Finds each step's line, each after the previous one; panics with the log otherwise.
-fn steps<'a>(vm: &Qemu, lines: &'a [SerialLine], steps: &[(&str, &str)]) -> Vec<&'a SerialLine> {
-    let mut from = 0;
-    let mut found = Vec::new();
-    for (what, needle) in steps {
-        let Some(i) = lines[from..].iter().position(|l| l.text.contains(needle)) else {
-            panic!("serial log: no {what} ({needle:?}) after line {from}:\n{}", vm.tail(120));
-        };
-        found.push(&lines[from + i]);
-        from += i + 1;
-    }
-    found
-}
 
 /// Seconds in the day of an RFC 3339 time stamp in a log line (`...T14:46:12.762018Z`).
 fn clock_of(line: &str) -> Option<f64> {
@@ -300,6 +160,8 @@ $bb sync
 $bb poweroff -f
 "#;
 
+/// A root from a directory, sealed (the default), unpacked by the agent before
+/// phone-home: no root in the initramfs, no copy.
 #[test]
 fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
     use std::os::unix::fs::PermissionsExt;
@@ -337,12 +199,17 @@ fn qemu_node_switches_root_into_its_image_on_tmpfs_after_phone_home() {
         &vm,
         &lines,
         &[
-            ("the image's root file system over HTTP", "http://10.0.2.2:8470/boot/images/tiny/rootfs..."),
             ("root=tmpfs on the command line", "root=tmpfs"),
+            ("the agent told to unpack the image", "--image-root /newroot"),
             ("enrollment", "enrolled node=n2"),
+            (
+                "the image key through the tunnel",
+                "downloading the image root from the provisioning listener image=tiny sealed=true",
+            ),
+            ("the root checked", "its size and sha256 are the ones the tunnel gave"),
+            ("the root unpacked", "image root unpacked image=tiny"),
             ("phone-home", "phoned home"),
             ("the result", "FERRY-RESULT: ok 0"),
-            ("the copy into tmpfs", "ferry-init: copying the image into a tmpfs"),
             ("switch_root", "ferry-init: switching root to tmpfs, exec /sbin/init"),
             ("the image's init as PID 1 on tmpfs", "IMAGE-INIT: pid 1 root tmpfs image tiny-1"),
             ("the seed carried into the image", "IMAGE-INIT: seed {   \"instance-id\": \"n2\""),

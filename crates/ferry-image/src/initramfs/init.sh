@@ -4,17 +4,22 @@
 # 1. mounts /proc, /sys, /dev (devtmpfs), /run; loads the kernel modules listed in
 #    /lib/ferry/modules (network driver, WireGuard and their dependencies, in order);
 # 2. configures the first network interface (or ferry.netdev=NAME) with DHCP (udhcpc);
-# 3. runs `ferry agent --mode fetch --wg-backend kernel`: enroll, open the WireGuard
-#    tunnel, fetch the cloud-init seed into /run/ferry/seed through it, make an SSH host
-#    key in /run/ferry/ssh and have it certified by ferry's host CA (ferry.ssh=generate,
-#    the default; certify: only keys already there; off), phone home, remove the tunnel
+# 3. with root=tmpfs (or ramfs, initramfs), mounts that file system on /newroot;
+# 4. runs `ferry agent --mode fetch --wg-backend kernel [--image-root /newroot]`:
+#    enroll, open the WireGuard tunnel, fetch the cloud-init seed into /run/ferry/seed
+#    through it, make an SSH host key in /run/ferry/ssh and have it certified by ferry's
+#    host CA (ferry.ssh=generate, the default; certify: only keys already there; off),
+#    then the image: its root's key and digest through the tunnel, the
+#    archive from the provisioning listener, checked (a root that is not the one the
+#    tunnel vouched for is refused, exit 7, before anything is unpacked), unpacked into
+#    /newroot with its extended attributes (SELinux labels, file capabilities, ACLs;
+#    the image's SELinux policy loaded first); phone home, remove the tunnel
 #    (ferry.server=, ferry.pubkey=, ferry.node= come from the kernel command line);
-# 4. prints `FERRY-RESULT: ok 0` or `FERRY-RESULT: fail <code> (<step>)`, then
+# 5. prints `FERRY-RESULT: ok 0` or `FERRY-RESULT: fail <code> (<step>)`, then
 #    - ferry.test=poweroff: powers off (tests);
-#    - root=tmpfs (or ramfs, initramfs) with an image tree in /rootfs (the image's root
-#      file system, unpacked from a second initrd): copies it into a tmpfs (ramfs) and
-#      switches root to its init (init=PATH, default /sbin/init), with /run (and the
-#      seed) moved along;
+#    - with an image root in /newroot: switches root to its init (init=PATH, default
+#      /sbin/init), with /run (and the seed) moved along; an image imported before
+#      sealed images brings its root as a second initrd (/rootfs), copied instead;
 #    - otherwise (or when a step fails): the seed is removed and the node reboots after
 #      30 s to try again (ferry.rescue: a shell on the console instead).
 # Every step prints a `ferry-init: ...` line with the time since the kernel started.
@@ -142,17 +147,36 @@ ADDR=$(ip -4 -o addr show dev "$IF" | while read -r _ _ fam a _; do [ "$fam" = i
 GW=$(ip -4 route show | while read -r to _ gw _; do [ "$to" = default ] && echo "$gw"; done)
 say "dhcp ok: $IF $ADDR, router ${GW:-none}"
 
-# Enroll, tunnel, fetch, phone home, tear down. Agent logs go to the console through a
-# pipe (plain text); its standard output (the datasource line) to /run/ferry/datasource.
-say "agent: enrolling (ferry agent --mode fetch --wg-backend kernel)"
+# The root file system the image goes into: a tmpfs keeps every extended attribute
+# (SELinux labels, file capabilities); a ramfs none.
+case "$ROOT" in
+tmpfs) FSTYPE=tmpfs ;;
+ramfs | initramfs) FSTYPE=ramfs ;;
+*) FSTYPE= ;;
+esac
+IMAGE_ARGS=
+if [ -n "$FSTYPE" ]; then
+	mkdir -p /newroot
+	mount -t "$FSTYPE" -o mode=0755 "$FSTYPE" /newroot || fail root 1 "cannot mount a $FSTYPE on /newroot"
+	if [ "$FSTYPE" = ramfs ]; then
+		say "warning: root=$ROOT is a ramfs, which keeps no extended attributes: SELinux labels and file capabilities are lost (use root=tmpfs)"
+	fi
+	# An image imported before sealed images carries its root as a second initrd.
+	[ -d /rootfs ] || IMAGE_ARGS="--image-root /newroot"
+fi
+
+# Enroll, tunnel, fetch, [image,] phone home, tear down. Agent logs go to the console
+# through a pipe (plain text); its standard output (the datasource line) to
+# /run/ferry/datasource.
+say "agent: enrolling (ferry agent --mode fetch --wg-backend kernel${IMAGE_ARGS:+ $IMAGE_ARGS})"
 (
-	/usr/bin/ferry agent --mode fetch --wg-backend kernel ${AGENT_TIMEOUT:+--timeout "$AGENT_TIMEOUT"} \
+	/usr/bin/ferry agent --mode fetch --wg-backend kernel ${AGENT_TIMEOUT:+--timeout "$AGENT_TIMEOUT"} $IMAGE_ARGS \
 		--ssh-host-keys "$SSH_KEYS" --ssh-dir /run/ferry/ssh >/run/ferry/datasource
 	echo $? >/run/ferry/agent.rc
 ) 2>&1 | cat
 rc=$(cat /run/ferry/agent.rc 2>/dev/null)
 [ -n "$rc" ] || rc=1
-[ "$rc" = 0 ] || fail agent "$rc" "ferry agent exited with $rc (3 refused, 4 server key mismatch, 5 server unreachable, 6 tunnel or fetch failure)"
+[ "$rc" = 0 ] || fail agent "$rc" "ferry agent exited with $rc (3 refused, 4 server key mismatch, 5 server unreachable, 6 tunnel, fetch or image failure, 7 image refused: not the image the tunnel vouched for, nothing unpacked)"
 say "agent ok: $(cat /run/ferry/datasource)"
 if [ -f /run/ferry/seed/meta-data ]; then
 	say "meta-data: $(tr '\n' ' ' </run/ferry/seed/meta-data | head -c 400)"
@@ -160,23 +184,14 @@ fi
 echo "FERRY-RESULT: ok 0"
 halt_if_test
 
-# The image: copy /rootfs into a tmpfs (SELinux needs its extended attributes) or a
-# ramfs, and switch to it.
-case "$ROOT" in
-tmpfs) FSTYPE=tmpfs ;;
-ramfs | initramfs) FSTYPE=ramfs ;;
-*) rescue "no root=tmpfs|ramfs|initramfs on the kernel command line: nothing to switch to" ;;
-esac
-[ -d /rootfs ] || rescue "root=$ROOT but this boot carries no image root file system (/rootfs): give the image one (ferry image import --rootfs)"
-mkdir -p /newroot
-if [ "$FSTYPE" = tmpfs ]; then
-	mount -t tmpfs -o mode=0755 tmpfs /newroot || fail root 1 "cannot mount a tmpfs on /newroot"
-else
-	mount -t ramfs -o mode=0755 ramfs /newroot || fail root 1 "cannot mount a ramfs on /newroot"
+# The image: unpacked by the agent into /newroot, or (an image imported before sealed
+# images) copied from /rootfs.
+[ -n "$FSTYPE" ] || rescue "no root=tmpfs|ramfs|initramfs on the kernel command line: nothing to switch to"
+if [ -d /rootfs ]; then
+	say "copying the image into a $FSTYPE (an image imported before sealed images: no extended attributes; re-import it)"
+	cp -a /rootfs/. /newroot/ || fail root 1 "cannot copy the image into /newroot"
+	rm -rf /rootfs
 fi
-say "copying the image into a $FSTYPE"
-cp -a /rootfs/. /newroot/ || fail root 1 "cannot copy the image into /newroot"
-rm -rf /rootfs
 [ -x "/newroot$NEWINIT" ] || [ -L "/newroot$NEWINIT" ] || fail root 1 "the image has no $NEWINIT"
 # cloud-init's NoCloud also looks in /var/lib/cloud/seed/nocloud.
 if [ -d /newroot/etc/cloud ] && [ -d /run/ferry/seed ]; then

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# Builds, once, the root file system of a test node image and caches it as a tar
+# archive that keeps every extended attribute (SELinux labels, file capabilities,
+# ACLs), for `ferry image import --rootfs`. Each variant is keyed by what decides its
+# content (package versions, the debootstrap version, RECIPE below), like
+# cloud-init-chroot.sh.
+#
+# Usage: sudo scripts/node-image.sh VARIANT               build if missing; print the path
+#        scripts/node-image.sh VARIANT --print-path       print where it is (or would be)
+#
+# Variants:
+#   tiny     busybox and a few tools of this machine (getcap, getfattr, getfacl,
+#            setpriv, iputils ping with cap_net_raw+ep), files with SELinux labels, an
+#            ACL and a user.* attribute; /sbin/init prints what the booted root holds
+#            (IMAGE-* lines) and powers off. Seconds to build.
+#   selinux  Debian 12 (debootstrap minbase) with selinux-basics and
+#            selinux-policy-default, SELINUX=enforcing, labelled here with setfiles
+#            (no /.autorelabel); /usr/local/sbin/ferry-selinux-check (boot it with
+#            init=) prints getenforce, ls -Z /etc/shadow, ... (SELINUX-CHECK lines)
+#            and powers off. A few minutes to build.
+# A later variant (a full Debian with systemd) adds a build_VARIANT function and a
+# line in variant_key; packing, caching and keys are shared.
+#
+# Environment: FERRY_TEST_CACHE (default /var/cache/ferry-test), FERRY_DEBIAN_MIRROR.
+set -euo pipefail
+
+# Each variant's recipe version: bump it when its build below changes.
+declare -A RECIPE=([tiny]=2 [selinux]=1)
+SUITE=bookworm
+CACHE_DIR="${FERRY_TEST_CACHE:-/var/cache/ferry-test}"
+
+say() { echo "node-image: $*" >&2; }
+die() { echo "node-image: error: $*" >&2; exit 1; }
+
+# apt_sources, mirror_for: the machine's configured Debian mirrors.
+# shellcheck source=scripts/lib/debian.sh
+. "$(dirname "$0")/lib/debian.sh"
+
+variant="${1:-}"
+print_only=false
+case "${2:-}" in
+  --print-path) print_only=true ;;
+  "") ;;
+  *) die "unknown argument $2 (usage: $0 tiny|selinux [--print-path])" ;;
+esac
+case "$variant" in
+  tiny | selinux) ;;
+  -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) die "unknown variant '${variant}' (usage: $0 tiny|selinux [--print-path])" ;;
+esac
+
+installed() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
+candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
+
+# What decides a variant's content, as one word.
+variant_key() {
+  local arch; arch=$(dpkg --print-architecture)
+  case "$1" in
+    tiny)
+      local p v key="tiny-$arch"
+      for p in busybox-static libcap2-bin attr acl iputils-ping util-linux libc6; do
+        v=$(installed "$p")
+        [ -n "$v" ] || die "$p is not installed: apt-get install -y $p (scripts/test.sh does)"
+        key="$key-${p}_$v"
+      done
+      echo "$key"
+      ;;
+    selinux)
+      local policy basics deb
+      policy=$(candidate selinux-policy-default)
+      basics=$(candidate selinux-basics)
+      deb=$(installed debootstrap)
+      [ -n "$deb" ] || die "debootstrap is not installed: apt-get install -y debootstrap"
+      if [ -z "$policy" ] || [ "$policy" = "(none)" ]; then
+        die "apt knows no selinux-policy-default (run apt-get update)"
+      fi
+      echo "selinux-$SUITE-$arch-selinux-policy-default_$policy-selinux-basics_$basics-debootstrap_$deb"
+      ;;
+  esac
+}
+
+key="$(variant_key "$variant")-r${RECIPE[$variant]}"
+key=${key//[^A-Za-z0-9._+-]/_}
+tarball="$CACHE_DIR/node-image-$key.tar.zst"
+if [ -f "$tarball" ] || $print_only; then
+  echo "$tarball"
+  exit 0
+fi
+[ "$(id -u)" -eq 0 ] || die "must run as root (owners, device nodes, security.* attributes): sudo $0 $variant"
+command -v zstd >/dev/null || die "zstd is not installed: apt-get install -y zstd"
+command -v setfattr >/dev/null || die "setfattr is not installed: apt-get install -y attr"
+command -v setfacl >/dev/null || die "setfacl is not installed: apt-get install -y acl"
+command -v setcap >/dev/null || die "setcap is not installed: apt-get install -y libcap2-bin"
+
+mkdir -p "$CACHE_DIR"
+work=$(mktemp -d "$CACHE_DIR/.node-image.XXXXXX")
+trap 'rm -rf --one-file-system "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"
+in_private_ns() { unshare --mount --propagation private "$@"; }
+
+# A binary of this machine and the libraries ldd names, at the same paths.
+copy_with_libs() {
+  local bin=$1 lib
+  mkdir -p "$root$(dirname "$bin")"
+  cp -L "$bin" "$root$bin"
+  for lib in $(ldd "$bin" | awk '/=>/ { print $3 } /^[ \t]*\// { print $1 }'); do
+    [ -e "$root$lib" ] && continue
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+  done
+}
+
+build_tiny() {
+  local d
+  for d in bin sbin usr/bin usr/sbin etc srv proc sys dev run tmp; do mkdir -p "$root/$d"; done
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for d in sh cat echo ls stat sed grep tr head mount poweroff sleep; do ln -s busybox "$root/bin/$d"; done
+  copy_with_libs /usr/sbin/getcap
+  copy_with_libs /usr/bin/getfattr
+  copy_with_libs /usr/bin/getfacl
+  copy_with_libs /usr/bin/setpriv
+  copy_with_libs /usr/bin/ping
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\nalice:x:1000:1000::/srv:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\nalice:x:1000:\n' >"$root/etc/group"
+  printf 'root:*:19000:0:99999:7:::\n' >"$root/etc/shadow"
+  chmod 0640 "$root/etc/shadow"
+  echo tiny-xattr-1 >"$root/etc/image-id"
+  # What the tests look for: a file capability, labels, an ACL, a user.* attribute.
+  setcap cap_net_raw+ep "$root/usr/bin/ping"
+  setfattr -n security.selinux -v system_u:object_r:shadow_t:s0 "$root/etc/shadow"
+  setfattr -n security.selinux -v system_u:object_r:ping_exec_t:s0 "$root/usr/bin/ping"
+  setfattr -h -n security.selinux -v system_u:object_r:bin_t:s0 "$root/bin/sh"
+  setfattr -n security.selinux -v system_u:object_r:etc_t:s0 "$root/etc"
+  echo "shared notes" >"$root/srv/acl-test"
+  chmod 0640 "$root/srv/acl-test"
+  setfacl -m u:1000:r "$root/srv/acl-test"
+  setfattr -n user.ferry-test -v kept-from-6.6 "$root/srv/acl-test"
+  cat >"$root/sbin/init" <<'EOF'
+#!/bin/sh
+# The tiny test image's init: what the booted root holds, one IMAGE-* line each, then
+# power off.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+echo "IMAGE-INIT: pid $$ root $(stat -f -c %T /) image $(cat /etc/image-id)"
+/usr/sbin/getcap /usr/bin/ping | sed 's/^/IMAGE-GETCAP: /'
+getfattr -h -d -m - /etc/shadow /usr/bin/ping /bin/sh /etc /srv/acl-test 2>&1 | grep -v '^$' | sed 's/^/IMAGE-XATTR: /'
+getfacl -n /srv/acl-test 2>&1 | grep -v '^$' | sed 's/^/IMAGE-ACL: /'
+# Full paths: busybox's shell runs its own setpriv and ping applets before any in PATH.
+if /usr/bin/setpriv --reuid 65534 --regid 65534 --clear-groups /usr/bin/ping -c 1 -W 2 127.0.0.1 >/tmp/ping.log 2>&1; then
+  echo "IMAGE-PING: an unprivileged ping works"
+else
+  echo "IMAGE-PING: failed: $(tr '\n' ' ' </tmp/ping.log)"
+fi
+[ -f /run/ferry/seed/meta-data ] && echo "IMAGE-SEED: $(tr '\n' ' ' </run/ferry/seed/meta-data)"
+[ -e /init ] || echo "IMAGE-INIT: the initramfs is gone"
+echo "IMAGE-DONE"
+poweroff -f
+EOF
+  chmod 0755 "$root/sbin/init"
+}
+
+build_selinux() {
+  command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install -y debootstrap"
+  command -v setfiles >/dev/null || die "setfiles is not installed: apt-get install -y policycoreutils"
+  local mirror updates security arch
+  arch=$(dpkg --print-architecture)
+  mirror="${FERRY_DEBIAN_MIRROR:-$(mirror_for "$SUITE")}"
+  [ -n "$mirror" ] || die "no Debian mirror for $SUITE in /etc/apt/sources.list*: set FERRY_DEBIAN_MIRROR=URL"
+  updates=$(mirror_for "$SUITE-updates")
+  security=$(mirror_for "$SUITE-security")
+  say "[1/4] debootstrap --variant=minbase $SUITE from $mirror (about a minute)"
+  in_private_ns debootstrap --variant=minbase --arch="$arch" "$SUITE" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+    { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+  {
+    echo "deb $mirror $SUITE main"
+    [ -z "$updates" ] || echo "deb $updates $SUITE-updates main"
+    [ -z "$security" ] || echo "deb $security $SUITE-security main"
+  } >"$root/etc/apt/sources.list"
+  printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+  chmod 0755 "$root/usr/sbin/policy-rc.d"
+  cp /etc/resolv.conf "$root/etc/resolv.conf"
+  local packages=(selinux-basics selinux-policy-default selinux-utils policycoreutils libcap2-bin attr acl
+    iputils-ping busybox-static)
+  say "[2/4] apt-get install ${packages[*]}"
+  in_private_ns sh -euc '
+    root=$1; shift
+    mount -t proc proc "$root/proc"
+    mount -t sysfs sys "$root/sys"
+    mount --bind /dev "$root/dev"
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 apt-get update -qq
+    chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 \
+      apt-get install -y -qq --no-install-recommends "$@"
+  ' sh "$root" "${packages[@]}" >"$work/apt.log" 2>&1 ||
+    { tail -n 30 "$work/apt.log" >&2; die "installing packages in the chroot failed (log above)"; }
+  say "[3/4] configuring and labelling (setfiles)"
+  rm -f "$root/usr/sbin/policy-rc.d" "$root/.autorelabel"
+  : >"$root/etc/resolv.conf"
+  echo localhost >"$root/etc/hostname"
+  sed -i 's/^SELINUX=.*/SELINUX=enforcing/; s/^SELINUXTYPE=.*/SELINUXTYPE=default/' "$root/etc/selinux/config"
+  grep -q '^SELINUX=enforcing' "$root/etc/selinux/config" || die "no SELINUX= line in the image's /etc/selinux/config"
+  ls "$root"/etc/selinux/default/policy/policy.* >/dev/null 2>&1 ||
+    die "selinux-policy-default built no policy in /etc/selinux/default/policy (see $work/apt.log)"
+  echo selinux-1 >"$root/etc/image-id"
+  mkdir -p "$root/usr/local/sbin"
+  cat >"$root/usr/local/sbin/ferry-selinux-check" <<'EOF'
+#!/bin/sh
+# The SELinux test image's check (boot with init=/usr/local/sbin/ferry-selinux-check):
+# one SELINUX-CHECK line each, then power off. Nothing here relabels anything.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+echo "SELINUX-CHECK: getenforce $(getenforce 2>&1)"
+echo "SELINUX-CHECK: shadow $(ls -Z /etc/shadow 2>&1)"
+echo "SELINUX-CHECK: ping $(ls -Z /usr/bin/ping 2>&1)"
+echo "SELINUX-CHECK: getcap $(getcap /usr/bin/ping 2>&1)"
+echo "SELINUX-CHECK: context $(id -Z 2>&1)"
+echo "SELINUX-CHECK: root $(stat -f -c %T / 2>&1) image $(cat /etc/image-id)"
+if [ -e /.autorelabel ]; then echo "SELINUX-CHECK: autorelabel present"; else echo "SELINUX-CHECK: autorelabel absent"; fi
+echo "SELINUX-CHECK: done"
+busybox poweroff -f
+EOF
+  chmod 0755 "$root/usr/local/sbin/ferry-selinux-check"
+  chroot "$root" apt-get clean
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/usr/share/doc/* "$root"/usr/share/man/* \
+    "$root"/usr/share/info/* "$root"/var/log/*.log "$root"/var/log/apt/*
+  # Label the tree as the image's own policy says, here and once: the node boots with
+  # these labels and relabels nothing.
+  setfiles -r "$root" -c "$(ls "$root"/etc/selinux/default/policy/policy.* | sort -V | tail -n 1)" \
+    "$root/etc/selinux/default/contexts/files/file_contexts" "$root" >"$work/setfiles.log" 2>&1 ||
+    { tail -n 30 "$work/setfiles.log" >&2; die "setfiles failed (log above)"; }
+  local label
+  label=$(getfattr --only-values -n security.selinux "$root/etc/shadow" 2>/dev/null | tr -d '\0')
+  case "$label" in
+    *:shadow_t:*) ;;
+    *) die "setfiles did not label /etc/shadow shadow_t (it has '${label}')" ;;
+  esac
+  chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' >"$work/manifest"
+}
+
+started=$(date +%s)
+say "building $tarball"
+"build_$variant"
+say "[4/4] packing ($(du -sh "$root" | cut -f1))"
+# --xattrs-include='*': GNU tar keeps only user.* without it.
+tar --create --zstd --numeric-owner --xattrs --xattrs-include='*' --acls --one-file-system -C "$root" \
+  --file "$work/root.tar.zst" .
+[ -f "$work/manifest" ] && mv "$work/manifest" "${tarball%.tar.zst}.manifest"
+mv "$work/root.tar.zst" "$tarball"
+# Archives of earlier keys of this variant are never used again.
+for old in "$CACHE_DIR"/node-image-"$variant"-*.tar.zst; do
+  [ "$old" = "$tarball" ] || [ ! -e "$old" ] || { say "removing the outdated $old"; rm -f "$old" "${old%.tar.zst}.manifest"; }
+done
+say "done in $(($(date +%s) - started)) s: $tarball ($(du -h "$tarball" | cut -f1))"
+echo "$tarball"
