@@ -6,11 +6,11 @@ storm's kinds of work, from each sample's thread and own symbol:
     perf report -i srv.data --no-children --sort comm,dso,sym -F overhead,comm,dso,sym \
         --stdio 2>/dev/null | scripts/storm-perf-split.py
 
-handshake: X25519 and BLAKE2s in the WireGuard device's threads (boringtun's workers
-are named after the thread that created them, wg-create-IFACE; wireguard-go is its
-own process, `ferry bench storm --backend wireguard-go`: profile that pid and its
+handshake: X25519 and BLAKE2s in the WireGuard device's threads (the userspace
+device's are named wg-<role>-IFACE; wireguard-go is its own process,
+`ferry bench storm --backend wireguard-go`: profile that pid and its
 `curve25519`/`blake2s` symbols count the same); packet path: the rest of those
-threads (ChaCha20-Poly1305, TUN and UDP system calls, boringtun's loop); enrollment
+threads (ChaCha20-Poly1305, TUN and UDP system calls, the device's loops); enrollment
 X25519: the asset-tag proof check on the runtime; HTTP and logic: the rest of
 tokio's workers; store: SQLite's writer thread and sqlx's connection threads."""
 import re
@@ -18,7 +18,7 @@ import sys
 from collections import defaultdict
 
 CRYPTO_HANDSHAKE = re.compile(r"curve25519|x25519|montgomery|FieldElement|blake2|Blake2", re.I)
-DEVICE_THREAD = re.compile(r"^(wg-create|wireguard-go)")
+DEVICE_THREAD = re.compile(r"^(wg-|wireguard-go)")
 
 totals = defaultdict(float)
 for line in sys.stdin:
@@ -33,7 +33,7 @@ for line in sys.stdin:
     elif comm.startswith(("ferry-sqlite", "sqlx")):
         kind = "store"
     else:
-        kind = "other (" + comm + ")" if comm.startswith("wg-") else "other"
+        kind = "other"
     totals[kind] += pct
 for kind, pct in sorted(totals.items(), key=lambda kv: -kv[1]):
     print(f"{pct:6.1f}%  {kind}")

@@ -1,5 +1,5 @@
 //! The node's end of the tunnel, behind traits so the state machine can be tested
-//! without root. The real implementation uses ferry-wg (kernel or boringtun).
+//! without root. The real implementation uses ferry-wg (kernel or its in-process userspace device).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub enum GuardPolicy {
 pub trait Tunnel: Send + Sync {
     fn interface(&self) -> &str;
     /// What carries the tunnel: a kernel interface outlives the agent unless removed; a
-    /// userspace one (boringtun in the agent's process) ends with the process.
+    /// userspace one (ferry-wg's device in the agent's process) ends with the process.
     fn backend(&self) -> BackendKind;
     /// The nftables table that keeps the tunnel to root, if one is installed.
     fn guard(&self) -> Option<&str>;

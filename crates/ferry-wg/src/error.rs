@@ -106,7 +106,7 @@ pub enum WgError {
         message: String,
     },
 
-    /// The in-process userspace (boringtun) device could not be created.
+    /// The in-process userspace device could not be created.
     #[error(
         "cannot create userspace WireGuard interface {interface}: {message} (needs root or \
          CAP_NET_ADMIN and /dev/net/tun; `modprobe tun` if it is missing)"

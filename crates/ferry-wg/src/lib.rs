@@ -6,8 +6,9 @@
 //!
 //! - **kernel** ([`kernel::KernelDevice`], feature `kernel`): rtnetlink + the kernel's
 //!   WireGuard generic netlink family;
-//! - **userspace** ([`userspace::UserspaceDevice`]): boringtun in this process, over
-//!   TUN, serving the standard UAPI socket so `wg show` works;
+//! - **userspace** ([`userspace::UserspaceDevice`]): ferry's own device loop in this
+//!   process (boringtun's Noise state machine, TUN, one UDP socket), serving the
+//!   standard UAPI socket so `wg show` and `wg set` work;
 //! - **uapi** ([`uapi::UapiDevice`]): attach to an interface run by another process
 //!   (wireguard-go) through `/var/run/wireguard/NAME.sock`.
 //!
@@ -45,7 +46,6 @@ pub mod keys;
 mod netlink;
 pub mod uapi;
 pub mod userspace;
-mod userspace_api;
 
 use std::path::Path;
 
@@ -69,7 +69,7 @@ pub const DEFAULT_MTU: u16 = 1420;
 pub enum BackendKind {
     /// The Linux kernel module.
     Kernel,
-    /// boringtun, in this process.
+    /// ferry's userspace device, in this process.
     Userspace,
     /// Another process, reached over its UAPI socket.
     Uapi,
@@ -88,7 +88,8 @@ pub enum BackendChoice {
     Auto,
     /// The kernel module only.
     Kernel,
-    /// boringtun inside this process (the interface lives as long as the process).
+    /// ferry's userspace device inside this process (the interface lives as long as
+    /// the process).
     Userspace,
     /// Attach to an interface run by another process (wireguard-go), through its UAPI socket.
     Uapi,

@@ -77,7 +77,6 @@ pub(crate) async fn configure_link(handle: &Handle, name: &str, addresses: &[IpN
 }
 
 /// Deletes the link if it exists.
-#[cfg(feature = "kernel")]
 pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), WgError> {
     let Some(index) = link_index(handle, name).await? else {
         return Ok(());

@@ -34,6 +34,10 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
         (500..750).contains(&(initiations - cookies.min(initiations))),
         "{initiations} initiations, {cookies} cookies"
     );
+    // 50 nodes in flight never fill the device's handshake queue (under load from 512
+    // waiting): a storm is not an attack and pays no cookie round and no 5 s retry
+    // (boringtun's own device asked for cookies above 100 handshakes/s: ~95 per run).
+    assert_eq!(cookies, 0, "cookie replies in a storm of 50 in flight");
     assert!(r["churn"]["ratio"].as_f64().unwrap_or(0.0) > 1.0, "batched churn beats one process per peer");
     let peak = r["server"]["peak_active_tunnels"].as_u64().unwrap_or(0);
     assert!((1..=50).contains(&peak), "at most --concurrency tunnels at once, and some: {peak}");

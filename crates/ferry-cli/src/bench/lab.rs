@@ -364,13 +364,19 @@ pub fn cpu_secs(stat: &str) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-/// What a server thread does, from its name: boringtun's workers inherit the name of
-/// the thread that created the device (`wg-create-IFACE`); tokio's workers run the HTTP
-/// listeners, enrollment and the tunnel manager; the store has its SQLite writer
-/// thread and sqlx's connection threads.
+/// What a server thread does, from its name: the userspace device's threads are
+/// `wg-<role>-IFACE` (`wg-hs`: handshakes, i.e. the Diffie-Hellman work; `wg-udp` and
+/// `wg-tun`: the packet path, with the handshakes' MAC checks and cookies; `wg-timers`
+/// and `wg-uapi`: timers and the UAPI socket); tokio's workers run the HTTP listeners,
+/// enrollment and the tunnel manager; the store has its SQLite writer thread and sqlx's
+/// connection threads.
 fn thread_kind(comm: &str) -> &'static str {
-    if comm.starts_with("wg-create") {
-        "wireguard"
+    if comm.starts_with("wg-hs") {
+        "wg-handshakes"
+    } else if comm.starts_with("wg-udp") || comm.starts_with("wg-tun") {
+        "wg-packets"
+    } else if comm.starts_with("wg-") {
+        "wg-other"
     } else if comm.starts_with("tokio-r") {
         "runtime"
     } else if comm.starts_with("ferry-sqlite") {

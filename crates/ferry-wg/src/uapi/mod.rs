@@ -1,5 +1,5 @@
 //! UAPI backend: drives any WireGuard implementation that serves
-//! `/var/run/wireguard/NAME.sock` (wireguard-go, boringtun, ...).
+//! `/var/run/wireguard/NAME.sock` (wireguard-go, ferry's own userspace device, ...).
 
 pub mod proto;
 
@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 use crate::config::{DeviceStatus, DeviceUpdate};
 use crate::error::WgError;
 use crate::{BackendKind, WgDevice};
-pub(crate) use proto::Dialect;
 use proto::ReplyError;
 
 /// Directory where userspace implementations put their UAPI sockets.
@@ -36,16 +35,11 @@ pub fn socket_path(interface: &str) -> PathBuf {
 pub(crate) struct UapiClient {
     interface: String,
     path: PathBuf,
-    dialect: Dialect,
 }
 
 impl UapiClient {
-    pub(crate) fn new(interface: &str, dialect: Dialect) -> Self {
-        UapiClient { interface: interface.to_string(), path: socket_path(interface), dialect }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+    pub(crate) fn new(interface: &str) -> Self {
+        UapiClient { interface: interface.to_string(), path: socket_path(interface) }
     }
 
     /// Connects, mapping a missing socket to [`WgError::SocketNotFound`].
@@ -62,7 +56,7 @@ impl UapiClient {
     /// Applies `update` with exactly one `set=1` request.
     pub(crate) async fn set(&self, update: &DeviceUpdate) -> Result<(), WgError> {
         update.validate()?;
-        let request = proto::set_request(update, self.dialect);
+        let request = proto::set_request(update);
         let reply = self.exchange(request.as_bytes(), "set").await?;
         proto::parse_set_reply(&reply).map_err(|e| self.reply_error("set", e))
     }
@@ -70,7 +64,7 @@ impl UapiClient {
     /// Reads the device's state with one `get=1` request.
     pub(crate) async fn get(&self) -> Result<DeviceStatus, WgError> {
         let reply = self.exchange(b"get=1\n\n", "get").await?;
-        proto::parse_get_reply(&reply, self.dialect).map_err(|e| self.reply_error("get", e))
+        proto::parse_get_reply(&reply).map_err(|e| self.reply_error("get", e))
     }
 
     /// Sends one request and reads its reply up to the terminating blank line.
@@ -131,7 +125,7 @@ impl UapiDevice {
     /// Attaches to the running interface `name`; fails if nothing answers on its socket.
     pub async fn attach(name: &str) -> Result<Self, WgError> {
         crate::validate_interface_name(name)?;
-        let device = UapiDevice { client: UapiClient::new(name, Dialect::Standard) };
+        let device = UapiDevice { client: UapiClient::new(name) };
         device.client.get().await?;
         Ok(device)
     }
@@ -173,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_socket_says_what_to_do() {
-        let client = UapiClient::new("fwnosuch0", Dialect::Standard);
+        let client = UapiClient::new("fwnosuch0");
         let err = client.get().await.expect_err("no socket");
         let msg = err.to_string();
         assert!(matches!(err, WgError::SocketNotFound { .. }), "{msg}");

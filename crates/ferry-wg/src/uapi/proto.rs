@@ -6,24 +6,13 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use zeroize::Zeroizing;
 
 use crate::config::{DeviceStatus, DeviceUpdate, PeerStatus};
 use crate::keys::{PrivateKey, PublicKey};
-
-/// Which implementation's reading of the protocol to follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// The protocol as specified (wireguard-go, the Linux `wg` tool's userspace path).
-    Standard,
-    /// boringtun 0.7: it panics when an existing peer is modified, keeps `remove`,
-    /// `endpoint` and keepalive from one peer section to the next, and reports the
-    /// time *since* the last handshake instead of its UNIX time.
-    Boringtun,
-}
 
 /// Why a reply could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +27,7 @@ pub enum ReplyError {
 
 /// Serialises `update` as one `set=1` request, terminated by a blank line.
 /// The text contains the private key if one is set: it is zeroized on drop.
-pub(crate) fn set_request(update: &DeviceUpdate, dialect: Dialect) -> Zeroizing<String> {
+pub(crate) fn set_request(update: &DeviceUpdate) -> Zeroizing<String> {
     // about 200 bytes per peer with one allowed IP
     let mut out = Zeroizing::new(String::with_capacity(64 + 200 * update.peers.len()));
     let s: &mut String = &mut out;
@@ -57,22 +46,8 @@ pub(crate) fn set_request(update: &DeviceUpdate, dialect: Dialect) -> Zeroizing<
     for key in &update.remove {
         let _ = writeln!(s, "public_key={}\nremove=true", key.to_hex());
     }
-    let mut peers: Vec<_> = update.peers.iter().collect();
-    if dialect == Dialect::Boringtun {
-        // boringtun never resets a section's endpoint: peers without one go first,
-        // before any endpoint has been named (stable sort keeps the caller's order).
-        peers.sort_by_key(|p| p.endpoint.is_some());
-    }
-    for peer in peers {
-        let key = peer.public_key.to_hex();
-        if dialect == Dialect::Boringtun {
-            // boringtun cannot modify a peer in place (it panics): remove it, then
-            // add it afresh. `remove` carries over to the next section, so reset it.
-            let _ = writeln!(s, "public_key={key}\nremove=true");
-            let _ = writeln!(s, "public_key={key}\nremove=false");
-        } else {
-            let _ = writeln!(s, "public_key={key}");
-        }
+    for peer in &update.peers {
+        let _ = writeln!(s, "public_key={}", peer.public_key.to_hex());
         s.push_str("replace_allowed_ips=true\n");
         let _ = writeln!(s, "persistent_keepalive_interval={}", peer.keepalive_secs());
         if let Some(endpoint) = peer.endpoint {
@@ -104,7 +79,7 @@ pub fn parse_set_reply(reply: &str) -> Result<(), ReplyError> {
 }
 
 /// Parses a `get=1` reply (everything up to and including the `errno=` line).
-pub fn parse_get_reply(reply: &str, dialect: Dialect) -> Result<DeviceStatus, ReplyError> {
+pub fn parse_get_reply(reply: &str) -> Result<DeviceStatus, ReplyError> {
     let mut status = DeviceStatus::default();
     let mut peer: Option<PeerBuilder> = None;
     for line in reply.lines() {
@@ -118,7 +93,7 @@ pub fn parse_get_reply(reply: &str, dialect: Dialect) -> Result<DeviceStatus, Re
             return match value.parse::<i32>() {
                 Ok(0) => {
                     if let Some(p) = peer.take() {
-                        status.peers.push(p.finish(dialect));
+                        status.peers.push(p.finish());
                     }
                     Ok(status)
                 }
@@ -129,7 +104,7 @@ pub fn parse_get_reply(reply: &str, dialect: Dialect) -> Result<DeviceStatus, Re
         if key == "public_key" {
             let public_key = PublicKey::from_hex(value).map_err(|_| malformed(key, value))?;
             if let Some(p) = peer.replace(PeerBuilder::new(public_key)) {
-                status.peers.push(p.finish(dialect));
+                status.peers.push(p.finish());
             }
             continue;
         }
@@ -146,9 +121,6 @@ fn device_line(status: &mut DeviceStatus, key: &str, value: &str) -> Result<(), 
         "private_key" => {
             let private = PrivateKey::from_hex(value).map_err(|_| malformed(key, "<redacted>"))?;
             status.public_key = Some(private.public_key());
-        }
-        "own_public_key" => {
-            status.public_key = Some(PublicKey::from_hex(value).map_err(|_| malformed(key, value))?);
         }
         "listen_port" => {
             let port: u16 = number(key, value)?;
@@ -198,13 +170,10 @@ impl PeerBuilder {
         Ok(())
     }
 
-    fn finish(mut self, dialect: Dialect) -> PeerStatus {
+    fn finish(mut self) -> PeerStatus {
         if self.handshake_sec != 0 || self.handshake_nsec != 0 {
             let d = Duration::new(self.handshake_sec, self.handshake_nsec);
-            self.status.last_handshake = match dialect {
-                Dialect::Standard => UNIX_EPOCH.checked_add(d),
-                Dialect::Boringtun => SystemTime::now().checked_sub(d),
-            };
+            self.status.last_handshake = UNIX_EPOCH.checked_add(d);
         }
         self.status
     }
