@@ -131,7 +131,10 @@ pub enum ImageCommand {
     Import(crate::image_import::ImportArgs),
     /// Re-check an image's artifacts in the object store (SHA-256 and size) and, for a
     /// sealed root, that the key the server holds opens it (run it on the server host).
-    Verify { name: String },
+    Verify {
+        /// The image's name.
+        name: String,
+    },
     /// List images.
     List {
         /// JSON instead of a table.
@@ -157,53 +160,7 @@ pub enum ImageCommand {
     Initramfs(InitramfsArgs),
 }
 
-#[derive(Args, Debug)]
-pub struct InitramfsArgs {
-    /// The archive to write (gzip-compressed cpio).
-    #[arg(long, short, value_name = "FILE")]
-    pub output: PathBuf,
-    /// The nodes' kernel [default: the running kernel if its modules are installed,
-    /// else the only one in /lib/modules].
-    #[arg(long, value_name = "KVER")]
-    pub kernel_version: Option<String>,
-    /// The kernel's module tree [default: /lib/modules/KVER].
-    #[arg(long, value_name = "DIR")]
-    pub modules_dir: Option<PathBuf>,
-    /// More kernel modules to load at boot (the nodes' network drivers, e.g. mlx5_core),
-    /// with their dependencies; comma-separated or repeated. Always loaded: virtio_pci,
-    /// virtio_net, wireguard.
-    #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
-    pub modules: Vec<String>,
-    /// A static busybox.
-    #[arg(long, value_name = "FILE", default_value = "/bin/busybox")]
-    pub busybox: PathBuf,
-    /// The ferry binary to include [default: this one].
-    #[arg(long, value_name = "FILE")]
-    pub ferry: Option<PathBuf>,
-    /// Keep the ferry binary's symbols and debug information (by default they are
-    /// stripped).
-    #[arg(long)]
-    pub no_strip: bool,
-    /// gzip compression level: 1 fastest, 9 smallest.
-    #[arg(long, value_name = "0-9", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
-    pub gzip_level: u32,
-    /// Bake the servers' WireGuard public keys (`ferry server-key` on each) into the
-    /// initramfs: the agent pins these instead of ferry.pubkey= on the kernel command
-    /// line, which anyone on the path of the (plain HTTP) boot script can rewrite.
-    #[arg(long, value_name = "KEY[,KEY...]")]
-    pub pin_server_key: Option<String>,
-    /// Bake the enrollment server URL(s) into the initramfs (used instead of
-    /// ferry.server= on the kernel command line).
-    #[arg(long, value_name = "URL[,URL...]")]
-    pub pin_server_url: Option<String>,
-    /// Bake the https servers' certificate pins (`ferry server-cert`) into the
-    /// initramfs (used instead of ferry.tls= on the kernel command line).
-    #[arg(long, value_name = "sha256:HEX[,...]")]
-    pub pin_tls_cert: Option<String>,
-    /// Print what was built as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub use crate::images::InitramfsArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigureCommand {

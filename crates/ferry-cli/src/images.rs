@@ -1,12 +1,13 @@
 //! `ferry image ...` (import, list, show, delete, initramfs) and `ferry configure dnsmasq`.
 
-use crate::args::{ConfigureCommand, ImageCommand, InitramfsArgs};
+use crate::args::{ConfigureCommand, ImageCommand};
 use crate::client::AdminClient;
 use crate::output;
 use anyhow::Context;
 use ferry_api::admin::NodeView;
 use ferry_api::image::ImageRecord;
 use ferry_image::initramfs::{build_initramfs_with_progress, InitramfsOptions};
+use std::path::PathBuf;
 
 pub async fn image(client: &AdminClient, cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
@@ -169,4 +170,53 @@ mod tests {
         assert!(cfg.contains("dhcp-host=52:54:00:00:00:01,10.0.1.1,n001 # eth0\n"), "{cfg}");
         assert!(!cfg.contains("ib0"), "interfaces without a MAC get no lease");
     }
+}
+
+/// `ferry image initramfs`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct InitramfsArgs {
+    /// The archive to write (gzip-compressed cpio).
+    #[arg(long, short, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The nodes' kernel [default: the running kernel if its modules are installed,
+    /// else the only one in /lib/modules].
+    #[arg(long, value_name = "KVER")]
+    pub kernel_version: Option<String>,
+    /// The kernel's module tree [default: /lib/modules/KVER].
+    #[arg(long, value_name = "DIR")]
+    pub modules_dir: Option<PathBuf>,
+    /// More kernel modules to load at boot (the nodes' network drivers, e.g. mlx5_core),
+    /// with their dependencies; comma-separated or repeated. Always loaded: virtio_pci,
+    /// virtio_net, wireguard.
+    #[arg(long = "module", value_name = "NAME", value_delimiter = ',')]
+    pub modules: Vec<String>,
+    /// A static busybox.
+    #[arg(long, value_name = "FILE", default_value = "/bin/busybox")]
+    pub busybox: PathBuf,
+    /// The ferry binary to include [default: this one].
+    #[arg(long, value_name = "FILE")]
+    pub ferry: Option<PathBuf>,
+    /// Keep the ferry binary's symbols and debug information (by default they are
+    /// stripped).
+    #[arg(long)]
+    pub no_strip: bool,
+    /// gzip compression level: 1 fastest, 9 smallest.
+    #[arg(long, value_name = "0-9", default_value_t = 6, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub gzip_level: u32,
+    /// Bake the servers' WireGuard public keys (`ferry server-key` on each) into the
+    /// initramfs: the agent pins these instead of ferry.pubkey= on the kernel command
+    /// line, which anyone on the path of the (plain HTTP) boot script can rewrite.
+    #[arg(long, value_name = "KEY[,KEY...]")]
+    pub pin_server_key: Option<String>,
+    /// Bake the enrollment server URL(s) into the initramfs (used instead of
+    /// ferry.server= on the kernel command line).
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub pin_server_url: Option<String>,
+    /// Bake the https servers' certificate pins (`ferry server-cert`) into the
+    /// initramfs (used instead of ferry.tls= on the kernel command line).
+    #[arg(long, value_name = "sha256:HEX[,...]")]
+    pub pin_tls_cert: Option<String>,
+    /// Print what was built as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
