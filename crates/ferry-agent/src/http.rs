@@ -1,14 +1,10 @@
 //! The HTTP calls the agent makes, behind a trait so the state machine can be tested
-//! with a fake server. The real transport is a minimal HTTP/1.1 client over TCP (hyper),
-//! one connection per request.
+//! with a fake server. The real transport is a minimal HTTP/1.1 client over TCP (hyper)
+//! that keeps one connection open for the next request (`http_pool.rs`).
 
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper::Uri;
-use hyper_util::rt::TokioIo;
 
 /// Largest response body accepted (cloud-init documents included).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
@@ -92,59 +88,43 @@ pub struct TransportError(pub String);
 #[async_trait]
 pub trait Transport: Send + Sync {
     async fn send(&self, req: Request) -> Result<Response, TransportError>;
+    /// Closes any connection kept open for the next request (the tunnel it ran
+    /// through is being removed).
+    fn drop_connections(&self) {}
 }
 
-/// HTTP/1.1 over plain TCP.
-/// The real transport. `https://` URLs need `tls_pins`: the server's certificate is
-/// accepted if its SHA-256 is one of the pins, and only then (no CA, no name check: the
-/// pin is the identity, as with `ferry.pubkey=` for WireGuard).
+/// The real transport: HTTP/1.1 over TCP, or TLS for `https://` URLs, which need
+/// `tls_pins`: the server's certificate is accepted if its SHA-256 is one of the pins,
+/// and only then (no CA, no name check: the pin is the identity, as with `ferry.pubkey=`
+/// for WireGuard). It keeps the last connection open and reuses it for the next request
+/// to the same target (`http_pool.rs`).
 #[derive(Debug, Clone, Default)]
 pub struct HyperTransport {
-    pub tls_pins: Vec<[u8; 32]>,
+    pub(crate) tls_pins: Vec<[u8; 32]>,
+    pub(crate) idle: crate::http_pool::IdleSlot,
+}
+
+impl HyperTransport {
+    pub fn new(tls_pins: Vec<[u8; 32]>) -> Self {
+        HyperTransport { tls_pins, idle: Default::default() }
+    }
 }
 
 #[async_trait]
 impl Transport for HyperTransport {
     async fn send(&self, req: Request) -> Result<Response, TransportError> {
         let url = req.url.clone();
-        match tokio::time::timeout(req.timeout, send(req, &self.tls_pins)).await {
+        // The kept connection is taken out for the request and put back only after a
+        // complete answer: a request cut by the timeout drops its connection.
+        match tokio::time::timeout(req.timeout, self.send_reusing(req)).await {
             Ok(result) => result,
             Err(_) => Err(TransportError(format!("no answer from {url} (timed out)"))),
         }
     }
-}
 
-async fn send(req: Request, tls_pins: &[[u8; 32]]) -> Result<Response, TransportError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
-    let uri: Uri = req.url.parse().map_err(|e| err("invalid URL", &e))?;
-    let https = match uri.scheme_str() {
-        Some("http") => false,
-        Some("https") => true,
-        _ => return Err(TransportError(format!("only http:// and https:// URLs are supported, not {}", req.url))),
-    };
-    let authority = uri.authority().ok_or_else(|| TransportError(format!("no host in {}", req.url)))?.clone();
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let stream = match req.interface.as_deref() {
-        None => tokio::net::TcpStream::connect((host, port)).await,
-        Some(interface) => match host.parse::<std::net::IpAddr>() {
-            Ok(ip) => connect_via(std::net::SocketAddr::new(ip, port), Some(interface)).await,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a tunnel URL needs an IP address")),
-        },
+    fn drop_connections(&self) {
+        self.idle.clear();
     }
-    .map_err(|e| err("cannot connect to", &e))?;
-    if !https {
-        return exchange(stream, &req, &uri, &authority).await;
-    }
-    if tls_pins.is_empty() {
-        return Err(TransportError(format!("{} is https but no certificate is pinned (ferry.tls=)", req.url)));
-    }
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| err("invalid host in", &e))?;
-    let tls = tokio_rustls::TlsConnector::from(pinned_tls(tls_pins.to_vec()))
-        .connect(name, stream)
-        .await
-        .map_err(|e| err("TLS with", &e))?;
-    exchange(tls, &req, &uri, &authority).await
 }
 
 /// A TCP connection to `target`, leaving only through `interface` when one is given.
@@ -225,58 +205,6 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// One request and its answer over an established connection.
-async fn exchange<S>(
-    stream: S,
-    req: &Request,
-    uri: &Uri,
-    authority: &hyper::http::uri::Authority,
-) -> Result<Response, TransportError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let err = |what: &str, e: &dyn std::fmt::Display| TransportError(format!("{what} {}: {e}", req.url));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| err("HTTP handshake with", &e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("HTTP connection ended: {e}");
-        }
-    });
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let method = match req.method {
-        Method::Get => hyper::Method::GET,
-        Method::Post => hyper::Method::POST,
-    };
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(target)
-        .header(hyper::header::HOST, authority.as_str())
-        .header(hyper::header::USER_AGENT, concat!("ferry-agent/", env!("CARGO_PKG_VERSION")))
-        .header(hyper::header::CONNECTION, "close");
-    if req.json.is_some() {
-        let kind = if req.text { "text/plain; charset=utf-8" } else { "application/json" };
-        builder = builder.header(hyper::header::CONTENT_TYPE, kind);
-    }
-    let body = Full::new(Bytes::from(req.json.clone().unwrap_or_default()));
-    let request = builder.body(body).map_err(|e| err("cannot build a request for", &e))?;
-    let resp = sender.send_request(request).await.map_err(|e| err("request failed:", &e))?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get(hyper::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| err("cannot read the answer of", &format!("{e} (limit {MAX_BODY} bytes)")))?
-        .to_bytes()
-        .to_vec();
-    Ok(Response { status, retry_after, body })
 }
 
 /// Parses a `Retry-After` value: delay seconds, or an HTTP date (relative to `now`).

@@ -65,6 +65,7 @@ mod error;
 mod guard;
 mod host_keys;
 mod http;
+mod http_pool;
 mod image;
 mod image_download;
 mod mac;
@@ -130,7 +131,7 @@ pub async fn run(args: AgentArgs) -> Result<Outcome, AgentError> {
         Some(mac) => mac,
         None => discover_mac(&cfg, &deadline).await?,
     };
-    let transport = http::HyperTransport { tls_pins: cfg.tls_pins.clone() };
+    let transport = http::HyperTransport::new(cfg.tls_pins.clone());
     let mut agent = machine::Agent::new(cfg, mac, transport, tunnel::WgTunnels, Box::new(std::io::stdout()));
     if let Some(tpm) = tpm {
         agent = agent.with_tpm(tpm);

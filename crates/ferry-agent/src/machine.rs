@@ -98,6 +98,21 @@ pub enum State {
 }
 
 impl State {
+    /// Whether the agent's next steps send requests (enrollment, documents, host
+    /// certificates, phone-home) over the connection it may be keeping.
+    fn sends_more_requests(&self) -> bool {
+        matches!(
+            self,
+            State::Start
+                | State::Challenged { .. }
+                | State::Attested { .. }
+                | State::Enrolled { .. }
+                | State::TunnelUp { .. }
+                | State::Fetched { .. }
+                | State::Unpacked { .. }
+        )
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             State::Start => "start",
@@ -238,6 +253,16 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
 
     /// Performs one transition.
     pub async fn step(&mut self, state: State) -> State {
+        let next = self.transition(state).await;
+        if !next.sends_more_requests() {
+            // The agent sends nothing more through this tunnel (or the provisioning
+            // network): an idle connection would only hold a slot on the server.
+            self.transport.drop_connections();
+        }
+        next
+    }
+
+    async fn transition(&mut self, state: State) -> State {
         match state {
             s @ (State::Start | State::Challenged { .. } | State::Attested { .. }) => self.enrollment_step(s).await,
             State::Enrolled { lease } => self.bring_up(lease).await,

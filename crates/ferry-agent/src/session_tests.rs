@@ -197,11 +197,13 @@ async fn cloud_init_holds_until_stopped() {
     let stop: StopFuture = Box::pin(async move {
         let _ = rx.await;
     });
-    let (a, out) = agent(cfg, &FakeServer::default(), &tunnels);
+    let server = FakeServer::default();
+    let (a, out) = agent(cfg, &server, &tunnels);
     let mut a = a.with_stop(stop);
     let tunnel = open(&tunnels).await;
     let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
     assert!(matches!(held, State::Holding { .. }), "{held:?}");
+    assert_eq!(server.drops(), [0], "cloud-init fetches the documents: no connection is kept while holding");
     assert_eq!(out.text(), format!("ds=nocloud-net;s={DS}\n"));
     let record: AgentState =
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
@@ -263,6 +265,12 @@ async fn full_fetch_run() {
     let seed = cfg.seed_dir.display().to_string();
     let (a, out) = agent(cfg, &server, &tunnels);
     let outcome = a.run().await.expect("success");
+    let sent = server.log().len();
+    assert_eq!(
+        server.drops().first(),
+        Some(&sent),
+        "the kept connection is dropped after the last request, not before"
+    );
     assert_eq!(outcome.node, "n1");
     assert!(outcome.phoned_home && !outcome.detached);
     assert_eq!(outcome.ds, format!("ds=nocloud;s=file://{seed}/"));

@@ -40,6 +40,8 @@ type Routes = HashMap<(Method, String), VecDeque<Reply>>;
 pub struct FakeServer {
     routes: Arc<Mutex<Routes>>,
     log: Arc<Mutex<Vec<Request>>>,
+    /// At each `drop_connections`: how many requests had been sent.
+    drops: Arc<Mutex<Vec<usize>>>,
 }
 
 impl FakeServer {
@@ -54,6 +56,10 @@ impl FakeServer {
     /// Every request, in order.
     pub fn log(&self) -> Vec<Request> {
         self.log.lock().expect("lock").clone()
+    }
+    /// The number of requests sent before each `drop_connections`.
+    pub fn drops(&self) -> Vec<usize> {
+        self.drops.lock().expect("lock").clone()
     }
     pub fn requests(&self, method: Method, url: &str) -> Vec<Request> {
         self.log.lock().expect("lock").iter().filter(|r| r.method == method && r.url == url).cloned().collect()
@@ -70,6 +76,11 @@ impl Transport for FakeServer {
             Some(q) => q.front().cloned().unwrap_or_else(|| unreachable_reply(&req.url)),
             None => unreachable_reply(&req.url),
         }
+    }
+
+    fn drop_connections(&self) {
+        let sent = self.log.lock().expect("lock").len();
+        self.drops.lock().expect("lock").push(sent);
     }
 }
 

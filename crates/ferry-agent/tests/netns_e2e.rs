@@ -61,7 +61,8 @@ struct Seen {
     phone_home: Vec<PhoneHome>,
 }
 
-/// One request per connection, as the agent sends them.
+/// One request per connection: it answers with `Connection: close`, so the agent opens
+/// a new one for each request (its kept connection is not reused after a close).
 async fn serve_one(mut s: TcpStream, dev: Arc<dyn ferry_wg::WgDevice>, key: PublicKey, seen: Arc<Mutex<Seen>>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

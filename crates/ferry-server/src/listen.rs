@@ -171,6 +171,7 @@ impl<S: Hash + Eq + Clone + std::fmt::Debug> ConnCaps<S> {
         *n += 1;
         *total += 1;
         self.metrics.connections_open.get_or_create(&ListenerLabel { listener: self.listener }).inc();
+        self.metrics.connections_accepted.get_or_create(&ListenerLabel { listener: self.listener }).inc();
         Ok(Admission { caps: self.clone(), source: source.clone() })
     }
 

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub document_latency: Family<DocumentLabel, Histogram>,
     pub secrets_delivered: Counter,
     pub connections_open: Family<ListenerLabel, Gauge>,
+    pub connections_accepted: Family<ListenerLabel, Counter>,
     pub connections_refused: Family<ConnectionLabel, Counter>,
     pub connections_cut: Family<ConnectionLabel, Counter>,
     /// Gated artifact requests refused after naming a gated node, by reason.
@@ -105,6 +106,12 @@ impl Default for Metrics {
         registry.register("secrets_delivered", "Secrets rendered into tunnel documents", secrets_delivered.clone());
         let connections_open = Family::<ListenerLabel, Gauge>::default();
         registry.register("connections", "Connections open now, by listener", connections_open.clone());
+        let connections_accepted = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Connections accepted (within the caps), by listener: with keep-alive one per node boot on the datasource",
+            connections_accepted.clone(),
+        );
         let connections_refused = Family::<ConnectionLabel, Counter>::default();
         registry.register(
             "connections_refused",
@@ -140,6 +147,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             connections_open,
+            connections_accepted,
             connections_refused,
             connections_cut,
             enrollments,

@@ -48,6 +48,7 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
         c.server.ok(&["node", "set", &c.nodes[i].name, "--asset-tag-file", file.to_str().unwrap()]);
     }
 
+    let packets_before: Vec<u64> = c.nodes.iter().map(packets).collect();
     let start = Instant::now();
     let agents: Vec<_> = (0..3).map(|i| c.agent(i, "fetch").output_async()).collect();
     for (i, out) in agents.into_iter().map(|a| a.join().unwrap()).enumerate() {
@@ -57,6 +58,17 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
     }
     let elapsed = start.elapsed();
     println!("3-node cluster: enroll, fetch 4 documents, phone home, tear down: {elapsed:?}");
+    // The agent keeps one connection through its tunnel for the datasource probe, the
+    // documents, the host certificates and the phone-home.
+    let (_, text) = c.server.admin_get("/metrics");
+    for (listener, per_boot) in [("datasource", 1.0), ("provisioning", 1.0)] {
+        let line = format!("ferry_connections_accepted_total{{listener=\"{listener}\"}} ");
+        let seen = text.lines().find_map(|l| l.strip_prefix(line.as_str())).and_then(|v| v.trim().parse::<f64>().ok());
+        assert_eq!(seen, Some(3.0 * per_boot), "{listener}: one connection per boot:\n{text}");
+    }
+    for (n, before) in c.nodes.iter().zip(packets_before) {
+        println!("{}: {} packets on its network for one boot", n.name, packets(n) - before);
+    }
 
     for (i, n) in c.nodes.iter().enumerate() {
         let read =
@@ -83,6 +95,14 @@ fn three_nodes_enroll_fetch_their_own_documents_and_phone_home() {
     let known = c.server.ok(&["known-hosts"]);
     assert_eq!(known.lines().count(), 3, "{known}");
     assert_all_closed(&c);
+}
+
+/// Packets sent and received on a node's network interfaces (its tunnel's included
+/// while it exists).
+fn packets(n: &common::cluster::Node) -> u64 {
+    let counts =
+        n.ns.sh(&["sh", "-c", "cat /sys/class/net/*/statistics/rx_packets /sys/class/net/*/statistics/tx_packets"]);
+    counts.split_whitespace().filter_map(|v| v.parse::<u64>().ok()).sum()
 }
 
 trait OutputAsync {
