@@ -175,16 +175,46 @@ pub struct InitramfsArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigureCommand {
-    /// dnsmasq: static leases for every node interface and iPXE chain-loading to ferry.
-    Dnsmasq {
-        /// The URL nodes reach ferry's provisioning listener at [default: the server's
-        /// `public_url`].
-        #[arg(long)]
-        url: Option<String>,
-        /// Where dnsmasq's TFTP server finds undionly.kpxe / ipxe.efi.
-        #[arg(long, default_value = "/srv/tftp")]
-        tftp_root: String,
-    },
+    /// dnsmasq: a complete configuration file for the provisioning network (DHCP with
+    /// static leases for every node interface, iPXE over TFTP, the chain to ferry).
+    Dnsmasq(DnsmasqArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DnsmasqArgs {
+    /// The URL nodes reach ferry's provisioning listener at [default: the server's
+    /// `public_url`].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The interface on the provisioning network dnsmasq answers on (e.g. br-prov).
+    #[arg(long, value_name = "IF")]
+    pub interface: String,
+    /// The provisioning network (ADDRESS/PREFIX, e.g. 10.0.0.0/24): only the nodes'
+    /// static leases are handed out, no address to unknown MACs.
+    #[arg(long, value_name = "NET/PREFIX")]
+    pub range: String,
+    /// DHCP lease time (dnsmasq syntax: 1h, 30m, infinite).
+    #[arg(long, default_value = "1h")]
+    pub lease_time: String,
+    /// Where dnsmasq's TFTP server finds undionly.kpxe / ipxe.efi (it must exist, or
+    /// dnsmasq does not start: --install-ipxe creates it).
+    #[arg(long, default_value = "/srv/tftp")]
+    pub tftp_root: String,
+    /// Copy undionly.kpxe and ipxe.efi from --ipxe-dir into --tftp-root (on this machine).
+    #[arg(long)]
+    pub install_ipxe: bool,
+    /// Where --install-ipxe takes the iPXE binaries from (Debian's ipxe package).
+    #[arg(long, default_value = "/usr/lib/ipxe", value_name = "DIR")]
+    pub ipxe_dir: String,
+    /// Write the leases to DIR/ferry-nodes and point dnsmasq at DIR (dhcp-hostsdir):
+    /// dnsmasq re-reads it when it changes, so re-running this command after an
+    /// inventory change needs no dnsmasq restart.
+    #[arg(long, value_name = "DIR")]
+    pub hosts_dir: Option<String>,
+    /// Send IPv6 router advertisements on --interface (needs an IPv6 address on it):
+    /// iPXE otherwise waits about 13 s for them on an IPv4-only network.
+    #[arg(long)]
+    pub ipv6_ra: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -366,6 +396,20 @@ pub enum NodeCommand {
     /// List nodes (all, or those of a hostlist).
     List {
         hostlist: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each node's boot phase as ferry sees it (script fetched, enrolled, tunnel open,
+    /// phoned home, refused with the reason, last boot), from the audit log.
+    Status {
+        hostlist: Option<String>,
+        /// Keep the view open and update it as nodes boot (Ctrl-C to stop); with --json,
+        /// one line per node change.
+        #[arg(long)]
+        watch: bool,
+        /// Read the audit log back to a time (RFC 3339) or for a duration (e.g. 2h).
+        #[arg(long, value_name = "TIME|DURATION", default_value = "1d")]
+        since: String,
         #[arg(long)]
         json: bool,
     },

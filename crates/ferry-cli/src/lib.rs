@@ -3,10 +3,12 @@
 pub mod args;
 mod bench;
 mod client;
+mod dnsmasq;
 mod images;
 mod listing;
 mod output;
 mod settings;
+mod status;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
@@ -91,7 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
-        Command::Configure(cmd) => images::configure(&client, cmd).await,
+        Command::Configure(crate::args::ConfigureCommand::Dnsmasq(a)) => dnsmasq::configure(&client, a).await,
         Command::Server(args::ServerCommand::List { json }) => {
             let servers = client.list_servers().await?;
             println!("{}", listing(&servers, json));
@@ -109,8 +111,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::KnownHosts => {
-            for (node, key) in client.known_hosts().await? {
-                println!("{node} {key}");
+            let keys = client.known_hosts().await?;
+            let nodes = client.list_nodes().await?;
+            for line in listing::known_hosts_lines(&keys, &nodes) {
+                println!("{line}");
             }
             Ok(())
         }
@@ -275,6 +279,9 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 asset_tag: asset.then_some(AssetTagChange::Unset),
             };
             report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?);
+        }
+        NodeCommand::Status { hostlist, watch, since, json } => {
+            status::node_status(client, hostlist, since_secs(&since)?, watch, json).await?;
         }
         NodeCommand::List { hostlist, json } => {
             let mut nodes = client.list_nodes().await?;

@@ -137,6 +137,24 @@ impl Listing for TokenInfo {
     }
 }
 
+/// `ferry known-hosts`: one known_hosts line per reported key, for the node's name and
+/// its inventory addresses (ssh checks the key under the name or address it connects
+/// to).
+pub fn known_hosts_lines(keys: &[ferry_api::admin::KnownHost], nodes: &[ferry_api::admin::NodeView]) -> Vec<String> {
+    keys.iter()
+        .map(|(node, key)| {
+            let mut names = vec![node.to_string()];
+            if let Some(view) = nodes.iter().find(|n| &n.name == node) {
+                for iface in view.settings.interfaces.values() {
+                    names.extend(iface.ipv4.map(|a| a.to_string()));
+                    names.extend(iface.ipv6.map(|a| a.to_string()));
+                }
+            }
+            format!("{} {key}", names.join(","))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +192,21 @@ mod tests {
         assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["n1", "100.64.0.2", "3s", "never", "597s", "s1"]);
         let other = TunnelView { mine: false, last_handshake: Some("t".into()), ..tunnel() };
         assert!(listing(&[other], false).contains("(other server)"));
+    }
+
+    #[test]
+    fn known_hosts_name_the_node_and_its_addresses() {
+        let node: ferry_api::admin::NodeView = serde_json::from_value(serde_json::json!({
+            "name": "n1", "profiles": [], "asset_tag": "unset", "revision": 1, "updated_at": "",
+            "identity": {"factors": ["network"], "explicit": true, "weak": true, "refused": false},
+            "settings": {"interfaces": {"eth0": {"ipv4": "10.0.0.5", "ipv6": "fd00::5"}, "ib0": {"ipv4": "10.1.0.5"}}}
+        }))
+        .unwrap();
+        let keys = [
+            (NodeName::parse("n1").unwrap(), "ssh-ed25519 AAAA root@n1".to_string()),
+            (NodeName::parse("gone").unwrap(), "ssh-rsa BBBB".to_string()),
+        ];
+        let lines = known_hosts_lines(&keys, &[node]);
+        assert_eq!(lines, ["n1,10.0.0.5,fd00::5,10.1.0.5 ssh-ed25519 AAAA root@n1", "gone ssh-rsa BBBB"]);
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod chroot;
 pub mod cluster;
 pub mod ha;
+pub mod provisioning_net;
 pub mod qemu;
 pub mod raw;
 
