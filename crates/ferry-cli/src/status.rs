@@ -76,11 +76,12 @@ impl NodeStatus {
             }
             "tunnel.close" => {
                 let why = reason(&e.detail);
-                // Closing after phone-home is the normal end: the phase stays.
-                if self.phase != "phoned-home" || why != "phone-home" {
-                    self.phase = "tunnel-closed".into();
-                    self.reason = Some(why);
+                // Closing after phone-home is the normal end: nothing changes.
+                if self.phase == "phoned-home" && why == "phone-home" {
+                    return;
                 }
+                self.phase = "tunnel-closed".into();
+                self.reason = Some(why);
             }
             _ => return,
         }
@@ -88,19 +89,21 @@ impl NodeStatus {
     }
 }
 
-/// The nodes' states from audit entries (oldest first), for `wanted` nodes only.
-pub fn fold(states: &mut BTreeMap<String, NodeStatus>, entries: &[AuditEntry]) -> Vec<String> {
-    let mut changed = Vec::new();
+/// Applies audit entries (oldest first) to the nodes in `states`; returns each change
+/// as it happened (a node's state after each entry that moved it), so a watcher sees
+/// every phase even when several fall between two polls.
+pub fn fold(states: &mut BTreeMap<String, NodeStatus>, entries: &[AuditEntry]) -> Vec<NodeStatus> {
+    let mut changes = Vec::new();
     for e in entries {
         let Some(node) = e.subject.strip_prefix("node/") else { continue };
         let Some(state) = states.get_mut(node) else { continue };
         let before = state.clone();
         state.apply(e);
-        if *state != before && !changed.iter().any(|c| c == node) {
-            changed.push(node.to_owned());
+        if *state != before {
+            changes.push(state.clone());
         }
     }
-    changed
+    changes
 }
 
 fn table(states: &BTreeMap<String, NodeStatus>) -> String {
@@ -178,13 +181,13 @@ pub async fn node_status(
         if let Some(last) = entries.last() {
             query.after = Some(last.id);
         }
-        let changed = fold(&mut states, &entries);
-        if changed.is_empty() {
+        let changes = fold(&mut states, &entries);
+        if changes.is_empty() {
             continue;
         }
         if json {
-            for node in changed {
-                println!("{}", serde_json::to_string(&states[&node])?);
+            for change in changes {
+                println!("{}", serde_json::to_string(&change)?);
             }
         } else {
             print!("\x1b[H\x1b[2J");
@@ -225,7 +228,9 @@ mod tests {
                 e(7, "boot.script", "n9", "not asked for"),
             ],
         );
-        assert_eq!(changed, ["n1"]);
+        let phases: Vec<&str> = changed.iter().map(|c| c.phase.as_str()).collect();
+        assert_eq!(phases, ["script-fetched", "enrolled", "tunnel-open", "phoned-home"], "every change, in order");
+        assert!(changed.iter().all(|c| c.node == "n1"));
         let n1 = &states["n1"];
         assert_eq!((n1.phase.as_str(), n1.reason.as_deref()), ("phoned-home", None));
         assert_eq!(
