@@ -18,10 +18,10 @@ const PAGE: i64 = 10_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
     pub node: String,
-    /// script-fetched, enrolled, tunnel-open, phoned-home, refused, tunnel-closed, or
-    /// unknown (nothing since --since).
+    /// script-fetched, enrolled, tunnel-open, documents-served, phoned-home, refused,
+    /// tunnel-closed, or unknown (nothing since --since).
     pub phase: String,
-    /// The refusal's or the tunnel closing's reason.
+    /// The refusal's or the tunnel closing's reason, or the last document served.
     pub reason: Option<String>,
     pub script_at: Option<String>,
     pub enrolled_at: Option<String>,
@@ -69,8 +69,14 @@ impl NodeStatus {
                 self.reason = Some(e.detail.clone());
             }
             "tunnel.open" => self.phase = "tunnel-open".into(),
+            "document.served" => {
+                // Once per document and boot: the phase says which came last.
+                self.phase = "documents-served".into();
+                self.reason = Some(e.detail.clone());
+            }
             "node.booted" => {
                 self.phase = "phoned-home".into();
+                self.reason = None;
                 self.phoned_home_at = at.clone();
                 self.last_boot_at = at.clone();
             }
@@ -222,6 +228,7 @@ mod tests {
                 e(1, "boot.script", "n1", "mac=52:54:00:00:00:01"),
                 e(2, "enroll.accepted", "n1", "factors=network"),
                 e(3, "tunnel.open", "n1", ""),
+                e(31, "document.served", "n1", "meta-data"),
                 e(4, "node.booted", "n1", "host_keys=1"),
                 e(5, "tunnel.close", "n1", "reason=phone-home"),
                 e(6, "node.set", "n2", "image"),
@@ -229,7 +236,11 @@ mod tests {
             ],
         );
         let phases: Vec<&str> = changed.iter().map(|c| c.phase.as_str()).collect();
-        assert_eq!(phases, ["script-fetched", "enrolled", "tunnel-open", "phoned-home"], "every change, in order");
+        assert_eq!(
+            phases,
+            ["script-fetched", "enrolled", "tunnel-open", "documents-served", "phoned-home"],
+            "in order"
+        );
         assert!(changed.iter().all(|c| c.node == "n1"));
         let n1 = &states["n1"];
         assert_eq!((n1.phase.as_str(), n1.reason.as_deref()), ("phoned-home", None));

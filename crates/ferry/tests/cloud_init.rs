@@ -416,7 +416,8 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
         let actual = host_keys(root);
         assert!(actual.len() >= 3, "{}: {actual:?}", e.node);
         assert_eq!(recorded, actual, "{}: ferry has the node's host keys", e.node);
-        known.extend(actual.iter().map(|k| format!("{} {k}", e.node)));
+        // Each key under the node's name and its inventory address.
+        known.extend(actual.iter().map(|k| format!("{},{} {k}", e.node, c.nodes[i].ip)));
 
         let audit = c.server.ok(&["audit", "--node", e.node, "--limit", "200"]);
         for doc in ["meta-data", "user-data", "vendor-data"] {
