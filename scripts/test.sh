@@ -13,7 +13,8 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
   swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db
-  systemd-container rpm attr acl libcap2-bin iputils-ping selinux-utils policycoreutils)
+  systemd-container rpm attr acl libcap2-bin iputils-ping selinux-utils policycoreutils
+  dnsmasq-base ipxe openssh-client)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,6 +53,10 @@ FERRY_NODE_IMAGE_SELINUX=$(scripts/node-image.sh selinux) || die "building the S
 export FERRY_NODE_IMAGE_TINY FERRY_NODE_IMAGE_SELINUX
 echo "    $FERRY_NODE_IMAGE_TINY"
 echo "    $FERRY_NODE_IMAGE_SELINUX"
+# The full node OS of the power-on-to-login test (tests/first_node.rs): Debian 12 with
+# systemd, cloud-init and openssh-server, built once (about 4 minutes) and cached the same way.
+echo "==> node OS image"
+scripts/node-os-image.sh || die "building the node OS image failed (see above)"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -80,4 +85,5 @@ passed=$(grep -Eo 'test result: ok\. [0-9]+ passed' /tmp/ferry-test.$$.log | awk
 rm -f /tmp/ferry-test.$$.log
 # The QEMU network boot test's time split (tests/netboot.rs writes it).
 [ -f "$CARGO_TARGET_DIR/tmp/netboot-times.txt" ] && cat "$CARGO_TARGET_DIR/tmp/netboot-times.txt"
+[ -f "$CARGO_TARGET_DIR/tmp/first-node-times.txt" ] && cat "$CARGO_TARGET_DIR/tmp/first-node-times.txt"
 echo "==> all tests passed ($passed tests)"

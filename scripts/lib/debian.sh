@@ -1,5 +1,5 @@
-# Sourced by the scripts that build Debian roots (cloud-init-chroot.sh,
-# package-root.sh, node-image.sh): where this machine's apt gets Debian from.
+# Sourced by the scripts that build Debian roots (cloud-init-chroot.sh, package-root.sh,
+# node-image.sh, node-os-image.sh): where this machine's apt gets Debian from.
 
 # "URI SUITE" for every deb entry of the apt sources, one-line and deb822 formats.
 apt_sources() {

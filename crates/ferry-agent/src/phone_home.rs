@@ -27,6 +27,43 @@ pub fn build(meta_data: &[u8], kernel_hostname: Option<String>, ssh_dir: &Path) 
     report
 }
 
+/// When the node has no SSH host key of its own yet (an initramfs), the public keys
+/// its cloud-config installs (`ssh_keys: {ed25519_public: ...}`): the keys the booted
+/// OS will present. Keys already read from disk win.
+pub fn fill_keys_from_user_data(report: &mut PhoneHome, user_data: &[u8]) {
+    if [&report.pub_key_dsa, &report.pub_key_rsa, &report.pub_key_ecdsa, &report.pub_key_ed25519]
+        .iter()
+        .any(|k| k.is_some())
+    {
+        return;
+    }
+    let text = String::from_utf8_lossy(user_data);
+    if !text.starts_with("#cloud-config") {
+        return;
+    }
+    // The top-level `ssh_keys:` block: the indented lines that follow it.
+    let block = text
+        .lines()
+        .skip_while(|l| l.trim_end() != "ssh_keys:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with([' ', '\t']));
+    for line in block {
+        let line = line.trim();
+        for (kind, slot) in [
+            ("dsa", &mut report.pub_key_dsa),
+            ("rsa", &mut report.pub_key_rsa),
+            ("ecdsa", &mut report.pub_key_ecdsa),
+            ("ed25519", &mut report.pub_key_ed25519),
+        ] {
+            let Some(value) = line.strip_prefix(kind).and_then(|r| r.strip_prefix("_public:")) else { continue };
+            let key = strip_quotes(value.trim());
+            if key.starts_with("ssh-") || key.starts_with("ecdsa-") {
+                *slot = Some(key.to_string());
+            }
+        }
+    }
+}
+
 fn read_key(path: &Path) -> Option<String> {
     let mut text = String::new();
     std::fs::File::open(path).ok()?.take(MAX_KEY_FILE).read_to_string(&mut text).ok()?;
@@ -89,6 +126,28 @@ mod tests {
         assert_eq!(meta_value(br#"{"local-hostname": 7}"#, "local-hostname").as_deref(), Some("7"));
         assert_eq!(meta_value(b"{broken", "instance-id"), None);
         assert_eq!(meta_value(b"\xff\xfe", "instance-id"), None);
+    }
+
+    #[test]
+    fn host_keys_from_the_cloud_config() {
+        let ud = b"#cloud-config\nhostname: n1\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n    b3Blbn\n    -----END OPENSSH PRIVATE KEY-----\n  ed25519_public: ssh-ed25519 AAAAC3Nz n1\n  rsa_public: \"ssh-rsa AAAAB3 n1\"\nusers:\n  - name: admin\n    ssh_authorized_keys: [ssh-ed25519 AAAAuser]\n";
+        let mut r = PhoneHome::default();
+        fill_keys_from_user_data(&mut r, ud);
+        assert_eq!(r.pub_key_ed25519.as_deref(), Some("ssh-ed25519 AAAAC3Nz n1"));
+        assert_eq!(r.pub_key_rsa.as_deref(), Some("ssh-rsa AAAAB3 n1"));
+        assert_eq!(r.pub_key_ecdsa, None, "the users' keys are not host keys");
+        // Keys on disk win; no cloud-config, or no ssh_keys block: nothing.
+        let mut on_disk = PhoneHome { pub_key_ecdsa: Some("ecdsa-sha2-nistp256 AAAA".into()), ..PhoneHome::default() };
+        fill_keys_from_user_data(&mut on_disk, ud);
+        assert_eq!(on_disk.pub_key_ed25519, None);
+        for other in [
+            &b"#!/bin/sh\nssh_keys:\n  ed25519_public: ssh-ed25519 A\n"[..],
+            b"#cloud-config\nusers: []\n  ed25519_public: ssh-ed25519 A\n",
+        ] {
+            let mut r = PhoneHome::default();
+            fill_keys_from_user_data(&mut r, other);
+            assert_eq!(r.pub_key_ed25519, None);
+        }
     }
 
     #[test]

@@ -188,7 +188,12 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         // Host certificates first: the tunnel closes with the phone-home.
         self.certify_host_keys(&lease).await;
         let hostname = phone_home::kernel_hostname(&self.cfg.hostname_file);
-        let report = phone_home::build(meta_data, hostname, &self.cfg.ssh_dir);
+        let mut report = phone_home::build(meta_data, hostname, &self.cfg.ssh_dir);
+        // In fetch mode (an initramfs) no sshd has keys yet: report the ones the seed
+        // gives cloud-init to install (`ssh_keys`), which the booted OS will present.
+        if let Ok(user_data) = std::fs::read(self.cfg.seed_dir.join("user-data")) {
+            phone_home::fill_keys_from_user_data(&mut report, &user_data);
+        }
         match self.post_phone_home(&lease, &report).await {
             Ok(()) => {
                 self.phoned_home = true;

@@ -160,6 +160,31 @@ async fn fetched_to_phoned_home_reports_instance_and_host_keys() {
     assert_eq!((report.pub_key_rsa, report.pub_key_dsa), (None, None));
 }
 
+/// An initramfs has no sshd keys: the report carries the host key the seed's
+/// cloud-config installs (`ssh_keys`), never its private half.
+#[tokio::test(start_paused = true)]
+async fn fetched_to_phoned_home_reports_the_host_key_the_seed_installs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = test_config(dir.path());
+    let user_data = "#cloud-config\nssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n    AAAA\n  ed25519_public: ssh-ed25519 AAAAFROMSEED root@n1\n";
+    crate::seed::write_seed(
+        &cfg.seed_dir,
+        &[("meta-data", b"instance-id: n1\n".to_vec()), ("user-data", user_data.into())],
+    )
+    .expect("seed");
+    let server = FakeServer::default();
+    serve_documents(&server);
+    let tunnels = FakeTunnels::new(BackendKind::Userspace);
+    let (mut a, _) = agent(cfg, &server, &tunnels);
+    let tunnel = open(&tunnels).await;
+    let next = a.step(State::Fetched { lease: lease(), tunnel, meta_data: b"instance-id: n1\n".to_vec() }).await;
+    assert!(matches!(next, State::PhonedHome { .. }), "{next:?}");
+    let body = server.requests(Method::Post, PHONE)[0].json.clone().expect("json body");
+    assert!(!String::from_utf8_lossy(&body).contains("PRIVATE"), "private keys are never sent");
+    let report: PhoneHome = serde_json::from_slice(&body).expect("PhoneHome JSON");
+    assert_eq!(report.pub_key_ed25519.as_deref(), Some("ssh-ed25519 AAAAFROMSEED root@n1"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn fetched_phone_home_failure_is_not_fatal() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -164,16 +164,9 @@ pub use crate::images::InitramfsArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum ConfigureCommand {
-    /// dnsmasq: static leases for every node interface and iPXE chain-loading to ferry.
-    Dnsmasq {
-        /// The URL nodes reach ferry's provisioning listener at [default: the server's
-        /// `public_url`].
-        #[arg(long)]
-        url: Option<String>,
-        /// Where dnsmasq's TFTP server finds undionly.kpxe / ipxe.efi.
-        #[arg(long, default_value = "/srv/tftp")]
-        tftp_root: String,
-    },
+    /// dnsmasq: a complete configuration file for the provisioning network (DHCP with
+    /// static leases for every node interface, iPXE over TFTP, the chain to ferry).
+    Dnsmasq(crate::dnsmasq::DnsmasqArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -339,6 +332,20 @@ pub enum NodeCommand {
         /// Only these nodes (a hostlist) [default: every node].
         hostlist: Option<String>,
         /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each node's boot phase as ferry sees it (script fetched, enrolled, tunnel open,
+    /// phoned home, refused with the reason, last boot), from the audit log.
+    Status {
+        hostlist: Option<String>,
+        /// Keep the view open and update it as nodes boot (Ctrl-C to stop); with --json,
+        /// one line per node change.
+        #[arg(long)]
+        watch: bool,
+        /// Read the audit log back to a time (RFC 3339) or for a duration (e.g. 2h).
+        #[arg(long, value_name = "TIME|DURATION", default_value = "1d")]
+        since: String,
         #[arg(long)]
         json: bool,
     },

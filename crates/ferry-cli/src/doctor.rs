@@ -106,10 +106,13 @@ async fn run_checks(client: &AdminClient, socket: &Path, args: &DoctorArgs) -> V
     let path = args.dnsmasq_conf.display().to_string();
     found.push(match &nodes {
         Ok(nodes) => {
-            let url = info.public_url.clone().unwrap_or_default();
-            // `ferry configure dnsmasq` with the same inventory: the leases are what counts.
-            let expected = crate::images::dnsmasq_config(&url, "", nodes);
-            checks::dnsmasq(&path, std::fs::read_to_string(&args.dnsmasq_conf).map_err(|e| e.to_string()), &expected)
+            // `ferry configure dnsmasq` with the same inventory: the leases are what counts,
+            // in the file itself or in the hosts dir it names (`--hosts-dir`).
+            let expected = crate::dnsmasq::lease_lines(nodes);
+            let found = std::fs::read_to_string(&args.dnsmasq_conf)
+                .map(|conf| crate::dnsmasq::with_hosts_dir_leases(&conf))
+                .map_err(|e| e.to_string());
+            checks::dnsmasq(&path, found, &expected)
         }
         Err(e) => listing_failed("dnsmasq", "nodes", e),
     });

@@ -15,6 +15,7 @@ pub mod args;
 mod bench;
 mod bench_unpack;
 mod client;
+mod dnsmasq;
 mod doctor;
 mod doctor_checks;
 mod image_import;
@@ -26,6 +27,7 @@ mod output;
 mod serve_args;
 mod settings;
 mod ssh;
+mod status;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
@@ -124,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(cmd) => images::image(&client, cmd).await,
         Command::Bench(args::BenchCommand::Storm(a)) => bench::storm(a).await,
         Command::Bench(args::BenchCommand::Unpack(a)) => bench_unpack::unpack(a),
-        Command::Configure(cmd) => images::configure(&client, cmd).await,
+        Command::Configure(crate::args::ConfigureCommand::Dnsmasq(a)) => dnsmasq::configure(&client, a).await,
         Command::Import(import::ImportCommand::Warewulf { nodes_conf, dry_run }) => {
             import::warewulf(&client, &nodes_conf, dry_run).await
         }
@@ -322,6 +324,9 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 asset_tag: asset.then_some(AssetTagChange::Unset),
             };
             report("changed", "node", client.set_nodes(&SetNodes { names, patch }).await?)?;
+        }
+        NodeCommand::Status { hostlist, watch, since, json } => {
+            status::node_status(client, hostlist, since_secs(&since)?, watch, json).await?;
         }
         NodeCommand::List { hostlist, json } => {
             let mut nodes = client.list_nodes().await?;

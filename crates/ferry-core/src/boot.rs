@@ -36,8 +36,17 @@ pub fn kernel_command_line(settings: &Settings, t: &BootTarget<'_>) -> String {
     args.push(format!("ferry.server={}", t.base_url));
     args.push(format!("ferry.pubkey={}", t.server_public_key));
     args.push(format!("ferry.node={}", t.node));
-    // `nocloud-net`: cloud-init 22.4 applies an HTTP seed only in net mode.
-    args.push(format!("ds=nocloud-net;s={}", t.datasource_url));
+    if settings.root.is_some() {
+        // ferry's initramfs fetches the seed through the tunnel, removes the tunnel and
+        // leaves the seed in cloud-init's local seed directory (/var/lib/cloud/seed/
+        // nocloud, network-config included: 22.4 reads it there, never from an `s=`
+        // URL). A URL here would point the image's cloud-init at a tunnel long gone.
+        args.push("ds=nocloud".into());
+    } else {
+        // An agent in `cloud-init` mode holds the tunnel for cloud-init's own fetches.
+        // `nocloud-net`: cloud-init 22.4 applies an HTTP seed only in net mode.
+        args.push(format!("ds=nocloud-net;s={}", t.datasource_url));
+    }
     args.join(" ")
 }
 
@@ -122,7 +131,7 @@ mod tests {
              echo ferry: booting n001 (image rocky9)\n\
              kernel http://10.0.0.1:8470/boot/images/rocky9/kernel initrd=initrd initrd=rootfs console=ttyS0 quiet root=tmpfs \
              ferry.server=http://10.0.0.1:8470 ferry.pubkey=FTUzpTMAyOC3fJsW8+5L7OUOV6fcC25GE5sfk1+jWRk= \
-             ferry.node=n001 ds=nocloud-net;s=http://100.64.0.1:8471/\n\
+             ferry.node=n001 ds=nocloud\n\
              initrd --name initrd http://10.0.0.1:8470/boot/images/rocky9/initrd\n\
              initrd --name rootfs http://10.0.0.1:8470/boot/images/rocky9/rootfs\n\
              boot\n"
@@ -134,6 +143,9 @@ mod tests {
         let n = NodeName::parse("n002").unwrap();
         let s = ipxe_script(&Settings::default(), &target(&n, true));
         assert!(s.contains("initrd --name initrd http://10.0.0.1:8470/boot/images/rocky9/initrd?mac=${net0/mac}&asset=${asset:uristring}\n"), "{s}");
+        // Without a root mode ferry's initramfs switches into, cloud-init fetches through
+        // the tunnel an agent in cloud-init mode holds.
+        assert!(s.contains(" ferry.node=n002 ds=nocloud-net;s=http://100.64.0.1:8471/\n"), "{s}");
         assert_eq!(
             grub_config(&settings(), &target(&n, false)),
             "set timeout=0\n\
@@ -141,7 +153,7 @@ mod tests {
              echo 'ferry: loading n002'\n  \
              linux (http,10.0.0.1:8470)/boot/images/rocky9/kernel 'console=ttyS0' 'quiet' 'root=tmpfs' \
              'ferry.server=http://10.0.0.1:8470' 'ferry.pubkey=FTUzpTMAyOC3fJsW8+5L7OUOV6fcC25GE5sfk1+jWRk=' \
-             'ferry.node=n002' 'ds=nocloud-net;s=http://100.64.0.1:8471/'\n  \
+             'ferry.node=n002' 'ds=nocloud'\n  \
              initrd (http,10.0.0.1:8470)/boot/images/rocky9/initrd (http,10.0.0.1:8470)/boot/images/rocky9/rootfs\n\
              }\n"
         );

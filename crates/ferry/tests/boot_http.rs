@@ -83,7 +83,7 @@ fn scripts_per_node_and_unknown_macs() {
         format!(
             "#!ipxe\necho ferry: booting n1 (image rocky9)\n\
              kernel {BASE}/boot/images/rocky9/kernel initrd=initrd console=ttyS0 root=tmpfs \
-             ferry.server={BASE} ferry.pubkey={key} ferry.node=n1 ds=nocloud-net;s=http://100.64.0.1:8471/\n\
+             ferry.server={BASE} ferry.pubkey={key} ferry.node=n1 ds=nocloud\n\
              initrd --name initrd {BASE}/boot/images/rocky9/initrd\nboot\n"
         )
     );
@@ -94,7 +94,7 @@ fn scripts_per_node_and_unknown_macs() {
     assert!(
         code == 200
             && grub.contains("linux (http,127.0.0.1:8470)/boot/images/rocky9/kernel 'console=ttyS0'")
-            && grub.contains("'ds=nocloud-net;s=http://100.64.0.1:8471/'"),
+            && grub.contains("'ds=nocloud'\n"),
         "{grub}"
     );
     for unknown in ["52:54:00:99:99:99", "nonsense"] {

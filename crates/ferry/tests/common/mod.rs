@@ -13,6 +13,7 @@ pub mod chroot;
 pub mod cluster;
 pub mod ha;
 pub mod netboot;
+pub mod provisioning_net;
 pub mod qemu;
 pub mod raw;
 
