@@ -83,6 +83,9 @@ fn sqlite_url(path: &Path, mode: &str) -> Result<String, StoreError> {
     Ok(url)
 }
 
+/// How long a PostgreSQL request waits for a connection.
+const POSTGRES_ACQUIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long `ping` (`/readyz`) waits for the database.
 const PING_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -136,6 +139,10 @@ impl SqlStore {
         let pool = |size: u32| {
             AnyPoolOptions::new()
                 .max_connections(size)
+                // sqlx retries a failed connect with a back-off of up to a fifth of this:
+                // bounded, so that after a promotion pending connects reach the new
+                // primary within about 2 s (and a request waits at most 10 s for one).
+                .acquire_timeout(POSTGRES_ACQUIRE_LIMIT)
                 .after_connect(|conn, _| Box::pin(async move { check_writable(conn).await }))
         };
         let write = pool(POSTGRES_WRITE_CONNECTIONS).connect(&url).await?;
