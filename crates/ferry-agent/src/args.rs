@@ -16,6 +16,18 @@ pub enum Mode {
     CloudInit,
 }
 
+/// Which of several servers a node tries first (it then goes round the list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ServerOrder {
+    /// Start at the server picked by a hash of the node's MAC: a boot storm spreads
+    /// evenly over the servers, and a node always starts at the same one.
+    #[default]
+    Hashed,
+    /// Start at the first listed server (every node the same: one server takes a
+    /// whole storm while the others wait as standbys).
+    Listed,
+}
+
 /// The WireGuard backends the agent can use: `auto`, `kernel`, `userspace`. Not `uapi`:
 /// the agent makes its own interface (addresses, route, guard) rather than attach to
 /// one another process runs.
@@ -43,6 +55,11 @@ pub struct AgentArgs {
     /// busy, or lost after enrolling.
     #[arg(long, value_name = "URL[,URL...]")]
     pub server: Option<String>,
+
+    /// Which server to try first when there are several (overrides
+    /// ferry.server_order=): hashed (by the node's MAC, spreads a boot storm) or listed.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub server_order: Option<ServerOrder>,
 
     /// The ferry servers' WireGuard public keys, base64, comma-separated (overrides
     /// ferry.pubkey=). The agent refuses any server that presents another key.

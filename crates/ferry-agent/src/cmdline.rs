@@ -68,6 +68,8 @@ fn push_word(params: &mut Vec<Param>, word: String) {
 pub struct FerryParams {
     /// `ferry.server=URL[,URL...]`, split on commas, empty entries dropped.
     pub servers: Vec<String>,
+    /// `ferry.server_order=hashed|listed`, as written (checked by the configuration).
+    pub server_order: Option<String>,
     /// `ferry.pubkey=KEY`: the server's WireGuard public key.
     pub pubkey: Option<String>,
     /// `ferry.node=NAME`.
@@ -90,6 +92,7 @@ impl FerryParams {
             let value = p.value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
             match p.name.as_str() {
                 "ferry.server" => out.servers = split_list(value.as_deref().unwrap_or("")),
+                "ferry.server_order" => out.server_order = value,
                 "ferry.pubkey" => out.pubkey = value,
                 "ferry.node" => out.node = value,
                 "ferry.tpm" => out.tpm = Some(value.unwrap_or_else(|| "device".into())),

@@ -10,7 +10,7 @@ use ferry_wg::{BackendChoice, PublicKey};
 use hyper::Uri;
 use zeroize::Zeroizing;
 
-use crate::args::{AgentArgs, Mode};
+use crate::args::{AgentArgs, Mode, ServerOrder};
 use crate::cmdline::{split_list, FerryParams};
 use crate::error::AgentError;
 use crate::tcti::Tcti;
@@ -165,6 +165,8 @@ pub struct Config {
     /// Enrollment servers (at least one), tried in order: the agent fails over to the
     /// next one when a server is unreachable, busy, or lost mid-boot.
     pub servers: Vec<ServerUrl>,
+    /// Which server is tried first (`--server-order`, `ferry.server_order=`).
+    pub server_order: ServerOrder,
     /// The servers' WireGuard keys, pinned (`ferry.pubkey=K1,K2,...`): an enrollment
     /// answer must offer one of them.
     pub pinned: Vec<PublicKey>,
@@ -239,6 +241,13 @@ impl Config {
             ));
         }
         let servers = servers.iter().map(|s| ServerUrl::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let server_order = match (args.server_order, params.server_order.as_deref()) {
+            (Some(order), _) => order,
+            (None, None) => ServerOrder::default(),
+            (None, Some(word)) => <ServerOrder as clap::ValueEnum>::from_str(word, true).map_err(|_| {
+                AgentError::Config(format!("invalid ferry.server_order={word:?}: use hashed or listed"))
+            })?,
+        };
         let pubkey = args.pubkey.clone().or(params.pubkey).ok_or_else(|| {
             AgentError::Config(
                 "no server key pinned: add ferry.pubkey=KEY (the server's WireGuard public key, as \
@@ -304,6 +313,7 @@ impl Config {
         }
         Ok(Config {
             servers,
+            server_order,
             pinned,
             node,
             asset_tag,
@@ -492,6 +502,22 @@ mod tests {
     }
 
     #[test]
+    fn the_server_order_comes_from_the_flag_or_the_command_line() {
+        let params = |order: Option<&str>| FerryParams {
+            servers: vec!["http://a".into(), "http://b".into()],
+            pubkey: Some(KEY.into()),
+            server_order: order.map(str::to_owned),
+            ..Default::default()
+        };
+        let order = |flags: &[&str], word| Config::build(&args(flags), params(word), None).map(|c| c.server_order);
+        assert_eq!(order(&[], None).expect("default"), ServerOrder::Hashed);
+        assert_eq!(order(&[], Some("listed")).expect("cmdline"), ServerOrder::Listed);
+        assert_eq!(order(&["--server-order", "hashed"], Some("listed")).expect("flag wins"), ServerOrder::Hashed);
+        let e = order(&[], Some("random")).unwrap_err().to_string();
+        assert!(e.contains("ferry.server_order") && e.contains("hashed or listed"), "{e}");
+    }
+
+    #[test]
     fn several_servers_keys_and_pins() {
         let other = ferry_wg::PrivateKey::from_bytes([3; 32]).public_key().to_base64();
         let params = FerryParams {
@@ -519,6 +545,7 @@ mod tests {
             node: Some("n1".into()),
             tpm: None,
             tls: None,
+            server_order: None,
         };
         let c = Config::build(&args(&[]), params.clone(), None).expect("valid");
         assert_eq!(c.servers.len(), 2);

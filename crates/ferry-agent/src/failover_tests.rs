@@ -148,3 +148,27 @@ async fn a_key_pinned_for_another_server_is_still_accepted_but_an_unpinned_one_i
     assert_eq!(err.exit_code(), 4, "{err}");
     assert_eq!(tunnels.counts(), (0, 0, 0), "no tunnel to an unpinned key");
 }
+
+/// With the default (hashed) order, the node's MAC picks the server it tries first, so
+/// nodes that all list the same servers spread over them instead of all hitting A.
+#[tokio::test(start_paused = true)]
+async fn the_hashed_order_starts_at_the_server_the_mac_picks() {
+    for (mac, expected_b) in [("52:54:00:12:34:57", false), ("52:54:00:12:34:56", true)] {
+        let mac = ferry_core::MacAddr::parse(mac).expect("mac");
+        assert_eq!(mac.first_server(2) == 1, expected_b, "the MACs cover both servers");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = FakeServer::default();
+        server.on(Method::Post, CHALLENGE, reply(200, &challenge_body()));
+        server.on(Method::Post, ENROLL, reply(200, &answer_body(&answer(&server_key()))));
+        serve_documents(&server);
+        serve_b(&server);
+        let mut cfg = two_servers(dir.path());
+        cfg.server_order = crate::args::ServerOrder::Hashed;
+        let tunnels = FakeTunnels::new(BackendKind::Userspace);
+        let a = crate::machine::Agent::new(cfg, mac, server.clone(), tunnels.clone(), Box::new(Out::default()));
+        let outcome = a.run().await.expect("enrolled");
+        assert!(outcome.phoned_home);
+        let (at_a, at_b) = (server.requests(Method::Post, ENROLL).len(), server.requests(Method::Post, B_ENROLL).len());
+        assert_eq!((at_a, at_b), if expected_b { (0, 1) } else { (1, 0) }, "{mac}: enrolled at the hashed server only");
+    }
+}

@@ -40,6 +40,7 @@ use std::time::Duration;
 use ferry_core::MacAddr;
 use ferry_wg::{PrivateKey, PublicKey};
 
+use crate::args::ServerOrder;
 use crate::attest::{TpmBackend, TpmEvidence};
 use crate::config::Config;
 use crate::error::AgentError;
@@ -180,7 +181,7 @@ pub struct Agent<T, F> {
     pub(crate) deadline: Deadline,
     /// Enrollment's waits between attempts, within `deadline`.
     pub(crate) retry: RetryPolicy,
-    /// Which of `cfg.servers` is in use.
+    /// Which of `cfg.servers` is in use (first: `Config::server_order`).
     pub(crate) server_index: usize,
     out: Box<dyn Write + Send>,
     /// Replaces SIGTERM/SIGINT as the end of holding (tests).
@@ -196,6 +197,13 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         let public_key = key.public_key();
         let deadline = Deadline::after(cfg.timeout);
         let retry = RetryPolicy::new(cfg.tuning.retry_initial, cfg.tuning.retry_max);
+        let server_index = match cfg.server_order {
+            ServerOrder::Hashed => mac.first_server(cfg.servers.len()),
+            ServerOrder::Listed => 0,
+        };
+        if cfg.servers.len() > 1 {
+            tracing::info!(order = ?cfg.server_order, "trying {} first", cfg.servers[server_index].base);
+        }
         Agent {
             cfg,
             mac,
@@ -206,7 +214,7 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
             tpm: None,
             deadline,
             retry,
-            server_index: 0,
+            server_index,
             out,
             stop_override: None,
             ds: None,

@@ -15,7 +15,7 @@ use ferry_core::{MacAddr, NodeName};
 use ferry_wg::{BackendChoice, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use crate::args::Mode;
+use crate::args::{Mode, ServerOrder};
 use crate::attest::{CredentialChallenge, TpmAnswer, TpmBackend, TpmIdentity};
 use crate::config::{Config, ServerUrl, Tuning};
 use crate::error::AgentError;
@@ -175,6 +175,8 @@ pub fn lease() -> Lease {
 pub fn test_config(dir: &Path) -> Config {
     Config {
         servers: vec![ServerUrl::parse("http://192.0.2.1:8080").expect("url")],
+        // The failover tests start at A, the first listed (hashed order: its own test).
+        server_order: ServerOrder::Listed,
         pinned: vec![server_key()],
         node: Some(NodeName::parse("n1").expect("name")),
         asset_tag: Some(Zeroizing::new(TAG.to_string())),

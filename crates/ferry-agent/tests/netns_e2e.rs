@@ -174,6 +174,7 @@ async fn accept_loop(l: TcpListener, dev: Arc<dyn ferry_wg::WgDevice>, key: Publ
 fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs {
     AgentArgs {
         server: Some("http://10.99.0.1:8080".into()),
+        server_order: None,
         pubkey: Some(pubkey.into()),
         node: Some("n1".into()),
         tpm: None,

@@ -78,6 +78,29 @@ impl AdminClient {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T> {
+        let (status, bytes) = self.send(method, path, body).await?;
+        if !status.is_success() {
+            let (kind, message) = match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) => (Some(e.kind), e.error),
+                Err(_) => (None, String::from_utf8_lossy(&bytes).into_owned()),
+            };
+            return Err(ClientError::Api { status: status.as_u16(), kind, message });
+        }
+        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+    }
+
+    /// The status of a GET whose answer is not JSON (`/readyz`, `/healthz`).
+    pub async fn status(&self, path: &str) -> Result<hyper::StatusCode> {
+        Ok(self.send(Method::GET, path, None::<&()>).await?.0)
+    }
+
+    /// One request, its status and body as they came.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<(hyper::StatusCode, Bytes)> {
         let stream = UnixStream::connect(&self.socket).await.map_err(|error| {
             let socket = self.socket.display().to_string();
             match error.kind() {
@@ -102,14 +125,7 @@ impl AdminClient {
         let resp = sender.send_request(req).await.map_err(ClientError::Closed)?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await.map_err(ClientError::Read)?.to_bytes();
-        if !status.is_success() {
-            let (kind, message) = match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) => (Some(e.kind), e.error),
-                Err(_) => (None, String::from_utf8_lossy(&bytes).into_owned()),
-            };
-            return Err(ClientError::Api { status: status.as_u16(), kind, message });
-        }
-        serde_json::from_slice(&bytes).map_err(ClientError::Decode)
+        Ok((status, bytes))
     }
 }
 

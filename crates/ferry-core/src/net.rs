@@ -32,6 +32,21 @@ impl MacAddr {
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
+
+    /// Which of `servers` equally listed servers this node tries first: FNV-1a of the
+    /// six bytes, modulo the count. Every node boots the same kernel command line, so
+    /// "the first listed" would send a whole boot storm to one server; a hash of the MAC
+    /// spreads the nodes evenly, and each node always starts at the same server (its
+    /// logs and tunnels stay in one place from boot to boot). Fixed here, not std's
+    /// hasher, so the choice never changes with the Rust version. 0 for `servers <= 1`.
+    pub fn first_server(&self, servers: usize) -> usize {
+        if servers <= 1 {
+            return 0;
+        }
+        let hash =
+            self.0.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        (hash % servers as u64) as usize
+    }
 }
 
 impl fmt::Display for MacAddr {
@@ -153,6 +168,30 @@ mod tests {
         ] {
             assert!(MacAddr::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// A rack's MACs are mostly consecutive: they still spread evenly over 2 to 4
+    /// servers (first-listed would put all 3,000 on one), and the choice is fixed.
+    #[test]
+    fn consecutive_macs_spread_evenly_over_the_servers() {
+        let macs: Vec<MacAddr> = (0..3000u32)
+            .map(|i| {
+                let b = i.to_be_bytes();
+                MacAddr([0x52, 0x54, b[0], b[1], b[2], b[3]])
+            })
+            .collect();
+        for servers in 2..=4 {
+            let mut count = vec![0usize; servers];
+            for m in &macs {
+                count[m.first_server(servers)] += 1;
+            }
+            let fair = macs.len() / servers;
+            assert!(count.iter().all(|c| c.abs_diff(fair) * 10 <= fair), "{servers} servers: {count:?}");
+        }
+        assert_eq!(macs[0].first_server(1), 0);
+        assert_eq!(macs[0].first_server(0), 0);
+        let fixed: Vec<usize> = macs[..6].iter().map(|m| m.first_server(3)).collect();
+        assert_eq!(fixed, [1, 0, 0, 2, 2, 1], "the choice must not change between versions");
     }
 
     #[test]

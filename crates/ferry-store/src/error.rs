@@ -25,6 +25,10 @@ pub enum StoreError {
     PoolExhausted(String),
     #[error("stored record {0} is unreadable: {1}")]
     Corrupt(String, String),
+    /// PostgreSQL: none of the URL's hosts is a writable primary that answers (a
+    /// failover in progress, or the database is down).
+    #[error("no writable database: {0}; check PostgreSQL (is the primary up, or a standby promoted?)")]
+    NoPrimary(String),
     /// A part of the store itself stopped working (a writer thread or task is gone).
     #[error("the store cannot write: {0}; see the server log, and restart the server")]
     Unavailable(String),

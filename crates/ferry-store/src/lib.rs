@@ -18,6 +18,8 @@ mod error;
 mod images;
 mod location;
 mod nodes;
+mod pg_failover;
+mod pg_hosts;
 pub mod sealing;
 pub mod secrets;
 pub mod servers;

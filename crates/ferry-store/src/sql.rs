@@ -14,6 +14,7 @@
 //!   reads run in a REPEATABLE READ snapshot, as a SQLite read transaction does.
 
 use crate::audit_buffer::{Counters, Item};
+use crate::pg_failover::{check_writable, PrimaryHosts};
 use crate::sqlite_writer::SqliteWriter;
 use crate::tunnel_tx::AddressHint;
 use crate::writer::{Backend, WriteTx, Writer};
@@ -45,9 +46,9 @@ pub struct SqlStore {
     backend: Backend,
     pub(crate) read: AnyPool,
     pub(crate) writer: Arc<Writer>,
-    /// PostgreSQL: the connection URL, for LISTEN connections. Holds credentials: never
-    /// logged or shown.
-    pub(crate) postgres_url: Option<String>,
+    /// PostgreSQL: the hosts of the connection URL and the one in use (for LISTEN
+    /// connections and failover). Holds credentials: never logged or shown.
+    pub(crate) postgres_hosts: Option<Arc<PrimaryHosts>>,
     pub(crate) sealer: Sealer,
     /// Where the next tunnel address search starts.
     pub(crate) address_hint: Arc<AddressHint>,
@@ -81,6 +82,12 @@ fn sqlite_url(path: &Path, mode: &str) -> Result<String, StoreError> {
     url.push_str(mode);
     Ok(url)
 }
+
+/// How long a PostgreSQL request waits for a connection.
+const POSTGRES_ACQUIRE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long `ping` (`/readyz`) waits for the database.
+const PING_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Connections per server to PostgreSQL (see `SqlStore::open_postgres`).
 const POSTGRES_WRITE_CONNECTIONS: u32 = 4;
@@ -122,11 +129,29 @@ impl SqlStore {
     /// waiters would hold every connection and the datasource's reads would queue behind
     /// them. Writers beyond the write pool wait in the pool instead (in order, without
     /// a PostgreSQL backend each). At most 12 connections per server, plus one listening.
+    ///
+    /// A URL may list several hosts (a primary and its standbys, libpq's way): the pools
+    /// use the first writable one and follow a promotion (`pg_failover`). Every new
+    /// connection checks that its host is writable, so a standby is never written to.
     async fn open_postgres(url: &str, sealer: Sealer) -> Result<Self, StoreError> {
-        let write = AnyPoolOptions::new().max_connections(POSTGRES_WRITE_CONNECTIONS).connect(url).await?;
+        let hosts = Arc::new(PrimaryHosts::new(crate::pg_hosts::split_hosts(url)?));
+        let url = hosts.find_primary().await?;
+        let pool = |size: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                // sqlx retries a failed connect with a back-off of up to a fifth of this:
+                // bounded, so that after a promotion pending connects reach the new
+                // primary within about 2 s (and a request waits at most 10 s for one).
+                .acquire_timeout(POSTGRES_ACQUIRE_LIMIT)
+                .after_connect(|conn, _| Box::pin(async move { check_writable(conn).await }))
+        };
+        let write = pool(POSTGRES_WRITE_CONNECTIONS).connect(&url).await?;
         POSTGRES_MIGRATOR.run(&write).await?;
-        let read = AnyPoolOptions::new().max_connections(POSTGRES_READ_CONNECTIONS).connect(url).await?;
-        Ok(Self::with_pools(Backend::Postgres, read, write, None, Some(url.to_owned()), sealer))
+        let read = pool(POSTGRES_READ_CONNECTIONS).connect(&url).await?;
+        if hosts.several() {
+            hosts.clone().watch(vec![read.clone(), write.clone()]);
+        }
+        Ok(Self::with_pools(Backend::Postgres, read, write, None, Some(hosts), sealer))
     }
 
     fn with_pools(
@@ -134,7 +159,7 @@ impl SqlStore {
         read: AnyPool,
         write: AnyPool,
         sqlite_writer: Option<SqliteWriter>,
-        postgres_url: Option<String>,
+        postgres_hosts: Option<Arc<PrimaryHosts>>,
         sealer: Sealer,
     ) -> Self {
         let writer = Arc::new(Writer::new(backend, write, sqlite_writer));
@@ -144,7 +169,7 @@ impl SqlStore {
             backend,
             read,
             writer,
-            postgres_url,
+            postgres_hosts,
             sealer,
             address_hint: Arc::default(),
             audit_queue,
@@ -170,8 +195,20 @@ impl SqlStore {
 
 #[async_trait]
 impl Store for SqlStore {
+    /// PostgreSQL: also that the host is a writable primary (a promoted standby is;
+    /// a standby or a demoted primary is not ready to provision).
+    /// Bounded: with no database to reach, the pool would keep trying to connect.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.read).await?;
-        Ok(())
+        let check = async {
+            let mut conn = self.read.acquire().await?;
+            match self.backend {
+                Backend::Postgres => check_writable(&mut conn).await,
+                Backend::Sqlite => sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ()),
+            }
+        };
+        match tokio::time::timeout(PING_LIMIT, check).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(StoreError::NoPrimary(format!("the database did not answer within {PING_LIMIT:?}"))),
+        }
     }
 }

@@ -121,9 +121,10 @@ impl ServerStore for SqlStore {
     }
 
     async fn watch_tunnels(&self, server: &str) -> Result<Option<mpsc::UnboundedReceiver<()>>, StoreError> {
-        let Some(url) = self.postgres_url.clone() else { return Ok(None) };
-        // The first connection fails the call; later ones are retried in the background.
-        let first = listen(&url).await?;
+        let Some(hosts) = self.postgres_hosts.clone() else { return Ok(None) };
+        // The first connection fails the call; later ones are retried in the background,
+        // at whichever host is the primary by then.
+        let first = listen(&hosts.current_url()).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let server = server.to_owned();
         tokio::spawn(async move {
@@ -136,6 +137,7 @@ impl ServerStore for SqlStore {
                         _ = tx.closed() => return,
                         _ = tokio::time::sleep(backoff) => {}
                     }
+                    let url = hosts.current_url();
                     let result = tokio::select! {
                         _ = tx.closed() => return,
                         r = listen(&url) => r,

@@ -217,6 +217,8 @@ fn a_cloud_init_node_moves_its_tunnel_off_a_server_killed_under_it() {
     let log = n.path("agent.log");
     let mut agent = n
         .agent("cloud-init", &c.server_urls(0), &c.server_keys(), "120s")
+        // This test kills the server the node is at: start at the first listed (s1).
+        .args(["--server-order", "listed"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("agent log"))
         .spawn()

@@ -92,12 +92,22 @@ pub struct Plan {
     /// One TCP connection for all of a node's requests inside the tunnel, instead of
     /// one per request (what cloud-init and today's agent do).
     pub keep_alive: bool,
+    /// How long a failed node boots again (`--retry-for`; zero: never).
+    pub retry_for: std::time::Duration,
 }
 
-/// Node `i` enrolls at server `i mod N`.
-pub async fn enroll_only(i: usize, plan: Arc<Plan>, stats: Arc<Stats>) -> Option<Session> {
+/// The server node `i` tries first: the one its MAC picks, as the agent's default
+/// (`ferry.server_order=hashed`) does.
+pub fn first_server(i: usize, servers: usize) -> usize {
+    ferry_core::MacAddr::parse(&node_mac(i)).map(|m| m.first_server(servers)).unwrap_or(0)
+}
+
+/// Node `i` enrolls at the server its MAC picks (a retry: the next one, as the agent
+/// goes round the list).
+pub async fn enroll_only(i: usize, attempt: usize, plan: Arc<Plan>, stats: Arc<Stats>) -> Option<Session> {
     let targets = &plan.targets;
-    let target = &targets[i % targets.len()];
+    let index = (first_server(i, targets.len()) + attempt) % targets.len();
+    let target = &targets[index];
     let (prov, server_key) = (target.provisioning, &target.server_key);
     let started = Instant::now();
     let t = Instant::now();
@@ -135,6 +145,7 @@ pub async fn enroll_only(i: usize, plan: Arc<Plan>, stats: Arc<Stats>) -> Option
         mode: Some("fetch".into()),
     };
     let t = Instant::now();
+    let sent = t;
     let body = expect_ok(
         Step::Enroll,
         request(None, prov, Method::POST, ferry_api::enroll::ENROLL_PATH, serde_json::to_vec(&req).ok()).await,
@@ -166,11 +177,13 @@ pub async fn enroll_only(i: usize, plan: Arc<Plan>, stats: Arc<Stats>) -> Option
         (false, _) => None,
     };
     stats.tunnel_opened();
+    stats.enrolled_at(index, sent);
     Some(Session { address, server, started, tunnel })
 }
 
-pub async fn finish(session: Option<Session>, plan: Arc<Plan>, stats: Arc<Stats>) {
-    let Some(s) = session else { return };
+/// Whether the node completed (phoned home).
+pub async fn finish(session: Option<Session>, plan: Arc<Plan>, stats: Arc<Stats>) -> bool {
+    let Some(s) = session else { return false };
     if s.tunnel.is_some() {
         return super::wire_node::finish(s, &plan, &stats).await;
     }
@@ -183,7 +196,7 @@ pub async fn finish(session: Option<Session>, plan: Arc<Plan>, stats: Arc<Stats>
         )
         .is_none()
         {
-            return;
+            return false;
         }
         stats.record(Step::Document, t.elapsed());
     }
@@ -200,12 +213,33 @@ pub async fn finish(session: Option<Session>, plan: Arc<Plan>, stats: Arc<Stats>
         stats.record(Step::Node, s.started.elapsed());
         stats.completed();
         stats.tunnel_closed();
+        return true;
     }
+    false
 }
 
+/// A whole boot; with `--retry-for`, a failed one boots again from the start (at the
+/// next server) after a doubling wait, as the agent does, until the time is up.
 pub async fn full_boot(i: usize, plan: Arc<Plan>, stats: Arc<Stats>) {
-    let s = enroll_only(i, plan.clone(), stats.clone()).await;
-    finish(s, plan, stats).await;
+    let give_up = Instant::now() + plan.retry_for;
+    let mut wait = std::time::Duration::from_millis(200);
+    for attempt in 0.. {
+        let s = enroll_only(i, attempt, plan.clone(), stats.clone()).await;
+        if finish(s, plan.clone(), stats.clone()).await {
+            if attempt > 0 {
+                stats.node_retried();
+            }
+            return;
+        }
+        // A little jitter, so that refused nodes do not all come back at once.
+        let pause = wait + std::time::Duration::from_millis((i % 97) as u64 * 2);
+        if Instant::now() + pause > give_up {
+            return;
+        }
+        stats.retry();
+        tokio::time::sleep(pause).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+    }
 }
 
 /// Runs the futures with at most `sem` permits in flight, in order of creation. A task

@@ -20,7 +20,10 @@ pub struct LabServer {
     pub pid: u32,
     pub provisioning: std::net::SocketAddr,
     pub client: AdminClient,
+    pub admin_socket: PathBuf,
     child: Option<Child>,
+    /// `--server-cpu`: the server's own cgroup (dropped after the server exits).
+    budget: Option<super::cgroup::CpuBudget>,
     wg_go: Option<Child>,
 }
 
@@ -30,6 +33,8 @@ pub struct Lab {
     dir: PathBuf,
     /// A scratch PostgreSQL database made for this run, dropped at the end.
     scratch: Option<super::scratch::ScratchDatabase>,
+    /// `--failover`: the bench's own PostgreSQL primary and standby.
+    pub pg_pair: Option<std::sync::Arc<super::pg_pair::PgPair>>,
     cleaned: bool,
 }
 
@@ -48,10 +53,22 @@ impl Lab {
         let dir = std::env::temp_dir().join(format!("ferry-storm-{id}"));
         std::fs::create_dir_all(&dir)?;
         sh(&["ip", "netns", "add", &netns])?;
-        let mut lab =
-            Lab { netns: netns.clone(), servers: Vec::new(), dir: dir.clone(), scratch: None, cleaned: false };
+        let mut lab = Lab {
+            netns: netns.clone(),
+            servers: Vec::new(),
+            dir: dir.clone(),
+            scratch: None,
+            pg_pair: None,
+            cleaned: false,
+        };
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
         let store = match &args.store {
+            None if args.failover => {
+                let pair = super::pg_pair::PgPair::start().context("starting the PostgreSQL primary and standby")?;
+                let url = pair.url.clone();
+                lab.pg_pair = Some(std::sync::Arc::new(pair));
+                format!("store = \"{url}\"\n")
+            }
             Some(url) => {
                 let scratch = super::scratch::ScratchDatabase::create(url).await?;
                 let url = scratch.url.clone();
@@ -134,13 +151,24 @@ impl Lab {
             .stderr(log)
             .spawn()
             .context("cannot start ferry serve")?;
+        let budget = match args.server_cpu {
+            Some(share) => {
+                let budget =
+                    super::cgroup::CpuBudget::create(&format!("ferry-storm-{}-s{i}", std::process::id()), share)?;
+                budget.add(child.id())?;
+                Some(budget)
+            }
+            None => None,
+        };
         let server = LabServer {
             interface,
             pid: child.id(),
             provisioning,
             client: AdminClient::new(sock.clone()),
+            admin_socket: sock.clone(),
             child: Some(child),
             wg_go,
+            budget,
         };
         wait_for(Duration::from_secs(30), || std::os::unix::net::UnixStream::connect(&sock).is_ok())
             .with_context(|| format!("ferry serve did not start; see {}", dir.join("server.log").display()))?;
@@ -276,6 +304,25 @@ impl Lab {
         }
     }
 
+    /// Seconds the servers were throttled by their CPU budgets so far (`--server-cpu`).
+    pub fn throttled_secs(&self) -> Option<f64> {
+        let budgets: Vec<_> = self.servers.iter().filter_map(|s| s.budget.as_ref()).collect();
+        (!budgets.is_empty()).then(|| budgets.iter().map(|b| b.throttled_secs()).sum())
+    }
+
+    /// CPU seconds so far of the PostgreSQL backends connected to the run's database
+    /// (read from /proc: only when PostgreSQL runs on this machine).
+    pub async fn postgres_cpu(&self) -> Option<f64> {
+        let scratch = self.scratch.as_ref()?;
+        let pids = scratch.backend_pids().await.ok()?;
+        let secs: Vec<f64> = pids
+            .iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .map(|stat| cpu_secs(&stat))
+            .collect();
+        (!secs.is_empty()).then(|| secs.iter().sum())
+    }
+
     /// The largest peak RSS among the servers.
     pub fn server_peak_rss_kib(&self) -> u64 {
         self.servers.iter().map(|s| peak_rss_kib(&s.pid.to_string())).max().unwrap_or(0)
@@ -324,6 +371,7 @@ impl Lab {
                 let _ = c.kill();
                 let _ = c.wait();
             }
+            s.budget = None;
             if let Some(mut c) = s.wg_go.take() {
                 let _ = c.kill();
                 let _ = c.wait();
@@ -334,6 +382,9 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(db) = &self.scratch {
             eprintln!("storm: the scratch database {} is left behind; drop it with DROP DATABASE", db.name);
+        }
+        if let Some(pair) = self.pg_pair.take() {
+            pair.stop();
         }
     }
 }

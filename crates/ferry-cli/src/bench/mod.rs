@@ -12,9 +12,12 @@
 //! handshakes nor decrypts. `--compare` runs both against the same server, one after
 //! the other, and reports the ratio.
 
+mod cgroup;
 mod churn;
 mod client;
+mod failover;
 mod lab;
+mod pg_pair;
 mod report;
 mod scratch;
 mod wire;
@@ -57,8 +60,9 @@ pub struct StormArgs {
     /// WireGuard backend of the server under test: userspace or wireguard-go.
     #[arg(long, default_value = "userspace", value_parser = ["userspace", "wireguard-go"])]
     pub backend: String,
-    /// How many servers share the store; simulated node i enrolls at server i mod N.
-    /// More than one needs --store postgres://...
+    /// How many servers share the store. A simulated node starts at the server its MAC
+    /// picks, as the agent does (`ferry.server_order=hashed`). More than one needs
+    /// --store postgres://... (or --failover).
     #[arg(long, default_value_t = 1)]
     pub servers: usize,
     /// PostgreSQL to run on instead of each server's embedded SQLite: the bench creates
@@ -66,6 +70,28 @@ pub struct StormArgs {
     /// network namespace, so use the unix socket: postgres://USER@localhost:PORT/postgres?host=/SOCKET/DIR
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// Run each server in a cgroup of its own with this share of one CPU core
+    /// (cgroup v1 cpu.cfs_quota_us or v2 cpu.max), the simulated nodes and PostgreSQL
+    /// outside those budgets: simulated machines for a capacity-per-server figure.
+    #[arg(long, value_name = "FRACTION")]
+    pub server_cpu: Option<f64>,
+    /// A simulated node whose boot fails (refused, timed out, HTTP 5xx) boots again
+    /// from the start until this many seconds have passed, as the agent retries; its
+    /// errors are then reported as retried, and only a node that never completes
+    /// fails the run. 0: no retries, every error fails the run.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub retry_for: u64,
+    /// A PostgreSQL failover drill: the bench starts its own primary and a streaming
+    /// standby (Debian's PostgreSQL: pg_basebackup -R), the servers connect with a
+    /// two-host URL (target_session_attrs=read-write), and a third of the way into the
+    /// storm the primary is killed (SIGKILL) and the standby promoted (pg_ctl promote)
+    /// --promote-after seconds later. Implies --retry-for 120 unless given.
+    #[arg(long, conflicts_with_all = ["store", "hold"])]
+    pub failover: bool,
+    /// With --failover: seconds between killing the primary and promoting the standby
+    /// (the time a person or an HA manager takes to decide).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub promote_after: f64,
     /// Peers for the side-by-side churn comparison (0: skip).
     #[arg(long, default_value_t = 1000)]
     pub churn_peers: usize,
@@ -82,9 +108,17 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes > 0 && args.concurrency > 0, "--nodes and --concurrency must be positive");
     anyhow::ensure!((1..=8).contains(&args.servers), "--servers takes 1 to 8");
     anyhow::ensure!(
-        args.servers == 1 || args.store.is_some(),
+        args.servers == 1 || args.store.is_some() || args.failover,
         "several servers need a shared store: add --store postgres://..."
     );
+    if let Some(share) = args.server_cpu {
+        anyhow::ensure!(share > 0.0 && share <= 64.0, "--server-cpu takes a share of one core, e.g. 0.25");
+    }
+    anyhow::ensure!(args.promote_after >= 0.0 && args.promote_after < 600.0, "--promote-after takes 0 to 600 seconds");
+    let mut args = args;
+    if args.failover && args.retry_for == 0 {
+        args.retry_for = 120;
+    }
     let modes = if args.compare { vec![true, false] } else { vec![!args.no_wire] };
     // The lab's servers share one namespace, and every ferry server uses the same
     // tunnel address on its own device: only one device can own the route back to the
@@ -105,7 +139,11 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         pids.join(", "),
         lab.netns,
         args.backend,
-        if args.store.is_some() { "PostgreSQL" } else { "SQLite" },
+        match (&args.store, args.failover) {
+            (_, true) => "PostgreSQL primary + standby, failover drill",
+            (Some(_), _) => "PostgreSQL",
+            _ => "SQLite",
+        },
         match &modes[..] {
             [true] => "nodes are WireGuard peers (handshake, HTTP inside the tunnel)",
             [false] => "no WireGuard: tunnel network routed to lo, nodes bind their tunnel addresses",
@@ -116,7 +154,12 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
     let targets = lab.targets().await?;
     let mut runs = Vec::new();
     for wire in modes {
-        let plan = client::Plan { targets: lab.targets().await?, wire, keep_alive: args.keep_alive };
+        let plan = client::Plan {
+            targets: lab.targets().await?,
+            wire,
+            keep_alive: args.keep_alive,
+            retry_for: Duration::from_secs(args.retry_for),
+        };
         runs.push(run(&lab, &args, plan).await?);
     }
     drop(targets);
@@ -144,11 +187,17 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     let plan = Arc::new(plan);
     let stats = Arc::new(report::Stats::default());
     let cpu_before = lab.server_cpu();
+    let postgres_before = lab.postgres_cpu().await;
+    let throttled_before = lab.throttled_secs();
     let drops_before = lab.udp_receive_drops();
     let client_before = client_cpu_secs();
     let started = Instant::now();
     let (nodes, concurrency, hold) = (args.nodes, args.concurrency, args.hold);
     let stats2 = stats.clone();
+    let drill = args
+        .failover
+        .then(|| failover::Drill::start(lab, stats.clone(), args.nodes, args.promote_after))
+        .transpose()?;
     lab.in_netns(move || async move {
         let progress = indicatif::ProgressBar::new(nodes as u64 * if hold { 2 } else { 1 });
         progress.set_style(
@@ -158,7 +207,7 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
         progress.set_message(if wire { "nodes (wire)" } else { "nodes (no wire)" });
         let sem = Arc::new(tokio::sync::Semaphore::new(concurrency));
         if hold {
-            let enroll = (0..nodes).map(|i| client::enroll_only(i, plan.clone(), stats2.clone()));
+            let enroll = (0..nodes).map(|i| client::enroll_only(i, 0, plan.clone(), stats2.clone()));
             let sessions = client::run_all(enroll, &sem, &progress).await;
             let finish = sessions.into_iter().map(|s| client::finish(s, plan.clone(), stats2.clone()));
             client::run_all(finish, &sem, &progress).await;
@@ -170,6 +219,15 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     })
     .await?;
     let elapsed = started.elapsed();
+    let failover = match drill {
+        Some(d) => Some(d.finish(lab).await?),
+        None => None,
+    };
+    let postgres_cpu_s = match (postgres_before, lab.postgres_cpu().await) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let throttled_s = lab.throttled_secs().map(|t| t - throttled_before.unwrap_or(0.0));
     let client_cpu_s = client_cpu_secs() - client_before;
     let client_peak_rss_kib = lab::peak_rss_kib("self");
     let server_cpu = lab.server_cpu().since(&cpu_before);
@@ -187,6 +245,10 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
         client_peak_rss_kib,
         udp_receive_drops,
         leaks,
+        postgres_cpu_s,
+        throttled_s,
+        retrying: args.retry_for > 0,
+        failover,
     })
 }
 

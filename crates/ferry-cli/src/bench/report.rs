@@ -4,7 +4,7 @@ use super::StormArgs;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
@@ -43,6 +43,14 @@ pub struct Stats {
     cookie_replies: AtomicUsize,
     /// WireGuard handshake initiations the nodes sent, retransmissions included.
     initiations: AtomicUsize,
+    /// Enrollments by server (index into the lab's servers).
+    by_server: Mutex<BTreeMap<usize, usize>>,
+    /// Boots started again after a failure (`--retry-for`), and the nodes that needed one.
+    retries: AtomicUsize,
+    retried_nodes: AtomicUsize,
+    /// `--failover`: when the primary was killed, and the first enrollment after that.
+    pub killed_at: std::sync::OnceLock<Instant>,
+    first_enroll_after_kill: std::sync::OnceLock<Instant>,
 }
 
 impl Stats {
@@ -69,6 +77,30 @@ impl Stats {
     pub fn handshakes(&self, initiations: u32, cookie_replies: u32) {
         self.initiations.fetch_add(initiations as usize, Ordering::Relaxed);
         self.cookie_replies.fetch_add(cookie_replies as usize, Ordering::Relaxed);
+    }
+    /// An enrollment at `server`, whose request was sent at `sent`.
+    pub fn enrolled_at(&self, server: usize, sent: Instant) {
+        if let Ok(mut m) = self.by_server.lock() {
+            *m.entry(server).or_default() += 1;
+        }
+        // Only a request sent after the kill: one the old primary committed before it
+        // may still be answered just after.
+        if self.killed_at.get().is_some_and(|killed| sent > *killed) {
+            let _ = self.first_enroll_after_kill.set(Instant::now());
+        }
+    }
+    pub fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn node_retried(&self) {
+        self.retried_nodes.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Kill of the primary → first enrollment after it, seconds.
+    pub fn failover_gap_s(&self) -> Option<f64> {
+        Some(self.first_enroll_after_kill.get()?.duration_since(*self.killed_at.get()?).as_secs_f64())
+    }
+    pub fn completed_count(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
     }
     pub fn peak_tunnels(&self) -> usize {
         self.peak_tunnels.load(Ordering::Relaxed)
@@ -123,12 +155,40 @@ pub struct Run {
     /// Datagrams dropped for a full UDP receive buffer in the lab's namespace.
     pub udp_receive_drops: u64,
     pub leaks: Leaks,
+    /// CPU seconds of the PostgreSQL backends serving the run's database (when local).
+    pub postgres_cpu_s: Option<f64>,
+    /// Seconds the servers' CPU budgets (`--server-cpu`) throttled them, summed.
+    pub throttled_s: Option<f64>,
+    /// Whether errors were retried (`--retry-for`): then only nodes that never
+    /// completed fail the run.
+    pub retrying: bool,
+    pub failover: Option<Failover>,
+}
+
+/// What a `--failover` drill saw.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Failover {
+    /// Nodes completed when the primary was killed.
+    pub killed_after_nodes: usize,
+    pub promote_after_s: f64,
+    /// Every server's `/readyz` answered 503 at some point after the kill…
+    pub not_ready_seen: bool,
+    /// …and 200 again after the promotion, this long after the kill.
+    pub ready_again_after_s: Option<f64>,
+    /// Tunnels opened, from the audit log, and whether an address was ever handed out
+    /// while another tunnel held it (must be false).
+    pub tunnels_opened: usize,
+    pub address_held_twice: bool,
 }
 
 impl Run {
     fn ok(&self, nodes: usize) -> bool {
-        let errors = self.stats.errors.lock().map(|e| e.is_empty()).unwrap_or(false);
+        let errors = self.retrying || self.stats.errors.lock().map(|e| e.is_empty()).unwrap_or(false);
+        let failover = self.failover.as_ref().is_none_or(|f| {
+            f.not_ready_seen && f.ready_again_after_s.is_some() && !f.address_held_twice && f.tunnels_opened >= nodes
+        });
         errors
+            && failover
             && self.stats.completed.load(Ordering::Relaxed) == nodes
             && self.leaks.active_tunnels == 0
             && self.leaks.device_peers == 0
@@ -177,6 +237,16 @@ impl Run {
                 "peak_rss_mib": self.client_peak_rss_kib as f64 / 1024.0,
             },
             "leaks": self.leaks,
+            "spread": self.stats.by_server.lock().map(|m| m.values().copied().collect::<Vec<_>>()).unwrap_or_default(),
+            "retries": self.stats.retries.load(Ordering::Relaxed),
+            "retried_nodes": self.stats.retried_nodes.load(Ordering::Relaxed),
+            "postgres": self.postgres_cpu_s.map(|s| serde_json::json!({"cpu_s": s, "cpu_ms_per_node": per_node(s)})),
+            "server_cpu_throttled_s": self.throttled_s,
+            "failover": self.failover.as_ref().map(|f| {
+                let mut v = serde_json::to_value(f).unwrap_or_default();
+                v["gap_s"] = serde_json::json!(self.stats.failover_gap_s());
+                v
+            }),
             "method": if self.wire {
                 "each simulated node is a WireGuard peer (boringtun noise + smoltcp) sending UDP to the server's device"
             } else {
@@ -214,7 +284,9 @@ impl Report {
             "keep_alive": args.keep_alive,
             "backend": args.backend,
             "servers": args.servers,
-            "store": if args.store.is_some() { "postgres" } else { "sqlite" },
+            "server_cpu": args.server_cpu,
+            "retry_for_s": args.retry_for,
+            "store": if args.store.is_some() || args.failover { "postgres" } else { "sqlite" },
             "churn": churn,
             "ok": ok,
         });
@@ -310,6 +382,25 @@ fn run_text(j: &serde_json::Value, run: &serde_json::Value) -> String {
     }
     let errors = run["errors"].as_object().map(|e| e.len()).unwrap_or(0);
     s += &format!("errors: {}\n", if errors == 0 { "none".to_string() } else { run["errors"].to_string() });
+    if j["retry_for_s"].as_u64().unwrap_or(0) > 0 {
+        s += &format!("retries: {} boots started again, {} nodes needed one\n", run["retries"], run["retried_nodes"]);
+    }
+    if j["servers"].as_u64().unwrap_or(1) > 1 {
+        s += &format!("enrollments by server: {}\n", run["spread"]);
+    }
+    if let Some(pg) = run["postgres"].as_object() {
+        s += &format!(
+            "PostgreSQL backends of the run's database: CPU {:.2} s = {:.3} ms per node\n",
+            pg["cpu_s"].as_f64().unwrap_or(0.0),
+            pg["cpu_ms_per_node"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(t) = run["server_cpu_throttled_s"].as_f64() {
+        s += &format!("CPU budgets (--server-cpu {}): servers throttled {t:.1} s in all\n", j["server_cpu"]);
+    }
+    if !run["failover"].is_null() {
+        s += &format!("failover: {}\n", run["failover"]);
+    }
     if run["mode"] == "wire" {
         s += &format!(
             "WireGuard: {} handshake initiations sent (retransmissions included), {} cookie replies (server under load), {} datagrams dropped by full UDP receive buffers\n",

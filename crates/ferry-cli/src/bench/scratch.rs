@@ -31,6 +31,17 @@ impl ScratchDatabase {
         Ok(ScratchDatabase { name, url, admin })
     }
 
+    /// The server processes of the connections to the scratch database.
+    pub async fn backend_pids(&self) -> anyhow::Result<Vec<i32>> {
+        let mut conn = PgConnection::connect_with(&self.admin).await?;
+        let pids: Vec<(i32,)> = sqlx::query_as("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(&self.name)
+            .fetch_all(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(pids.into_iter().map(|(p,)| p).collect())
+    }
+
     pub async fn remove(self) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect_with(&self.admin).await?;
         conn.execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str()).await?;

@@ -13,18 +13,19 @@ const NODE_LIMIT: Duration = Duration::from_secs(60);
 /// How long a node waits for its connections to close cleanly after phone-home.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
-pub async fn finish(s: Session, plan: &Plan, stats: &Stats) {
-    let Some(params) = &s.tunnel else { return };
+/// Whether the node completed (phoned home).
+pub async fn finish(s: Session, plan: &Plan, stats: &Stats) -> bool {
+    let Some(params) = &s.tunnel else { return false };
     let deadline = Instant::now() + NODE_LIMIT;
     let mut tunnel = match Tunnel::open(params).await {
         Ok(t) => t,
-        Err(kind) => return stats.error(format!("tunnel {kind}")),
+        Err(kind) => return fail(stats, format!("tunnel {kind}")),
     };
     let t = Instant::now();
     let shook = tunnel.handshake(deadline).await;
     stats.handshakes(tunnel.initiations(), tunnel.cookies());
     if let Err(kind) = shook {
-        return stats.error(format!("handshake {kind}"));
+        return fail(stats, format!("handshake {kind}"));
     }
     stats.record(Step::Handshake, t.elapsed());
     let host = s.server.to_string();
@@ -41,13 +42,13 @@ pub async fn finish(s: Session, plan: &Plan, stats: &Stats) {
             Some(c) => c,
             None => match tunnel.connect(deadline).await {
                 Ok(c) => c,
-                Err(kind) => return stats.error(format!("{} {kind}", step.name())),
+                Err(kind) => return fail(stats, format!("{} {kind}", step.name())),
             },
         };
         match tunnel.exchange(conn, &request, deadline).await {
             Ok((status, _)) if (200..300).contains(&status) => {}
-            Ok((status, _)) => return stats.error(format!("{} HTTP {status}", step.name())),
-            Err(kind) => return stats.error(format!("{} {kind}", step.name())),
+            Ok((status, _)) => return fail(stats, format!("{} HTTP {status}", step.name())),
+            Err(kind) => return fail(stats, format!("{} {kind}", step.name())),
         }
         stats.record(step, t.elapsed());
         if plan.keep_alive {
@@ -63,4 +64,10 @@ pub async fn finish(s: Session, plan: &Plan, stats: &Stats) {
         tunnel.close(conn);
     }
     tunnel.finish(Instant::now() + CLOSE_LIMIT).await;
+    true
+}
+
+fn fail(stats: &Stats, kind: String) -> bool {
+    stats.error(kind);
+    false
 }
