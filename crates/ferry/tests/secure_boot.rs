@@ -254,3 +254,164 @@ fn secure_boot_refuses_an_unsigned_kernel() {
     let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
     let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("secure-boot-unsigned-serial.log"), serial);
 }
+
+#[path = "../../ferry-agent/tests/common/swtpm.rs"]
+mod swtpm;
+
+/// The node's TPM: manufactured by swtpm with a local CA, its EK registered for node
+/// `n1`; each boot gets a fresh swtpm process on the same state (PCRs reset, as at
+/// power-on).
+struct NodeTpm {
+    dir: tempfile::TempDir,
+}
+
+impl NodeTpm {
+    fn manufacture() -> (NodeTpm, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = swtpm::LocalCa::new(&dir.path().join("ca"));
+        let mut tpm = swtpm::Swtpm::manufacture(&dir.path().join("tpm"), &ca);
+        let tcti = tpm.start();
+        let ek = ferry_agent::tpm::Tpm::open(&tcti).unwrap().endorsement().unwrap();
+        tpm.stop();
+        let public = ferry_attest::TpmPublic::parse(&ek.public).unwrap();
+        let spki = ferry_attest::EkIdentity::from_tpm_public(&public).unwrap();
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki.spki_der());
+        let pem_file = dir.path().join("ek.pem");
+        std::fs::write(&pem_file, format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")).unwrap();
+        (NodeTpm { dir }, pem_file)
+    }
+
+    /// Starts swtpm for one boot; returns it and QEMU's TPM arguments.
+    fn power_on(&self, boot: &str) -> (std::process::Child, Vec<String>) {
+        let sock = self.dir.path().join(format!("tpm/{boot}.sock"));
+        let child = std::process::Command::new(swtpm::require("swtpm"))
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", self.dir.path().join("tpm/state").display()))
+            .args(["--ctrl", &format!("type=unixio,path={}", sock.display())])
+            .arg("--log")
+            .arg(format!("file={},level=1", self.dir.path().join(format!("tpm/{boot}.log")).display()))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("swtpm for QEMU");
+        common::eventually(10, "swtpm's control socket", || sock.exists());
+        let args = vec![
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", sock.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ];
+        (child, args)
+    }
+}
+
+/// The PCRs pinned: 4 (boot loaders), 7 (Secure Boot state and keys), 8 (GRUB's
+/// command lines and the kernel's), 9 (the files GRUB read: grub.cfg, kernel, initramfs).
+const PINNED: [u8; 4] = [4, 7, 8, 9];
+
+/// Boots once with the TPM and waits for the server's verdict: the audit's first new
+/// `enroll.refused` naming a PCR (`Err(detail)`) or the node's phone-home (`Ok`).
+fn measured_boot(
+    s: &TestServer,
+    tpm: &NodeTpm,
+    boot: &str,
+    tag: &str,
+    tftp: &Path,
+    secure: bool,
+) -> Result<(), String> {
+    let (mut emulator, tpm_args) = tpm.power_on(boot);
+    // Compared without their padding: the table's column widths follow its widest entry.
+    let rows = |audit: &str| -> Vec<String> {
+        audit.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+    };
+    let seen: std::collections::HashSet<String> =
+        rows(&s.ok(&["audit", "--node", "n1", "--limit", "1000"])).into_iter().collect();
+    let mut vm = start_with(s, tag, tftp, secure, &tpm_args);
+    let deadline = Instant::now() + BOOT_LIMIT;
+    let verdict = loop {
+        // QEMU's exit first, then the audit: a verdict written just before power-off counts.
+        let exited = vm.wait(Duration::from_secs(2)).is_some();
+        let audit = s.ok(&["audit", "--node", "n1", "--limit", "1000"]);
+        let new: Vec<String> = rows(&audit).into_iter().filter(|l| !seen.contains(l)).collect();
+        if let Some(l) = new.iter().find(|l| l.contains("enroll.refused") && l.contains("PCR")) {
+            break Err(l.clone());
+        }
+        if new.iter().any(|l| l.contains("reason=phone-home")) {
+            break Ok(());
+        }
+        assert!(!exited && Instant::now() < deadline, "no verdict for boot {boot}:\n{}\n{audit}", vm.tail(60));
+    };
+    vm.kill();
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let serial: String = vm.lines().iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ =
+        std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("measured-boot-{boot}-serial.log")), serial);
+    verdict
+}
+
+/// The PCRs a refusal's audit detail names as differing (`PCR 7 differs`, `PCRs 4, 7 differ`).
+fn differing(detail: &str) -> Vec<u8> {
+    let after = detail.split_once("PCRs ").or_else(|| detail.split_once("PCR ")).map(|(_, a)| a).unwrap_or_default();
+    let list = after.split(" differ").next().unwrap_or_default();
+    list.split(", ").filter_map(|i| i.trim().parse().ok()).collect()
+}
+
+/// The quoted value of PCR `index` in a refusal's audit detail (`quoted 7=HEX ...`).
+fn quoted(detail: &str, index: u8) -> String {
+    let key = format!("{index}=");
+    let value = detail.split(|c: char| c.is_whitespace() || c == ',' || c == ')').find_map(|w| w.strip_prefix(&key));
+    value.unwrap_or_else(|| panic!("no quoted PCR {index} in {detail}")).to_owned()
+}
+
+/// Issue 19's gate: with PCRs 4, 7, 8 and 9 pinned to a known-good Secure Boot network
+/// boot, that boot enrolls and phones home; the same node booted with Secure Boot off
+/// is refused naming PCR 7; booted with an altered kernel command line it is refused
+/// naming PCR 8. Each refusal is in the audit with the PCR that differed.
+#[test]
+fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    import_image(&s, &kver, "netboot", None);
+    let (tpm, ek) = NodeTpm::manufacture();
+    let tag = add_node(
+        &s,
+        "n1",
+        &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff ferry.timeout=60 ferry.tpm"],
+    );
+    s.ok(&["node", "set", "n1", "--identity", "tpm"]);
+    s.ok(&["node", "set", "n1", "--tpm-ek", ek.to_str().unwrap()]);
+    // Placeholders name the PCRs to quote; the first boot's quote shows their values.
+    let zero = "0".repeat(64);
+    for i in PINNED {
+        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={zero}")]);
+    }
+    let tftp = tftp_root(&s, "netboot");
+    let learned = measured_boot(&s, &tpm, "learn", &tag, &tftp, true).expect_err("placeholders refuse");
+    for i in PINNED {
+        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={}", quoted(&learned, i))]);
+    }
+
+    // (a) Secure Boot off (the variable store without keys): PCR 7 differs.
+    let off = measured_boot(&s, &tpm, "secure-boot-off", &tag, &tftp, false).expect_err("Secure Boot off is refused");
+    assert!(differing(&off).contains(&7), "{off}");
+    // (b) An altered kernel command line: PCR 8 differs, PCR 7 does not.
+    let good_cfg = std::fs::read_to_string(tftp.join("grub/grub.cfg")).unwrap();
+    let altered = good_cfg.replace("'ferry.tpm'", "'ferry.tpm' 'ferry.altered=1'");
+    assert_ne!(altered, good_cfg);
+    std::fs::write(tftp.join("grub/grub.cfg"), altered).unwrap();
+    let cmdline =
+        measured_boot(&s, &tpm, "altered-cmdline", &tag, &tftp, true).expect_err("altered command line refused");
+    let named = differing(&cmdline);
+    assert!(named.contains(&8) && !named.contains(&7), "{cmdline}");
+    println!(
+        "measured boot refusals: Secure Boot off: PCRs {:?}; altered command line: PCRs {named:?}",
+        differing(&off)
+    );
+    // (c) The known-good boot enrolls and phones home.
+    std::fs::write(tftp.join("grub/grub.cfg"), good_cfg).unwrap();
+    measured_boot(&s, &tpm, "known-good", &tag, &tftp, true).expect("the known-good boot enrolls");
+    let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert!(audit.contains("factors=tpm ") && audit.contains("reason=phone-home"), "{audit}");
+}
