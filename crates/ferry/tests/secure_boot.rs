@@ -13,8 +13,12 @@
 //! grub.cfg names; the agent then reaches `ferry serve` at 10.0.2.2 (the namespace's
 //! loopback) as in `netboot.rs`.
 //!
-//! The serial log (each line with the time since QEMU started) is left in
-//! `$CARGO_TARGET_DIR/tmp/secure-boot-serial.log`.
+//! The measured-boot test attaches swtpm to the same VM and gates enrollment on the
+//! PCRs of that boot.
+//!
+//! Serial logs (each line with the time since QEMU started) are left in
+//! `$CARGO_TARGET_DIR/tmp/secure-boot-serial.log`, `secure-boot-unsigned-serial.log` and
+//! `measured-boot-BOOT-serial.log`.
 
 mod common;
 
