@@ -12,6 +12,7 @@ command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustu
 # System packages the test suite uses. Only missing ones are installed.
 PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go debootstrap zstd
   qemu-system-x86 ipxe-qemu busybox-static linux-image-amd64 binutils cpio xz-utils
+  ovmf shim-signed grub-efi-amd64-signed
   swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db
   systemd-container rpm attr acl libcap2-bin iputils-ping selinux-utils policycoreutils
   dnsmasq-base ipxe openssh-client)

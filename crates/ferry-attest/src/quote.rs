@@ -133,14 +133,14 @@ pub fn verify_quote(
     Ok(info)
 }
 
-/// The first PCR whose verified value differs from the policy's, if any.
-pub fn check_pcr_policy(expected: &BTreeMap<u8, Vec<u8>>, actual: &BTreeMap<u8, Vec<u8>>) -> Result<(), u8> {
-    for (index, value) in expected {
-        if actual.get(index) != Some(value) {
-            return Err(*index);
-        }
+/// Every PCR whose verified value differs from the policy's (in index order), if any.
+pub fn check_pcr_policy(expected: &BTreeMap<u8, Vec<u8>>, actual: &BTreeMap<u8, Vec<u8>>) -> Result<(), Vec<u8>> {
+    let differ: Vec<u8> = expected.iter().filter(|(i, v)| actual.get(i) != Some(v)).map(|(i, _)| *i).collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(differ)
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -172,8 +172,10 @@ mod tests {
         let info = verify_quote(&ak, &attest, &sig, &q, &[7, 0], &pcrs).unwrap();
         assert_eq!(info.selection, vec![(alg::SHA256, vec![0, 7])]);
         assert!(check_pcr_policy(&BTreeMap::from([(7, vec![0u8; 32])]), &pcrs).is_ok());
-        assert_eq!(check_pcr_policy(&BTreeMap::from([(7, vec![1u8; 32])]), &pcrs), Err(7));
-        assert_eq!(check_pcr_policy(&BTreeMap::from([(9, vec![0u8; 32])]), &pcrs), Err(9));
+        assert_eq!(check_pcr_policy(&BTreeMap::from([(7, vec![1u8; 32])]), &pcrs), Err(vec![7]));
+        assert_eq!(check_pcr_policy(&BTreeMap::from([(9, vec![0u8; 32])]), &pcrs), Err(vec![9]));
+        let both = BTreeMap::from([(7, vec![1u8; 32]), (9, vec![0u8; 32])]);
+        assert_eq!(check_pcr_policy(&both, &pcrs), Err(vec![7, 9]));
     }
 
     #[test]

@@ -80,10 +80,12 @@ pub fn ipxe_retry(base_url: &str, why: &str) -> String {
     format!("#!ipxe\necho ferry: {why}; retrying in 30 s\nsleep 30\nchain {base_url}/boot/ipxe?mac=${{net0/mac}}\n")
 }
 
-/// grub.cfg for the shim + GRUB (Secure Boot) path: GRUB fetches over its `http` module.
+/// grub.cfg for the shim + GRUB (Secure Boot) path. The paths name no device, so GRUB
+/// reads them from `$root`, the server it loaded this file from: Debian 12's signed
+/// `grubnetx64.efi` has `tftp` and `efinet` built in but no `http` module (and loads no
+/// module under Secure Boot), so a `(http,...)` path would fail there.
 pub fn grub_config(settings: &Settings, t: &BootTarget<'_>) -> String {
-    let host = t.base_url.trim_start_matches("http://").trim_end_matches('/');
-    let url = |what: &str| format!("(http,{host})/boot/images/{}/{what}", t.image);
+    let url = |what: &str| format!("/boot/images/{}/{what}", t.image);
     // GRUB's shell treats `;` as a separator: single-quote every argument.
     let args: Vec<String> = kernel_command_line(settings, t).split(' ').map(|a| format!("'{a}'")).collect();
     let mut s = format!(
@@ -151,10 +153,10 @@ mod tests {
             "set timeout=0\n\
              menuentry 'ferry n002 (rocky9)' {\n  \
              echo 'ferry: loading n002'\n  \
-             linux (http,10.0.0.1:8470)/boot/images/rocky9/kernel 'console=ttyS0' 'quiet' 'root=tmpfs' \
+             linux /boot/images/rocky9/kernel 'console=ttyS0' 'quiet' 'root=tmpfs' \
              'ferry.server=http://10.0.0.1:8470' 'ferry.pubkey=FTUzpTMAyOC3fJsW8+5L7OUOV6fcC25GE5sfk1+jWRk=' \
              'ferry.node=n002' 'ds=nocloud'\n  \
-             initrd (http,10.0.0.1:8470)/boot/images/rocky9/initrd (http,10.0.0.1:8470)/boot/images/rocky9/rootfs\n\
+             initrd /boot/images/rocky9/initrd /boot/images/rocky9/rootfs\n\
              }\n"
         );
     }

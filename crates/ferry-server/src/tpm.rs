@@ -352,7 +352,19 @@ fn check(
     }
     let expected = tpm_qualifying_data(nonce, wg_key, node);
     verify_quote(&pending.ak, &attest, &signature, &expected, &pending.pcrs, &values).map_err(|e| e.to_string())?;
-    check_pcr_policy(pcr_policy, &values).map_err(|index| format!("PCR {index} differs from the policy"))
+    check_pcr_policy(pcr_policy, &values).map_err(|differ| pcr_refusal(&differ, &values))
+}
+
+/// Names every PCR that differs and what this boot quoted for each PCR of the policy
+/// (PCR values are not secret): what an admin compares with a known-good boot.
+fn pcr_refusal(differ: &[u8], quoted: &BTreeMap<u8, Vec<u8>>) -> String {
+    let list: Vec<String> = differ.iter().map(u8::to_string).collect();
+    let what = match list.as_slice() {
+        [one] => format!("PCR {one} differs"),
+        many => format!("PCRs {} differ", many.join(", ")),
+    };
+    let values: Vec<String> = quoted.iter().map(|(i, v)| format!("{i}={}", ferry_core::wgkey::hex_encode(v))).collect();
+    format!("{what} from the policy (this boot quoted {})", values.join(" "))
 }
 
 #[cfg(test)]

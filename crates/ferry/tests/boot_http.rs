@@ -93,7 +93,7 @@ fn scripts_per_node_and_unknown_macs() {
     let grub = String::from_utf8_lossy(&grub);
     assert!(
         code == 200
-            && grub.contains("linux (http,127.0.0.1:8470)/boot/images/rocky9/kernel 'console=ttyS0'")
+            && grub.contains("linux /boot/images/rocky9/kernel 'console=ttyS0'")
             && grub.contains("'ds=nocloud'\n"),
         "{grub}"
     );

@@ -1,0 +1,421 @@
+//! Issue 19: a network boot under UEFI Secure Boot with Debian's signed parts only.
+//! QEMU (TCG, q35 with SMM) runs OVMF's Secure Boot code with the Microsoft-keys
+//! variable store; its PXE client fetches Debian's signed shim over TFTP, shim loads
+//! Debian's signed `grubnetx64.efi` (as `grubx64.efi`, beside it), GRUB reads ferry's
+//! per-node grub.cfg and then Debian's signed kernel and ferry's initramfs, and the
+//! agent enrolls with the kernel's (signed) WireGuard module under lockdown.
+//!
+//! Debian 12's signed GRUB has `tftp`, `efinet`, `tpm` and `smbios` built in but no
+//! `http` module, and loads no module under Secure Boot: it reads everything over TFTP
+//! from the server its DHCP offer names. Here that TFTP server is QEMU's user
+//! networking (`tftp=DIR`), whose directory the test fills from ferry's own HTTP routes
+//! (`/boot/grub?mac=`, `/boot/images/IMAGE/{kernel,initrd}`) at the paths ferry's
+//! grub.cfg names; the agent then reaches `ferry serve` at 10.0.2.2 (the namespace's
+//! loopback) as in `netboot.rs`.
+//!
+//! The measured-boot test attaches swtpm to the same VM and gates enrollment on the
+//! PCRs of that boot.
+//!
+//! Serial logs (each line with the time since QEMU started) are left in
+//! `$CARGO_TARGET_DIR/tmp/secure-boot-serial.log`, `secure-boot-unsigned-serial.log` and
+//! `measured-boot-BOOT-serial.log`.
+
+mod common;
+
+use common::netboot::{add_node, import_image, steps, vm_test, MAC};
+use common::qemu::Qemu;
+use common::TestServer;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The Debian packages of the Secure Boot chain, as one command.
+const INSTALL: &str = "apt-get install -y --no-install-recommends ovmf shim-signed grub-efi-amd64-signed";
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// OVMF's variable store with Microsoft's keys enrolled (Secure Boot on).
+const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+/// OVMF's variable store without keys: Secure Boot off.
+const OVMF_VARS_NO_KEYS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
+const GRUB_NET: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
+/// The issue's budget for one VM boot under TCG.
+const BOOT_LIMIT: Duration = Duration::from_secs(180);
+
+/// Fails (never skips) with the command that installs what is missing.
+fn require_secure_boot_parts() {
+    for f in [OVMF_CODE, OVMF_VARS_MS, OVMF_VARS_NO_KEYS, SHIM, GRUB_NET] {
+        assert!(Path::new(f).is_file(), "{f} is missing: install the Secure Boot test prerequisites with `{INSTALL}`");
+    }
+}
+
+/// Fetches `path` from ferry's provisioning listener (inside the server's namespace)
+/// into `to`.
+fn fetch(s: &TestServer, path: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    s.netns.sh(&["curl", "-sSf", "-m", "30", "-o", to.to_str().unwrap(), &format!("http://127.0.0.1:8470{path}")]);
+}
+
+/// The TFTP root the firmware and the signed GRUB read: shim as the DHCP boot file,
+/// the signed GRUB beside it, and GRUB's `$prefix/grub.cfg` (`(tftp,10.0.2.2)/grub`,
+/// the prefix built into `grubnetx64`) holding ferry's per-node grub.cfg, with the
+/// kernel and initramfs where it names them.
+fn tftp_root(s: &TestServer, image: &str) -> PathBuf {
+    let root = s.dir.path().join("tftp");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(SHIM, root.join("shimx64.efi")).unwrap();
+    std::fs::copy(GRUB_NET, root.join("grubx64.efi")).unwrap();
+    fetch(s, &format!("/boot/grub?mac={MAC}"), &root.join("grub/grub.cfg"));
+    for what in ["kernel", "initrd"] {
+        let path = format!("/boot/images/{image}/{what}");
+        fetch(s, &path, &root.join(path.trim_start_matches('/')));
+    }
+    root
+}
+
+/// Boots the guest under Secure Boot from `tftp` and waits until it powers off.
+fn secure_boot(s: &TestServer, tag: &str, tftp: &Path) -> Qemu {
+    let mut vm = start(s, tag, tftp);
+    let status = vm.wait(BOOT_LIMIT + Duration::from_secs(5));
+    let tail = vm.tail(80);
+    match status {
+        Some(st) => assert!(st.success(), "QEMU exited with {st}; serial log:\n{tail}"),
+        None => panic!("the guest did not power off within {BOOT_LIMIT:?}; serial log:\n{tail}"),
+    }
+    vm
+}
+
+/// Waits until a serial line contains `needle` (`true`), or QEMU exits or the boot's
+/// time limit passes (`false`).
+fn wait_for(vm: &mut Qemu, needle: &str) -> bool {
+    let deadline = Instant::now() + BOOT_LIMIT;
+    while Instant::now() < deadline {
+        if vm.lines().iter().any(|l| l.text.contains(needle)) {
+            return true;
+        }
+        if vm.wait(Duration::from_millis(200)).is_some() {
+            return vm.lines().iter().any(|l| l.text.contains(needle));
+        }
+    }
+    false
+}
+
+/// Starts QEMU with Secure Boot on: see [`start_with`].
+fn start(s: &TestServer, tag: &str, tftp: &Path) -> Qemu {
+    start_with(s, tag, tftp, true, &[])
+}
+
+/// Starts QEMU: OVMF's Secure Boot code with a fresh copy of the Microsoft-keys variable
+/// store (`secure`) or of the store without keys (Secure Boot off), PXE from QEMU's
+/// user networking with `tftp` as its TFTP root, and `extra` arguments (a TPM).
+fn start_with(s: &TestServer, tag: &str, tftp: &Path, secure: bool, extra: &[String]) -> Qemu {
+    let vars = s.dir.path().join("OVMF_VARS.fd");
+    std::fs::copy(if secure { OVMF_VARS_MS } else { OVMF_VARS_NO_KEYS }, &vars).unwrap();
+    let mut args: Vec<String> = vec![
+        "-accel".into(),
+        "tcg".into(),
+        "-cpu".into(),
+        "max".into(),
+        "-m".into(),
+        "1024".into(),
+        // Secure Boot needs SMM, and the variable store writable only from SMM.
+        "-machine".into(),
+        "q35,smm=on".into(),
+        "-global".into(),
+        "driver=cfi.pflash01,property=secure,value=on".into(),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"),
+        "-drive".into(),
+        format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        "-nodefaults".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-boot".into(),
+        "n".into(),
+        "-netdev".into(),
+        format!("user,id=n0,tftp={},bootfile=shimx64.efi", tftp.display()),
+        // OVMF's own virtio-net driver: the iPXE option ROM is not signed for Secure Boot.
+        "-device".into(),
+        format!("virtio-net-pci,netdev=n0,mac={MAC},romfile="),
+        "-smbios".into(),
+        format!("type=3,asset={tag}"),
+    ];
+    args.extend_from_slice(extra);
+    Qemu::spawn(&s.netns, s.dir.path(), BOOT_LIMIT, &args)
+}
+
+/// `kernel` without its Authenticode signature: the PE certificate table's entry in
+/// the optional header's data directories (PE32+: index 4, at offset 144) zeroed.
+fn unsigned(kernel: &[u8]) -> Vec<u8> {
+    let mut k = kernel.to_vec();
+    let pe = u32::from_le_bytes(k[0x3c..0x40].try_into().unwrap()) as usize;
+    assert_eq!(&k[pe..pe + 4], b"PE\0\0", "the kernel is an EFI (PE) image");
+    let optional = pe + 4 + 20;
+    assert_eq!(u16::from_le_bytes([k[optional], k[optional + 1]]), 0x20b, "PE32+");
+    let cert_table = optional + 144;
+    assert_ne!(&k[cert_table..cert_table + 8], &[0u8; 8], "Debian's kernel is signed");
+    k[cert_table..cert_table + 8].fill(0);
+    k
+}
+
+#[test]
+fn secure_boot_shim_signed_grub_and_kernel_network_boot_a_node_that_phones_home() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    let started = Instant::now();
+    import_image(&s, &kver, "netboot", None);
+    let tag = add_node(
+        &s,
+        "n1",
+        &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff ferry.timeout=60"],
+    );
+    let tftp = tftp_root(&s, "netboot");
+    let vm = secure_boot(&s, &tag, &tftp);
+    let lines = vm.lines();
+    let at = steps(
+        &vm,
+        &lines,
+        &[
+            ("the firmware's PXE client", "Start PXE over IPv4"),
+            ("shim as the boot file", "NBP filename is shimx64.efi"),
+            ("shim fetching the signed GRUB", "Fetching Netboot Image grubx64.efi"),
+            ("ferry's per-node grub.cfg", "ferry: loading n1"),
+            ("Secure Boot, as the kernel's EFI stub sees it", "EFI stub: UEFI Secure Boot is enabled."),
+            ("the Debian kernel", &format!("Linux version {kver}")),
+            ("lockdown", "Kernel is locked down from EFI Secure Boot"),
+            ("the kernel's Secure Boot check", "secureboot: Secure boot enabled"),
+            ("the kernel command line", "ferry.node=n1"),
+            ("/init", "ferry-init: start"),
+            ("the signed wireguard.ko loaded under lockdown", "wireguard: WireGuard "),
+            ("the agent", "ferry-init: agent: enrolling"),
+            ("enrollment", "enrolled node=n1 address=100.64."),
+            ("the kernel WireGuard tunnel", "tunnel interface up interface=ferry-node0 backend=Kernel"),
+            ("phone-home", "phoned home"),
+            ("the result", "FERRY-RESULT: ok 0"),
+            ("power-off", "reboot: Power down"),
+        ],
+    );
+    assert!(!lines.iter().any(|l| l.text.contains("FERRY-RESULT: fail")));
+    let shown = s.json(&["node", "show", "n1", "--json"]);
+    assert_eq!(shown["boot"]["boot_count"], 1, "{shown}");
+    let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert!(audit.contains("reason=phone-home"), "{audit}");
+
+    let t = |i: usize| at[i].at.as_secs_f64();
+    println!(
+        "Secure Boot network boot of n1 under QEMU TCG (seconds from QEMU's start)\n\
+         \x20 OVMF to PXE                        {:6.2}\n\
+         \x20 shim over TFTP, GRUB over TFTP     {:6.2}\n\
+         \x20 grub.cfg, kernel + initrd (TFTP)   {:6.2}\n\
+         \x20 kernel until /init                 {:6.2}\n\
+         \x20 /init to phone-home                {:6.2}\n\
+         \x20 QEMU start to power-off            {:6.2}\n\
+         \x20 whole test                         {:6.2}",
+        t(0),
+        t(3) - t(0),
+        t(4) - t(3),
+        t(9) - t(4),
+        t(14) - t(9),
+        t(16),
+        started.elapsed().as_secs_f64()
+    );
+    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("secure-boot-serial.log"), serial);
+}
+
+/// The negative case: the same boot with Debian's kernel stripped of its signature
+/// (otherwise byte for byte the same) is refused by GRUB's shim-lock verifier, so no
+/// kernel runs: the console shows the refusal and never a Linux banner.
+#[test]
+fn secure_boot_refuses_an_unsigned_kernel() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    import_image(&s, &kver, "netboot", None);
+    let tag = add_node(&s, "n1", &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff"]);
+    let tftp = tftp_root(&s, "netboot");
+    let kernel = tftp.join("boot/images/netboot/kernel");
+    std::fs::write(&kernel, unsigned(&std::fs::read(&kernel).unwrap())).unwrap();
+    let mut vm = start(&s, &tag, &tftp);
+    let refused = wait_for(&mut vm, "bad shim signature");
+    // A few seconds more: a kernel that started anyway would print its banner.
+    std::thread::sleep(Duration::from_secs(5));
+    vm.kill();
+    let lines = vm.lines();
+    assert!(refused, "no refusal on the console:\n{}", vm.tail(60));
+    steps(
+        &vm,
+        &lines,
+        &[
+            ("shim fetching the signed GRUB", "Fetching Netboot Image grubx64.efi"),
+            ("ferry's per-node grub.cfg", "ferry: loading n1"),
+            ("GRUB's shim-lock verifier refusing the kernel", "bad shim signature"),
+        ],
+    );
+    assert!(
+        !lines.iter().any(|l| l.text.contains("Linux version") || l.text.contains("EFI stub:")),
+        "an unsigned kernel ran:\n{}",
+        vm.tail(60)
+    );
+    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("secure-boot-unsigned-serial.log"), serial);
+}
+
+#[path = "../../ferry-agent/tests/common/swtpm.rs"]
+mod swtpm;
+
+/// The node's TPM: manufactured by swtpm with a local CA, its EK registered for node
+/// `n1`; each boot gets a fresh swtpm process on the same state (PCRs reset, as at
+/// power-on).
+struct NodeTpm {
+    dir: tempfile::TempDir,
+}
+
+impl NodeTpm {
+    fn manufacture() -> (NodeTpm, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = swtpm::LocalCa::new(&dir.path().join("ca"));
+        let mut tpm = swtpm::Swtpm::manufacture(&dir.path().join("tpm"), &ca);
+        let tcti = tpm.start();
+        let ek = ferry_agent::tpm::Tpm::open(&tcti).unwrap().endorsement().unwrap();
+        tpm.stop();
+        let public = ferry_attest::TpmPublic::parse(&ek.public).unwrap();
+        let spki = ferry_attest::EkIdentity::from_tpm_public(&public).unwrap();
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, spki.spki_der());
+        let pem_file = dir.path().join("ek.pem");
+        std::fs::write(&pem_file, format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n")).unwrap();
+        (NodeTpm { dir }, pem_file)
+    }
+
+    /// Starts swtpm for one boot; returns it and QEMU's TPM arguments.
+    fn power_on(&self, boot: &str) -> (std::process::Child, Vec<String>) {
+        let sock = self.dir.path().join(format!("tpm/{boot}.sock"));
+        let child = std::process::Command::new(swtpm::require("swtpm"))
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", self.dir.path().join("tpm/state").display()))
+            .args(["--ctrl", &format!("type=unixio,path={}", sock.display())])
+            .arg("--log")
+            .arg(format!("file={},level=1", self.dir.path().join(format!("tpm/{boot}.log")).display()))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("swtpm for QEMU");
+        common::eventually(10, "swtpm's control socket", || sock.exists());
+        let args = vec![
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", sock.display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ];
+        (child, args)
+    }
+}
+
+/// The PCRs pinned: 4 (boot loaders), 7 (Secure Boot state and keys), 8 (GRUB's
+/// command lines and the kernel's), 9 (the files GRUB read: grub.cfg, kernel, initramfs).
+const PINNED: [u8; 4] = [4, 7, 8, 9];
+
+/// Boots once with the TPM and waits for the server's verdict: the audit's first new
+/// `enroll.refused` naming a PCR (`Err(detail)`) or the node's phone-home (`Ok`).
+fn measured_boot(
+    s: &TestServer,
+    tpm: &NodeTpm,
+    boot: &str,
+    tag: &str,
+    tftp: &Path,
+    secure: bool,
+) -> Result<(), String> {
+    let (mut emulator, tpm_args) = tpm.power_on(boot);
+    // Compared without their padding: the table's column widths follow its widest entry.
+    let rows = |audit: &str| -> Vec<String> {
+        audit.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect()
+    };
+    let seen: std::collections::HashSet<String> =
+        rows(&s.ok(&["audit", "--node", "n1", "--limit", "1000"])).into_iter().collect();
+    let mut vm = start_with(s, tag, tftp, secure, &tpm_args);
+    let deadline = Instant::now() + BOOT_LIMIT;
+    let verdict = loop {
+        // QEMU's exit first, then the audit: a verdict written just before power-off counts.
+        let exited = vm.wait(Duration::from_secs(2)).is_some();
+        let audit = s.ok(&["audit", "--node", "n1", "--limit", "1000"]);
+        let new: Vec<String> = rows(&audit).into_iter().filter(|l| !seen.contains(l)).collect();
+        if let Some(l) = new.iter().find(|l| l.contains("enroll.refused") && l.contains("PCR")) {
+            break Err(l.clone());
+        }
+        if new.iter().any(|l| l.contains("reason=phone-home")) {
+            break Ok(());
+        }
+        assert!(!exited && Instant::now() < deadline, "no verdict for boot {boot}:\n{}\n{audit}", vm.tail(60));
+    };
+    vm.kill();
+    let _ = emulator.kill();
+    let _ = emulator.wait();
+    let serial: String = vm.lines().iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ =
+        std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("measured-boot-{boot}-serial.log")), serial);
+    verdict
+}
+
+/// The PCRs a refusal's audit detail names as differing (`PCR 7 differs`, `PCRs 4, 7 differ`).
+fn differing(detail: &str) -> Vec<u8> {
+    let after = detail.split_once("PCRs ").or_else(|| detail.split_once("PCR ")).map(|(_, a)| a).unwrap_or_default();
+    let list = after.split(" differ").next().unwrap_or_default();
+    list.split(", ").filter_map(|i| i.trim().parse().ok()).collect()
+}
+
+/// The quoted value of PCR `index` in a refusal's audit detail (`quoted 7=HEX ...`).
+fn quoted(detail: &str, index: u8) -> String {
+    let key = format!("{index}=");
+    let value = detail.split(|c: char| c.is_whitespace() || c == ',' || c == ')').find_map(|w| w.strip_prefix(&key));
+    value.unwrap_or_else(|| panic!("no quoted PCR {index} in {detail}")).to_owned()
+}
+
+/// Issue 19's gate: with PCRs 4, 7, 8 and 9 pinned to a known-good Secure Boot network
+/// boot, that boot enrolls and phones home; the same node booted with Secure Boot off
+/// is refused naming PCR 7; booted with an altered kernel command line it is refused
+/// naming PCR 8. Each refusal is in the audit with the PCR that differed.
+#[test]
+fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    import_image(&s, &kver, "netboot", None);
+    let (tpm, ek) = NodeTpm::manufacture();
+    let tag = add_node(
+        &s,
+        "n1",
+        &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff ferry.timeout=60 ferry.tpm"],
+    );
+    s.ok(&["node", "set", "n1", "--identity", "tpm"]);
+    s.ok(&["node", "set", "n1", "--tpm-ek", ek.to_str().unwrap()]);
+    // Placeholders name the PCRs to quote; the first boot's quote shows their values.
+    let zero = "0".repeat(64);
+    for i in PINNED {
+        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={zero}")]);
+    }
+    let tftp = tftp_root(&s, "netboot");
+    let learned = measured_boot(&s, &tpm, "learn", &tag, &tftp, true).expect_err("placeholders refuse");
+    for i in PINNED {
+        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={}", quoted(&learned, i))]);
+    }
+
+    // (a) Secure Boot off (the variable store without keys): PCR 7 differs.
+    let off = measured_boot(&s, &tpm, "secure-boot-off", &tag, &tftp, false).expect_err("Secure Boot off is refused");
+    assert!(differing(&off).contains(&7), "{off}");
+    // (b) An altered kernel command line: PCR 8 differs, PCR 7 does not.
+    let good_cfg = std::fs::read_to_string(tftp.join("grub/grub.cfg")).unwrap();
+    let altered = good_cfg.replace("'ferry.tpm'", "'ferry.tpm' 'ferry.altered=1'");
+    assert_ne!(altered, good_cfg);
+    std::fs::write(tftp.join("grub/grub.cfg"), altered).unwrap();
+    let cmdline =
+        measured_boot(&s, &tpm, "altered-cmdline", &tag, &tftp, true).expect_err("altered command line refused");
+    let named = differing(&cmdline);
+    assert!(named.contains(&8) && !named.contains(&7), "{cmdline}");
+    println!(
+        "measured boot refusals: Secure Boot off: PCRs {:?}; altered command line: PCRs {named:?}",
+        differing(&off)
+    );
+    // (c) The known-good boot enrolls and phones home.
+    std::fs::write(tftp.join("grub/grub.cfg"), good_cfg).unwrap();
+    measured_boot(&s, &tpm, "known-good", &tag, &tftp, true).expect("the known-good boot enrolls");
+    let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
+    assert!(audit.contains("factors=tpm ") && audit.contains("reason=phone-home"), "{audit}");
+}
