@@ -198,8 +198,8 @@ pub fn dnsmasq(path: &str, found: Result<String, String>, expected: &str) -> Che
                 "dnsmasq",
                 format!("no dnsmasq configuration at {path} ({e})"),
                 format!(
-                    "ferry configure dnsmasq > {path} && systemctl restart dnsmasq (or --dnsmasq-conf \
-                     PATH; ignore if DHCP is served elsewhere)"
+                    "ferry configure dnsmasq --interface IF --range NET/PREFIX > {path} && systemctl restart dnsmasq \
+                     (or --dnsmasq-conf PATH; ignore if DHCP is served elsewhere)"
                 ),
             )
         }
@@ -217,7 +217,14 @@ pub fn dnsmasq(path: &str, found: Result<String, String>, expected: &str) -> Che
     if !stale.is_empty() {
         detail += &format!("{} not in the inventory {}", if missing.is_empty() { "" } else { ";" }, some(&stale, 5));
     }
-    Check::fail("dnsmasq", detail, format!("ferry configure dnsmasq > {path} && systemctl restart dnsmasq"))
+    Check::fail(
+        "dnsmasq",
+        detail,
+        format!(
+            "ferry configure dnsmasq --interface IF --range NET/PREFIX > {path} && systemctl restart dnsmasq \
+         (with --hosts-dir, rerunning it is enough: dnsmasq re-reads the hosts dir)"
+        ),
+    )
 }
 
 /// Every image a profile or node names exists.

@@ -49,7 +49,7 @@ fn doctor_passes_a_sound_setup_and_names_each_broken_part() {
         None,
     );
     let dnsmasq = s.dir.path().join("dnsmasq-ferry.conf");
-    std::fs::write(&dnsmasq, s.ok(&["configure", "dnsmasq"])).unwrap();
+    std::fs::write(&dnsmasq, s.ok(&["configure", "dnsmasq", "--interface", "eth0", "--range", "10.0.0.0/16"])).unwrap();
 
     // Sound: every check passes (userspace WireGuard is configured, so no module is due).
     let (checks, code) = doctor(&s.netns, &s.socket, &dnsmasq);
