@@ -176,7 +176,10 @@ fn setup(kver: &str) -> Lab {
         "--identity",
         "network,asset-tag",
         "--kernel-args",
-        "console=ttyS0,115200 net.ifnames=0 ferry.timeout=90",
+        // The node's host key comes from its seed (cloud-init's ssh_keys), so the
+        // initramfs agent makes none of its own (ferry.ssh=off; the SSH CA's default is to
+        // make and certify one, which this image's cloud-init would replace).
+        "console=ttyS0,115200 net.ifnames=0 ferry.timeout=90 ferry.ssh=off",
         "--user-data",
         ud.to_str().unwrap(),
         "--network-config",
