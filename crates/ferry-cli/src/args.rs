@@ -338,6 +338,7 @@ pub enum NodeCommand {
     /// Each node's boot phase as ferry sees it (script fetched, enrolled, tunnel open,
     /// phoned home, refused with the reason, last boot), from the audit log.
     Status {
+        /// The nodes to show, as a hostlist (e.g. 'n[001-128]'); default: every node.
         hostlist: Option<String>,
         /// Keep the view open and update it as nodes boot (Ctrl-C to stop); with --json,
         /// one line per node change.
@@ -346,6 +347,7 @@ pub enum NodeCommand {
         /// Read the audit log back to a time (RFC 3339) or for a duration (e.g. 2h).
         #[arg(long, value_name = "TIME|DURATION", default_value = "1d")]
         since: String,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
