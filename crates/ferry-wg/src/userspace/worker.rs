@@ -101,8 +101,8 @@ fn handshake_from(
         Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)) => true,
         Ok(_) => false,
         Err(TunnResult::WriteToNetwork(cookie)) => {
-            udp.send_to(cookie, from);
             Counters::bump(&shared.counters.cookie_replies);
+            udp.send_to(cookie, from);
             return;
         }
         Err(_) => {
@@ -151,15 +151,16 @@ fn handshake(shared: &Shared, udp: &Udp, job: &Job, out: &mut [u8]) {
     let Some(tunn) = st.tunn(&peer, Some(&keys), &shared.counters.sessions_created) else { return };
     match tunn.decapsulate(Some(job.from.ip()), job.datagram(), out) {
         TunnResult::WriteToNetwork(reply) => {
+            // Counted before the reply leaves, so a peer that has its answer sees it counted.
+            if initiation {
+                Counters::bump(&shared.counters.handshakes);
+            }
             udp.send_to(reply, job.from);
             // Packets that waited for the session.
             while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], out) {
                 udp.send_to(queued, job.from);
             }
             st.endpoint = Some(job.from);
-            if initiation {
-                Counters::bump(&shared.counters.handshakes);
-            }
         }
         TunnResult::Done => {} // a cookie reply, stored for our next initiation
         TunnResult::Err(_) | TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
