@@ -313,10 +313,10 @@ impl Drop for Agent {
 fn boot_through_the_tunnel(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
     let n = &c.nodes[i];
     let log = n.path("agent.log");
+    // The agent writes its network-config drop-in into the node's cloud.cfg.d.
+    std::os::unix::fs::symlink(root.path("/etc/cloud/cloud.cfg.d"), n.path("cloud.cfg.d")).expect("symlink");
     let mut child = c
         .agent(i, "cloud-init")
-        .arg("--network-config-file")
-        .arg(root.path(NETWORK_DROP_IN))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("agent log"))
         .spawn()

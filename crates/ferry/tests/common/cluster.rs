@@ -71,6 +71,9 @@ impl Node {
             .arg(self.path("state"))
             .arg("--ssh-dir")
             .arg(self.path("ssh"))
+            // Never the host's /etc/cloud (cloud-init mode writes network-config there).
+            .arg("--network-config-file")
+            .arg(self.path("cloud.cfg.d/99_ferry_network.cfg"))
             .arg("--asset-tag-file")
             .arg(self.path("asset-tag"))
             .env("FERRY_LOG", "debug")
