@@ -13,9 +13,10 @@
 #   FERRY_DEBIAN_MIRROR  Debian mirror (default: the one configured in /etc/apt/sources.list*)
 set -euo pipefail
 
-RECIPE=2
+RECIPE=3
 SUITE=bookworm
-PACKAGES=(python3 iproute2 curl procps locales openssh-client openssh-server sudo)
+# ifupdown: cloud-init's network renderer on Debian (the tests check what it renders from network-config).
+PACKAGES=(python3 iproute2 ifupdown curl procps locales openssh-client openssh-server sudo)
 CACHE_DIR="${FERRY_TEST_CACHE:-/var/cache/ferry-test}"
 
 say() { echo "cloud-init-chroot: $*" >&2; }

@@ -130,6 +130,13 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE", default_value = "/run/ferry/image.part")]
     pub image_cache: PathBuf,
 
+    /// cloud-init mode: where the node's network-config (fetched through the tunnel) is
+    /// written as a cloud-init `network:` drop-in, which cloud-init 22.4's local stage
+    /// applies (it does not fetch network-config from an s= URL). Removed when the node
+    /// has none; not written when its directory does not exist.
+    #[arg(long, value_name = "FILE", default_value = crate::network_config::DEFAULT_DROP_IN)]
+    pub network_config_file: PathBuf,
+
     /// Where the cloud-init mode state file (agent.json) is written.
     #[arg(long, value_name = "DIR", default_value = "/run/ferry")]
     pub state_dir: PathBuf,

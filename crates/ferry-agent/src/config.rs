@@ -187,6 +187,8 @@ pub struct Config {
     pub timeout: Duration,
     pub tunnel_timeout: Duration,
     pub seed_dir: PathBuf,
+    /// cloud-init mode: the `network:` drop-in for the node's network-config.
+    pub network_config_file: PathBuf,
     pub state_dir: PathBuf,
     pub ssh_dir: PathBuf,
     /// Fetch mode: what to do with the SSH host keys before phone-home.
@@ -327,6 +329,7 @@ impl Config {
             timeout: args.timeout,
             tunnel_timeout: args.tunnel_timeout,
             seed_dir: args.seed_dir.clone(),
+            network_config_file: args.network_config_file.clone(),
             state_dir: args.state_dir.clone(),
             ssh_dir: args.ssh_dir.clone(),
             host_keys: args.ssh_host_keys,

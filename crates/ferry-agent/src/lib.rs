@@ -71,6 +71,7 @@ mod image_download;
 mod mac;
 mod machine;
 mod netlink;
+mod network_config;
 mod phone_home;
 mod retry;
 mod seed;

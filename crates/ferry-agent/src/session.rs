@@ -244,8 +244,8 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
         }
     }
 
-    /// cloud-init mode: write the state file, print the datasource line, then hold the
-    /// tunnel (userspace, `--hold`, or several servers) or leave a kernel interface behind.
+    /// cloud-init mode: write the node's network-config drop-in, the state file, print the
+    /// datasource line, then hold the tunnel (userspace, `--hold`, or several servers) or leave a kernel interface behind.
     async fn serve_cloud_init(&mut self, lease: Lease, tunnel: Box<dyn Tunnel>) -> State {
         // With several servers the agent must stay to watch the server and fail over.
         let detach = tunnel.backend() == BackendKind::Kernel && !self.cfg.hold && !self.has_other_servers();
@@ -261,6 +261,16 @@ impl<T: Transport, F: TunnelFactory> Agent<T, F> {
                 Err(e) => return abort(tunnel, e).await,
             },
         };
+        // cloud-init reads network-config from the system configuration, not the URL.
+        let network_config = match self.fetch(&lease, "network-config", false).await {
+            Ok(Fetched::Body(body)) => Some(body),
+            Ok(Fetched::Absent) => None,
+            Err(FetchFailure::ServerLost(e)) => return self.fail_over(tunnel, e).await,
+            Err(FetchFailure::Fatal(e)) => return abort(tunnel, e).await,
+        };
+        if let Err(e) = crate::network_config::install(&self.cfg.network_config_file, network_config.as_deref()) {
+            return abort(tunnel, e).await;
+        }
         let ds = url_ds_line(&lease.datasource_url);
         if let Err(e) = self.record(&lease, tunnel.as_ref(), !detach, &ds) {
             return abort(tunnel, e).await;

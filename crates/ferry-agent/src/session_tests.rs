@@ -211,6 +211,13 @@ async fn phoned_home_to_torn_down_prints_the_seed_line() {
     assert_eq!(out.text(), format!("ds=nocloud;s=file://{seed}/\n"));
 }
 
+/// A datasource whose node has no network-config (all cloud-init mode fetches itself).
+fn no_network_config() -> FakeServer {
+    let server = FakeServer::default();
+    server.on(Method::Get, &doc("network-config"), reply(404, br#"{"error":"not found","kind":"not-found"}"#));
+    server
+}
+
 #[tokio::test(start_paused = true)]
 async fn cloud_init_holds_until_stopped() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -222,14 +229,21 @@ async fn cloud_init_holds_until_stopped() {
     let stop: StopFuture = Box::pin(async move {
         let _ = rx.await;
     });
+    let drop_in = cfg.network_config_file.clone();
+    std::fs::create_dir_all(drop_in.parent().expect("parent")).expect("cloud.cfg.d");
     let server = FakeServer::default();
+    server.on(Method::Get, &doc("network-config"), reply(200, b"version: 2\nethernets: {eth0: {dhcp4: true}}\n"));
     let (a, out) = agent(cfg, &server, &tunnels);
     let mut a = a.with_stop(stop);
     let tunnel = open(&tunnels).await;
     let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
     assert!(matches!(held, State::Holding { .. }), "{held:?}");
-    assert_eq!(server.drops(), [0], "cloud-init fetches the documents: no connection is kept while holding");
+    assert_eq!(server.urls(), [doc("network-config")], "only network-config: cloud-init fetches the rest itself");
+    assert_eq!(server.drops(), [1], "cloud-init fetches the documents: no connection is kept while holding");
     assert_eq!(out.text(), format!("ds=nocloud-net;s={DS}\n"));
+    let written = std::fs::read_to_string(&drop_in).expect("the network-config drop-in");
+    assert!(written.ends_with("network:\n  version: 2\n  ethernets: {eth0: {dhcp4: true}}\n"), "{written}");
+    assert_eq!(mode(&drop_in), 0o600);
     let record: AgentState =
         serde_json::from_slice(&std::fs::read(state_path(&state_dir)).expect("state file")).expect("json");
     assert!(record.held);
@@ -249,7 +263,7 @@ async fn holding_ends_after_the_ttl() {
     let mut cfg = test_config(dir.path());
     cfg.mode = Mode::CloudInit;
     let tunnels = FakeTunnels::new(BackendKind::Userspace);
-    let (a, _) = agent(cfg, &FakeServer::default(), &tunnels);
+    let (a, _) = agent(cfg, &no_network_config(), &tunnels);
     let mut a = a.with_stop(Box::pin(std::future::pending()));
     let tunnel = open(&tunnels).await;
     let held = a.step(State::TunnelUp { lease: lease(), tunnel }).await;
@@ -266,9 +280,14 @@ async fn cloud_init_with_kernel_wireguard_detaches() {
     cfg.mode = Mode::CloudInit;
     let state_dir = cfg.state_dir.clone();
     let tunnels = FakeTunnels::new(BackendKind::Kernel);
-    let (mut a, out) = agent(cfg, &FakeServer::default(), &tunnels);
+    // A drop-in from an earlier boot, when the node had a network-config.
+    let stale = cfg.network_config_file.clone();
+    std::fs::create_dir_all(stale.parent().expect("parent")).expect("cloud.cfg.d");
+    std::fs::write(&stale, "network: {version: 2}\n").expect("stale drop-in");
+    let (mut a, out) = agent(cfg, &no_network_config(), &tunnels);
     let tunnel = open(&tunnels).await;
     assert!(matches!(a.step(State::TunnelUp { lease: lease(), tunnel }).await, State::Detached { .. }));
+    assert!(!stale.exists(), "the node has no network-config now: the old drop-in is gone");
     assert_eq!(tunnels.counts(), (1, 0, 1), "left up");
     assert_eq!(out.text(), format!("ds=nocloud-net;s={DS}\n"));
     let record: AgentState =

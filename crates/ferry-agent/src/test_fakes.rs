@@ -190,6 +190,7 @@ pub fn test_config(dir: &Path) -> Config {
         timeout: Duration::from_secs(60),
         tunnel_timeout: Duration::from_secs(10),
         seed_dir: dir.join("run/ferry/seed"),
+        network_config_file: dir.join("etc/cloud/cloud.cfg.d/99_ferry_network.cfg"),
         state_dir: dir.join("run/ferry"),
         ssh_dir: dir.join("etc/ssh"),
         host_keys: crate::host_keys::HostKeys::Certify,

@@ -187,6 +187,7 @@ fn agent_args(pubkey: &str, interface: &str, dir: &std::path::Path) -> AgentArgs
         timeout: Duration::from_secs(30),
         tunnel_timeout: Duration::from_secs(15),
         seed_dir: dir.join("seed"),
+        network_config_file: dir.join("cloud.cfg.d/99_ferry_network.cfg"),
         state_dir: dir.join("state"),
         ssh_dir: dir.join("ssh"),
         ssh_host_keys: ferry_agent::HostKeys::Certify,

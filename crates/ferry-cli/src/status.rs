@@ -1,7 +1,7 @@
 //! `ferry node status [HOSTLIST] [--watch] [--json]`: each node's boot phase as ferry
-//! sees it, read from the audit log the server writes anyway (boot script, enrollment
-//! accepted or refused, tunnel open and closed, phone-home): nothing is added to the
-//! boot path, so a boot storm costs nothing more with this view open.
+//! sees it, read from the audit log the server writes anyway (boot script, the kernel
+//! fetched, enrollment accepted or refused, tunnel open and closed, phone-home): nothing
+//! is added to the boot path, so a boot storm costs nothing more with this view open.
 
 use crate::client::AdminClient;
 use crate::output;
@@ -18,12 +18,15 @@ const PAGE: i64 = 10_000;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeStatus {
     pub node: String,
-    /// script-fetched, enrolled, tunnel-open, documents-served, phoned-home, refused,
-    /// tunnel-closed, or unknown (nothing since --since).
+    /// script-fetched, artifacts (it asked for its kernel), enrolled, tunnel-open,
+    /// documents-served, phoned-home, refused, tunnel-closed, or unknown (nothing since
+    /// --since).
     pub phase: String,
     /// The refusal's or the tunnel closing's reason, or the last document served.
     pub reason: Option<String>,
     pub script_at: Option<String>,
+    /// When the node asked for its kernel (iPXE boots).
+    pub artifacts_at: Option<String>,
     pub enrolled_at: Option<String>,
     pub phoned_home_at: Option<String>,
     /// The last phone-home (a completed boot), even of an earlier boot.
@@ -41,12 +44,18 @@ fn reason(detail: &str) -> String {
 }
 
 impl NodeStatus {
-    fn new(node: &str) -> NodeStatus {
+    pub(crate) fn new(node: &str) -> NodeStatus {
         NodeStatus { node: node.to_owned(), phase: "unknown".into(), ..NodeStatus::default() }
     }
 
     /// Moves the node on by one audit entry (entries come oldest first).
     pub fn apply(&mut self, e: &AuditEntry) {
+        // `… repeated=N` counts repeats of an entry already applied, and is written when
+        // its minute ends: by then the node has moved on (a second meta-data fetch
+        // must not take a node that phoned home back to documents-served).
+        if e.detail.split_whitespace().any(|w| w.starts_with("repeated=")) {
+            return;
+        }
         let at = Some(e.at.clone());
         match e.action.as_str() {
             // A boot script starts a new boot: what came before is an earlier boot.
@@ -58,6 +67,11 @@ impl NodeStatus {
                 };
                 self.phase = "script-fetched".into();
                 self.script_at = at.clone();
+            }
+            // Only right after the script: never back from a later phase.
+            "boot.artifacts" if matches!(self.phase.as_str(), "script-fetched" | "unknown") => {
+                self.phase = "artifacts".into();
+                self.artifacts_at = at.clone();
             }
             "enroll.accepted" => {
                 self.phase = "enrolled".into();
@@ -223,11 +237,16 @@ mod tests {
             &mut states,
             &[
                 e(1, "boot.script", "n1", "mac=52:54:00:00:00:01"),
+                e(12, "boot.artifacts", "n1", "image=os artifact=kernel"),
                 e(2, "enroll.accepted", "n1", "factors=network"),
+                e(21, "boot.artifacts", "n1", "image=os artifact=kernel repeated=3"),
                 e(3, "tunnel.open", "n1", ""),
                 e(31, "document.served", "n1", "meta-data"),
                 e(4, "node.booted", "n1", "host_keys=1"),
                 e(5, "tunnel.close", "n1", "reason=phone-home"),
+                // Counts of repeats, written when their minute ends: no phase of their own.
+                e(51, "document.served", "n1", "meta-data repeated=1"),
+                e(52, "boot.script", "n1", "image=os repeated=2"),
                 e(6, "node.set", "n2", "image"),
                 e(7, "boot.script", "n9", "not asked for"),
             ],
@@ -235,9 +254,10 @@ mod tests {
         let phases: Vec<&str> = changed.iter().map(|c| c.phase.as_str()).collect();
         assert_eq!(
             phases,
-            ["script-fetched", "enrolled", "tunnel-open", "documents-served", "phoned-home"],
-            "in order"
+            ["script-fetched", "artifacts", "enrolled", "tunnel-open", "documents-served", "phoned-home"],
+            "in order; counts of repeated entries move nothing back"
         );
+        assert_eq!(states["n1"].artifacts_at.as_deref(), Some("t12"));
         assert!(changed.iter().all(|c| c.node == "n1"));
         let n1 = &states["n1"];
         assert_eq!((n1.phase.as_str(), n1.reason.as_deref()), ("phoned-home", None));

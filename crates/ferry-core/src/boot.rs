@@ -51,8 +51,14 @@ pub fn kernel_command_line(settings: &Settings, t: &BootTarget<'_>) -> String {
 }
 
 fn artifact(t: &BootTarget<'_>, what: &str) -> String {
-    let gate = if t.asset_gate { "?mac=${net0/mac}&asset=${asset:uristring}" } else { "" };
-    format!("{}/boot/images/{}/{what}{gate}", t.base_url, t.image)
+    let query = match (t.asset_gate, what) {
+        (true, _) => "?mac=${net0/mac}&asset=${asset:uristring}",
+        // The kernel request names the node, so the server can tell it is loading its
+        // image (`ferry node status`: artifacts).
+        (false, "kernel") => "?mac=${net0/mac}",
+        (false, _) => "",
+    };
+    format!("{}/boot/images/{}/{what}{query}", t.base_url, t.image)
 }
 
 /// The node's iPXE script.
@@ -131,7 +137,7 @@ mod tests {
             ipxe_script(&settings(), &target(&n, false)),
             "#!ipxe\n\
              echo ferry: booting n001 (image rocky9)\n\
-             kernel http://10.0.0.1:8470/boot/images/rocky9/kernel initrd=initrd initrd=rootfs console=ttyS0 quiet root=tmpfs \
+             kernel http://10.0.0.1:8470/boot/images/rocky9/kernel?mac=${net0/mac} initrd=initrd initrd=rootfs console=ttyS0 quiet root=tmpfs \
              ferry.server=http://10.0.0.1:8470 ferry.pubkey=FTUzpTMAyOC3fJsW8+5L7OUOV6fcC25GE5sfk1+jWRk= \
              ferry.node=n001 ds=nocloud\n\
              initrd --name initrd http://10.0.0.1:8470/boot/images/rocky9/initrd\n\

@@ -8,6 +8,10 @@
 //! tag. The tag is compared only for such a node, only after the enrollment rate limits
 //! admitted the request, and never while the node's gate is locked; a wrong tag is
 //! audited (`boot.gate-refused`, never the tag) and counts towards the lock.
+//!
+//! A kernel request naming a node's MAC (the iPXE script's `?mac=`) is audited once
+//! (`boot.artifacts`, repeats folded like script fetches): `ferry node status` shows the
+//! node loading its image. One entry per boot, never one per range or other artifact.
 
 use crate::artifacts;
 use crate::client_addr::{client_address, source_group};
@@ -267,6 +271,25 @@ async fn gate(s: &BootState, image: &str, q: &MacQuery, conn: TcpConn, headers: 
     Err(forbidden())
 }
 
+/// Audits that the node with `mac` (as its iPXE script names it) is loading `image`.
+/// Nothing for a MAC no node has: the URL is anyone's to ask for.
+async fn note_artifacts(s: &BootState, image: &str, mac: Option<&str>) {
+    let Some(mac) = mac.and_then(|m| MacAddr::parse(m).ok()) else { return };
+    let node = match s.store.node_by_mac(&mac).await {
+        Ok(Some(node)) => node,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "boot lookup failed");
+            return;
+        }
+    };
+    let (actor, subject) = (ferry_store::Actor(format!("mac:{mac}")), format!("node/{node}"));
+    let detail = format!("image={image} artifact=kernel");
+    if let Err(e) = s.store.record_repeatable_event(&actor, "boot.artifacts", &subject, &detail).await {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
+}
+
 async fn image_artifact(
     State(s): State<BootState>,
     ConnectInfo(conn): ConnectInfo<TcpConn>,
@@ -299,6 +322,10 @@ async fn image_artifact(
         _ => None,
     };
     let Some(a) = chosen else { return not_found() };
+    // A Range request continues a download that was already noted.
+    if artifact == "kernel" && !headers.contains_key(header::RANGE) {
+        note_artifacts(&s, &image, q.mac.as_deref()).await;
+    }
     let vary: &[(header::HeaderName, &'static str)] =
         if artifact == "rootfs" { &[(header::VARY, "accept-encoding")] } else { &[] };
     artifacts::serve(&object_path(&s.config.data_dir, &a.sha256), &a.sha256, &headers, vary).await

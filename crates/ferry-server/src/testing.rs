@@ -9,6 +9,7 @@
 mod device;
 
 mod admin_access;
+mod boot_artifacts;
 mod datasource_identity;
 mod enrollment;
 mod forged_headers;

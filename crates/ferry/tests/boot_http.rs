@@ -82,7 +82,7 @@ fn scripts_per_node_and_unknown_macs() {
         script,
         format!(
             "#!ipxe\necho ferry: booting n1 (image rocky9)\n\
-             kernel {BASE}/boot/images/rocky9/kernel initrd=initrd console=ttyS0 root=tmpfs \
+             kernel {BASE}/boot/images/rocky9/kernel?mac=${{net0/mac}} initrd=initrd console=ttyS0 root=tmpfs \
              ferry.server={BASE} ferry.pubkey={key} ferry.node=n1 ds=nocloud\n\
              initrd --name initrd {BASE}/boot/images/rocky9/initrd\nboot\n"
         )

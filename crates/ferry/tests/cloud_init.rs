@@ -2,7 +2,8 @@
 //! (`scripts/cloud-init-chroot.sh` builds and caches it), configures HPC nodes from ferry's
 //! datasource — through the tunnel (`ferry agent --mode cloud-init`, and cloud-init's own
 //! `phone_home` closes it), or from the seed `ferry agent --mode fetch` wrote before it
-//! removed its tunnel — and gets nothing from the provisioning network.
+//! removed its tunnel — and gets nothing from the provisioning network. The profiles'
+//! network-config (a VLAN) reaches cloud-init's local stage in both modes.
 //!
 //! Each node boots inside its network namespace and private mount, UTS and PID namespaces
 //! (`common::chroot`), so the host is never changed.
@@ -95,6 +96,24 @@ ssh_deletekeys: false
 ssh_genkeytypes: [rsa, ecdsa, ed25519]
 ";
 
+/// Both profiles' network-config: the node's provisioning address on its interface and a
+/// tagged VLAN on top of it (the runtime network of the booted OS), from the profile's
+/// `vlan` tag and the node's meta-data.
+const NETWORK_CONFIG: &str = r#"version: 2
+ethernets:
+  {{ meta.nic }}:
+    addresses: [{{ interfaces.eth0.ipv4 }}/24]
+vlans:
+  vlan{{ tags.vlan }}:
+    id: {{ tags.vlan }}
+    link: {{ meta.nic }}
+    addresses: [{{ meta.vlan_address }}]
+"#;
+
+/// The cloud-init configuration drop-in `ferry agent --mode cloud-init` writes
+/// (`--network-config-file`, here inside the node's root).
+const NETWORK_DROP_IN: &str = "/etc/cloud/cloud.cfg.d/99_ferry_network.cfg";
+
 /// What one node's profile must have produced inside its root.
 struct Expect {
     node: &'static str,
@@ -107,6 +126,11 @@ struct Expect {
     files: &'static [(&'static str, &'static str)],
     marker: &'static str,
     datasource: &'static str,
+    /// The profile's VLAN and the node's address on it.
+    vlan: u16,
+    vlan_address: &'static str,
+    /// Where cloud-init's local stage took the network from.
+    network_source: &'static str,
 }
 
 const EXPECT: [Expect; 2] = [
@@ -126,6 +150,10 @@ const EXPECT: [Expect; 2] = [
         )],
         marker: "n1 joined batch\n",
         datasource: "DataSourceNoCloudNet [seed=cmdline,http://100.64.0.1:8471/][dsmode=net]",
+        vlan: 42,
+        vlan_address: "10.42.0.11/24",
+        // The agent's drop-in: cloud-init 22.4 fetches no network-config from an s= URL.
+        network_source: "system_cfg",
     },
     Expect {
         node: "n2",
@@ -145,7 +173,12 @@ const EXPECT: [Expect; 2] = [
             ("/etc/slurm/gres.conf", "NodeName=n2 Name=gpu Type=a100 File=/dev/nvidia[0-3]\n"),
         ],
         marker: "n2 joined gpu\n",
-        datasource: "DataSourceNoCloud [seed=cmdline,file:///run/ferry/seed/][dsmode=local]",
+        // ferry's initramfs copies the seed to cloud-init's seed directory (network-config
+        // included) and boots with `ds=nocloud`, as `ferry configure dnsmasq` writes it.
+        datasource: "DataSourceNoCloud [seed=cmdline,/var/lib/cloud/seed/nocloud][dsmode=local]",
+        vlan: 43,
+        vlan_address: "10.43.0.12/24",
+        network_source: "ds",
     },
 ];
 
@@ -167,23 +200,78 @@ fn configure(c: &Cluster) {
     let compute = write(c, "compute.user-data", COMPUTE_USER_DATA);
     let gpu = write(c, "gpu.user-data", GPU_USER_DATA);
     let gpu_vendor = write(c, "gpu.vendor-data", FETCH_MODE_VENDOR_DATA);
+    let network = write(c, "network-config", NETWORK_CONFIG);
     let admin_a = format!("admin_key={KEY_A}");
     let admin_b = format!("admin_key={KEY_B}");
     #[rustfmt::skip]
     c.server.ok(&[
-        "profile", "add", "compute", "--user-data", &compute, "--meta", "cluster=ferry",
+        "profile", "add", "compute", "--user-data", &compute, "--network-config", &network, "--meta", "cluster=ferry",
+        "--tag", "vlan=42",
         "--tag", "admin=hpcadmin", "--tag", &admin_a, "--tag", "domain=batch.hpc.example", "--tag", "controller=head1",
         "--tag", "partition=batch", "--tag", "cpus=64", "--tag", "memory=257000",
     ]);
     #[rustfmt::skip]
     c.server.ok(&[
-        "profile", "add", "gpu", "--user-data", &gpu, "--vendor-data", &gpu_vendor, "--meta", "cluster=ferry",
+        "profile", "add", "gpu", "--user-data", &gpu, "--vendor-data", &gpu_vendor, "--network-config", &network,
+        "--meta", "cluster=ferry", "--tag", "vlan=43",
         "--tag", "admin=gpuadmin", "--tag", &admin_b, "--tag", "domain=gpu.hpc.example", "--tag", "controller=head1",
         "--tag", "partition=gpu", "--tag", "cpus=32", "--tag", "memory=515000", "--tag", "gres=gpu:a100:4",
     ]);
     for (n, e) in c.nodes.iter().zip(&EXPECT) {
         let rack = format!("rack=r0{}", &n.name[1..]);
-        n.add_to(&c.server, &["-P", e.profile, "--meta", &rack, "--identity", "network"]);
+        let (nic, vlan) = (format!("nic={}", n.link), format!("vlan_address={}", e.vlan_address));
+        #[rustfmt::skip]
+        n.add_to(&c.server, &["-P", e.profile, "--meta", &rack, "--meta", &nic, "--meta", &vlan, "--identity", "network"]);
+    }
+}
+
+/// The test root leaves the node's network alone (`network: {config: disabled}`: the test
+/// sets it up); a node of this test takes it from cloud-init, as a real image does, with
+/// the rendering checked and no interface brought up (activation would re-address the
+/// namespace's veth).
+fn take_the_network_from_cloud_init(root: &NodeRoot) {
+    assert!(
+        root.path("/sbin/ifup").exists(),
+        "the cloud-init test root has no ifupdown (cloud-init's Debian network renderer): rebuild it with \
+         `sudo scripts/cloud-init-chroot.sh` and point FERRY_CLOUD_INIT_ROOTFS at the path it prints"
+    );
+    let cfg = "/etc/cloud/cloud.cfg.d/10_ferry_test_node.cfg";
+    let text = root.read(cfg);
+    assert!(text.contains("network: {config: disabled}\n"), "{cfg}: {text}");
+    std::fs::write(root.path(cfg), text.replace("network: {config: disabled}\n", "disable_network_activation: true\n"))
+        .expect("write the test root's cloud-init configuration");
+}
+
+/// cloud-init's local stage applied the profile's network-config (from `e.network_source`)
+/// and rendered it for ifupdown: the node's address on its interface, and the VLAN.
+fn assert_network(e: &Expect, node: &common::cluster::Node, root: &NodeRoot) {
+    let log = root.read("/var/log/cloud-init.log");
+    let applied: Vec<&str> = log.lines().filter(|l| l.contains("Applying network configuration from")).collect();
+    let local = format!("Applying network configuration from {} bringup=False", e.network_source);
+    assert!(
+        applied.first().is_some_and(|l| l.contains(&local) && l.contains(&format!("'vlan{}'", e.vlan))),
+        "{}: the local stage rendered the profile's network-config from {}: {applied:#?}",
+        e.node,
+        e.network_source
+    );
+    let eni = root.read("/etc/network/interfaces.d/50-cloud-init");
+    println!("$ cat /etc/network/interfaces.d/50-cloud-init   ({})\n{}", e.node, eni.trim_end());
+    let stanza = |name: &str| -> Vec<String> {
+        let head = format!("iface {name} inet static");
+        eni.lines()
+            .skip_while(|l| l.trim() != head)
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| l.trim().to_owned())
+            .collect()
+    };
+    let link = stanza(&node.link);
+    assert!(link.contains(&format!("address {}/24", node.ip)), "{}: {eni}", e.node);
+    let vlan = stanza(&format!("vlan{}", e.vlan));
+    for line in
+        [format!("address {}", e.vlan_address), format!("vlan-raw-device {}", node.link), format!("vlan_id {}", e.vlan)]
+    {
+        assert!(vlan.contains(&line), "{}: `{line}` for vlan{}: {eni}", e.node, e.vlan);
     }
 }
 
@@ -225,6 +313,8 @@ impl Drop for Agent {
 fn boot_through_the_tunnel(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
     let n = &c.nodes[i];
     let log = n.path("agent.log");
+    // The agent writes its network-config drop-in into the node's cloud.cfg.d.
+    std::os::unix::fs::symlink(root.path("/etc/cloud/cloud.cfg.d"), n.path("cloud.cfg.d")).expect("symlink");
     let mut child = c
         .agent(i, "cloud-init")
         .stdout(Stdio::piped())
@@ -245,6 +335,9 @@ fn boot_through_the_tunnel(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
         agent_log()
     );
     assert!(c.server.tunnel_nodes().contains(&n.name));
+    let drop_in = root.path(NETWORK_DROP_IN);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&drop_in).expect("drop-in").permissions());
+    assert_eq!(mode & 0o777, 0o600, "{}", drop_in.display());
 
     let boot = root.boot(&n.ns, printed, None);
     eventually(10, "cloud-init's phone_home to close the tunnel", || !c.server.tunnel_nodes().contains(&n.name));
@@ -291,7 +384,12 @@ fn boot_from_a_fetched_seed(c: &Cluster, i: usize, root: &NodeRoot) -> Boot {
     assert!(!n.has_interface(), "{}: the agent removed its interface", n.name);
     assert!(!c.server.tunnel_nodes().contains(&n.name), "{}: the agent's phone-home closed the tunnel", n.name);
 
-    let boot = root.boot(&n.ns, "ds=nocloud;s=file:///run/ferry/seed/", Some(&seed));
+    // What ferry's initramfs does before switch_root (crates/ferry-image/src/initramfs/init.sh).
+    let nocloud = root.path("/var/lib/cloud/seed/nocloud");
+    std::fs::create_dir_all(&nocloud).expect("seed dir");
+    common::sh(&["cp", "-a", &format!("{}/.", seed.display()), nocloud.to_str().expect("utf-8")]);
+    assert!(nocloud.join("network-config").exists(), "the agent fetched the profile's network-config");
+    let boot = root.boot(&n.ns, "ds=nocloud", Some(&seed));
     for doc in ["user-data", "vendor-data"] {
         assert_eq!(
             root.instance_file(&n.name, &format!("{doc}.txt")),
@@ -391,6 +489,7 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
     let started = Instant::now();
     let (c, roots) = with_roots(2, || Cluster::new(2));
     configure(&c);
+    roots.iter().for_each(take_the_network_from_cloud_init);
     let ready = started.elapsed();
 
     // Both nodes boot at once: n1 through its tunnel, n2 from the seed its agent fetched.
@@ -406,6 +505,7 @@ fn two_nodes_boot_with_real_cloud_init_through_the_tunnel_and_from_a_fetched_see
         print_boot(e, root, boot);
         assert_clean_boot(e, root, boot);
         assert_configured(e, &EXPECT[1 - i], root);
+        assert_network(e, &c.nodes[i], root);
 
         // ferry recorded the boot and exactly the host keys the node has.
         let shown = c.server.json(&["node", "show", e.node, "--json"]);

@@ -7,9 +7,10 @@
 //! password) imported with `ferry image import`: iPXE → ferry's initramfs → enroll,
 //! WireGuard, seed through the tunnel, phone home → `root=tmpfs` → systemd → the
 //! image's own cloud-init applies the seed (hostname, an admin user with the profile's
-//! authorized key, a file from a template secret, the SSH host key from a node secret,
-//! network-config with a VLAN sub-interface) → `ssh` with StrictHostKeyChecking=yes
-//! against `ferry known-hosts`. Then a reboot of the same VM (boot count 2, the same
+//! authorized key, a file from a template secret, network-config with a VLAN
+//! sub-interface) → `ssh` with StrictHostKeyChecking=yes trusting only ferry's SSH host
+//! CA (`ferry ssh known-hosts`): the initramfs agent made the node's host key and had it
+//! certified. Then a reboot of the same VM (boot count 2, a new host key, the same
 //! known_hosts), and a second VM with the same MAC and a wrong asset tag: refused.
 //!
 //! The time split goes to stdout and `$CARGO_TARGET_TMPDIR/first-node-times.txt`; the
@@ -46,7 +47,12 @@ fn node_os_tarball() -> PathBuf {
 }
 
 fn require_tools() {
-    for (tool, package) in [("ssh", "openssh-client"), ("ssh-keygen", "openssh-client"), ("zstd", "zstd")] {
+    for (tool, package) in [
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("ssh-keyscan", "openssh-client"),
+        ("zstd", "zstd"),
+    ] {
         let ok =
             Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success());
         assert!(ok, "{tool} is missing: apt-get install -y {package} (scripts/test.sh does)");
@@ -60,17 +66,11 @@ fn keygen(path: &Path, comment: &str) -> String {
 }
 
 /// The profile's user-data: hostname, the admin user with its authorized key, a file
-/// from a template secret, the node's SSH host key from its own secret.
+/// from a template secret. Nothing about SSH host keys: the node's comes from ferry's
+/// initramfs agent, certified by ferry's SSH host CA (the default).
 const USER_DATA: &str = r#"#cloud-config
 hostname: {{ node.name }}
 fqdn: {{ node.name }}.cluster
-ssh_deletekeys: true
-# Only the key above (a type that exists is not generated again).
-ssh_genkeytypes: [ed25519]
-ssh_keys:
-  ed25519_private: |
-    {{ secret('ssh_host_ed25519_key') | indent(4) }}
-  ed25519_public: {{ secret('ssh_host_ed25519_key.pub') }}
 users:
   - name: admin
     shell: /bin/sh
@@ -104,12 +104,12 @@ struct Lab {
 }
 
 impl Lab {
-    /// `ssh admin@NODE_IP` with StrictHostKeyChecking=yes against `known_hosts` (ferry's).
-    /// When issue 18's CA is merged, the known_hosts file comes from `ferry ssh
-    /// known-hosts` instead (one line in `setup`).
+    /// `ssh admin@NODE_IP` as the node n1, with StrictHostKeyChecking=yes against
+    /// `known_hosts` (what `ferry ssh known-hosts` printed: the CA line) and nothing else.
     fn ssh(&self, command: &str) -> std::process::Output {
         Command::new("ip")
-            .args(["netns", "exec", &self.net.netns, "ssh", "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"])
+            .args(["netns", "exec", &self.net.netns, "ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "BatchMode=yes", "-o", "HostKeyAlias=n1", "-o", "GlobalKnownHostsFile=/dev/null"])
             .args(["-o", "ConnectTimeout=5", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR"])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
@@ -176,10 +176,8 @@ fn setup(kver: &str) -> Lab {
         "--identity",
         "network,asset-tag",
         "--kernel-args",
-        // The node's host key comes from its seed (cloud-init's ssh_keys), so the
-        // initramfs agent makes none of its own (ferry.ssh=off; the SSH CA's default is to
-        // make and certify one, which this image's cloud-init would replace).
-        "console=ttyS0,115200 net.ifnames=0 ferry.timeout=90 ferry.ssh=off",
+        // No ferry.ssh=: the initramfs agent makes the node's host key and has it certified.
+        "console=ttyS0,115200 net.ifnames=0 ferry.timeout=90",
         "--user-data",
         ud.to_str().unwrap(),
         "--network-config",
@@ -194,8 +192,6 @@ fn setup(kver: &str) -> Lab {
         .collect::<Vec<_>>());
     let admin_key = dir.join("admin_ed25519");
     keygen(&admin_key, "admin@ferry-test");
-    let host_key = dir.join("ssh_host_ed25519_key");
-    keygen(&host_key, "root@n1");
     let munge = dir.join("munge.key");
     std::fs::write(&munge, "munge-secret-for-n1").unwrap();
     let secret = |name: &str, file: &Path, scope: &[&str]| {
@@ -205,9 +201,6 @@ fn setup(kver: &str) -> Lab {
     };
     secret("admin.pub", &admin_key.with_extension("pub"), &["--profile", "compute"]);
     secret("munge.key", &munge, &["--profile", "compute"]);
-    secret("ssh_host_ed25519_key", &host_key, &["--node", "n1"]);
-    secret("ssh_host_ed25519_key.pub", &host_key.with_extension("pub"), &["--node", "n1"]);
-    std::fs::remove_file(&host_key).unwrap();
 
     // dnsmasq from exactly what ferry prints (the iPXE binaries put in place by it).
     let mut net = net;
@@ -225,8 +218,60 @@ fn setup(kver: &str) -> Lab {
     ]);
     assert!(config.contains(&format!("dhcp-host={MAC},{NODE_IP},n1")), "{config}");
     net.start_dnsmasq(&config);
+    // The login node's known_hosts: ferry's CA line, nothing else, written once.
+    let known = server.ok(&["ssh", "known-hosts"]);
+    assert_eq!(known.lines().count(), 1, "{known}");
+    assert!(known.starts_with("@cert-authority ") && known.contains(" ssh-ed25519 "), "{known}");
     let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, &known).unwrap();
     Lab { server, net, _net_dir: net_dir, admin_key, known_hosts }
+}
+
+/// The host certificate the node's sshd presents (`ssh-keyscan -c`, from the client's
+/// side): (serial, the certified key's fingerprint).
+fn presented_certificate(lab: &Lab) -> (u64, String) {
+    let scan = Command::new("ip")
+        .args(["netns", "exec", &lab.net.netns, "ssh-keyscan", "-c", "-t", "ed25519", "-T", "10", NODE_IP])
+        .output()
+        .expect("ssh-keyscan");
+    let cert = String::from_utf8_lossy(&scan.stdout).lines().find(|l| !l.starts_with('#')).unwrap_or("").to_owned();
+    let file = lab.server.dir.path().join("presented-cert.pub");
+    // `ssh-keyscan -c` prints the certificate alone (older versions: after the host).
+    let line = cert.find("ssh-ed25519-cert-v01@openssh.com ").map(|i| cert[i..].to_owned()).unwrap_or_default();
+    assert!(line.starts_with("ssh-ed25519-cert-v01@openssh.com "), "the node presents a host certificate: {cert:?}");
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    let shown = common::sh(&["ssh-keygen", "-L", "-f", file.to_str().unwrap()]);
+    let field = |name: &str| {
+        shown.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_owned())).unwrap_or_default()
+    };
+    let serial = field("Serial:").parse().unwrap_or_else(|_| panic!("{shown}"));
+    let fingerprint = field("Public key:").split_whitespace().last().unwrap_or_default().to_owned();
+    (serial, fingerprint)
+}
+
+/// The certificate the client is shown is the last one ferry issued to n1 (`ferry ssh
+/// certs --node n1`), for the key n1 reported at phone-home; its fingerprint.
+fn assert_presented_certificate_is_ferrys(lab: &Lab, boots: usize) -> String {
+    let (serial, fingerprint) = presented_certificate(lab);
+    let certs = lab.server.json(&["ssh", "certs", "--node", "n1", "--json"]);
+    let certs = certs.as_array().unwrap();
+    assert_eq!(certs.len(), boots, "one certificate per boot: {certs:?}");
+    let newest = certs.iter().max_by_key(|c| c["issued_at"].as_str().unwrap_or("").to_owned()).unwrap();
+    assert_eq!(newest["serial"].as_u64(), Some(serial), "{newest}");
+    assert_eq!(newest["fingerprint"].as_str(), Some(fingerprint.as_str()), "{newest}");
+    let shown = lab.server.json(&["node", "show", "n1", "--json"]);
+    let reported: Vec<String> = shown["boot"]["host_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let file = lab.server.dir.path().join("reported.pub");
+            std::fs::write(&file, format!("{}\n", k.as_str().unwrap())).unwrap();
+            common::sh(&["ssh-keygen", "-l", "-f", file.to_str().unwrap()])
+        })
+        .collect();
+    assert!(reported.iter().any(|r| r.contains(&fingerprint)), "n1 reported the key it presents: {reported:?}");
+    fingerprint
 }
 
 /// Keeps a VM's serial log (each line with its time since QEMU started) for a look
@@ -354,14 +399,10 @@ fn power_on_to_login_on_a_real_provisioning_network() {
     let _keep = KeepOnPanic(vm.log.clone(), "failed-raw-serial.log");
     let phoned = wait_line(&mut vm, 0, "FERRY-RESULT: ok 0", Duration::from_secs(300));
     wait_line(&mut vm, phoned, " login:", Duration::from_secs(300));
-    // The host key is the one the node reported at phone-home (from its seed).
-    let known = lab.server.ok(&["known-hosts"]);
-    std::fs::write(&lab.known_hosts, &known).unwrap();
-    let host_pub = std::fs::read_to_string(lab.server.dir.path().join("ssh_host_ed25519_key.pub")).unwrap();
-    let host_key = host_pub.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-    assert!(known.contains(&format!("n1,{NODE_IP} {host_key}")), "ferry known-hosts: {known}");
+    let known = std::fs::read_to_string(&lab.known_hosts).unwrap();
     let ssh_at = wait_ssh(&lab, &vm, started, Duration::from_secs(90));
     let first = time_split(&vm.lines(), 0, ssh_at, 0.0);
+    let first_key = assert_presented_certificate_is_ferrys(&lab, 1);
 
     // What cloud-init applied from the tunnel-delivered seed.
     let out = lab.ssh(&format!(
@@ -373,7 +414,7 @@ fn power_on_to_login_on_a_real_provisioning_network() {
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.starts_with("n1\nadmin\nmunge-secret-for-n1\n"), "{text}");
     assert!(text.contains(&format!("inet {VLAN_IP}/24")), "the VLAN sub-interface from network-config: {text}");
-    assert!(!text.contains("ssh_host_rsa") && text.contains("ssh_host_ed25519_key.pub"), "{text}");
+    assert!(text.contains("ssh_host_ed25519_key-cert.pub"), "the agent's certificate is in /etc/ssh: {text}");
     assert!(text.contains("status: done") && text.contains("tmpfs\nos-1"), "{text}");
     assert!(!vm.lines().iter().any(|l| l.text.contains("Invalid cloud-config")), "the profile's user-data is valid");
     // (The VLAN on the wire is not checked from the host side: this machine's kernel has
@@ -390,7 +431,7 @@ fn power_on_to_login_on_a_real_provisioning_network() {
 
     // Second boot of the same VM (powered off and on again: a warm reboot under TCG made
     // the initramfs's copy into tmpfs 40 times slower, clear_page soft lockups): a new
-    // tunnel, boot count 2, the same known_hosts.
+    // tunnel, boot count 2, a new host key, the same known_hosts.
     let _ = lab.ssh("sudo systemctl poweroff");
     if vm.wait(Duration::from_secs(120)).is_none() {
         vm.kill();
@@ -410,6 +451,8 @@ fn power_on_to_login_on_a_real_provisioning_network() {
     let shown = lab.server.json(&["node", "show", "n1", "--json"]);
     assert_eq!(shown["boot"]["boot_count"], 2, "{shown}");
     assert_eq!(std::fs::read_to_string(&lab.known_hosts).unwrap(), known, "known_hosts untouched");
+    let second_key = assert_presented_certificate_is_ferrys(&lab, 2);
+    assert_ne!(first_key, second_key, "a new host key at the second boot");
     keep_serial(&vm, "serial-2.log");
     let _ = lab.ssh("sudo systemctl poweroff");
     if vm.wait(Duration::from_secs(120)).is_none() {
@@ -446,12 +489,15 @@ fn power_on_to_login_on_a_real_provisioning_network() {
         .collect();
     let want = [
         "script-fetched",
+        "artifacts",
         "enrolled",
         "phoned-home",
         "script-fetched",
+        "artifacts",
         "enrolled",
         "phoned-home",
         "script-fetched",
+        "artifacts",
         "refused",
     ];
     let mut rest = seen.iter();

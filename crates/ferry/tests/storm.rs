@@ -1,6 +1,8 @@
 //! The boot-storm benchmark's CI smoke variant: 500 simulated nodes through the whole
 //! protocol against a real server, each a real WireGuard peer (handshake, then HTTP
-//! inside the encrypted tunnel); any error or leak fails.
+//! inside the encrypted tunnel); any error or leak fails. The admin's view
+//! (`--watch-status`: `ferry node status --watch`'s fold, polling the audit log during
+//! the storm) must see every node phone home.
 
 mod common;
 
@@ -11,6 +13,7 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
     require_root();
     let out = std::process::Command::new(FERRY)
         .args(["bench", "storm", "--nodes", "500", "--concurrency", "50", "--churn-peers", "200", "--json"])
+        .arg("--watch-status")
         .output()
         .expect("run ferry bench storm");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -19,6 +22,13 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
     println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     assert_eq!(r["mode"], "wire", "the default storm goes through real WireGuard");
     assert_eq!(r["completed"], 500);
+    let watch = &r["status_watch"];
+    assert_eq!(
+        (watch["seen_phoned_home"].as_u64(), watch["nodes"].as_u64(), &watch["error"]),
+        (Some(500), Some(500), &serde_json::Value::Null),
+        "ferry node status --watch saw every node phone home during the storm: {watch}"
+    );
+    assert!(watch["polls"].as_u64().unwrap_or(0) >= 1 && watch["max_lag_s"].as_f64().is_some(), "{watch}");
     assert!(r["errors"].as_object().is_some_and(|e| e.is_empty()), "errors: {}", r["errors"]);
     assert_eq!((r["leaks"]["active_tunnels"].as_u64(), r["leaks"]["device_peers"].as_u64()), (Some(0), Some(0)));
     for step in ["challenge", "enroll", "handshake", "document", "phone-home"] {

@@ -28,6 +28,8 @@ pub fn node_tag(i: usize) -> String {
 
 /// A node that enrolled and has not finished.
 pub struct Session {
+    /// The simulated node's index.
+    pub node: usize,
     pub address: IpAddr,
     pub server: SocketAddr,
     pub started: Instant,
@@ -178,7 +180,7 @@ pub async fn enroll_only(i: usize, attempt: usize, plan: Arc<Plan>, stats: Arc<S
     };
     stats.tunnel_opened();
     stats.enrolled_at(index, sent);
-    Some(Session { address, server, started, tunnel })
+    Some(Session { node: i, address, server, started, tunnel })
 }
 
 /// Whether the node completed (phoned home).
@@ -211,6 +213,7 @@ pub async fn finish(session: Option<Session>, plan: Arc<Plan>, stats: Arc<Stats>
     {
         stats.record(Step::PhoneHome, t.elapsed());
         stats.record(Step::Node, s.started.elapsed());
+        stats.phoned_home(s.node);
         stats.completed();
         stats.tunnel_closed();
         return true;

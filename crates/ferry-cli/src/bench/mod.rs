@@ -20,6 +20,7 @@ mod lab;
 mod pg_pair;
 mod report;
 mod scratch;
+mod status_watch;
 mod wire;
 mod wire_http;
 mod wire_node;
@@ -92,6 +93,11 @@ pub struct StormArgs {
     /// (the time a person or an HA manager takes to decide).
     #[arg(long, value_name = "SECS", default_value_t = 2.0)]
     pub promote_after: f64,
+    /// While the storm runs, follow the audit log as `ferry node status --watch` does
+    /// (the same fold, one poll a second) and report whether that view saw every node
+    /// phone home and how far it lagged behind; a node it never saw fails the run.
+    #[arg(long)]
+    pub watch_status: bool,
     /// Peers for the side-by-side churn comparison (0: skip).
     #[arg(long, default_value_t = 1000)]
     pub churn_peers: usize,
@@ -193,6 +199,13 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     let client_before = client_cpu_secs();
     let started = Instant::now();
     let (nodes, concurrency, hold) = (args.nodes, args.concurrency, args.hold);
+    let watcher = match args.watch_status {
+        true => {
+            let names = (0..nodes).map(client::node_name).collect();
+            Some(status_watch::Watcher::start(lab.servers[0].admin_socket.clone(), names).await?)
+        }
+        false => None,
+    };
     let stats2 = stats.clone();
     let drill = args
         .failover
@@ -219,6 +232,10 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
     })
     .await?;
     let elapsed = started.elapsed();
+    let status_watch = match watcher {
+        Some(w) => Some(w.finish(&stats.phoned_home_at()).await),
+        None => None,
+    };
     let failover = match drill {
         Some(d) => Some(d.finish(lab).await?),
         None => None,
@@ -249,6 +266,7 @@ async fn run(lab: &lab::Lab, args: &StormArgs, plan: client::Plan) -> anyhow::Re
         throttled_s,
         retrying: args.retry_for > 0,
         failover,
+        status_watch,
     })
 }
 

@@ -51,6 +51,8 @@ pub struct Stats {
     /// `--failover`: when the primary was killed, and the first enrollment after that.
     pub killed_at: std::sync::OnceLock<Instant>,
     first_enroll_after_kill: std::sync::OnceLock<Instant>,
+    /// When each node's phone-home was answered (`--watch-status` measures its lag).
+    phoned_home: Mutex<std::collections::HashMap<usize, Instant>>,
 }
 
 impl Stats {
@@ -63,6 +65,14 @@ impl Stats {
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(kind).or_default() += 1;
         }
+    }
+    pub fn phoned_home(&self, node: usize) {
+        if let Ok(mut m) = self.phoned_home.lock() {
+            m.insert(node, Instant::now());
+        }
+    }
+    pub fn phoned_home_at(&self) -> std::collections::HashMap<usize, Instant> {
+        self.phoned_home.lock().map(|m| m.clone()).unwrap_or_default()
     }
     pub fn completed(&self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +173,8 @@ pub struct Run {
     /// completed fail the run.
     pub retrying: bool,
     pub failover: Option<Failover>,
+    /// `--watch-status`: what `ferry node status --watch`'s fold saw during the storm.
+    pub status_watch: Option<super::status_watch::Outcome>,
 }
 
 /// What a `--failover` drill saw.
@@ -187,8 +199,10 @@ impl Run {
         let failover = self.failover.as_ref().is_none_or(|f| {
             f.not_ready_seen && f.ready_again_after_s.is_some() && !f.address_held_twice && f.tunnels_opened >= nodes
         });
+        let watched = self.status_watch.as_ref().is_none_or(|w| w.error.is_none() && w.seen_phoned_home == nodes);
         errors
             && failover
+            && watched
             && self.stats.completed.load(Ordering::Relaxed) == nodes
             && self.leaks.active_tunnels == 0
             && self.leaks.device_peers == 0
@@ -247,6 +261,7 @@ impl Run {
                 v["gap_s"] = serde_json::json!(self.stats.failover_gap_s());
                 v
             }),
+            "status_watch": self.status_watch,
             "method": if self.wire {
                 "each simulated node is a WireGuard peer (boringtun noise + smoltcp) sending UDP to the server's device"
             } else {
@@ -400,6 +415,19 @@ fn run_text(j: &serde_json::Value, run: &serde_json::Value) -> String {
     }
     if !run["failover"].is_null() {
         s += &format!("failover: {}\n", run["failover"]);
+    }
+    if let Some(w) = run["status_watch"].as_object() {
+        s += &format!(
+            "ferry node status --watch during the storm: saw {}/{} nodes phoned home; lag behind their phone-home \
+             max {:.1} s, median {:.1} s ({} polls, one a second, {} audit entries){}\n",
+            w["seen_phoned_home"],
+            w["nodes"],
+            w["max_lag_s"].as_f64().unwrap_or(0.0),
+            w["p50_lag_s"].as_f64().unwrap_or(0.0),
+            w["polls"],
+            w["entries"],
+            w["error"].as_str().map(|e| format!("; error: {e}")).unwrap_or_default()
+        );
     }
     if run["mode"] == "wire" {
         s += &format!(

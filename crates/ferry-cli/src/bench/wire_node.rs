@@ -58,6 +58,7 @@ pub async fn finish(s: Session, plan: &Plan, stats: &Stats) -> bool {
         }
     }
     stats.record(Step::Node, s.started.elapsed());
+    stats.phoned_home(s.node);
     stats.completed();
     stats.tunnel_closed();
     if let Some(conn) = kept {

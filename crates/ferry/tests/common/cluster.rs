@@ -17,6 +17,8 @@ pub struct Node {
     pub mac: String,
     pub dir: tempfile::TempDir,
     pub interface: String,
+    /// The node's end of its veth pair (its provisioning interface).
+    pub link: String,
 }
 
 pub struct Cluster {
@@ -47,7 +49,7 @@ impl Node {
             format!("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{name} root@{name}\n"),
         )
         .expect("host key");
-        Node { ns, name, ip, mac, dir, interface: unique("fyn") }
+        Node { ns, name, ip, mac, dir, interface: unique("fyn"), link: b }
     }
 
     /// `ferry agent` in this node's namespace against `server` (one URL or a
@@ -69,6 +71,9 @@ impl Node {
             .arg(self.path("state"))
             .arg("--ssh-dir")
             .arg(self.path("ssh"))
+            // Never the host's /etc/cloud (cloud-init mode writes network-config there).
+            .arg("--network-config-file")
+            .arg(self.path("cloud.cfg.d/99_ferry_network.cfg"))
             .arg("--asset-tag-file")
             .arg(self.path("asset-tag"))
             .env("FERRY_LOG", "debug")
