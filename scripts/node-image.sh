@@ -32,7 +32,7 @@ CACHE_DIR="${FERRY_TEST_CACHE:-/var/cache/ferry-test}"
 say() { echo "node-image: $*" >&2; }
 die() { echo "node-image: error: $*" >&2; exit 1; }
 
-# apt_sources, mirror_for: the machine's configured Debian mirrors.
+# installed_version, apt_candidate, begin_build, debootstrap_root, remove_docs, pack_root.
 # shellcheck source=scripts/lib/debian.sh
 . "$(dirname "$0")/lib/debian.sh"
 
@@ -49,9 +49,6 @@ case "$variant" in
   *) die "unknown variant '${variant}' (usage: $0 tiny|selinux [--print-path])" ;;
 esac
 
-installed() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || true; }
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-
 # What decides a variant's content, as one word.
 variant_key() {
   local arch; arch=$(dpkg --print-architecture)
@@ -59,7 +56,7 @@ variant_key() {
     tiny)
       local p v key="tiny-$arch"
       for p in busybox-static libcap2-bin attr acl iputils-ping util-linux libc6; do
-        v=$(installed "$p")
+        v=$(installed_version "$p")
         [ -n "$v" ] || die "$p is not installed: apt-get install -y $p (scripts/test.sh does)"
         key="$key-${p}_$v"
       done
@@ -67,13 +64,11 @@ variant_key() {
       ;;
     selinux)
       local policy basics deb
-      policy=$(candidate selinux-policy-default)
-      basics=$(candidate selinux-basics)
-      deb=$(installed debootstrap)
+      policy=$(apt_candidate selinux-policy-default)
+      basics=$(apt_candidate selinux-basics)
+      deb=$(installed_version debootstrap)
       [ -n "$deb" ] || die "debootstrap is not installed: apt-get install -y debootstrap"
-      if [ -z "$policy" ] || [ "$policy" = "(none)" ]; then
-        die "apt knows no selinux-policy-default (run apt-get update)"
-      fi
+      [ -n "$policy" ] || die "apt knows no selinux-policy-default (run apt-get update)"
       echo "selinux-$SUITE-$arch-selinux-policy-default_$policy-selinux-basics_$basics-debootstrap_$deb"
       ;;
   esac
@@ -91,13 +86,6 @@ command -v zstd >/dev/null || die "zstd is not installed: apt-get install -y zst
 command -v setfattr >/dev/null || die "setfattr is not installed: apt-get install -y attr"
 command -v setfacl >/dev/null || die "setfacl is not installed: apt-get install -y acl"
 command -v setcap >/dev/null || die "setcap is not installed: apt-get install -y libcap2-bin"
-
-mkdir -p "$CACHE_DIR"
-work=$(mktemp -d "$CACHE_DIR/.node-image.XXXXXX")
-trap 'rm -rf --one-file-system "$work"' EXIT
-root="$work/root"
-mkdir -p "$root"
-in_private_ns() { unshare --mount --propagation private "$@"; }
 
 # A binary of this machine and the libraries ldd names, at the same paths.
 copy_with_libs() {
@@ -161,41 +149,11 @@ EOF
 }
 
 build_selinux() {
-  command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install -y debootstrap"
   command -v setfiles >/dev/null || die "setfiles is not installed: apt-get install -y policycoreutils"
-  local mirror updates security arch
-  arch=$(dpkg --print-architecture)
-  mirror="${FERRY_DEBIAN_MIRROR:-$(mirror_for "$SUITE")}"
-  [ -n "$mirror" ] || die "no Debian mirror for $SUITE in /etc/apt/sources.list*: set FERRY_DEBIAN_MIRROR=URL"
-  updates=$(mirror_for "$SUITE-updates")
-  security=$(mirror_for "$SUITE-security")
-  say "[1/4] debootstrap --variant=minbase $SUITE from $mirror (about a minute)"
-  in_private_ns debootstrap --variant=minbase --arch="$arch" "$SUITE" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-    { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
-  {
-    echo "deb $mirror $SUITE main"
-    [ -z "$updates" ] || echo "deb $updates $SUITE-updates main"
-    [ -z "$security" ] || echo "deb $security $SUITE-security main"
-  } >"$root/etc/apt/sources.list"
-  printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-  chmod 0755 "$root/usr/sbin/policy-rc.d"
-  cp /etc/resolv.conf "$root/etc/resolv.conf"
-  local packages=(selinux-basics selinux-policy-default selinux-utils policycoreutils libcap2-bin attr acl
-    iputils-ping busybox-static)
-  say "[2/4] apt-get install ${packages[*]}"
-  in_private_ns sh -euc '
-    root=$1; shift
-    mount -t proc proc "$root/proc"
-    mount -t sysfs sys "$root/sys"
-    mount --bind /dev "$root/dev"
-    chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 apt-get update -qq
-    chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 \
-      apt-get install -y -qq --no-install-recommends "$@"
-  ' sh "$root" "${packages[@]}" >"$work/apt.log" 2>&1 ||
-    { tail -n 30 "$work/apt.log" >&2; die "installing packages in the chroot failed (log above)"; }
-  say "[3/4] configuring and labelling (setfiles)"
-  rm -f "$root/usr/sbin/policy-rc.d" "$root/.autorelabel"
-  : >"$root/etc/resolv.conf"
+  debootstrap_root selinux-basics selinux-policy-default selinux-utils policycoreutils libcap2-bin attr acl \
+    iputils-ping busybox-static
+  say "configuring and labelling (setfiles)"
+  rm -f "$root/.autorelabel"
   echo localhost >"$root/etc/hostname"
   sed -i 's/^SELINUX=.*/SELINUX=enforcing/; s/^SELINUXTYPE=.*/SELINUXTYPE=default/' "$root/etc/selinux/config"
   grep -q '^SELINUX=enforcing' "$root/etc/selinux/config" || die "no SELINUX= line in the image's /etc/selinux/config"
@@ -219,9 +177,7 @@ echo "SELINUX-CHECK: done"
 busybox poweroff -f
 EOF
   chmod 0755 "$root/usr/local/sbin/ferry-selinux-check"
-  chroot "$root" apt-get clean
-  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/usr/share/doc/* "$root"/usr/share/man/* \
-    "$root"/usr/share/info/* "$root"/var/log/*.log "$root"/var/log/apt/*
+  remove_docs
   # Label the tree as the image's own policy says, here and once: the node boots with
   # these labels and relabels nothing.
   setfiles -r "$root" -c "$(ls "$root"/etc/selinux/default/policy/policy.* | sort -V | tail -n 1)" \
@@ -233,21 +189,11 @@ EOF
     *:shadow_t:*) ;;
     *) die "setfiles did not label /etc/shadow shadow_t (it has '${label}')" ;;
   esac
-  chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' >"$work/manifest"
 }
 
 started=$(date +%s)
 say "building $tarball"
+begin_build node-image
 "build_$variant"
-say "[4/4] packing ($(du -sh "$root" | cut -f1))"
 # --xattrs-include='*': GNU tar keeps only user.* without it.
-tar --create --zstd --numeric-owner --xattrs --xattrs-include='*' --acls --one-file-system -C "$root" \
-  --file "$work/root.tar.zst" .
-[ -f "$work/manifest" ] && mv "$work/manifest" "${tarball%.tar.zst}.manifest"
-mv "$work/root.tar.zst" "$tarball"
-# Archives of earlier keys of this variant are never used again.
-for old in "$CACHE_DIR"/node-image-"$variant"-*.tar.zst; do
-  [ "$old" = "$tarball" ] || [ ! -e "$old" ] || { say "removing the outdated $old"; rm -f "$old" "${old%.tar.zst}.manifest"; }
-done
-say "done in $(($(date +%s) - started)) s: $tarball ($(du -h "$tarball" | cut -f1))"
-echo "$tarball"
+pack_root "$tarball" "node-image-$variant-*.tar.zst" --xattrs --xattrs-include='*' --acls

@@ -32,22 +32,22 @@ case "${1:-}" in
   *) die "unknown argument $1 (usage: $0 [--print-path])" ;;
 esac
 
+# apt_candidate, begin_build, debootstrap_root, pack_root.
 # shellcheck source=scripts/lib/debian.sh
 . "$(dirname "$0")/lib/debian.sh"
 
-command -v debootstrap >/dev/null || die "debootstrap is not installed: apt-get install -y debootstrap"
 command -v zstd >/dev/null || die "zstd is not installed: apt-get install -y zstd"
 
 arch=$(dpkg --print-architecture)
-debootstrap_version=$(dpkg-query -W -f='${Version}' debootstrap)
-candidate() { apt-cache policy systemd 2>/dev/null | awk '/Candidate:/ { print $2 }'; }
-systemd_version=$(candidate)
-if [ -z "$systemd_version" ] || [ "$systemd_version" = "(none)" ]; then
+debootstrap_version=$(installed_version debootstrap)
+[ -n "$debootstrap_version" ] || die "debootstrap is not installed: apt-get install -y debootstrap"
+systemd_version=$(apt_candidate systemd)
+if [ -z "$systemd_version" ]; then
   $print_only && die "apt knows no systemd package (run apt-get update, or sudo $0)"
   [ "$(id -u)" -eq 0 ] || die "must run as root: sudo $0"
   apt-get update -qq
-  systemd_version=$(candidate)
-  [ -n "$systemd_version" ] && [ "$systemd_version" != "(none)" ] || die "apt has no systemd package for $SUITE"
+  systemd_version=$(apt_candidate systemd)
+  [ -n "$systemd_version" ] || die "apt has no systemd package for $SUITE"
 fi
 
 key="${SUITE}-${arch}-systemd_${systemd_version}-debootstrap_${debootstrap_version}-r${RECIPE}"
@@ -60,58 +60,11 @@ if [ -f "$tarball" ] || $print_only; then
 fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, chroot): sudo $0"
 
-mirror="${FERRY_DEBIAN_MIRROR:-$(mirror_for "$SUITE")}"
-[ -n "$mirror" ] || die "no Debian mirror for $SUITE in /etc/apt/sources.list*: set FERRY_DEBIAN_MIRROR=URL"
-updates=$(mirror_for "$SUITE-updates")
-security=$(mirror_for "$SUITE-security")
-
-mkdir -p "$CACHE_DIR"
-work=$(mktemp -d "$CACHE_DIR/.build.XXXXXX")
-trap 'rm -rf --one-file-system "$work"' EXIT
-root="$work/root"
-in_private_ns() { unshare --mount --propagation private "$@"; }
-
 started=$(date +%s)
 say "building $tarball"
-say "[1/3] debootstrap --variant=minbase $SUITE from $mirror"
-in_private_ns debootstrap --variant=minbase --arch="$arch" "$SUITE" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
-  { tail -n 30 "$work/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
-
-say "[2/3] apt-get install ${PACKAGES[*]}"
-{
-  echo "deb $mirror $SUITE main"
-  [ -z "$updates" ] || echo "deb $updates $SUITE-updates main"
-  [ -z "$security" ] || echo "deb $security $SUITE-security main"
-} >"$root/etc/apt/sources.list"
-printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
-chmod 0755 "$root/usr/sbin/policy-rc.d"
-cp /etc/resolv.conf "$root/etc/resolv.conf"
-in_private_ns sh -euc '
-  root=$1; shift
-  mount -t proc proc "$root/proc"
-  mount -t sysfs sys "$root/sys"
-  mount --bind /dev "$root/dev"
-  chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 apt-get update -qq
-  chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 \
-    apt-get install -y -qq --no-install-recommends "$@"
-' sh "$root" "${PACKAGES[@]}" >"$work/apt.log" 2>&1 ||
-  { tail -n 30 "$work/apt.log" >&2; die "installing packages in the root failed (log above)"; }
-
-rm -f "$root/usr/sbin/policy-rc.d"
-: >"$root/etc/resolv.conf"
+begin_build build
+debootstrap_root "${PACKAGES[@]}"
 echo ferry-package-test >"$root/etc/hostname"
 # Booted by systemd-nspawn: no getty, nothing waiting for hardware.
 chroot "$root" systemctl mask console-getty.service getty@.service systemd-networkd-wait-online.service >/dev/null 2>&1 || true
-chroot "$root" dpkg-query -W -f='${Package} ${Version}\n' >"$work/manifest"
-chroot "$root" apt-get clean
-rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log "$root"/var/log/apt/*
-
-say "[3/3] packing ($(du -sh "$root" | cut -f1))"
-tar --create --zstd --numeric-owner --xattrs --acls --one-file-system -C "$root" --file "$work/root.tar.zst" .
-mv "$work/manifest" "${tarball%.tar.zst}.manifest"
-mv "$work/root.tar.zst" "$tarball"
-for old in "$CACHE_DIR"/package-root-*.tar.zst; do
-  [ "$old" = "$tarball" ] || [ ! -e "$old" ] || { say "removing the outdated $old"; rm -f "$old" "${old%.tar.zst}.manifest"; }
-done
-say "done in $(($(date +%s) - started)) s: $tarball ($(du -h "$tarball" | cut -f1))"
-echo "$tarball"
+pack_root "$tarball" 'package-root-*.tar.zst' --xattrs --acls

@@ -13,6 +13,7 @@ use common::{eventually, require_root, unique};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
     // At run time: a test binary reused from a shared target directory may have been
@@ -111,11 +112,25 @@ impl Booted {
                 None => false,
             }
         });
-        eventually(90, "systemd in the container to finish booting", || {
+        // Seconds on an idle machine; far longer when other tests keep both cores busy.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
             let state = booted.run(&["systemctl", "is-system-running"]);
-            let state = String::from_utf8_lossy(&state.stdout);
-            matches!(state.trim(), "running" | "degraded")
-        });
+            let state = String::from_utf8_lossy(&state.stdout).trim().to_owned();
+            if matches!(state.as_str(), "running" | "degraded") {
+                break;
+            }
+            if Instant::now() > deadline {
+                let jobs = booted.run(&["systemctl", "list-jobs", "--no-pager"]);
+                let failed = booted.run(&["systemctl", "--failed", "--no-pager"]);
+                panic!(
+                    "systemd in the container did not finish booting in 240 s (state {state}); jobs:\n{}\nfailed:\n{}",
+                    String::from_utf8_lossy(&jobs.stdout),
+                    String::from_utf8_lossy(&failed.stdout)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         booted
     }
 
