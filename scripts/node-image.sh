@@ -18,14 +18,21 @@
 #            (no /.autorelabel); /usr/local/sbin/ferry-selinux-check (boot it with
 #            init=) prints getenforce, ls -Z /etc/shadow, ... (SELINUX-CHECK lines)
 #            and powers off. A few minutes to build.
-# A later variant (a full Debian with systemd) adds a build_VARIANT function and a
-# line in variant_key; packing, caching and keys are shared.
+#   os       a full Debian 12 node OS for the power-on-to-login test (tests/first_node.rs):
+#            systemd as init, Debian's cloud-init 22.4 (its own units, NoCloud), openssh-server,
+#            ifupdown + isc-dhcp-client (cloud-init's ENI renderer), iproute2, kmod, sudo and,
+#            from this machine's Debian kernel (the kernel the node boots), the modules the
+#            booted OS loads itself (8021q for a VLAN from network-config). No SSH host key,
+#            no password, no authorized key: the node gets them through ferry at every boot.
+#            About 4 minutes to build.
+# A variant is a build_VARIANT function and a line in variant_key; packing, caching and
+# keys are shared.
 #
 # Environment: FERRY_TEST_CACHE (default /var/cache/ferry-test), FERRY_DEBIAN_MIRROR.
 set -euo pipefail
 
 # Each variant's recipe version: bump it when its build below changes.
-declare -A RECIPE=([tiny]=2 [selinux]=1)
+declare -A RECIPE=([tiny]=2 [selinux]=1 [os]=3)
 SUITE=bookworm
 CACHE_DIR="${FERRY_TEST_CACHE:-/var/cache/ferry-test}"
 
@@ -41,13 +48,23 @@ print_only=false
 case "${2:-}" in
   --print-path) print_only=true ;;
   "") ;;
-  *) die "unknown argument $2 (usage: $0 tiny|selinux [--print-path])" ;;
+  *) die "unknown argument $2 (usage: $0 tiny|selinux|os [--print-path])" ;;
 esac
 case "$variant" in
-  tiny | selinux) ;;
+  tiny | selinux | os) ;;
   -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-  *) die "unknown variant '${variant}' (usage: $0 tiny|selinux [--print-path])" ;;
+  *) die "unknown variant '${variant}' (usage: $0 tiny|selinux|os [--print-path])" ;;
 esac
+
+# The kernel the node boots: the one linux-image-amd64 depends on (as the QEMU tests).
+node_kernel() {
+  local kver
+  kver=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null | grep -o 'linux-image-[0-9][^ ,]*' | head -n 1 |
+    sed 's/^linux-image-//')
+  [ -n "$kver" ] || die "linux-image-amd64 is not installed: apt-get install -y linux-image-amd64"
+  [ -d "/lib/modules/$kver" ] || die "/lib/modules/$kver is missing: apt-get install --reinstall linux-image-$kver"
+  echo "$kver"
+}
 
 # What decides a variant's content, as one word.
 variant_key() {
@@ -70,6 +87,16 @@ variant_key() {
       [ -n "$deb" ] || die "debootstrap is not installed: apt-get install -y debootstrap"
       [ -n "$policy" ] || die "apt knows no selinux-policy-default (run apt-get update)"
       echo "selinux-$SUITE-$arch-selinux-policy-default_$policy-selinux-basics_$basics-debootstrap_$deb"
+      ;;
+    os)
+      local ci ssh sd deb
+      ci=$(apt_candidate cloud-init)
+      ssh=$(apt_candidate openssh-server)
+      sd=$(apt_candidate systemd)
+      deb=$(installed_version debootstrap)
+      [ -n "$deb" ] || die "debootstrap is not installed: apt-get install -y debootstrap"
+      [ -n "$ci" ] || die "apt knows no cloud-init (run apt-get update)"
+      echo "os-$SUITE-$arch-cloud-init_$ci-openssh-server_$ssh-systemd_$sd-kernel_$(installed_version "linux-image-$(node_kernel)")-debootstrap_$deb"
       ;;
   esac
 }
@@ -189,6 +216,48 @@ EOF
     *:shadow_t:*) ;;
     *) die "setfiles did not label /etc/shadow shadow_t (it has '${label}')" ;;
   esac
+}
+
+build_os() {
+  local kver m f
+  kver=$(node_kernel)
+  debootstrap_root systemd systemd-sysv udev dbus cloud-init openssh-server ifupdown isc-dhcp-client iproute2 kmod \
+    procps python3 sudo
+  grep -q '^cloud-init 22\.4' "$work/manifest" || die "the image's cloud-init is not 22.4: $(grep '^cloud-init ' "$work/manifest")"
+  say "configuring: no keys, no passwords; modules for kernel $kver"
+  echo localhost >"$root/etc/hostname"
+  : >"$root/etc/machine-id"
+  rm -f "$root"/etc/ssh/ssh_host_* "$root/var/lib/dbus/machine-id"
+  # root is locked (no password), no key anywhere.
+  sed -i 's/^root:[^:]*:/root:*:/' "$root/etc/shadow"
+  if grep -q '^root:[^*!]' "$root/etc/shadow"; then die "root has a password in the image"; fi
+  rm -rf "$root/root/.ssh"
+  # The NoCloud seed ferry's initramfs leaves in /var/lib/cloud/seed/nocloud is the only
+  # datasource: no probing of cloud metadata services on a provisioning network.
+  cat >"$root/etc/cloud/cloud.cfg.d/90-ferry.cfg" <<'CFG'
+# ferry: the node's cloud-init documents arrive through ferry's tunnel; the initramfs
+# writes them to /var/lib/cloud/seed/nocloud before cloud-init's local stage.
+datasource_list: [NoCloud, None]
+# The image has no locales but C.UTF-8 (cloud-init's default en_US.UTF-8 fails).
+locale: C.UTF-8
+CFG
+  # A serial console for the boot log and the login prompt; no wait for a network that
+  # cloud-init configures itself.
+  systemctl --root="$root" enable serial-getty@ttyS0.service >/dev/null 2>&1 || true
+  systemctl --root="$root" mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
+    e2scrub_all.timer fstrim.timer >/dev/null 2>&1 || true
+  echo os-1 >"$root/etc/image-id"
+  # Modules of the kernel the node boots, for what the booted OS loads itself.
+  for m in 8021q; do
+    for f in $(modprobe -S "$kver" --show-depends "$m" | awk '$1 == "insmod" { print $2 }'); do
+      mkdir -p "$root$(dirname "$f")"
+      cp "$f" "$root$f"
+    done
+  done
+  cp "/lib/modules/$kver"/modules.order "/lib/modules/$kver"/modules.builtin* "$root/lib/modules/$kver/" 2>/dev/null || true
+  depmod -b "$root" "$kver"
+  remove_docs
+  rm -rf "$root"/usr/share/locale/* "$root"/var/cache/debconf/*-old "$root"/var/lib/cloud/*
 }
 
 started=$(date +%s)

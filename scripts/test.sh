@@ -57,7 +57,8 @@ echo "    $FERRY_NODE_IMAGE_SELINUX"
 # The full node OS of the power-on-to-login test (tests/first_node.rs): Debian 12 with
 # systemd, cloud-init and openssh-server, built once (about 4 minutes) and cached the same way.
 echo "==> node OS image"
-scripts/node-os-image.sh || die "building the node OS image failed (see above)"
+FERRY_NODE_IMAGE_OS=$(scripts/node-image.sh os) || die "building the node OS image failed (see above)"
+export FERRY_NODE_IMAGE_OS
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

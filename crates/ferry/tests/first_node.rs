@@ -3,7 +3,7 @@
 //! the file `ferry configure dnsmasq --interface --range --tftp-root --install-ipxe
 //! --ipv6-ra` printed, and QEMU (TCG, SeaBIOS + iPXE ROM) on a TAP in that bridge. The
 //! node, known by its DHCP address, MAC and SMBIOS asset tag, boots a full Debian 12
-//! (scripts/node-os-image.sh: systemd, cloud-init 22.4, openssh-server; no key, no
+//! (scripts/node-image.sh os: systemd, cloud-init 22.4, openssh-server; no key, no
 //! password) imported with `ferry image import`: iPXE → ferry's initramfs → enroll,
 //! WireGuard, seed through the tunnel, phone home → `root=tmpfs` → systemd → the
 //! image's own cloud-init applies the seed (hostname, an admin user with the profile's
@@ -32,19 +32,6 @@ const VLAN_ID: u16 = 100;
 const VLAN_IP: &str = "10.78.0.10";
 /// QEMU's own bound (both boots of the same VM run in one QEMU process).
 const QEMU_LIMIT: Duration = Duration::from_secs(600);
-
-/// The full node OS, built (once, cached by versions) by scripts/node-os-image.sh.
-fn node_os_tarball() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/node-os-image.sh");
-    let out = Command::new(&script).arg("--print-path").output().expect("scripts/node-os-image.sh --print-path");
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    assert!(
-        out.status.success() && path.is_file(),
-        "the node OS image is not built: run `sudo scripts/node-os-image.sh` (scripts/test.sh does): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
 
 fn require_tools() {
     for (tool, package) in [
@@ -150,7 +137,17 @@ fn setup(kver: &str) -> Lab {
     ]);
     let root = dir.join("os-root");
     std::fs::create_dir_all(&root).unwrap();
-    common::sh(&["tar", "--zstd", "-xf", node_os_tarball().to_str().unwrap(), "-C", root.to_str().unwrap()]);
+    let tarball = common::netboot::node_image("os");
+    common::sh(&[
+        "tar",
+        "--zstd",
+        "--xattrs",
+        "--xattrs-include=*",
+        "-xf",
+        tarball.to_str().unwrap(),
+        "-C",
+        root.to_str().unwrap(),
+    ]);
     let kernel = format!("/boot/vmlinuz-{kver}");
     server.ok(&["image", "import", "debian12", "--kernel", &kernel, "--initrd", initrd.to_str().unwrap(), "--rootfs"]
         .iter()
