@@ -275,3 +275,63 @@ with tempfile.TemporaryDirectory() as d:
                     "-V", "+7d", "-z", "42", f"{d}/host.pub"], check=True)
     with open(f"{d}/host-cert.pub") as f:
         write("ssh_host_keys", "seed-2", b"\x01" + f.read().encode())
+
+# 19. tar_stream and tar_unpack: node image archives as `ferry image import` takes them,
+# made by GNU tar (PAX with SCHILY.xattr.* attributes and an ACL, a GNU sparse file, a
+# GNU long name, hard and symbolic links, a device node when run as root) and by
+# Python's tarfile (a PAX record whose binary value holds a newline, as file
+# capabilities do); and, for tar_stream, PAX records on their own.
+import tarfile  # noqa: E402
+
+with tempfile.TemporaryDirectory() as d:
+    root = os.path.join(d, "root")
+    os.makedirs(os.path.join(root, "etc", "selinux"))
+    os.makedirs(os.path.join(root, "usr", "bin"))
+    with open(os.path.join(root, "etc", "selinux", "config"), "w") as f:
+        f.write("SELINUX=enforcing\n")
+    with open(os.path.join(root, "usr", "bin", "ping"), "wb") as f:
+        f.write(b"\x7fELF" + bytes(60))
+    os.symlink("../usr/bin/ping", os.path.join(root, "etc", "ping-link"))
+    os.link(os.path.join(root, "usr", "bin", "ping"), os.path.join(root, "usr", "bin", "ping6"))
+    long_dir = os.path.join(root, "srv", "a" * 60, "b" * 60)
+    os.makedirs(long_dir)
+    with open(os.path.join(long_dir, "long-name-file"), "w") as f:
+        f.write("x\n")
+    with open(os.path.join(root, "srv", "sparse"), "wb") as f:
+        f.seek(1 << 16)
+        f.write(b"end")
+    if os.geteuid() == 0:
+        os.mknod(os.path.join(root, "null"), 0o20666, os.makedev(1, 3))
+    subprocess.run(["setfattr", "-n", "trusted.ferry", "-v", "seed", os.path.join(root, "usr", "bin", "ping")],
+                   check=False)
+    for name, args in [("gnu-pax", ["--format=pax", "--xattrs", "--xattrs-include=*", "--acls", "--exclude=./srv/sparse"]),
+                       ("gnu-sparse", ["--format=gnu", "--sparse"])]:
+        out = os.path.join(d, name + ".tar")
+        subprocess.run(["tar", "--create", "--numeric-owner", *args, "-C", root, "--file", out, "."], check=True)
+        with open(out, "rb") as f:
+            data = f.read()
+        write("tar_stream", name, data)
+        write("tar_unpack", name, data)
+    out = os.path.join(d, "capability.tar")
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("usr/bin/ping")
+        info.size = 4
+        info.mode = 0o755
+        # cap_net_raw+ep as the kernel stores it: binary, with a 0x0a byte.
+        cap = bytes([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).replace(b"\x20", b"\x0a", 1)
+        info.pax_headers = {"SCHILY.xattr.security.capability": cap.decode("latin-1")}
+        t.addfile(info, fileobj=__import__("io").BytesIO(b"ELF\n"))
+    with open(out, "rb") as f:
+        data = f.read()
+    write("tar_stream", "capability", data)
+    write("tar_unpack", "capability", data)
+write("tar_stream", "pax-records", b"27 SCHILY.xattr.user.a=b\nc\n" + b"12 path=x/y\n")
+
+# 20. pg_url: PostgreSQL URLs as admins write them for --store (libpq's multi-host forms)
+for i, s in enumerate([
+    "postgres://ferry:secret@db/ferry",
+    "postgres://ferry@db1:5432,db2:5433/ferry?sslmode=require&target_session_attrs=read-write",
+    "postgres://ferry@localhost/ferry?host=/run/postgresql,/run/pg2&port=5432,5433&target_session_attrs=primary",
+    "postgresql://u:p%40ss@[fd00::1]:5432,[fd00::2]:5432/db?application_name=ferry",
+]):
+    write("pg_url", f"seed-{i}", s)

@@ -65,6 +65,12 @@ pub use tpm::{Discovery, TpmRecord, TpmRegistration, TpmState, TpmStore};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord, TunnelStore};
 pub use writer::WRITE_LOCK_KEY;
 
+/// The private parsers the fuzz targets call (`fuzz/`, docs/fuzzing.md); not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::pg_hosts::split_hosts;
+}
+
 use async_trait::async_trait;
 
 /// Everything the server needs of its store. `Arc<dyn Store>` reaches every subject

@@ -8,9 +8,13 @@ use crate::StoreError;
 /// The single-host URLs of `url`, in its order (one for a plain URL).
 /// `target_session_attrs` is taken out: the store always needs a writable primary, so
 /// only `read-write` (or `primary`) is accepted and every host is checked for it.
-pub(crate) fn split_hosts(url: &str) -> Result<Vec<String>, StoreError> {
+pub fn split_hosts(url: &str) -> Result<Vec<String>, StoreError> {
     let bad = |why: String| StoreError::BadRequest(format!("PostgreSQL URL: {why}"));
     let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme".into()))?;
+    // The first "://" may sit in the query of a URL without one: only these two schemes.
+    if !matches!(scheme, "postgres" | "postgresql") {
+        return Err(bad("it must start with postgres:// or postgresql://".into()));
+    }
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let (userinfo, hostlist) = match authority.rfind('@') {
@@ -119,6 +123,7 @@ mod tests {
             ("postgres://u@l/db?host=/x,/y&port=1,2,3", "2 hosts but 3 ports"),
             ("postgres://a:1,b:2/db?port=1,2", "leave out port="),
             ("nothing", "no scheme"),
+            ("postgres:x/db?target_session_attrs=any://h", "must start with postgres://"),
         ] {
             let e = split_hosts(url).expect_err(url).to_string();
             assert!(e.contains(says), "{url}: {e}");
