@@ -70,3 +70,7 @@ async fn learn(
     tracing::info!(%pinned_on, from = %approval.from, "PCR policy learned from a verified quote");
     Ok(ApiJson(TpmLearned { pinned_on, pcrs: pinned.iter().map(|(i, v)| (*i, hex_encode(v))).collect() }))
 }
+
+#[cfg(test)]
+#[path = "tpm_learn_tests.rs"]
+mod tests;
