@@ -24,7 +24,7 @@ async fn server_with_a_quote() -> (TestServer, PcrQuote) {
         reset_count: 3,
         restart_count: 0,
         client: "10.0.0.1".into(),
-        recorded_at: 1_700_000_000,
+        recorded_at: ferry_store::now_secs(),
     };
     (s, quote)
 }

@@ -58,9 +58,10 @@ async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result
     Ok(nodes)
 }
 
-/// A node's own layer (profiles and settings) as stored.
-pub(crate) async fn load_node_layer(conn: &mut AnyConnection, name: &NodeName) -> Result<Node, StoreError> {
-    Ok(load_node(conn, name).await?.node)
+/// A node's own layer (profiles and settings) as stored, and when it last changed.
+pub(crate) async fn load_node_layer(conn: &mut AnyConnection, name: &NodeName) -> Result<(Node, i64), StoreError> {
+    let stored = load_node(conn, name).await?;
+    Ok((stored.node, stored.updated_at))
 }
 
 async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNode, StoreError> {

@@ -88,18 +88,40 @@ async fn approved_values(
             quote.ek_fingerprint
         )));
     }
-    let layer = load_node_layer(&mut *conn, node).await?;
-    let profiles = profile_map(&load_profiles(&mut *conn).await?);
+    let (layer, node_changed) = load_node_layer(&mut *conn, node).await?;
+    let loaded = load_profiles(&mut *conn).await?;
+    let profiles = profile_map(&loaded);
     let merged = merge_node(&layer, &profiles)?;
-    if merged.settings.tpm_pcrs != quote.policy {
+    // The last change of the node or a profile it uses (whole seconds: a change in the
+    // quote's own second counts as before it). Together with the policy the quote was
+    // made under, no quote older than a policy change is learned, even one whose policy
+    // was later restored.
+    let last_change =
+        merged.profiles.iter().filter_map(|p| loaded.get(p)).map(|(_, _, at)| *at).fold(node_changed, i64::max);
+    if merged.settings.tpm_pcrs != quote.policy || quote.recorded_at < last_change {
         return Err(StoreError::Conflict(format!(
-            "the PCR policy of node {node} changed after its quote ({}); nothing pinned: boot it again so it \
-             quotes under the current policy, then learn",
-            format_time(quote.recorded_at)
+            "the PCR policy of node {node} changed after its quote ({}; the node or a profile of it changed at \
+             {}); nothing pinned: boot it again so it quotes under the current policy, then learn",
+            format_time(quote.recorded_at),
+            format_time(last_change)
         )));
     }
     let selected: Vec<u8> = match &approval.target {
-        LearnTarget::Node => merged.settings.pcr_selection(),
+        // The PCRs the node itself selects, and any still to learn: values its profiles
+        // pin stay theirs (a node copy would hide the profile's next learn).
+        LearnTarget::Node => {
+            let mut own = layer.settings.pcr_selection();
+            own.extend(merged.settings.unlearned_pcrs());
+            own.sort_unstable();
+            own.dedup();
+            if own.is_empty() && !merged.settings.pcr_selection().is_empty() {
+                return Err(StoreError::BadRequest(format!(
+                    "node {node} selects no PCRs itself and none is left to learn: its profiles pin them; learn \
+                     there: ferry profile tpm learn PROFILE --from {node}"
+                )));
+            }
+            own
+        }
         LearnTarget::Profile(p) => {
             if !merged.profiles.contains(p) {
                 return Err(StoreError::Conflict(format!(

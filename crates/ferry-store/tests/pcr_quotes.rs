@@ -10,7 +10,9 @@ use ferry_api::admin::{AddNodes, AddProfiles, NewNode, NewProfile};
 use ferry_core::model::PCR_TO_LEARN;
 use ferry_core::{NodeName, ProfileName, Settings};
 use ferry_store::prelude::*;
-use ferry_store::{Actor, LearnTarget, PcrApproval, PcrQuote, SqlStore, StoreError, TpmRegistration, PCR_BANK};
+use ferry_store::{
+    now_secs, Actor, LearnTarget, PcrApproval, PcrQuote, SqlStore, StoreError, TpmRegistration, PCR_BANK,
+};
 use std::collections::BTreeMap;
 
 const EK: &str = "sha256:e1";
@@ -78,11 +80,11 @@ async fn merged_pcrs(s: &SqlStore, node: &str) -> BTreeMap<String, String> {
 async fn learn_pins_exactly_the_recorded_values(kind: Kind) {
     let db = TestDb::new(kind).await;
     let s = store(&db).await;
-    let q = quote(to_learn(&[7, 8]), 1_000);
+    let q = quote(to_learn(&[7, 8]), now_secs());
     s.record_pcr_quote(&n("n1"), &q).await.unwrap();
     assert_eq!(s.pcr_quote(&n("n1")).await.unwrap(), Some(q.clone()), "read back as recorded");
     // A newer quote replaces it.
-    let newer = PcrQuote { recorded_at: 1_001, reset_count: 13, ..q.clone() };
+    let newer = PcrQuote { recorded_at: now_secs() + 1, reset_count: 13, ..q.clone() };
     s.record_pcr_quote(&n("n1"), &newer).await.unwrap();
     assert_eq!(s.pcr_quote(&n("n1")).await.unwrap(), Some(newer.clone()));
 
@@ -105,7 +107,7 @@ async fn learn_pins_exactly_the_recorded_values(kind: Kind) {
 async fn a_profile_learns_once_for_every_node(kind: Kind) {
     let db = TestDb::new(kind).await;
     let s = store(&db).await;
-    let q = quote(to_learn(&[7, 8]), 2_000);
+    let q = quote(to_learn(&[7, 8]), now_secs());
     s.record_pcr_quote(&n("n1"), &q).await.unwrap();
     // Not a profile of n1: refused, nothing pinned.
     let err = s.learn_pcrs(&approve(&q, LearnTarget::Profile(p("other"))), &actor()).await.unwrap_err();
@@ -116,12 +118,18 @@ async fn a_profile_learns_once_for_every_node(kind: Kind) {
     assert_eq!(merged_pcrs(&s, "n2").await, want, "every node of the profile");
     let audit = s.audit(Some("profile/compute"), 5).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "tpm.pcrs-learned" && e.detail.contains("from=node/n1")));
+    // The profile pins them now: a node learn would copy them onto the node (hiding the
+    // profile's next learn), so it refuses and says where to learn.
+    let later = quote(merged_pcrs(&s, "n1").await, now_secs() + 1);
+    s.record_pcr_quote(&n("n1"), &later).await.unwrap();
+    let err = s.learn_pcrs(&approve(&later, LearnTarget::Node), &actor()).await.unwrap_err();
+    assert!(err.to_string().contains("its profiles pin them"), "{err}");
 }
 
 async fn learn_refuses_without_the_approved_verified_quote(kind: Kind) {
     let db = TestDb::new(kind).await;
     let s = store(&db).await;
-    let q = quote(to_learn(&[7, 8]), 3_000);
+    let q = quote(to_learn(&[7, 8]), now_secs());
     let refused = |e: StoreError| e.to_string();
     // No verified quote recorded.
     let err = refused(s.learn_pcrs(&approve(&q, LearnTarget::Node), &actor()).await.unwrap_err());
@@ -137,12 +145,17 @@ async fn learn_refuses_without_the_approved_verified_quote(kind: Kind) {
     let err = refused(s.learn_pcrs(&other, &actor()).await.unwrap_err());
     assert!(err.contains("quoted again"), "{err}");
     // Older than the node's last PCR policy change.
-    let stale = quote(to_learn(&[7]), 3_001);
+    let stale = quote(to_learn(&[7]), now_secs() + 1);
     s.record_pcr_quote(&n("n1"), &stale).await.unwrap();
     let err = refused(s.learn_pcrs(&approve(&stale, LearnTarget::Node), &actor()).await.unwrap_err());
     assert!(err.contains("changed after its quote"), "{err}");
+    // The same policy as when it quoted, but changed and restored since: still older.
+    let before = quote(to_learn(&[7, 8]), now_secs() - 5);
+    s.record_pcr_quote(&n("n1"), &before).await.unwrap();
+    let err = refused(s.learn_pcrs(&approve(&before, LearnTarget::Node), &actor()).await.unwrap_err());
+    assert!(err.contains("changed after its quote"), "{err}");
     // Made by a TPM no longer registered for the node.
-    let foreign = PcrQuote { ek_fingerprint: "sha256:e2".into(), ..quote(to_learn(&[7, 8]), 3_002) };
+    let foreign = PcrQuote { ek_fingerprint: "sha256:e2".into(), ..quote(to_learn(&[7, 8]), now_secs() + 2) };
     s.record_pcr_quote(&n("n1"), &foreign).await.unwrap();
     let err = refused(s.learn_pcrs(&approve(&foreign, LearnTarget::Node), &actor()).await.unwrap_err());
     assert!(err.contains("no longer the TPM registered"), "{err}");

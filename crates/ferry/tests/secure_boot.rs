@@ -362,12 +362,12 @@ fn differing(detail: &str) -> Vec<u8> {
     list.split(", ").filter_map(|i| i.trim().parse().ok()).collect()
 }
 
-/// Issue 19's gate: a profile selects PCRs 4, 7, 8 and 9 with no values; the first
+/// Issue 19's gate: the node selects PCRs 4, 7, 8 and 9 with no values; the first
 /// known-good Secure Boot network boot is refused (not learned yet) and its verified
-/// quote kept; `ferry profile tpm learn` pins exactly it for every node of the profile,
-/// no hex copied. Then that boot enrolls and phones home; the same node booted with
-/// Secure Boot off is refused naming PCR 7; booted with an altered kernel command line
-/// it is refused naming PCR 8. Each refusal is in the audit with the PCR that differed.
+/// quote kept; `ferry node tpm learn` pins exactly it, no hex copied. Then that boot
+/// enrolls and phones home; the same node booted with Secure Boot off is refused naming
+/// PCR 7; booted with an altered kernel command line it is refused naming PCR 8. Each
+/// refusal is in the audit with the PCR that differed.
 #[test]
 fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
     require_secure_boot_parts();
@@ -381,18 +381,19 @@ fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
     );
     s.ok(&["node", "set", "n1", "--identity", "tpm"]);
     s.ok(&["node", "set", "n1", "--tpm-ek", ek.to_str().unwrap()]);
-    // The profile selects the PCRs to quote; nothing is trusted before an admin approves.
-    s.ok(&["profile", "add", "measured", "--tpm-pcrs", "4,7,8,9"]);
-    s.ok(&["node", "set", "n1", "--profile", "measured"]);
+    // The PCRs to quote, no values: nothing is trusted before an admin approves a boot.
+    // (On the node, not a profile: ferry's grub.cfg names the node, so PCRs 8 and 9 are
+    // per node.)
+    s.ok(&["node", "set", "n1", "--tpm-pcrs", "4,7,8,9"]);
     let tftp = tftp_root(&s, "netboot");
     let first = measured_boot(&s, &tpm, "learn", &tag, &tftp, true).expect_err("not learned yet: refused");
     assert!(first.contains("PCR policy not learned yet: run ferry node tpm learn n1"), "{first}");
-    let learned = s.ok(&["profile", "tpm", "learn", "measured", "--from", "n1", "--yes"]);
-    assert!(learned.contains("pinned PCRs 4, 7, 8, 9 on profile/measured"), "{learned}");
-    let profile = s.json(&["profile", "show", "measured", "--json"]);
+    let learned = s.ok(&["node", "tpm", "learn", "n1", "--yes"]);
+    assert!(learned.contains("pinned PCRs 4, 7, 8, 9 on node/n1"), "{learned}");
+    let node = s.json(&["node", "show", "n1", "--json"]);
     for i in PINNED {
-        let value = profile["settings"]["tpm_pcrs"][i.to_string()].as_str().unwrap_or_default();
-        assert!(value.len() == 64 && learned.contains(value), "PCR {i} pinned as shown: {learned} {profile}");
+        let value = node["settings"]["tpm_pcrs"][i.to_string()].as_str().unwrap_or_default();
+        assert!(value.len() == 64 && learned.contains(value), "PCR {i} pinned as shown: {learned} {node}");
     }
 
     // (a) Secure Boot off (the variable store without keys): PCR 7 differs.

@@ -282,6 +282,22 @@ fn a_known_good_boot_is_learned_only_once_an_admin_approves_it() {
     let out = agent_with_tpm(&c, 0, &own);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(c.server.audit("n1").contains("PCR 7 differs from the policy"));
+
+    // A profile learns once, from one of its nodes, for all of them (PCR 7: the same on
+    // every node of a firmware and its Secure Boot keys).
+    c.server.ok(&["profile", "add", "firmware", "--tpm-pcrs", "7"]);
+    c.server.ok(&["node", "set", "n1", "--profile", "firmware"]);
+    c.server.ok(&["node", "unset", "n1", "tpm-pcrs"]);
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(3), "not learned yet: {}", String::from_utf8_lossy(&out.stderr));
+    let err = c.server.fails(&["profile", "tpm", "learn", "compute", "--from", "n1", "--yes"]);
+    assert!(err.contains("does not use profile compute"), "{err}");
+    let learned = c.server.ok(&["profile", "tpm", "learn", "firmware", "--from", "n1", "--yes"]);
+    assert!(learned.contains("pinned PCRs 7 on profile/firmware"), "{learned}");
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit = c.server.ok(&["audit", "--limit", "1000"]);
+    assert!(audit.lines().any(|l| l.contains("tpm.pcrs-learned") && l.contains("profile/firmware")), "{audit}");
 }
 
 fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
