@@ -10,6 +10,7 @@ use ferry_core::merge::MergedField;
 use ferry_core::patch::SettingsPatch;
 use ferry_core::{NodeName, ProfileName, Settings};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Whether a secret is stored. The value itself is never returned by any route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,6 +209,48 @@ pub struct TpmView {
 pub struct TpmApprove {
     /// `sha256:<hex>` as `ferry node tpm` shows it, compared with the node's own TPM.
     pub fingerprint: String,
+}
+
+/// `GET /v1/nodes/{name}/tpm/quote`: the node's latest quote that verified
+/// cryptographically (its registered TPM; signature and nonce good), even if its PCR
+/// policy refused it. PCR values are not secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TpmQuoteView {
+    pub node: NodeName,
+    /// The registered EK whose credential the quoting AK activated.
+    pub ek_fingerprint: String,
+    /// The PCR bank (`sha256`).
+    pub bank: String,
+    /// Every PCR quoted (the selection): index → value, lower-case hex.
+    pub pcrs: BTreeMap<u8, String>,
+    /// When the server verified it (RFC 3339) and the same as Unix seconds, which an
+    /// approval names so that only this very quote is pinned.
+    pub recorded_at: String,
+    pub recorded_at_secs: i64,
+    /// Which boot: the TPM's reset count (boots since it was cleared) and restart count.
+    pub reset_count: u32,
+    pub restart_count: u32,
+    /// The address the enrollment came from.
+    pub client: String,
+}
+
+/// `POST /v1/nodes/{name}/tpm/learn`: the admin approves exactly the quote they were
+/// shown (its time and values); it is pinned on the node, or on `profile` (which the
+/// node must use) for every node of that profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmLearn {
+    pub recorded_at_secs: i64,
+    pub pcrs: BTreeMap<u8, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileName>,
+}
+
+/// What `learn` pinned, and where (`node/NAME` or `profile/NAME`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TpmLearned {
+    pub pinned_on: String,
+    pub pcrs: BTreeMap<u8, String>,
 }
 
 /// `PUT /v1/nodes/{name}/tpm`: exactly one of the two.

@@ -24,6 +24,10 @@ paths! {
     NODE_BOOT = "/v1/nodes/{name}/boot";
     NODE_TPM = "/v1/nodes/{name}/tpm";
     NODE_TPM_APPROVE = "/v1/nodes/{name}/tpm/approve";
+    /// The PCR values of the node's latest quote that verified (`ferry node tpm learn`).
+    NODE_TPM_QUOTE = "/v1/nodes/{name}/tpm/quote";
+    /// POST pins an approved quote as the node's (or a profile's) PCR policy.
+    NODE_TPM_LEARN = "/v1/nodes/{name}/tpm/learn";
     PROFILES = "/v1/profiles";
     /// Profiles and nodes in one transaction (`ferry import`).
     INVENTORY = "/v1/inventory";
@@ -82,6 +86,12 @@ pub fn node_tpm(name: impl Display) -> String {
 }
 pub fn node_tpm_approve(name: impl Display) -> String {
     fill(NODE_TPM_APPROVE, name)
+}
+pub fn node_tpm_quote(name: impl Display) -> String {
+    fill(NODE_TPM_QUOTE, name)
+}
+pub fn node_tpm_learn(name: impl Display) -> String {
+    fill(NODE_TPM_LEARN, name)
 }
 pub fn profile(name: impl Display) -> String {
     fill(PROFILE, name)
@@ -168,6 +178,9 @@ pub const ROUTES: &[Route] = &[
     route(Delete, NODE_TPM, Administer),
     // Approving a TPM makes a machine a node's identity.
     route(Post, NODE_TPM_APPROVE, Administer),
+    route(Get, NODE_TPM_QUOTE, Read),
+    // Learning pins what a boot must measure: as strong a change as approving a TPM.
+    route(Post, NODE_TPM_LEARN, Administer),
     route(Get, PROFILES, Read),
     route(Post, PROFILES, Administer),
     route(Patch, PROFILES, Administer),

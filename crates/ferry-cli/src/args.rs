@@ -311,8 +311,12 @@ pub enum NodeCommand {
         #[arg(long = "ek-fingerprint", value_name = "[NODE=]FINGERPRINT", required = true)]
         ek_fingerprint: Vec<String>,
     },
-    /// List nodes' TPM identities (state, EK fingerprint, whether a certificate vouched).
+    /// List nodes' TPM identities (state, EK fingerprint, whether a certificate vouched);
+    /// `ferry node tpm learn NODE` pins a known-good boot's PCR values.
+    #[command(args_conflicts_with_subcommands = true)]
     Tpm {
+        #[command(subcommand)]
+        action: Option<crate::tpm_learn::NodeTpmCommand>,
         /// Only these nodes (a hostlist) [default: every node with a TPM].
         hostlist: Option<String>,
         /// JSON instead of a table.
@@ -407,6 +411,11 @@ pub enum ProfileCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The profile's TPM PCR policy: `ferry profile tpm learn PROFILE --from NODE`.
+    Tpm {
+        #[command(subcommand)]
+        action: crate::tpm_learn::ProfileTpmCommand,
+    },
     /// Delete profiles (refused while a node or profile uses them).
     Delete {
         /// Profile names (or a hostlist-style list).
@@ -448,8 +457,14 @@ pub struct SettingsArgs {
     pub tags: Vec<String>,
     /// The tpm factor's PCR policy: INDEX=SHA256HEX of the SHA-256 bank (repeatable;
     /// `~INDEX` removes an inherited one), e.g. 7=$(tpm2_pcrread … ) for Secure Boot state.
-    #[arg(long = "tpm-pcr", value_name = "INDEX=HEX")]
+    /// A bare INDEX selects the PCR with no value yet: see --tpm-pcrs.
+    #[arg(long = "tpm-pcr", value_name = "INDEX[=HEX]")]
     pub tpm_pcrs: Vec<String>,
+    /// PCRs to quote whose values are not known yet (comma-separated, e.g. 4,7,8,9):
+    /// enrollment is refused until an admin approves a known-good boot's values with
+    /// `ferry node tpm learn NODE` (or `ferry profile tpm learn PROFILE --from NODE`).
+    #[arg(long = "tpm-pcrs", value_name = "INDEX,...", value_delimiter = ',')]
+    pub tpm_pcrs_to_learn: Vec<String>,
     /// A cloud-init meta-data entry KEY=VALUE (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,

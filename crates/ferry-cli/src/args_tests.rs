@@ -88,3 +88,33 @@ fn serve_flags_win_over_ferry_variables_which_win_over_the_file() {
     assert_eq!(flags.store.as_deref(), Some("/env/db"));
     assert_eq!(flags.admin_socket, PathBuf::from("/flag/admin.sock"));
 }
+
+/// `--tpm-pcr 7` (no value) and `--tpm-pcrs 4,8` select PCRs to learn; `INDEX=HEX` pins;
+/// `ferry node tpm learn NODE` is the subcommand, `ferry node tpm NODES` still the listing.
+#[test]
+fn pcrs_to_learn_and_the_learn_subcommand() {
+    let hex = "ab".repeat(32);
+    let pin = format!("9={hex}");
+    let cli =
+        Cli::try_parse_from(["ferry", "node", "set", "n1", "--tpm-pcr", "7", "--tpm-pcrs", "4,8", "--tpm-pcr", &pin])
+            .unwrap();
+    let Command::Node(NodeCommand::Set { settings, .. }) = cli.command else { panic!("node set") };
+    let resolved = crate::settings::resolve(&settings, 1, ferry_core::model::LayerKind::Node).unwrap();
+    let s = &resolved.per_target[0];
+    assert_eq!(s.unlearned_pcrs(), vec![4, 7, 8]);
+    assert_eq!(s.pcr_policy().keys().copied().collect::<Vec<_>>(), vec![9]);
+    let learn = Cli::try_parse_from(["ferry", "node", "tpm", "learn", "n1"]).unwrap();
+    assert!(matches!(
+        learn.command,
+        Command::Node(NodeCommand::Tpm {
+            action: Some(crate::tpm_learn::NodeTpmCommand::Learn { yes: false, .. }),
+            ..
+        })
+    ));
+    let list = Cli::try_parse_from(["ferry", "node", "tpm", "n[1-4]"]).unwrap();
+    assert!(matches!(list.command, Command::Node(NodeCommand::Tpm { action: None, hostlist: Some(_), .. })));
+    let profile =
+        Cli::try_parse_from(["ferry", "profile", "tpm", "learn", "compute", "--from", "n1", "--yes"]).unwrap();
+    assert!(matches!(profile.command, Command::Profile(ProfileCommand::Tpm { .. })));
+    assert!(Cli::try_parse_from(["ferry", "profile", "tpm", "learn", "compute"]).is_err(), "--from is required");
+}

@@ -4,8 +4,8 @@
 use ferry_api::admin::{
     AddInventory, AddNodes, AddProfiles, AuditEntry, AuditQuery, BootInfo, Changed, InventoryAdded, KnownHost,
     MergedNodeView, Names, NodeQuery, NodeView, ProfileView, SecretScopeQuery, SecretSet, SecretView, ServerInfo,
-    ServerView, SetNodes, SetProfiles, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmQuery, TpmRegister,
-    TpmView, TunnelView,
+    ServerView, SetNodes, SetProfiles, TokenCreate, TokenCreated, TokenInfo, TpmApprove, TpmLearn, TpmLearned,
+    TpmQuery, TpmQuoteView, TpmRegister, TpmView, TunnelView,
 };
 use ferry_api::image::{AddImage, ImageRecord, ImageVerified};
 use ferry_api::ssh::{
@@ -182,6 +182,8 @@ typed! {
     register_tpm(node: &NodeName, tpm: &TpmRegister) -> Changed = PUT routes::node_tpm(node), tpm;
     clear_tpm(node: &NodeName) -> Changed = DELETE routes::node_tpm(node);
     approve_tpm(node: &NodeName, approval: &TpmApprove) -> TpmView = POST routes::node_tpm_approve(node), approval;
+    tpm_quote(node: &NodeName) -> TpmQuoteView = GET routes::node_tpm_quote(node);
+    learn_tpm(node: &NodeName, approval: &TpmLearn) -> TpmLearned = POST routes::node_tpm_learn(node), approval;
     audit(query: &AuditQuery) -> Vec<AuditEntry> = GET with_query(routes::AUDIT, query)?;
     /// The new token, shown this once.
     create_token(token: &TokenCreate) -> TokenCreated = POST routes::TOKENS, token;

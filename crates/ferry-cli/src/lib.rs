@@ -28,6 +28,7 @@ mod serve_args;
 mod settings;
 mod ssh;
 mod status;
+mod tpm_learn;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
@@ -281,7 +282,8 @@ async fn node(client: &AdminClient, cmd: NodeCommand) -> anyhow::Result<()> {
                 outln!("approved TPM {} for node {}", view.fingerprint, view.node)?;
             }
         }
-        NodeCommand::Tpm { hostlist, json } => {
+        NodeCommand::Tpm { action: Some(action), .. } => tpm_learn::node(client, action).await?,
+        NodeCommand::Tpm { action: None, hostlist, json } => {
             let mut tpms = client.list_tpms(&TpmQuery::default()).await?;
             if let Some(list) = hostlist {
                 let wanted: std::collections::HashSet<NodeName> = node_names(&list)?.into_iter().collect();
@@ -429,6 +431,7 @@ async fn profile(client: &AdminClient, cmd: ProfileCommand) -> anyhow::Result<()
             let view = client.profile(&ProfileName::parse(&name)?).await.context("profile show")?;
             outln!("{}", if json { output::json(&view) } else { output::profile_show(&view) })?;
         }
+        ProfileCommand::Tpm { action } => tpm_learn::profile(client, action).await?,
         ProfileCommand::Delete { names } => {
             let names = profile_names(&names)?.into_iter().map(String::from).collect();
             report("deleted", "profile", client.delete_profiles(&Names { names }).await?)?;

@@ -4,7 +4,7 @@ use crate::args::{NetdevArgs, NodeOnlyArgs, SettingsArgs, TpmArgs};
 use anyhow::{bail, Context};
 use ferry_api::admin::{TpmQuery, TpmRegister};
 use ferry_api::Secret;
-use ferry_core::model::{check_asset_tag, Interface, LayerKind};
+use ferry_core::model::{check_asset_tag, Interface, LayerKind, PCR_TO_LEARN};
 use ferry_core::net::{ip_sequence, MacAddr};
 use ferry_core::{ProfileName, Settings};
 use std::io::Read;
@@ -56,8 +56,13 @@ pub fn resolve(args: &SettingsArgs, count: usize, layer: LayerKind) -> anyhow::R
         base.tags.insert(k, v);
     }
     for p in &args.tpm_pcrs {
-        let (k, v) = split_kv("--tpm-pcr", p)?;
+        // A bare index selects the PCR, its value to be learned from a known-good boot.
+        let bare = !p.contains('=') && !p.starts_with('~');
+        let (k, v) = if bare { (p.trim().to_owned(), PCR_TO_LEARN.to_owned()) } else { split_kv("--tpm-pcr", p)? };
         base.tpm_pcrs.insert(k, v.to_ascii_lowercase());
+    }
+    for index in &args.tpm_pcrs_to_learn {
+        base.tpm_pcrs.insert(index.trim().to_owned(), PCR_TO_LEARN.to_owned());
     }
     for m in &args.meta {
         let (k, v) = split_kv("--meta", m)?;

@@ -141,8 +141,9 @@ pub struct Settings {
     /// from images anyway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot_asset_gate: Option<bool>,
-    /// The `tpm` factor's PCR policy: SHA-256 bank index (`"7"`) → expected value (hex).
-    /// Empty: the TPM proves identity only.
+    /// The `tpm` factor's PCR policy: SHA-256 bank index (`"7"`) → expected value (hex),
+    /// or [`PCR_TO_LEARN`]: quote it, no value approved yet (enrollment is refused until
+    /// `ferry node tpm learn` pins one). Empty: the TPM proves identity only.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub tpm_pcrs: BTreeMap<String, String>,
 }
@@ -285,11 +286,12 @@ impl Settings {
                 return Err(CoreError::invalid("TPM PCR index", k, "must be 0 to 23"));
             }
             let sha256_hex = v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit());
-            if !k.starts_with('~') && !sha256_hex {
+            if !k.starts_with('~') && !sha256_hex && v != PCR_TO_LEARN {
                 return Err(CoreError::invalid(
                     "TPM PCR value",
                     truncate(v),
-                    "must be a SHA-256 value: 64 hex digits (tpm2_pcrread sha256:7)",
+                    "must be a SHA-256 value: 64 hex digits (tpm2_pcrread sha256:7), or `learn` to quote it and \
+                     pin the value later with ferry node tpm learn",
                 ));
             }
         }
@@ -358,9 +360,33 @@ impl Settings {
             .map(|(n, i)| (n.as_str(), i))
     }
 
-    /// The merged PCR policy, index → expected SHA-256 value.
+    /// The merged PCR policy's pinned values, index → expected SHA-256 value (PCRs still
+    /// to learn are not in it: see [`Settings::unlearned_pcrs`]).
     pub fn pcr_policy(&self) -> BTreeMap<u8, Vec<u8>> {
-        self.tpm_pcrs.iter().filter_map(|(k, v)| Some((k.parse().ok()?, decode_hex(v)?))).collect()
+        self.tpm_pcrs
+            .iter()
+            .filter(|(_, v)| v.as_str() != PCR_TO_LEARN)
+            .filter_map(|(k, v)| Some((k.parse().ok()?, decode_hex(v)?)))
+            .collect()
+    }
+
+    /// Every PCR the merged policy selects (pinned or to learn): what a quote covers.
+    pub fn pcr_selection(&self) -> Vec<u8> {
+        let mut all: Vec<u8> = self.tpm_pcrs.keys().filter_map(|k| k.parse().ok()).collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// The PCRs the merged policy selects with no value approved yet ([`PCR_TO_LEARN`]).
+    pub fn unlearned_pcrs(&self) -> Vec<u8> {
+        let mut to_learn: Vec<u8> = self
+            .tpm_pcrs
+            .iter()
+            .filter(|(_, v)| v.as_str() == PCR_TO_LEARN)
+            .filter_map(|(k, _)| k.parse().ok())
+            .collect();
+        to_learn.sort_unstable();
+        to_learn
     }
 
     /// The identity policy in effect (of merged settings), with ferry's default when
@@ -369,6 +395,11 @@ impl Settings {
         crate::identity::Policy::new(&self.identity, has_asset_tag, has_registered_tpm)
     }
 }
+
+/// The value of a selected PCR whose expected value is not known yet (`--tpm-pcr 7`,
+/// `--tpm-pcrs 4,7`): the TPM quotes it, the server records the verified values, and
+/// enrollment is refused until an admin approves them (`ferry node tpm learn`).
+pub const PCR_TO_LEARN: &str = "learn";
 
 /// Most bytes a template secret may hold (a munge key is 1 KiB, a TLS key a few).
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -498,6 +529,14 @@ mod tests {
             assert!(pcrs(k, &v).validate(LayerKind::Node).is_err(), "{k}={v}");
         }
         assert!(pcrs("7", &"zz".repeat(32)).validate(LayerKind::Node).is_err());
+        // Selected, to learn: quoted, never part of the pinned values.
+        let to_learn = pcrs("8", PCR_TO_LEARN);
+        assert!(to_learn.validate(LayerKind::Profile).is_ok());
+        assert_eq!(
+            (to_learn.pcr_policy(), to_learn.pcr_selection(), to_learn.unlearned_pcrs()),
+            (BTreeMap::new(), vec![8], vec![8])
+        );
+        assert!(pcrs("8", "learned").validate(LayerKind::Node).is_err());
         assert_eq!(decode_hex("0aFF"), Some(vec![0x0a, 0xff]));
         assert_eq!(decode_hex("0"), None);
         assert_eq!(decode_hex("é1"), None);

@@ -75,6 +75,7 @@ fn routes() -> Router<AdminState> {
         .route(routes::HEALTHZ, get(healthz))
         .route(routes::READYZ, get(readyz))
         .merge(crate::ssh_admin::routes())
+        .merge(crate::tpm_learn::routes())
 }
 
 /// Lets through only root, the server's own user and configured admin users; the

@@ -296,9 +296,13 @@ async fn check_identity(
         nonce,
         &key.0,
         node,
-        &merged.settings.pcr_policy(),
+        &merged.settings,
         held_tpm.as_ref(),
     );
+    if let Some(quoted) = tpm.quoted {
+        // Kept even when the PCR policy refuses: what `ferry node tpm learn` shows.
+        s.store.record_pcr_quote(node, &quoted.record(&merged.settings.tpm_pcrs, &client.to_string())).await?;
+    }
     let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
     let evidence = Evidence { network, asset_tag, tpm: tpm.evidence };
     match (evaluate(&policy, &evidence, &client.to_string()), tpm.candidate) {

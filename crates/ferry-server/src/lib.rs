@@ -41,6 +41,7 @@ mod ssh_issue;
 mod testing;
 pub use remote::certificate_file_pin;
 mod tpm;
+mod tpm_learn;
 mod tunnel_caller;
 pub mod tunnels;
 mod wgkey;

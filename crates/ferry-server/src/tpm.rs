@@ -20,11 +20,11 @@ use anyhow::Context;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ferry_api::enroll::{TpmCredentialChallenge, TpmCredentialRequest, TpmProof};
-use ferry_attest::{check_pcr_policy, make_credential, verify_quote, CaBundle, EkIdentity, TpmPublic};
+use ferry_attest::{check_pcr_policy, make_credential, verify_quote, CaBundle, EkIdentity, QuoteInfo, TpmPublic};
 use ferry_core::enroll::tpm_qualifying_data;
 use ferry_core::identity::TpmEvidence;
-use ferry_core::{IdentityFactor, MacAddr, NodeName};
-use ferry_store::{Actor, Discovery, Store, TpmRecord, TpmRegistration, TpmState};
+use ferry_core::{IdentityFactor, MacAddr, NodeName, Settings};
+use ferry_store::{Actor, Discovery, PcrQuote, Store, TpmRecord, TpmRegistration, TpmState, PCR_BANK};
 use rand::RngCore;
 use std::collections::BTreeMap;
 use subtle::ConstantTimeEq;
@@ -226,7 +226,8 @@ pub async fn challenge(
     let name = ak.name().map_err(|e| HttpError::bad_request(e.to_string()))?;
     let made = make_credential(&ek, &name, secret.as_ref(), &mut rand::rngs::OsRng)
         .map_err(|e| HttpError::bad_request(e.to_string()))?;
-    let pcrs: Vec<u8> = merged.settings.pcr_policy().keys().copied().collect();
+    // Pinned and still-to-learn PCRs alike: the quote of the latter is what an admin learns.
+    let pcrs: Vec<u8> = merged.settings.pcr_selection();
     let pending = PendingTpm {
         node: node.clone(),
         wg_key: key.0,
@@ -280,26 +281,55 @@ pub async fn discover(
     })
 }
 
-/// The verdict on an enrollment's TPM proof, and discovery's candidate if the proof
-/// verified for an EK the node has not registered.
+/// The verdict on an enrollment's TPM proof, discovery's candidate if the proof
+/// verified for an EK the node has not registered, and the PCR values to record if a
+/// quote of the node's registered TPM verified (whatever the PCR policy said of them).
 pub struct Verdict {
     pub evidence: TpmEvidence,
     pub candidate: Option<TpmRegistration>,
+    pub quoted: Option<Quoted>,
 }
 
-/// The verdict on an enrollment's TPM proof, given what its nonce carried and the
-/// node's TPM record now: a registration revoked or changed since the challenge is
-/// not honoured.
+/// What a quote that verified cryptographically says: the EK whose credential its AK
+/// activated, the PCR values it covers and which boot of the TPM it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quoted {
+    pub ek_fingerprint: String,
+    pub values: BTreeMap<u8, Vec<u8>>,
+    pub reset_count: u32,
+    pub restart_count: u32,
+}
+
+impl Quoted {
+    /// The record `ferry node tpm learn` shows, with the merged PCR policy the node
+    /// quoted under and where the enrollment came from.
+    pub fn record(self, policy: &BTreeMap<String, String>, client: &str) -> PcrQuote {
+        PcrQuote {
+            ek_fingerprint: self.ek_fingerprint,
+            bank: PCR_BANK.into(),
+            values: self.values,
+            policy: policy.clone(),
+            reset_count: self.reset_count,
+            restart_count: self.restart_count,
+            client: client.into(),
+            recorded_at: ferry_store::now_secs(),
+        }
+    }
+}
+
+/// The verdict on an enrollment's TPM proof, given what its nonce carried, the node's
+/// merged settings (PCR policy) and its TPM record now: a registration revoked or
+/// changed since the challenge is not honoured.
 pub fn evidence(
     pending: Option<PendingTpm>,
     proof: Option<&TpmProof>,
     nonce: &[u8; 32],
     wg_key: &[u8; 32],
     node: &NodeName,
-    pcr_policy: &BTreeMap<u8, Vec<u8>>,
+    settings: &Settings,
     held_now: Option<&TpmRecord>,
 ) -> Verdict {
-    let verdict = |evidence| Verdict { evidence, candidate: None };
+    let verdict = |evidence| Verdict { evidence, candidate: None, quoted: None };
     let (pending, proof) = match (pending, proof) {
         (_, None) => return verdict(TpmEvidence::NotPresented),
         (None, Some(_)) => {
@@ -308,31 +338,51 @@ pub fn evidence(
         (Some(p), Some(proof)) => (p, proof),
     };
     let fp = &pending.fingerprint;
-    if let Err(why) = check(&pending, proof, nonce, wg_key, node, pcr_policy) {
-        return verdict(TpmEvidence::Invalid(format!("{why} (ek {fp})")));
-    }
+    let (info, values) = match verify(&pending, proof, nonce, wg_key, node) {
+        Ok(verified) => verified,
+        Err(why) => return verdict(TpmEvidence::Invalid(format!("{why} (ek {fp})"))),
+    };
     let registered_now = held_now.is_some_and(|r| r.state == TpmState::Registered && r.registration.fingerprint == *fp);
+    let policy = check_pcrs(settings, &values, node);
     match (pending.registered, registered_now) {
-        (true, true) => verdict(TpmEvidence::Valid),
+        (true, true) => Verdict {
+            evidence: match policy {
+                Ok(()) => TpmEvidence::Valid,
+                Err(why) => TpmEvidence::Invalid(format!("{why} (ek {fp})")),
+            },
+            candidate: None,
+            // Only the node's registered TPM: a stranger's boot state is nothing to learn.
+            quoted: Some(Quoted {
+                ek_fingerprint: fp.clone(),
+                values,
+                reset_count: info.reset_count,
+                restart_count: info.restart_count,
+            }),
+        },
         (true, false) => verdict(TpmEvidence::Invalid(format!(
             "TPM {fp} is no longer registered for this node: its registration changed or was cleared after the \
              credential challenge"
         ))),
-        (false, _) => Verdict {
-            evidence: TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),
-            candidate: pending.discovered,
+        (false, _) => match policy {
+            Err(why) => verdict(TpmEvidence::Invalid(format!("{why} (ek {fp})"))),
+            Ok(()) => Verdict {
+                evidence: TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),
+                candidate: pending.discovered,
+                quoted: None,
+            },
         },
     }
 }
 
-fn check(
+/// The cryptographic checks: credential activated by this AK, quote signed by it over
+/// this nonce, WireGuard key and node, covering exactly the PCRs asked for.
+fn verify(
     pending: &PendingTpm,
     proof: &TpmProof,
     nonce: &[u8; 32],
     wg_key: &[u8; 32],
     node: &NodeName,
-    pcr_policy: &BTreeMap<u8, Vec<u8>>,
-) -> Result<(), String> {
+) -> Result<(QuoteInfo, BTreeMap<u8, Vec<u8>>), String> {
     if &pending.node != node {
         return Err(format!("the TPM challenge was issued for node {}", pending.node));
     }
@@ -351,8 +401,28 @@ fn check(
         values.insert(*index, value.ok_or_else(|| format!("PCR {index}: not a SHA-256 value in hex"))?);
     }
     let expected = tpm_qualifying_data(nonce, wg_key, node);
-    verify_quote(&pending.ak, &attest, &signature, &expected, &pending.pcrs, &values).map_err(|e| e.to_string())?;
-    check_pcr_policy(pcr_policy, &values).map_err(|differ| pcr_refusal(&differ, &values))
+    let info =
+        verify_quote(&pending.ak, &attest, &signature, &expected, &pending.pcrs, &values).map_err(|e| e.to_string())?;
+    Ok((info, values))
+}
+
+/// The PCR policy's verdict on verified values: PCRs selected but not learned yet refuse
+/// (secure by default: no trust on first use), then every pinned value must match.
+fn check_pcrs(settings: &Settings, quoted: &BTreeMap<u8, Vec<u8>>, node: &NodeName) -> Result<(), String> {
+    let unlearned = settings.unlearned_pcrs();
+    if !unlearned.is_empty() {
+        let list: Vec<String> = unlearned.iter().map(u8::to_string).collect();
+        return Err(format!(
+            "PCR policy not learned yet: run ferry node tpm learn {node} (PCRs {} have no approved value; {})",
+            list.join(", "),
+            this_boot_quoted(quoted)
+        ));
+    }
+    check_pcr_policy(&settings.pcr_policy(), quoted).map_err(|differ| pcr_refusal(&differ, quoted))
+}
+
+fn this_boot_quoted(quoted: &BTreeMap<u8, Vec<u8>>) -> String {
+    format!("this boot quoted {}", ferry_store::describe_pcrs(quoted))
 }
 
 /// Names every PCR that differs and what this boot quoted for each PCR of the policy
@@ -363,22 +433,9 @@ fn pcr_refusal(differ: &[u8], quoted: &BTreeMap<u8, Vec<u8>>) -> String {
         [one] => format!("PCR {one} differs"),
         many => format!("PCRs {} differ", many.join(", ")),
     };
-    let values: Vec<String> = quoted.iter().map(|(i, v)| format!("{i}={}", ferry_core::wgkey::hex_encode(v))).collect();
-    format!("{what} from the policy (this boot quoted {})", values.join(" "))
+    format!("{what} from the policy ({}; ferry node tpm learn shows them)", this_boot_quoted(quoted))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fingerprints_are_normalized_or_refused() {
-        let hex = "AB".repeat(32);
-        assert_eq!(normalize_fingerprint(&format!(" sha256:{hex}\n")), Some(format!("sha256:{}", "ab".repeat(32))));
-        for bad in
-            [hex.clone(), format!("sha1:{hex}"), format!("sha256:{}", &hex[2..]), format!("sha256:{}zz", &hex[4..])]
-        {
-            assert_eq!(normalize_fingerprint(&bad), None, "{bad}");
-        }
-    }
-}
+#[path = "tpm_tests.rs"]
+mod tests;

@@ -18,6 +18,7 @@ mod error;
 mod images;
 mod location;
 mod nodes;
+pub mod pcr_quotes;
 mod pg_failover;
 mod pg_hosts;
 pub mod sealing;
@@ -28,6 +29,7 @@ mod sql_audit;
 mod sql_images;
 mod sql_inventory;
 mod sql_nodes;
+mod sql_pcr_quotes;
 mod sql_profiles;
 mod sql_sealing;
 mod sql_secrets;
@@ -54,10 +56,12 @@ pub use ferry_core::wgkey::PublicKey;
 pub use images::ImageStore;
 pub use location::StoreLocation;
 pub use nodes::{InventoryStore, NodeStore, ProfileStore};
+pub use pcr_quotes::{LearnTarget, PcrApproval, PcrQuote, PcrQuoteStore, PCR_BANK};
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SealingKeyCheck, SealingStore, SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus, ServerStore};
 pub use sql::SqlStore;
+pub use sql_pcr_quotes::describe_pcrs;
 pub use ssh_ca::{NewSshCertificate, SigningCa, SshCaRecord, SshCaStore, SshIssueRefusal};
 pub use time::{format_time, now_secs};
 pub use tokens::{Role, TokenInfo, TokenStore};
@@ -83,6 +87,7 @@ pub trait Store:
     + TunnelStore
     + ServerStore
     + TpmStore
+    + PcrQuoteStore
     + SecretStore
     + SealingStore
     + TokenStore
@@ -101,7 +106,7 @@ pub trait Store:
 /// `dyn Store` (whose methods need no import): `use ferry_store::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AuditStore, ImageStore, InventoryStore, NodeStore, ProfileStore, SealingStore, SecretStore, ServerStore,
-        SshCaStore, Store, TokenStore, TpmStore, TunnelStore,
+        AuditStore, ImageStore, InventoryStore, NodeStore, PcrQuoteStore, ProfileStore, SealingStore, SecretStore,
+        ServerStore, SshCaStore, Store, TokenStore, TpmStore, TunnelStore,
     };
 }

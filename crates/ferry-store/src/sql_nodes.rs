@@ -58,6 +58,12 @@ async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result
     Ok(nodes)
 }
 
+/// A node's own layer (profiles and settings) as stored, and when it last changed.
+pub(crate) async fn load_node_layer(conn: &mut AnyConnection, name: &NodeName) -> Result<(Node, i64), StoreError> {
+    let stored = load_node(conn, name).await?;
+    Ok((stored.node, stored.updated_at))
+}
+
 async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
     load_nodes(conn, Some(name))
         .await?
@@ -208,6 +214,33 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Applies a patch to nodes within the caller's write transaction, audited `node.set`.
+    pub(crate) async fn update_nodes(
+        &self,
+        conn: &mut AnyConnection,
+        names: &[NodeName],
+        patch: &NodePatch,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), patch.asset_tag.as_ref());
+        let profiles = profile_map(&load_profiles(&mut *conn).await?);
+        for name in names {
+            let mut stored = load_node(&mut *conn, name).await?;
+            stored.node.settings = patch::apply(&stored.node.settings, &patch.settings, LayerKind::Node)?;
+            if let Some(p) = &patch.profiles {
+                stored.node.profiles = p.clone();
+            }
+            let asset = match &patch.asset_tag {
+                None => stored.asset_tag.take(),
+                Some(AssetTagChange::Unset) => None,
+                Some(AssetTagChange::Set(t)) => Some(self.seal_tag(name, t)?),
+            };
+            write_node(&mut *conn, &stored.node, asset.as_deref(), &profiles, Some(stored.revision)).await?;
+            audit(&mut *conn, actor, "node.set", &format!("node/{name}"), &detail).await?;
+        }
+        Ok(())
+    }
+
     fn seal_tag(&self, node: &NodeName, tag: &Secret) -> Result<Vec<u8>, StoreError> {
         check_asset_tag(tag.expose())?;
         Ok(self.sealer.seal(tag.expose().as_bytes(), asset_tag_aad(node).as_bytes()))
@@ -228,23 +261,8 @@ impl NodeStore for SqlStore {
             return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
         }
         check_unique(names.iter())?;
-        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), patch.asset_tag.as_ref());
         let mut tx = self.begin_write().await?;
-        let profiles = profile_map(&load_profiles(&mut tx).await?);
-        for name in names {
-            let mut stored = load_node(&mut tx, name).await?;
-            stored.node.settings = patch::apply(&stored.node.settings, &patch.settings, LayerKind::Node)?;
-            if let Some(p) = &patch.profiles {
-                stored.node.profiles = p.clone();
-            }
-            let asset = match &patch.asset_tag {
-                None => stored.asset_tag.take(),
-                Some(AssetTagChange::Unset) => None,
-                Some(AssetTagChange::Set(t)) => Some(self.seal_tag(name, t)?),
-            };
-            write_node(&mut tx, &stored.node, asset.as_deref(), &profiles, Some(stored.revision)).await?;
-            audit(&mut tx, actor, "node.set", &format!("node/{name}"), &detail).await?;
-        }
+        self.update_nodes(&mut tx, names, patch, actor).await?;
         tx.commit().await?;
         Ok(names.len())
     }

@@ -117,6 +117,42 @@ pub(crate) async fn insert_profiles(
     Ok(())
 }
 
+/// Applies a patch to profiles within the caller's write transaction, audited `profile.set`.
+pub(crate) async fn update_profiles(
+    conn: &mut AnyConnection,
+    names: &[ProfileName],
+    patch: &ProfilePatch,
+    actor: &Actor,
+) -> Result<(), StoreError> {
+    let detail = describe_patch(&patch.settings, patch.profiles.is_some(), None);
+    let loaded = load_profiles(&mut *conn).await?;
+    let mut all = profile_map(&loaded);
+    let now = now_secs();
+    for name in names {
+        let (_, revision, _) =
+            loaded.get(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+        let p = all.get_mut(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
+        p.settings = patch::apply(&p.settings, &patch.settings, LayerKind::Profile)?;
+        if let Some(parents) = &patch.profiles {
+            p.profiles = parents.clone();
+        }
+        sqlx::query("UPDATE profiles SET settings = $1, revision = $2, updated_at = $3 WHERE name = $4")
+            .bind(to_json(&p.settings))
+            .bind(revision + 1)
+            .bind(now)
+            .bind(name.as_str())
+            .execute(&mut *conn)
+            .await?;
+        if patch.profiles.is_some() {
+            let parents = p.profiles.clone();
+            write_parents(&mut *conn, name, &parents).await?;
+        }
+        audit(&mut *conn, actor, "profile.set", &format!("profile/{name}"), &detail).await?;
+    }
+    check_profile_graph(&all)?;
+    Ok(())
+}
+
 #[async_trait]
 impl ProfileStore for SqlStore {
     async fn add_profiles(&self, req: AddProfiles, actor: &Actor) -> Result<usize, StoreError> {
@@ -136,34 +172,8 @@ impl ProfileStore for SqlStore {
             return Err(StoreError::BadRequest("nothing to change: give at least one field to set or unset".into()));
         }
         check_unique(names.iter())?;
-        let detail = describe_patch(&patch.settings, patch.profiles.is_some(), None);
         let mut tx = self.begin_write().await?;
-        let loaded = load_profiles(&mut tx).await?;
-        let mut all = profile_map(&loaded);
-        let now = now_secs();
-        for name in names {
-            let (_, revision, _) =
-                loaded.get(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
-            let p =
-                all.get_mut(name).ok_or_else(|| StoreError::NotFound { kind: "profile", name: name.to_string() })?;
-            p.settings = patch::apply(&p.settings, &patch.settings, LayerKind::Profile)?;
-            if let Some(parents) = &patch.profiles {
-                p.profiles = parents.clone();
-            }
-            sqlx::query("UPDATE profiles SET settings = $1, revision = $2, updated_at = $3 WHERE name = $4")
-                .bind(to_json(&p.settings))
-                .bind(revision + 1)
-                .bind(now)
-                .bind(name.as_str())
-                .execute(&mut *tx)
-                .await?;
-            if patch.profiles.is_some() {
-                let parents = p.profiles.clone();
-                write_parents(&mut tx, name, &parents).await?;
-            }
-            audit(&mut tx, actor, "profile.set", &format!("profile/{name}"), &detail).await?;
-        }
-        check_profile_graph(&all)?;
+        update_profiles(&mut tx, names, patch, actor).await?;
         tx.commit().await?;
         Ok(names.len())
     }

@@ -39,7 +39,7 @@ pub(crate) async fn registered_tpm_nodes(
     Ok(q.fetch_all(&mut *conn).await?.into_iter().collect())
 }
 
-async fn read_record(conn: &mut AnyConnection, node: &NodeName) -> Result<Option<TpmRecord>, StoreError> {
+pub(crate) async fn read_record(conn: &mut AnyConnection, node: &NodeName) -> Result<Option<TpmRecord>, StoreError> {
     let row = sqlx::query(&format!("SELECT {READ_COLUMNS} FROM node_tpm WHERE node = $1"))
         .bind(node.as_str())
         .fetch_optional(&mut *conn)
@@ -47,7 +47,7 @@ async fn read_record(conn: &mut AnyConnection, node: &NodeName) -> Result<Option
     row.as_ref().map(record).transpose().map(|r| r.map(|(_, rec)| rec))
 }
 
-async fn node_exists(conn: &mut AnyConnection, node: &NodeName) -> Result<(), StoreError> {
+pub(crate) async fn node_exists(conn: &mut AnyConnection, node: &NodeName) -> Result<(), StoreError> {
     match sqlx::query("SELECT 1 FROM nodes WHERE name = $1").bind(node.as_str()).fetch_optional(&mut *conn).await? {
         Some(_) => Ok(()),
         None => Err(StoreError::NotFound { kind: "node", name: node.to_string() }),

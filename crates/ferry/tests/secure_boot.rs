@@ -362,17 +362,12 @@ fn differing(detail: &str) -> Vec<u8> {
     list.split(", ").filter_map(|i| i.trim().parse().ok()).collect()
 }
 
-/// The quoted value of PCR `index` in a refusal's audit detail (`quoted 7=HEX ...`).
-fn quoted(detail: &str, index: u8) -> String {
-    let key = format!("{index}=");
-    let value = detail.split(|c: char| c.is_whitespace() || c == ',' || c == ')').find_map(|w| w.strip_prefix(&key));
-    value.unwrap_or_else(|| panic!("no quoted PCR {index} in {detail}")).to_owned()
-}
-
-/// Issue 19's gate: with PCRs 4, 7, 8 and 9 pinned to a known-good Secure Boot network
-/// boot, that boot enrolls and phones home; the same node booted with Secure Boot off
-/// is refused naming PCR 7; booted with an altered kernel command line it is refused
-/// naming PCR 8. Each refusal is in the audit with the PCR that differed.
+/// Issue 19's gate: the node selects PCRs 4, 7, 8 and 9 with no values; the first
+/// known-good Secure Boot network boot is refused (not learned yet) and its verified
+/// quote kept; `ferry node tpm learn` pins exactly it, no hex copied. Then that boot
+/// enrolls and phones home; the same node booted with Secure Boot off is refused naming
+/// PCR 7; booted with an altered kernel command line it is refused naming PCR 8. Each
+/// refusal is in the audit with the PCR that differed.
 #[test]
 fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
     require_secure_boot_parts();
@@ -386,15 +381,19 @@ fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
     );
     s.ok(&["node", "set", "n1", "--identity", "tpm"]);
     s.ok(&["node", "set", "n1", "--tpm-ek", ek.to_str().unwrap()]);
-    // Placeholders name the PCRs to quote; the first boot's quote shows their values.
-    let zero = "0".repeat(64);
-    for i in PINNED {
-        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={zero}")]);
-    }
+    // The PCRs to quote, no values: nothing is trusted before an admin approves a boot.
+    // (On the node, not a profile: ferry's grub.cfg names the node, so PCRs 8 and 9 are
+    // per node.)
+    s.ok(&["node", "set", "n1", "--tpm-pcrs", "4,7,8,9"]);
     let tftp = tftp_root(&s, "netboot");
-    let learned = measured_boot(&s, &tpm, "learn", &tag, &tftp, true).expect_err("placeholders refuse");
+    let first = measured_boot(&s, &tpm, "learn", &tag, &tftp, true).expect_err("not learned yet: refused");
+    assert!(first.contains("PCR policy not learned yet: run ferry node tpm learn n1"), "{first}");
+    let learned = s.ok(&["node", "tpm", "learn", "n1", "--yes"]);
+    assert!(learned.contains("pinned PCRs 4, 7, 8, 9 on node/n1"), "{learned}");
+    let node = s.json(&["node", "show", "n1", "--json"]);
     for i in PINNED {
-        s.ok(&["node", "set", "n1", "--tpm-pcr", &format!("{i}={}", quoted(&learned, i))]);
+        let value = node["settings"]["tpm_pcrs"][i.to_string()].as_str().unwrap_or_default();
+        assert!(value.len() == 64 && learned.contains(value), "PCR {i} pinned as shown: {learned} {node}");
     }
 
     // (a) Secure Boot off (the variable store without keys): PCR 7 differs.

@@ -232,6 +232,74 @@ fn every_tpm_attack_is_refused_and_grants_nothing() {
     assert_eq!(tpms.as_array().unwrap().len(), 1, "no TPM recorded by any attack: {tpms}");
 }
 
+/// Issue 19: PCRs selected with no value yet refuse enrollment (no trust on first use);
+/// the refused boot's quote verified, so the server kept it; `ferry node tpm learn`
+/// shows it and, approved, pins exactly those values, and the same boot enrolls. A boot
+/// that measures something else is refused again, naming the PCR.
+#[test]
+fn a_known_good_boot_is_learned_only_once_an_admin_approves_it() {
+    let (dir, ca) = tpm_lab();
+    let c = Cluster::with_config(1, &tpm_config(&ca, false));
+    c.add_nodes(&["--identity", "tpm"]);
+    let ns = c.nodes[0].ns.name.clone();
+    let (_own, own) = node_tpm(&dir.path().join("own"), &ca, &ns);
+    let ek = endorsement(&ns, &own);
+    let cert = dir.path().join("ek.der");
+    std::fs::write(&cert, ek.certificate.as_ref().unwrap()).unwrap();
+    c.server.ok(&["node", "set", "n1", "--tpm-ek-cert", cert.to_str().unwrap()]);
+
+    // Nothing recorded yet: learn says how to get a quote.
+    let err = c.server.fails(&["node", "tpm", "learn", "n1", "--yes"]);
+    assert!(err.contains("no verified TPM quote recorded"), "{err}");
+    // Select PCR 7 with no value: refused until learned.
+    c.server.ok(&["node", "set", "n1", "--tpm-pcrs", "7"]);
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = c.server.audit("n1");
+    assert!(log.contains("PCR policy not learned yet: run ferry node tpm learn n1"), "{log}");
+    c.server.assert_nothing_granted();
+
+    // No terminal and no --yes: shown, not approved, nothing pinned.
+    let pcr7 = in_netns(&ns, || Tpm::open(&own).unwrap().read_pcrs(&[7]).unwrap()[&7].clone());
+    let pcr7 = ferry_agent::tpm::hex(&pcr7);
+    let out = c.server.run(&["node", "tpm", "learn", "n1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&pcr7), "the quote is shown");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("run again with --yes"));
+    assert!(!c.server.ok(&["node", "show", "n1", "--json"]).contains(&pcr7), "nothing pinned");
+
+    let learned = c.server.ok(&["node", "tpm", "learn", "n1", "--yes"]);
+    assert!(learned.contains(&pcr7) && learned.contains("pinned PCRs 7 on node/n1"), "{learned}");
+    let shown = c.server.json(&["node", "show", "n1", "--json"]);
+    assert_eq!(shown["settings"]["tpm_pcrs"]["7"], pcr7.as_str(), "exactly the quoted value: {shown}");
+    assert!(c.server.audit("n1").contains("tpm.pcrs-learned"));
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(0), "the learned boot enrolls: {}", String::from_utf8_lossy(&out.stderr));
+    eventually(10, "the tunnel to close", || c.server.wg_peers().is_empty());
+
+    // Another boot loader: refused naming PCR 7; the learned quote is not re-learned blindly.
+    in_netns(&ns, || Tpm::open(&own).unwrap().extend_pcr(7, b"a different boot loader").unwrap());
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(c.server.audit("n1").contains("PCR 7 differs from the policy"));
+
+    // A profile learns once, from one of its nodes, for all of them (PCR 7: the same on
+    // every node of a firmware and its Secure Boot keys).
+    c.server.ok(&["profile", "add", "firmware", "--tpm-pcrs", "7"]);
+    c.server.ok(&["node", "set", "n1", "--profile", "firmware"]);
+    c.server.ok(&["node", "unset", "n1", "tpm-pcrs"]);
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(3), "not learned yet: {}", String::from_utf8_lossy(&out.stderr));
+    let err = c.server.fails(&["profile", "tpm", "learn", "compute", "--from", "n1", "--yes"]);
+    assert!(err.contains("does not use profile compute"), "{err}");
+    let learned = c.server.ok(&["profile", "tpm", "learn", "firmware", "--from", "n1", "--yes"]);
+    assert!(learned.contains("pinned PCRs 7 on profile/firmware"), "{learned}");
+    let out = agent_with_tpm(&c, 0, &own);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let audit = c.server.ok(&["audit", "--limit", "1000"]);
+    assert!(audit.lines().any(|l| l.contains("tpm.pcrs-learned") && l.contains("profile/firmware")), "{audit}");
+}
+
 fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
     v.sort();
     v[v.len() / 2]
