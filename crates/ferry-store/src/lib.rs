@@ -20,6 +20,7 @@ mod location;
 mod nodes;
 mod pg_failover;
 mod pg_hosts;
+mod pg_writer;
 pub mod sealing;
 pub mod secrets;
 pub mod servers;
