@@ -21,6 +21,7 @@ mod nodes;
 pub mod pcr_quotes;
 mod pg_failover;
 mod pg_hosts;
+mod pg_writer;
 pub mod sealing;
 pub mod secrets;
 pub mod servers;

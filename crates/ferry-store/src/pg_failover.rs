@@ -8,14 +8,20 @@
 //! `set_connect_options`: new connections go to the new primary, broken ones are closed
 //! as they fail) and the `LISTEN` connection. Until a writable host is found, writes
 //! fail (HTTP 500, which agents retry) and `/readyz` says not ready (`ping`).
+//!
+//! The pools do not ping a connection before handing it out (sqlx's default, one round
+//! trip per use: a fifth of a booting node's round trips). Instead, when the watcher
+//! finds the host in trouble (with one host too: a restart), every connection older than
+//! that is closed rather than handed out ([`TroubleClock`]); one that
+//! breaks between two checks fails the request using it, which the agent retries.
 
 use crate::location::redact_url;
 use crate::StoreError;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Connection};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// How long one host is given to answer a connection or the check.
 const HOST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,22 +47,37 @@ pub(crate) async fn check_writable(conn: &mut AnyConnection) -> Result<(), sqlx:
 pub(crate) struct PrimaryHosts {
     urls: Vec<String>,
     current: RwLock<usize>,
+    /// When the watcher last found the host in use unreachable or not writable (shared
+    /// with the pools' check of each connection they hand out).
+    pub(crate) trouble: Arc<TroubleClock>,
+}
+
+/// When the failover watch last found the database in trouble.
+#[derive(Debug, Default)]
+pub(crate) struct TroubleClock(Mutex<Option<Instant>>);
+
+impl TroubleClock {
+    /// Whether a connection `age` old was opened before the watch last found the host
+    /// in trouble (and may be broken, or to a host that is no longer the primary).
+    pub(crate) fn predates_trouble(&self, age: Duration) -> bool {
+        let troubled_at = *self.0.lock().unwrap_or_else(|p| p.into_inner());
+        troubled_at.is_some_and(|at| age >= at.elapsed())
+    }
+
+    fn note(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
 }
 
 impl PrimaryHosts {
     pub(crate) fn new(urls: Vec<String>) -> Self {
-        PrimaryHosts { urls, current: RwLock::new(0) }
+        PrimaryHosts { urls, current: RwLock::new(0), trouble: Arc::default() }
     }
 
     /// The URL of the host in use (holds credentials: never log it unredacted).
     pub(crate) fn current_url(&self) -> String {
         let i = *self.current.read().unwrap_or_else(|p| p.into_inner());
         self.urls[i].clone()
-    }
-
-    /// Whether there is anywhere to fail over to.
-    pub(crate) fn several(&self) -> bool {
-        self.urls.len() > 1
     }
 
     /// The first host, in the URL's order, that accepts a connection and is writable;
@@ -84,14 +105,16 @@ impl PrimaryHosts {
 
     /// Checks the current host through the first of `pools` (the readers': less
     /// contended in a storm than the writers') once a second; when it is no longer a
-    /// writable primary, finds the one that is and points `pools` at it. Ends when the
-    /// pools are closed.
+    /// writable primary, notes the trouble (the pools then close every older connection
+    /// instead of handing it out), finds the writable host and points `pools` at it.
+    /// Ends when the pools are closed or the store is gone.
     pub(crate) fn watch(self: Arc<Self>, pools: Vec<AnyPool>) {
         tokio::spawn(async move {
             let Some(probe_pool) = pools.first().cloned() else { return };
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                if probe_pool.is_closed() {
+                // Ends with the store (nothing else holds the hosts any more).
+                if probe_pool.is_closed() || Arc::strong_count(&self) == 1 {
                     return;
                 }
                 let healthy = tokio::time::timeout(HOST_TIMEOUT, async {
@@ -102,6 +125,7 @@ impl PrimaryHosts {
                 if matches!(healthy, Ok(Ok(()))) {
                     continue;
                 }
+                self.trouble.note();
                 let before = self.current_url();
                 match self.find_primary().await {
                     Ok(url) if url != before => match AnyConnectOptions::from_str(&url) {
@@ -120,5 +144,21 @@ impl PrimaryHosts {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TroubleClock;
+    use std::time::Duration;
+
+    #[test]
+    fn only_connections_opened_before_the_last_trouble_are_distrusted() {
+        let clock = TroubleClock::default();
+        assert!(!clock.predates_trouble(Duration::from_secs(86_400)), "no trouble seen yet");
+        clock.note();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(clock.predates_trouble(Duration::from_secs(1)), "opened before the trouble");
+        assert!(!clock.predates_trouble(Duration::from_millis(5)), "opened after it");
     }
 }

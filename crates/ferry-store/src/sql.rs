@@ -15,6 +15,7 @@
 
 use crate::audit_buffer::{Counters, Item};
 use crate::pg_failover::{check_writable, PrimaryHosts};
+use crate::pg_writer::PgWritePath;
 use crate::sqlite_writer::SqliteWriter;
 use crate::tunnel_tx::AddressHint;
 use crate::writer::{Backend, WriteTx, Writer};
@@ -137,6 +138,7 @@ impl SqlStore {
         let hosts = Arc::new(PrimaryHosts::new(crate::pg_hosts::split_hosts(url)?));
         let url = hosts.find_primary().await?;
         let pool = |size: u32| {
+            let trouble = hosts.trouble.clone();
             AnyPoolOptions::new()
                 .max_connections(size)
                 // sqlx retries a failed connect with a back-off of up to a fifth of this:
@@ -144,13 +146,19 @@ impl SqlStore {
                 // primary within about 2 s (and a request waits at most 10 s for one).
                 .acquire_timeout(POSTGRES_ACQUIRE_LIMIT)
                 .after_connect(|conn, _| Box::pin(async move { check_writable(conn).await }))
+                // No ping per use (a round trip each): the failover watch tells which
+                // connections may be broken (`pg_failover`).
+                .test_before_acquire(false)
+                .before_acquire(move |_, meta| {
+                    let keep = !trouble.predates_trouble(meta.age);
+                    Box::pin(async move { Ok(keep) })
+                })
         };
         let write = pool(POSTGRES_WRITE_CONNECTIONS).connect(&url).await?;
         POSTGRES_MIGRATOR.run(&write).await?;
         let read = pool(POSTGRES_READ_CONNECTIONS).connect(&url).await?;
-        if hosts.several() {
-            hosts.clone().watch(vec![read.clone(), write.clone()]);
-        }
+        // With one host too: it tells the pools when their connections may be broken.
+        hosts.clone().watch(vec![read.clone(), write.clone()]);
         Ok(Self::with_pools(Backend::Postgres, read, write, None, Some(hosts), sealer))
     }
 
@@ -162,7 +170,12 @@ impl SqlStore {
         postgres_hosts: Option<Arc<PrimaryHosts>>,
         sealer: Sealer,
     ) -> Self {
-        let writer = Arc::new(Writer::new(backend, write, sqlite_writer));
+        // All but one of the write pool's connections: the administration's writes
+        // (sqlx transactions) always find one.
+        let postgres_writer = postgres_hosts.as_ref().map(|hosts| {
+            PgWritePath::new(write.clone(), POSTGRES_WRITE_CONNECTIONS as usize - 1, hosts.trouble.clone())
+        });
+        let writer = Arc::new(Writer::new(backend, write, sqlite_writer, postgres_writer));
         let audit_counters = Arc::<Counters>::default();
         let audit_queue = crate::audit_buffer::spawn(writer.clone(), audit_counters.clone());
         SqlStore {
@@ -185,11 +198,11 @@ impl SqlStore {
     /// Begins a read transaction: one consistent snapshot for several statements
     /// (PostgreSQL: REPEATABLE READ, READ ONLY; SQLite: a read transaction on a reader).
     pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        let mut tx = self.read.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        match self.backend {
+            // One round trip, not a BEGIN and then a SET TRANSACTION.
+            Backend::Postgres => self.read.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await,
+            Backend::Sqlite => self.read.begin().await,
         }
-        Ok(tx)
     }
 }
 

@@ -5,7 +5,7 @@
 //! tells another server its tunnel changed and the address hint are part of this one
 //! copy, so both backends do the same.
 
-use crate::audit_rows::insert_audit;
+use crate::audit_rows::{insert_audit, insert_audit_rows, AuditRow};
 use crate::codec::parse_name;
 use crate::write_conn::{Param, Transact, WriteConn};
 use crate::{now_secs, Actor, BootReport, CloseReason, OpenedTunnel, StoreError, TunnelRecord};
@@ -30,9 +30,15 @@ const TUNNEL_DELETE_OF_NODE: &str = "DELETE FROM tunnels WHERE node = $1 \
 const TUNNEL_DELETE_IF_CURRENT: &str = "DELETE FROM tunnels WHERE node = $1 AND public_key = $2 \
      RETURNING node, public_key, address, created_at, expires_at, mode, server";
 const TUNNEL_KEY_OWNER: &str = "SELECT node FROM tunnels WHERE public_key = $1";
-const TUNNEL_ADDRESS_TAKEN: &str = "SELECT 1 FROM tunnels WHERE address = $1";
-const TUNNEL_INSERT: &str = "INSERT INTO tunnels (node, public_key, address, created_at, expires_at, mode, server) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// Inserts nothing when the address is taken: each try of the address search is the
+/// insert itself (one statement, not a look-up and then an insert). Only the address:
+/// the node's old tunnel is deleted and the key checked before, so any other conflict
+/// is an error, never a reason to try the next address.
+const TUNNEL_INSERT_UNLESS_ADDRESS_TAKEN: &str =
+    "INSERT INTO tunnels (node, public_key, address, created_at, expires_at, mode, server) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (address) DO NOTHING";
+/// Where the address goes among its parameters.
+const TUNNEL_INSERT_ADDRESS: usize = 2;
 const TUNNELS_EXPIRED: &str =
     "SELECT node, public_key, address, created_at, expires_at, mode, server FROM tunnels WHERE expires_at <= $1";
 /// Lost: no server row with a heartbeat at or after the cutoff.
@@ -104,19 +110,31 @@ fn address_candidates(network: TunnelNetwork, hint: u128) -> impl Iterator<Item 
     })
 }
 
-/// The next free address (see [`address_candidates`]); moves the hint past it.
-async fn free_address<C: WriteConn>(
+/// Inserts the tunnel row `row` (the parameters of the insert, the address left out)
+/// at the next free address (see [`address_candidates`]), which it returns; moves the
+/// hint past it.
+async fn insert_at_free_address<C: WriteConn>(
     conn: &mut C,
+    row: [Param<'_>; 7],
     network: &TunnelNetwork,
     hint: &AddressHint,
 ) -> Result<IpAddr, StoreError> {
     for (candidate, next) in address_candidates(*network, hint.get()) {
-        if !conn.exists(TUNNEL_ADDRESS_TAKEN, &[Param::Text(&candidate.to_string())]).await? {
+        let address = candidate.to_string();
+        let mut params = row;
+        params[TUNNEL_INSERT_ADDRESS] = Param::Text(&address);
+        if conn.execute(TUNNEL_INSERT_UNLESS_ADDRESS_TAKEN, &params).await? == 1 {
             hint.set(next);
             return Ok(candidate);
         }
     }
     Err(StoreError::PoolExhausted(network.to_string()))
+}
+
+/// The audit entry of a tunnel's close.
+fn close_entry(at: i64, actor: &Actor, t: &TunnelRecord, reason: CloseReason) -> AuditRow {
+    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
+    AuditRow { at, actor: actor.0.clone(), action: "tunnel.close".into(), subject: format!("node/{}", t.node), detail }
 }
 
 async fn audit_close<C: WriteConn>(
@@ -126,8 +144,7 @@ async fn audit_close<C: WriteConn>(
     t: &TunnelRecord,
     reason: CloseReason,
 ) -> Result<(), StoreError> {
-    let detail = format!("reason={} address={} key={}", reason.as_str(), t.address, t.public_key);
-    insert_audit(conn, at, &actor.0, "tunnel.close", &format!("node/{}", t.node), &detail).await
+    insert_audit_rows(conn, &[close_entry(at, actor, t, reason)]).await
 }
 
 /// Closes the node's tunnel, audited with `reason`; None if it had none.
@@ -197,27 +214,27 @@ impl Transact for OpenTunnel {
         if let Some((owner,)) = conn.optional::<(String,)>(TUNNEL_KEY_OWNER, &[key.as_str().into()]).await? {
             return Err(key_in_use(&owner));
         }
-        let address = free_address(conn, &self.network, &self.hint).await?;
         let now = now_secs();
+        let expires_at = now + self.ttl_secs as i64;
+        let row = [
+            self.node.as_str().into(),
+            key.as_str().into(),
+            Param::Text(""), // TUNNEL_INSERT_ADDRESS
+            now.into(),
+            expires_at.into(),
+            self.mode.map(AgentMode::as_str).into(),
+            self.server.as_str().into(),
+        ];
+        let address = insert_at_free_address(conn, row, &self.network, &self.hint).await?;
         let t = TunnelRecord {
             node: self.node,
             public_key: self.public_key,
             address,
             created_at: now,
-            expires_at: now + self.ttl_secs as i64,
+            expires_at,
             mode: self.mode,
             server: self.server,
         };
-        let params = [
-            t.node.as_str().into(),
-            key.as_str().into(),
-            Param::Text(&address.to_string()),
-            t.created_at.into(),
-            t.expires_at.into(),
-            t.mode.map(AgentMode::as_str).into(),
-            t.server.as_str().into(),
-        ];
-        conn.execute(TUNNEL_INSERT, &params).await?;
         let detail = format!("address={} key={} ttl={}s", t.address, t.public_key, self.ttl_secs);
         insert_audit(conn, now, &self.actor.0, "tunnel.open", &format!("node/{}", t.node), &detail).await?;
         Ok(OpenedTunnel { tunnel: t, replaced })
@@ -257,9 +274,15 @@ impl Transact for PhoneHome {
         }
         let actor = Actor(format!("node:{node}"));
         let instance = report.instance_id.as_deref().unwrap_or("-");
-        let detail = format!("host_keys={} instance_id={instance}", report.host_keys.len());
-        insert_audit(conn, now, &actor.0, "node.booted", &format!("node/{node}"), &detail).await?;
-        audit_close(conn, now, &actor, &closed, CloseReason::PhoneHome).await?;
+        let booted = AuditRow {
+            at: now,
+            actor: actor.0.clone(),
+            action: "node.booted".into(),
+            subject: format!("node/{node}"),
+            detail: format!("host_keys={} instance_id={instance}", report.host_keys.len()),
+        };
+        let entries = [booted, close_entry(now, &actor, &closed, CloseReason::PhoneHome)];
+        insert_audit_rows(conn, &entries).await?;
         Ok(Some(closed))
     }
 }

@@ -6,8 +6,9 @@
 //! server on the database are serialized exactly as SQLite's single writer serializes
 //! them (check-then-insert code and the tunnel address search cannot race).
 
+use crate::pg_writer::PgWritePath;
 use crate::sqlite_writer::{Paused, SqliteWriter};
-use crate::write_conn::{SqlxConn, Transact};
+use crate::write_conn::Transact;
 use crate::StoreError;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 
@@ -59,23 +60,30 @@ pub(crate) struct Writer {
     pool: AnyPool,
     /// SQLite: the boot path's own thread.
     sqlite: Option<SqliteWriter>,
+    /// PostgreSQL: the boot path's transactions, on connections of `pool`.
+    postgres: Option<PgWritePath>,
 }
 
 impl Writer {
-    pub(crate) fn new(backend: Backend, pool: AnyPool, sqlite: Option<SqliteWriter>) -> Self {
-        Writer { backend, pool, sqlite }
+    pub(crate) fn new(
+        backend: Backend,
+        pool: AnyPool,
+        sqlite: Option<SqliteWriter>,
+        postgres: Option<PgWritePath>,
+    ) -> Self {
+        Writer { backend, pool, sqlite, postgres }
     }
 
     /// Runs a transaction written for both connections: on SQLite whole on the writer
-    /// thread, on PostgreSQL through sqlx after the advisory lock.
+    /// thread, on PostgreSQL through sqlx after the advisory lock (`pg_writer`).
     pub(crate) async fn run<J: Transact>(&self, job: J) -> Result<J::Output, StoreError> {
         if let Some(thread) = &self.sqlite {
             return thread.run(job).await;
         }
-        let mut tx = self.begin().await?;
-        let value = job.run(&mut SqlxConn::new(&mut tx)).await?;
-        tx.commit().await?;
-        Ok(value)
+        match &self.postgres {
+            Some(path) => path.run(job).await,
+            None => Err(StoreError::Unavailable("no write path for this store (a bug)".into())),
+        }
     }
 
     /// Begins a sqlx write transaction. SQLite: the writer thread is paused until it

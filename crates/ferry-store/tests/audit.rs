@@ -83,20 +83,34 @@ async fn old_entries_are_pruned_and_younger_ones_stay_undeletable(kind: Kind) {
     pool.close().await;
 }
 
-async fn a_full_audit_queue_holds_callers_back_and_loses_nothing(kind: Kind) {
-    let db = TestDb::new(kind).await;
-    let s = Arc::new(db.open().await);
-    s.flush().await.unwrap();
-    let pool = db.raw().await;
-    let before = count(&pool, "").await;
-    // Stop the writer: hold the database's write lock, as a long transaction would.
-    let mut holder = pool.acquire().await.unwrap();
+/// Stops the store's writers: holds the database's write lock, as a long transaction
+/// would, until [`release_write_lock`].
+async fn hold_write_lock(kind: Kind, holder: &mut sqlx::AnyConnection) {
     match kind {
         Kind::Sqlite => sqlx::query("BEGIN IMMEDIATE").execute(&mut *holder).await.unwrap(),
         Kind::Postgres => {
             sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *holder).await.unwrap()
         }
     };
+}
+
+async fn release_write_lock(kind: Kind, holder: &mut sqlx::AnyConnection) {
+    match kind {
+        Kind::Sqlite => sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap(),
+        Kind::Postgres => {
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(WRITE_LOCK_KEY).execute(&mut *holder).await.unwrap()
+        }
+    };
+}
+
+async fn a_full_audit_queue_holds_callers_back_and_loses_nothing(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let s = Arc::new(db.open().await);
+    s.flush().await.unwrap();
+    let pool = db.raw().await;
+    let before = count(&pool, "").await;
+    let mut holder = pool.acquire().await.unwrap();
+    hold_write_lock(kind, &mut holder).await;
     let total = AUDIT_BATCH_MAX + AUDIT_QUEUE_CAPACITY + 2_000;
     let sent = Arc::new(AtomicUsize::new(0));
     let producer = {
@@ -122,12 +136,7 @@ async fn a_full_audit_queue_holds_callers_back_and_loses_nothing(kind: Kind) {
     // At most a queue's worth waiting, plus the batch the writer holds.
     assert!(last <= AUDIT_QUEUE_CAPACITY + AUDIT_BATCH_MAX + 1, "{last} queued");
     assert!(!producer.is_finished());
-    match kind {
-        Kind::Sqlite => sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap(),
-        Kind::Postgres => {
-            sqlx::query("SELECT pg_advisory_unlock($1)").bind(WRITE_LOCK_KEY).execute(&mut *holder).await.unwrap()
-        }
-    };
+    release_write_lock(kind, &mut holder).await;
     drop(holder);
     producer.await.unwrap();
     s.flush().await.unwrap();
@@ -166,8 +175,36 @@ async fn repeated_events_are_folded_into_one_counted_entry(kind: Kind) {
     assert_eq!(n2.len(), 1, "a single fetch needs no count: {n2:?}");
 }
 
+/// Entries that pile up while the writer waits are written as one batch of multi-row
+/// inserts of several sizes (here 1 + 199 = 64 + 64 + 64 + 4 + 2 + 1): every entry, once,
+/// in the order it was recorded.
+async fn a_batch_of_entries_is_written_whole_and_in_order(kind: Kind) {
+    let db = TestDb::new(kind).await;
+    let s = db.open().await;
+    s.flush().await.unwrap();
+    let pool = db.raw().await;
+    let mut holder = pool.acquire().await.unwrap();
+    hold_write_lock(kind, &mut holder).await;
+    for i in 0..200 {
+        s.record_event(&actor(), "test.batch", &format!("node/n{}", i % 3), &format!("i={i}")).await.unwrap();
+    }
+    release_write_lock(kind, &mut holder).await;
+    drop(holder);
+    s.flush().await.unwrap();
+    let written: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT actor, subject, detail FROM audit WHERE action = 'test.batch' ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let expected: Vec<(String, String, String)> =
+        (0..200).map(|i| (actor().0, format!("node/n{}", i % 3), format!("i={i}"))).collect();
+    assert_eq!(written, expected);
+    pool.close().await;
+}
+
 both_backends!(
     old_entries_are_pruned_and_younger_ones_stay_undeletable,
+    a_batch_of_entries_is_written_whole_and_in_order,
     a_full_audit_queue_holds_callers_back_and_loses_nothing,
     repeated_events_are_folded_into_one_counted_entry,
 );

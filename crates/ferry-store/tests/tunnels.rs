@@ -8,7 +8,7 @@ use ferry_api::admin::{AddNodes, NewNode};
 use ferry_core::tunnel::TunnelNetwork;
 use ferry_core::NodeName;
 use ferry_store::prelude::*;
-use ferry_store::{Actor, AgentMode, BootReport, CloseReason, SqlStore, StoreError};
+use ferry_store::{Actor, AgentMode, BootReport, CloseReason, SqlStore, StoreError, WRITE_LOCK_KEY};
 
 async fn store_with(kind: Kind, nodes: &[&str]) -> (TestDb, SqlStore) {
     let db = TestDb::new(kind).await;
@@ -218,4 +218,33 @@ async fn storm_writes_and_administration_take_turns(kind: Kind) {
     let accepted = s.audit_query(&ferry_store::AuditFilter { limit: 100_000, ..Default::default() }).await.unwrap();
     assert_eq!(accepted.iter().filter(|e| e.action == "enroll.accepted").count(), NODES * BOOTS);
     assert_eq!(accepted.iter().filter(|e| e.action == "node.booted").count(), NODES * BOOTS);
+}
+
+/// PostgreSQL: a write whose wait for the write lock fails (a `lock_timeout` an admin
+/// set on the database) leaves no connection in a failed transaction behind for the
+/// pool to hand out again: once the lock is free, every write succeeds.
+#[tokio::test]
+async fn postgres_a_failed_wait_for_the_write_lock_breaks_no_later_write() {
+    let (db, s) = store_with(Kind::Postgres, &["a"]).await;
+    drop(s);
+    let raw = db.raw().await;
+    let name: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&raw).await.unwrap();
+    sqlx::raw_sql(&format!("ALTER DATABASE {name} SET lock_timeout = '100ms'")).execute(&raw).await.unwrap();
+    // Opened after the setting: its sessions have it.
+    let s = db.open().await;
+    let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
+    let mut holder = raw.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *holder).await.unwrap();
+    for i in 0..6 {
+        let refused = s.open_tunnel(&n("a"), &key(&format!("KEYLOCKED{i}")), &net, 600, None, "local", &actor()).await;
+        assert!(refused.is_err(), "write {i} went through while another session held the write lock");
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(WRITE_LOCK_KEY).execute(&mut *holder).await.unwrap();
+    drop(holder);
+    for i in 0..8 {
+        s.open_tunnel(&n("a"), &key(&format!("KEYFREE{i}")), &net, 600, None, "local", &actor())
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after the lock was freed: {e}"));
+    }
+    assert_eq!(s.list_tunnels().await.unwrap()[0].public_key, key("KEYFREE7"));
 }
