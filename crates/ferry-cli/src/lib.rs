@@ -28,6 +28,7 @@ mod serve_args;
 mod settings;
 mod ssh;
 mod status;
+mod tftp_export;
 
 use anyhow::Context;
 use args::{Cli, Command, NodeCommand, ProfileCommand, ServeArgs, TunnelCommand};
