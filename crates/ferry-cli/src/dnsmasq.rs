@@ -155,10 +155,11 @@ pub async fn configure(client: &AdminClient, args: DnsmasqArgs) -> anyhow::Resul
         let root = Path::new(&opts.tftp_root);
         let done = tftp_export::export(&source, &loaders, root, &leased_macs(&opts.range, &nodes)).await?;
         eprintln!(
-            "exported shim, GRUB, {} node grub.cfg file(s) and {} image file(s) into {} (re-run after changing \
-             nodes, profiles or images)",
+            "exported shim, GRUB, {} node grub.cfg file(s) and {} image file(s) ({} already current) into {} \
+             (re-run after changing nodes, profiles or images)",
             done.node_files,
             done.artifacts.len(),
+            done.unchanged.len(),
             root.display()
         );
         for gone in done.removed {

@@ -89,8 +89,9 @@ pub fn named_files(grub_cfg: &str) -> anyhow::Result<Vec<String>> {
 pub(crate) trait BootSource {
     /// What `/boot/grub?mac=MAC` answers.
     async fn grub_cfg(&self, mac: &str) -> anyhow::Result<String>;
-    /// `/PATH` from the listener, written to `to`.
-    async fn artifact(&self, path: &str, to: &Path) -> anyhow::Result<()>;
+    /// `/PATH` from the listener, written to `to` (`true`), unless its SHA-256 (the
+    /// listener's ETag) is `have`, the digest of the copy already exported (`false`).
+    async fn artifact(&self, path: &str, to: &Path, have: Option<&str>) -> anyhow::Result<bool>;
 }
 
 /// The signed boot loaders to copy.
@@ -103,7 +104,9 @@ pub struct SignedLoaders {
 #[derive(Debug, Default)]
 pub struct Exported {
     pub node_files: usize,
+    /// Artifacts written, and those whose exported copy was current.
     pub artifacts: Vec<String>,
+    pub unchanged: Vec<String>,
     pub removed: Vec<String>,
 }
 
@@ -139,7 +142,11 @@ pub(crate) async fn export<S: BootSource>(
         let staging = staging_path(&target);
         std::fs::create_dir_all(target.parent().expect("an artifact path has a directory"))
             .with_context(|| format!("cannot create the directory of {}", target.display()))?;
-        source.artifact(rel, &staging).await?;
+        let have = if target.is_file() { Some(sha256_of(&target)?) } else { None };
+        if !source.artifact(rel, &staging, have.as_deref()).await? {
+            out.unchanged.push(rel.clone());
+            continue;
+        }
         std::fs::rename(&staging, &target).with_context(|| format!("cannot write {}", target.display()))?;
         out.artifacts.push(rel.clone());
     }
@@ -163,6 +170,15 @@ pub(crate) async fn export<S: BootSource>(
     }
     write_atomically(&root.join("grub/grub.cfg"), dispatcher().as_bytes())?;
     Ok(out)
+}
+
+/// The hex SHA-256 of a file (ferry's artifact ETag).
+pub fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// A dot name beside `target` (hidden from listings; dnsmasq serves it only if asked).
@@ -207,30 +223,36 @@ impl HttpSource {
         Ok(HttpSource { authority, base_path: format!("/{}", path.trim_end_matches('/')).replace("//", "/") })
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    async fn get(&self, path: &str, have: Option<&str>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let uri = format!("{}{path}", self.base_path.trim_end_matches('/'));
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .with_context(|| format!("cannot reach ferry's provisioning listener at {}", self.authority))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let request =
-            hyper::Request::get(&uri).header(hyper::header::HOST, &self.authority).body(Empty::<Bytes>::new())?;
+        let mut request = hyper::Request::get(&uri).header(hyper::header::HOST, &self.authority);
+        if let Some(sha256) = have {
+            request = request.header(hyper::header::IF_NONE_MATCH, format!("\"{sha256}\""));
+        }
+        let request = request.body(Empty::<Bytes>::new())?;
         sender.send_request(request).await.with_context(|| format!("GET http://{}{uri}", self.authority))
     }
 
-    /// The body of a 200 answer, at most `limit` bytes, passed on in chunks.
+    /// The body of a 200 answer, at most `limit` bytes, passed on in chunks (`true`), or
+    /// `false` for a 304 to `have` (an `If-None-Match` of that SHA-256).
     async fn fetch(
         &self,
         path: &str,
+        have: Option<&str>,
         limit: u64,
         mut sink: impl FnMut(&[u8]) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let url = format!("http://{}{}{path}", self.authority, self.base_path.trim_end_matches('/'));
         let work = async {
-            let response = self.get(path).await?;
+            let response = self.get(path, have).await?;
             match response.status().as_u16() {
                 200 => {}
+                304 if have.is_some() => return Ok(false),
                 403 => bail!(
                     "{url}: refused (403): the image is asset-gated (boot_asset_gate), and GRUB over TFTP cannot \
                      present an asset tag; a TFTP copy would serve it to anyone. Turn the gate off for the nodes \
@@ -249,7 +271,7 @@ impl HttpSource {
                     sink(&data)?;
                 }
             }
-            Ok(())
+            Ok(true)
         };
         tokio::time::timeout(FETCH_TIMEOUT, work).await.with_context(|| format!("{url}: no complete answer in time"))?
     }
@@ -258,7 +280,7 @@ impl HttpSource {
 impl BootSource for HttpSource {
     async fn grub_cfg(&self, mac: &str) -> anyhow::Result<String> {
         let mut body = Vec::new();
-        self.fetch(&format!("/boot/grub?mac={mac}"), MAX_GRUB_CFG, |chunk| {
+        self.fetch(&format!("/boot/grub?mac={mac}"), None, MAX_GRUB_CFG, |chunk| {
             body.extend_from_slice(chunk);
             Ok(())
         })
@@ -266,14 +288,14 @@ impl BootSource for HttpSource {
         String::from_utf8(body).context("the server's grub.cfg is not UTF-8")
     }
 
-    async fn artifact(&self, path: &str, to: &Path) -> anyhow::Result<()> {
+    async fn artifact(&self, path: &str, to: &Path, have: Option<&str>) -> anyhow::Result<bool> {
         let mut file = std::fs::File::create(to).with_context(|| format!("cannot create {}", to.display()))?;
         let fetched = self
-            .fetch(&format!("/{path}"), MAX_ARTIFACT, |chunk| {
+            .fetch(&format!("/{path}"), have, MAX_ARTIFACT, |chunk| {
                 file.write_all(chunk).with_context(|| format!("cannot write {}", to.display()))
             })
             .await;
-        if fetched.is_err() {
+        if !matches!(fetched, Ok(true)) {
             let _ = std::fs::remove_file(to);
         }
         fetched

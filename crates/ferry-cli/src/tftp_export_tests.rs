@@ -11,10 +11,15 @@ impl BootSource for FakeServer {
     async fn grub_cfg(&self, mac: &str) -> anyhow::Result<String> {
         self.grub.get(mac).cloned().with_context(|| format!("no answer for {mac}"))
     }
-    async fn artifact(&self, path: &str, to: &Path) -> anyhow::Result<()> {
+    async fn artifact(&self, path: &str, to: &Path, have: Option<&str>) -> anyhow::Result<bool> {
+        use sha2::Digest;
         let body = self.files.get(path).with_context(|| format!("no artifact {path}"))?;
+        let sha256: String = sha2::Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+        if have == Some(sha256.as_str()) {
+            return Ok(false);
+        }
         std::fs::write(to, body)?;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -108,6 +113,15 @@ fn golden_exported_tree() {
     .collect();
     // Exactly these files: no staging file left behind, the stale node's file gone.
     assert_eq!(tree(&root), expected);
+
+    // Again after the kernel changed: only the kernel is written again.
+    let mut changed = server();
+    changed.files.insert("boot/images/rocky9/kernel".into(), b"KERNEL2".to_vec());
+    let again = run(export(&changed, &loaders(dir.path()), &root, &[MAC1.into(), MAC2.into()])).unwrap();
+    assert_eq!(again.artifacts, ["boot/images/rocky9/kernel"]);
+    assert_eq!(again.unchanged, ["boot/images/rocky9/initrd"]);
+    assert_eq!(std::fs::read_to_string(root.join("boot/images/rocky9/kernel")).unwrap(), "KERNEL2");
+    assert_eq!(tree(&root).len(), expected.len(), "no staging file left behind");
 }
 
 #[test]

@@ -99,16 +99,20 @@ fn tftp_root(s: &Lab, image: &str) -> PathBuf {
     s.ok(&["node", "set", "n1", "--ip", NODE_IP]);
     let mut net = s.net.borrow_mut();
     let root = net.tftp_root.clone();
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &s.netns.name, FERRY])
-        .env("FERRY_ADMIN_SOCKET", &s.socket)
-        .args(["configure", "dnsmasq", "--secure-boot", "--interface", &net.bridge])
-        .args(["--range", provisioning_net::NETWORK, "--tftp-root", root.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run ferry configure dnsmasq");
-    let (config, told) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "ferry configure dnsmasq --secure-boot failed: {told}");
+    let configure = || {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &s.netns.name, FERRY])
+            .env("FERRY_ADMIN_SOCKET", &s.socket)
+            .args(["configure", "dnsmasq", "--secure-boot", "--interface", &net.bridge])
+            .args(["--range", provisioning_net::NETWORK, "--tftp-root", root.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run ferry configure dnsmasq");
+        let (config, told) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ferry configure dnsmasq --secure-boot failed: {told}");
+        (config.into_owned(), told.into_owned())
+    };
+    let (config, told) = configure();
     assert!(config.contains("dhcp-boot=tag:!ipxe,tag:efi64,shimx64.efi\n"), "{config}");
     assert!(config.contains(&format!("dhcp-host={MAC},{NODE_IP},n1")), "{config}");
     for f in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg", NODE_CFG] {
@@ -117,6 +121,10 @@ fn tftp_root(s: &Lab, image: &str) -> PathBuf {
     for what in ["kernel", "initrd"] {
         assert!(root.join(format!("boot/images/{image}/{what}")).is_file(), "no {image} {what}: {told}");
     }
+    // Re-running it (as after an inventory change) downloads no current image file again.
+    let (again, told) = configure();
+    assert_eq!(again, config);
+    assert!(told.contains(" 0 image file(s) (2 already current)"), "{told}");
     net.start_dnsmasq(&config);
     root
 }
