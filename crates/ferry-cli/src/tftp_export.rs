@@ -134,20 +134,20 @@ pub(crate) async fn export<S: BootSource>(
         files.extend(named_files(&cfg)?);
         configs.push((mac, cfg));
     }
-    std::fs::create_dir_all(root.join(NODES_DIR))
-        .with_context(|| format!("cannot create {}", root.join(NODES_DIR).display()))?;
+    create_dirs(root, NODES_DIR)?;
     let mut out = Exported::default();
     for rel in &files {
         let target = root.join(rel);
         let staging = staging_path(&target);
-        std::fs::create_dir_all(target.parent().expect("an artifact path has a directory"))
-            .with_context(|| format!("cannot create the directory of {}", target.display()))?;
+        create_dirs(root, rel.rsplit_once('/').map_or("", |(dir, _)| dir))?;
         let have = if target.is_file() { Some(sha256_of(&target)?) } else { None };
         if !source.artifact(rel, &staging, have.as_deref()).await? {
             out.unchanged.push(rel.clone());
             continue;
         }
-        std::fs::rename(&staging, &target).with_context(|| format!("cannot write {}", target.display()))?;
+        readable_by_all(&staging)
+            .and_then(|()| std::fs::rename(&staging, &target))
+            .with_context(|| format!("cannot write {}", target.display()))?;
         out.artifacts.push(rel.clone());
     }
     copy_atomically(&loaders.shim, &root.join(SHIM_NAME))?;
@@ -187,9 +187,34 @@ fn staging_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.ferry-new"))
 }
 
+/// Files mode 0644, directories 0755, whatever the umask: dnsmasq's TFTP server runs
+/// as its own user and serves only what that user can read (nothing here is secret).
+fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o755 } else { 0o644 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Creates `rel` (and its parents) under `root`, each readable by all.
+fn create_dirs(root: &Path, rel: &str) -> anyhow::Result<()> {
+    let mut dir = root.to_path_buf();
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create the TFTP root {}", root.display()))?;
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("cannot create {}", dir.display()))
+            }
+            _ => readable_by_all(&dir).with_context(|| format!("cannot set the mode of {}", dir.display()))?,
+        }
+    }
+    Ok(())
+}
+
 fn write_atomically(target: &Path, body: &[u8]) -> anyhow::Result<()> {
     let staging = staging_path(target);
     std::fs::write(&staging, body)
+        .and_then(|()| readable_by_all(&staging))
         .and_then(|()| std::fs::rename(&staging, target))
         .with_context(|| format!("cannot write {}", target.display()))
 }
@@ -197,7 +222,8 @@ fn write_atomically(target: &Path, body: &[u8]) -> anyhow::Result<()> {
 fn copy_atomically(from: &Path, target: &Path) -> anyhow::Result<()> {
     let staging = staging_path(target);
     std::fs::copy(from, &staging)
-        .and_then(|_| std::fs::rename(&staging, target))
+        .and_then(|_| readable_by_all(&staging))
+        .and_then(|()| std::fs::rename(&staging, target))
         .with_context(|| format!("cannot copy {} to {}", from.display(), target.display()))
 }
 

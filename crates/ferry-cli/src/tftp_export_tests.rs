@@ -18,7 +18,9 @@ impl BootSource for FakeServer {
         if have == Some(sha256.as_str()) {
             return Ok(false);
         }
+        // As under a umask of 077: the export must make it readable for dnsmasq.
         std::fs::write(to, body)?;
+        std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok(true)
     }
 }
@@ -47,6 +49,9 @@ fn loaders(dir: &Path) -> SignedLoaders {
     let (shim, grub) = (dir.join("shimx64.efi.signed"), dir.join("grubnetx64.efi.signed"));
     std::fs::write(&shim, "SHIM").unwrap();
     std::fs::write(&grub, "GRUB").unwrap();
+    for f in [&shim, &grub] {
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
     SignedLoaders { shim, grub }
 }
 
@@ -113,6 +118,15 @@ fn golden_exported_tree() {
     .collect();
     // Exactly these files: no staging file left behind, the stale node's file gone.
     assert_eq!(tree(&root), expected);
+    // dnsmasq's TFTP server (its own user) can read every file ferry wrote.
+    for rel in expected.keys().filter(|r| *r != "undionly.kpxe") {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join(rel)).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o644, "{rel}");
+    }
+    for rel in ["grub", "grub/nodes", "boot", "boot/images", "boot/images/rocky9"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join(rel)).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o755, "{rel}");
+    }
 
     // Again after the kernel changed: only the kernel is written again.
     let mut changed = server();
