@@ -252,6 +252,13 @@ pub fn leased_macs(range: &Ipv4Range, nodes: &[NodeView]) -> Vec<String> {
     macs
 }
 
+/// The TFTP root of a configuration written with `--secure-boot` (it hands out shim).
+pub fn secure_boot_tftp_root(conf: &str) -> Option<String> {
+    let shim = format!("dhcp-boot=tag:!ipxe,tag:efi64,{}", tftp_export::SHIM_NAME);
+    conf.lines().any(|l| l.trim() == shim).then_some(())?;
+    conf.lines().find_map(|l| l.trim().strip_prefix("tftp-root=")).map(|r| r.trim().to_owned())
+}
+
 /// Replaces `DIR/ferry-nodes` atomically (dnsmasq must never read half a file).
 pub fn write_hosts_file(dir: &Path, lines: &[String]) -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -418,6 +425,9 @@ mod tests {
         assert!(differing.iter().all(|l| l.starts_with('#') || *l == "dhcp-boot=tag:!ipxe,tag:efi64,shimx64.efi"));
         // Only the MACs dnsmasq leases get a grub.cfg.
         assert_eq!(leased_macs(&o.range, &[node()]), ["52:54:00:00:00:01"]);
+        // What `ferry doctor` recognizes the mode and the tree by.
+        assert_eq!(secure_boot_tftp_root(&cfg).as_deref(), Some("/srv/tftp"));
+        assert_eq!(secure_boot_tftp_root(&plain), None);
     }
 
     #[test]

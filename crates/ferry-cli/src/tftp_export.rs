@@ -172,6 +172,56 @@ pub(crate) async fn export<S: BootSource>(
     Ok(out)
 }
 
+/// What in the TFTP tree at `root` differs from what an export would write now (for
+/// `ferry doctor`): the dispatcher, each leased MAC's file (compared with the server's
+/// answer) and each artifact those name (by SHA-256 against the image records);
+/// relative paths, empty when the tree is current. Nothing is written.
+pub(crate) async fn stale_files<S: BootSource>(
+    source: &S,
+    root: &Path,
+    macs: &[String],
+    images: &[ferry_api::image::ImageRecord],
+) -> anyhow::Result<Vec<String>> {
+    let read = |rel: &str| std::fs::read_to_string(root.join(rel)).ok();
+    let mut stale = Vec::new();
+    for loader in [SHIM_NAME, GRUB_NAME] {
+        if !root.join(loader).is_file() {
+            stale.push(loader.to_owned());
+        }
+    }
+    if read("grub/grub.cfg").as_deref() != Some(dispatcher().as_str()) {
+        stale.push("grub/grub.cfg".into());
+    }
+    let mut files = BTreeSet::new();
+    for mac in macs {
+        let cfg = source.grub_cfg(mac).await?;
+        files.extend(named_files(&cfg)?);
+        let rel = node_file(mac);
+        if read(&rel).as_deref() != Some(cfg.as_str()) {
+            stale.push(rel);
+        }
+    }
+    for rel in files {
+        // boot/images/IMAGE/ARTIFACT, as `named_files` checked.
+        let mut parts = rel.split('/').skip(2);
+        let (image, artifact) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let record = images.iter().find(|i| i.name == image);
+        let want = record.and_then(|r| match artifact {
+            "kernel" => Some(&r.kernel),
+            "initrd" => Some(&r.initrd),
+            // What the listener serves a client that asks for no zstd.
+            "rootfs" => r.rootfs_gz.as_ref(),
+            _ => None,
+        });
+        let path = root.join(&rel);
+        let current = path.is_file() && want.is_some_and(|a| sha256_of(&path).is_ok_and(|have| have == a.sha256));
+        if !current {
+            stale.push(rel);
+        }
+    }
+    Ok(stale)
+}
+
 /// The hex SHA-256 of a file (ferry's artifact ETag).
 pub fn sha256_of(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;

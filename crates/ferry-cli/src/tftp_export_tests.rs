@@ -177,3 +177,35 @@ fn http_source_urls() {
     let e = HttpSource::new("https://10.0.0.1:8443").err().unwrap().to_string();
     assert!(e.contains("--url http://"), "{e}");
 }
+
+#[test]
+fn doctor_finds_what_a_re_run_would_change() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tftp");
+    let macs = [MAC1.to_owned(), MAC2.to_owned()];
+    let mut srv = server();
+    run(export(&srv, &loaders(dir.path()), &root, &macs)).unwrap();
+    let artifact = |body: &[u8]| ferry_api::image::Artifact {
+        sha256: sha2::Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect(),
+        size: body.len() as u64,
+    };
+    let record = |kernel: &[u8]| -> ferry_api::image::ImageRecord {
+        serde_json::from_value(serde_json::json!({
+            "name": "rocky9", "kernel": artifact(kernel), "initrd": artifact(b"INITRD")
+        }))
+        .unwrap()
+    };
+    assert!(run(stale_files(&srv, &root, &macs, &[record(b"KERNEL")])).unwrap().is_empty());
+    // The image re-imported with another kernel, n002's kernel arguments changed, a node added.
+    srv.grub.insert(MAC2.into(), node_cfg("n002", "rocky9").replace("'console=ttyS0'", "'quiet'"));
+    srv.grub.insert("52:54:00:00:00:03".into(), node_cfg("n003", "rocky9"));
+    let macs = [MAC1.to_owned(), MAC2.to_owned(), "52:54:00:00:00:03".to_owned()];
+    let stale = run(stale_files(&srv, &root, &macs, &[record(b"KERNEL2")])).unwrap();
+    assert_eq!(
+        stale,
+        ["grub/nodes/52:54:00:00:00:02.cfg", "grub/nodes/52:54:00:00:00:03.cfg", "boot/images/rocky9/kernel"]
+    );
+    // An image no longer listed cannot be current.
+    assert_eq!(run(stale_files(&srv, &root, &macs[..1], &[])).unwrap().len(), 2);
+}

@@ -100,12 +100,9 @@ fn tftp_root(s: &Lab, image: &str) -> PathBuf {
     let mut net = s.net.borrow_mut();
     let root = net.tftp_root.clone();
     let configure = || {
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &s.netns.name, FERRY])
-            .env("FERRY_ADMIN_SOCKET", &s.socket)
-            .args(["configure", "dnsmasq", "--secure-boot", "--interface", &net.bridge])
-            .args(["--range", provisioning_net::NETWORK, "--tftp-root", root.to_str().unwrap()])
-            .stdin(std::process::Stdio::null())
+        let root = root.to_str().unwrap();
+        let out = ferry_on_the_network(s, &["configure", "dnsmasq", "--secure-boot", "--interface", &net.bridge])
+            .args(["--range", provisioning_net::NETWORK, "--tftp-root", root])
             .output()
             .expect("run ferry configure dnsmasq");
         let (config, told) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -126,7 +123,33 @@ fn tftp_root(s: &Lab, image: &str) -> PathBuf {
     assert_eq!(again, config);
     assert!(told.contains(" 0 image file(s) (2 already current)"), "{told}");
     net.start_dnsmasq(&config);
+    drop(net);
+    let (status, detail) = doctor_dnsmasq(s);
+    assert!(
+        status == "ok" && detail.contains("Secure Boot TFTP tree in") && detail.ends_with("is current"),
+        "{detail}"
+    );
     root
+}
+
+/// The ferry CLI run in the server's namespace, where the provisioning network is (as an
+/// admin runs it on the server host).
+fn ferry_on_the_network(s: &Lab, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &s.netns.name, FERRY]).args(args);
+    c.env("FERRY_ADMIN_SOCKET", &s.socket).stdin(std::process::Stdio::null());
+    c
+}
+
+/// `ferry doctor`'s dnsmasq check of the running dnsmasq's configuration: (status, detail).
+fn doctor_dnsmasq(s: &Lab) -> (String, String) {
+    let conf = s.net.borrow().dir.join("dnsmasq.conf");
+    let out = ferry_on_the_network(s, &["doctor", "--json", "--dnsmasq-conf", conf.to_str().unwrap()])
+        .output()
+        .expect("run ferry doctor");
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ferry doctor --json");
+    let check = checks.as_array().unwrap().iter().find(|c| c["check"] == "dnsmasq").expect("a dnsmasq check");
+    (check["status"].as_str().unwrap().to_owned(), check["detail"].as_str().unwrap().to_owned())
 }
 
 /// Boots the guest under Secure Boot from `tftp` and waits until it powers off.
@@ -284,6 +307,9 @@ fn secure_boot_refuses_an_unsigned_kernel() {
     let tftp = tftp_root(&s, "netboot");
     let kernel = tftp.join("boot/images/netboot/kernel");
     std::fs::write(&kernel, unsigned(&std::fs::read(&kernel).unwrap())).unwrap();
+    // `ferry doctor` sees that the exported kernel is not the image's.
+    let (status, detail) = doctor_dnsmasq(&s);
+    assert!(status == "fail" && detail.ends_with("out of date: boot/images/netboot/kernel"), "{detail}");
     let mut vm = start(&s, &tag, &tftp);
     let refused = wait_for(&mut vm, "bad shim signature");
     // A few seconds more: a kernel that started anyway would print its banner.
