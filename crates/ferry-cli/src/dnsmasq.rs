@@ -280,7 +280,8 @@ pub fn dnsmasq_config(opts: &DnsmasqOptions, nodes: &[NodeView]) -> String {
         (
             "# UEFI x86-64 firmware gets the signed shim (Secure Boot: iPXE is not signed), which\n\
              # loads the signed GRUB beside it (grubx64.efi); GRUB reads grub/grub.cfg, the node's\n\
-             # file and its kernel and initramfs over TFTP (exported by --secure-boot).\n",
+             # file and its kernel and initramfs over TFTP, exported by --secure-boot: re-run the\n\
+             # command after changes to nodes, profiles or images (`ferry doctor` tells).\n",
             tftp_export::SHIM_NAME,
         )
     } else {

@@ -166,7 +166,7 @@ async fn secure_boot_staleness(
     let url = public_url.ok_or("the server has no provisioning.public_url to read the nodes' grub.cfg from")?;
     let source = crate::tftp_export::HttpSource::new(url.trim_end_matches('/')).map_err(|e| format!("{e:#}"))?;
     let images = client.list_images().await.map_err(|e| format!("the server did not list the images: {e}"))?;
-    let macs = checks::leased_macs(conf);
+    let macs = checks::configured_macs(conf);
     crate::tftp_export::stale_files(&source, Path::new(root), &macs, &images).await.map_err(|e| format!("{e:#}"))
 }
 

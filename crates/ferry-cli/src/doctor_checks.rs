@@ -189,7 +189,7 @@ fn dhcp_hosts(conf: &str) -> BTreeSet<String> {
 }
 
 /// The MACs a dnsmasq configuration (with its hosts dir's leases) gives a lease to.
-pub fn leased_macs(conf: &str) -> Vec<String> {
+pub fn configured_macs(conf: &str) -> Vec<String> {
     dhcp_hosts(conf).iter().filter_map(|h| h.split(',').next()).map(str::to_owned).collect()
 }
 
