@@ -19,8 +19,8 @@
 //! PCRs of that boot.
 //!
 //! Serial logs (each line with the time since QEMU started) are left in
-//! `$CARGO_TARGET_TMPDIR/secure-boot-serial.log`, `secure-boot-unsigned-serial.log` and
-//! `measured-boot-BOOT-serial.log`; a failing test prints dnsmasq's log.
+//! `$CARGO_TARGET_TMPDIR/secure-boot-serial.log`, `secure-boot-unsigned-serial.log`,
+//! `secure-boot-no-node-file-serial.log` and `measured-boot-BOOT-serial.log`; a failing test prints dnsmasq's log.
 
 mod common;
 
@@ -332,6 +332,40 @@ fn secure_boot_refuses_an_unsigned_kernel() {
         vm.tail(60)
     );
     keep_serial(&vm, "secure-boot-unsigned-serial.log");
+}
+
+/// ferry's dispatcher `grub/grub.cfg` on a MAC with a lease but no node file (a node
+/// file removed, an export not re-run): the signed GRUB says the MAC is not in ferry's
+/// inventory and boots nothing.
+#[test]
+fn secure_boot_grub_boots_nothing_for_a_mac_without_a_node_file() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    import_image(&s, &kver, "netboot", None);
+    let tag = add_node(&s, "n1", &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff"]);
+    let tftp = tftp_root(&s, "netboot");
+    std::fs::remove_file(tftp.join(NODE_CFG)).unwrap();
+    let mut vm = start(&s, &tag, &tftp);
+    let stopped = wait_for(&mut vm, "ferry: not booting.");
+    std::thread::sleep(Duration::from_secs(3));
+    vm.kill();
+    let lines = vm.lines();
+    assert!(stopped, "no message from ferry's dispatcher:\n{}", vm.tail(60));
+    steps(
+        &vm,
+        &lines,
+        &[
+            ("shim fetching the signed GRUB", "Fetching Netboot Image grubx64.efi"),
+            ("the dispatcher naming the MAC", &format!("ferry: the MAC address {MAC} is not in ferry's inventory")),
+            ("the dispatcher stopping", "ferry: not booting."),
+        ],
+    );
+    assert!(
+        !lines.iter().any(|l| l.text.contains("ferry: loading") || l.text.contains("Linux version")),
+        "{}",
+        vm.tail(60)
+    );
+    keep_serial(&vm, "secure-boot-no-node-file-serial.log");
 }
 
 #[path = "../../ferry-agent/tests/common/swtpm.rs"]
