@@ -2,12 +2,15 @@
 //! network (DHCP with static leases from the inventory, iPXE over TFTP for firmware
 //! without it, the chain to ferry's `/boot/ipxe`), and optionally the iPXE binaries in
 //! the TFTP root and the leases in a directory dnsmasq re-reads without a restart.
+//! With `--secure-boot`, UEFI x86-64 firmware gets Debian's signed shim and GRUB
+//! instead of iPXE, and the TFTP tree they read is exported (`tftp_export`).
 
 use crate::client::AdminClient;
+use crate::tftp_export;
 use anyhow::{bail, Context};
 use ferry_api::admin::NodeView;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The iPXE binaries dnsmasq hands out over TFTP: BIOS (UNDI) and UEFI.
 pub const IPXE_BINARIES: [&str; 2] = ["undionly.kpxe", "ipxe.efi"];
@@ -89,6 +92,20 @@ pub struct DnsmasqArgs {
     /// iPXE otherwise waits about 13 s for them on an IPv4-only network.
     #[arg(long)]
     pub ipv6_ra: bool,
+    /// UEFI Secure Boot: UEFI x86-64 firmware gets the signed shim (shimx64.efi) and
+    /// GRUB (grubx64.efi) instead of iPXE, which Secure Boot refuses; BIOS keeps iPXE.
+    /// Exports into --tftp-root what GRUB reads over TFTP: grub/grub.cfg, each node's
+    /// grub.cfg and its image's kernel and initramfs (fetched from --url). Re-run after
+    /// changing nodes, profiles or images.
+    #[arg(long)]
+    pub secure_boot: bool,
+    /// The signed shim --secure-boot copies (Debian's shim-signed).
+    #[arg(long, value_name = "FILE", default_value = "/usr/lib/shim/shimx64.efi.signed")]
+    pub shim: PathBuf,
+    /// The signed network GRUB --secure-boot copies as grubx64.efi (Debian's
+    /// grub-efi-amd64-signed).
+    #[arg(long, value_name = "FILE", default_value = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed")]
+    pub signed_grub: PathBuf,
 }
 
 /// What the configuration is made of, besides the inventory.
@@ -103,6 +120,8 @@ pub struct DnsmasqOptions {
     pub hosts_dir: Option<String>,
     /// Answer IPv6 router solicitations on the interface (iPXE otherwise waits ~13 s).
     pub router_advertisements: bool,
+    /// UEFI x86-64 firmware gets shim + GRUB (Secure Boot) instead of iPXE.
+    pub secure_boot: bool,
 }
 
 pub async fn configure(client: &AdminClient, args: DnsmasqArgs) -> anyhow::Result<()> {
@@ -122,6 +141,7 @@ pub async fn configure(client: &AdminClient, args: DnsmasqArgs) -> anyhow::Resul
         tftp_root: args.tftp_root,
         hosts_dir: args.hosts_dir.clone(),
         router_advertisements: args.ipv6_ra,
+        secure_boot: args.secure_boot,
     };
     if args.install_ipxe {
         for name in install_ipxe(Path::new(&args.ipxe_dir), Path::new(&opts.tftp_root))? {
@@ -129,6 +149,23 @@ pub async fn configure(client: &AdminClient, args: DnsmasqArgs) -> anyhow::Resul
         }
     }
     let nodes = client.list_nodes().await?;
+    if args.secure_boot {
+        let source = tftp_export::HttpSource::new(opts.url.trim_end_matches('/'))?;
+        let loaders = tftp_export::SignedLoaders { shim: args.shim, grub: args.signed_grub };
+        let root = Path::new(&opts.tftp_root);
+        let done = tftp_export::export(&source, &loaders, root, &leased_macs(&opts.range, &nodes)).await?;
+        eprintln!(
+            "exported shim, GRUB, {} node grub.cfg file(s) and {} image file(s) ({} already current) into {} \
+             (re-run after changing nodes, profiles or images)",
+            done.node_files,
+            done.artifacts.len(),
+            done.unchanged.len(),
+            root.display()
+        );
+        for gone in done.removed {
+            eprintln!("removed {gone} (no longer in the inventory)");
+        }
+    }
     if let Some(dir) = &args.hosts_dir {
         let path = write_hosts_file(Path::new(dir), &host_lines(&opts.range, &nodes))?;
         eprintln!("wrote the leases to {} (dnsmasq re-reads it on change)", path.display());
@@ -202,6 +239,26 @@ pub fn host_lines(range: &Ipv4Range, nodes: &[NodeView]) -> Vec<String> {
     lines
 }
 
+/// The MACs dnsmasq gives a lease to (the `dhcp-host` lines of [`host_lines`]).
+pub fn leased_macs(range: &Ipv4Range, nodes: &[NodeView]) -> Vec<String> {
+    let mut macs = Vec::new();
+    for n in nodes {
+        for iface in n.settings.interfaces.values() {
+            if let Some(mac) = iface.mac.filter(|_| iface.ipv4.is_none_or(|ip| range.contains(ip))) {
+                macs.push(mac.to_string());
+            }
+        }
+    }
+    macs
+}
+
+/// The TFTP root of a configuration written with `--secure-boot` (it hands out shim).
+pub fn secure_boot_tftp_root(conf: &str) -> Option<String> {
+    let shim = format!("dhcp-boot=tag:!ipxe,tag:efi64,{}", tftp_export::SHIM_NAME);
+    conf.lines().any(|l| l.trim() == shim).then_some(())?;
+    conf.lines().find_map(|l| l.trim().strip_prefix("tftp-root=")).map(|r| r.trim().to_owned())
+}
+
 /// Replaces `DIR/ferry-nodes` atomically (dnsmasq must never read half a file).
 pub fn write_hosts_file(dir: &Path, lines: &[String]) -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -218,7 +275,23 @@ pub fn write_hosts_file(dir: &Path, lines: &[String]) -> anyhow::Result<std::pat
 /// The whole dnsmasq configuration file.
 pub fn dnsmasq_config(opts: &DnsmasqOptions, nodes: &[NodeView]) -> String {
     let url = opts.url.trim_end_matches('/');
-    let DnsmasqOptions { interface, range, lease_time, tftp_root, .. } = opts;
+    let DnsmasqOptions { interface, range, lease_time, tftp_root, secure_boot, .. } = opts;
+    let (uefi_comment, uefi_boot) = if *secure_boot {
+        (
+            "# UEFI x86-64 firmware gets the signed shim (Secure Boot: iPXE is not signed), which\n\
+             # loads the signed GRUB beside it (grubx64.efi); GRUB reads grub/grub.cfg, the node's\n\
+             # file and its kernel and initramfs over TFTP, exported by --secure-boot: re-run the\n\
+             # command after changes to nodes, profiles or images (`ferry doctor` tells).\n",
+            tftp_export::SHIM_NAME,
+        )
+    } else {
+        ("", "ipxe.efi")
+    };
+    let (ipxe_for, ipxe_files) = if *secure_boot {
+        ("BIOS firmware", "undionly.kpxe")
+    } else {
+        ("Firmware", "BIOS: undionly.kpxe, UEFI: ipxe.efi")
+    };
     let mut s = format!(
         "# dnsmasq configuration generated by `ferry configure dnsmasq`: regenerate it when the\n\
          # inventory changes, then restart dnsmasq (or use --hosts-dir: no restart needed).\n\
@@ -227,7 +300,7 @@ pub fn dnsmasq_config(opts: &DnsmasqOptions, nodes: &[NodeView]) -> String {
          bind-dynamic\n\
          dhcp-range={net},static,{mask},{lease_time}\n\
          dhcp-authoritative\n\
-         # Firmware without iPXE gets it over TFTP (BIOS: undionly.kpxe, UEFI: ipxe.efi);\n\
+         # {ipxe_for} without iPXE gets it over TFTP ({ipxe_files});\n\
          # iPXE (DHCP option 175) gets ferry's per-node boot script.\n\
          enable-tftp\n\
          tftp-root={tftp_root}\n\
@@ -235,7 +308,8 @@ pub fn dnsmasq_config(opts: &DnsmasqOptions, nodes: &[NodeView]) -> String {
          dhcp-match=set:efi64,option:client-arch,7\n\
          dhcp-match=set:efi64,option:client-arch,9\n\
          dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n\
-         dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi\n\
+         {uefi_comment}\
+         dhcp-boot=tag:!ipxe,tag:efi64,{uefi_boot}\n\
          dhcp-boot=tag:ipxe,{url}/boot/ipxe\n",
         net = range.network,
         mask = range.netmask(),
@@ -291,6 +365,7 @@ mod tests {
             tftp_root: "/srv/tftp".into(),
             hosts_dir: None,
             router_advertisements: false,
+            secure_boot: false,
         }
     }
 
@@ -333,6 +408,27 @@ mod tests {
         assert!(text.starts_with("52:54:00:00:00:01,10.0.1.1,n001 # eth0\n"), "{text}");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, [HOSTS_FILE], "no staging file left behind");
+    }
+
+    #[test]
+    fn secure_boot_gives_uefi_shim_and_bios_ipxe() {
+        let mut o = opts();
+        o.secure_boot = true;
+        let cfg = dnsmasq_config(&o, &[node()]);
+        assert!(cfg.contains("dhcp-boot=tag:!ipxe,tag:efi64,shimx64.efi\n"), "{cfg}");
+        assert!(!cfg.contains("ipxe.efi"), "Secure Boot firmware refuses iPXE: {cfg}");
+        assert!(cfg.contains("dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe\n"), "BIOS keeps iPXE: {cfg}");
+        assert!(cfg.contains("dhcp-boot=tag:ipxe,http://10.0.0.1:8470/boot/ipxe\n"), "{cfg}");
+        assert!(cfg.contains("\nenable-tftp\ntftp-root=/srv/tftp\n"), "{cfg}");
+        // The same file as without --secure-boot but for the UEFI boot file and its comment.
+        let plain = dnsmasq_config(&opts(), &[node()]);
+        let differing: Vec<_> = cfg.lines().filter(|l| !plain.lines().any(|p| p == *l)).collect();
+        assert!(differing.iter().all(|l| l.starts_with('#') || *l == "dhcp-boot=tag:!ipxe,tag:efi64,shimx64.efi"));
+        // Only the MACs dnsmasq leases get a grub.cfg.
+        assert_eq!(leased_macs(&o.range, &[node()]), ["52:54:00:00:00:01"]);
+        // What `ferry doctor` recognizes the mode and the tree by.
+        assert_eq!(secure_boot_tftp_root(&cfg).as_deref(), Some("/srv/tftp"));
+        assert_eq!(secure_boot_tftp_root(&plain), None);
     }
 
     #[test]

@@ -112,7 +112,14 @@ async fn run_checks(client: &AdminClient, socket: &Path, args: &DoctorArgs) -> V
             let found = std::fs::read_to_string(&args.dnsmasq_conf)
                 .map(|conf| crate::dnsmasq::with_hosts_dir_leases(&conf))
                 .map_err(|e| e.to_string());
-            checks::dnsmasq(&path, found, &expected)
+            let leases = checks::dnsmasq(&path, found.clone(), &expected);
+            match found.as_deref().ok().map(|conf| (conf, crate::dnsmasq::secure_boot_tftp_root(conf))) {
+                Some((conf, Some(root))) => {
+                    let stale = secure_boot_staleness(client, info.public_url.as_deref(), conf, &root).await;
+                    checks::secure_boot_export(leases, &root, stale)
+                }
+                _ => leases,
+            }
         }
         Err(e) => listing_failed("dnsmasq", "nodes", e),
     });
@@ -147,6 +154,20 @@ async fn run_checks(client: &AdminClient, socket: &Path, args: &DoctorArgs) -> V
         ),
     });
     found
+}
+
+/// What in a `--secure-boot` TFTP tree differs from what a re-run would export now.
+async fn secure_boot_staleness(
+    client: &AdminClient,
+    public_url: Option<&str>,
+    conf: &str,
+    root: &str,
+) -> Result<Vec<String>, String> {
+    let url = public_url.ok_or("the server has no provisioning.public_url to read the nodes' grub.cfg from")?;
+    let source = crate::tftp_export::HttpSource::new(url.trim_end_matches('/')).map_err(|e| format!("{e:#}"))?;
+    let images = client.list_images().await.map_err(|e| format!("the server did not list the images: {e}"))?;
+    let macs = checks::configured_macs(conf);
+    crate::tftp_export::stale_files(&source, Path::new(root), &macs, &images).await.map_err(|e| format!("{e:#}"))
 }
 
 fn listing_failed(check: &'static str, what: &str, e: &impl std::fmt::Display) -> Check {

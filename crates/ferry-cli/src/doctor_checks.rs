@@ -188,6 +188,39 @@ fn dhcp_hosts(conf: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The MACs a dnsmasq configuration (with its hosts dir's leases) gives a lease to.
+pub fn configured_macs(conf: &str) -> Vec<String> {
+    dhcp_hosts(conf).iter().filter_map(|h| h.split(',').next()).map(str::to_owned).collect()
+}
+
+/// The dnsmasq check for a configuration that hands out shim (`--secure-boot`): also
+/// the TFTP tree in `root` must be what a re-run would export (`stale`: what differs),
+/// since GRUB boots those copies, not what the server would answer now.
+pub fn secure_boot_export(leases: Check, root: &str, stale: Result<Vec<String>, String>) -> Check {
+    if leases.status != Status::Ok {
+        return leases;
+    }
+    let rerun = format!(
+        "re-run ferry configure dnsmasq --secure-boot with the options it was written with (--tftp-root {root}), \
+         after every change of nodes, profiles or images"
+    );
+    match stale {
+        Ok(stale) if stale.is_empty() => {
+            Check::ok("dnsmasq", format!("{}; the Secure Boot TFTP tree in {root} is current", leases.detail))
+        }
+        Ok(stale) => Check::fail(
+            "dnsmasq",
+            format!("{}; but the Secure Boot TFTP tree in {root} is out of date: {}", leases.detail, some(&stale, 5)),
+            rerun,
+        ),
+        Err(e) => Check::fail(
+            "dnsmasq",
+            format!("{}; the Secure Boot TFTP tree in {root} cannot be compared: {e}", leases.detail),
+            "check that the server's provisioning.public_url answers from this host",
+        ),
+    }
+}
+
 /// The dnsmasq configuration in `path` against what `ferry configure dnsmasq` makes from
 /// the inventory now (`expected`). `found`: the file's text, or why it is not there.
 pub fn dnsmasq(path: &str, found: Result<String, String>, expected: &str) -> Check {

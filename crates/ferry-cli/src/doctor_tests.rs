@@ -149,3 +149,22 @@ fn lost_servers_warn_and_different_sealing_keys_fail() {
     assert!(lost.detail.contains("s2") && lost.fix.unwrap().contains("ferry server remove"));
     assert_eq!(servers(&s, &[server("s1", 0, true, "k1"), server("s2", 1, true, "k2")]).status, Status::Fail);
 }
+
+#[test]
+fn a_stale_secure_boot_export_fails_the_dnsmasq_check() {
+    let conf = "dhcp-host=52:54:00:00:00:01,10.0.0.1,n1 # eth0\ndhcp-host=52:54:00:00:00:02,n2\n";
+    assert_eq!(configured_macs(conf), ["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+    let leases = || Check::ok("dnsmasq", "/etc/dnsmasq.d/ferry.conf: 2 static leases, as in the inventory");
+    let c = secure_boot_export(leases(), "/srv/tftp", Ok(vec![]));
+    assert_eq!(c.status, Status::Ok, "{c:?}");
+    assert!(c.detail.ends_with("the Secure Boot TFTP tree in /srv/tftp is current"), "{c:?}");
+    let c = secure_boot_export(leases(), "/srv/tftp", Ok(vec!["boot/images/rocky9/kernel".into()]));
+    assert_eq!(c.status, Status::Fail, "{c:?}");
+    assert!(c.detail.contains("out of date: boot/images/rocky9/kernel"), "{c:?}");
+    assert!(c.fix.as_deref().unwrap().contains("ferry configure dnsmasq --secure-boot"), "{c:?}");
+    let c = secure_boot_export(leases(), "/srv/tftp", Err("connection refused".into()));
+    assert_eq!(c.status, Status::Fail, "{c:?}");
+    // A lease mismatch is reported as such, first.
+    let wrong = Check::fail("dnsmasq", "missing n3", "re-run");
+    assert_eq!(secure_boot_export(wrong, "/srv/tftp", Ok(vec!["x".into()])).detail, "missing n3");
+}

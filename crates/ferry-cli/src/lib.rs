@@ -28,6 +28,7 @@ mod serve_args;
 mod settings;
 mod ssh;
 mod status;
+mod tftp_export;
 mod tpm_learn;
 
 use anyhow::Context;

@@ -1,30 +1,34 @@
-//! Issue 19: a network boot under UEFI Secure Boot with Debian's signed parts only.
-//! QEMU (TCG, q35 with SMM) runs OVMF's Secure Boot code with the Microsoft-keys
-//! variable store; its PXE client fetches Debian's signed shim over TFTP, shim loads
-//! Debian's signed `grubnetx64.efi` (as `grubx64.efi`, beside it), GRUB reads ferry's
-//! per-node grub.cfg and then Debian's signed kernel and ferry's initramfs, and the
-//! agent enrolls with the kernel's (signed) WireGuard module under lockdown.
+//! Issue 19: a network boot under UEFI Secure Boot with Debian's signed parts only, on
+//! a real provisioning network. QEMU (TCG, q35 with SMM) runs OVMF's Secure Boot code
+//! with the Microsoft-keys variable store and OVMF's own virtio-net driver (`romfile=`:
+//! QEMU's iPXE ROM is not signed) on a TAP of a bridge (`provisioning_net`); a real
+//! dnsmasq, started with exactly what `ferry configure dnsmasq --secure-boot` printed,
+//! answers its PXE request with Debian's signed shim; shim loads Debian's signed
+//! `grubnetx64.efi` (as `grubx64.efi`, beside it), GRUB reads `grub/grub.cfg` (ferry's
+//! dispatcher by `$net_default_mac`), the node's own grub.cfg, then Debian's signed
+//! kernel and ferry's initramfs, and the agent enrolls with the kernel's (signed)
+//! WireGuard module under lockdown with `ferry serve` on the bridge's address.
 //!
 //! Debian 12's signed GRUB has `tftp`, `efinet`, `tpm` and `smbios` built in but no
-//! `http` module, and loads no module under Secure Boot: it reads everything over TFTP
-//! from the server its DHCP offer names. Here that TFTP server is QEMU's user
-//! networking (`tftp=DIR`), whose directory the test fills from ferry's own HTTP routes
-//! (`/boot/grub?mac=`, `/boot/images/IMAGE/{kernel,initrd}`) at the paths ferry's
-//! grub.cfg names; the agent then reaches `ferry serve` at 10.0.2.2 (the namespace's
-//! loopback) as in `netboot.rs`.
+//! `http` module, and loads no module under Secure Boot: it reads everything over TFTP.
+//! The TFTP root is exported by that same `ferry configure dnsmasq --secure-boot` (shim,
+//! GRUB, the dispatcher, each node's grub.cfg as ferry serves it at `/boot/grub?mac=`,
+//! each image's kernel and initramfs); the tests only alter files in it.
 //!
 //! The measured-boot test attaches swtpm to the same VM and gates enrollment on the
 //! PCRs of that boot.
 //!
 //! Serial logs (each line with the time since QEMU started) are left in
-//! `$CARGO_TARGET_DIR/tmp/secure-boot-serial.log`, `secure-boot-unsigned-serial.log` and
-//! `measured-boot-BOOT-serial.log`.
+//! `$CARGO_TARGET_TMPDIR/secure-boot-serial.log`, `secure-boot-unsigned-serial.log`,
+//! `secure-boot-no-node-file-serial.log` and `measured-boot-BOOT-serial.log`; a failing test prints dnsmasq's log.
 
 mod common;
 
-use common::netboot::{add_node, import_image, steps, vm_test, MAC};
-use common::qemu::Qemu;
-use common::TestServer;
+use common::netboot::{add_node, import_image, keep_serial, steps, wait_for_power_off, MAC};
+use common::provisioning_net::{self, server_on_bridge, ProvisioningNet};
+use common::qemu::{self, Qemu};
+use common::{Netns, TestServer, FERRY};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,6 +43,10 @@ const SHIM: &str = "/usr/lib/shim/shimx64.efi.signed";
 const GRUB_NET: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
 /// The issue's budget for one VM boot under TCG.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
+/// Node n1's address on the provisioning network (its static lease).
+const NODE_IP: &str = "10.77.0.10";
+/// n1's grub.cfg in the exported TFTP tree (`grub/nodes/MAC.cfg`).
+const NODE_CFG: &str = "grub/nodes/52:54:00:12:34:56.cfg";
 
 /// Fails (never skips) with the command that installs what is missing.
 fn require_secure_boot_parts() {
@@ -47,39 +55,107 @@ fn require_secure_boot_parts() {
     }
 }
 
-/// Fetches `path` from ferry's provisioning listener (inside the server's namespace)
-/// into `to`.
-fn fetch(s: &TestServer, path: &str, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    s.netns.sh(&["curl", "-sSf", "-m", "30", "-o", to.to_str().unwrap(), &format!("http://127.0.0.1:8470{path}")]);
+/// A server on a provisioning network: the guests reach it on the bridge's address.
+/// Dropped network first (dnsmasq, TAPs, bridge), then the server and its namespace.
+struct Lab {
+    net: RefCell<ProvisioningNet>,
+    server: TestServer,
+    _net_dir: tempfile::TempDir,
 }
 
-/// The TFTP root the firmware and the signed GRUB read: shim as the DHCP boot file,
-/// the signed GRUB beside it, and GRUB's `$prefix/grub.cfg` (`(tftp,10.0.2.2)/grub`,
-/// the prefix built into `grubnetx64`) holding ferry's per-node grub.cfg, with the
-/// kernel and initramfs where it names them.
-fn tftp_root(s: &TestServer, image: &str) -> PathBuf {
-    let root = s.dir.path().join("tftp");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::copy(SHIM, root.join("shimx64.efi")).unwrap();
-    std::fs::copy(GRUB_NET, root.join("grubx64.efi")).unwrap();
-    fetch(s, &format!("/boot/grub?mac={MAC}"), &root.join("grub/grub.cfg"));
-    for what in ["kernel", "initrd"] {
-        let path = format!("/boot/images/{image}/{what}");
-        fetch(s, &path, &root.join(path.trim_start_matches('/')));
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("dnsmasq's log:\n{}", self.net.borrow().log());
+        }
     }
+}
+
+impl std::ops::Deref for Lab {
+    type Target = TestServer;
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+/// What every test here starts with: its prerequisites (or a clear error), its turn on
+/// the machine, the Debian kernel's version and a server on a provisioning network.
+fn vm_test() -> (std::sync::MutexGuard<'static, ()>, String, Lab) {
+    common::require_root();
+    qemu::require_qemu();
+    let kver = qemu::debian_kernel();
+    let one = common::netboot::ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("fys");
+    let net_dir = tempfile::tempdir().unwrap();
+    let net = ProvisioningNet::create(&ns.name, net_dir.path());
+    let server = server_on_bridge(ns);
+    (one, kver, Lab { net: RefCell::new(net), server, _net_dir: net_dir })
+}
+
+/// Gives n1 its static lease, runs `ferry configure dnsmasq --secure-boot` on the
+/// provisioning network (it fetches from ferry's listener there, as an admin's would),
+/// starts dnsmasq with exactly what it printed, and returns the TFTP root it exported.
+fn tftp_root(s: &Lab, image: &str) -> PathBuf {
+    s.ok(&["node", "set", "n1", "--ip", NODE_IP]);
+    let mut net = s.net.borrow_mut();
+    let root = net.tftp_root.clone();
+    let configure = || {
+        let root = root.to_str().unwrap();
+        let out = ferry_on_the_network(s, &["configure", "dnsmasq", "--secure-boot", "--interface", &net.bridge])
+            .args(["--range", provisioning_net::NETWORK, "--tftp-root", root])
+            .output()
+            .expect("run ferry configure dnsmasq");
+        let (config, told) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "ferry configure dnsmasq --secure-boot failed: {told}");
+        (config.into_owned(), told.into_owned())
+    };
+    let (config, told) = configure();
+    assert!(config.contains("dhcp-boot=tag:!ipxe,tag:efi64,shimx64.efi\n"), "{config}");
+    assert!(config.contains(&format!("dhcp-host={MAC},{NODE_IP},n1")), "{config}");
+    for f in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg", NODE_CFG] {
+        assert!(root.join(f).is_file(), "ferry exported no {f}: {told}");
+    }
+    for what in ["kernel", "initrd"] {
+        assert!(root.join(format!("boot/images/{image}/{what}")).is_file(), "no {image} {what}: {told}");
+    }
+    // Re-running it (as after an inventory change) downloads no current image file again.
+    let (again, told) = configure();
+    assert_eq!(again, config);
+    assert!(told.contains(" 0 image file(s) (2 already current)"), "{told}");
+    net.start_dnsmasq(&config);
+    drop(net);
+    let (status, detail) = doctor_dnsmasq(s);
+    assert!(
+        status == "ok" && detail.contains("Secure Boot TFTP tree in") && detail.ends_with("is current"),
+        "{detail}"
+    );
     root
 }
 
+/// The ferry CLI run in the server's namespace, where the provisioning network is (as an
+/// admin runs it on the server host).
+fn ferry_on_the_network(s: &Lab, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", &s.netns.name, FERRY]).args(args);
+    c.env("FERRY_ADMIN_SOCKET", &s.socket).stdin(std::process::Stdio::null());
+    c
+}
+
+/// `ferry doctor`'s dnsmasq check of the running dnsmasq's configuration: (status, detail).
+fn doctor_dnsmasq(s: &Lab) -> (String, String) {
+    let conf = s.net.borrow().dir.join("dnsmasq.conf");
+    let out = ferry_on_the_network(s, &["doctor", "--json", "--dnsmasq-conf", conf.to_str().unwrap()])
+        .output()
+        .expect("run ferry doctor");
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ferry doctor --json");
+    let check = checks.as_array().unwrap().iter().find(|c| c["check"] == "dnsmasq").expect("a dnsmasq check");
+    (check["status"].as_str().unwrap().to_owned(), check["detail"].as_str().unwrap().to_owned())
+}
+
 /// Boots the guest under Secure Boot from `tftp` and waits until it powers off.
-fn secure_boot(s: &TestServer, tag: &str, tftp: &Path) -> Qemu {
+fn secure_boot(s: &Lab, tag: &str, tftp: &Path) -> Qemu {
     let mut vm = start(s, tag, tftp);
-    let status = vm.wait(BOOT_LIMIT + Duration::from_secs(5));
-    let tail = vm.tail(80);
-    match status {
-        Some(st) => assert!(st.success(), "QEMU exited with {st}; serial log:\n{tail}"),
-        None => panic!("the guest did not power off within {BOOT_LIMIT:?}; serial log:\n{tail}"),
-    }
+    wait_for_power_off(&mut vm, BOOT_LIMIT);
     vm
 }
 
@@ -99,14 +175,15 @@ fn wait_for(vm: &mut Qemu, needle: &str) -> bool {
 }
 
 /// Starts QEMU with Secure Boot on: see [`start_with`].
-fn start(s: &TestServer, tag: &str, tftp: &Path) -> Qemu {
+fn start(s: &Lab, tag: &str, tftp: &Path) -> Qemu {
     start_with(s, tag, tftp, true, &[])
 }
 
 /// Starts QEMU: OVMF's Secure Boot code with a fresh copy of the Microsoft-keys variable
-/// store (`secure`) or of the store without keys (Secure Boot off), PXE from QEMU's
-/// user networking with `tftp` as its TFTP root, and `extra` arguments (a TPM).
-fn start_with(s: &TestServer, tag: &str, tftp: &Path, secure: bool, extra: &[String]) -> Qemu {
+/// store (`secure`) or of the store without keys (Secure Boot off), PXE on a new TAP of
+/// the provisioning network (whose dnsmasq serves `tftp`), and `extra` arguments (a TPM).
+fn start_with(s: &Lab, tag: &str, tftp: &Path, secure: bool, extra: &[String]) -> Qemu {
+    assert_eq!(tftp, s.net.borrow().tftp_root, "dnsmasq serves the exported TFTP root");
     let vars = s.dir.path().join("OVMF_VARS.fd");
     std::fs::copy(if secure { OVMF_VARS_MS } else { OVMF_VARS_NO_KEYS }, &vars).unwrap();
     let mut args: Vec<String> = vec![
@@ -131,14 +208,11 @@ fn start_with(s: &TestServer, tag: &str, tftp: &Path, secure: bool, extra: &[Str
         "-no-reboot".into(),
         "-boot".into(),
         "n".into(),
-        "-netdev".into(),
-        format!("user,id=n0,tftp={},bootfile=shimx64.efi", tftp.display()),
-        // OVMF's own virtio-net driver: the iPXE option ROM is not signed for Secure Boot.
-        "-device".into(),
-        format!("virtio-net-pci,netdev=n0,mac={MAC},romfile="),
         "-smbios".into(),
         format!("type=3,asset={tag}"),
     ];
+    // OVMF's own virtio-net driver: the iPXE option ROM is not signed for Secure Boot.
+    args.extend(s.net.borrow_mut().qemu_nic_with(MAC, ",romfile="));
     args.extend_from_slice(extra);
     Qemu::spawn(&s.netns, s.dir.path(), BOOT_LIMIT, &args)
 }
@@ -218,8 +292,7 @@ fn secure_boot_shim_signed_grub_and_kernel_network_boot_a_node_that_phones_home(
         t(16),
         started.elapsed().as_secs_f64()
     );
-    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
-    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("secure-boot-serial.log"), serial);
+    keep_serial(&vm, "secure-boot-serial.log");
 }
 
 /// The negative case: the same boot with Debian's kernel stripped of its signature
@@ -234,6 +307,9 @@ fn secure_boot_refuses_an_unsigned_kernel() {
     let tftp = tftp_root(&s, "netboot");
     let kernel = tftp.join("boot/images/netboot/kernel");
     std::fs::write(&kernel, unsigned(&std::fs::read(&kernel).unwrap())).unwrap();
+    // `ferry doctor` sees that the exported kernel is not the image's.
+    let (status, detail) = doctor_dnsmasq(&s);
+    assert!(status == "fail" && detail.ends_with("out of date: boot/images/netboot/kernel"), "{detail}");
     let mut vm = start(&s, &tag, &tftp);
     let refused = wait_for(&mut vm, "bad shim signature");
     // A few seconds more: a kernel that started anyway would print its banner.
@@ -255,8 +331,41 @@ fn secure_boot_refuses_an_unsigned_kernel() {
         "an unsigned kernel ran:\n{}",
         vm.tail(60)
     );
-    let serial: String = lines.iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
-    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("secure-boot-unsigned-serial.log"), serial);
+    keep_serial(&vm, "secure-boot-unsigned-serial.log");
+}
+
+/// ferry's dispatcher `grub/grub.cfg` on a MAC with a lease but no node file (a node
+/// file removed, an export not re-run): the signed GRUB says the MAC is not in ferry's
+/// inventory and boots nothing.
+#[test]
+fn secure_boot_grub_boots_nothing_for_a_mac_without_a_node_file() {
+    require_secure_boot_parts();
+    let (_one, kver, s) = vm_test();
+    import_image(&s, &kver, "netboot", None);
+    let tag = add_node(&s, "n1", &["--image", "netboot", "--kernel-args", "console=ttyS0,115200 ferry.test=poweroff"]);
+    let tftp = tftp_root(&s, "netboot");
+    std::fs::remove_file(tftp.join(NODE_CFG)).unwrap();
+    let mut vm = start(&s, &tag, &tftp);
+    let stopped = wait_for(&mut vm, "ferry: not booting.");
+    std::thread::sleep(Duration::from_secs(3));
+    vm.kill();
+    let lines = vm.lines();
+    assert!(stopped, "no message from ferry's dispatcher:\n{}", vm.tail(60));
+    steps(
+        &vm,
+        &lines,
+        &[
+            ("shim fetching the signed GRUB", "Fetching Netboot Image grubx64.efi"),
+            ("the dispatcher naming the MAC", &format!("ferry: the MAC address {MAC} is not in ferry's inventory")),
+            ("the dispatcher stopping", "ferry: not booting."),
+        ],
+    );
+    assert!(
+        !lines.iter().any(|l| l.text.contains("ferry: loading") || l.text.contains("Linux version")),
+        "{}",
+        vm.tail(60)
+    );
+    keep_serial(&vm, "secure-boot-no-node-file-serial.log");
 }
 
 #[path = "../../ferry-agent/tests/common/swtpm.rs"]
@@ -316,14 +425,7 @@ const PINNED: [u8; 4] = [4, 7, 8, 9];
 
 /// Boots once with the TPM and waits for the server's verdict: the audit's first new
 /// `enroll.refused` naming a PCR (`Err(detail)`) or the node's phone-home (`Ok`).
-fn measured_boot(
-    s: &TestServer,
-    tpm: &NodeTpm,
-    boot: &str,
-    tag: &str,
-    tftp: &Path,
-    secure: bool,
-) -> Result<(), String> {
+fn measured_boot(s: &Lab, tpm: &NodeTpm, boot: &str, tag: &str, tftp: &Path, secure: bool) -> Result<(), String> {
     let (mut emulator, tpm_args) = tpm.power_on(boot);
     // Compared without their padding: the table's column widths follow its widest entry.
     let rows = |audit: &str| -> Vec<String> {
@@ -400,10 +502,10 @@ fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
     let off = measured_boot(&s, &tpm, "secure-boot-off", &tag, &tftp, false).expect_err("Secure Boot off is refused");
     assert!(differing(&off).contains(&7), "{off}");
     // (b) An altered kernel command line: PCR 8 differs, PCR 7 does not.
-    let good_cfg = std::fs::read_to_string(tftp.join("grub/grub.cfg")).unwrap();
+    let good_cfg = std::fs::read_to_string(tftp.join(NODE_CFG)).unwrap();
     let altered = good_cfg.replace("'ferry.tpm'", "'ferry.tpm' 'ferry.altered=1'");
     assert_ne!(altered, good_cfg);
-    std::fs::write(tftp.join("grub/grub.cfg"), altered).unwrap();
+    std::fs::write(tftp.join(NODE_CFG), altered).unwrap();
     let cmdline =
         measured_boot(&s, &tpm, "altered-cmdline", &tag, &tftp, true).expect_err("altered command line refused");
     let named = differing(&cmdline);
@@ -413,7 +515,7 @@ fn measured_boot_gates_enrollment_on_secure_boot_and_the_command_line() {
         differing(&off)
     );
     // (c) The known-good boot enrolls and phones home.
-    std::fs::write(tftp.join("grub/grub.cfg"), good_cfg).unwrap();
+    std::fs::write(tftp.join(NODE_CFG), good_cfg).unwrap();
     measured_boot(&s, &tpm, "known-good", &tag, &tftp, true).expect("the known-good boot enrolls");
     let audit = s.ok(&["audit", "--node", "n1", "--limit", "100"]);
     assert!(audit.contains("factors=tpm ") && audit.contains("reason=phone-home"), "{audit}");

@@ -136,13 +136,26 @@ pub fn netboot_sized(s: &TestServer, tag: &str, memory_mib: u32, limit: Duration
     .collect();
     args.extend_from_slice(extra);
     let mut vm = Qemu::spawn(&s.netns, s.dir.path(), limit, &args);
+    wait_for_power_off(&mut vm, limit);
+    vm
+}
+
+/// Waits until the guest powers off (QEMU exits successfully) within `limit`; panics
+/// with the end of the serial log otherwise.
+pub fn wait_for_power_off(vm: &mut Qemu, limit: Duration) {
     let status = vm.wait(limit + Duration::from_secs(5));
     let tail = vm.tail(80);
     match status {
         Some(st) => assert!(st.success(), "QEMU exited with {st}; serial log:\n{tail}"),
         None => panic!("the guest did not power off within {limit:?}; serial log:\n{tail}"),
     }
-    vm
+}
+
+/// Keeps a guest's serial log (each line with its time since QEMU started) in
+/// `$CARGO_TARGET_TMPDIR/NAME`, for a look after the test.
+pub fn keep_serial(vm: &Qemu, name: &str) {
+    let serial: String = vm.lines().iter().map(|l| format!("{:7.2} {}\n", l.at.as_secs_f64(), l.text)).collect();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join(name), serial);
 }
 
 /// Finds each step's line, each after the previous one; panics with the log otherwise.

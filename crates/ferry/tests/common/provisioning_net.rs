@@ -8,7 +8,7 @@
 //! start `ferry serve` in `ns` on [`ProvisioningNet::server_address`], then
 //! `net.start_dnsmasq(&config_text)` and `net.tap()` per VM.
 
-use super::{eventually, sh, unique};
+use super::{eventually, sh, unique, Netns, TestServer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -20,6 +20,20 @@ pub const NETWORK: &str = "10.77.0.0/24";
 pub const SERVER_ADDRESS: &str = "10.77.0.1";
 /// A ULA on the bridge: dnsmasq's router advertisements (`--ipv6-ra`) need one.
 pub const SERVER_ADDRESS_V6: &str = "fd77:f::1/64";
+
+/// `ferry serve` in `ns` on the bridge's address (create the [`ProvisioningNet`] in
+/// `ns` first): provisioning at `http://SERVER_ADDRESS:8470` (its `public_url`) and
+/// WireGuard (userspace) at `SERVER_ADDRESS:51820`, where guests on the TAPs reach them.
+pub fn server_on_bridge(ns: Netns) -> TestServer {
+    TestServer::start_in_with(
+        ns,
+        "",
+        &format!("{SERVER_ADDRESS}:8470"),
+        &format!("public_url = \"http://{SERVER_ADDRESS}:8470\""),
+        &format!("backend = \"userspace\"\nendpoint = \"{SERVER_ADDRESS}:51820\""),
+        None,
+    )
+}
 
 pub struct ProvisioningNet {
     /// The namespace everything lives in (owned by the caller, e.g. its `TestServer`).
@@ -83,12 +97,18 @@ impl ProvisioningNet {
 
     /// QEMU arguments for a virtio NIC with `mac` on a new TAP of this network.
     pub fn qemu_nic(&mut self, mac: &str) -> Vec<String> {
+        self.qemu_nic_with(mac, "")
+    }
+
+    /// [`qemu_nic`](Self::qemu_nic) with more `-device` options (`,romfile=`: the
+    /// firmware's own driver instead of QEMU's iPXE option ROM).
+    pub fn qemu_nic_with(&mut self, mac: &str, device_options: &str) -> Vec<String> {
         let tap = self.tap();
         vec![
             "-netdev".into(),
             format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
             "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+            format!("virtio-net-pci,netdev=n0,mac={mac}{device_options}"),
         ]
     }
 
