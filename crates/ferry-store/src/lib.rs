@@ -58,6 +58,7 @@ pub use images::ImageStore;
 pub use location::StoreLocation;
 pub use nodes::{InventoryStore, NodeStore, ProfileStore};
 pub use pcr_quotes::{LearnTarget, PcrApproval, PcrQuote, PcrQuoteStore, PCR_BANK};
+pub use pg_writer::WRITE_LOCK_KEY;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SealingKeyCheck, SealingStore, SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
 pub use servers::{ServerRecord, ServerStatus, ServerStore};
@@ -68,7 +69,6 @@ pub use time::{format_time, now_secs};
 pub use tokens::{Role, TokenInfo, TokenStore};
 pub use tpm::{Discovery, TpmRecord, TpmRegistration, TpmState, TpmStore};
 pub use tunnels::{BootInfo, BootReport, CloseReason, OpenedTunnel, TunnelRecord, TunnelStore};
-pub use writer::WRITE_LOCK_KEY;
 
 /// The private parsers the fuzz targets call (`fuzz/`, docs/fuzzing.md); not an API.
 #[doc(hidden)]

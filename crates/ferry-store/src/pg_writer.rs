@@ -9,12 +9,16 @@
 
 use crate::pg_failover::TroubleClock;
 use crate::write_conn::{SqlxConn, Transact};
-use crate::writer::WRITE_LOCK_KEY;
 use crate::StoreError;
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
+
+/// The PostgreSQL advisory lock every write transaction takes (`pg_advisory_xact_lock`):
+/// "ferry" in ASCII and a 1. One key for every ferry server on the database (public so
+/// that tools and tests can find or hold it: `pg_locks` shows it as an advisory lock).
+pub const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
 
 /// Begins a transaction and takes [`WRITE_LOCK_KEY`] in one round trip (two statements
 /// in one simple query) instead of two.

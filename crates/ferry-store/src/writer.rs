@@ -6,16 +6,11 @@
 //! server on the database are serialized exactly as SQLite's single writer serializes
 //! them (check-then-insert code and the tunnel address search cannot race).
 
-use crate::pg_writer::PgWritePath;
+use crate::pg_writer::{PgWritePath, WRITE_LOCK_KEY};
 use crate::sqlite_writer::{Paused, SqliteWriter};
 use crate::write_conn::Transact;
 use crate::StoreError;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
-
-/// The PostgreSQL advisory lock every write transaction takes (`pg_advisory_xact_lock`):
-/// "ferry" in ASCII and a 1. One key for every ferry server on the database (public so
-/// that tools and tests can find or hold it: `pg_locks` shows it as an advisory lock).
-pub const WRITE_LOCK_KEY: i64 = 0x6665_7272_7900_0001;
 
 /// Which database engine is behind the pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
