@@ -28,7 +28,7 @@ use ferry_api::ErrorKind;
 use ferry_core::enroll::{verify_asset_tag_proof, ProofContext};
 use ferry_core::identity::{evaluate, AssetTagEvidence, Evidence, Refusal, Refused};
 use ferry_core::net::url_host;
-use ferry_core::{MacAddr, NodeName};
+use ferry_core::MacAddr;
 use ferry_store::{Actor, AgentMode, Store, StoreError};
 use ferry_wg::{PrivateKey, PublicKey};
 use std::net::IpAddr;
@@ -169,16 +169,18 @@ async fn enroll(
     let Some(tpm_challenge) = s.nonces.take(&nonce) else {
         return Err(refuse(&s, client, format!("mac/{mac}"), "unknown, used or expired nonce").await);
     };
-    let Some(node) = s.store.node_by_mac(&mac).await? else {
+    // Read now, not at the credential step: a TPM registration revoked since counts for nothing.
+    let Some(identity) = s.store.enrollment_identity(&mac).await? else {
         return Err(refuse(&s, client, format!("mac/{mac}"), "no node has this MAC").await);
     };
+    let node = identity.node.clone();
     let subject = format!("node/{node}");
     if req.proofs.asset_tag_v1.is_some() {
         audit_refusal(&s, client, &subject, format!("asset-tag factor: {OUTDATED_AGENT}")).await;
         return Err(HttpError::bad_request(OUTDATED_AGENT));
     }
     let Admitted { policy, ttl, settings } =
-        match check_identity(&s, &node, &req, &key, &nonce, client, tpm_challenge).await? {
+        match check_identity(&s, identity, &req, &key, &nonce, client, tpm_challenge).await? {
             Ok(ok) => ok,
             Err(refusal) => return Err(refuse(&s, client, subject, refusal).await),
         };
@@ -261,16 +263,15 @@ type Decision = Result<Admitted, Refused>;
 /// itself but is not the node's goes to discovery only when every other factor held.
 async fn check_identity(
     s: &ProvisioningState,
-    node: &NodeName,
+    identity: ferry_store::EnrollmentIdentity,
     req: &EnrollRequest,
     key: &PublicKey,
     nonce: &[u8; 32],
     client: IpAddr,
     tpm_challenge: Option<crate::tpm::PendingTpm>,
 ) -> Result<Decision, HttpError> {
-    let (merged, tag) = s.store.node_identity(node).await?;
-    // Read now, not at the credential step: a registration revoked since counts for nothing.
-    let held_tpm = s.store.node_tpms(Some(node)).await?.pop().map(|(_, r)| r);
+    let ferry_store::EnrollmentIdentity { node, merged, asset_tag: tag, tpm: held_tpm } = identity;
+    let node = &node;
     let registered = held_tpm.as_ref().is_some_and(|r| r.state == ferry_store::TpmState::Registered);
     let policy = merged.settings.identity_policy(tag.is_some(), registered);
     let network = merged.settings.interfaces.values().any(|i| {
@@ -374,7 +375,7 @@ mod tests {
     fn asset_tag_proofs_need_the_secret_shared_with_the_pinned_server_key() {
         let (server, node_key) = (PrivateKey::generate(), PrivateKey::generate());
         let (server_pub, node_pub) = (server.public_key(), node_key.public_key());
-        let node = NodeName::parse("n1").unwrap();
+        let node = ferry_core::NodeName::parse("n1").unwrap();
         let nonce = [9u8; 32];
         let ctx =
             ProofContext { nonce: &nonce, wg_public_key: &node_pub.0, node: &node, server_public_key: &server_pub.0 };

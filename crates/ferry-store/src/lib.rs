@@ -56,7 +56,7 @@ pub use ferry_core::tunnel::AgentMode;
 pub use ferry_core::wgkey::PublicKey;
 pub use images::ImageStore;
 pub use location::StoreLocation;
-pub use nodes::{InventoryStore, NodeStore, ProfileStore};
+pub use nodes::{EnrollmentIdentity, InventoryStore, NodeStore, ProfileStore};
 pub use pcr_quotes::{LearnTarget, PcrApproval, PcrQuote, PcrQuoteStore, PCR_BANK};
 pub use pg_writer::WRITE_LOCK_KEY;
 pub use sealing::{SealError, Sealer};

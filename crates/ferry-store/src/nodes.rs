@@ -1,7 +1,7 @@
 //! The inventory: nodes and the profiles they inherit from ([`NodeStore`],
 //! [`ProfileStore`], and both at once: [`InventoryStore`]).
 
-use crate::{Actor, StoreError, TunnelRecord};
+use crate::{Actor, StoreError, TpmRecord, TunnelRecord};
 use async_trait::async_trait;
 use ferry_api::admin::{
     AddInventory, AddNodes, AddProfiles, InventoryAdded, MergedNodeView, NodePatch, NodeView, ProfilePatch, ProfileView,
@@ -25,6 +25,18 @@ pub trait NodeStore: Send + Sync {
     async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError>;
     /// The node whose interface has this MAC.
     async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError>;
+    /// What an enrollment decides on, from one snapshot: the node with this MAC, its
+    /// [`NodeStore::node_identity`] and its TPM record (`None`: no node has the MAC).
+    /// Identity checks only, like `node_identity`.
+    async fn enrollment_identity(&self, mac: &MacAddr) -> Result<Option<EnrollmentIdentity>, StoreError>;
+}
+
+/// See [`NodeStore::enrollment_identity`]. Holds the asset tag in clear: never shown.
+pub struct EnrollmentIdentity {
+    pub node: NodeName,
+    pub merged: MergedNodeView,
+    pub asset_tag: Option<Secret>,
+    pub tpm: Option<TpmRecord>,
 }
 
 /// Profiles and nodes together (`ferry import`).

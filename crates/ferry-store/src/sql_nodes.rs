@@ -6,10 +6,10 @@ use crate::codec::{check_unique, parse_json, parse_name, to_json};
 use crate::secrets::asset_tag_aad;
 use crate::sql::SqlStore;
 use crate::sql_profiles::{describe_patch, load_profiles, profile_map};
-use crate::sql_tpm::registered_tpm_nodes;
+use crate::sql_tpm::{read_record, registered_tpm_nodes};
 use crate::tunnel_tx::{announce, delete_tunnel};
 use crate::write_conn::SqlxConn;
-use crate::{format_time, now_secs, Actor, CloseReason, NodeStore, StoreError, TunnelRecord};
+use crate::{format_time, now_secs, Actor, CloseReason, EnrollmentIdentity, NodeStore, StoreError, TunnelRecord};
 use async_trait::async_trait;
 use ferry_api::admin::{AddNodes, AssetTagChange, MergedNodeView, NewNode, NodePatch, NodeView, SecretState};
 use ferry_api::Secret;
@@ -26,34 +26,28 @@ struct StoredNode {
     updated_at: i64,
 }
 
+/// Nodes with their profiles in order: one statement (a join), so a single node's read
+/// is one round trip. A node's columns repeat on each of its profiles' rows.
 async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
-    let (filter, name) = match only {
-        Some(n) => (" WHERE name = $1", n.as_str()),
-        None => ("", ""),
-    };
-    let sql = format!("SELECT name, settings, asset_tag, revision, updated_at FROM nodes{filter} ORDER BY name");
-    let mut q = sqlx::query_as::<_, (String, String, Option<Vec<u8>>, i64, i64)>(&sql);
-    if only.is_some() {
-        q = q.bind(name);
+    let filter = if only.is_some() { " WHERE n.name = $1" } else { "" };
+    let sql = format!(
+        "SELECT n.name, n.settings, n.asset_tag, n.revision, n.updated_at, p.profile \
+         FROM nodes n LEFT JOIN node_profiles p ON p.node = n.name{filter} ORDER BY n.name, p.position"
+    );
+    let mut q = sqlx::query_as::<_, (String, String, Option<Vec<u8>>, i64, i64, Option<String>)>(&sql);
+    if let Some(n) = only {
+        q = q.bind(n.as_str());
     }
-    let mut nodes = Vec::new();
-    for (n, settings, asset_tag, revision, updated_at) in q.fetch_all(&mut *conn).await? {
-        let name: NodeName = parse_name("node", &n)?;
-        let settings = parse_json(&format!("node {name}"), &settings)?;
-        nodes.push(StoredNode { node: Node { name, profiles: vec![], settings }, asset_tag, revision, updated_at });
-    }
-    let sql =
-        format!("SELECT node, profile FROM node_profiles{} ORDER BY node, position", filter.replace("name", "node"));
-    let mut q = sqlx::query_as::<_, (String, String)>(&sql);
-    if only.is_some() {
-        q = q.bind(name);
-    }
-    let mut by_name: BTreeMap<String, Vec<ProfileName>> = BTreeMap::new();
-    for (node, profile) in q.fetch_all(&mut *conn).await? {
-        by_name.entry(node).or_default().push(parse_name("profile", &profile)?);
-    }
-    for n in &mut nodes {
-        n.node.profiles = by_name.remove(n.node.name.as_str()).unwrap_or_default();
+    let mut nodes: Vec<StoredNode> = Vec::new();
+    for (n, settings, asset_tag, revision, updated_at, profile) in q.fetch_all(&mut *conn).await? {
+        if nodes.last().is_none_or(|last| last.node.name.as_str() != n) {
+            let name: NodeName = parse_name("node", &n)?;
+            let settings = parse_json(&format!("node {name}"), &settings)?;
+            nodes.push(StoredNode { node: Node { name, profiles: vec![], settings }, asset_tag, revision, updated_at });
+        }
+        if let (Some(profile), Some(last)) = (profile, nodes.last_mut()) {
+            last.node.profiles.push(parse_name("profile", &profile)?);
+        }
     }
     Ok(nodes)
 }
@@ -177,6 +171,30 @@ async fn write_node(
     Ok(())
 }
 
+/// A stored node merged with its profiles, and its sealed tag.
+fn merged_view(
+    stored: StoredNode,
+    profiles: &BTreeMap<ProfileName, Profile>,
+) -> Result<(MergedNodeView, Option<Vec<u8>>), StoreError> {
+    let merged = merge_node(&stored.node, profiles)?;
+    let view = MergedNodeView {
+        name: stored.node.name,
+        profiles: merged.profiles,
+        settings: merged.settings,
+        fields: merged.fields,
+        asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
+    };
+    Ok((view, stored.asset_tag))
+}
+
+async fn node_with_mac(conn: &mut AnyConnection, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = $1")
+        .bind(mac.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|(n,)| parse_name("node", &n)).transpose()
+}
+
 impl SqlStore {
     /// A node merged with its profiles, and its sealed tag, from one read snapshot.
     async fn merged_and_sealed(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Vec<u8>>), StoreError> {
@@ -184,15 +202,16 @@ impl SqlStore {
         let stored = load_node(&mut tx, name).await?;
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         tx.commit().await?;
-        let merged = merge_node(&stored.node, &profiles)?;
-        let view = MergedNodeView {
-            name: stored.node.name,
-            profiles: merged.profiles,
-            settings: merged.settings,
-            fields: merged.fields,
-            asset_tag: if stored.asset_tag.is_some() { SecretState::Set } else { SecretState::Unset },
-        };
-        Ok((view, stored.asset_tag))
+        merged_view(stored, &profiles)
+    }
+
+    /// A node's sealed asset tag, opened.
+    fn open_tag(&self, name: &NodeName, sealed: Option<Vec<u8>>) -> Result<Option<Secret>, StoreError> {
+        let Some(sealed) = sealed else { return Ok(None) };
+        let clear = self.sealer.open(&sealed, asset_tag_aad(name).as_bytes())?;
+        let text = String::from_utf8(clear.to_vec())
+            .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
+        Ok(Some(Secret::new(text)))
     }
 
     /// Adds nodes within the caller's write transaction (their profiles must exist in it).
@@ -310,19 +329,28 @@ impl NodeStore for SqlStore {
 
     async fn node_identity(&self, name: &NodeName) -> Result<(MergedNodeView, Option<Secret>), StoreError> {
         let (merged, sealed) = self.merged_and_sealed(name).await?;
-        let Some(sealed) = sealed else { return Ok((merged, None)) };
-        let clear = self.sealer.open(&sealed, asset_tag_aad(name).as_bytes())?;
-        let text = String::from_utf8(clear.to_vec())
-            .map_err(|_| StoreError::Corrupt(format!("node {name} asset tag"), "not UTF-8".into()))?;
-        Ok((merged, Some(Secret::new(text))))
+        Ok((merged, self.open_tag(name, sealed)?))
     }
 
     async fn node_by_mac(&self, mac: &MacAddr) -> Result<Option<NodeName>, StoreError> {
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT node FROM node_addresses WHERE kind = 'mac' AND value = $1")
-                .bind(mac.to_string())
-                .fetch_optional(&self.read)
-                .await?;
-        row.map(|(n,)| parse_name("node", &n)).transpose()
+        // A single statement: no snapshot to begin.
+        node_with_mac(&mut *self.read.acquire().await?, mac).await
+    }
+
+    async fn enrollment_identity(&self, mac: &MacAddr) -> Result<Option<EnrollmentIdentity>, StoreError> {
+        // One connection and one snapshot for the four reads (on PostgreSQL each pooled
+        // read costs its round trips plus sqlx's ping when the connection goes back).
+        let mut tx = self.begin_read().await?;
+        let Some(node) = node_with_mac(&mut tx, mac).await? else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let stored = load_node(&mut tx, &node).await?;
+        let profiles = profile_map(&load_profiles(&mut tx).await?);
+        let tpm = read_record(&mut tx, &node).await?;
+        tx.commit().await?;
+        let (merged, sealed) = merged_view(stored, &profiles)?;
+        let asset_tag = self.open_tag(&node, sealed)?;
+        Ok(Some(EnrollmentIdentity { node, merged, asset_tag, tpm }))
     }
 }

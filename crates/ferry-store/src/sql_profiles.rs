@@ -15,22 +15,29 @@ use std::collections::BTreeMap;
 /// Every profile with its revision and update time.
 pub(crate) type LoadedProfiles = BTreeMap<ProfileName, (Profile, i64, i64)>;
 
+/// Every profile with its parents in order: one statement (a join). A profile's columns
+/// repeat on each of its parents' rows.
 pub(crate) async fn load_profiles(conn: &mut AnyConnection) -> Result<LoadedProfiles, StoreError> {
     let mut out = BTreeMap::new();
-    for row in sqlx::query("SELECT name, settings, revision, updated_at FROM profiles").fetch_all(&mut *conn).await? {
-        let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
-        let settings: Settings = parse_json(&format!("profile {name}"), row.get(1))?;
-        let profile = Profile { name: name.clone(), profiles: vec![], settings };
-        out.insert(name, (profile, row.get(2), row.get(3)));
-    }
-    for row in sqlx::query("SELECT profile, parent FROM profile_parents ORDER BY profile, position")
-        .fetch_all(&mut *conn)
-        .await?
+    let mut last: Option<ProfileName> = None;
+    for row in sqlx::query(
+        "SELECT p.name, p.settings, p.revision, p.updated_at, pp.parent \
+         FROM profiles p LEFT JOIN profile_parents pp ON pp.profile = p.name ORDER BY p.name, pp.position",
+    )
+    .fetch_all(&mut *conn)
+    .await?
     {
         let name: ProfileName = parse_name("profile", row.get::<&str, _>(0))?;
-        let parent: ProfileName = parse_name("profile", row.get::<&str, _>(1))?;
-        if let Some((p, _, _)) = out.get_mut(&name) {
-            p.profiles.push(parent);
+        if last.as_ref() != Some(&name) {
+            let settings: Settings = parse_json(&format!("profile {name}"), row.get(1))?;
+            let profile = Profile { name: name.clone(), profiles: vec![], settings };
+            out.insert(name.clone(), (profile, row.get(2), row.get(3)));
+            last = Some(name.clone());
+        }
+        if let Some(parent) = row.get::<Option<&str>, _>(4) {
+            if let Some((p, _, _)) = out.get_mut(&name) {
+                p.profiles.push(parse_name("profile", parent)?);
+            }
         }
     }
     Ok(out)

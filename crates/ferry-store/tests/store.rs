@@ -328,6 +328,43 @@ async fn the_audit_log_is_append_only_in_the_database(kind: Kind) {
     assert_eq!(s.audit(None, 100).await.unwrap().len(), before.len());
 }
 
+/// The enrollment's reads (MAC, node with its profiles in order, the profiles with their
+/// parents in order, the tag, the TPM) from one snapshot say what the separate reads say.
+async fn enrollment_identity_reads_what_the_separate_reads_read(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    let prof = |name: &str, parents: &[&str], tag: &str| NewProfile {
+        name: p(name),
+        profiles: parents.iter().map(|x| p(x)).collect(),
+        settings: serde_json::from_value(json!({"tags": {tag: name}})).unwrap(),
+    };
+    let profiles = vec![prof("a", &[], "x"), prof("c", &[], "y"), prof("b", &["c", "a"], "x")];
+    s.add_profiles(AddProfiles { profiles }, &actor()).await.unwrap();
+    let mut n1 = new_node("n1", eth0("52:54:00:00:00:01", "10.0.0.1"));
+    n1.profiles = vec![p("b"), p("a")];
+    n1.asset_tag = Some(Secret::new("TAG-n1".into()));
+    let mut n2 = new_node("n2", eth0("52:54:00:00:00:02", "10.0.0.2"));
+    n2.profiles = vec![p("c")];
+    let n3 = new_node("n3", eth0("52:54:00:00:00:03", "10.0.0.3"));
+    s.add_nodes(AddNodes { nodes: vec![n1, n2, n3] }, &actor()).await.unwrap();
+    s.set_node_tpm(&n("n1"), Some(&tpm("sha256:aa")), &actor()).await.unwrap();
+    assert_eq!(s.get_profile(&p("b")).await.unwrap().profiles, [p("c"), p("a")], "parents in order");
+    let listed: Vec<_> = s.list_nodes().await.unwrap().into_iter().map(|v| (v.name, v.profiles)).collect();
+    assert_eq!(listed, [(n("n1"), vec![p("b"), p("a")]), (n("n2"), vec![p("c")]), (n("n3"), vec![])]);
+
+    let mac = |m: &str| ferry_core::MacAddr::parse(m).unwrap();
+    let id = s.enrollment_identity(&mac("52:54:00:00:00:01")).await.unwrap().expect("n1 has this MAC");
+    assert_eq!(id.node, n("n1"));
+    let merged = s.merged_node(&n("n1")).await.unwrap();
+    assert_eq!(serde_json::to_value(&id.merged).unwrap(), serde_json::to_value(&merged).unwrap());
+    assert_eq!(id.merged.profiles, [p("c"), p("a"), p("b")], "the profiles' own parents first, in order");
+    assert_eq!(id.merged.settings.tags.get("x").map(String::as_str), Some("b"), "the later layer wins");
+    assert_eq!(id.asset_tag.as_ref().map(|t| t.expose().to_string()), Some("TAG-n1".into()));
+    assert_eq!(id.tpm.map(|t| t.registration.fingerprint), Some("sha256:aa".into()));
+    let id = s.enrollment_identity(&mac("52:54:00:00:00:03")).await.unwrap().expect("n3 has this MAC");
+    assert_eq!((id.node, id.merged.profiles, id.asset_tag.is_none(), id.tpm.is_none()), (n("n3"), vec![], true, true));
+    assert!(s.enrollment_identity(&mac("52:54:00:00:00:09")).await.unwrap().is_none(), "no node has this MAC");
+}
+
 both_backends!(
     duplicate_mac_or_ip_across_nodes_is_rejected,
     a_batch_is_all_or_nothing,
@@ -335,6 +372,7 @@ both_backends!(
     asset_tag_is_sealed_at_rest_and_never_in_views,
     concurrent_writers_lose_no_update,
     tpm_identity_register_discover_approve,
+    enrollment_identity_reads_what_the_separate_reads_read,
     secrets_are_sealed_scoped_and_listed_without_values,
     the_audit_log_is_append_only_in_the_database,
 );
