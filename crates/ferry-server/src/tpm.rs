@@ -363,7 +363,10 @@ pub fn evidence(
             "TPM {fp} is no longer registered for this node: its registration changed or was cleared after the \
              credential challenge"
         ))),
-        (false, _) => match policy {
+        // An unregistered TPM is only a discovery candidate: it meets the pinned values, and
+        // PCRs still to learn wait for its first boot as the node's registered TPM (learning
+        // needs that boot's quote, so refusing here would leave the node stuck).
+        (false, _) => match check_pcr_policy(&settings.pcr_policy(), &values).map_err(|d| pcr_refusal(&d, &values)) {
             Err(why) => verdict(TpmEvidence::Invalid(format!("{why} (ek {fp})"))),
             Ok(()) => Verdict {
                 evidence: TpmEvidence::Unregistered(format!("TPM {fp} attested but is not registered for this node")),

@@ -215,3 +215,23 @@ fn nothing_is_kept_from_a_quote_that_did_not_verify_or_a_stranger_tpm() {
 }
 
 const PCR_TO_LEARN_VALUE: &str = ferry_core::model::PCR_TO_LEARN;
+
+#[test]
+fn an_unregistered_tpm_is_still_discovered_while_pcrs_wait_to_be_learned() {
+    let ak = SoftAk::new();
+    let nonce = [1u8; 32];
+    let registration = TpmRegistration { ek_spki: vec![1], ek_certificate: None, fingerprint: FP.into() };
+    let stranger = || PendingTpm { registered: false, discovered: Some(registration.clone()), ..pending(&ak, &[7, 8]) };
+    let check = |settings: &Settings| {
+        evidence(Some(stranger()), Some(&proof(&ak, &nonce, &booted())), &nonce, &[2; 32], &node(), settings, None)
+    };
+    // PCR 8 still to learn: a discovery candidate (its values are learned once it is registered).
+    let v = check(&policy(&[(7, &"77".repeat(32)), (8, PCR_TO_LEARN_VALUE)]));
+    assert!(matches!(v.evidence, TpmEvidence::Unregistered(_)), "{:?}", v.evidence);
+    assert!(v.candidate.is_some() && v.quoted.is_none());
+    // A pinned value it does not meet: refused, not discovered.
+    let v = check(&policy(&[(7, &"00".repeat(32)), (8, PCR_TO_LEARN_VALUE)]));
+    let TpmEvidence::Invalid(why) = &v.evidence else { panic!("refused: {:?}", v.evidence) };
+    assert!(why.contains("PCR 7 differs"), "{why}");
+    assert!(v.candidate.is_none());
+}
