@@ -300,9 +300,14 @@ async fn check_identity(
         &merged.settings,
         held_tpm.as_ref(),
     );
-    if let Some(quoted) = tpm.quoted {
-        // Kept even when the PCR policy refuses: what `ferry node tpm learn` shows.
-        s.store.record_pcr_quote(node, &quoted.record(&merged.settings.tpm_pcrs, &client.to_string())).await?;
+    if let Some(quoted) = tpm.quoted.filter(|_| !merged.settings.tpm_pcrs.is_empty()) {
+        // Kept even when the PCR policy refuses: what `ferry node tpm learn` shows. Only for a
+        // node whose policy selects PCRs (nothing to learn otherwise), and never at the cost
+        // of the enrollment: a failed record only means there is no quote to learn yet.
+        let record = quoted.record(&merged.settings.tpm_pcrs, &client.to_string());
+        if let Err(e) = s.store.record_pcr_quote(node, &record).await {
+            tracing::warn!(node = %node, error = %e, "could not keep the verified PCR quote for ferry node tpm learn");
+        }
     }
     let ttl = merged.settings.tunnel_ttl_secs.unwrap_or(s.config.wireguard.tunnel_ttl_secs);
     let evidence = Evidence { network, asset_tag, tpm: tpm.evidence };
