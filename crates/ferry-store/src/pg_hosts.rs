@@ -25,6 +25,7 @@ pub fn split_hosts(url: &str) -> Result<Vec<String>, StoreError> {
         Some((p, q)) => (p, q),
         None => (tail, ""),
     };
+    let authority_lists_hosts = hostlist.contains(',');
     let mut query_hosts: Option<Vec<&str>> = None;
     let mut query_ports: Option<Vec<&str>> = None;
     let mut kept = Vec::new();
@@ -40,7 +41,8 @@ pub fn split_hosts(url: &str) -> Result<Vec<String>, StoreError> {
                     )))
                 }
             },
-            "host" if value.contains(',') => {
+            // One host= or several: with hosts before the path too, it is a contradiction.
+            "host" if value.contains(',') || authority_lists_hosts => {
                 query_hosts = Some(value.split(',').collect());
             }
             "port" if value.contains(',') => query_ports = Some(value.split(',').collect()),
@@ -120,6 +122,7 @@ mod tests {
             ("postgres://a,b/db?target_session_attrs=any", "read-write"),
             ("postgres://a,,b/db", "empty host"),
             ("postgres://a,b/db?host=/x,/y", "use one"),
+            ("postgres://a,b/db?host=/x", "use one"),
             ("postgres://u@l/db?host=/x,/y&port=1,2,3", "2 hosts but 3 ports"),
             ("postgres://a:1,b:2/db?port=1,2", "leave out port="),
             ("nothing", "no scheme"),
