@@ -15,7 +15,7 @@ PACKAGES=(pkg-config iproute2 util-linux curl wireguard-tools wireguard-go deboo
   ovmf shim-signed grub-efi-amd64-signed
   swtpm swtpm-tools tpm2-tools libtss2-dev gnutls-bin openssl postgresql nftables man-db
   systemd-container rpm attr acl libcap2-bin iputils-ping selinux-utils policycoreutils
-  dnsmasq-base ipxe openssh-client)
+  dnsmasq-base ipxe openssh-client python3)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

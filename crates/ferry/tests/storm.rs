@@ -38,8 +38,8 @@ fn storm_smoke_500_nodes_no_errors_no_leaks() {
     // first (a real peer then retries after WireGuard's 5 s rekey timeout). Nodes whose
     // first initiation is lost send two or more: well under 1.5 per node beyond the
     // cookie retries, or the bench is losing them (not only slowing the handshake).
-    let initiations = r["handshake_initiations"].as_u64().unwrap_or(0);
-    let cookies = r["cookie_replies"].as_u64().unwrap_or(0);
+    let initiations = r["handshake_initiations"].as_u64().expect("handshake_initiations in the report");
+    let cookies = r["cookie_replies"].as_u64().expect("cookie_replies in the report");
     assert!(
         (500..750).contains(&(initiations - cookies.min(initiations))),
         "{initiations} initiations, {cookies} cookies"
