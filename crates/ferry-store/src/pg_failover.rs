@@ -117,18 +117,12 @@ impl PrimaryHosts {
                 if probe_pool.is_closed() || Arc::strong_count(&self) == 1 {
                     return;
                 }
-                // Every reader busy (a storm) is not trouble: the check waits for the next
-                // tick. Trouble is a connection that fails, or a host that fails the check.
-                let mut conn = match tokio::time::timeout(HOST_TIMEOUT, probe_pool.acquire()).await {
-                    Err(_busy) => continue,
-                    Ok(conn) => conn,
-                };
-                let healthy = match &mut conn {
-                    Ok(conn) => matches!(tokio::time::timeout(HOST_TIMEOUT, check_writable(conn)).await, Ok(Ok(()))),
-                    Err(_) => false,
-                };
-                drop(conn);
-                if healthy {
+                let healthy = tokio::time::timeout(HOST_TIMEOUT, async {
+                    let mut conn = probe_pool.acquire().await?;
+                    check_writable(&mut conn).await
+                })
+                .await;
+                if matches!(healthy, Ok(Ok(()))) {
                     continue;
                 }
                 self.trouble.note();
