@@ -25,14 +25,10 @@ use crate::write_conn::{SqlxConn, Transact};
 use crate::StoreError;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 /// At most this many jobs per transaction (a bound on how long one holds the lock).
 const BATCH_MAX: usize = 64;
-
-/// Batches in flight at once per server: one can wait for the lock while another holds
-/// it, so the lock never waits for this server's next BEGIN.
-pub(crate) const COMMITTERS: usize = 2;
 
 /// A job and the caller waiting for its result (kept until the batch commits).
 pub(crate) struct Waiting<J: Transact> {
@@ -136,8 +132,11 @@ impl Batchable for PhoneHome {
     }
 }
 
-/// Where batchable jobs queue; [`COMMITTERS`] tasks take whatever has queued and run it
-/// as one batch. The tasks end when this is dropped (with the store).
+/// Where batchable jobs queue; one task per server takes whatever has queued and runs it
+/// as one batch, then the next. One: while another server's group holds the lock, this
+/// server's queue grows into a larger group (a second task per server made the groups
+/// smaller and was no faster, docs/performance.md). The task ends when this is dropped
+/// (with the store).
 pub(crate) struct BatchQueue {
     jobs: mpsc::UnboundedSender<Queued>,
     counts: Arc<Counts>,
@@ -162,11 +161,8 @@ pub struct WriteBatchCounts {
 impl BatchQueue {
     pub(crate) fn start(conns: Arc<KeptConnections>) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        let queue = Arc::new(Mutex::new(queue));
         let counts = Arc::<Counts>::default();
-        for _ in 0..COMMITTERS {
-            tokio::spawn(commit_loop(queue.clone(), conns.clone(), counts.clone()));
-        }
+        tokio::spawn(commit_loop(queue, conns, counts.clone()));
         BatchQueue { jobs, counts }
     }
 
@@ -182,26 +178,17 @@ impl BatchQueue {
     }
 }
 
-async fn commit_loop(
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<Queued>>>,
-    conns: Arc<KeptConnections>,
-    counts: Arc<Counts>,
-) {
+async fn commit_loop(mut queue: mpsc::UnboundedReceiver<Queued>, conns: Arc<KeptConnections>, counts: Arc<Counts>) {
     let alone = PgWritePath::new(conns.clone());
-    loop {
-        let batch = {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < BATCH_MAX {
-                match queue.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
             }
-            batch.retain(|job| !job.abandoned());
-            batch
-        };
+        }
+        batch.retain(|job| !job.abandoned());
         run_batch(batch, &conns, &alone, &counts).await;
     }
 }
