@@ -58,6 +58,18 @@ impl KeptConnections {
         Ok(Lent { owner: self.clone(), kept: Some(kept), _turn: turn })
     }
 
+    /// One connection broke: every connection opened before may have too. Closes the
+    /// kept ones, and (PostgreSQL) tells the pools to close their older ones instead of
+    /// handing them out, as the failover watch does when it finds trouble.
+    pub(crate) fn connections_broke(&self) {
+        if let Some(trouble) = &self.trouble {
+            trouble.note();
+        }
+        for mut k in self.kept.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            k.conn.close_on_drop();
+        }
+    }
+
     fn take_kept(&self) -> Option<Kept> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(mut k) = kept.pop() {

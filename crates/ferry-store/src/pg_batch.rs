@@ -13,8 +13,9 @@
 //! A job that fails fails alone: the batch rolls back and each of its jobs runs again,
 //! in a transaction of its own, and answers its caller with its own result. A batch
 //! whose COMMIT fails answers each caller with that error (whether it committed is
-//! unknown, so nothing runs again); so does a group that fails because the database
-//! cannot be reached (a failover: each job alone would only fail the same way, later).
+//! unknown, so nothing runs again). A group whose connection broke before that (the
+//! database went away, a failover) tries once more on a new connection, which waits for
+//! the database as any write waits for a connection, and then answers with the error.
 //! A job whose caller stopped waiting before it ran is dropped, not run — as a
 //! transaction is rolled back when its caller goes away before it commits.
 
@@ -189,21 +190,49 @@ async fn commit_loop(mut queue: mpsc::UnboundedReceiver<Queued>, conns: Arc<Kept
             }
         }
         batch.retain(|job| !job.abandoned());
-        run_batch(batch, &conns, &alone, &counts).await;
+        let Err(lost) = run_batch(batch, &conns, &alone, &counts).await else { continue };
+        // The connection broke before anything committed (the database went away, a
+        // failover): every connection opened before may be broken too. The group tries
+        // once more on a new connection, which waits for the database as long as any
+        // write waits for a connection (the pool's limit), so a failover's short gap
+        // costs no error.
+        tracing::debug!(error = %lost.error, jobs = lost.batch.len(), "a group of writes lost its connection; trying again");
+        conns.connections_broke();
+        let mut batch = lost.batch;
+        batch.retain(|job| !job.abandoned());
+        if let Err(lost) = run_batch(batch, &conns, &alone, &counts).await {
+            lost.batch.into_iter().for_each(|job| job.fail(&lost.error));
+        }
     }
 }
 
-/// Runs `batch` in one transaction, or each of its jobs alone if one of them fails.
-async fn run_batch(mut batch: Vec<Queued>, conns: &Arc<KeptConnections>, alone: &PgWritePath, counts: &Counts) {
+/// A group that did not commit because its connection to the database broke.
+struct Lost {
+    batch: Vec<Queued>,
+    error: StoreError,
+}
+
+/// Runs `batch` in one transaction, or each of its jobs alone if one of them fails; hands
+/// the group back if the database connection broke before anything could commit.
+async fn run_batch(
+    mut batch: Vec<Queued>,
+    conns: &Arc<KeptConnections>,
+    alone: &PgWritePath,
+    counts: &Counts,
+) -> Result<(), Lost> {
     if batch.len() <= 1 {
         if let Some(job) = batch.pop() {
             job.run_alone(alone).await;
         }
-        return;
+        return Ok(());
     }
     let mut lent = match conns.lend().await {
         Ok(lent) => lent,
-        Err(e) => return batch.into_iter().for_each(|job| job.fail(&e)),
+        // Already waited the pool's limit for a connection.
+        Err(e) => {
+            batch.into_iter().for_each(|job| job.fail(&e));
+            return Ok(());
+        }
     };
     if let Err(e) = simple_query(lent.conn(), BEGIN_AND_LOCK.as_str()).await {
         drop(lent); // closed: its state is unknown
@@ -224,33 +253,33 @@ async fn run_batch(mut batch: Vec<Queued>, conns: &Arc<KeptConnections>, alone: 
                 counts.jobs.fetch_add(batch.len() as u64, Relaxed);
                 batch.into_iter().for_each(Queued::deliver);
             }
+            // Whether it committed is unknown: nothing runs again.
             Err(e) => {
                 let e = StoreError::from(e);
                 batch.into_iter().for_each(|job| job.fail(&e));
             }
         }
-        return;
+        return Ok(());
     };
     match simple_query(lent.conn(), "ROLLBACK").await {
         Ok(()) => lent.give_back(),
         Err(_) => drop(lent), // closed: PostgreSQL rolls back
     }
-    answer_failed(batch, failure, alone).await;
+    answer_failed(batch, failure, alone).await
 }
 
-/// A group that did not commit (nothing of it is kept). When the database itself is in
-/// trouble (a lost connection, a failover: every job would fail alike, each after the
-/// pool's wait for a connection), every job is answered with the error at once;
+/// A group that did not commit (nothing of it is kept). When the connection to the
+/// database broke, the group goes back to the caller (to try once more elsewhere);
 /// otherwise one job's own error (a key in use, a constraint) must not fail the others,
 /// so each runs again alone and answers for itself.
-async fn answer_failed(batch: Vec<Queued>, failure: StoreError, alone: &PgWritePath) {
+async fn answer_failed(batch: Vec<Queued>, failure: StoreError, alone: &PgWritePath) -> Result<(), Lost> {
     if is_connection_trouble(&failure) {
-        tracing::debug!(error = %failure, jobs = batch.len(), "a group of writes failed with the database connection");
-        return batch.into_iter().for_each(|job| job.fail(&failure));
+        return Err(Lost { batch, error: failure });
     }
     for job in batch {
         job.run_alone(alone).await;
     }
+    Ok(())
 }
 
 /// Whether `e` is about reaching the database rather than about one job's statements

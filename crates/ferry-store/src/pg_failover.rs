@@ -64,7 +64,7 @@ impl TroubleClock {
         troubled_at.is_some_and(|at| age >= at.elapsed())
     }
 
-    fn note(&self) {
+    pub(crate) fn note(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 }
