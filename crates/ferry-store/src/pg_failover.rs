@@ -20,6 +20,7 @@ use crate::StoreError;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Connection};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,9 @@ pub(crate) struct PrimaryHosts {
     /// When the watcher last found the host in use unreachable or not writable (shared
     /// with the pools' check of each connection they hand out).
     pub(crate) trouble: Arc<TroubleClock>,
+    /// Set while the watcher knows of no writable host (from the trouble it found until
+    /// it finds one): `/readyz` answers at once instead of waiting on a connection.
+    lost: AtomicBool,
 }
 
 /// When the failover watch last found the database in trouble.
@@ -71,7 +75,12 @@ impl TroubleClock {
 
 impl PrimaryHosts {
     pub(crate) fn new(urls: Vec<String>) -> Self {
-        PrimaryHosts { urls, current: RwLock::new(0), trouble: Arc::default() }
+        PrimaryHosts { urls, current: RwLock::new(0), trouble: Arc::default(), lost: AtomicBool::new(false) }
+    }
+
+    /// Whether the watcher found the database in trouble and no writable host since.
+    pub(crate) fn primary_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// The URL of the host in use (holds credentials: never log it unredacted).
@@ -103,31 +112,40 @@ impl PrimaryHosts {
         Err(StoreError::NoPrimary(problems.join("; ")))
     }
 
-    /// Checks the current host through the first of `pools` (the readers': less
-    /// contended in a storm than the writers') once a second; when it is no longer a
+    /// Checks the current host on a connection of its own once a second; when it is no longer a
     /// writable primary, notes the trouble (the pools then close every older connection
     /// instead of handing it out), finds the writable host and points `pools` at it.
     /// Ends when the pools are closed or the store is gone.
     pub(crate) fn watch(self: Arc<Self>, pools: Vec<AnyPool>) {
         tokio::spawn(async move {
-            let Some(probe_pool) = pools.first().cloned() else { return };
+            let Some(first_pool) = pools.first().cloned() else { return };
+            // A connection of the watch's own: a pool busy with a storm is no sign of
+            // trouble, and a broken connection fails its probe at once.
+            let mut probe: Option<AnyConnection> = None;
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
                 // Ends with the store (nothing else holds the hosts any more).
-                if probe_pool.is_closed() || Arc::strong_count(&self) == 1 {
+                if first_pool.is_closed() || Arc::strong_count(&self) == 1 {
                     return;
                 }
                 let healthy = tokio::time::timeout(HOST_TIMEOUT, async {
-                    let mut conn = probe_pool.acquire().await?;
-                    check_writable(&mut conn).await
+                    let conn = match &mut probe {
+                        Some(conn) => conn,
+                        None => probe.insert(AnyConnection::connect(&self.current_url()).await?),
+                    };
+                    check_writable(conn).await
                 })
                 .await;
                 if matches!(healthy, Ok(Ok(()))) {
                     continue;
                 }
+                probe = None;
                 self.trouble.note();
+                self.lost.store(true, Ordering::Relaxed);
                 let before = self.current_url();
-                match self.find_primary().await {
+                let found = self.find_primary().await;
+                self.lost.store(found.is_err(), Ordering::Relaxed);
+                match found {
                     Ok(url) if url != before => match AnyConnectOptions::from_str(&url) {
                         Ok(options) => {
                             for pool in &pools {

@@ -234,6 +234,9 @@ impl Store for SqlStore {
     /// a standby or a demoted primary is not ready to provision).
     /// Bounded: with no database to reach, the pool would keep trying to connect.
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.postgres_hosts.as_ref().is_some_and(|hosts| hosts.primary_lost()) {
+            return Err(StoreError::NoPrimary("the failover watch finds no writable host".into()));
+        }
         let check = async {
             let mut conn = self.read.acquire().await?;
             match self.backend {
