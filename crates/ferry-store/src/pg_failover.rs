@@ -51,14 +51,14 @@ pub(crate) struct PrimaryHosts {
     /// When the watcher last found the host in use unreachable or not writable (shared
     /// with the pools' check of each connection they hand out).
     pub(crate) trouble: Arc<TroubleClock>,
-    /// Set while the watcher knows of no writable host (from the trouble it found until
-    /// it finds one): `/readyz` answers at once instead of waiting on a connection.
-    lost: AtomicBool,
 }
 
-/// When the failover watch last found the database in trouble.
+/// When the failover watch (or a write that lost its connection) last found the
+/// database in trouble, and whether it still is: from then until the watch finds a
+/// writable host, `/readyz` answers "not ready" at once instead of waiting for a
+/// connection.
 #[derive(Debug, Default)]
-pub(crate) struct TroubleClock(Mutex<Option<Instant>>);
+pub(crate) struct TroubleClock(Mutex<Option<Instant>>, AtomicBool);
 
 impl TroubleClock {
     /// Whether a connection `age` old was opened before the watch last found the host
@@ -70,17 +70,23 @@ impl TroubleClock {
 
     pub(crate) fn note(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.1.store(true, Ordering::Relaxed);
+    }
+
+    /// The watch found a writable host.
+    fn over(&self) {
+        self.1.store(false, Ordering::Relaxed);
+    }
+
+    /// Trouble noted and no writable host found since.
+    pub(crate) fn ongoing(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 }
 
 impl PrimaryHosts {
     pub(crate) fn new(urls: Vec<String>) -> Self {
-        PrimaryHosts { urls, current: RwLock::new(0), trouble: Arc::default(), lost: AtomicBool::new(false) }
-    }
-
-    /// Whether the watcher found the database in trouble and no writable host since.
-    pub(crate) fn primary_lost(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        PrimaryHosts { urls, current: RwLock::new(0), trouble: Arc::default() }
     }
 
     /// The URL of the host in use (holds credentials: never log it unredacted).
@@ -137,14 +143,16 @@ impl PrimaryHosts {
                 })
                 .await;
                 if matches!(healthy, Ok(Ok(()))) {
+                    self.trouble.over();
                     continue;
                 }
                 probe = None;
                 self.trouble.note();
-                self.lost.store(true, Ordering::Relaxed);
                 let before = self.current_url();
                 let found = self.find_primary().await;
-                self.lost.store(found.is_err(), Ordering::Relaxed);
+                if found.is_ok() {
+                    self.trouble.over();
+                }
                 match found {
                     Ok(url) if url != before => match AnyConnectOptions::from_str(&url) {
                         Ok(options) => {

@@ -234,8 +234,10 @@ impl Store for SqlStore {
     /// a standby or a demoted primary is not ready to provision).
     /// Bounded: with no database to reach, the pool would keep trying to connect.
     async fn ping(&self) -> Result<(), StoreError> {
-        if self.postgres_hosts.as_ref().is_some_and(|hosts| hosts.primary_lost()) {
-            return Err(StoreError::NoPrimary("the failover watch finds no writable host".into()));
+        let lost = || StoreError::NoPrimary("a connection broke and no writable host is found yet".into());
+        let in_trouble = || self.postgres_hosts.as_ref().is_some_and(|hosts| hosts.trouble.ongoing());
+        if in_trouble() {
+            return Err(lost());
         }
         let check = async {
             let mut conn = self.read.acquire().await?;
@@ -244,9 +246,19 @@ impl Store for SqlStore {
                 Backend::Sqlite => sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ()),
             }
         };
-        match tokio::time::timeout(PING_LIMIT, check).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::NoPrimary(format!("the database did not answer within {PING_LIMIT:?}"))),
+        // Not ready as soon as trouble is known, rather than once a connection to a
+        // promoted standby comes through.
+        let trouble_found = async {
+            while !in_trouble() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(PING_LIMIT, check) => match result {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(StoreError::NoPrimary(format!("the database did not answer within {PING_LIMIT:?}"))),
+            },
+            () = trouble_found => Err(lost()),
         }
     }
 }
