@@ -187,4 +187,15 @@ mod tests {
         assert!(clock.predates_trouble(Duration::from_secs(1)), "opened before the trouble");
         assert!(!clock.predates_trouble(Duration::from_millis(5)), "opened after it");
     }
+
+    #[test]
+    fn trouble_is_ongoing_from_its_note_until_a_writable_host_is_found() {
+        let clock = TroubleClock::default();
+        assert!(!clock.ongoing());
+        clock.note();
+        assert!(clock.ongoing(), "/readyz answers not ready from here");
+        clock.over();
+        assert!(!clock.ongoing());
+        assert!(clock.predates_trouble(Duration::from_secs(1)), "older connections stay distrusted");
+    }
 }
