@@ -498,6 +498,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     use axum::response::IntoResponse;
     s.metrics.active_tunnels.set(s.tunnels.active_count() as i64);
     s.metrics.set_audit_counts(s.store.audit_counts());
+    s.metrics.set_write_batches(s.store.write_batches());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], s.metrics.encode()).into_response()
 }

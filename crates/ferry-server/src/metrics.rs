@@ -74,6 +74,8 @@ pub struct Metrics {
     /// refused them even after retries); copied from the store at each scrape.
     pub audit_folded: Counter,
     pub audit_lost: Counter,
+    write_batches: Counter,
+    batched_writes: Counter,
 }
 
 impl Default for Metrics {
@@ -144,6 +146,18 @@ impl Default for Metrics {
         );
         let audit_lost = Counter::default();
         registry.register("audit_lost", "Audit entries the database refused even after retries", audit_lost.clone());
+        let write_batches = Counter::default();
+        registry.register(
+            "store_write_batches",
+            "PostgreSQL transactions that committed several tunnel opens and phone-homes at once (group commit)",
+            write_batches.clone(),
+        );
+        let batched_writes = Counter::default();
+        registry.register(
+            "store_batched_writes",
+            "Tunnel opens and phone-homes committed in those groups (PostgreSQL)",
+            batched_writes.clone(),
+        );
         Metrics {
             registry,
             connections_open,
@@ -160,6 +174,8 @@ impl Default for Metrics {
             boot_gate_lockouts,
             audit_folded,
             audit_lost,
+            write_batches,
+            batched_writes,
         }
     }
 }
@@ -174,6 +190,13 @@ impl Metrics {
         use std::sync::atomic::Ordering::Relaxed;
         self.audit_folded.inner().store(counts.folded, Relaxed);
         self.audit_lost.inner().store(counts.lost, Relaxed);
+    }
+
+    /// Copies the store's group-commit counts (kept by the store, exported here).
+    pub fn set_write_batches(&self, counts: ferry_store::WriteBatchCounts) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.write_batches.inner().store(counts.batches, Relaxed);
+        self.batched_writes.inner().store(counts.jobs, Relaxed);
     }
 
     pub fn enrollment(&self, result: EnrollResult) {
@@ -227,6 +250,7 @@ mod tests {
         m.gate_refused("wrong-tag");
         m.boot_gate_lockouts.inc();
         m.set_audit_counts(ferry_store::AuditCounts { folded: 41, lost: 0 });
+        m.set_write_batches(ferry_store::WriteBatchCounts { batches: 5, jobs: 23 });
         let text = m.encode();
         for line in [
             "ferry_enrollments_total{result=\"accepted\"} 1",
@@ -238,6 +262,8 @@ mod tests {
             "ferry_boot_gate_lockouts_total 1",
             "ferry_audit_folded_total 41",
             "ferry_audit_lost_total 0",
+            "ferry_store_write_batches_total 5",
+            "ferry_store_batched_writes_total 23",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
         }

@@ -16,9 +16,11 @@ mod audit_rows;
 mod codec;
 mod error;
 mod images;
+mod kept_conns;
 mod location;
 mod nodes;
 pub mod pcr_quotes;
+mod pg_batch;
 mod pg_failover;
 mod pg_hosts;
 mod pg_writer;
@@ -58,6 +60,7 @@ pub use images::ImageStore;
 pub use location::StoreLocation;
 pub use nodes::{EnrollmentIdentity, InventoryStore, NodeStore, ProfileStore};
 pub use pcr_quotes::{LearnTarget, PcrApproval, PcrQuote, PcrQuoteStore, PCR_BANK};
+pub use pg_batch::WriteBatchCounts;
 pub use pg_writer::WRITE_LOCK_KEY;
 pub use sealing::{SealError, Sealer};
 pub use secrets::{SealingKeyCheck, SealingStore, SecretInfo, SecretScope, SecretStore, MAX_SECRET_BYTES};
@@ -101,6 +104,10 @@ pub trait Store:
 {
     /// A trivial query: does the database answer (readiness checks)?
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many tunnel opens and phone-homes were committed in groups so far
+    /// (PostgreSQL's group commit; zero on SQLite, whose writer thread runs each alone).
+    fn write_batches(&self) -> WriteBatchCounts;
 }
 
 /// The store's traits, for callers that hold a concrete store (`SqlStore`) rather than

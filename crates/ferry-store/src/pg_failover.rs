@@ -20,6 +20,7 @@ use crate::StoreError;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, AnyPool, Connection};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -52,9 +53,12 @@ pub(crate) struct PrimaryHosts {
     pub(crate) trouble: Arc<TroubleClock>,
 }
 
-/// When the failover watch last found the database in trouble.
+/// When the failover watch (or a write that lost its connection) last found the
+/// database in trouble, and whether it still is: from then until the watch finds a
+/// writable host, `/readyz` answers "not ready" at once instead of waiting for a
+/// connection.
 #[derive(Debug, Default)]
-pub(crate) struct TroubleClock(Mutex<Option<Instant>>);
+pub(crate) struct TroubleClock(Mutex<Option<Instant>>, AtomicBool);
 
 impl TroubleClock {
     /// Whether a connection `age` old was opened before the watch last found the host
@@ -64,8 +68,19 @@ impl TroubleClock {
         troubled_at.is_some_and(|at| age >= at.elapsed())
     }
 
-    fn note(&self) {
+    pub(crate) fn note(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.1.store(true, Ordering::Relaxed);
+    }
+
+    /// The watch found a writable host.
+    fn over(&self) {
+        self.1.store(false, Ordering::Relaxed);
+    }
+
+    /// Trouble noted and no writable host found since.
+    pub(crate) fn ongoing(&self) -> bool {
+        self.1.load(Ordering::Relaxed)
     }
 }
 
@@ -103,31 +118,42 @@ impl PrimaryHosts {
         Err(StoreError::NoPrimary(problems.join("; ")))
     }
 
-    /// Checks the current host through the first of `pools` (the readers': less
-    /// contended in a storm than the writers') once a second; when it is no longer a
+    /// Checks the current host on a connection of its own once a second; when it is no longer a
     /// writable primary, notes the trouble (the pools then close every older connection
     /// instead of handing it out), finds the writable host and points `pools` at it.
     /// Ends when the pools are closed or the store is gone.
     pub(crate) fn watch(self: Arc<Self>, pools: Vec<AnyPool>) {
         tokio::spawn(async move {
-            let Some(probe_pool) = pools.first().cloned() else { return };
+            let Some(first_pool) = pools.first().cloned() else { return };
+            // A connection of the watch's own: a pool busy with a storm is no sign of
+            // trouble, and a broken connection fails its probe at once.
+            let mut probe: Option<AnyConnection> = None;
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
                 // Ends with the store (nothing else holds the hosts any more).
-                if probe_pool.is_closed() || Arc::strong_count(&self) == 1 {
+                if first_pool.is_closed() || Arc::strong_count(&self) == 1 {
                     return;
                 }
                 let healthy = tokio::time::timeout(HOST_TIMEOUT, async {
-                    let mut conn = probe_pool.acquire().await?;
-                    check_writable(&mut conn).await
+                    let conn = match &mut probe {
+                        Some(conn) => conn,
+                        None => probe.insert(AnyConnection::connect(&self.current_url()).await?),
+                    };
+                    check_writable(conn).await
                 })
                 .await;
                 if matches!(healthy, Ok(Ok(()))) {
+                    self.trouble.over();
                     continue;
                 }
+                probe = None;
                 self.trouble.note();
                 let before = self.current_url();
-                match self.find_primary().await {
+                let found = self.find_primary().await;
+                if found.is_ok() {
+                    self.trouble.over();
+                }
+                match found {
                     Ok(url) if url != before => match AnyConnectOptions::from_str(&url) {
                         Ok(options) => {
                             for pool in &pools {
@@ -160,5 +186,16 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert!(clock.predates_trouble(Duration::from_secs(1)), "opened before the trouble");
         assert!(!clock.predates_trouble(Duration::from_millis(5)), "opened after it");
+    }
+
+    #[test]
+    fn trouble_is_ongoing_from_its_note_until_a_writable_host_is_found() {
+        let clock = TroubleClock::default();
+        assert!(!clock.ongoing());
+        clock.note();
+        assert!(clock.ongoing(), "/readyz answers not ready from here");
+        clock.over();
+        assert!(!clock.ongoing());
+        assert!(clock.predates_trouble(Duration::from_secs(1)), "older connections stay distrusted");
     }
 }

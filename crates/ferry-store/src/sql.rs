@@ -14,6 +14,8 @@
 //!   reads run in a REPEATABLE READ snapshot, as a SQLite read transaction does.
 
 use crate::audit_buffer::{Counters, Item};
+use crate::kept_conns::{KeptConnections, ReadTx};
+use crate::pg_batch::BatchQueue;
 use crate::pg_failover::{check_writable, PrimaryHosts};
 use crate::pg_writer::PgWritePath;
 use crate::sqlite_writer::SqliteWriter;
@@ -22,7 +24,7 @@ use crate::writer::{Backend, WriteTx, Writer};
 use crate::{Sealer, Store, StoreError, StoreLocation};
 use async_trait::async_trait;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use sqlx::{AnyConnection, AnyPool};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,6 +48,8 @@ async fn sqlite_pragmas(conn: &mut AnyConnection, writer: bool) -> Result<(), sq
 pub struct SqlStore {
     backend: Backend,
     pub(crate) read: AnyPool,
+    /// Read snapshots' connections, kept out of `read` between snapshots.
+    snapshots: Arc<KeptConnections>,
     pub(crate) writer: Arc<Writer>,
     /// PostgreSQL: the hosts of the connection URL and the one in use (for LISTEN
     /// connections and failover). Holds credentials: never logged or shown.
@@ -93,6 +97,7 @@ const PING_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Connections per server to PostgreSQL (see `SqlStore::open_postgres`).
 const POSTGRES_WRITE_CONNECTIONS: u32 = 4;
 const POSTGRES_READ_CONNECTIONS: u32 = 8;
+const SQLITE_READ_CONNECTIONS: u32 = 4;
 
 impl SqlStore {
     /// Opens the store at `location` (creating a SQLite file if needed) and applies
@@ -115,7 +120,7 @@ impl SqlStore {
             .await?;
         SQLITE_MIGRATOR.run(&write).await?;
         let read = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(SQLITE_READ_CONNECTIONS)
             .after_connect(|conn, _| Box::pin(sqlite_pragmas(conn, false)))
             .connect(&sqlite_url(path, "ro")?)
             .await?;
@@ -170,17 +175,28 @@ impl SqlStore {
         postgres_hosts: Option<Arc<PrimaryHosts>>,
         sealer: Sealer,
     ) -> Self {
+        let trouble = postgres_hosts.as_ref().map(|hosts| hosts.trouble.clone());
         // All but one of the write pool's connections: the administration's writes
         // (sqlx transactions) always find one.
-        let postgres_writer = postgres_hosts.as_ref().map(|hosts| {
-            PgWritePath::new(write.clone(), POSTGRES_WRITE_CONNECTIONS as usize - 1, hosts.trouble.clone())
+        let postgres_writer = trouble.as_ref().map(|trouble| {
+            let turns = POSTGRES_WRITE_CONNECTIONS as usize - 1;
+            let conns = KeptConnections::new(write.clone(), turns, Some(trouble.clone()));
+            (PgWritePath::new(conns.clone()), BatchQueue::start(conns))
         });
+        // All but one or two of the read pool's connections: single-statement reads,
+        // `/readyz` and the failover watch's probe always find one.
+        let snapshot_turns = match backend {
+            Backend::Postgres => POSTGRES_READ_CONNECTIONS as usize - 2,
+            Backend::Sqlite => SQLITE_READ_CONNECTIONS as usize - 1,
+        };
+        let snapshots = KeptConnections::new(read.clone(), snapshot_turns, trouble);
         let writer = Arc::new(Writer::new(backend, write, sqlite_writer, postgres_writer));
         let audit_counters = Arc::<Counters>::default();
         let audit_queue = crate::audit_buffer::spawn(writer.clone(), audit_counters.clone());
         SqlStore {
             backend,
             read,
+            snapshots,
             writer,
             postgres_hosts,
             sealer,
@@ -197,21 +213,32 @@ impl SqlStore {
 
     /// Begins a read transaction: one consistent snapshot for several statements
     /// (PostgreSQL: REPEATABLE READ, READ ONLY; SQLite: a read transaction on a reader).
-    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.backend {
+    /// On a connection kept between snapshots (`kept_conns`: no pool ping per use).
+    pub(crate) async fn begin_read(&self) -> Result<ReadTx, StoreError> {
+        let begin = match self.backend {
             // One round trip, not a BEGIN and then a SET TRANSACTION.
-            Backend::Postgres => self.read.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").await,
-            Backend::Sqlite => self.read.begin().await,
-        }
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            Backend::Sqlite => "BEGIN",
+        };
+        ReadTx::begin(&self.snapshots, begin).await
     }
 }
 
 #[async_trait]
 impl Store for SqlStore {
+    fn write_batches(&self) -> crate::WriteBatchCounts {
+        self.writer.write_batches()
+    }
+
     /// PostgreSQL: also that the host is a writable primary (a promoted standby is;
     /// a standby or a demoted primary is not ready to provision).
     /// Bounded: with no database to reach, the pool would keep trying to connect.
     async fn ping(&self) -> Result<(), StoreError> {
+        let lost = || StoreError::NoPrimary("a connection broke and no writable host is found yet".into());
+        let in_trouble = || self.postgres_hosts.as_ref().is_some_and(|hosts| hosts.trouble.ongoing());
+        if in_trouble() {
+            return Err(lost());
+        }
         let check = async {
             let mut conn = self.read.acquire().await?;
             match self.backend {
@@ -219,9 +246,19 @@ impl Store for SqlStore {
                 Backend::Sqlite => sqlx::query("SELECT 1").execute(&mut *conn).await.map(|_| ()),
             }
         };
-        match tokio::time::timeout(PING_LIMIT, check).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(StoreError::NoPrimary(format!("the database did not answer within {PING_LIMIT:?}"))),
+        // Not ready as soon as trouble is known, rather than once a connection to a
+        // promoted standby comes through.
+        let trouble_found = async {
+            while !in_trouble() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            result = tokio::time::timeout(PING_LIMIT, check) => match result {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(StoreError::NoPrimary(format!("the database did not answer within {PING_LIMIT:?}"))),
+            },
+            () = trouble_found => Err(lost()),
         }
     }
 }

@@ -26,17 +26,33 @@ struct StoredNode {
     updated_at: i64,
 }
 
+/// Which nodes [`load_nodes`] reads.
+enum Nodes<'a> {
+    All,
+    Named(&'a NodeName),
+    /// The node with this MAC address, if any (the enrollment's look-up, in the same
+    /// statement as the node).
+    WithMac(&'a MacAddr),
+}
+
 /// Nodes with their profiles in order: one statement (a join), so a single node's read
 /// is one round trip. A node's columns repeat on each of its profiles' rows.
-async fn load_nodes(conn: &mut AnyConnection, only: Option<&NodeName>) -> Result<Vec<StoredNode>, StoreError> {
-    let filter = if only.is_some() { " WHERE n.name = $1" } else { "" };
+async fn load_nodes(conn: &mut AnyConnection, which: Nodes<'_>) -> Result<Vec<StoredNode>, StoreError> {
+    let (filter, key) = match which {
+        Nodes::All => ("", None),
+        Nodes::Named(name) => (" WHERE n.name = $1", Some(name.to_string())),
+        Nodes::WithMac(mac) => (
+            " WHERE n.name = (SELECT node FROM node_addresses WHERE kind = 'mac' AND value = $1)",
+            Some(mac.to_string()),
+        ),
+    };
     let sql = format!(
         "SELECT n.name, n.settings, n.asset_tag, n.revision, n.updated_at, p.profile \
          FROM nodes n LEFT JOIN node_profiles p ON p.node = n.name{filter} ORDER BY n.name, p.position"
     );
     let mut q = sqlx::query_as::<_, (String, String, Option<Vec<u8>>, i64, i64, Option<String>)>(&sql);
-    if let Some(n) = only {
-        q = q.bind(n.as_str());
+    if let Some(key) = key {
+        q = q.bind(key);
     }
     let mut nodes: Vec<StoredNode> = Vec::new();
     for (n, settings, asset_tag, revision, updated_at, profile) in q.fetch_all(&mut *conn).await? {
@@ -59,7 +75,7 @@ pub(crate) async fn load_node_layer(conn: &mut AnyConnection, name: &NodeName) -
 }
 
 async fn load_node(conn: &mut AnyConnection, name: &NodeName) -> Result<StoredNode, StoreError> {
-    load_nodes(conn, Some(name))
+    load_nodes(conn, Nodes::Named(name))
         .await?
         .pop()
         .ok_or_else(|| StoreError::NotFound { kind: "node", name: name.to_string() })
@@ -307,7 +323,7 @@ impl NodeStore for SqlStore {
 
     async fn list_nodes(&self) -> Result<Vec<NodeView>, StoreError> {
         let mut tx = self.begin_read().await?;
-        let nodes = load_nodes(&mut tx, None).await?;
+        let nodes = load_nodes(&mut tx, Nodes::All).await?;
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         let tpms = registered_tpm_nodes(&mut tx, None).await?;
         tx.commit().await?;
@@ -341,11 +357,11 @@ impl NodeStore for SqlStore {
         // One connection and one snapshot for the four reads (on PostgreSQL each pooled
         // read costs its round trips plus sqlx's ping when the connection goes back).
         let mut tx = self.begin_read().await?;
-        let Some(node) = node_with_mac(&mut tx, mac).await? else {
+        let Some(stored) = load_nodes(&mut tx, Nodes::WithMac(mac)).await?.pop() else {
             tx.commit().await?;
             return Ok(None);
         };
-        let stored = load_node(&mut tx, &node).await?;
+        let node = stored.node.name.clone();
         let profiles = profile_map(&load_profiles(&mut tx).await?);
         let tpm = read_record(&mut tx, &node).await?;
         tx.commit().await?;

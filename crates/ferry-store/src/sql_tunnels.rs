@@ -43,7 +43,7 @@ impl TunnelStore for SqlStore {
             actor: actor.clone(),
             hint: self.address_hint.clone(),
         };
-        self.writer.run(open).await
+        self.writer.run_batchable(open).await
     }
 
     async fn close_tunnel(
@@ -88,7 +88,7 @@ impl TunnelStore for SqlStore {
     }
 
     async fn phone_home(&self, t: &TunnelRecord, report: &BootReport) -> Result<Option<TunnelRecord>, StoreError> {
-        self.writer.run(PhoneHome { tunnel: t.clone(), report: report.clone() }).await
+        self.writer.run_batchable(PhoneHome { tunnel: t.clone(), report: report.clone() }).await
     }
 
     async fn boot_info(&self, node: &NodeName) -> Result<Option<BootInfo>, StoreError> {

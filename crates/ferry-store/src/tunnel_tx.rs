@@ -29,7 +29,12 @@ const TUNNEL_DELETE_OF_NODE: &str = "DELETE FROM tunnels WHERE node = $1 \
 /// The node's tunnel, closed only if it is still the one with this key.
 const TUNNEL_DELETE_IF_CURRENT: &str = "DELETE FROM tunnels WHERE node = $1 AND public_key = $2 \
      RETURNING node, public_key, address, created_at, expires_at, mode, server";
-const TUNNEL_KEY_OWNER: &str = "SELECT node FROM tunnels WHERE public_key = $1";
+/// The node's own tunnel (which an enrollment replaces) and the tunnel holding the new
+/// key, deleted in one statement: the replacement and the key check in one round trip.
+/// A row of another node means the key is taken, and the open fails: its rollback puts
+/// that row back.
+const TUNNEL_DELETE_OF_NODE_OR_KEY: &str = "DELETE FROM tunnels WHERE node = $1 OR public_key = $2 \
+     RETURNING node, public_key, address, created_at, expires_at, mode, server";
 /// Inserts nothing when the address is taken: each try of the address search is the
 /// insert itself (one statement, not a look-up and then an insert). Only the address:
 /// the node's old tunnel is deleted and the key checked before, so any other conflict
@@ -193,6 +198,7 @@ async fn delete_each<C: WriteConn>(
 }
 
 /// `TunnelStore::open_tunnel`.
+#[derive(Clone)]
 pub(crate) struct OpenTunnel {
     pub node: NodeName,
     pub public_key: PublicKey,
@@ -207,14 +213,21 @@ pub(crate) struct OpenTunnel {
 impl Transact for OpenTunnel {
     type Output = OpenedTunnel;
     async fn run<C: WriteConn>(self, conn: &mut C) -> Result<OpenedTunnel, StoreError> {
-        let replaced = delete_tunnel(conn, &self.node, CloseReason::Replaced, &self.actor).await?;
-        // The node re-enrolled through another server: the old one must drop its peer.
-        announce(conn, replaced.iter().filter(|r| r.server != self.server)).await?;
         let key = self.public_key.to_base64();
-        if let Some((owner,)) = conn.optional::<(String,)>(TUNNEL_KEY_OWNER, &[key.as_str().into()]).await? {
-            return Err(key_in_use(&owner));
+        let mut replaced = None;
+        for row in conn.all(TUNNEL_DELETE_OF_NODE_OR_KEY, &[self.node.as_str().into(), key.as_str().into()]).await? {
+            let t = tunnel(row)?;
+            if t.node != self.node {
+                return Err(key_in_use(t.node.as_str()));
+            }
+            replaced = Some(t);
         }
         let now = now_secs();
+        if let Some(t) = &replaced {
+            audit_close(conn, now, &self.actor, t, CloseReason::Replaced).await?;
+        }
+        // The node re-enrolled through another server: the old one must drop its peer.
+        announce(conn, replaced.iter().filter(|r| r.server != self.server)).await?;
         let expires_at = now + self.ttl_secs as i64;
         let row = [
             self.node.as_str().into(),
@@ -243,6 +256,7 @@ impl Transact for OpenTunnel {
 
 /// `TunnelStore::phone_home`: `None` when the tunnel is no longer the node's current
 /// one, and then nothing is written.
+#[derive(Clone)]
 pub(crate) struct PhoneHome {
     pub tunnel: TunnelRecord,
     pub report: BootReport,

@@ -6,6 +6,7 @@
 //! server on the database are serialized exactly as SQLite's single writer serializes
 //! them (check-then-insert code and the tunnel address search cannot race).
 
+use crate::pg_batch::{BatchQueue, Batchable};
 use crate::pg_writer::{PgWritePath, WRITE_LOCK_KEY};
 use crate::sqlite_writer::{Paused, SqliteWriter};
 use crate::write_conn::Transact;
@@ -57,6 +58,8 @@ pub(crate) struct Writer {
     sqlite: Option<SqliteWriter>,
     /// PostgreSQL: the boot path's transactions, on connections of `pool`.
     postgres: Option<PgWritePath>,
+    /// PostgreSQL: tunnel opens and phone-homes, committed in groups (`pg_batch`).
+    batches: Option<BatchQueue>,
 }
 
 impl Writer {
@@ -64,9 +67,10 @@ impl Writer {
         backend: Backend,
         pool: AnyPool,
         sqlite: Option<SqliteWriter>,
-        postgres: Option<PgWritePath>,
+        postgres: Option<(PgWritePath, BatchQueue)>,
     ) -> Self {
-        Writer { backend, pool, sqlite, postgres }
+        let (postgres, batches) = postgres.unzip();
+        Writer { backend, pool, sqlite, postgres, batches }
     }
 
     /// Runs a transaction written for both connections: on SQLite whole on the writer
@@ -79,6 +83,21 @@ impl Writer {
             Some(path) => path.run(job).await,
             None => Err(StoreError::Unavailable("no write path for this store (a bug)".into())),
         }
+    }
+
+    /// Runs one of the boot path's two transactions (tunnel open, phone-home): on SQLite
+    /// as [`run`](Self::run) does, on PostgreSQL in a group commit with others queued
+    /// at the same time (`pg_batch`).
+    pub(crate) async fn run_batchable<J: Batchable>(&self, job: J) -> Result<J::Output, StoreError> {
+        match &self.batches {
+            Some(batches) => batches.run(job).await,
+            None => self.run(job).await,
+        }
+    }
+
+    /// Group commits so far (PostgreSQL; zero on SQLite).
+    pub(crate) fn write_batches(&self) -> crate::WriteBatchCounts {
+        self.batches.as_ref().map(BatchQueue::counts).unwrap_or_default()
     }
 
     /// Begins a sqlx write transaction. SQLite: the writer thread is paused until it

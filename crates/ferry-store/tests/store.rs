@@ -365,7 +365,22 @@ async fn enrollment_identity_reads_what_the_separate_reads_read(kind: Kind) {
     assert!(s.enrollment_identity(&mac("52:54:00:00:00:09")).await.unwrap().is_none(), "no node has this MAC");
 }
 
+/// A read snapshot that ends in an error (an unknown node) leaves no transaction open on
+/// a connection that a later read reuses (snapshots run on connections kept between
+/// reads): every read after a change sees the change.
+async fn a_failed_snapshot_leaves_no_stale_snapshot_behind(kind: Kind) {
+    let (_d, s) = store(kind).await;
+    for i in 0..12usize {
+        assert!(matches!(s.get_node(&n("missing")).await, Err(StoreError::NotFound { .. })));
+        let node = new_node(&format!("n{i}"), eth0(&format!("52:54:00:00:01:{i:02x}"), &format!("10.0.1.{}", i + 1)));
+        s.add_nodes(AddNodes { nodes: vec![node] }, &actor()).await.unwrap();
+        assert_eq!(s.list_nodes().await.unwrap().len(), i + 1, "a snapshot after the failed one sees every node");
+        assert_eq!(s.get_node(&n(&format!("n{i}"))).await.unwrap().name, n(&format!("n{i}")));
+    }
+}
+
 both_backends!(
+    a_failed_snapshot_leaves_no_stale_snapshot_behind,
     duplicate_mac_or_ip_across_nodes_is_rejected,
     a_batch_is_all_or_nothing,
     profiles_unknown_cycles_and_in_use,

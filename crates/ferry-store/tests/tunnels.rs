@@ -50,13 +50,18 @@ async fn one_tunnel_per_node_and_unique_addresses(kind: Kind) {
     assert!(
         tunnels.iter().any(|t| t.public_key == key("KEYA2")) && !tunnels.iter().any(|t| t.public_key == key("KEYA1"))
     );
-    // B's key cannot be enrolled for A.
-    assert!(matches!(
-        s.open_tunnel(&n("a"), &key("KEYB"), &net, 600, None, "local", &actor()).await,
-        Err(StoreError::Conflict(_))
-    ));
-    assert_eq!(s.list_tunnels().await.unwrap().len(), 2, "the failed attempt changed nothing (A keeps KEYA2)");
-    assert!(s.list_tunnels().await.unwrap().iter().any(|t| t.public_key == key("KEYA2")));
+    // B's key cannot be enrolled for A, and the refusal names who holds it. The open
+    // deletes A's tunnel and the key's in one statement: the rollback restores both.
+    let before = s.list_tunnels().await.unwrap();
+    match s.open_tunnel(&n("a"), &key("KEYB"), &net, 600, None, "local", &actor()).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("tunnel of b"), "{m}"),
+        other => panic!("B's key enrolled for A: {other:?}"),
+    }
+    assert_eq!(s.list_tunnels().await.unwrap(), before, "the failed attempt changed nothing");
+    // A node that enrolls again with its own tunnel's key replaces that tunnel.
+    let a3 = s.open_tunnel(&n("a"), &key("KEYA2"), &net, 600, None, "local", &actor()).await.unwrap();
+    assert_eq!(a3.replaced.map(|t| t.public_key), Some(key("KEYA2")));
+    assert_eq!(s.list_tunnels().await.unwrap().len(), 2);
 }
 
 async fn exhausted_pool_allocates_nothing(kind: Kind) {
@@ -156,7 +161,64 @@ both_backends!(
     expiry_and_phone_home_close_only_their_tunnel,
     deleting_a_node_and_targeted_closes_are_audited,
     storm_writes_and_administration_take_turns,
+    concurrent_opens_and_phone_homes_fail_alone,
 );
+
+/// Tunnel opens and phone-homes at once (PostgreSQL commits those that queue together in
+/// one transaction): each gets its own answer. An open that fails (a key another node's
+/// tunnel holds) fails alone, the others queued with it commit, and nothing is written
+/// twice.
+async fn concurrent_opens_and_phone_homes_fail_alone(kind: Kind) {
+    use std::sync::Arc;
+    const NODES: usize = 60;
+    let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
+    let (_d, s) = store_with(kind, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let s = Arc::new(s);
+    let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
+    s.open_tunnel(&n("n0"), &key("SHARED"), &net, 600, None, "local", &actor()).await.unwrap();
+    // Every tenth node tries n0's key.
+    let refused = |i: usize| i.is_multiple_of(10);
+    let opens: Vec<_> = (1..NODES)
+        .map(|i| {
+            let s = s.clone();
+            let k = if refused(i) { key("SHARED") } else { key(&format!("K{i}")) };
+            tokio::spawn(
+                async move { s.open_tunnel(&n(&format!("n{i}")), &k, &net, 600, None, "local", &actor()).await },
+            )
+        })
+        .collect();
+    let mut opened = vec![];
+    for (i, open) in (1..NODES).zip(opens) {
+        match (refused(i), open.await.unwrap()) {
+            (true, Err(StoreError::Conflict(m))) => assert!(m.contains("tunnel of n0"), "n{i}: {m}"),
+            (false, Ok(t)) => opened.push(t.tunnel),
+            (_, other) => panic!("n{i}: {other:?}"),
+        }
+    }
+    let tunnels = s.list_tunnels().await.unwrap();
+    assert_eq!(tunnels.len(), NODES - NODES / 10 + 1, "n0's and every accepted open's");
+    let addresses: std::collections::HashSet<_> = tunnels.iter().map(|t| t.address).collect();
+    assert_eq!(addresses.len(), tunnels.len(), "no address twice");
+    let phone_homes: Vec<_> = opened
+        .into_iter()
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move { s.phone_home(&t, &BootReport::default()).await })
+        })
+        .collect();
+    for p in phone_homes {
+        assert!(p.await.unwrap().unwrap().is_some());
+    }
+    assert_eq!(s.list_tunnels().await.unwrap().len(), 1, "only n0's is left");
+    let audit = s.audit_query(&ferry_store::AuditFilter { limit: 10_000, ..Default::default() }).await.unwrap();
+    let count = |action: &str| audit.iter().filter(|e| e.action == action).count();
+    assert_eq!((count("tunnel.open"), count("node.booted")), (NODES - NODES / 10 + 1, NODES - NODES / 10));
+    let batches = s.write_batches();
+    match kind {
+        Kind::Postgres => assert!(batches.batches > 0 && batches.jobs > batches.batches, "grouped: {batches:?}"),
+        Kind::Sqlite => assert_eq!(batches, Default::default(), "SQLite's writer thread runs each alone"),
+    }
+}
 
 /// A boot storm's writes (tunnel opens, phone-homes, audit events) interleaved with
 /// administrative writes, some of them abandoned half-way: every write lands, none fails
@@ -247,4 +309,28 @@ async fn postgres_a_failed_wait_for_the_write_lock_breaks_no_later_write() {
             .unwrap_or_else(|e| panic!("write {i} after the lock was freed: {e}"));
     }
     assert_eq!(s.list_tunnels().await.unwrap()[0].public_key, key("KEYFREE7"));
+}
+
+/// PostgreSQL: a tunnel open whose caller stopped waiting before it ran (a node that
+/// gave up, an HTTP request cut off) opens nothing — queued for a group commit or not,
+/// as a transaction rolls back when its caller goes away before it commits. (SQLite's
+/// writer thread runs every job it was handed.)
+#[tokio::test]
+async fn postgres_an_open_abandoned_before_it_ran_opens_nothing() {
+    use std::future::Future;
+    use std::time::Duration;
+    let (_d, s) = store_with(Kind::Postgres, &["a", "b", "c"]).await;
+    let net = TunnelNetwork::parse("100.64.0.0/16").unwrap();
+    for node in ["a", "b", "c"] {
+        // Polled once (queued), then dropped, before the store's tasks could run.
+        let (name, k, who) = (n(node), key(node), actor());
+        let mut open = Box::pin(s.open_tunnel(&name, &k, &net, 600, None, "local", &who));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(open.as_mut().poll(&mut cx).is_pending(), "it waits for its turn");
+        drop(open);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.list_tunnels().await.unwrap(), [], "no abandoned open ran");
+    let opened = s.open_tunnel(&n("a"), &key("a"), &net, 600, None, "local", &actor()).await.unwrap();
+    assert_eq!(opened.tunnel.address.to_string(), "100.64.0.2", "and none took an address");
 }

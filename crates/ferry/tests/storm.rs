@@ -107,7 +107,9 @@ fn storm_smoke_two_budgeted_servers_survive_a_postgres_failover() {
     assert_eq!(f["address_held_twice"], false, "{f}");
     assert!(f["tunnels_opened"].as_u64().unwrap_or(0) >= 300, "{f}");
     assert!(f["gap_s"].as_f64().is_some_and(|g| g >= 2.0), "no enrollment before the promotion: {f}");
-    assert!(r["retried_nodes"].as_u64().unwrap_or(0) > 0, "the kill hit nodes mid-boot");
+    // Mid-storm. (Nodes may need no retry: writes queued at the kill wait for a
+    // connection and go through after the promotion.)
+    assert!(f["killed_after_nodes"].as_u64().is_some_and(|n| n > 0 && n < 300), "killed mid-storm: {f}");
     assert_eq!((r["leaks"]["active_tunnels"].as_u64(), r["leaks"]["device_peers"].as_u64()), (Some(0), Some(0)));
     let spread: Vec<u64> = r["spread"].as_array().expect("spread").iter().filter_map(|v| v.as_u64()).collect();
     assert_eq!(spread.len(), 2, "both servers took nodes: {spread:?}");

@@ -65,17 +65,26 @@ async fn drill(
     let _ = stats.killed_at.set(killed);
     eprintln!("storm: killed the PostgreSQL primary after {} nodes", found.killed_after_nodes);
     // Every server must say "not ready" before the promotion (no writable database).
-    let mut not_ready = vec![false; admins.len()];
+    // The checks run beside the timer: a server's /readyz may wait up to 3 s for the
+    // database before it answers, and that must not put the promotion off.
+    let admins: Vec<Arc<AdminClient>> = admins.into_iter().map(Arc::new).collect();
     let promote_at = killed + Duration::from_secs_f64(promote_after);
-    while Instant::now() < promote_at {
-        for (seen, admin) in not_ready.iter_mut().zip(&admins) {
-            if !*seen && !ready(admin).await {
-                *seen = true;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    found.not_ready_seen = not_ready.iter().all(|s| *s);
+    let watchers: Vec<_> = admins
+        .iter()
+        .map(|admin| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                while Instant::now() < promote_at {
+                    if !ready(&admin).await {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                false
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(promote_at.into()).await;
     let promoting = pair.clone();
     tokio::task::spawn_blocking(move || promoting.promote_standby()).await.context("pg_ctl promote")??;
     eprintln!("storm: promoted the standby {:.1} s after the kill", killed.elapsed().as_secs_f64());
@@ -91,6 +100,11 @@ async fn drill(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut all_not_ready = true;
+    for watcher in watchers {
+        all_not_ready &= watcher.await.unwrap_or(false);
+    }
+    found.not_ready_seen = all_not_ready;
     Ok(found)
 }
 

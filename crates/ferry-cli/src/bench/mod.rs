@@ -118,7 +118,10 @@ pub async fn storm(args: StormArgs) -> anyhow::Result<()> {
         "several servers need a shared store: add --store postgres://..."
     );
     if let Some(share) = args.server_cpu {
-        anyhow::ensure!(share > 0.0 && share <= 64.0, "--server-cpu takes a share of one core, e.g. 0.25");
+        anyhow::ensure!(
+            (0.1..=64.0).contains(&share),
+            "--server-cpu takes a share of one core from 0.1 (the kernel's least quota) to 64, e.g. 0.25"
+        );
     }
     anyhow::ensure!(args.promote_after >= 0.0 && args.promote_after < 600.0, "--promote-after takes 0 to 600 seconds");
     let mut args = args;
