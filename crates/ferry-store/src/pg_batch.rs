@@ -16,7 +16,8 @@
 //! unknown, so nothing runs again). A group whose connection broke before that (the
 //! database went away, a failover) tries once more on a new connection, which waits for
 //! the database as any write waits for a connection, and then answers with the error.
-//! A job whose caller stopped waiting before it ran is dropped, not run — as a
+//! A job whose caller stopped waiting before its transaction began (checked again
+//! after any wait for a connection and for the lock) is dropped, not run — as a
 //! transaction is rolled back when its caller goes away before it commits.
 
 use crate::kept_conns::{simple_query, KeptConnections};
@@ -67,7 +68,7 @@ impl<J: Transact + Clone> Waiting<J> {
         if self.abandoned() {
             return;
         }
-        let result = path.run(self.job.clone()).await;
+        let result = path.run_if_wanted(self.job.clone(), || !self.abandoned()).await;
         self.answer(result);
     }
 }
@@ -237,6 +238,14 @@ async fn run_batch(
     if let Err(e) = simple_query(lent.conn(), BEGIN_AND_LOCK.as_str()).await {
         drop(lent); // closed: its state is unknown
         return answer_failed(batch, StoreError::from(e), alone).await;
+    }
+    // Callers may have gone while the group waited for a connection and the lock.
+    batch.retain(|job| !job.abandoned());
+    if batch.is_empty() {
+        if simple_query(lent.conn(), "ROLLBACK").await.is_ok() {
+            lent.give_back();
+        }
+        return Ok(());
     }
     let mut failure = None;
     for job in batch.iter_mut() {

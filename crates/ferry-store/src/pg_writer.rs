@@ -43,8 +43,25 @@ impl PgWritePath {
     }
 
     pub(crate) async fn run<J: Transact>(&self, job: J) -> Result<J::Output, StoreError> {
+        self.run_if_wanted(job, || true).await
+    }
+
+    /// Runs `job` unless, once its transaction has begun (after any wait for a
+    /// connection and for the lock), `wanted` says nobody waits for it any more: then it
+    /// rolls back unrun (a group commit's job, whose caller may have gone meanwhile).
+    pub(crate) async fn run_if_wanted<J: Transact>(
+        &self,
+        job: J,
+        wanted: impl Fn() -> bool,
+    ) -> Result<J::Output, StoreError> {
         let mut lent = self.conns.lend().await?;
         simple_query(lent.conn(), BEGIN_AND_LOCK.as_str()).await?;
+        if !wanted() {
+            if simple_query(lent.conn(), "ROLLBACK").await.is_ok() {
+                lent.give_back();
+            }
+            return Err(StoreError::Unavailable("nobody waits for this write any more".into()));
+        }
         match job.run(&mut SqlxConn::new(lent.conn())).await {
             Ok(value) => {
                 simple_query(lent.conn(), "COMMIT").await?;
