@@ -10,10 +10,12 @@
 //! unchanged: a batch holds the lock throughout, its jobs run in queue order, each
 //! seeing the ones before it.
 //!
-//! A job that fails fails alone: the batch rolls back and each of its jobs runs again,
-//! in a transaction of its own, and answers its caller with its own result. A batch
-//! whose COMMIT fails answers each caller with that error (whether it committed is
-//! unknown, so nothing runs again). A group whose connection broke before that (the
+//! A job that fails fails alone: the batch rolls back, that job runs again in a
+//! transaction of its own and answers its caller, and the rest of the group runs again
+//! as a group (so a node that keeps sending a key another node holds costs the others
+//! one retry of their group, not a transaction each). A batch whose COMMIT fails
+//! answers each caller with that error (whether it committed is unknown, so nothing
+//! runs again). A group whose connection broke before that (the
 //! database went away, a failover) tries once more on a new connection, which waits for
 //! the database as any write waits for a connection, and then answers with the error.
 //! A job whose caller stopped waiting before its transaction began (checked again
@@ -190,76 +192,99 @@ async fn commit_loop(mut queue: mpsc::UnboundedReceiver<Queued>, conns: Arc<Kept
                 Err(_) => break,
             }
         }
-        batch.retain(|job| !job.abandoned());
-        let Err(lost) = run_batch(batch, &conns, &alone, &counts).await else { continue };
-        // The connection broke before anything committed (the database went away, a
-        // failover): every connection opened before may be broken too. The group tries
-        // once more on a new connection, which waits for the database as long as any
-        // write waits for a connection (the pool's limit), so a failover's short gap
-        // costs no error.
-        tracing::debug!(error = %lost.error, jobs = lost.batch.len(), "a group of writes lost its connection; trying again");
-        conns.connections_broke();
-        let mut batch = lost.batch;
-        batch.retain(|job| !job.abandoned());
-        if let Err(lost) = run_batch(batch, &conns, &alone, &counts).await {
-            lost.batch.into_iter().for_each(|job| job.fail(&lost.error));
+        let mut retried = false;
+        loop {
+            batch.retain(|job| !job.abandoned());
+            match run_batch(batch, &conns, &alone, &counts).await {
+                Outcome::Done => break,
+                // One job's own error: it answers alone, the rest commit as a group
+                // (a node that keeps sending a taken key costs the others one retry of
+                // their group each time, not a transaction each).
+                Outcome::Refused { culprit, rest } => {
+                    culprit.run_alone(&alone).await;
+                    batch = rest;
+                }
+                // The connection broke before anything committed (the database went
+                // away, a failover): every connection opened before may be broken too.
+                // The group tries once more on a new connection, which waits for the
+                // database as long as any write waits for a connection (the pool's
+                // limit), so a failover's short gap costs no error.
+                Outcome::Lost { batch: lost, error } if !retried => {
+                    tracing::debug!(%error, jobs = lost.len(), "a group of writes lost its connection; trying again");
+                    conns.connections_broke();
+                    retried = true;
+                    batch = lost;
+                }
+                Outcome::Lost { batch: lost, error } => {
+                    lost.into_iter().for_each(|job| job.fail(&error));
+                    break;
+                }
+            }
         }
     }
 }
 
-/// A group that did not commit because its connection to the database broke.
-struct Lost {
-    batch: Vec<Queued>,
-    error: StoreError,
+/// How a group ended.
+enum Outcome {
+    /// Committed, or every job answered.
+    Done,
+    /// The connection broke before anything committed: nothing of it is kept.
+    Lost { batch: Vec<Queued>, error: StoreError },
+    /// `culprit` failed on its own statements (a key in use, a constraint): the group
+    /// rolled back, and `rest` has not been answered.
+    Refused { culprit: Box<Queued>, rest: Vec<Queued> },
 }
 
-/// Runs `batch` in one transaction, or each of its jobs alone if one of them fails; hands
-/// the group back if the database connection broke before anything could commit.
+/// Runs `batch` in one transaction.
 async fn run_batch(
     mut batch: Vec<Queued>,
     conns: &Arc<KeptConnections>,
     alone: &PgWritePath,
     counts: &Counts,
-) -> Result<(), Lost> {
+) -> Outcome {
     if batch.len() <= 1 {
         if let Some(job) = batch.pop() {
             job.run_alone(alone).await;
         }
-        return Ok(());
+        return Outcome::Done;
     }
     let mut lent = match conns.lend().await {
         Ok(lent) => lent,
         // Already waited the pool's limit for a connection.
         Err(e) => {
             batch.into_iter().for_each(|job| job.fail(&e));
-            return Ok(());
+            return Outcome::Done;
         }
     };
     if let Err(e) = simple_query(lent.conn(), BEGIN_AND_LOCK.as_str()).await {
         drop(lent); // closed: its state is unknown
-        return answer_failed(batch, StoreError::from(e), alone).await;
+        let error = StoreError::from(e);
+        if is_connection_trouble(&error) {
+            return Outcome::Lost { batch, error };
+        }
+        // The wait for the lock failed (a `lock_timeout`): each alone, as without groups.
+        for job in batch {
+            job.run_alone(alone).await;
+        }
+        return Outcome::Done;
     }
     // Callers may have gone while the group waited for a connection and the lock.
     batch.retain(|job| !job.abandoned());
-    if batch.is_empty() {
-        if simple_query(lent.conn(), "ROLLBACK").await.is_ok() {
-            lent.give_back();
-        }
-        return Ok(());
-    }
-    let mut failure = None;
-    for job in batch.iter_mut() {
+    let mut failed = None;
+    for (i, job) in batch.iter_mut().enumerate() {
         if let Err(e) = job.attempt(&mut SqlxConn::new(lent.conn())).await {
-            failure = Some(e);
+            failed = Some((i, e));
             break;
         }
     }
-    let Some(failure) = failure else {
+    let Some((culprit, error)) = failed else {
         match simple_query(lent.conn(), "COMMIT").await {
             Ok(()) => {
                 lent.give_back();
-                counts.batches.fetch_add(1, Relaxed);
-                counts.jobs.fetch_add(batch.len() as u64, Relaxed);
+                if batch.len() > 1 {
+                    counts.batches.fetch_add(1, Relaxed);
+                    counts.jobs.fetch_add(batch.len() as u64, Relaxed);
+                }
                 batch.into_iter().for_each(Queued::deliver);
             }
             // Whether it committed is unknown: nothing runs again.
@@ -268,27 +293,17 @@ async fn run_batch(
                 batch.into_iter().for_each(|job| job.fail(&e));
             }
         }
-        return Ok(());
+        return Outcome::Done;
     };
     match simple_query(lent.conn(), "ROLLBACK").await {
         Ok(()) => lent.give_back(),
         Err(_) => drop(lent), // closed: PostgreSQL rolls back
     }
-    answer_failed(batch, failure, alone).await
-}
-
-/// A group that did not commit (nothing of it is kept). When the connection to the
-/// database broke, the group goes back to the caller (to try once more elsewhere);
-/// otherwise one job's own error (a key in use, a constraint) must not fail the others,
-/// so each runs again alone and answers for itself.
-async fn answer_failed(batch: Vec<Queued>, failure: StoreError, alone: &PgWritePath) -> Result<(), Lost> {
-    if is_connection_trouble(&failure) {
-        return Err(Lost { batch, error: failure });
+    if is_connection_trouble(&error) {
+        return Outcome::Lost { batch, error };
     }
-    for job in batch {
-        job.run_alone(alone).await;
-    }
-    Ok(())
+    let culprit = Box::new(batch.remove(culprit));
+    Outcome::Refused { culprit, rest: batch }
 }
 
 /// Whether `e` is about reaching the database rather than about one job's statements

@@ -215,7 +215,9 @@ async fn concurrent_opens_and_phone_homes_fail_alone(kind: Kind) {
     assert_eq!((count("tunnel.open"), count("node.booted")), (NODES - NODES / 10 + 1, NODES - NODES / 10));
     let batches = s.write_batches();
     match kind {
-        Kind::Postgres => assert!(batches.batches > 0 && batches.jobs > batches.batches, "grouped: {batches:?}"),
+        // The refused opens failed alone: the accepted ones around them still committed
+        // in groups (54 opens and 54 phone-homes; a straggler may have run alone).
+        Kind::Postgres => assert!(batches.jobs >= 100 && batches.jobs > batches.batches, "grouped: {batches:?}"),
         Kind::Sqlite => assert_eq!(batches, Default::default(), "SQLite's writer thread runs each alone"),
     }
 }

@@ -74,6 +74,7 @@ pub struct StormArgs {
     /// Run each server in a cgroup of its own with this share of one CPU core
     /// (cgroup v1 cpu.cfs_quota_us or v2 cpu.max), the simulated nodes and PostgreSQL
     /// outside those budgets: simulated machines for a capacity-per-server figure.
+    /// From 0.1 (the kernel's least quota in the 10 ms period used) to 64.
     #[arg(long, value_name = "FRACTION")]
     pub server_cpu: Option<f64>,
     /// A simulated node whose boot fails (refused, timed out, HTTP 5xx) boots again
